@@ -1,0 +1,133 @@
+"""What every way of logging in shares: the token, the provider interface and the shared token cache."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import hashlib
+import threading
+import weakref
+
+import httpx
+
+__all__ = ["Token", "TokenCache", "TokenProvider", "default_token_cache"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """An access token and the instance it is valid for.
+
+    Secrets are left out of ``repr()`` so a token never reaches a log by accident.
+    """
+
+    access_token: str = dataclasses.field(repr=False)
+    instance_url: str
+    token_type: str = "Bearer"
+    issued_at: str | None = None
+    id_url: str | None = None
+    refresh_token: str | None = dataclasses.field(default=None, repr=False)
+    scope: str | None = None
+
+    @property
+    def authorization(self) -> str:
+        """Value of the ``Authorization`` header."""
+        return f"Bearer {self.access_token}"
+
+
+class TokenProvider(abc.ABC):
+    """One way of obtaining an access token (one OAuth flow, SOAP login or a fixed token)."""
+
+    @property
+    @abc.abstractmethod
+    def cache_key(self) -> str:
+        """Identifies the credentials, so that every user of the same ones shares one token.
+
+        Must be derived so that it reveals no secret (use :func:`fingerprint`).
+        """
+
+    @abc.abstractmethod
+    async def fetch_token(self, http: httpx.AsyncClient) -> Token:
+        """Log in and return a fresh token.
+
+        Raises
+        ------
+        AuthenticationError
+            Salesforce refused the credentials; carries its ``error`` and ``error_description``.
+        TransportError
+            The token endpoint could not be reached.
+        """
+
+    def secrets(self) -> tuple[str, ...]:
+        """Secret values this provider holds, for a secret masker to register."""
+        return ()
+
+
+def fingerprint(*parts: str | None) -> str:
+    """A stable, non-reversible key over credential parts (secrets included, never revealed)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(b"\x00" if part is None else b"\x01" + part.encode("utf-8"))
+        digest.update(b"\xff")
+    return digest.hexdigest()[:32]
+
+
+class _Entry:
+    """Token of one set of credentials in one event loop, with its single-flight lock."""
+
+    def __init__(self) -> None:
+        self.token: Token | None = None
+        self.lock = asyncio.Lock()
+
+
+class TokenCache:
+    """Tokens shared by every client using the same credentials in the same event loop.
+
+    When many requests see an expired session at once they all call :meth:`refresh` with the token
+    they used; the first one logs in again and the others get its new token, so exactly one login
+    happens.
+    """
+
+    def __init__(self) -> None:
+        # asyncio.Lock belongs to one loop; several loops (threads, test runs) each get their own entries.
+        self._entries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Entry]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._guard = threading.Lock()
+
+    def _entry(self, key: str) -> _Entry:
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            per_loop = self._entries.setdefault(loop, {})
+            entry = per_loop.get(key)
+            if entry is None:
+                entry = per_loop[key] = _Entry()
+            return entry
+
+    async def get(self, provider: TokenProvider, http: httpx.AsyncClient) -> Token:
+        """The cached token, logging in first if there is none."""
+        entry = self._entry(provider.cache_key)
+        if entry.token is not None:
+            return entry.token
+        async with entry.lock:
+            if entry.token is None:
+                entry.token = await provider.fetch_token(http)
+            return entry.token
+
+    async def refresh(self, provider: TokenProvider, http: httpx.AsyncClient, stale: Token | None) -> Token:
+        """A token newer than ``stale``: logs in again unless another caller already did."""
+        entry = self._entry(provider.cache_key)
+        async with entry.lock:
+            if entry.token is None or entry.token is stale:
+                entry.token = None
+                entry.token = await provider.fetch_token(http)
+            return entry.token
+
+    def clear(self) -> None:
+        """Forget every token (tests, or after credentials were rotated)."""
+        with self._guard:
+            self._entries.clear()
+
+
+default_token_cache = TokenCache()
+"""The process-wide cache used unless a client is given its own."""

@@ -1,0 +1,242 @@
+"""The client's exception hierarchy.
+
+Every failure a caller can see is a :class:`SalesforceBulkError`: Salesforce's
+``[{"errorCode", "message"}]`` bodies and HTTP statuses are mapped onto the classes below, and
+transport failures are wrapped, so no bare ``httpx`` exception or ``ExceptionGroup`` escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "ApiDisabledError",
+    "ApiVersionError",
+    "AuthenticationError",
+    "BulkJobFailedError",
+    "InputError",
+    "InvalidJobError",
+    "InvalidJobStateError",
+    "MalformedRequestError",
+    "NotFoundError",
+    "OperationTimeoutError",
+    "RequestLimitExceededError",
+    "SalesforceApiError",
+    "SalesforceBulkError",
+    "ServerError",
+    "ServerUnavailableError",
+    "SessionExpiredError",
+    "TransportError",
+    "UploadOutcomeUnknownError",
+    "error_from_response",
+]
+
+
+class SalesforceBulkError(Exception):
+    """Base class of every error this client raises."""
+
+
+class InputError(SalesforceBulkError, ValueError):
+    """The caller's input is invalid; raised before anything is sent to Salesforce.
+
+    Attributes
+    ----------
+    record_index : int | None
+        0-based index of the offending record in the input, when one record is to blame.
+    field : str | None
+        Name of the offending field or parameter, when known.
+    """
+
+    def __init__(self, message: str, *, record_index: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.record_index = record_index
+        self.field = field
+
+
+class AuthenticationError(SalesforceBulkError):
+    """Getting a token failed; carries Salesforce's OAuth ``error`` and ``error_description``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        error_description: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.error_description = error_description
+        self.status_code = status_code
+
+
+class TransportError(SalesforceBulkError):
+    """The request did not get an HTTP answer (connection refused or dropped, timeout, ...)."""
+
+
+class UploadOutcomeUnknownError(TransportError):
+    """An upload's answer was lost: Salesforce may or may not hold the data for that job.
+
+    Salesforce accepts one upload per job, so the data must never be sent to the same job again.
+    """
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class OperationTimeoutError(SalesforceBulkError, TimeoutError):
+    """An overall deadline (for example of ``perform_operation``) passed."""
+
+
+class SalesforceApiError(SalesforceBulkError):
+    """Salesforce answered with an error status.
+
+    Attributes
+    ----------
+    status_code : int
+        HTTP status of the answer.
+    error_code : str | None
+        The first ``errorCode`` of the body (``INVALID_SESSION_ID``, ``NOT_FOUND``, ...).
+    errors : list[dict[str, Any]]
+        Every error object of the body, as sent.
+    method, url : str
+        The request that failed (the URL holds no credentials).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_code: str | None = None,
+        errors: Sequence[Mapping[str, Any]] = (),
+        method: str = "",
+        url: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_code = error_code
+        self.errors = [dict(e) for e in errors]
+        self.method = method
+        self.url = url
+
+
+class SessionExpiredError(SalesforceApiError):
+    """401 ``INVALID_SESSION_ID``: the token expired or was revoked."""
+
+
+class RequestLimitExceededError(SalesforceApiError):
+    """403 ``REQUEST_LIMIT_EXCEEDED`` or 429: an org limit was reached."""
+
+
+class ApiDisabledError(SalesforceApiError):
+    """403: the API is not enabled for the org or the user (``API_DISABLED_FOR_ORG``, ...)."""
+
+
+class NotFoundError(SalesforceApiError):
+    """404 ``NOT_FOUND``: unknown or deleted job, wrong URL."""
+
+
+class InvalidJobStateError(SalesforceApiError):
+    """400 ``INVALIDJOBSTATE``: the request is not allowed in the job's current state."""
+
+
+class InvalidJobError(SalesforceApiError):
+    """400 ``INVALIDJOB``: the job cannot take this request (for example a second upload)."""
+
+
+class MalformedRequestError(SalesforceApiError):
+    """400, 405, 415 and other client errors: the request itself is wrong."""
+
+
+class ApiVersionError(SalesforceApiError):
+    """409 or 410: the API version is retired or differs from the job's."""
+
+
+class ServerError(SalesforceApiError):
+    """5xx from Salesforce."""
+
+
+class ServerUnavailableError(ServerError):
+    """502, 503 or 504: Salesforce is temporarily unavailable."""
+
+
+class BulkJobFailedError(SalesforceBulkError):
+    """A job ended Failed or Aborted (raised only when the caller asks for it)."""
+
+    def __init__(self, message: str, *, job_id: str, state: str, error_message: str | None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+        self.error_message = error_message
+
+
+# errorCode values that decide the class regardless of the status (upper-cased as on the wire).
+_BY_ERROR_CODE: dict[str, type[SalesforceApiError]] = {
+    "INVALID_SESSION_ID": SessionExpiredError,
+    "INVALIDSESSIONID": SessionExpiredError,
+    "REQUEST_LIMIT_EXCEEDED": RequestLimitExceededError,
+    "EXCEEDEDQUOTA": RequestLimitExceededError,
+    "API_DISABLED_FOR_ORG": ApiDisabledError,
+    "API_CURRENTLY_DISABLED": ApiDisabledError,
+    "NOT_FOUND": NotFoundError,
+    "NOTFOUND": NotFoundError,
+    "INVALIDJOBSTATE": InvalidJobStateError,
+    "INVALIDJOB": InvalidJobError,
+}
+
+_BY_STATUS: dict[int, type[SalesforceApiError]] = {
+    401: SessionExpiredError,
+    403: ApiDisabledError,
+    404: NotFoundError,
+    409: ApiVersionError,
+    410: ApiVersionError,
+    429: RequestLimitExceededError,
+    500: ServerError,
+    502: ServerUnavailableError,
+    503: ServerUnavailableError,
+    504: ServerUnavailableError,
+}
+
+
+def parse_error_body(body: bytes) -> list[dict[str, Any]]:
+    """Salesforce's error objects from a response body; ``[]`` when it holds none."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        return []
+    return [e for e in data if isinstance(e, dict)]
+
+
+def error_from_response(status_code: int, body: bytes, *, method: str = "", url: str = "") -> SalesforceApiError:
+    """Map an error answer onto the exception class that describes it."""
+    errors = parse_error_body(body)
+    error_code: str | None = None
+    message = ""
+    if errors:
+        first = errors[0]
+        raw_code = first.get("errorCode") or first.get("error")
+        error_code = str(raw_code) if raw_code is not None else None
+        message = str(first.get("message") or first.get("error_description") or "")
+    elif body:
+        # Not Salesforce's JSON (a proxy's HTML page, say): keep a short, printable excerpt.
+        message = body[:200].decode("utf-8", "replace").strip()
+    cls = _BY_ERROR_CODE.get((error_code or "").upper())
+    if cls is None:
+        cls = _BY_STATUS.get(status_code)
+    if cls is None:
+        cls = ServerError if status_code >= 500 else MalformedRequestError
+    summary = "; ".join(
+        f"{e.get('errorCode') or e.get('error') or '?'}: {e.get('message') or e.get('error_description') or ''}"
+        for e in errors
+    ) or (message or "no error body")
+    text = f"{method} {url} -> HTTP {status_code}: {summary}".strip()
+    return cls(text, status_code=status_code, error_code=error_code, errors=errors, method=method, url=url)
