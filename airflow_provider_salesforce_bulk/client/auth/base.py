@@ -11,6 +11,8 @@ import weakref
 
 import httpx
 
+from ..errors import AuthenticationError
+
 __all__ = ["Token", "TokenCache", "TokenProvider", "default_token_cache"]
 
 
@@ -23,7 +25,7 @@ class Token:
 
     access_token: str = dataclasses.field(repr=False)
     instance_url: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105  (a token type, not a secret)
     issued_at: str | None = None
     id_url: str | None = None
     refresh_token: str | None = dataclasses.field(default=None, repr=False)
@@ -57,6 +59,15 @@ class TokenProvider(abc.ABC):
         TransportError
             The token endpoint could not be reached.
         """
+
+    @property
+    def can_refresh(self) -> bool:
+        """Whether :meth:`fetch_token` can produce a token other than one Salesforce rejected.
+
+        ``False`` for a provider holding a fixed token: :meth:`TokenCache.refresh` then raises
+        :class:`AuthenticationError` rather than handing the rejected token back.
+        """
+        return True
 
     def secrets(self) -> tuple[str, ...]:
         """Secret values this provider holds, for a secret masker to register."""
@@ -115,7 +126,18 @@ class TokenCache:
             return entry.token
 
     async def refresh(self, provider: TokenProvider, http: httpx.AsyncClient, stale: Token | None) -> Token:
-        """A token newer than ``stale``: logs in again unless another caller already did."""
+        """A token newer than ``stale``: logs in again unless another caller already did.
+
+        Raises
+        ------
+        AuthenticationError
+            The login failed, or ``stale`` was rejected and the provider cannot refresh
+            (:attr:`TokenProvider.can_refresh` is ``False``).
+        """
+        if stale is not None and not provider.can_refresh:
+            raise AuthenticationError(
+                f"{type(provider).__name__}: the fixed access token was rejected and cannot be refreshed"
+            )
         entry = self._entry(provider.cache_key)
         async with entry.lock:
             if entry.token is None or entry.token is stale:

@@ -1,0 +1,62 @@
+"""A fixed access token and instance URL obtained elsewhere (an Airflow connection, another tool)."""
+
+from __future__ import annotations
+
+import httpx
+
+from ..errors import InputError
+from .base import Token, TokenProvider, fingerprint
+from .login_url import normalize_url
+
+__all__ = ["StaticTokenAuth"]
+
+
+class StaticTokenAuth(TokenProvider):
+    """A fixed access token and the instance URL it is valid for.
+
+    :meth:`fetch_token` returns the token without any request. There is no way to obtain another one,
+    so :attr:`can_refresh` is ``False``: once Salesforce rejects the token (401 ``INVALID_SESSION_ID``),
+    :meth:`TokenCache.refresh` raises :class:`AuthenticationError` ("the fixed access token was rejected
+    and cannot be refreshed") instead of handing the same token back.
+
+    Parameters
+    ----------
+    access_token : str
+        The access (session) token.
+    instance_url : str
+        The org's instance URL (``https://mydomain.my.salesforce.com``), the base URL of every request.
+
+    Raises
+    ------
+    InputError
+        ``access_token`` is empty or ``instance_url`` is not an https URL (http only for loopback hosts).
+    """
+
+    flow = "static_token"
+
+    def __init__(self, access_token: str, instance_url: str) -> None:
+        if not access_token:
+            raise InputError("access_token is empty", field="access_token")
+        self.instance_url = normalize_url(instance_url, what="instance_url", keywords=False)
+        self._token = Token(access_token=access_token, instance_url=self.instance_url)
+
+    @property
+    def cache_key(self) -> str:
+        """Fingerprint of the instance URL and the token."""
+        return fingerprint(self.flow, self.instance_url, self._token.access_token)
+
+    @property
+    def can_refresh(self) -> bool:
+        """Always ``False``: the token is fixed."""
+        return False
+
+    async def fetch_token(self, http: httpx.AsyncClient) -> Token:
+        """The fixed token (no request is made)."""
+        return self._token
+
+    def secrets(self) -> tuple[str, ...]:
+        """The access token."""
+        return (self._token.access_token,)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(instance_url={self.instance_url!r})"
