@@ -171,6 +171,8 @@ class SoapLoginAuth(TokenProvider):
                 root = ET.fromstring(body)  # noqa: S314
             except ET.ParseError:
                 root = None
+        if root is not None and _local(root.tag) != "Envelope":
+            root = None  # well-formed but not SOAP, such as an XHTML error page
         if root is None:
             detail = f": {_http.excerpt(body, self.secrets())}" if not response.is_success else ""
             raise AuthenticationError(
@@ -186,9 +188,15 @@ class SoapLoginAuth(TokenProvider):
                 error_description=fault_string,
                 status_code=status,
             )
+        if not response.is_success:
+            detail = _http.excerpt(body, self.secrets())
+            raise AuthenticationError(
+                f"SOAP login at {self.soap_url} failed (HTTP {status}): {detail}",
+                status_code=status,
+            )
         session_id = _find_text(root, "sessionId")
         server_url = _find_text(root, "serverUrl")
-        if not response.is_success or not session_id or not server_url:
+        if not session_id or not server_url:
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} answered HTTP {status} without sessionId and serverUrl",
                 status_code=status,
