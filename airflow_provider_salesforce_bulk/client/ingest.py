@@ -1,0 +1,444 @@
+"""``BulkIngestClient``: every Bulk API 2.0 ingest endpoint, one method each."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+import httpx
+import orjson
+
+from airflow_provider_salesforce_bulk.client.errors import (
+    InputError,
+    InvalidJobStateError,
+    OperationTimeoutError,
+    SalesforceApiError,
+    TransportError,
+    UploadOutcomeUnknownError,
+)
+from airflow_provider_salesforce_bulk.client.models import (
+    COLUMN_DELIMITERS,
+    LINE_ENDINGS,
+    OPERATIONS,
+    JobInfo,
+    OperationType,
+    ResultKind,
+)
+from airflow_provider_salesforce_bulk.client.results import iter_csv_records
+from airflow_provider_salesforce_bulk.client.retry import RetrySafety
+from airflow_provider_salesforce_bulk.client.session import SalesforceSession
+
+if TYPE_CHECKING:
+    from airflow_provider_salesforce_bulk.client.operation import JobResult
+
+__all__ = ["RESULT_KINDS", "BulkIngestClient", "PollPolicy", "check_job_options"]
+
+log = logging.getLogger(__name__)
+
+_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
+RESULT_KINDS: tuple[ResultKind, ...] = ("successfulResults", "failedResults", "unprocessedrecords")
+
+
+class AsyncWritable(Protocol):
+    async def write(self, data: bytes, /) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PollPolicy:
+    """How often to ask for a job's state: starting fast, backing off to a ceiling.
+
+    Parameters
+    ----------
+    initial : float
+        First wait in seconds.
+    maximum : float
+        Longest wait in seconds.
+    factor : float
+        Growth of the wait after each poll.
+    """
+
+    initial: float = 0.5
+    maximum: float = 5.0
+    factor: float = 1.5
+
+    def intervals(self) -> Iterable[float]:
+        wait = min(self.initial, self.maximum)
+        while True:
+            yield wait
+            wait = min(wait * self.factor, self.maximum)
+
+
+class BulkIngestClient:
+    """Salesforce Bulk API 2.0 ingest client.
+
+    Parameters
+    ----------
+    session : SalesforceSession
+        Authenticated HTTP access to the org; closing it is the caller's business.
+
+    Examples
+    --------
+    >>> async with SalesforceSession(ClientCredentialsAuth(id, secret, url)) as session:  # doctest: +SKIP
+    ...     client = BulkIngestClient(session)
+    ...     async for result in client.perform_operation("insert", "Account", records):
+    ...         print(result.job_info.state, result.number_records_failed)
+    """
+
+    def __init__(self, session: SalesforceSession) -> None:
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"<BulkIngestClient {self.session!r}>"
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        operation: OperationType,
+        sobject: str,
+        external_id_field: str | None = None,
+        assignment_rule_id: str | None = None,
+        *,
+        column_delimiter: str = "COMMA",
+        line_ending: str = "LF",
+    ) -> JobInfo:
+        """Create an ingest job (state Open).
+
+        Parameters
+        ----------
+        operation : {"insert", "delete", "hardDelete", "update", "upsert"}
+            Operation to perform.
+        sobject : str
+            Salesforce object name.
+        external_id_field : str, optional
+            External ID field; required for ``upsert``, refused otherwise.
+        assignment_rule_id : str, optional
+            Assignment rule to run for a Case or a Lead.
+        column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}
+        line_ending : {"LF", "CRLF"}
+
+        Returns
+        -------
+        JobInfo
+            The new job.
+        """
+        check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
+        payload: dict[str, str] = {
+            "object": sobject,
+            "operation": operation,
+            "contentType": "CSV",
+            "columnDelimiter": column_delimiter,
+            "lineEnding": line_ending,
+        }
+        if external_id_field is not None:
+            payload["externalIdFieldName"] = external_id_field
+        if assignment_rule_id is not None:
+            payload["assignmentRuleId"] = assignment_rule_id
+        response = await self.session.request(
+            "POST", "jobs/ingest", content=orjson.dumps(payload), headers=_JSON
+        )
+        return JobInfo.from_json(response.content)
+
+    async def get_job(self, job_id: str) -> JobInfo:
+        """Information about a job, counters included."""
+        response = await self.session.request("GET", f"jobs/ingest/{_job(job_id)}", headers=_JSON)
+        return JobInfo.from_json(response.content)
+
+    async def list_jobs(
+        self,
+        is_pk_chunking_enabled: bool | None = None,
+        *,
+        job_type: str | None = None,
+        concurrency_mode: str | None = None,
+    ) -> AsyncIterator[JobInfo]:
+        """Every ingest job of the org, following ``nextRecordsUrl`` page by page."""
+        params: dict[str, str] = {}
+        if is_pk_chunking_enabled is not None:
+            params["isPkChunkingEnabled"] = "true" if is_pk_chunking_enabled else "false"
+        if job_type is not None:
+            params["jobType"] = job_type
+        if concurrency_mode is not None:
+            params["concurrencyMode"] = concurrency_mode
+        path: str | None = "jobs/ingest"
+        while path is not None:
+            response = await self.session.request("GET", path, params=params or None, headers=_JSON)
+            page = orjson.loads(response.content)
+            for record in page.get("records") or ():
+                yield JobInfo.from_json(record)
+            next_url = page.get("nextRecordsUrl")
+            path = next_url if next_url and not page.get("done", False) else None
+            params = {}
+
+    async def close_job(self, job_id: str) -> JobInfo:
+        """Mark the upload complete (state UploadComplete) so Salesforce starts processing.
+
+        Safe to repeat: if an earlier close whose answer was lost went through, the job's current
+        state is returned instead of an error.
+        """
+        try:
+            return await self._set_state(job_id, "UploadComplete")
+        except InvalidJobStateError:
+            job = await self.get_job(job_id)
+            if job.state in {"UploadComplete", "InProgress", "JobComplete", "Failed"}:
+                return job
+            raise
+
+    async def abort_job(self, job_id: str) -> JobInfo:
+        """Abort a job. Aborting a job that already ended returns its state instead of failing."""
+        try:
+            return await self._set_state(job_id, "Aborted")
+        except InvalidJobStateError:
+            job = await self.get_job(job_id)
+            if job.is_terminal:
+                return job
+            raise
+
+    async def _set_state(self, job_id: str, state: str) -> JobInfo:
+        response = await self.session.request(
+            "PATCH", f"jobs/ingest/{_job(job_id)}", content=orjson.dumps({"state": state}), headers=_JSON
+        )
+        return JobInfo.from_json(response.content)
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a finished job and its results (written records stay written)."""
+        await self.session.request("DELETE", f"jobs/ingest/{_job(job_id)}")
+
+    async def upload_job_data(
+        self,
+        job_id: str,
+        data: bytes,
+        *,
+        close: bool = True,
+        compress: bool = False,
+    ) -> JobInfo:
+        """Upload the job's CSV (one upload per job) and, by default, close the job.
+
+        Parameters
+        ----------
+        job_id : str
+            An Open job.
+        data : bytes
+            The whole CSV, header included, at most 100 MB.
+        close : bool
+            Close the job after the upload (as the reference client does).
+        compress : bool
+            Send the body gzip-compressed (``Content-Encoding: gzip``). Off by default: Salesforce
+            documents request compression for REST, not explicitly for this upload.
+
+        Raises
+        ------
+        UploadOutcomeUnknownError
+            The upload may or may not have reached Salesforce. Never send the data to this job
+            again: abort it and use a new job (``perform_operation`` does this for you).
+        """
+        headers = {"Content-Type": "text/csv"}
+        body = data
+        if compress:
+            # gzip of a large chunk takes long enough to stall other jobs' polling.
+            body = await asyncio.to_thread(gzip.compress, data, 6)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            await self.session.request(
+                "PUT",
+                f"jobs/ingest/{_job(job_id)}/batches",
+                content=body,
+                headers=headers,
+                safety=RetrySafety.NOT_SENT_ONLY,
+            )
+        except TransportError as exc:
+            raise UploadOutcomeUnknownError(
+                f"upload to job {job_id} got no answer ({exc}); it must not be sent to this job again",
+                job_id=job_id,
+            ) from exc
+        except SalesforceApiError as exc:
+            if exc.status_code >= 500:
+                raise UploadOutcomeUnknownError(
+                    f"upload to job {job_id} failed with HTTP {exc.status_code}; whether Salesforce kept "
+                    "the data is unknown, so it must not be sent to this job again",
+                    job_id=job_id,
+                ) from exc
+            raise
+        if close:
+            return await self.close_job(job_id)
+        return JobInfo(id=job_id, state="Open")
+
+    async def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        poll: PollPolicy | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[JobInfo], Awaitable[None] | None] | None = None,
+    ) -> JobInfo:
+        """Poll a job with backoff until it is JobComplete, Failed or Aborted.
+
+        Raises
+        ------
+        OperationTimeoutError
+            ``timeout`` seconds passed first (the job keeps running on Salesforce).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for wait in (poll or PollPolicy()).intervals():
+            job = await self.get_job(job_id)
+            if on_progress is not None:
+                maybe = on_progress(job)
+                if maybe is not None:
+                    await maybe
+            if job.is_terminal:
+                return job
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OperationTimeoutError(
+                        f"job {job_id} still {job.state} after {timeout}s; it keeps running on Salesforce"
+                    )
+                wait = min(wait, remaining)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- results ------------------------------------------------------------------------------
+
+    async def iter_results(
+        self, job_id: str, kind: ResultKind, *, column_delimiter: str | None = None
+    ) -> AsyncIterator[dict[str, str]]:
+        """Stream one result file as dicts, parsed as CSV while it arrives.
+
+        ``column_delimiter`` defaults to the job's own (read with :meth:`get_job`).
+        """
+        if column_delimiter is None:
+            column_delimiter = (await self.get_job(job_id)).column_delimiter or "COMMA"
+        delimiter = COLUMN_DELIMITERS[column_delimiter]
+        async with self.session.stream(
+            "GET", f"jobs/ingest/{_job(job_id)}/{_kind(kind)}", headers={"Accept": "text/csv"}
+        ) as response:
+            async for record in iter_csv_records(_body(response, job_id), delimiter=delimiter):
+                yield record
+
+    async def iter_successful_results(self, job_id: str) -> AsyncIterator[dict[str, str]]:
+        """``sf__Id``, ``sf__Created`` and the uploaded columns of each successful record."""
+        async for record in self.iter_results(job_id, "successfulResults"):
+            yield record
+
+    async def iter_failed_results(self, job_id: str) -> AsyncIterator[dict[str, str]]:
+        """``sf__Id``, ``sf__Error`` and the uploaded columns of each failed record."""
+        async for record in self.iter_results(job_id, "failedResults"):
+            yield record
+
+    async def iter_unprocessed_records(self, job_id: str) -> AsyncIterator[dict[str, str]]:
+        """The uploaded columns of each record a Failed or Aborted job did not process."""
+        async for record in self.iter_results(job_id, "unprocessedrecords"):
+            yield record
+
+    async def copy_results(
+        self, job_id: str, kind: ResultKind, destination: IO[bytes] | AsyncWritable
+    ) -> int:
+        """Copy one result file, as Salesforce sent it (decompressed), to a file or stream.
+
+        ``destination`` is a binary file object or anything with an async ``write(bytes)``.
+        Returns the number of bytes written. Memory holds one network chunk.
+        """
+        written = 0
+        async with self.session.stream(
+            "GET", f"jobs/ingest/{_job(job_id)}/{_kind(kind)}", headers={"Accept": "text/csv"}
+        ) as response:
+            async for chunk in _body(response, job_id):
+                result = destination.write(chunk)
+                if asyncio.iscoroutine(result):
+                    await result
+                written += len(chunk)
+        return written
+
+    async def get_results(self, job_id: str, kind: ResultKind) -> list[dict[str, str]]:
+        """One result file as a list (for small jobs; prefer :meth:`iter_results`)."""
+        return [record async for record in self.iter_results(job_id, kind)]
+
+    # -- the whole operation ------------------------------------------------------------------
+
+    def perform_operation(
+        self,
+        operation: OperationType,
+        sobject: str,
+        data: Iterable[dict[str, Any]],
+        fieldnames: Collection[str] | None = None,
+        max_size_bytes: int = 100_000_000,
+        max_records: int = 150_000_000,
+        external_id_field: str | None = None,
+        assignment_rule_id: str | None = None,
+        polling_interval: float = 5.0,
+        **options: Any,
+    ) -> AsyncIterator[JobResult]:
+        """Load records: serialize them in chunks, one job per chunk, and yield each job's result.
+
+        Same parameters as the reference client, plus the keyword-only options of
+        :func:`~airflow_provider_salesforce_bulk.client.operation.perform_operation`
+        (``max_concurrent_jobs``, ``timeout``, ``raise_on_failed_job``, ...), which documents them.
+        """
+        from airflow_provider_salesforce_bulk.client.operation import perform_operation
+
+        return perform_operation(
+            self,
+            operation,
+            sobject,
+            data,
+            fieldnames=fieldnames,
+            max_size_bytes=max_size_bytes,
+            max_records=max_records,
+            external_id_field=external_id_field,
+            assignment_rule_id=assignment_rule_id,
+            polling_interval=polling_interval,
+            **options,
+        )
+
+
+def check_job_options(
+    operation: str,
+    sobject: str,
+    external_id_field: str | None,
+    column_delimiter: str,
+    line_ending: str,
+) -> None:
+    """Refuse job options Salesforce would refuse, before any request."""
+    if operation not in OPERATIONS:
+        raise InputError(
+            f"unknown operation {operation!r}; expected one of {sorted(OPERATIONS)}", field="operation"
+        )
+    if not sobject or not isinstance(sobject, str):
+        raise InputError("sobject (the Salesforce object name) is required", field="sobject")
+    if operation == "upsert" and not external_id_field:
+        raise InputError("upsert needs external_id_field (an external ID field or 'Id')",
+                         field="external_id_field")
+    if operation != "upsert" and external_id_field:
+        raise InputError(f"external_id_field is only for upsert, not {operation}", field="external_id_field")
+    if column_delimiter not in COLUMN_DELIMITERS:
+        raise InputError(
+            f"unknown column_delimiter {column_delimiter!r}; expected one of {sorted(COLUMN_DELIMITERS)}",
+            field="column_delimiter",
+        )
+    if line_ending not in LINE_ENDINGS:
+        raise InputError(f"unknown line_ending {line_ending!r}; expected LF or CRLF", field="line_ending")
+
+
+def _job(job_id: str) -> str:
+    if not job_id or not job_id.isalnum():
+        raise InputError(f"not a job id: {job_id!r}", field="job_id")
+    return job_id
+
+
+def _kind(kind: str) -> str:
+    if kind not in RESULT_KINDS:
+        raise InputError(f"unknown result kind {kind!r}; expected one of {RESULT_KINDS}", field="kind")
+    return kind
+
+
+async def _body(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise TransportError(f"reading results of job {job_id} failed: {type(exc).__name__}: {exc}") from exc
+

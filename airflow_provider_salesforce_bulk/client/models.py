@@ -1,0 +1,175 @@
+"""Typed views of what the Bulk API 2.0 returns: job information and the outcome of a job."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "COLUMN_DELIMITERS",
+    "LINE_ENDINGS",
+    "OPERATIONS",
+    "TERMINAL_STATES",
+    "ColumnDelimiter",
+    "JobInfo",
+    "JobState",
+    "LineEnding",
+    "OperationType",
+    "ResultKind",
+    "parse_salesforce_datetime",
+]
+
+OperationType = Literal["insert", "delete", "hardDelete", "update", "upsert"]
+JobState = Literal["Open", "UploadComplete", "InProgress", "JobComplete", "Aborted", "Failed"]
+ColumnDelimiter = Literal["BACKQUOTE", "CARET", "COMMA", "PIPE", "SEMICOLON", "TAB"]
+LineEnding = Literal["LF", "CRLF"]
+ResultKind = Literal["successfulResults", "failedResults", "unprocessedrecords"]
+
+OPERATIONS: frozenset[str] = frozenset({"insert", "delete", "hardDelete", "update", "upsert"})
+TERMINAL_STATES: frozenset[str] = frozenset({"JobComplete", "Aborted", "Failed"})
+COLUMN_DELIMITERS: dict[str, str] = {
+    "BACKQUOTE": "`",
+    "CARET": "^",
+    "COMMA": ",",
+    "PIPE": "|",
+    "SEMICOLON": ";",
+    "TAB": "\t",
+}
+LINE_ENDINGS: dict[str, str] = {"LF": "\n", "CRLF": "\r\n"}
+
+# JSON name -> attribute name, for every documented field. Anything else lands in JobInfo.extra.
+_FIELDS: dict[str, str] = {
+    "id": "id",
+    "operation": "operation",
+    "object": "object",
+    "state": "state",
+    "createdById": "created_by_id",
+    "createdDate": "created_date",
+    "systemModstamp": "system_modstamp",
+    "externalIdFieldName": "external_id_field_name",
+    "assignmentRuleId": "assignment_rule_id",
+    "concurrencyMode": "concurrency_mode",
+    "contentType": "content_type",
+    "apiVersion": "api_version",
+    "jobType": "job_type",
+    "contentUrl": "content_url",
+    "lineEnding": "line_ending",
+    "columnDelimiter": "column_delimiter",
+    "numberRecordsProcessed": "number_records_processed",
+    "numberRecordsFailed": "number_records_failed",
+    "retries": "retries",
+    "totalProcessingTime": "total_processing_time",
+    "apiActiveProcessingTime": "api_active_processing_time",
+    "apexProcessingTime": "apex_processing_time",
+    "errorMessage": "error_message",
+}
+_DATETIMES = ("created_date", "system_modstamp")
+_INTS = (
+    "number_records_processed",
+    "number_records_failed",
+    "retries",
+    "total_processing_time",
+    "api_active_processing_time",
+    "apex_processing_time",
+)
+
+
+def parse_salesforce_datetime(value: str) -> datetime.datetime:
+    """Parse ``2024-09-09T19:25:27.000+0000`` (and the ``+00:00`` / ``Z`` forms) to an aware datetime."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+0000"
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):
+        try:
+            return datetime.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    parsed = datetime.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """Bulk API 2.0 ingest job information, with every documented field.
+
+    Counters default to 0 where Salesforce leaves them out (the create and close answers), fields a
+    newer API version adds are kept in :attr:`extra`, and ``api_version`` is a number.
+    """
+
+    id: str
+    operation: str | None = None
+    object: str | None = None
+    state: str | None = None
+    created_by_id: str | None = None
+    created_date: datetime.datetime | None = None
+    system_modstamp: datetime.datetime | None = None
+    external_id_field_name: str | None = None
+    assignment_rule_id: str | None = None
+    concurrency_mode: str | None = None
+    content_type: str | None = None
+    api_version: float | None = None
+    job_type: str | None = None
+    content_url: str | None = None
+    line_ending: str | None = None
+    column_delimiter: str | None = None
+    number_records_processed: int = 0
+    number_records_failed: int = 0
+    retries: int = 0
+    total_processing_time: int = 0
+    api_active_processing_time: int = 0
+    apex_processing_time: int = 0
+    error_message: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> JobInfo:
+        """Build from a job body (raw JSON or already decoded)."""
+        raw: Mapping[str, Any] = orjson.loads(data) if isinstance(data, (bytes, str)) else data
+        if not isinstance(raw, Mapping) or not raw.get("id"):
+            raise ValueError(f"not a Bulk API job body: {str(raw)[:200]!r}")
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = _FIELDS.get(key)
+            if name is None:
+                extra[key] = value
+            else:
+                values[name] = value
+        for name in _DATETIMES:
+            if isinstance(values.get(name), str):
+                try:
+                    values[name] = parse_salesforce_datetime(values[name])
+                except ValueError:
+                    # Keep going on an odd timestamp: the job's state matters more than its date.
+                    extra[name] = values.pop(name)
+        for name in _INTS:
+            if name in values:
+                values[name] = int(values[name] or 0)
+        if values.get("api_version") is not None:
+            values["api_version"] = float(values["api_version"])
+        return cls(**values, extra=extra)
+
+    @property
+    def is_terminal(self) -> bool:
+        """JobComplete, Failed or Aborted: Salesforce will do nothing more with the job."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def number_records_succeeded(self) -> int:
+        """Processed records minus failed ones (``numberRecordsProcessed`` includes failures)."""
+        return max(self.number_records_processed - self.number_records_failed, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary in Salesforce's field names."""
+        out: dict[str, Any] = {}
+        for key, name in _FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, datetime.datetime):
+                value = value.isoformat()
+            if value is not None:
+                out[key] = value
+        return out
