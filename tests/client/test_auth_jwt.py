@@ -273,7 +273,7 @@ def test_key_file_with_garbage_names_the_file(tmp_path: Path) -> None:
 )
 def test_exactly_one_key_source(kwargs: dict[str, str]) -> None:
     with pytest.raises(InputError):
-        JwtBearerAuth("cid", "user@acme.com", **kwargs)  # type: ignore[arg-type]
+        JwtBearerAuth("cid", "user@acme.com", **kwargs)
 
 
 async def test_invalid_grant_from_salesforce(pem: str) -> None:
@@ -290,3 +290,15 @@ async def test_invalid_grant_from_salesforce(pem: str) -> None:
     assert info.value.error_description == "user hasn't approved this consumer"
     assert info.value.status_code == 400
     assert _key_body(pem) not in str(info.value)
+
+
+async def test_echoed_assertion_is_blanked_from_error(pem: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, content=b"proxy refused: " + request.content)
+
+    provider = JwtBearerAuth("cid", "user@acme.com", private_key=pem)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(AuthenticationError) as info:
+            await provider.fetch_token(http)
+    assert "proxy refused" in str(info.value)
+    assert "eyJ" not in str(info.value)  # no part of a JWT (base64url of '{"')

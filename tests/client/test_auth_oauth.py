@@ -314,7 +314,7 @@ async def test_retry_pauses_follow_retry_delays(monkeypatch: pytest.MonkeyPatch)
         pauses.append(seconds)
 
     monkeypatch.setattr(auth_http, "RETRY_DELAYS", (0.5, 1.5))
-    monkeypatch.setattr(auth_http.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(auth_http, "_sleep", fake_sleep)
     recorder = Recorder(httpx.Response(503), httpx.Response(429, headers={"Retry-After": "2"}), ok())
     await fetch(RefreshTokenAuth("cid", "refresh"), recorder)
     assert len(pauses) == 2

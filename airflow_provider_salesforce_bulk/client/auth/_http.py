@@ -35,10 +35,14 @@ OAUTH_RETRY_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 
 _EXCERPT_CHARS = 200
 
+# Pauses go through this name so tests can skip them without patching asyncio.sleep for the whole loop.
+_sleep = asyncio.sleep
+
 
 def excerpt(body: bytes, secrets: Iterable[str] = ()) -> str:
     """A short printable excerpt of a body, with any secret the request carried blanked out."""
-    text = body[: _EXCERPT_CHARS * 2].decode("utf-8", "replace")
+    # Redact before cutting: a secret straddling the cut would otherwise survive as a fragment.
+    text = body[:65536].decode("utf-8", "replace")
     for secret in secrets:
         if secret:
             # A proxy's error page may echo the form it got, so both the raw and the encoded forms go.
@@ -109,7 +113,7 @@ async def send_login_request(
             log.warning(
                 "%s login request to %s failed (%s), retrying", flow, url, type(exc).__name__, exc_info=False
             )
-            await asyncio.sleep(_retry_delay(None, RETRY_DELAYS[attempt]))
+            await _sleep(_retry_delay(None, RETRY_DELAYS[attempt]))
             continue
         except httpx.HTTPError as exc:
             # Decoding errors, too many redirects, ...: an answer came but is unusable; repeating won't help.
@@ -118,7 +122,7 @@ async def send_login_request(
             ) from exc
         if response.status_code in retry_statuses and attempt + 1 < attempts:
             log.warning("%s login request to %s answered HTTP %s, retrying", flow, url, response.status_code)
-            await asyncio.sleep(_retry_delay(response, RETRY_DELAYS[attempt]))
+            await _sleep(_retry_delay(response, RETRY_DELAYS[attempt]))
             continue
         return response
     raise AssertionError("unreachable")  # pragma: no cover

@@ -15,6 +15,10 @@ __all__ = ["OAuthTokenProvider"]
 
 log = logging.getLogger(__name__)
 
+# Form fields that are not secret; every other value sent (password + token, assertion, ...) is blanked
+# out of any error body excerpt, in case a proxy echoes the request.
+_PUBLIC_FIELDS = frozenset({"grant_type", "client_id", "username"})
+
 
 class OAuthTokenProvider(TokenProvider):
     """Base of the flows that post a form to Salesforce's OAuth 2.0 token endpoint.
@@ -56,12 +60,17 @@ class OAuthTokenProvider(TokenProvider):
             The token endpoint could not be reached, after a couple of retries.
         """
         log.debug("requesting a token with the %s flow from %s", self.flow, self.token_url)
+        form = self._form()
         response = await _http.send_login_request(
-            http, self.token_url, flow=self.flow, data=self._form(), headers=self._headers()
+            http, self.token_url, flow=self.flow, data=form, headers=self._headers()
         )
+        sent = [value for key, value in form.items() if key not in _PUBLIC_FIELDS]
         return self._on_token(
             _http.parse_token_response(
-                response, flow=self.flow, secrets=self.secrets(), refresh_token=self._kept_refresh_token()
+                response,
+                flow=self.flow,
+                secrets=[*self.secrets(), *sent],
+                refresh_token=self._kept_refresh_token(),
             )
         )
 
