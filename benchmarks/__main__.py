@@ -20,7 +20,9 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{name}")
         ok = module.main()
-        print(f"--- {name}: {time.perf_counter() - started:.1f}s {'OK' if ok is not False else 'BELOW TARGET'}")
+        print(
+            f"--- {name}: {time.perf_counter() - started:.1f}s {'OK' if ok is not False else 'BELOW TARGET'}"
+        )
         if ok is False:
             failed.append(name)
     if failed:

@@ -20,7 +20,16 @@ import httpx
 
 TARGET_RATIO = 1.1
 SIZES = (200_000, 1_000_000)
-FIELDS = ["External_Id__c", "Name", "Description", "Amount__c", "Active__c", "Start__c", "Score__c", "Notes__c"]
+FIELDS = [
+    "External_Id__c",
+    "Name",
+    "Description",
+    "Amount__c",
+    "Active__c",
+    "Start__c",
+    "Score__c",
+    "Notes__c",
+]
 
 
 def record_stream(n: int):
@@ -62,8 +71,15 @@ class StubBulkApi:
         if request.method == "PATCH":
             return httpx.Response(200, json={"id": job_id, "state": json.loads(request.content)["state"]})
         n = self.jobs[job_id]
-        return httpx.Response(200, json={"id": job_id, "state": "JobComplete", "numberRecordsProcessed": n,
-                                         "numberRecordsFailed": 0})
+        return httpx.Response(
+            200,
+            json={
+                "id": job_id,
+                "state": "JobComplete",
+                "numberRecordsProcessed": n,
+                "numberRecordsFailed": 0,
+            },
+        )
 
 
 async def load(n: int) -> dict[str, float]:
@@ -75,14 +91,22 @@ async def load(n: int) -> dict[str, float]:
     )
 
     stub = StubBulkApi()
-    session = SalesforceSession(StaticTokenAuth("bench-token", "https://bench.my.salesforce.com"),
-                                transport=httpx.MockTransport(stub), token_cache=TokenCache())
+    session = SalesforceSession(
+        StaticTokenAuth("bench-token", "https://bench.my.salesforce.com"),
+        transport=httpx.MockTransport(stub),
+        token_cache=TokenCache(),
+    )
     async with session:
         client = BulkIngestClient(session)
         records = 0
         async for result in client.perform_operation(
-            "upsert", "Account", record_stream(n), fieldnames=FIELDS, max_size_bytes=10_000_000,
-            external_id_field="External_Id__c", polling_interval=0.01,
+            "upsert",
+            "Account",
+            record_stream(n),
+            fieldnames=FIELDS,
+            max_size_bytes=10_000_000,
+            external_id_field="External_Id__c",
+            polling_interval=0.01,
         ):
             records += result.record_count
     assert records == n, (records, n)
@@ -102,20 +126,26 @@ def child(n: int) -> None:
 def main() -> bool:
     figures = {}
     for n in SIZES:
-        out = subprocess.run(
+        out = subprocess.run(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "benchmarks.bench_perform_operation", "--child", str(n)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         figures[n] = json.loads(out.stdout.strip().splitlines()[-1])
         f = figures[n]
-        print(f"{n:>9,} records: {f['jobs']:.0f} jobs, {f['mb_uploaded']:.0f} MB uploaded, "
-              f"peak traced {f['peak_mb']:.1f} MB, peak RSS {f['rss_mb']:.0f} MB, {f['seconds']:.1f}s "
-              f"({n / f['seconds']:,.0f} records/s with tracing on)")
+        print(
+            f"{n:>9,} records: {f['jobs']:.0f} jobs, {f['mb_uploaded']:.0f} MB uploaded, "
+            f"peak traced {f['peak_mb']:.1f} MB, peak RSS {f['rss_mb']:.0f} MB, {f['seconds']:.1f}s "
+            f"({n / f['seconds']:,.0f} records/s with tracing on)"
+        )
     small, large = figures[SIZES[0]], figures[SIZES[1]]
     ratio = large["peak_mb"] / small["peak_mb"]
     rss_ratio = large["rss_mb"] / small["rss_mb"]
-    print(f"peak memory {SIZES[1]:,} / {SIZES[0]:,} records: traced {ratio:.2f}x, RSS {rss_ratio:.2f}x "
-          f"(target <= {TARGET_RATIO}x)")
+    print(
+        f"peak memory {SIZES[1]:,} / {SIZES[0]:,} records: traced {ratio:.2f}x, RSS {rss_ratio:.2f}x "
+        f"(target <= {TARGET_RATIO}x)"
+    )
     return ratio <= TARGET_RATIO and rss_ratio <= TARGET_RATIO
 
 

@@ -216,7 +216,9 @@ def parse_error_body(body: bytes) -> list[dict[str, Any]]:
     return [e for e in data if isinstance(e, dict)]
 
 
-def error_from_response(status_code: int, body: bytes, *, method: str = "", url: str = "") -> SalesforceApiError:
+def error_from_response(
+    status_code: int, body: bytes, *, method: str = "", url: str = ""
+) -> SalesforceApiError:
     """Map an error answer onto the exception class that describes it."""
     errors = parse_error_body(body)
     error_code: str | None = None
@@ -234,9 +236,11 @@ def error_from_response(status_code: int, body: bytes, *, method: str = "", url:
         cls = _BY_STATUS.get(status_code)
     if cls is None:
         cls = ServerError if status_code >= 500 else MalformedRequestError
-    summary = "; ".join(
-        f"{e.get('errorCode') or e.get('error') or '?'}: {e.get('message') or e.get('error_description') or ''}"
-        for e in errors
-    ) or (message or "no error body")
+    summary = "; ".join(_describe(e) for e in errors) or message or "no error body"
     text = f"{method} {url} -> HTTP {status_code}: {summary}".strip()
     return cls(text, status_code=status_code, error_code=error_code, errors=errors, method=method, url=url)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    code = error.get("errorCode") or error.get("error") or "?"
+    return f"{code}: {error.get('message') or error.get('error_description') or ''}"

@@ -310,11 +310,12 @@ class BulkIngestClient:
 
         ``column_delimiter`` defaults to the job's own (read with :meth:`get_job`).
         """
+        path = f"jobs/ingest/{_job(job_id)}/{_kind(kind)}"
         if column_delimiter is None:
             column_delimiter = (await self.get_job(job_id)).column_delimiter or "COMMA"
         delimiter = COLUMN_DELIMITERS[column_delimiter]
         async with self.session.stream(
-            "GET", f"jobs/ingest/{_job(job_id)}/{_kind(kind)}", headers={"Accept": "text/csv"}
+            "GET", path, headers={"Accept": "text/csv"}
         ) as response:
             async for record in iter_csv_records(_body(response, job_id), delimiter=delimiter):
                 yield record
@@ -410,8 +411,9 @@ def check_job_options(
     if not sobject or not isinstance(sobject, str):
         raise InputError("sobject (the Salesforce object name) is required", field="sobject")
     if operation == "upsert" and not external_id_field:
-        raise InputError("upsert needs external_id_field (an external ID field or 'Id')",
-                         field="external_id_field")
+        raise InputError(
+            "upsert needs external_id_field (an external ID field or 'Id')", field="external_id_field"
+        )
     if operation != "upsert" and external_id_field:
         raise InputError(f"external_id_field is only for upsert, not {operation}", field="external_id_field")
     if column_delimiter not in COLUMN_DELIMITERS:
@@ -441,4 +443,3 @@ async def _body(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
             yield chunk
     except httpx.HTTPError as exc:
         raise TransportError(f"reading results of job {job_id} failed: {type(exc).__name__}: {exc}") from exc
-

@@ -85,16 +85,19 @@ class JobResult:
         return self.client
 
     def iter_successful_results(self) -> AsyncIterator[dict[str, str]]:
-        return self._client().iter_results(self.job_id, "successfulResults",
-                                           column_delimiter=self.job_info.column_delimiter)
+        return self._client().iter_results(
+            self.job_id, "successfulResults", column_delimiter=self.job_info.column_delimiter
+        )
 
     def iter_failed_results(self) -> AsyncIterator[dict[str, str]]:
-        return self._client().iter_results(self.job_id, "failedResults",
-                                           column_delimiter=self.job_info.column_delimiter)
+        return self._client().iter_results(
+            self.job_id, "failedResults", column_delimiter=self.job_info.column_delimiter
+        )
 
     def iter_unprocessed_records(self) -> AsyncIterator[dict[str, str]]:
-        return self._client().iter_results(self.job_id, "unprocessedrecords",
-                                           column_delimiter=self.job_info.column_delimiter)
+        return self._client().iter_results(
+            self.job_id, "unprocessedrecords", column_delimiter=self.job_info.column_delimiter
+        )
 
 
 async def submit_job(
@@ -293,7 +296,11 @@ async def perform_operation(
             unfinished.discard(job.id)
             log.info(
                 "Job %s %s: %d processed, %d failed of %d records",
-                final.id, final.state, final.number_records_processed, final.number_records_failed, count,
+                final.id,
+                final.state,
+                final.number_records_processed,
+                final.number_records_failed,
+                count,
             )
             if raise_on_failed_job and final.state in ("Failed", "Aborted"):
                 raise BulkJobFailedError(
@@ -310,10 +317,9 @@ async def perform_operation(
         finally:
             slots.release()
 
-    async def produce() -> None:
+    async def produce(chunk: CsvChunk | None) -> None:
         nonlocal submitted
         try:
-            chunk: CsvChunk | None = first
             while chunk is not None:
                 task = asyncio.create_task(run_job(chunk))
                 job_tasks.add(task)
@@ -330,8 +336,8 @@ async def perform_operation(
         except BaseException as exc:
             queue.put_nowait(exc)
 
-    del first
-    producer = asyncio.create_task(produce())
+    producer = asyncio.create_task(produce(first))
+    del first  # the producer owns it now; the slot's memory goes when its job has it
     received = 0
     produced_all = False
     try:
@@ -366,6 +372,7 @@ async def perform_operation(
 
 def _chunk_reader(chunks: Iterator[CsvChunk], in_thread: bool) -> Callable[[], Awaitable[CsvChunk | None]]:
     if in_thread:
+
         async def read_in_thread() -> CsvChunk | None:
             return await asyncio.to_thread(next, chunks, None)
 

@@ -69,7 +69,7 @@ async def iter_csv_records(
             continue
         if len(row) != len(header):
             raise csv.Error(f"result row has {len(row)} values for {len(header)} columns")
-        yield dict(zip(header, row))
+        yield dict(zip(header, row, strict=False))
 
 
 def parse_results(data: bytes, *, column_delimiter: str = "COMMA") -> list[dict[str, str]]:
@@ -82,4 +82,4 @@ def parse_results(data: bytes, *, column_delimiter: str = "COMMA") -> list[dict[
     if not rows:
         return []
     header, body = rows[0], rows[1:]
-    return [dict(zip(header, row)) for row in body]
+    return [dict(zip(header, row, strict=False)) for row in body]

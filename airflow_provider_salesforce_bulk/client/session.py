@@ -15,7 +15,12 @@ from typing import Any
 import httpx
 
 from airflow_provider_salesforce_bulk import __version__
-from airflow_provider_salesforce_bulk.client.auth.base import Token, TokenCache, TokenProvider, default_token_cache
+from airflow_provider_salesforce_bulk.client.auth.base import (
+    Token,
+    TokenCache,
+    TokenProvider,
+    default_token_cache,
+)
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
     SessionExpiredError,
@@ -96,9 +101,7 @@ class SalesforceSession:
     ) -> None:
         api_version = str(api_version).lstrip("vV")
         if not _API_VERSION.match(api_version):
-            raise InputError(
-                f"api_version must look like '64.0', got {api_version!r}", field="api_version"
-            )
+            raise InputError(f"api_version must look like '64.0', got {api_version!r}", field="api_version")
         self.auth = auth
         self.api_version = api_version
         self.retry_policy = retry_policy or RetryPolicy()
@@ -183,8 +186,16 @@ class SalesforceSession:
             when no answer came after retries. For ``NOT_SENT_ONLY`` requests, raised at once when
             the request may have reached Salesforce.
         """
-        async with self._send(method, path, content=content, json=json, params=params, headers=headers,
-                              safety=safety, stream=False) as response:
+        async with self._send(
+            method,
+            path,
+            content=content,
+            json=json,
+            params=params,
+            headers=headers,
+            safety=safety,
+            stream=False,
+        ) as response:
             return response
 
     @contextlib.asynccontextmanager
@@ -201,8 +212,9 @@ class SalesforceSession:
         Only the response head is covered by retries: a failure while reading the body raises
         :class:`TransportError`.
         """
-        async with self._send(method, path, params=params, headers=headers,
-                              safety=RetrySafety.IDEMPOTENT, stream=True) as response:
+        async with self._send(
+            method, path, params=params, headers=headers, safety=RetrySafety.IDEMPOTENT, stream=True
+        ) as response:
             yield response
 
     @contextlib.asynccontextmanager
@@ -277,4 +289,3 @@ class SalesforceSession:
 def _safe(url: str) -> str:
     """The URL without its query string (a locator is harmless, but keep messages short)."""
     return url.split("?", 1)[0]
-

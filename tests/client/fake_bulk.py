@@ -59,8 +59,14 @@ class FakeBulkApi:
         path = request.url.path
         if path == "/services/oauth2/token":
             self.token_requests += 1
-            return httpx.Response(200, json={"access_token": f"tok{self.token_requests}",
-                                             "instance_url": INSTANCE, "token_type": "Bearer"})
+            return httpx.Response(
+                200,
+                json={
+                    "access_token": f"tok{self.token_requests}",
+                    "instance_url": INSTANCE,
+                    "token_type": "Bearer",
+                },
+            )
         parts = path.split("/jobs/ingest", 1)
         if len(parts) != 2:
             return _error(404, "NOT_FOUND", "The requested resource does not exist")
@@ -87,8 +93,14 @@ class FakeBulkApi:
     def _create(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         job_id = f"750{next(self._ids):015d}"
-        body = {"id": job_id, "state": "Open", "concurrencyMode": "Parallel", "apiVersion": 64.0,
-                "createdDate": "2024-09-09T19:25:27.000+0000", **body}
+        body = {
+            "id": job_id,
+            "state": "Open",
+            "concurrencyMode": "Parallel",
+            "apiVersion": 64.0,
+            "createdDate": "2024-09-09T19:25:27.000+0000",
+            **body,
+        }
         self.jobs[job_id] = FakeJob(id=job_id, body=body)
         open_jobs = sum(1 for j in self.jobs.values() if j.state not in ("JobComplete", "Failed", "Aborted"))
         self.max_open_jobs_seen = max(self.max_open_jobs_seen, open_jobs)
@@ -100,11 +112,14 @@ class FakeBulkApi:
         page = ids[start : start + 2]
         nxt = start + 2
         done = nxt >= len(ids)
-        return httpx.Response(200, json={
-            "done": done,
-            "records": [self.jobs[i].body | {"state": self.jobs[i].state} for i in page],
-            "nextRecordsUrl": None if done else f"/services/data/v64.0/jobs/ingest?queryLocator={nxt}",
-        })
+        return httpx.Response(
+            200,
+            json={
+                "done": done,
+                "records": [self.jobs[i].body | {"state": self.jobs[i].state} for i in page],
+                "nextRecordsUrl": None if done else f"/services/data/v64.0/jobs/ingest?queryLocator={nxt}",
+            },
+        )
 
     def _info(self, job: FakeJob) -> httpx.Response:
         if job.state in ("UploadComplete", "InProgress"):
@@ -114,11 +129,20 @@ class FakeBulkApi:
             else:
                 job.state = "InProgress"
         processed = len(job.success) + len(job.failed)
-        return httpx.Response(200, json=job.body | {
-            "state": job.state, "numberRecordsProcessed": processed, "numberRecordsFailed": len(job.failed),
-            "errorMessage": self.fail_job_with if job.state == "Failed" else None,
-            "jobType": "V2Ingest", "retries": 0, "totalProcessingTime": 10, "someNewField": "kept",
-        })
+        return httpx.Response(
+            200,
+            json=job.body
+            | {
+                "state": job.state,
+                "numberRecordsProcessed": processed,
+                "numberRecordsFailed": len(job.failed),
+                "errorMessage": self.fail_job_with if job.state == "Failed" else None,
+                "jobType": "V2Ingest",
+                "retries": 0,
+                "totalProcessingTime": 10,
+                "someNewField": "kept",
+            },
+        )
 
     def _patch(self, job: FakeJob, state: str) -> httpx.Response:
         allowed = {"UploadComplete": {"Open"}, "Aborted": {"Open", "UploadComplete", "InProgress"}}
@@ -147,7 +171,9 @@ class FakeBulkApi:
         name_at = job.header.index("Name") if "Name" in job.header else None
         for n, row in enumerate(records):
             if name_at is not None and row[name_at].startswith("FAIL"):
-                job.failed.append(["", "REQUIRED_FIELD_MISSING:Required fields are missing: [Name]:Name --", *row])
+                job.failed.append(
+                    ["", "REQUIRED_FIELD_MISSING:Required fields are missing: [Name]:Name --", *row]
+                )
             else:
                 job.success.append([f"001{n:015d}", "true", *row])
         job.state = "JobComplete"

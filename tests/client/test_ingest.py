@@ -34,8 +34,9 @@ def api() -> FakeBulkApi:
 
 @pytest.fixture
 async def client(api: FakeBulkApi):
-    session = SalesforceSession(StaticTokenAuth("fixed-token", INSTANCE), transport=api.transport(),
-                                token_cache=TokenCache())
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE), transport=api.transport(), token_cache=TokenCache()
+    )
     async with session:
         yield BulkIngestClient(session)
 
@@ -44,12 +45,19 @@ CSV = b'Name,Description\nAcme,"multi\nline, ""quoted"""\nFAIL one,x\n'
 
 
 async def test_create_job_sends_every_option(client, api):
-    job = await client.create_job("upsert", "Contact", "External_Id__c", "01Q000000000001",
-                                  column_delimiter="PIPE", line_ending="CRLF")
+    job = await client.create_job(
+        "upsert", "Contact", "External_Id__c", "01Q000000000001", column_delimiter="PIPE", line_ending="CRLF"
+    )
     body = json.loads(api.requests[-1].content)
-    assert body == {"object": "Contact", "operation": "upsert", "contentType": "CSV", "columnDelimiter": "PIPE",
-                    "lineEnding": "CRLF", "externalIdFieldName": "External_Id__c",
-                    "assignmentRuleId": "01Q000000000001"}
+    assert body == {
+        "object": "Contact",
+        "operation": "upsert",
+        "contentType": "CSV",
+        "columnDelimiter": "PIPE",
+        "lineEnding": "CRLF",
+        "externalIdFieldName": "External_Id__c",
+        "assignmentRuleId": "01Q000000000001",
+    }
     assert api.requests[-1].url.path == "/services/data/v64.0/jobs/ingest"
     assert job.state == "Open"
     assert job.api_version == 64.0
@@ -79,12 +87,17 @@ async def test_upload_closes_job_and_get_job_reads_every_field(client, api):
     closed = await client.upload_job_data(job.id, CSV)
     assert closed.state == "UploadComplete"
     put = api.requests[-2]
-    assert put.method == "PUT" and put.url.path.endswith(f"/jobs/ingest/{job.id}/batches")
+    assert put.method == "PUT"
+    assert put.url.path.endswith(f"/jobs/ingest/{job.id}/batches")
     assert put.headers["Content-Type"] == "text/csv"
     assert put.content == CSV
     info = await client.get_job(job.id)
     assert info.state == "JobComplete"
-    assert (info.number_records_processed, info.number_records_failed, info.number_records_succeeded) == (2, 1, 1)
+    assert (info.number_records_processed, info.number_records_failed, info.number_records_succeeded) == (
+        2,
+        1,
+        1,
+    )
     assert info.job_type == "V2Ingest"
     assert info.total_processing_time == 10
     assert info.extra["someNewField"] == "kept"
@@ -170,8 +183,11 @@ async def test_wait_for_job_backs_off_and_reports_progress(client, api):
     job = await client.create_job("insert", "Account")
     await client.upload_job_data(job.id, CSV)
     seen: list[str] = []
-    final = await client.wait_for_job(job.id, poll=PollPolicy(initial=0.001, maximum=0.004, factor=2),
-                                      on_progress=lambda j: seen.append(j.state))
+    final = await client.wait_for_job(
+        job.id,
+        poll=PollPolicy(initial=0.001, maximum=0.004, factor=2),
+        on_progress=lambda j: seen.append(j.state),
+    )
     assert final.state == "JobComplete"
     assert seen == ["InProgress", "InProgress", "InProgress", "JobComplete"]
 
@@ -196,8 +212,14 @@ async def test_results_stream_as_records_with_quoted_newlines(client, api):
     ok = [r async for r in client.iter_successful_results(job.id)]
     failed = await client.get_results(job.id, "failedResults")
     unprocessed = [r async for r in client.iter_unprocessed_records(job.id)]
-    assert ok == [{"sf__Id": "001000000000000000", "sf__Created": "true", "Name": "Acme",
-                   "Description": 'multi\nline, "quoted"'}]
+    assert ok == [
+        {
+            "sf__Id": "001000000000000000",
+            "sf__Created": "true",
+            "Name": "Acme",
+            "Description": 'multi\nline, "quoted"',
+        }
+    ]
     assert failed[0]["sf__Error"].startswith("REQUIRED_FIELD_MISSING")
     assert failed[0]["Name"] == "FAIL one"
     assert unprocessed == []
@@ -219,8 +241,10 @@ async def test_unknown_result_kind(client):
 
 
 def test_job_info_tolerates_missing_and_unknown_fields():
-    info = JobInfo.from_json(b'{"id":"750x","state":"Open","apiVersion":"59.0","newThing":{"a":1},'
-                             b'"createdDate":"2022-01-02T21:33:43.000+0000","numberRecordsProcessed":null}')
+    info = JobInfo.from_json(
+        b'{"id":"750x","state":"Open","apiVersion":"59.0","newThing":{"a":1},'
+        b'"createdDate":"2022-01-02T21:33:43.000+0000","numberRecordsProcessed":null}'
+    )
     assert info.api_version == 59.0
     assert info.extra == {"newThing": {"a": 1}}
     assert info.number_records_processed == 0

@@ -32,9 +32,12 @@ def api() -> FakeBulkApi:
 
 @pytest.fixture
 async def client(api: FakeBulkApi):
-    session = SalesforceSession(StaticTokenAuth("fixed-token", INSTANCE), transport=api.transport(),
-                                token_cache=TokenCache(),
-                                retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001))
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
+    )
     async with session:
         yield BulkIngestClient(session)
 
@@ -42,7 +45,7 @@ async def client(api: FakeBulkApi):
 def records(n: int, fail_every: int = 0):
     for i in range(n):
         name = f"FAIL {i}" if fail_every and i % fail_every == 0 else f"Name {i}"
-        yield {"Name": name, "Description": f"line one\nline \"two\" {i}"}
+        yield {"Name": name, "Description": f'line one\nline "two" {i}'}
 
 
 async def collect(gen):
@@ -50,9 +53,17 @@ async def collect(gen):
 
 
 async def test_every_record_lands_in_exactly_one_job(client, api):
-    results = await collect(client.perform_operation(
-        "insert", "Account", records(95, fail_every=10), fieldnames=["Name", "Description"],
-        max_records=10, polling_interval=FAST_POLL, max_concurrent_jobs=3))
+    results = await collect(
+        client.perform_operation(
+            "insert",
+            "Account",
+            records(95, fail_every=10),
+            fieldnames=["Name", "Description"],
+            max_records=10,
+            polling_interval=FAST_POLL,
+            max_concurrent_jobs=3,
+        )
+    )
     assert len(results) == 10
     ranges = sorted((r.first_record_index, r.record_count) for r in results)
     covered = [i for start, count in ranges for i in range(start, start + count)]
@@ -76,9 +87,17 @@ async def test_every_record_lands_in_exactly_one_job(client, api):
 
 async def test_concurrent_jobs_are_bounded(client, api):
     api.polls_until_done = 3
-    await collect(client.perform_operation(
-        "insert", "Account", records(60), fieldnames=["Name", "Description"], max_records=5,
-        polling_interval=FAST_POLL, max_concurrent_jobs=2))
+    await collect(
+        client.perform_operation(
+            "insert",
+            "Account",
+            records(60),
+            fieldnames=["Name", "Description"],
+            max_records=5,
+            polling_interval=FAST_POLL,
+            max_concurrent_jobs=2,
+        )
+    )
     assert len(api.jobs) == 12
     assert api.max_open_jobs_seen <= 2
 
@@ -122,8 +141,11 @@ async def test_bad_record_in_first_chunk_fails_before_any_job(client, api):
 
 async def test_failed_job_is_reported_with_its_error_message(client, api):
     api.fail_job_with = "InvalidBatch : Field name not found : Nope"
-    results = await collect(client.perform_operation(
-        "insert", "Account", records(5), fieldnames=["Name", "Description"], polling_interval=FAST_POLL))
+    results = await collect(
+        client.perform_operation(
+            "insert", "Account", records(5), fieldnames=["Name", "Description"], polling_interval=FAST_POLL
+        )
+    )
     (result,) = results
     assert result.job_info.state == "Failed"
     assert result.job_info.error_message == "InvalidBatch : Field name not found : Nope"
@@ -134,9 +156,16 @@ async def test_failed_job_is_reported_with_its_error_message(client, api):
 async def test_failed_job_can_raise(client, api):
     api.fail_job_with = "InvalidBatch : Field name not found : Nope"
     with pytest.raises(BulkJobFailedError, match="Field name not found") as info:
-        await collect(client.perform_operation(
-            "insert", "Account", records(5), fieldnames=["Name", "Description"], polling_interval=FAST_POLL,
-            raise_on_failed_job=True))
+        await collect(
+            client.perform_operation(
+                "insert",
+                "Account",
+                records(5),
+                fieldnames=["Name", "Description"],
+                polling_interval=FAST_POLL,
+                raise_on_failed_job=True,
+            )
+        )
     assert info.value.state == "Failed"
 
 
@@ -150,15 +179,21 @@ async def test_lost_upload_answer_sends_the_chunk_to_a_fresh_job_and_aborts_the_
         return None
 
     api.intercept = drop_first_put
-    results = await collect(client.perform_operation(
-        "insert", "Account", records(3), fieldnames=["Name", "Description"], polling_interval=FAST_POLL))
+    results = await collect(
+        client.perform_operation(
+            "insert", "Account", records(3), fieldnames=["Name", "Description"], polling_interval=FAST_POLL
+        )
+    )
     (result,) = results
     assert result.replaced_job_ids == (dropped[0],)
     assert api.jobs[dropped[0]].state == "Aborted"
     assert api.jobs[dropped[0]].data is None  # the lost upload never reached it here ...
     assert result.job_id != dropped[0]
     puts = [r for r in api.requests if r.method == "PUT"]
-    assert [p.url.path.split("/")[-2] for p in puts] == [dropped[0], result.job_id]  # ... and was never resent to it
+    assert [p.url.path.split("/")[-2] for p in puts] == [
+        dropped[0],
+        result.job_id,
+    ]  # ... and was never resent to it
     assert result.number_records_succeeded == 3
 
 
@@ -170,14 +205,18 @@ async def test_upload_that_keeps_failing_gives_up_and_aborts(client, api):
 
     api.intercept = always_drop
     with pytest.raises(UploadOutcomeUnknownError):
-        await collect(client.perform_operation(
-            "insert", "Account", records(3), fieldnames=["Name", "Description"], max_upload_attempts=2))
+        await collect(
+            client.perform_operation(
+                "insert", "Account", records(3), fieldnames=["Name", "Description"], max_upload_attempts=2
+            )
+        )
     assert len(api.jobs) == 2
     assert all(job.state == "Aborted" for job in api.jobs.values())
 
 
 async def test_error_in_one_job_aborts_the_unfinished_others(client, api):
     api.polls_until_done = 10**6
+
     def fail_third_create(request):
         if request.method == "POST" and len(api.jobs) == 2:
             return httpx.Response(500, json=[{"errorCode": "UNKNOWN_EXCEPTION", "message": "boom"}])
@@ -185,9 +224,16 @@ async def test_error_in_one_job_aborts_the_unfinished_others(client, api):
 
     api.intercept = fail_third_create
     with pytest.raises(ServerError, match="boom"):
-        await collect(client.perform_operation(
-            "insert", "Account", records(30), fieldnames=["Name", "Description"], max_records=10,
-            polling_interval=FAST_POLL))
+        await collect(
+            client.perform_operation(
+                "insert",
+                "Account",
+                records(30),
+                fieldnames=["Name", "Description"],
+                max_records=10,
+                polling_interval=FAST_POLL,
+            )
+        )
     assert len(api.jobs) == 2
     assert all(job.state == "Aborted" for job in api.jobs.values())
 
@@ -195,18 +241,35 @@ async def test_error_in_one_job_aborts_the_unfinished_others(client, api):
 async def test_overall_timeout_aborts_unfinished_jobs(client, api):
     api.polls_until_done = 10**6
     with pytest.raises(OperationTimeoutError):
-        await collect(client.perform_operation(
-            "insert", "Account", records(20), fieldnames=["Name", "Description"], max_records=10,
-            polling_interval=0.01, timeout=0.2))
+        await collect(
+            client.perform_operation(
+                "insert",
+                "Account",
+                records(20),
+                fieldnames=["Name", "Description"],
+                max_records=10,
+                polling_interval=0.01,
+                timeout=0.2,
+            )
+        )
     assert len(api.jobs) == 2
     assert all(job.state == "Aborted" for job in api.jobs.values())
 
 
 async def test_cancellation_aborts_unfinished_jobs(client, api):
     api.polls_until_done = 10**6
-    task = asyncio.create_task(collect(client.perform_operation(
-        "insert", "Account", records(20), fieldnames=["Name", "Description"], max_records=10,
-        polling_interval=0.01)))
+    task = asyncio.create_task(
+        collect(
+            client.perform_operation(
+                "insert",
+                "Account",
+                records(20),
+                fieldnames=["Name", "Description"],
+                max_records=10,
+                polling_interval=0.01,
+            )
+        )
+    )
     for _ in range(200):
         await asyncio.sleep(0.01)
         if len(api.jobs) == 2 and all(j.state == "InProgress" for j in api.jobs.values()):
@@ -224,9 +287,18 @@ async def test_on_job_created_runs_before_the_upload(client, api):
     async def remember(job):
         seen.append((job.id, sum(1 for r in api.requests if r.method == "PUT")))
 
-    results = await collect(client.perform_operation(
-        "insert", "Account", records(20), fieldnames=["Name", "Description"], max_records=10,
-        polling_interval=FAST_POLL, max_concurrent_jobs=1, on_job_created=remember))
+    results = await collect(
+        client.perform_operation(
+            "insert",
+            "Account",
+            records(20),
+            fieldnames=["Name", "Description"],
+            max_records=10,
+            polling_interval=FAST_POLL,
+            max_concurrent_jobs=1,
+            on_job_created=remember,
+        )
+    )
     assert [job_id for job_id, _ in seen] == sorted(r.job_id for r in results)
     assert [puts for _, puts in seen] == [0, 1]
 
@@ -240,8 +312,15 @@ async def test_generator_input_is_consumed_lazily(client, api):
             pulled += 1
             yield record
 
-    gen = client.perform_operation("insert", "Account", counting(), fieldnames=["Name", "Description"],
-                                   max_records=10, polling_interval=FAST_POLL, max_concurrent_jobs=1)
+    gen = client.perform_operation(
+        "insert",
+        "Account",
+        counting(),
+        fieldnames=["Name", "Description"],
+        max_records=10,
+        polling_interval=FAST_POLL,
+        max_concurrent_jobs=1,
+    )
     first = await gen.__anext__()
     assert first.record_count == 10
     assert pulled <= 30  # a chunk per slot plus the one being read, not all 50

@@ -17,8 +17,12 @@ values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_character
 
 def to_csv(rows: list[list[str]], delimiter: str, quote_all: bool) -> bytes:
     out = io.StringIO()
-    csv.writer(out, delimiter=delimiter, lineterminator="\n",
-               quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerows(rows)
+    csv.writer(
+        out,
+        delimiter=delimiter,
+        lineterminator="\n",
+        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+    ).writerows(rows)
     return out.getvalue().encode("utf-8")
 
 
@@ -41,7 +45,10 @@ async def test_streamed_rows_equal_a_whole_parse_for_any_split(rows, delimiter, 
     payload = to_csv([["sf__Id", "sf__Error", "Name"], *rows], delimiter, quote_all)
     cuts = data.draw(st.lists(st.integers(0, len(payload)), max_size=10))
     parsed = [row async for row in iter_csv_rows(stream(payload, cuts), delimiter=delimiter)]
-    assert parsed == [["sf__Id", "sf__Error", "Name"], *rows]
+    whole = list(csv.reader(io.StringIO(payload.decode("utf-8"), newline=""), delimiter=delimiter))
+    assert parsed == whole
+    if quote_all:  # as Salesforce writes results: every value quoted, so every value survives
+        assert parsed == [["sf__Id", "sf__Error", "Name"], *rows]
 
 
 async def test_records_with_crlf_quotes_and_multibyte_split_mid_character():
@@ -52,8 +59,10 @@ async def test_records_with_crlf_quotes_and_multibyte_split_mid_character():
 
 
 async def test_unicode_line_separators_do_not_split_records():
-    payload = 'Name,Other\nx\u2028y,z\u0085w\n'.encode()
-    assert [r async for r in iter_csv_records(stream(payload, []))] == [{"Name": "x\u2028y", "Other": "z\u0085w"}]
+    payload = "Name,Other\nx\u2028y,z\u0085w\n".encode()
+    assert [r async for r in iter_csv_records(stream(payload, []))] == [
+        {"Name": "x\u2028y", "Other": "z\u0085w"}
+    ]
 
 
 async def test_truncated_file_is_an_error_not_a_short_record():
@@ -73,4 +82,4 @@ async def test_empty_file_and_header_only():
 
 
 def test_parse_results_in_memory_with_a_delimiter():
-    assert parse_results(b"a|b\n1|\"x|y\"\n", column_delimiter="PIPE") == [{"a": "1", "b": "x|y"}]
+    assert parse_results(b'a|b\n1|"x|y"\n', column_delimiter="PIPE") == [{"a": "1", "b": "x|y"}]

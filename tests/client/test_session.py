@@ -56,18 +56,26 @@ class Server:
 
 def session_for(server: Server, **kwargs) -> SalesforceSession:
     auth = ClientCredentialsAuth("client-id", "client-secret", INSTANCE)
-    return SalesforceSession(auth, transport=httpx.MockTransport(server), retry_policy=FAST,
-                             token_cache=TokenCache(), **kwargs)
+    return SalesforceSession(
+        auth, transport=httpx.MockTransport(server), retry_policy=FAST, token_cache=TokenCache(), **kwargs
+    )
 
 
 async def test_request_uses_instance_url_version_and_headers():
-    server = Server(lambda r, n: httpx.Response(200, json={"ok": True},
-                                                 headers={"Sforce-Limit-Info": "api-usage=18/15000"}))
+    server = Server(
+        lambda r, n: httpx.Response(
+            200, json={"ok": True}, headers={"Sforce-Limit-Info": "api-usage=18/15000"}
+        )
+    )
     async with session_for(server, api_version="v61.0") as session:
         response = await session.request("GET", "jobs/ingest")
         assert response.json() == {"ok": True}
         assert session.api_usage is not None
-        assert (session.api_usage.used, session.api_usage.limit, session.api_usage.remaining) == (18, 15000, 14982)
+        assert (session.api_usage.used, session.api_usage.limit, session.api_usage.remaining) == (
+            18,
+            15000,
+            14982,
+        )
     request = server.calls[0]
     assert str(request.url) == f"{INSTANCE}/services/data/v61.0/jobs/ingest"
     assert request.headers["Authorization"] == "Bearer token-1"
@@ -82,15 +90,22 @@ def test_bad_api_version_is_refused():
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
 async def test_idempotent_requests_are_retried_on_transient_statuses(status):
-    server = Server(lambda r, n: httpx.Response(status, json=[{"errorCode": "X", "message": "busy"}])
-                    if n < 3 else httpx.Response(200, json={}))
+    server = Server(
+        lambda r, n: (
+            httpx.Response(status, json=[{"errorCode": "X", "message": "busy"}])
+            if n < 3
+            else httpx.Response(200, json={})
+        )
+    )
     async with session_for(server) as session:
         await session.request("GET", "jobs/ingest/750x")
     assert len(server.calls) == 3
 
 
 async def test_retries_stop_at_max_attempts_with_the_mapped_error():
-    server = Server(lambda r, n: httpx.Response(503, json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "m"}]))
+    server = Server(
+        lambda r, n: httpx.Response(503, json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "m"}])
+    )
     async with session_for(server) as session:
         with pytest.raises(ServerUnavailableError) as info:
             await session.request("GET", "jobs/ingest/750x")
@@ -117,8 +132,11 @@ async def test_retry_after_is_honoured(monkeypatch):
         await real_sleep(0)
 
     monkeypatch.setattr("airflow_provider_salesforce_bulk.client.session.asyncio.sleep", fake_sleep)
-    server = Server(lambda r, n: httpx.Response(429, headers={"Retry-After": "0.007"}) if n == 1
-                    else httpx.Response(200, json={}))
+    server = Server(
+        lambda r, n: (
+            httpx.Response(429, headers={"Retry-After": "0.007"}) if n == 1 else httpx.Response(200, json={})
+        )
+    )
     async with session_for(server) as session:
         await session.request("GET", "limits")
     assert waits == [0.007]
@@ -145,8 +163,9 @@ async def test_upload_is_not_retried_when_it_may_have_arrived():
     server = Server(lambda r, n: httpx.ReadError("dropped mid-response"))
     async with session_for(server) as session:
         with pytest.raises(TransportError):
-            await session.request("PUT", "jobs/ingest/750x/batches", content=b"Name\nA\n",
-                                  safety=RetrySafety.NOT_SENT_ONLY)
+            await session.request(
+                "PUT", "jobs/ingest/750x/batches", content=b"Name\nA\n", safety=RetrySafety.NOT_SENT_ONLY
+            )
     assert len(server.calls) == 1
 
 
@@ -155,22 +174,27 @@ async def test_upload_is_not_retried_on_server_errors(status):
     server = Server(lambda r, n: httpx.Response(status))
     async with session_for(server) as session:
         with pytest.raises(ServerError):
-            await session.request("PUT", "jobs/ingest/750x/batches", content=b"x",
-                                  safety=RetrySafety.NOT_SENT_ONLY)
+            await session.request(
+                "PUT", "jobs/ingest/750x/batches", content=b"x", safety=RetrySafety.NOT_SENT_ONLY
+            )
     assert len(server.calls) == 1
 
 
 async def test_upload_is_retried_when_it_never_left():
     server = Server(lambda r, n: httpx.ConnectError("refused") if n == 1 else httpx.Response(201))
     async with session_for(server) as session:
-        await session.request("PUT", "jobs/ingest/750x/batches", content=b"x", safety=RetrySafety.NOT_SENT_ONLY)
+        await session.request(
+            "PUT", "jobs/ingest/750x/batches", content=b"x", safety=RetrySafety.NOT_SENT_ONLY
+        )
     assert len(server.calls) == 2
 
 
 async def test_expired_session_refreshes_once_and_retries():
     def answer(request, n):
         if request.headers["Authorization"] == "Bearer token-1":
-            return httpx.Response(401, json=[{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}])
+            return httpx.Response(
+                401, json=[{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+            )
         return httpx.Response(200, json={})
 
     server = Server(answer)
@@ -181,7 +205,9 @@ async def test_expired_session_refreshes_once_and_retries():
 
 
 async def test_a_second_401_after_refresh_is_raised():
-    server = Server(lambda r, n: httpx.Response(401, json=[{"message": "no", "errorCode": "INVALID_SESSION_ID"}]))
+    server = Server(
+        lambda r, n: httpx.Response(401, json=[{"message": "no", "errorCode": "INVALID_SESSION_ID"}])
+    )
     async with session_for(server) as session:
         with pytest.raises(SessionExpiredError):
             await session.request("GET", "jobs/ingest")
@@ -196,7 +222,18 @@ async def test_many_concurrent_401s_cause_exactly_one_refresh():
         return httpx.Response(200, json={})
 
     server = Server(answer)
-    async with session_for(server) as session:
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)  # keep all 50 in flight at once, as on a real network
+        return server(request)
+
+    session = SalesforceSession(
+        ClientCredentialsAuth("client-id", "client-secret", INSTANCE),
+        transport=httpx.MockTransport(slow),
+        retry_policy=FAST,
+        token_cache=TokenCache(),
+    )
+    async with session:
         await session.token()
         await asyncio.gather(*(session.request("GET", f"jobs/ingest/750{i}") for i in range(50)))
     assert server.tokens == 2
@@ -207,7 +244,9 @@ async def test_sessions_with_same_credentials_share_one_token():
     server = Server(lambda r, n: httpx.Response(200, json={}))
     cache = TokenCache()
     auth = ClientCredentialsAuth("client-id", "client-secret", INSTANCE)
-    sessions = [SalesforceSession(auth, transport=httpx.MockTransport(server), token_cache=cache) for _ in range(5)]
+    sessions = [
+        SalesforceSession(auth, transport=httpx.MockTransport(server), token_cache=cache) for _ in range(5)
+    ]
     await asyncio.gather(*(s.request("GET", "limits") for s in sessions))
     for s in sessions:
         await s.aclose()
@@ -242,7 +281,8 @@ async def test_error_mapping(status, code, cls):
     assert error.status_code == status
     assert error.error_code == code
     assert error.errors == [{"errorCode": code, "message": "the message"}]
-    assert code in str(error) and "the message" in str(error)
+    assert code in str(error)
+    assert "the message" in str(error)
     assert "token-" not in str(error)
 
 
