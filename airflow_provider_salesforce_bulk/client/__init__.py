@@ -44,6 +44,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     ServerUnavailableError,
     SessionExpiredError,
     TransportError,
+    UnexpectedResponseError,
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient, PollPolicy
@@ -101,6 +102,7 @@ __all__ = [
     "TokenCache",
     "TokenProvider",
     "TransportError",
+    "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
     "default_token_cache",
     "iter_record_chunks",

@@ -30,6 +30,7 @@ __all__ = [
     "ServerUnavailableError",
     "SessionExpiredError",
     "TransportError",
+    "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
     "error_from_response",
 ]
@@ -75,6 +76,10 @@ class AuthenticationError(SalesforceBulkError):
 
 class TransportError(SalesforceBulkError):
     """The request did not get an HTTP answer (connection refused or dropped, timeout, ...)."""
+
+
+class UnexpectedResponseError(SalesforceBulkError):
+    """A successful answer whose body is not what the API documents (not JSON, bad CSV, no job id)."""
 
 
 class UploadOutcomeUnknownError(TransportError):

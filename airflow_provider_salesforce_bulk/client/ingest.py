@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
 import gzip
 import logging
@@ -19,6 +20,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     OperationTimeoutError,
     SalesforceApiError,
     TransportError,
+    UnexpectedResponseError,
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.models import (
@@ -142,12 +144,12 @@ class BulkIngestClient:
         response = await self.session.request(
             "POST", "jobs/ingest", content=orjson.dumps(payload), headers=_JSON
         )
-        return JobInfo.from_json(response.content)
+        return _job_info(response)
 
     async def get_job(self, job_id: str) -> JobInfo:
         """Information about a job, counters included."""
         response = await self.session.request("GET", f"jobs/ingest/{_job(job_id)}", headers=_JSON)
-        return JobInfo.from_json(response.content)
+        return _job_info(response)
 
     async def list_jobs(
         self,
@@ -167,9 +169,9 @@ class BulkIngestClient:
         path: str | None = "jobs/ingest"
         while path is not None:
             response = await self.session.request("GET", path, params=params or None, headers=_JSON)
-            page = orjson.loads(response.content)
+            page = _json_object(response)
             for record in page.get("records") or ():
-                yield JobInfo.from_json(record)
+                yield _job_info(response, record)
             next_url = page.get("nextRecordsUrl")
             path = next_url if next_url and not page.get("done", False) else None
             params = {}
@@ -202,7 +204,7 @@ class BulkIngestClient:
         response = await self.session.request(
             "PATCH", f"jobs/ingest/{_job(job_id)}", content=orjson.dumps({"state": state}), headers=_JSON
         )
-        return JobInfo.from_json(response.content)
+        return _job_info(response)
 
     async def delete_job(self, job_id: str) -> None:
         """Delete a finished job and its results (written records stay written)."""
@@ -314,11 +316,12 @@ class BulkIngestClient:
         if column_delimiter is None:
             column_delimiter = (await self.get_job(job_id)).column_delimiter or "COMMA"
         delimiter = COLUMN_DELIMITERS[column_delimiter]
-        async with self.session.stream(
-            "GET", path, headers={"Accept": "text/csv"}
-        ) as response:
-            async for record in iter_csv_records(_body(response, job_id), delimiter=delimiter):
-                yield record
+        async with self.session.stream("GET", path, headers={"Accept": "text/csv"}) as response:
+            try:
+                async for record in iter_csv_records(_body(response, job_id), delimiter=delimiter):
+                    yield record
+            except csv.Error as exc:
+                raise UnexpectedResponseError(f"{kind} of job {job_id} is not valid CSV: {exc}") from exc
 
     async def iter_successful_results(self, job_id: str) -> AsyncIterator[dict[str, str]]:
         """``sf__Id``, ``sf__Created`` and the uploaded columns of each successful record."""
@@ -443,3 +446,29 @@ async def _body(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
             yield chunk
     except httpx.HTTPError as exc:
         raise TransportError(f"reading results of job {job_id} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise UnexpectedResponseError(
+            f"{response.request.method} {response.request.url.path} answered {response.status_code} "
+            f"with a body that is not JSON: {response.content[:200]!r}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise UnexpectedResponseError(
+            f"{response.request.method} {response.request.url.path} answered a JSON "
+            f"{type(data).__name__}, not an object"
+        )
+    return data
+
+
+def _job_info(response: httpx.Response, record: Any = None) -> JobInfo:
+    data = _json_object(response) if record is None else record
+    try:
+        return JobInfo.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise UnexpectedResponseError(
+            f"{response.request.method} {response.request.url.path}: not a job description: {exc}"
+        ) from exc

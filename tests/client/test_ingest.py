@@ -22,6 +22,7 @@ from airflow_provider_salesforce_bulk.client import (
     SalesforceSession,
     StaticTokenAuth,
     TokenCache,
+    UnexpectedResponseError,
     UploadOutcomeUnknownError,
 )
 from tests.client.fake_bulk import INSTANCE, FakeBulkApi
@@ -263,3 +264,20 @@ def test_job_info_keeps_an_unparseable_date_instead_of_failing():
 def test_job_info_rejects_a_body_without_id():
     with pytest.raises(ValueError, match="not a Bulk API job body"):
         JobInfo.from_json(b"[]")
+
+
+async def test_a_successful_answer_that_is_not_json_is_a_clear_error(client, api):
+    api.intercept = lambda request: httpx.Response(200, content=b"<html>login page</html>")
+    with pytest.raises(UnexpectedResponseError, match="not JSON"):
+        await client.get_job("750000000000000001")
+
+
+async def test_broken_result_csv_is_a_clear_error(client, api):
+    job = await client.create_job("insert", "Account")
+    api.intercept = lambda request: (
+        httpx.Response(200, content=b'Name\n"never closed\n')
+        if request.url.path.endswith("Results")
+        else None
+    )
+    with pytest.raises(UnexpectedResponseError, match="not valid CSV"):
+        await client.get_results(job.id, "failedResults")
