@@ -1,0 +1,280 @@
+"""Turning an Airflow connection's fields into a token provider, without Airflow (testable without a DB).
+
+Two connection types are read:
+
+* ``salesforce_bulk`` (this provider): ``host`` is the login URL (``login``, ``test``, a My Domain host
+  or URL), ``login``/``password`` the user, and the extras named in ``get_provider_info``.
+* ``salesforce`` (the official provider): ``login``/``password`` and the extras ``security_token``,
+  ``domain``, ``consumer_key``, ``consumer_secret``, ``private_key``, ``private_key_file_path``,
+  ``instance_url``, ``version`` (and ``client_id``, ``session_id``), so users switch operators and keep
+  their secrets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from airflow_provider_salesforce_bulk.client import (
+    DEFAULT_API_VERSION,
+    ClientCredentialsAuth,
+    InputError,
+    JwtBearerAuth,
+    PasswordAuth,
+    RefreshTokenAuth,
+    SoapLoginAuth,
+    StaticTokenAuth,
+    TokenProvider,
+)
+from airflow_provider_salesforce_bulk.client.auth import fingerprint
+
+__all__ = [
+    "AUTH_TYPES",
+    "ConnectionConfigError",
+    "ConnectionFields",
+    "ConnectionSettings",
+    "parse_connection",
+]
+
+AUTH_TYPES = ("client_credentials", "jwt_bearer", "refresh_token", "password", "soap_login", "access_token")
+
+# The official provider's extra names, mapped onto ours.
+_ALIASES = {
+    "consumer_key": "client_id",
+    "consumer_secret": "client_secret",
+    "session_id": "access_token",
+    "version": "api_version",
+}
+
+
+class ConnectionConfigError(ValueError):
+    """A connection field is missing, unknown or contradicts another; names the field and auth type.
+
+    Never carries a secret value: only field names and non-secret values appear in the message.
+    """
+
+    def __init__(self, conn_id: str, message: str, *, field: str | None, auth_type: str | None) -> None:
+        where = f"connection {conn_id!r}"
+        if auth_type:
+            where += f" (auth type {auth_type})"
+        super().__init__(f"{where}: {message}")
+        self.conn_id = conn_id
+        self.field = field
+        self.auth_type = auth_type
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionFields:
+    """The parts of an Airflow connection this provider reads (``repr`` hides secrets)."""
+
+    conn_id: str
+    conn_type: str | None = None
+    host: str | None = None
+    login: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def cache_key(self) -> str:
+        """A non-reversible fingerprint of every field (secrets included, never revealed)."""
+        extra = orjson.dumps(dict(self.extra), option=orjson.OPT_SORT_KEYS, default=str).decode()
+        return fingerprint(self.conn_id, self.conn_type, self.host, self.login, self.password, extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionSettings:
+    """What a connection resolves to: a token provider, the API version and the auth type used."""
+
+    conn_id: str
+    auth_type: str
+    auth: TokenProvider = dataclasses.field(repr=False)
+    api_version: str = DEFAULT_API_VERSION
+    login_url: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret the provider holds, for Airflow's secret masker."""
+        return self.auth.secrets()
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _login_url_from_domain(domain: str) -> str:
+    # simple-salesforce's domain: "login", "test", or a My Domain prefix such as "acme.my".
+    if domain.lower() in ("login", "test") or "://" in domain or domain.endswith(".com"):
+        return domain
+    if domain.startswith(("localhost", "127.", "[")):
+        return f"http://{domain}"
+    return f"{domain}.salesforce.com"
+
+
+def _infer_auth_type(values: Mapping[str, str | None]) -> str | None:
+    if values.get("access_token"):
+        return "access_token"
+    if values.get("private_key") or values.get("private_key_file_path"):
+        return "jwt_bearer"
+    if values.get("refresh_token"):
+        return "refresh_token"
+    if values.get("login") and values.get("password"):
+        return "password" if values.get("client_id") and values.get("client_secret") else "soap_login"
+    if values.get("client_id") and values.get("client_secret"):
+        return "client_credentials"
+    return None
+
+
+def _collect(fields: ConnectionFields) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for key, raw in fields.extra.items():
+        name = _ALIASES.get(key, key)
+        # extra__salesforce_bulk__x is how Airflow 2 forms stored extras; accept it on migration.
+        if name.startswith("extra__") and name.count("__") >= 2:
+            name = _ALIASES.get(name.split("__", 2)[2], name.split("__", 2)[2])
+        text = _text(raw)
+        if text is not None or name not in values:
+            values[name] = text
+    values["login"] = _text(fields.login)
+    values["password"] = _text(fields.password)
+    values["host"] = _text(fields.host)
+    return values
+
+
+def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
+    """Build the token provider a connection describes.
+
+    Parameters
+    ----------
+    fields : ConnectionFields
+        The connection's type, host, login, password and decoded extras.
+
+    Returns
+    -------
+    ConnectionSettings
+
+    Raises
+    ------
+    ConnectionConfigError
+        A required field is missing, the auth type is unknown, or a value is malformed; the message
+        names the connection field and the auth type, never a secret value.
+    """
+    conn_id = fields.conn_id
+    values = _collect(fields)
+    explicit = values.get("auth_type")
+    if explicit is not None:
+        explicit = explicit.lower().replace("-", "_").replace(" ", "_")
+        if explicit not in AUTH_TYPES:
+            raise ConnectionConfigError(
+                conn_id,
+                f"unknown auth_type {values.get('auth_type')!r}; expected one of {', '.join(AUTH_TYPES)}",
+                field="auth_type",
+                auth_type=None,
+            )
+    auth_type = explicit or _infer_auth_type(values)
+    if auth_type is None:
+        raise ConnectionConfigError(
+            conn_id,
+            "cannot tell how to log in: set auth_type, or fill in client_id and client_secret "
+            "(client credentials), client_id, login and private_key (JWT bearer), client_id and "
+            "refresh_token, login and password (SOAP or OAuth password), or access_token and instance_url",
+            field="auth_type",
+            auth_type=None,
+        )
+
+    def need(name: str, label: str | None = None) -> str:
+        value = values.get(name)
+        if not value:
+            raise ConnectionConfigError(
+                conn_id, f"field {label or name!r} is required", field=name, auth_type=auth_type
+            )
+        return value
+
+    host = values.get("host")
+    domain = values.get("domain")
+    if host and domain and fields.conn_type == "salesforce_bulk":
+        raise ConnectionConfigError(
+            conn_id, "set either Host (login URL) or the domain extra, not both", field="domain",
+            auth_type=auth_type,
+        )
+    login_url_source = "host"
+    if fields.conn_type == "salesforce" and not domain and values.get("instance_url"):
+        # The official provider logs in on the instance's My Domain when no domain is given.
+        host = host or values.get("instance_url")
+    if not host and domain:
+        host, login_url_source = _login_url_from_domain(domain), "domain"
+    login_url = host or "login"
+
+    api_version = (values.get("api_version") or DEFAULT_API_VERSION).lstrip("vV")
+
+    builders: dict[str, Callable[[], TokenProvider]] = {
+        "client_credentials": lambda: ClientCredentialsAuth(
+            need("client_id"), need("client_secret"), login_url
+        ),
+        "jwt_bearer": lambda: JwtBearerAuth(
+            need("client_id"),
+            need("login", "login (username)"),
+            private_key=values.get("private_key"),
+            private_key_file=values.get("private_key_file_path"),
+            private_key_passphrase=values.get("private_key_passphrase"),
+            login_url=login_url,
+        ),
+        "refresh_token": lambda: RefreshTokenAuth(
+            need("client_id"), need("refresh_token"), client_secret=values.get("client_secret"),
+            login_url=login_url,
+        ),
+        "password": lambda: PasswordAuth(
+            need("client_id"), need("client_secret"), need("login", "login (username)"),
+            need("password"), security_token=values.get("security_token") or "", login_url=login_url,
+        ),
+        "soap_login": lambda: SoapLoginAuth(
+            need("login", "login (username)"), need("password"),
+            security_token=values.get("security_token") or "", login_url=login_url, api_version=api_version,
+        ),
+        "access_token": lambda: StaticTokenAuth(need("access_token"), need("instance_url")),
+    }
+    if auth_type == "jwt_bearer" and values.get("private_key") and values.get("private_key_file_path"):
+        raise ConnectionConfigError(
+            conn_id, "set either private_key or private_key_file_path, not both",
+            field="private_key_file_path", auth_type=auth_type,
+        )
+    if auth_type == "jwt_bearer" and not (values.get("private_key") or values.get("private_key_file_path")):
+        raise ConnectionConfigError(
+            conn_id, "field 'private_key' or 'private_key_file_path' is required",
+            field="private_key", auth_type=auth_type,
+        )
+    try:
+        auth = builders[auth_type]()
+    except InputError as exc:
+        field = _CLIENT_FIELDS.get(exc.field or "", exc.field)
+        if field == "login_url":
+            field = login_url_source
+        raise ConnectionConfigError(conn_id, str(exc), field=field, auth_type=auth_type) from None
+    if not _api_version_ok(api_version):
+        raise ConnectionConfigError(
+            conn_id, f"api_version must look like '64.0', got {api_version!r}", field="api_version",
+            auth_type=auth_type,
+        )
+    return ConnectionSettings(
+        conn_id=conn_id,
+        auth_type=auth_type,
+        auth=auth,
+        api_version=api_version,
+        login_url=None if auth_type == "access_token" else getattr(auth, "login_url", None),
+    )
+
+
+# Client parameter names -> connection field names, for error messages.
+_CLIENT_FIELDS = {
+    "username": "login",
+    "private_key_file": "private_key_file_path",
+    "sobject": "object_name",
+}
+
+
+def _api_version_ok(value: str) -> bool:
+    head, _, tail = value.partition(".")
+    return head.isdigit() and len(head) in (2, 3) and tail.isdigit() and len(tail) == 1

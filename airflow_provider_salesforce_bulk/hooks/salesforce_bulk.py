@@ -1,0 +1,173 @@
+"""``SalesforceBulkHook``: an Airflow connection turned into an authenticated Bulk API 2.0 client."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, SalesforceBulkError, SalesforceSession
+from airflow_provider_salesforce_bulk.hooks.connection import (
+    ConnectionConfigError,
+    ConnectionFields,
+    ConnectionSettings,
+    parse_connection,
+)
+from airflow_provider_salesforce_bulk.hooks.masking import amask, mask
+from airflow_provider_salesforce_bulk.hooks.pool import shared_pools
+
+__all__ = ["SalesforceBulkHook", "run_sync"]
+
+T = TypeVar("T")
+
+# Parsed connections by fingerprint of all their fields: loading a JWT key for every one of 500
+# triggers would be wasted CPU on the triggerer's loop. Bounded, since rotated secrets make new keys.
+_SETTINGS: collections.OrderedDict[str, ConnectionSettings] = collections.OrderedDict()
+_SETTINGS_GUARD = threading.Lock()
+_SETTINGS_MAX = 64
+
+
+def _cached_parse(fields: ConnectionFields) -> ConnectionSettings:
+    key = fields.cache_key()
+    with _SETTINGS_GUARD:
+        settings = _SETTINGS.get(key)
+        if settings is not None:
+            _SETTINGS.move_to_end(key)
+            return settings
+    settings = parse_connection(fields)
+    with _SETTINGS_GUARD:
+        _SETTINGS[key] = settings
+        while len(_SETTINGS) > _SETTINGS_MAX:
+            _SETTINGS.popitem(last=False)
+    return settings
+
+
+def _cached_only(fields: ConnectionFields) -> ConnectionSettings | None:
+    with _SETTINGS_GUARD:
+        return _SETTINGS.get(fields.cache_key())
+
+
+def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, even if this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(factory))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _await(factory)).result()
+
+
+async def _await(factory: Callable[[], Awaitable[T]]) -> T:
+    return await factory()
+
+
+class SalesforceBulkHook(BaseHook):
+    """Access to the Salesforce Bulk API 2.0 ingest through an Airflow connection.
+
+    Parameters
+    ----------
+    salesforce_bulk_conn_id : str
+        A connection of type ``salesforce_bulk`` (or the official provider's ``salesforce``).
+
+    Notes
+    -----
+    In a worker use the sync methods (:meth:`get_settings`, :meth:`test_connection`); in a trigger use
+    :meth:`aget_settings` and :meth:`client`, which never block the event loop. Every secret of the
+    connection and every access token is registered with Airflow's secret masker.
+    """
+
+    conn_name_attr = "salesforce_bulk_conn_id"
+    default_conn_name = "salesforce_bulk_default"
+    conn_type = "salesforce_bulk"
+    hook_name = "Salesforce Bulk API 2.0"
+
+    def __init__(self, salesforce_bulk_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.salesforce_bulk_conn_id = salesforce_bulk_conn_id
+
+    def __repr__(self) -> str:
+        return f"<SalesforceBulkHook conn_id={self.salesforce_bulk_conn_id!r}>"
+
+    # -- connection -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _fields(conn: Any, extra: Mapping[str, Any]) -> ConnectionFields:
+        return ConnectionFields(
+            conn_id=conn.conn_id,
+            conn_type=conn.conn_type,
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            extra=dict(extra),
+        )
+
+    def get_settings(self) -> ConnectionSettings:
+        """Read and parse the connection (sync: workers and the API server).
+
+        Raises
+        ------
+        ConnectionConfigError
+            The connection lacks a field its auth type needs, or a field is malformed.
+        """
+        conn = self.get_connection(self.salesforce_bulk_conn_id)
+        fields = self._fields(conn, conn.extra_dejson)
+        mask(fields.password)
+        settings = _cached_parse(fields)
+        for secret in settings.secrets():
+            mask(secret)
+        return settings
+
+    async def aget_settings(self) -> ConnectionSettings:
+        """Read and parse the connection without blocking the event loop (triggerer)."""
+        conn = await self.aget_connection(self.salesforce_bulk_conn_id)
+        extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
+        fields = self._fields(conn, extra)
+        settings = _cached_only(fields)
+        if settings is None:
+            await amask(fields.password)
+            # Building a provider may read a key file and parse an RSA key: keep that off the loop.
+            settings = await asyncio.to_thread(_cached_parse, fields)
+            for secret in settings.secrets():
+                await amask(secret)
+        return settings
+
+    # -- client ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def client(self, settings: ConnectionSettings | None = None) -> AsyncIterator[BulkIngestClient]:
+        """An authenticated client on the pool shared by everything using this connection in this loop."""
+        if settings is None:
+            settings = await self.aget_settings()
+        async with shared_pools.acquire(settings.auth.cache_key) as http:
+            session = SalesforceSession(settings.auth, api_version=settings.api_version, http=http)
+            token = await session.token()
+            await amask(token.access_token)
+            yield BulkIngestClient(session)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Log in and read ``/limits`` (the UI's Test button); never raises."""
+        try:
+            settings = self.get_settings()
+            return run_sync(lambda: self._probe(settings))
+        except (ConnectionConfigError, SalesforceBulkError) as exc:
+            return False, str(exc)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+    async def _probe(self, settings: ConnectionSettings) -> tuple[bool, str]:
+        async with self.client(settings) as client:
+            response = await client.session.request("GET", "limits")
+            instance = await client.session.instance_url()
+        limits = response.json()
+        daily = limits.get("DailyApiRequests") or {}
+        remaining = daily.get("Remaining")
+        detail = ""
+        if remaining is not None:
+            detail = f"; {remaining} of {daily.get('Max')} daily API requests left"
+        return True, f"Connected to {instance} ({settings.auth_type}, API v{settings.api_version}){detail}"
