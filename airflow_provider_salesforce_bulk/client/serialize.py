@@ -317,6 +317,9 @@ class _Writer:
                 texts.append(converter(value))
             except _BadValue as exc:
                 field = self.fieldnames[position]
+                if isinstance(value, Mapping):
+                    # A relationship under a key that is itself a column: report it as the slow path does.
+                    self.normalize({field: value}, base + offset)
                 raise InputError(
                     f"record {base + offset}, field {field!r}: {exc}", record_index=base + offset, field=field
                 ) from None
