@@ -1,0 +1,153 @@
+"""Deliberate misbehaviour: error answers, dropped connections, latency, lock failures, failing jobs.
+
+Each kind of fault draws from its own seeded generator so that, for a given seed, a test sees the
+same sequence of request faults however many records the worker processes in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .settings import EmulatorSettings
+
+#: Paths under this prefix are the emulator's own controls and never see faults.
+ADMIN_PREFIX = "/__emulator__"
+
+_ERROR_BODIES = {
+    503: [
+        {"errorCode": "SERVER_UNAVAILABLE", "message": "Server is temporarily unavailable, try again later."}
+    ],
+    500: [
+        {
+            "errorCode": "UNKNOWN_EXCEPTION",
+            "message": "An unexpected error occurred. Please include this ErrorId if you contact support: "
+            "1928374650-12345 (-1234567890)",
+        }
+    ],
+}
+
+
+class FaultInjector:
+    """Decides, from the live settings, which requests, records and jobs misbehave."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self.reseed(settings.seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart every fault sequence from ``seed`` (None: unpredictable)."""
+        with self._lock:
+            self._requests = random.Random(seed)
+            self._drops = random.Random(None if seed is None else seed + 1)
+            self._records = random.Random(None if seed is None else seed + 2)
+            self._jobs = random.Random(None if seed is None else seed + 3)
+
+    def request_error(self) -> int | None:
+        """Return 503 or 500 if this request must fail before it is handled, else None."""
+        s = self.settings
+        if not (s.error_503_rate or s.error_500_rate):
+            return None
+        with self._lock:
+            draw = self._requests.random()
+        if draw < s.error_503_rate:
+            return 503
+        if draw < s.error_503_rate + s.error_500_rate:
+            return 500
+        return None
+
+    def drop_connection(self) -> bool:
+        """True if this request's connection must be cut before its answer is complete."""
+        if not self.settings.drop_rate:
+            return False
+        with self._lock:
+            return self._drops.random() < self.settings.drop_rate
+
+    def record_locked(self) -> bool:
+        """True if this record must fail with UNABLE_TO_LOCK_ROW."""
+        if not self.settings.lock_failure_rate:
+            return False
+        with self._lock:
+            return self._records.random() < self.settings.lock_failure_rate
+
+    def job_fails(self) -> bool:
+        """True if this job must end Failed."""
+        if not self.settings.job_failure_rate:
+            return False
+        with self._lock:
+            return self._jobs.random() < self.settings.job_failure_rate
+
+
+class _IncompleteResponseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        # A deliberately dropped answer is not an error of the emulator.
+        return "without completing response" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_IncompleteResponseFilter())
+
+
+class FaultMiddleware:
+    """ASGI middleware applying request faults to everything but the admin endpoints."""
+
+    def __init__(self, app: ASGIApp, faults: FaultInjector) -> None:
+        self.app = app
+        self.faults = faults
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        latency = self.faults.settings.latency_seconds
+        if latency > 0:
+            await asyncio.sleep(latency)
+        status = self.faults.request_error()
+        if status is not None:
+            body = orjson.dumps(_ERROR_BODIES[status])
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json;charset=UTF-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        if self.faults.drop_connection():
+            await self._answer_then_drop(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _answer_then_drop(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request is fully handled (its effects happen) and only the answer is lost, which is
+        # the case a client cannot tell apart from a failure: the one worth testing.
+        start: Message | None = None
+        body = bytearray()
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start is None:
+            return
+        status = start["status"]
+        if status in (204, 304) or status < 200:
+            status = 200  # a bodiless status cannot be cut short
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body) + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": bytes(body[: len(body) // 2]), "more_body": True})
+        # Returning without finishing the body makes uvicorn close the connection.

@@ -1,0 +1,363 @@
+"""Bulk API 2.0 ingest endpoints: create, upload, close/abort, info, list, delete and results."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .ids import JOB_PREFIX, make_id, normalize_id
+from .processing import now_text
+from .responses import CSV_TYPE, error_response, json_response, not_found
+from .results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
+from .runtime import USER_ID, Emulator
+from .upload_csv import DELIMITERS, LINE_ENDINGS
+
+OPERATIONS = ("insert", "update", "upsert", "delete", "hardDelete")
+_UPLOAD_PIECE = 1 << 20
+_DELETABLE = ("UploadComplete", "JobComplete", "Aborted", "Failed")
+_ABORTABLE = ("Open", "UploadComplete", "InProgress")
+_RESULT_KINDS = {
+    "successfulresults": SUCCESSFUL,
+    "failedresults": FAILED,
+    "unprocessedrecords": UNPROCESSED,
+}
+_LOCATOR_PREFIX = "01gR0000000opRT"
+
+
+def _emulator(request: Request) -> Emulator:
+    emulator: Emulator = request.app.state.emulator
+    return emulator
+
+
+def _version(request: Request) -> str:
+    return str(request.path_params["version"])
+
+
+# -- bodies ---------------------------------------------------------------------------------------
+
+
+def job_body(job: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Render a job row as Salesforce does for ``kind``: create, info, patch or list."""
+    body: dict[str, Any] = {
+        "id": job["id"],
+        "operation": job["operation"],
+        "object": job["object"],
+        "createdById": job["created_by_id"],
+        "createdDate": job["created_date"],
+        "systemModstamp": job["system_modstamp"],
+        "state": job["state"],
+    }
+    if job["external_id_field"]:
+        body["externalIdFieldName"] = job["external_id_field"]
+    if job["assignment_rule_id"]:
+        body["assignmentRuleId"] = job["assignment_rule_id"]
+    body["concurrencyMode"] = "Parallel"
+    body["contentType"] = "CSV"
+    body["apiVersion"] = job["api_version"]
+    if kind == "patch":
+        return body
+    if kind in ("info", "list"):
+        body["jobType"] = "V2Ingest"
+    if job["state"] == "Open":
+        body["contentUrl"] = f"services/data/v{job['api_version']:.1f}/jobs/ingest/{job['id']}/batches"
+    body["lineEnding"] = job["line_ending"]
+    body["columnDelimiter"] = job["column_delimiter"]
+    if kind != "info":
+        return body
+    body["numberRecordsProcessed"] = job["processed"]
+    body["numberRecordsFailed"] = job["failed"]
+    body["retries"] = job["retries"]
+    # Salesforce reports processing times only once the job has finished.
+    finished = job["state"] in ("JobComplete", "Failed", "Aborted")
+    body["totalProcessingTime"] = job["total_processing_time"] if finished else 0
+    body["apiActiveProcessingTime"] = job["api_active_processing_time"] if finished else 0
+    body["apexProcessingTime"] = 0
+    if job["error_message"]:
+        body["errorMessage"] = job["error_message"]
+    return body
+
+
+def _parse_json(raw: bytes) -> tuple[Any, Response | None]:
+    """Parse a JSON request body, answering like Salesforce's Jackson parser when it is malformed."""
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, error_response(400, "JSON_PARSER_ERROR", "Invalid UTF-8 in the request body")
+    except json.JSONDecodeError as exc:
+        char = exc.doc[exc.pos] if exc.pos < len(exc.doc) else None
+        found = f"Unexpected character ('{char}' (code {ord(char)}))" if char else "Unexpected end-of-input"
+        return None, error_response(
+            400, "JSON_PARSER_ERROR", f"{found}: {exc.msg} at [line:{exc.lineno}, column:{exc.colno}]"
+        )
+
+
+async def read_body(request: Request) -> bytes | Response:
+    """The request body, decompressed when sent with ``Content-Encoding: gzip`` or ``deflate``."""
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            return zlib.decompress(raw, 47 if encoding == "gzip" else 15)
+        except zlib.error:
+            return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
+    return raw
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+
+async def create_job(request: Request) -> Response:
+    """``POST /jobs/ingest``."""
+    emulator = _emulator(request)
+    raw = await read_body(request)
+    if isinstance(raw, Response):
+        return raw
+    spec, problem = _parse_json(raw)
+    if problem is not None:
+        return problem
+    if not isinstance(spec, dict):
+        return error_response(400, "JSON_PARSER_ERROR", "Cannot deserialize the job from a non-object value")
+    obj_name = spec.get("object")
+    obj = emulator.schema.get(obj_name) if isinstance(obj_name, str) else None
+    if obj is None:
+        return error_response(400, "INVALIDJOB", f"InvalidJob : Object type '{obj_name}' is not supported")
+    operation = spec.get("operation")
+    if operation not in OPERATIONS:
+        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid operation: {operation}")
+    if operation == "hardDelete" and not emulator.settings.hard_delete_enabled:
+        return error_response(
+            400,
+            "FEATURENOTENABLED",
+            "FeatureNotEnabled : The user does not have the permission Bulk API Hard Delete",
+        )
+    external = spec.get("externalIdFieldName")
+    if operation == "upsert":
+        if not external:
+            return error_response(
+                400,
+                "INVALIDJOB",
+                f"InvalidJob : External ID was blank for {obj.name}. "
+                "An External ID must be specified for upsert.",
+            )
+        field = obj.field(str(external))
+        if str(external).lower() == "id":
+            external = "Id"
+        elif field is None or not (field.external_id or field.unique):
+            return error_response(
+                400,
+                "INVALIDJOB",
+                f"InvalidJob : Field name provided, {external} does not match an External ID, Salesforce Id, "
+                f"or indexed field for {obj.name}",
+            )
+    else:
+        external = None
+    content_type = spec.get("contentType", "CSV")
+    if content_type != "CSV":
+        return error_response(400, "INVALIDJOB", f"InvalidJob : Unsupported content type: {content_type}")
+    delimiter = spec.get("columnDelimiter", "COMMA")
+    if delimiter not in DELIMITERS:
+        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid column delimiter: {delimiter}")
+    line_ending = spec.get("lineEnding", "LF")
+    if line_ending not in LINE_ENDINGS:
+        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid line ending: {line_ending}")
+    rule = spec.get("assignmentRuleId")
+    if rule is not None and (
+        obj.name not in ("Case", "Lead") or not isinstance(rule, str) or normalize_id(rule) is None
+    ):
+        return error_response(400, "INVALIDJOB", "InvalidJob : Invalid assignment rule id for this object")
+    if emulator.limits.bulk_batches.used() >= emulator.settings.daily_bulk_batches_max:
+        return error_response(403, "REQUEST_LIMIT_EXCEEDED", "ExceededQuota : Bulk API batch limit exceeded.")
+    now = now_text()
+    number = await run_in_threadpool(emulator.store.next_id, JOB_PREFIX)
+    job = {
+        "id": make_id(JOB_PREFIX, number),
+        "object": obj.name,
+        "operation": operation,
+        "external_id_field": external,
+        "assignment_rule_id": rule,
+        "line_ending": line_ending,
+        "column_delimiter": delimiter,
+        "api_version": float(_version(request)),
+        "state": "Open",
+        "created_by_id": USER_ID,
+        "created_date": now,
+        "system_modstamp": now,
+    }
+    await run_in_threadpool(emulator.store.insert_job, job)
+    stored = await run_in_threadpool(emulator.store.get_job, job["id"])
+    assert stored is not None
+    return json_response(job_body(stored, "create"))
+
+
+async def upload(request: Request) -> Response:
+    """``PUT /jobs/ingest/{id}/batches``: the job's one CSV upload, streamed into the database."""
+    emulator = _emulator(request)
+    store = emulator.store
+    job_id = request.path_params["job_id"]
+    claim = await run_in_threadpool(store.claim_upload, job_id)
+    if claim == "missing":
+        return not_found()
+    if claim == "duplicate":
+        return error_response(
+            400,
+            "INVALIDJOB",
+            f"Found multipe contents for job: {job_id}, "
+            "please 'Close' / 'Abort' / 'Delete' the current Job then "
+            "create a new Job and make sure you only do 'PUT' once on a given Job.",
+        )
+    if claim == "state":
+        return error_response(
+            400, "INVALIDJOBSTATE", "Job is not in Open state; data can no longer be uploaded"
+        )
+    limit = emulator.settings.upload_limit_bytes
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    inflater = (
+        zlib.decompressobj(47 if encoding == "gzip" else 15) if encoding in ("gzip", "deflate") else None
+    )
+    size = 0
+    piece = bytearray()
+    n = 0
+    too_large = False
+    try:
+        async for data in request.stream():
+            if too_large:
+                continue  # drain the rest so the client reads our answer instead of a reset
+            if inflater is not None:
+                data = inflater.decompress(data, limit + 1 - size)
+                if inflater.unconsumed_tail:
+                    too_large = True
+            size += len(data)
+            if size > limit:
+                too_large = True
+                continue
+            piece.extend(data)
+            if len(piece) >= _UPLOAD_PIECE:
+                await run_in_threadpool(store.append_chunk, job_id, n, bytes(piece))
+                n, piece = n + 1, bytearray()
+        if inflater is not None and not too_large:
+            rest = inflater.flush()
+            size += len(rest)
+            piece.extend(rest)
+            if not inflater.eof:
+                raise zlib.error("truncated stream")
+    except zlib.error:
+        await run_in_threadpool(store.release_upload, job_id)
+        return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
+    except BaseException:
+        await run_in_threadpool(store.release_upload, job_id)
+        raise
+    if too_large or size > limit:
+        await run_in_threadpool(store.release_upload, job_id)
+        return error_response(
+            400,
+            "CLIENTINPUTERROR",
+            f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
+        )
+    if piece:
+        await run_in_threadpool(store.append_chunk, job_id, n, bytes(piece))
+    await run_in_threadpool(store.finish_upload, job_id, size)
+    return Response(status_code=201)
+
+
+async def patch_job(request: Request) -> Response:
+    """``PATCH /jobs/ingest/{id}``: close (UploadComplete) or abort (Aborted)."""
+    emulator = _emulator(request)
+    job_id = request.path_params["job_id"]
+    raw = await read_body(request)
+    if isinstance(raw, Response):
+        return raw
+    spec, problem = _parse_json(raw)
+    if problem is not None:
+        return problem
+    target = spec.get("state") if isinstance(spec, dict) else None
+    current = await run_in_threadpool(emulator.store.get_job, job_id)
+    if current is None:
+        return not_found()
+    if target == "UploadComplete":
+        allowed: tuple[str, ...] = ("Open",)
+    elif target == "Aborted":
+        allowed = _ABORTABLE
+    else:
+        return error_response(400, "INVALIDJOBSTATE", f"Invalid state transition requested: {target}")
+    job, applied = await run_in_threadpool(
+        emulator.store.transition_job, job_id, allowed, {"state": target, "system_modstamp": now_text()}
+    )
+    if job is None:
+        return not_found()
+    if not applied:
+        state = job["state"]
+        if target == "Aborted":
+            word = {"JobComplete": "Completed"}.get(state, state)
+            message = f"Aborting already {word} Job not allowed"
+        else:
+            message = f"Closing a job in state {state} is not allowed; only an Open job can be closed"
+        return error_response(400, "INVALIDJOBSTATE", message)
+    if target == "UploadComplete":
+        emulator.processor.submit(job_id)
+    return json_response(job_body(job, "patch"))
+
+
+async def get_job(request: Request) -> Response:
+    """``GET /jobs/ingest/{id}``."""
+    job = await run_in_threadpool(_emulator(request).store.get_job, request.path_params["job_id"])
+    if job is None:
+        return not_found()
+    return json_response(job_body(job, "info"))
+
+
+async def list_jobs(request: Request) -> Response:
+    """``GET /jobs/ingest``: one page of jobs; ``nextRecordsUrl`` leads to the next."""
+    emulator = _emulator(request)
+    page_size = max(1, emulator.settings.job_page_size)
+    locator = request.query_params.get("queryLocator")
+    offset = 0
+    if locator:
+        _, _, number = locator.rpartition("-")
+        if not locator.startswith(_LOCATOR_PREFIX) or not number.isdigit():
+            return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
+        offset = int(number)
+    job_type = request.query_params.get("jobType")
+    mode = request.query_params.get("concurrencyMode")
+    rows = await run_in_threadpool(emulator.store.list_jobs, offset, page_size + 1)
+    done = len(rows) <= page_size
+    records = [job_body(r, "list") for r in rows[:page_size]]
+    if (job_type and job_type != "V2Ingest") or (mode and mode != "Parallel"):
+        records = []
+    body: dict[str, Any] = {"done": done, "records": records}
+    next_url = f"/services/data/v{_version(request)}/jobs/ingest?queryLocator={_LOCATOR_PREFIX}-"
+    body["nextRecordsUrl"] = None if done else f"{next_url}{offset + page_size}"
+    return json_response(body)
+
+
+async def delete_job(request: Request) -> Response:
+    """``DELETE /jobs/ingest/{id}``: 204 for a finished or closed job."""
+    outcome = await run_in_threadpool(
+        _emulator(request).store.delete_job_if, request.path_params["job_id"], _DELETABLE
+    )
+    if outcome == "missing":
+        return not_found()
+    if outcome != "ok":
+        return error_response(
+            400, "API_ERROR", "Error encountered when deleting the job because the job is not terminated"
+        )
+    return Response(status_code=204)
+
+
+async def job_results(request: Request) -> Response:
+    """``GET /jobs/ingest/{id}/successfulResults | failedResults | unprocessedrecords``."""
+    kind = _RESULT_KINDS.get(str(request.path_params["kind"]).lower())
+    if kind is None:
+        return not_found()
+    emulator = _emulator(request)
+    job = await run_in_threadpool(emulator.store.get_job, request.path_params["job_id"])
+    if job is None:
+        return not_found()
+    if job["state"] == "Open":
+        return error_response(400, "INVALIDJOBSTATE", "The job is still Open: it has no results yet")
+    # A sync iterator: Starlette runs each step in a worker thread, off the event loop.
+    return StreamingResponse(iter_result_csv(emulator.store, job, kind), media_type=CSV_TYPE)

@@ -1,0 +1,90 @@
+"""The three result files of a job, rebuilt on request from the upload and the stored outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from .store import Store
+from .upload_csv import DELIMITERS, LINE_ENDINGS, UploadFormatError, read_rows
+
+SUCCESSFUL = "successfulResults"
+FAILED = "failedResults"
+UNPROCESSED = "unprocessedrecords"
+
+_FLUSH_BYTES = 256 * 1024
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def _header_name(name: str, delimiter: str) -> str:
+    # Header names are echoed as uploaded; only a name that could not be read back gets quotes.
+    if delimiter in name or '"' in name or "\n" in name or "\r" in name:
+        return _quoted(name)
+    return name
+
+
+def iter_result_csv(store: Store, job: dict[str, Any], kind: str) -> Iterator[bytes]:
+    """Yield the CSV of ``kind`` (:data:`SUCCESSFUL`, :data:`FAILED` or :data:`UNPROCESSED`) in pieces.
+
+    Values are all double-quoted, in the job's delimiter and line ending; the header is
+    ``"sf__Id","sf__Created"`` or ``"sf__Id","sf__Error"`` then the uploaded header (none for
+    unprocessed records).
+    """
+    delimiter = DELIMITERS[job["column_delimiter"]]
+    eol = LINE_ENDINGS[job["line_ending"]]
+    if job["upload"] == "done":
+        try:
+            header, rows = read_rows(store, job["id"], job["column_delimiter"])
+        except UploadFormatError:
+            header, rows = [], iter(())
+    else:
+        header, rows = [], iter(())
+    uploaded = delimiter.join(_header_name(h, delimiter) for h in header)
+    if kind == SUCCESSFUL:
+        lead = [_quoted("sf__Id"), _quoted("sf__Created")]
+    elif kind == FAILED:
+        lead = [_quoted("sf__Id"), _quoted("sf__Error")]
+    else:
+        lead = []
+    first = delimiter.join([*lead, uploaded] if uploaded else lead)
+    buffer = [first + eol]
+    size = len(buffer[0])
+    try:
+        for _first_row, _count, blob in store.result_batches(job["id"]):
+            for outcome in orjson.loads(blob):
+                row = next(rows, None)
+                if row is None:
+                    break
+                if kind == UNPROCESSED:
+                    continue
+                record_id, flag = outcome
+                if isinstance(flag, str):
+                    if kind != FAILED:
+                        continue
+                    second = flag
+                elif kind == SUCCESSFUL:
+                    second = "true" if flag else "false"
+                else:
+                    continue
+                line = delimiter.join([_quoted(record_id), _quoted(second), *map(_quoted, row)]) + eol
+                buffer.append(line)
+                size += len(line)
+                if size >= _FLUSH_BYTES:
+                    yield "".join(buffer).encode()
+                    buffer, size = [], 0
+        if kind == UNPROCESSED and job["state"] in ("Failed", "Aborted"):
+            for row in rows:
+                line = delimiter.join(map(_quoted, row)) + eol
+                buffer.append(line)
+                size += len(line)
+                if size >= _FLUSH_BYTES:
+                    yield "".join(buffer).encode()
+                    buffer, size = [], 0
+    except UploadFormatError:
+        pass  # the rest of a malformed upload cannot be echoed; the job already says why
+    yield "".join(buffer).encode()

@@ -1,0 +1,96 @@
+"""The live state of one emulator: settings, org, database, sessions, limits, faults and worker."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+
+from .credentials import Credentials
+from .faults import FaultInjector
+from .ids import ORG_PREFIX, USER_PREFIX, make_id
+from .limits import Limits
+from .processing import JobProcessor
+from .schema import Schema, load_schema
+from .settings import EmulatorSettings
+from .store import Store
+
+ORG_ID = make_id(ORG_PREFIX, 42)
+USER_ID = make_id(USER_PREFIX, 42)
+
+
+class Emulator:
+    """Everything one running emulator holds, shared by the routes and the worker.
+
+    Parameters
+    ----------
+    settings
+        Initial settings; runtime changes go through :meth:`update_settings`.
+    credentials
+        The org's logins; defaults to fixed test credentials with a fresh RSA key pair.
+    base_url
+        The URL clients reach the emulator at (returned as ``instance_url``).
+    """
+
+    def __init__(
+        self, settings: EmulatorSettings, credentials: Credentials | None = None, base_url: str = ""
+    ) -> None:
+        self.settings = settings
+        self.credentials = credentials or Credentials()
+        self.base_url = base_url
+        self.schema: Schema = load_schema(settings.schema_path)
+        self.store = Store(settings.db, self.schema)
+        self.faults = FaultInjector(settings)
+        self.limits = Limits()
+        self.processor = JobProcessor(self.store, settings, self.faults, self.limits)
+        self.started_at = time.time()
+        self._sessions = self.store.load_sessions()
+        self._sessions_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the worker (resuming unfinished jobs)."""
+        self.processor.start()
+
+    def stop(self) -> None:
+        """Stop the worker and close the database."""
+        self.processor.stop()
+        self.store.close()
+
+    def update_settings(self, changes: dict[str, object]) -> None:
+        """Apply runtime setting changes (see :data:`~.settings.RUNTIME_SETTINGS`)."""
+        self.settings.update(changes)
+        if "seed" in changes:
+            self.faults.reseed(self.settings.seed)
+
+    def reset(self) -> None:
+        """Forget every job and record and refill the limits; sessions stay valid."""
+        self.store.reset()
+        self.limits.clear()
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def new_session(self) -> tuple[str, float]:
+        """Issue an access token; returns it with its issue time (epoch seconds)."""
+        token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(72)}"
+        issued = time.time()
+        self.store.add_session(token, issued)
+        with self._sessions_lock:
+            self._sessions[token] = issued
+        return token, issued
+
+    def session_valid(self, token: str) -> bool:
+        """True if ``token`` was issued here and has not expired."""
+        with self._sessions_lock:
+            issued = self._sessions.get(token)
+        if issued is None:
+            return False
+        now = time.time()
+        if now - issued > self.settings.session_timeout_seconds:
+            return False
+        every = self.settings.session_expiry_every_seconds
+        if every:
+            # Sessions die together at each multiple of `every` seconds since the start.
+            epoch = math.floor((now - self.started_at) / every)
+            return issued >= self.started_at + epoch * every
+        return True
