@@ -26,6 +26,7 @@ from airflow_provider_salesforce_bulk.client.auth import (
     default_token_cache,
     normalize_login_url,
 )
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
 from airflow_provider_salesforce_bulk.client.errors import (
     ApiDisabledError,
     ApiVersionError,
@@ -54,7 +55,13 @@ from airflow_provider_salesforce_bulk.client.models import (
     OperationType,
     ResultKind,
 )
-from airflow_provider_salesforce_bulk.client.operation import JobResult, perform_operation, submit_job
+from airflow_provider_salesforce_bulk.client.operation import (
+    JobResult,
+    perform_chunks,
+    perform_csv_operation,
+    perform_operation,
+    submit_job,
+)
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
     CsvChunk,
@@ -105,9 +112,13 @@ __all__ = [
     "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
     "default_token_cache",
+    "iter_csv_stream_chunks",
     "iter_record_chunks",
     "normalize_login_url",
+    "perform_chunks",
+    "perform_csv_operation",
     "perform_operation",
     "serialize_ingest_data",
+    "split_csv_stream",
     "submit_job",
 ]

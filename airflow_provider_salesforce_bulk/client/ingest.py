@@ -398,6 +398,37 @@ class BulkIngestClient:
             **options,
         )
 
+    def perform_csv_operation(
+        self,
+        operation: OperationType,
+        sobject: str,
+        source: Any,
+        max_size_bytes: int = 100_000_000,
+        max_records: int = 150_000_000,
+        external_id_field: str | None = None,
+        assignment_rule_id: str | None = None,
+        polling_interval: float = 5.0,
+        **options: Any,
+    ) -> AsyncIterator[JobResult]:
+        """Load an existing CSV file (path or binary stream) without re-encoding its values.
+
+        See :func:`~airflow_provider_salesforce_bulk.client.operation.perform_csv_operation`.
+        """
+        from airflow_provider_salesforce_bulk.client.operation import perform_csv_operation
+
+        return perform_csv_operation(
+            self,
+            operation,
+            sobject,
+            source,
+            max_size_bytes=max_size_bytes,
+            max_records=max_records,
+            external_id_field=external_id_field,
+            assignment_rule_id=assignment_rule_id,
+            polling_interval=polling_interval,
+            **options,
+        )
+
 
 def check_job_options(
     operation: str,

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk, CsvSource, iter_csv_stream_chunks
 from airflow_provider_salesforce_bulk.client.errors import (
     BulkJobFailedError,
     InputError,
@@ -20,16 +21,12 @@ from airflow_provider_salesforce_bulk.client.errors import (
 )
 from airflow_provider_salesforce_bulk.client.ingest import PollPolicy, check_job_options
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo, OperationType
-from airflow_provider_salesforce_bulk.client.serialize import (
-    CsvChunk,
-    iter_record_chunks,
-    validate_operation_fields,
-)
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks, validate_operation_fields
 
 if TYPE_CHECKING:
     from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
 
-__all__ = ["JobResult", "perform_operation", "submit_job"]
+__all__ = ["JobResult", "perform_chunks", "perform_csv_operation", "perform_operation", "submit_job"]
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +235,6 @@ async def perform_operation(
     check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
     if fieldnames is not None:
         validate_operation_fields(operation, list(fieldnames), external_id_field)
-    if max_concurrent_jobs < 1:
-        raise InputError("max_concurrent_jobs must be at least 1", field="max_concurrent_jobs")
-    if polling_interval <= 0:
-        raise InputError("polling_interval must be positive", field="polling_interval")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    poll = PollPolicy(initial=min(0.5, polling_interval), maximum=polling_interval)
     chunks = iter_record_chunks(
         data,
         fieldnames=fieldnames,
@@ -253,14 +244,101 @@ async def perform_operation(
         line_ending=line_ending,
         none_as=none_as,
     )
+    async for result in perform_chunks(
+        client,
+        operation,
+        sobject,
+        chunks,
+        external_id_field=external_id_field,
+        assignment_rule_id=assignment_rule_id,
+        polling_interval=polling_interval,
+        max_concurrent_jobs=max_concurrent_jobs,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+        compress=compress,
+        timeout=timeout,
+        raise_on_failed_job=raise_on_failed_job,
+        max_upload_attempts=max_upload_attempts,
+        serialize_in_thread=serialize_in_thread,
+        on_job_created=on_job_created,
+    ):
+        yield result
+
+
+async def perform_csv_operation(
+    client: BulkIngestClient,
+    operation: OperationType,
+    sobject: str,
+    source: CsvSource,
+    max_size_bytes: int = 100_000_000,
+    max_records: int = 150_000_000,
+    external_id_field: str | None = None,
+    assignment_rule_id: str | None = None,
+    polling_interval: float = 5.0,
+    *,
+    column_delimiter: str = "COMMA",
+    line_ending: str = "LF",
+    **options: Any,
+) -> AsyncIterator[JobResult]:
+    """Load an existing CSV file or binary stream, split into jobs without re-encoding its values.
+
+    The CSV must already be UTF-8 in the job's dialect (``column_delimiter``, ``line_ending``);
+    its first line is the header, repeated in every job. Other options as :func:`perform_operation`.
+    """
+    check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
+    chunks = iter_csv_stream_chunks(source, max_size_bytes, max_records, line_ending=line_ending)
+    async for result in perform_chunks(
+        client,
+        operation,
+        sobject,
+        chunks,
+        external_id_field=external_id_field,
+        assignment_rule_id=assignment_rule_id,
+        polling_interval=polling_interval,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+        **options,
+    ):
+        yield result
+
+
+async def perform_chunks(
+    client: BulkIngestClient,
+    operation: OperationType,
+    sobject: str,
+    chunks: Iterator[CsvChunk],
+    *,
+    external_id_field: str | None = None,
+    assignment_rule_id: str | None = None,
+    polling_interval: float = 5.0,
+    max_concurrent_jobs: int = 5,
+    column_delimiter: str = "COMMA",
+    line_ending: str = "LF",
+    compress: bool = False,
+    timeout: float | None = None,
+    raise_on_failed_job: bool = False,
+    max_upload_attempts: int = 3,
+    serialize_in_thread: bool = True,
+    on_job_created: JobCreatedCallback | None = None,
+) -> AsyncIterator[JobResult]:
+    """The engine of :func:`perform_operation`: one job per chunk, as chunks are produced.
+
+    ``chunks`` is pulled only when a job slot is free. Parameters as :func:`perform_operation`.
+    """
+    check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
+    if max_concurrent_jobs < 1:
+        raise InputError("max_concurrent_jobs must be at least 1", field="max_concurrent_jobs")
+    if polling_interval <= 0:
+        raise InputError("polling_interval must be positive", field="polling_interval")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    poll = PollPolicy(initial=min(0.5, polling_interval), maximum=polling_interval)
     next_chunk = _chunk_reader(chunks, serialize_in_thread)
 
     # The first chunk is built before any job exists, so its input errors cost nothing.
     first = await next_chunk()
     if first is None:
         return
-    if fieldnames is None:
-        validate_operation_fields(operation, _header_fields(first, column_delimiter), external_id_field)
+    validate_operation_fields(operation, _header_fields(first, column_delimiter), external_id_field)
 
     slots = asyncio.Semaphore(max_concurrent_jobs)
     await slots.acquire()

@@ -325,3 +325,28 @@ async def test_generator_input_is_consumed_lazily(client, api):
     assert first.record_count == 10
     assert pulled <= 30  # a chunk per slot plus the one being read, not all 50
     await gen.aclose()
+
+
+async def test_csv_file_is_loaded_through_the_split_fast_path(client, api, tmp_path):
+    path = tmp_path / "accounts.csv"
+    path.write_bytes(b'Name,Description\n"A, Inc.","two\nlines"\nFAIL b,x\nC,"say ""hi"""\n')
+    results = await collect(
+        client.perform_csv_operation(
+            "insert", "Account", str(path), max_records=2, polling_interval=FAST_POLL
+        )
+    )
+    assert sorted((r.first_record_index, r.record_count) for r in results) == [(0, 2), (2, 1)]
+    assert sum(r.number_records_failed for r in results) == 1
+    uploaded = [api.jobs[r.job_id].data for r in sorted(results, key=lambda r: r.first_record_index)]
+    assert uploaded == [
+        b'Name,Description\n"A, Inc.","two\nlines"\nFAIL b,x\n',
+        b'Name,Description\nC,"say ""hi"""\n',
+    ]
+
+
+async def test_csv_file_for_delete_with_extra_columns_is_refused_before_any_job(client, api, tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_bytes(b"Id,Name\n001000000000001,x\n")
+    with pytest.raises(InputError, match="Id"):
+        await collect(client.perform_csv_operation("delete", "Account", str(path)))
+    assert api.requests == []
