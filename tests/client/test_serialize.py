@@ -126,7 +126,7 @@ def test_none_as_null_writes_na_but_missing_fields_stay_empty() -> None:
 
 
 def test_relationship_columns() -> None:
-    records = [{"Account": {"External_Id__c": "A1"}, "Name": "x"}, {"Name": "y"}]
+    records: list[dict[str, Any]] = [{"Account": {"External_Id__c": "A1"}, "Name": "x"}, {"Name": "y"}]
     data = one_chunk(records, fieldnames=["Name", "Account.External_Id__c"])
     assert data == b"Name,Account.External_Id__c\nx,A1\ny,\n"
 
@@ -223,7 +223,7 @@ def test_lazy_chunks_hold_one_chunk_of_many() -> None:
 
 
 def test_inferred_fieldnames_keep_first_seen_order_and_warn_for_generators() -> None:
-    records = [{"B": 1, "A": 2}, {"C": {"Ext": "x"}, "A": 3}, {"D": True}]
+    records: list[dict[str, Any]] = [{"B": 1, "A": 2}, {"C": {"Ext": "x"}, "A": 3}, {"D": True}]
     assert one_chunk(records) == b"B,A,C.Ext,D\n1,2,,\n,3,x,\n,,,true\n"
     with pytest.warns(UserWarning, match="infer fieldnames"):
         chunks = list(serialize_ingest_data(iter(records)))
@@ -372,7 +372,7 @@ def test_validate_operation_fields_accepts(
 # -- properties -----------------------------------------------------------------------------------
 
 # All of Unicode that UTF-8 can carry and Salesforce takes: no surrogates (Cs), no NUL.
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
 _FIELDS = ["Id", "Name", "Note", "Amount"]
 _RECORDS = st.lists(
     st.dictionaries(st.sampled_from(_FIELDS), _TEXT | st.none() | st.booleans() | st.integers(), max_size=4),
