@@ -15,9 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Literal, Union
+from typing import IO, Union
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.models import (
+    COLUMN_DELIMITERS,
+    LINE_ENDINGS,
+    ColumnDelimiter,
+    LineEnding,
+)
 
 __all__ = [
     "COLUMN_DELIMITERS",
@@ -30,20 +36,6 @@ __all__ = [
     "split_csv_stream",
 ]
 
-ColumnDelimiter = Literal["BACKQUOTE", "CARET", "COMMA", "PIPE", "SEMICOLON", "TAB"]
-LineEnding = Literal["LF", "CRLF"]
-
-#: The ``columnDelimiter`` values of a job and the character each stands for.
-COLUMN_DELIMITERS: dict[str, str] = {
-    "BACKQUOTE": "`",
-    "CARET": "^",
-    "COMMA": ",",
-    "PIPE": "|",
-    "SEMICOLON": ";",
-    "TAB": "\t",
-}
-#: The ``lineEnding`` values of a job and the characters each stands for.
-LINE_ENDINGS: dict[str, str] = {"LF": "\n", "CRLF": "\r\n"}
 #: Salesforce takes at most 100 MB of raw CSV per job.
 MAX_SIZE_BYTES = 100_000_000
 

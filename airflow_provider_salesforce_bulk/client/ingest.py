@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import httpx
 import orjson
 
+from airflow_provider_salesforce_bulk.client.csv_split import check_column_delimiter, check_line_ending
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
     InvalidJobStateError,
@@ -25,14 +26,13 @@ from airflow_provider_salesforce_bulk.client.errors import (
 )
 from airflow_provider_salesforce_bulk.client.models import (
     COLUMN_DELIMITERS,
-    LINE_ENDINGS,
-    OPERATIONS,
     JobInfo,
     OperationType,
     ResultKind,
 )
 from airflow_provider_salesforce_bulk.client.results import iter_csv_records
 from airflow_provider_salesforce_bulk.client.retry import RetrySafety
+from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 if TYPE_CHECKING:
@@ -438,25 +438,11 @@ def check_job_options(
     line_ending: str,
 ) -> None:
     """Refuse job options Salesforce would refuse, before any request."""
-    if operation not in OPERATIONS:
-        raise InputError(
-            f"unknown operation {operation!r}; expected one of {sorted(OPERATIONS)}", field="operation"
-        )
+    validate_operation_fields(operation, None, external_id_field)
     if not sobject or not isinstance(sobject, str):
         raise InputError("sobject (the Salesforce object name) is required", field="sobject")
-    if operation == "upsert" and not external_id_field:
-        raise InputError(
-            "upsert needs external_id_field (an external ID field or 'Id')", field="external_id_field"
-        )
-    if operation != "upsert" and external_id_field:
-        raise InputError(f"external_id_field is only for upsert, not {operation}", field="external_id_field")
-    if column_delimiter not in COLUMN_DELIMITERS:
-        raise InputError(
-            f"unknown column_delimiter {column_delimiter!r}; expected one of {sorted(COLUMN_DELIMITERS)}",
-            field="column_delimiter",
-        )
-    if line_ending not in LINE_ENDINGS:
-        raise InputError(f"unknown line_ending {line_ending!r}; expected LF or CRLF", field="line_ending")
+    check_column_delimiter(column_delimiter)
+    check_line_ending(line_ending)
 
 
 def _job(job_id: str) -> str:

@@ -29,8 +29,10 @@ ColumnDelimiter = Literal["BACKQUOTE", "CARET", "COMMA", "PIPE", "SEMICOLON", "T
 LineEnding = Literal["LF", "CRLF"]
 ResultKind = Literal["successfulResults", "failedResults", "unprocessedrecords"]
 
-OPERATIONS: frozenset[str] = frozenset({"insert", "delete", "hardDelete", "update", "upsert"})
+#: The ingest operations of Bulk API 2.0, in the order error messages list them.
+OPERATIONS: tuple[str, ...] = ("insert", "update", "upsert", "delete", "hardDelete")
 TERMINAL_STATES: frozenset[str] = frozenset({"JobComplete", "Aborted", "Failed"})
+#: The ``columnDelimiter`` values of a job and the character each stands for.
 COLUMN_DELIMITERS: dict[str, str] = {
     "BACKQUOTE": "`",
     "CARET": "^",
@@ -39,6 +41,7 @@ COLUMN_DELIMITERS: dict[str, str] = {
     "SEMICOLON": ";",
     "TAB": "\t",
 }
+#: The ``lineEnding`` values of a job and the characters each stands for.
 LINE_ENDINGS: dict[str, str] = {"LF": "\n", "CRLF": "\r\n"}
 
 # JSON name -> attribute name, for every documented field. Anything else lands in JobInfo.extra.

@@ -42,6 +42,7 @@ from airflow_provider_salesforce_bulk.client.csv_split import (
     split_csv_stream,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.models import OPERATIONS
 
 __all__ = [
     "COLUMN_DELIMITERS",
@@ -60,8 +61,6 @@ __all__ = [
 ]
 
 NoneAs = Literal["empty", "null"]
-#: The ingest operations of Bulk API 2.0.
-OPERATIONS = ("insert", "update", "upsert", "delete", "hardDelete")
 
 _NONE_TEXT = {"empty": "", "null": "#N/A"}
 _BOOL_TEXT = {"True": "true", "False": "false"}
