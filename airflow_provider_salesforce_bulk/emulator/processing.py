@@ -27,7 +27,15 @@ from .schema import Field, Schema, SObject
 from .settings import EmulatorSettings
 from .store import Store, quote, record_table
 from .upload_csv import UploadFormatError, check_line_ending, read_rows
-from .validation import NULL_VALUE, Converter, RecordError, converter_for, error_text, format_datetime
+from .validation import (
+    NULL_VALUE,
+    Converter,
+    RecordError,
+    converter_for,
+    error_text,
+    format_datetime,
+    required_missing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,73 +162,63 @@ class SliceProcessor:
         self.plan = plan
         self.obj = plan.obj
         self.table = record_table(plan.obj)
+        # Worked out once per job so the per-record loop stays lean.
+        self._columns = [(index, field.name, convert) for index, field, convert in plan.columns]
+        self._relations = [(r.column, r.field.name, r) for r in plan.relations]
+        self._required = [f.name for f in plan.obj.fields if f.required]
+        self._defaults = [
+            (f.name, int(f.default) if isinstance(f.default, bool) else f.default)
+            for f in plan.obj.fields
+            if f.default is not None
+        ]
+        self._reference_columns = [f.name for _, f, _ in plan.columns if f.type == "reference"]
 
     # -- value conversion ------------------------------------------------------------------------
 
     def _values(self, row: list[str], for_update: bool) -> dict[str, Any]:
         """Converted values of one row; '' means "not given" and #N/A means null."""
         values: dict[str, Any] = {}
-        for index, field, convert in self.plan.columns:
+        for index, name, convert in self._columns:
             raw = row[index]
             if raw == "":
                 continue
-            if raw == NULL_VALUE:
-                values[field.name] = None
-                continue
-            values[field.name] = convert(raw)
-        for relation in self.plan.relations:
-            raw = row[relation.column]
+            values[name] = None if raw == NULL_VALUE else convert(raw)
+        for index, name, relation in self._relations:
+            raw = row[index]
             if raw == "":
                 continue
-            if raw == NULL_VALUE:
-                values[relation.field.name] = None
-                continue
-            values[relation.field.name] = _Lookup(relation, raw)
+            values[name] = None if raw == NULL_VALUE else _Lookup(relation, raw)
         if for_update:
-            missing = [
-                f.name for f in self.obj.fields if f.required and f.name in values and values[f.name] is None
-            ]
+            missing = [name for name in self._required if name in values and values[name] is None]
             if missing:
-                raise RecordError(
-                    error_text(
-                        "REQUIRED_FIELD_MISSING",
-                        f"Required fields are missing: [{', '.join(missing)}]",
-                        ",".join(missing),
-                    )
-                )
+                raise RecordError(required_missing(missing))
         return values
 
     def _complete_new(self, values: dict[str, Any]) -> None:
-        for field in self.obj.fields:
-            if field.default is not None and field.name not in values:
-                values[field.name] = int(field.default) if isinstance(field.default, bool) else field.default
-        missing = [f.name for f in self.obj.fields if f.required and values.get(f.name) is None]
+        for name, default in self._defaults:
+            if name not in values:
+                values[name] = default
+        missing = [name for name in self._required if values.get(name) is None]
         if missing:
-            raise RecordError(
-                error_text(
-                    "REQUIRED_FIELD_MISSING",
-                    f"Required fields are missing: [{', '.join(missing)}]",
-                    ",".join(missing),
-                )
-            )
+            raise RecordError(required_missing(missing))
 
     # -- lookups ---------------------------------------------------------------------------------
 
     def _existing(self, conn: Any, obj: SObject, column: str, keys: list[Any]) -> dict[Any, tuple[str, int]]:
         if not keys:
             return {}
+        # Deleted rows first, so that a live record holding the same value wins.
         sql = (
             f"SELECT {quote(column)}, Id, IsDeleted FROM {record_table(obj)} "  # noqa: S608
-            f"WHERE {quote(column)} IN {_IN_LIST}"
+            f"WHERE {quote(column)} IN {_IN_LIST} ORDER BY IsDeleted DESC"
         )
-        found: dict[Any, tuple[str, int]] = {}
-        for key, record_id, deleted in conn.execute(sql, (orjson.dumps(keys).decode(),)):
-            if key not in found or found[key][1]:
-                found[key] = (record_id, deleted)
-        return found
+        rows = conn.execute(sql, (orjson.dumps(keys).decode(),)).fetchall()
+        return {key: (record_id, deleted) for key, record_id, deleted in rows}
 
     def _resolve(self, conn: Any, pending: dict[int, dict[str, Any]], out: _Slice) -> None:
         """Replace relationship lookups and check referenced ids, failing rows that do not resolve."""
+        if not self._relations and not self._reference_columns:
+            return
         wanted: dict[tuple[str, str], set[str]] = {}
         ids: dict[str, set[str]] = {}
         for values in pending.values():
@@ -304,10 +302,11 @@ class SliceProcessor:
         own_ids: dict[int, str],
         out: _Slice,
         new: bool = False,
+        checked: str | None = None,
     ) -> None:
         """Fail rows whose unique values another record holds, or an earlier row of this slice."""
         for field in self.obj.fields:
-            if not field.unique:
+            if not field.unique or field.name == checked:
                 continue
             name = field.name
             values = {row: v[name] for row, v in pending.items() if v.get(name) is not None}
@@ -363,20 +362,22 @@ class SliceProcessor:
             f"{''.join(', ' + quote(n) for n in names)}) VALUES (?, 0, ?, ?{', ?' * len(names)})"
         )
         params = []
+        results = out.results
         for row, values in rows.items():
             record_id = ids[row]
-            params.append((record_id, now, now, *[values.get(n) for n in names]))
-            out.ok(row, record_id, True)
+            params.append((record_id, now, now, *map(values.get, names)))
+            results[row] = [record_id, 1]
         conn.executemany(sql, params)
 
     def _update(
         self, conn: Any, rows: dict[int, dict[str, Any]], ids: dict[int, str], out: _Slice, now: str
     ) -> None:
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        results = out.results
         for row, values in rows.items():
-            names = tuple(values)
-            groups.setdefault(names, []).append((*values.values(), now, ids[row]))
-            out.ok(row, ids[row], False)
+            record_id = ids[row]
+            groups.setdefault(tuple(values), []).append((*values.values(), now, record_id))
+            results[row] = [record_id, 0]
         for names, params in groups.items():
             assignments = "".join(f"{quote(n)} = ?, " for n in names)
             conn.executemany(
@@ -586,6 +587,8 @@ class SliceProcessor:
                                 ",".join(missing),
                             )
                         )
+                    # Matched on this value, so it is unchanged: leave it (and its index) alone.
+                    values.pop(match_field, None)
                     updates[n] = values
                     update_ids[n] = hit[0]
                 elif match_field == "Id" and key is not None:
@@ -604,7 +607,8 @@ class SliceProcessor:
         self._resolve(conn, inserts, out)
         new_ids = self._new_ids(conn, inserts)
         self._check_unique(conn, updates, update_ids, out)
-        self._check_unique(conn, inserts, new_ids, out, new=True)
+        # The match values of new rows were just looked up and de-duplicated.
+        self._check_unique(conn, inserts, new_ids, out, new=True, checked=match_field)
         self._update(conn, updates, update_ids, out, now)
         self._insert(conn, inserts, new_ids, out, now)
 

@@ -76,6 +76,8 @@ def converter_for(field: Field, column: int) -> Converter:
         match_number = _NUMBER.fullmatch
 
         def to_number(value: str) -> Any:
+            if value.isdigit() and value.isascii():
+                return int(value) if integral else float(value)
             if match_number(value) is None:
                 raise not_valid(value)
             number = float(value)
