@@ -1,0 +1,126 @@
+"""Streaming each job's result files to storage while counting rows and failed records by error code."""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import csv
+import io
+import re
+from typing import IO, Any
+
+from airflow_provider_salesforce_bulk.client import BulkIngestClient
+from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
+
+__all__ = ["RESULT_FILES", "ResultCounter", "copy_job_results"]
+
+RESULT_FILES = {
+    "successful": ("successfulResults", "successfulResults.csv"),
+    "failed": ("failedResults", "failedResults.csv"),
+    "unprocessed": ("unprocessedrecords", "unprocessedrecords.csv"),
+}
+_CODE = re.compile(r"^([A-Z][A-Z0-9_]*)(?::|$)")
+_SAMPLE_CHARS = 300
+
+
+class ResultCounter:
+    """A tee for ``copy_results``: writes the raw bytes to ``sink`` and parses them incrementally.
+
+    Memory holds one network chunk plus one partial record. A record ends at a line feed outside
+    quotes (quote parity per scanned segment), so quoted newlines never split a record.
+    """
+
+    def __init__(self, sink: IO[bytes], delimiter: str, count_errors: bool) -> None:
+        self._sink = sink
+        self._delimiter = delimiter
+        self._count_errors = count_errors
+        self._utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self._pending = ""
+        self._quotes = 0
+        self._scanned = 0
+        self._header: list[str] | None = None
+        self._error_column: int | None = None
+        self.rows = 0
+        self.by_code: collections.Counter[str] = collections.Counter()
+        self.samples: dict[str, str] = {}
+
+    async def write(self, data: bytes) -> None:
+        self._sink.write(data)
+        self._feed(self._utf8.decode(data))
+
+    def finish(self) -> None:
+        self._feed(self._utf8.decode(b"", final=True))
+        if self._pending.strip("\r\n"):
+            self._parse(self._pending)
+        self._pending = ""
+
+    def _feed(self, text: str) -> None:
+        if not text:
+            return
+        self._pending += text
+        end = 0
+        position = self._scanned
+        quotes = self._quotes
+        while True:
+            newline = self._pending.find("\n", position)
+            if newline < 0:
+                break
+            quotes += self._pending.count('"', position, newline)
+            position = newline + 1
+            if quotes % 2 == 0:
+                end = position
+        if end:
+            self._parse(self._pending[:end])
+            self._pending = self._pending[end:]
+            quotes = self._pending.count('"', 0, position - end)
+            position -= end
+        self._scanned = position
+        self._quotes = quotes
+
+    def _parse(self, text: str) -> None:
+        for row in csv.reader(io.StringIO(text, newline=""), delimiter=self._delimiter):
+            if self._header is None:
+                self._header = row
+                if "sf__Error" in row:
+                    self._error_column = row.index("sf__Error")
+                continue
+            if not row:
+                continue
+            self.rows += 1
+            if self._count_errors and self._error_column is not None and self._error_column < len(row):
+                message = row[self._error_column]
+                match = _CODE.match(message)
+                code = match[1] if match else "UNKNOWN"
+                self.by_code[code] += 1
+                self.samples.setdefault(code, message[:_SAMPLE_CHARS])
+
+
+async def copy_job_results(
+    client: BulkIngestClient, job: dict[str, Any], directory: Any
+) -> tuple[dict[str, str], dict[str, int], collections.Counter[str], dict[str, str]]:
+    """Copy the three result files of one job under ``directory`` (an ``ObjectStoragePath``).
+
+    Returns
+    -------
+    tuple
+        File URIs by kind, row counts by kind, failed records by error code, one sample message per code.
+    """
+    delimiter = COLUMN_DELIMITERS.get(job.get("columnDelimiter") or "COMMA", ",")
+    job_dir = directory / job["id"]
+    job_dir.mkdir(parents=True, exist_ok=True)
+    uris: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    by_code: collections.Counter[str] = collections.Counter()
+    samples: dict[str, str] = {}
+    for kind, (api_kind, filename) in RESULT_FILES.items():
+        target = job_dir / filename
+        with target.open("wb") as sink:
+            counter = ResultCounter(sink, delimiter, count_errors=kind == "failed")
+            await client.copy_results(job["id"], api_kind, counter)  # type: ignore[arg-type]
+            counter.finish()
+        uris[kind] = str(target)
+        rows[kind] = counter.rows
+        by_code.update(counter.by_code)
+        for code, sample in counter.samples.items():
+            samples.setdefault(code, sample)
+    return uris, rows, by_code, samples
