@@ -249,23 +249,29 @@ class SalesforceSession:
             )
             retry_after: float | None = None
             failure: Exception
+            response: httpx.Response | None = None
+            body = b""
             try:
                 response = await self.http.send(request, stream=True)
+                self._note_limits(response)
+                if not (response.is_success and stream):
+                    # Reading the body is part of the attempt: a connection dropped mid-body is a
+                    # transport failure like any other.
+                    body = await response.aread()
             except httpx.HTTPError as exc:
+                if response is not None:
+                    await response.aclose()
                 failure = TransportError(f"{method} {_safe(url)} failed: {type(exc).__name__}: {exc}")
                 failure.__cause__ = exc
                 retryable = safety is RetrySafety.IDEMPOTENT or isinstance(exc, _NOT_SENT)
             else:
-                try:
-                    self._note_limits(response)
-                    if response.is_success:
-                        if not stream:
-                            await response.aread()
+                if response.is_success:
+                    try:
                         yield response
-                        return
-                    body = await response.aread()
-                finally:
-                    await response.aclose()
+                    finally:
+                        await response.aclose()
+                    return
+                await response.aclose()
                 error = error_from_response(response.status_code, body, method=method, url=_safe(url))
                 if isinstance(error, SessionExpiredError) and not refreshed:
                     # One refresh per request; TokenCache makes concurrent refreshes collapse into one.

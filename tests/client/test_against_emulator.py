@@ -1,0 +1,336 @@
+"""The client against the local Salesforce emulator over a real socket: every login flow, every
+operation, results matching what was stored, and survival of the emulator's faults with every
+record loaded exactly once."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_salesforce_bulk.client import (
+    AuthenticationError,
+    BulkIngestClient,
+    ClientCredentialsAuth,
+    JwtBearerAuth,
+    PasswordAuth,
+    PollPolicy,
+    RefreshTokenAuth,
+    RetryPolicy,
+    SalesforceSession,
+    SoapLoginAuth,
+    StaticTokenAuth,
+    TokenCache,
+    TokenProvider,
+)
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+
+FAST_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05, max_total=30)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(db=":memory:", records_per_second=None) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def clean(emulator: RunningEmulator) -> Iterator[None]:
+    emulator.reset()
+    yield
+    emulator.update_settings(
+        error_503_rate=0.0,
+        error_500_rate=0.0,
+        drop_rate=0.0,
+        session_expiry_every_seconds=None,
+        lock_failure_rate=0.0,
+        job_failure_rate=0.0,
+    )
+
+
+def session_for(emulator: RunningEmulator, auth: TokenProvider | None = None, **kwargs) -> SalesforceSession:
+    c = emulator.credentials
+    auth = auth or ClientCredentialsAuth(c.client_id, c.client_secret, emulator.base_url)
+    return SalesforceSession(auth, token_cache=TokenCache(), retry_policy=FAST_RETRY, **kwargs)
+
+
+def all_flows(emulator: RunningEmulator) -> dict[str, TokenProvider]:
+    c = emulator.credentials
+    url = emulator.base_url
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        soap = SoapLoginAuth(c.username, c.password, c.security_token, login_url=url)
+    return {
+        "client_credentials": ClientCredentialsAuth(c.client_id, c.client_secret, url),
+        "jwt_bearer": JwtBearerAuth(
+            c.client_id,
+            c.username,
+            private_key=c.private_key_pem,
+            login_url=url,
+            audience="https://login.salesforce.com",
+        ),
+        "password": PasswordAuth(
+            c.client_id, c.client_secret, c.username, c.password, c.security_token, login_url=url
+        ),
+        "refresh_token": RefreshTokenAuth(c.client_id, c.refresh_token, c.client_secret, login_url=url),
+        "soap": soap,
+        "static": StaticTokenAuth(emulator.new_access_token(), url),
+    }
+
+
+@pytest.mark.parametrize(
+    "flow", ["client_credentials", "jwt_bearer", "password", "refresh_token", "soap", "static"]
+)
+async def test_every_login_flow_reaches_the_bulk_api(emulator, flow):
+    async with session_for(emulator, all_flows(emulator)[flow]) as session:
+        client = BulkIngestClient(session)
+        job = await client.create_job("insert", "Account")
+        assert job.state == "Open"
+        assert (await client.abort_job(job.id)).state == "Aborted"
+        assert session.api_usage is not None
+
+
+async def test_wrong_secret_is_an_authentication_error_with_salesforces_words(emulator):
+    c = emulator.credentials
+    async with session_for(
+        emulator, ClientCredentialsAuth(c.client_id, "not-the-secret", emulator.base_url)
+    ) as s:
+        with pytest.raises(AuthenticationError) as info:
+            await BulkIngestClient(s).create_job("insert", "Account")
+    assert info.value.error in ("invalid_client", "invalid_grant", "invalid_client_id")
+    assert "not-the-secret" not in str(info.value)
+
+
+def contacts(n: int, bad: set[int]) -> Iterator[dict[str, object]]:
+    for i in range(n):
+        yield {
+            "External_Id__c": f"C-{i:05d}",
+            "LastName": None if i in bad else f'O"Brien, {i}\nline two é😀',
+            "Birthdate": datetime.date(1990, 1, 1) + datetime.timedelta(days=i),
+            "HasOptedOutOfEmail": i % 2 == 0,
+        }
+
+
+FIELDS = ["External_Id__c", "LastName", "Birthdate", "HasOptedOutOfEmail"]
+
+
+async def test_upsert_insert_update_delete_and_results_match_the_org(emulator):
+    bad = {3, 17, 40}
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        results = [
+            r
+            async for r in client.perform_operation(
+                "upsert",
+                "Contact",
+                contacts(120, bad),
+                fieldnames=FIELDS,
+                external_id_field="External_Id__c",
+                max_records=50,
+                polling_interval=0.05,
+            )
+        ]
+        assert sorted((r.first_record_index, r.record_count) for r in results) == [
+            (0, 50),
+            (50, 50),
+            (100, 20),
+        ]
+        assert sum(r.number_records_failed for r in results) == len(bad)
+        assert sum(r.number_records_succeeded for r in results) == 120 - len(bad)
+
+        stored = {rec["External_Id__c"]: rec for rec in emulator.records("Contact")}
+        assert len(stored) == 120 - len(bad)
+        assert stored["C-00001"]["LastName"] == 'O"Brien, 1\nline two é😀'
+
+        created: dict[str, str] = {}
+        failed_ext: set[str] = set()
+        for result in results:
+            async for row in result.iter_successful_results():
+                assert row["sf__Created"] == "true"
+                created[row["External_Id__c"]] = row["sf__Id"]
+            async for row in result.iter_failed_results():
+                assert row["sf__Error"].startswith("REQUIRED_FIELD_MISSING")
+                failed_ext.add(row["External_Id__c"])
+        assert failed_ext == {f"C-{i:05d}" for i in bad}
+        assert created == {ext: rec["Id"] for ext, rec in stored.items()}
+        assert created["C-00001"].startswith("003")
+        assert len(created["C-00001"]) == 18
+
+        # The same upsert again updates instead of creating.
+        again = [
+            r
+            async for r in client.perform_operation(
+                "upsert",
+                "Contact",
+                [{"External_Id__c": "C-00001", "LastName": "Renamed"}],
+                external_id_field="External_Id__c",
+                polling_interval=0.05,
+            )
+        ]
+        rows = [row async for row in again[0].iter_successful_results()]
+        assert rows[0]["sf__Created"] == "false"
+
+        # Update by Id, then delete by Id.
+        updated = [
+            r
+            async for r in client.perform_operation(
+                "update", "Contact", [{"Id": created["C-00002"], "Title": "CTO"}], polling_interval=0.05
+            )
+        ]
+        assert updated[0].is_success
+        ids = [{"Id": created[f"C-{i:05d}"]} for i in (5, 6)] + [{"Id": "003000000000000AAA"}]
+        deleted = [r async for r in client.perform_operation("delete", "Contact", ids, polling_interval=0.05)]
+        assert deleted[0].number_records_succeeded == 2
+        assert deleted[0].number_records_failed == 1
+
+    after = {rec["External_Id__c"]: rec for rec in emulator.records("Contact")}
+    assert after["C-00001"]["LastName"] == "Renamed"
+    assert after["C-00002"]["Title"] == "CTO"
+    assert "C-00005" not in after
+    assert "C-00006" not in after
+
+
+async def test_csv_file_with_semicolons_and_crlf(emulator, tmp_path):
+    path = tmp_path / "accounts.csv"
+    path.write_bytes(b'Name;External_Id__c\r\n"A; Inc.";A-1\r\n"multi\r\nline";A-2\r\n;A-3\r\n')
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        results = [
+            r
+            async for r in client.perform_csv_operation(
+                "insert",
+                "Account",
+                str(path),
+                column_delimiter="SEMICOLON",
+                line_ending="CRLF",
+                polling_interval=0.05,
+            )
+        ]
+    (result,) = results
+    assert (result.number_records_succeeded, result.number_records_failed) == (2, 1)
+    names = sorted(rec["Name"] for rec in emulator.records("Account"))
+    assert names == ["A; Inc.", "multi\r\nline"]
+
+
+async def test_whole_job_failure_is_reported_with_salesforces_message(emulator):
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        (result,) = [
+            r
+            async for r in client.perform_operation(
+                "insert", "Account", [{"Name": "x", "NoSuchField__c": "y"}], polling_interval=0.05
+            )
+        ]
+    assert result.job_info.state == "Failed"
+    assert result.job_info.error_message == "InvalidBatch : Field name not found : NoSuchField__c"
+    assert result.number_records_unprocessed == 1
+
+
+async def test_list_jobs_pages_and_delete(emulator):
+    emulator.update_settings(job_page_size=2)
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        made = [(await client.create_job("insert", "Account")).id for _ in range(5)]
+        listed = [job.id async for job in client.list_jobs()]
+        assert sorted(set(listed) & set(made)) == sorted(made)
+        await client.abort_job(made[0])
+        await client.delete_job(made[0])
+        assert made[0] not in [job.id async for job in client.list_jobs()]
+    emulator.update_settings(job_page_size=1000)
+
+
+async def test_gzip_upload_and_copy_results(emulator):
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        (result,) = [
+            r
+            async for r in client.perform_operation(
+                "insert",
+                "Account",
+                [{"Name": f"Gz {i}"} for i in range(10)],
+                compress=True,
+                polling_interval=0.05,
+            )
+        ]
+        buffer = io.BytesIO()
+        await client.copy_results(result.job_id, "successfulResults", buffer)
+    lines = buffer.getvalue().decode().splitlines()
+    assert lines[0].startswith('"sf__Id","sf__Created"')
+    assert len(lines) == 11
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"error_503_rate": 0.25, "seed": 1},
+        {"error_500_rate": 0.2, "seed": 2},
+        {"drop_rate": 0.2, "seed": 3},
+        {"session_expiry_every_seconds": 0.3},
+        {"error_503_rate": 0.1, "drop_rate": 0.1, "session_expiry_every_seconds": 0.5, "seed": 4},
+    ],
+    ids=["503", "500", "dropped", "expiry", "all"],
+)
+async def test_faults_never_lose_or_duplicate_a_record(emulator, faults):
+    n = 600
+    emulator.update_settings(**faults)
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        results = [
+            r
+            async for r in client.perform_operation(
+                "insert",
+                "Account",
+                ({"Name": f"Acct {i}", "External_Id__c": f"F-{i}"} for i in range(n)),
+                fieldnames=["Name", "External_Id__c"],
+                max_records=100,
+                polling_interval=0.05,
+                max_upload_attempts=6,
+            )
+        ]
+    emulator.update_settings(
+        error_503_rate=0.0, error_500_rate=0.0, drop_rate=0.0, session_expiry_every_seconds=None
+    )
+    covered = sorted(
+        i for r in results for i in range(r.first_record_index, r.first_record_index + r.record_count)
+    )
+    assert covered == list(range(n))
+    assert all(r.job_info.state == "JobComplete" for r in results)
+    stored = [rec["External_Id__c"] for rec in emulator.records("Account")]
+    assert sorted(stored) == sorted(f"F-{i}" for i in range(n))  # each exactly once
+
+
+async def test_lock_failures_are_reported_per_record(emulator):
+    emulator.update_settings(lock_failure_rate=0.3, seed=5)
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        (result,) = [
+            r
+            async for r in client.perform_operation(
+                "insert", "Account", [{"Name": f"L {i}"} for i in range(100)], polling_interval=0.05
+            )
+        ]
+        errors = [row["sf__Error"] async for row in result.iter_failed_results()]
+    assert result.number_records_failed == len(errors) > 0
+    assert all(e.startswith("UNABLE_TO_LOCK_ROW") for e in errors)
+    assert len(emulator.records("Account")) == 100 - len(errors)
+
+
+async def test_wait_for_job_sees_counters_move(emulator):
+    emulator.update_settings(records_per_second=20_000)
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        job = await client.create_job("insert", "Account")
+        body = "Name\n" + "".join(f"Slow {i}\n" for i in range(30_000))
+        await client.upload_job_data(job.id, body.encode())
+        seen: list[int] = []
+        final = await client.wait_for_job(
+            job.id,
+            poll=PollPolicy(initial=0.1, maximum=0.2),
+            on_progress=lambda j: seen.append(j.number_records_processed),
+        )
+    emulator.update_settings(records_per_second=None)
+    assert final.number_records_processed == 30_000
+    assert any(0 < count < 30_000 for count in seen)
