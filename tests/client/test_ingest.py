@@ -19,6 +19,7 @@ from airflow_provider_salesforce_bulk.client import (
     NotFoundError,
     OperationTimeoutError,
     PollPolicy,
+    RetryPolicy,
     SalesforceSession,
     StaticTokenAuth,
     TokenCache,
@@ -281,3 +282,29 @@ async def test_broken_result_csv_is_a_clear_error(client, api):
     )
     with pytest.raises(UnexpectedResponseError, match="not valid CSV"):
         await client.get_results(job.id, "failedResults")
+
+
+async def test_create_job_is_retried_because_a_repeat_cannot_load_data(api):
+    # A lost create answer may leave an empty Open job behind; it holds no data and expires, so
+    # creating again is safe, unlike an upload.
+    answers = iter([httpx.Response(503), httpx.ReadError("dropped")])
+
+    def flaky_create(request):
+        if request.method == "POST":
+            answer = next(answers, None)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return None
+
+    api.intercept = flaky_create
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
+    )
+    async with session:
+        job = await BulkIngestClient(session).create_job("insert", "Account")
+    assert [r.method for r in api.requests] == ["POST", "POST", "POST"]
+    assert list(api.jobs) == [job.id]
