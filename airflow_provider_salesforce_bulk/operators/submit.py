@@ -113,7 +113,7 @@ async def submit_chunks(
                 raise InputError(
                     f"records {chunk.first_record_index}.. were loaded by job {known['job']} in a chunk "
                     f"of {known['count']} records, but this try cut {chunk.record_count}: the input or the "
-                    "chunk limits changed between tries, so reattaching could load records twice or not at all",
+                    "chunk limits changed between tries: reattaching could load records twice or not at all",
                     record_index=chunk.first_record_index,
                 )
             continue

@@ -10,7 +10,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_salesforce_bulk.client import JobInfo, PollPolicy, SalesforceBulkError
-from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError
+from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
 
 __all__ = ["SalesforceBulkJobTrigger", "job_summary"]
@@ -74,6 +74,8 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         self.deadline = deadline
         self.poll_interval = float(poll_interval)
         self._final: dict[str, dict[str, Any]] = {}
+        self.settings: ConnectionSettings | None = None
+        """Set by the operator when it polls in the worker (sync connection read); None in the triggerer."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -95,7 +97,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         latest: dict[str, dict[str, Any]] = {}
         try:
-            async with self._hook().client() as client:
+            async with self._hook().client(self.settings) as client:
                 limit = asyncio.Semaphore(_POLL_CONCURRENCY)
 
                 async def poll(job_id: str) -> JobInfo:
