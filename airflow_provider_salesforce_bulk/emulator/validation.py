@@ -37,8 +37,8 @@ class RecordError(Exception):
 
 
 def error_text(code: str, message: str, fields: str = "") -> str:
-    """Format an ``sf__Error`` value the way Salesforce does."""
-    return f"{code}:{message}:{fields} --"
+    """Format an ``sf__Error`` value the way Salesforce does (``...:--`` when no field is named)."""
+    return f"{code}:{message}:{fields} --" if fields else f"{code}:{message}:--"
 
 
 def required_missing(names: list[str]) -> str:

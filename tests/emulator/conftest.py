@@ -43,7 +43,7 @@ def emulator(emulator_server: RunningEmulator) -> Iterator[RunningEmulator]:
         "seed": 7,
     }
     emulator_server.update_settings(**defaults)
-    yield emulator_server
+    return emulator_server
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import httpx
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 
-from .conftest import API, create_job, run_job, wait_done
+from .conftest import create_job, run_job, wait_done
 
 DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000")
 
@@ -17,12 +17,17 @@ DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000")
 def test_create_answers_the_documented_body(api: httpx.Client) -> None:
     job = create_job(api, object="Contact", operation="upsert", externalIdFieldName="External_Id__c")
     assert re.fullmatch(r"750[0-9A-Za-z]{15}", job["id"])
-    assert job["state"] == "Open" and job["apiVersion"] == 62.0 and isinstance(job["apiVersion"], float)
+    assert job["state"] == "Open"
+    assert job["apiVersion"] == 62.0
+    assert isinstance(job["apiVersion"], float)
     assert job["contentUrl"] == f"services/data/v62.0/jobs/ingest/{job['id']}/batches"
-    assert job["lineEnding"] == "LF" and job["columnDelimiter"] == "COMMA"
-    assert job["concurrencyMode"] == "Parallel" and job["contentType"] == "CSV"
+    assert job["lineEnding"] == "LF"
+    assert job["columnDelimiter"] == "COMMA"
+    assert job["concurrencyMode"] == "Parallel"
+    assert job["contentType"] == "CSV"
     assert job["externalIdFieldName"] == "External_Id__c"
-    assert DATETIME.fullmatch(job["createdDate"]) and DATETIME.fullmatch(job["systemModstamp"])
+    assert DATETIME.fullmatch(job["createdDate"])
+    assert DATETIME.fullmatch(job["systemModstamp"])
     assert "assignmentRuleId" not in job
     assert (
         api.post("/jobs/ingest", json={"object": "Account", "operation": "insert"}).headers["content-type"]
@@ -34,7 +39,8 @@ def test_create_validates_the_job(emulator: RunningEmulator, api: httpx.Client) 
     def error(spec: dict[str, object]) -> tuple[int, str]:
         response = api.post("/jobs/ingest", json=spec)
         body = response.json()
-        assert isinstance(body, list) and set(body[0]) == {"errorCode", "message"}
+        assert isinstance(body, list)
+        assert set(body[0]) == {"errorCode", "message"}
         return response.status_code, body[0]["errorCode"]
 
     assert error({"object": "Nope__c", "operation": "insert"}) == (400, "INVALIDJOB")
@@ -64,14 +70,15 @@ def test_only_one_upload_per_job(api: httpx.Client) -> None:
     job = create_job(api, object="Account", operation="insert")
     url = f"/jobs/ingest/{job['id']}/batches"
     first = api.put(url, content=b"Name\nAcme\n", headers={"Content-Type": "text/csv"})
-    assert first.status_code == 201 and first.content == b""
+    assert first.status_code == 201
+    assert first.content == b""
     second = api.put(url, content=b"Name\nAcme\n", headers={"Content-Type": "text/csv"})
     assert second.status_code == 400
     assert second.json() == [
         {
             "errorCode": "INVALIDJOB",
-            "message": f"Found multipe contents for job: {job['id']}, please 'Close' / 'Abort' / 'Delete' the "
-            "current Job then create a new Job and make sure you only do 'PUT' once on a given Job.",
+            "message": f"Found multipe contents for job: {job['id']}, "
+            "please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job and make sure you only do 'PUT' once on a given Job.",
         }
     ]
 
@@ -81,7 +88,8 @@ def test_upload_limit_and_gzip_bodies(emulator: RunningEmulator, api: httpx.Clie
     job = create_job(api, object="Account", operation="insert")
     big = b"Name\n" + b"x" * 2000 + b"\n"
     too_big = api.put(f"/jobs/ingest/{job['id']}/batches", content=big, headers={"Content-Type": "text/csv"})
-    assert too_big.status_code == 400 and too_big.json()[0]["errorCode"] == "CLIENTINPUTERROR"
+    assert too_big.status_code == 400
+    assert too_big.json()[0]["errorCode"] == "CLIENTINPUTERROR"
     bomb = api.put(
         f"/jobs/ingest/{job['id']}/batches",
         content=gzip.compress(big),
@@ -121,14 +129,16 @@ def test_state_rules(api: httpx.Client) -> None:
     assert not {"jobType", "lineEnding", "columnDelimiter", "numberRecordsProcessed"} & set(closed.json())
     assert wait_done(api, job["id"])["state"] == "JobComplete"
     again = api.patch(url, json={"state": "UploadComplete"})
-    assert again.status_code == 400 and again.json()[0]["errorCode"] == "INVALIDJOBSTATE"
+    assert again.status_code == 400
+    assert again.json()[0]["errorCode"] == "INVALIDJOBSTATE"
     abort = api.patch(url, json={"state": "Aborted"})
     assert abort.status_code == 400
     assert abort.json() == [
         {"errorCode": "INVALIDJOBSTATE", "message": "Aborting already Completed Job not allowed"}
     ]
     deleted = api.delete(url)
-    assert deleted.status_code == 204 and deleted.content == b""
+    assert deleted.status_code == 204
+    assert deleted.content == b""
     assert api.get(url).status_code == 404
     assert api.get(url).json() == [
         {"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}
@@ -138,7 +148,8 @@ def test_state_rules(api: httpx.Client) -> None:
 def test_abort_an_open_job(api: httpx.Client) -> None:
     job = create_job(api, object="Account", operation="insert")
     aborted = api.patch(f"/jobs/ingest/{job['id']}", json={"state": "Aborted"})
-    assert aborted.status_code == 200 and aborted.json()["state"] == "Aborted"
+    assert aborted.status_code == 200
+    assert aborted.json()["state"] == "Aborted"
     assert api.put(f"/jobs/ingest/{job['id']}/batches", content=b"Name\nA\n").status_code == 400
     assert api.delete(f"/jobs/ingest/{job['id']}").status_code == 204
 
@@ -167,7 +178,9 @@ def test_job_info_fields(api: httpx.Client) -> None:
         "apexProcessingTime",
     ):
         assert field in info, field
-    assert info["jobType"] == "V2Ingest" and "contentUrl" not in info and "errorMessage" not in info
+    assert info["jobType"] == "V2Ingest"
+    assert "contentUrl" not in info
+    assert "errorMessage" not in info
 
 
 def test_list_pages_with_next_records_url(emulator: RunningEmulator, api: httpx.Client) -> None:
@@ -177,29 +190,33 @@ def test_list_pages_with_next_records_url(emulator: RunningEmulator, api: httpx.
     page = api.get("/jobs/ingest").json()
     pages = 1
     while page["nextRecordsUrl"]:
-        assert not page["done"] and page["nextRecordsUrl"].startswith(
-            "/services/data/v62.0/jobs/ingest?queryLocator="
-        )
+        assert not page["done"]
+        assert page["nextRecordsUrl"].startswith("/services/data/v62.0/jobs/ingest?queryLocator=")
         seen |= {r["id"] for r in page["records"]}
         page = httpx.get(emulator.base_url + page["nextRecordsUrl"], headers=api.headers).json()
         pages += 1
     seen |= {r["id"] for r in page["records"]}
-    assert page["done"] and seen == ids and pages == 3
+    assert page["done"]
+    assert seen == ids
+    assert pages == 3
     assert "numberRecordsProcessed" not in page["records"][0]
 
 
 def test_unknown_paths_and_methods_answer_json_arrays(api: httpx.Client) -> None:
     assert api.get("/jobs/ingest/750000000000000AAA").status_code == 404
     missing = api.get("/nothing/here")
-    assert missing.status_code == 404 and missing.json()[0]["errorCode"] == "NOT_FOUND"
+    assert missing.status_code == 404
+    assert missing.json()[0]["errorCode"] == "NOT_FOUND"
     wrong = api.post("/jobs/ingest/750000000000000AAA")
-    assert wrong.status_code == 405 and wrong.json()[0]["errorCode"] == "METHOD_NOT_ALLOWED"
+    assert wrong.status_code == 405
+    assert wrong.json()[0]["errorCode"] == "METHOD_NOT_ALLOWED"
 
 
 def test_api_versions(emulator: RunningEmulator, api: httpx.Client) -> None:
     headers = api.headers
     retired = httpx.get(f"{emulator.base_url}/services/data/v40.0/jobs/ingest", headers=headers)
-    assert retired.status_code == 410 and isinstance(retired.json(), list)
+    assert retired.status_code == 410
+    assert isinstance(retired.json(), list)
     assert (
         httpx.get(f"{emulator.base_url}/services/data/v68.0/jobs/ingest", headers=headers).status_code == 200
     )
@@ -207,7 +224,8 @@ def test_api_versions(emulator: RunningEmulator, api: httpx.Client) -> None:
         httpx.get(f"{emulator.base_url}/services/data/v69.0/jobs/ingest", headers=headers).status_code == 404
     )
     versions = httpx.get(f"{emulator.base_url}/services/data/").json()
-    assert versions[0]["version"] == "41.0" and versions[-1] == {
+    assert versions[0]["version"] == "41.0"
+    assert versions[-1] == {
         "label": "Winter '27",
         "url": "/services/data/v68.0",
         "version": "68.0",

@@ -24,7 +24,8 @@ def _assert_token_body(emulator: RunningEmulator, response: httpx.Response) -> s
     assert body["instance_url"] == emulator.base_url
     assert body["token_type"] == "Bearer"
     assert "expires_in" not in body
-    assert body["issued_at"].isdigit() and abs(int(body["issued_at"]) / 1000 - time.time()) < 60
+    assert body["issued_at"].isdigit()
+    assert abs(int(body["issued_at"]) / 1000 - time.time()) < 60
     assert body["id"].startswith(f"{emulator.base_url}/id/00D")
     assert body["signature"]
     token: str = body["access_token"]
@@ -88,7 +89,8 @@ def test_refresh_token_grant(emulator: RunningEmulator) -> None:
         _token(emulator, grant_type="refresh_token", client_id=c.client_id, refresh_token=c.refresh_token),
     )
     bad = _token(emulator, grant_type="refresh_token", client_id=c.client_id, refresh_token="stale")
-    assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "invalid_grant"
 
 
 def _assertion(emulator: RunningEmulator, **claims: object) -> str:
@@ -149,9 +151,11 @@ def test_soap_login(emulator: RunningEmulator) -> None:
         f"{emulator.base_url}{API}/limits", headers={"Authorization": f"Bearer {session}"}
     ).is_success
     refused = _soap(emulator, "65.0", c.password + c.security_token)
-    assert refused.status_code == 500 and "UNSUPPORTED_API_VERSION" in refused.text
+    assert refused.status_code == 500
+    assert "UNSUPPORTED_API_VERSION" in refused.text
     wrong = _soap(emulator, "64.0", "guess")
-    assert wrong.status_code == 500 and "<sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode>" in wrong.text
+    assert wrong.status_code == 500
+    assert "<sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode>" in wrong.text
 
 
 def test_missing_or_unknown_token_is_401(emulator: RunningEmulator) -> None:
