@@ -95,6 +95,12 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         return SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # The event is yielded after the client is released: a generator suspended inside the
+        # pool's context would keep the pool open until the triggerer closes the generator.
+        payload = await self._wait()
+        yield _event(payload)
+
+    async def _wait(self) -> dict[str, Any]:
         latest: dict[str, dict[str, Any]] = {}
         try:
             async with self._hook().client(self.settings) as client:
@@ -116,27 +122,23 @@ class SalesforceBulkJobTrigger(BaseTrigger):
                             self._final[job.id] = summary
                     self._log_total(latest)
                     if len(self._final) == len(self.job_ids):
-                        yield _event({"status": "success", "jobs": self._ordered(self._final)})
-                        return
+                        return {"status": "success", "jobs": self._ordered(self._final)}
                     if self.deadline is not None:
                         remaining = self.deadline - time.time()
                         if remaining <= 0:
                             await self._abort(client, latest)
-                            yield _event({
+                            return {
                                 "status": "timeout",
                                 "message": f"{len(self.job_ids) - len(self._final)} of {len(self.job_ids)} "
                                 "job(s) not finished by the deadline; aborted them",
                                 "jobs": self._ordered(latest),
-                            })
-                            return
+                            }
                         wait = min(wait, remaining)
                     await asyncio.sleep(wait)
         except (SalesforceBulkError, ConnectionConfigError) as exc:
-            yield _event({
-                "status": "error",
-                "message": f"{type(exc).__name__}: {exc}",
-                "jobs": self._ordered(latest),
-            })
+            message = f"{type(exc).__name__}: {exc}"
+            return {"status": "error", "message": message, "jobs": self._ordered(latest)}
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _ordered(self, jobs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {j: jobs[j] for j in self.job_ids if j in jobs}

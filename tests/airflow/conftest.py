@@ -1,0 +1,68 @@
+"""Airflow settings for the provider tests, applied before Airflow is first imported.
+
+Only this folder needs Airflow, so the client and emulator tests never pay for it. A private
+AIRFLOW_HOME with a SQLite metadata database is created once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="sf-bulk-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_HOME / "dags")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated metadata database (once per session)."""
+    from airflow.utils import db
+
+    db.resetdb(skip_init=False) if hasattr(db, "resetdb") else db.initdb()
+    return _HOME
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator() as running:
+        yield running
+
+
+def conn_uri_json(running: RunningEmulator, **extra: object) -> str:
+    """``AIRFLOW_CONN_...`` value logging in to the emulator with the client credentials flow."""
+    import json
+
+    creds = running.credentials
+    return json.dumps({
+        "conn_type": "salesforce_bulk",
+        "host": running.base_url,
+        "extra": {"auth_type": "client_credentials", "client_id": creds.client_id,
+                  "client_secret": creds.client_secret, **extra},
+    })
+
+
+def load_dag_file(name: str, source: str) -> object:
+    """Write a DAG file into the dags folder (dag.test() syncs DAGs from it) and return its ``dag``."""
+    import importlib.util
+    import textwrap
+
+    dags = _HOME / "dags"
+    dags.mkdir(exist_ok=True)
+    path = dags / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(f"sf_bulk_test_dag_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
