@@ -78,7 +78,8 @@ def test_only_one_upload_per_job(api: httpx.Client) -> None:
         {
             "errorCode": "INVALIDJOB",
             "message": f"Found multipe contents for job: {job['id']}, "
-            "please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job and make sure you only do 'PUT' once on a given Job.",
+            "please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job "
+            "and make sure you only do 'PUT' once on a given Job.",
         }
     ]
 

@@ -1,4 +1,4 @@
-"""Record processing: outcomes, Salesforce's error texts, result layouts, whole-job failures, speed, restarts."""
+"""Record processing: outcomes, Salesforce's error texts, result layouts, job failures, speed, restarts."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_insert_results_have_the_exact_layout(emulator: RunningEmulator, api: ht
     )
     assert results["failedResults"] == (
         '"sf__Id","sf__Error",Name,NumberOfEmployees,Description\n'
-        '"","INVALID_FIELD:Failed to deserialize field at col 1. Due to, \'x\' is not a valid value for the type '
+        '"","INVALID_FIELD:Failed to deserialize field at col 1. '
+        "Due to, 'x' is not a valid value for the type "
         'xsd:double:NumberOfEmployees --","Bad","x",""\n'
     )
     assert results["unprocessedrecords"] == "Name,NumberOfEmployees,Description\n"
@@ -59,14 +60,16 @@ def test_record_errors_use_salesforce_codes(emulator: RunningEmulator, api: http
     assert errors[""] == "REQUIRED_FIELD_MISSING:Required fields are missing: [Name]:Name --"
     assert errors["x" * 8].startswith("STRING_TOO_LONG:Name: data value too large:")
     assert errors["picklist"] == (
-        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST:StageName: bad value for restricted picklist field: Dreaming:"
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST:StageName: "
+        "bad value for restricted picklist field: Dreaming:"
         "StageName --"
     )
     assert "xsd:date:CloseDate --" in errors["date"]
     assert "xsd:boolean:IsPrivate --" in errors["bool"]
     assert errors["dup"].startswith("DUPLICATE_VALUE:duplicate value found: External_Id__c")
     assert errors["fk"] == (
-        "INVALID_FIELD:Foreign key external ID: ACC-404 not found for field External_Id__c in entity Account:--"
+        "INVALID_FIELD:Foreign key external ID: ACC-404 "
+        "not found for field External_Id__c in entity Account:--"
     )
     account = emulator.records("Account")[0]
     opportunity = emulator.records("Opportunity")[0]
