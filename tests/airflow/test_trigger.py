@@ -1,0 +1,112 @@
+"""SalesforceBulkJobTrigger against the emulator: round trip, completion, deadline, on_kill, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
+from tests.airflow.conftest import conn_uri_json
+
+CSV = b"LastName,External_Id__c\n" + b"".join(b"Name%d,T%d\n" % (i, i) for i in range(50))
+
+
+@pytest.fixture
+def conn(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AIRFLOW_CONN_SF_TRIGGER", conn_uri_json(emulator))
+    return "sf_trigger"
+
+
+async def _submit(emulator: RunningEmulator, count: int = 1, close: bool = True) -> list[str]:
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    async with SalesforceSession(auth) as session:
+        client = BulkIngestClient(session)
+        ids = []
+        for _ in range(count):
+            job = await client.create_job("upsert", "Contact", "External_Id__c")
+            await client.upload_job_data(job.id, CSV, close=close)
+            ids.append(job.id)
+        return ids
+
+
+async def _state(emulator: RunningEmulator, job_id: str) -> str | None:
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    async with SalesforceSession(auth) as session:
+        return (await BulkIngestClient(session).get_job(job_id)).state
+
+
+def test_serialize_round_trip_holds_no_secret(emulator: RunningEmulator) -> None:
+    trigger = SalesforceBulkJobTrigger("sf_trigger", ["750A", "750B"], deadline=123.5, poll_interval=2)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_salesforce_bulk.triggers.salesforce_bulk.SalesforceBulkJobTrigger"
+    assert kwargs == {"conn_id": "sf_trigger", "job_ids": ["750A", "750B"], "deadline": 123.5, "poll_interval": 2.0}
+    import json
+
+    text = json.dumps(kwargs)  # JSON-able
+    assert emulator.credentials.client_secret not in text
+    again = SalesforceBulkJobTrigger(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+
+
+async def test_polls_every_job_to_completion(emulator: RunningEmulator, conn: str) -> None:
+    emulator.update_settings(records_per_second=100.0)
+    ids = await _submit(emulator, count=3)
+    trigger = SalesforceBulkJobTrigger(conn, ids, deadline=time.time() + 60, poll_interval=0.2)
+    events = [e async for e in trigger.run()]
+    assert len(events) == 1
+    payload = events[0].payload
+    assert payload["status"] == "success"
+    assert list(payload["jobs"]) == ids
+    for job in payload["jobs"].values():
+        assert job["state"] == "JobComplete"
+        assert job["numberRecordsProcessed"] == 50
+
+
+async def test_deadline_aborts_unfinished_jobs(emulator: RunningEmulator, conn: str) -> None:
+    emulator.update_settings(records_per_second=1.0)
+    (job_id,) = await _submit(emulator)
+    trigger = SalesforceBulkJobTrigger(conn, [job_id], deadline=time.time() + 0.5, poll_interval=0.2)
+    started = time.monotonic()
+    payload = (await trigger.run().__anext__()).payload
+    assert time.monotonic() - started < 5
+    assert payload["status"] == "timeout"
+    assert payload["jobs"][job_id]["state"] == "Aborted"
+    assert await _state(emulator, job_id) == "Aborted"
+
+
+async def test_on_kill_aborts_idempotently_and_cleanup_does_not(emulator: RunningEmulator, conn: str) -> None:
+    emulator.update_settings(records_per_second=1.0)
+    ids = await _submit(emulator, count=2)
+    trigger = SalesforceBulkJobTrigger(conn, ids, deadline=time.time() + 60, poll_interval=0.2)
+    task = asyncio.create_task(trigger.run().__anext__())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await trigger.cleanup()
+    assert {await _state(emulator, j) for j in ids} <= {"UploadComplete", "InProgress"}
+    await trigger.on_kill()
+    await trigger.on_kill()  # a second kill on finished jobs must not fail
+    assert [await _state(emulator, j) for j in ids] == ["Aborted", "Aborted"]
+
+
+async def test_unknown_job_is_an_error_event(emulator: RunningEmulator, conn: str) -> None:
+    trigger = SalesforceBulkJobTrigger(conn, ["7505e0000009999AAA"], poll_interval=0.2)
+    payload = (await trigger.run().__anext__()).payload
+    assert payload["status"] == "error"
+    assert "NotFound" in payload["message"]
+
+
+async def test_refused_login_is_an_error_event_without_the_secret(
+    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SF_BAD", conn_uri_json(emulator, client_secret="WRONG-SECRET-VALUE"))
+    trigger = SalesforceBulkJobTrigger("sf_bad", ["7505e0000000001AAA"], poll_interval=0.2)
+    payload = (await trigger.run().__anext__()).payload
+    assert payload["status"] == "error"
+    assert "Authentication" in payload["message"]
+    assert "WRONG-SECRET-VALUE" not in str(payload)
