@@ -1,0 +1,151 @@
+"""Connection parsing (no Airflow DB needed) and the hook's test_connection against the emulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_salesforce_bulk.client import (
+    ClientCredentialsAuth,
+    JwtBearerAuth,
+    PasswordAuth,
+    RefreshTokenAuth,
+    SoapLoginAuth,
+    StaticTokenAuth,
+)
+from airflow_provider_salesforce_bulk.emulator.credentials import Credentials
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from airflow_provider_salesforce_bulk.hooks.connection import (
+    ConnectionConfigError,
+    ConnectionFields,
+    parse_connection,
+)
+from tests.airflow.conftest import conn_uri_json
+
+KEY = Credentials().private_key_pem
+
+
+@pytest.mark.parametrize(
+    ("fields", "auth_type", "cls"),
+    [
+        (ConnectionFields("c", "salesforce_bulk", "acme.my.salesforce.com",
+                          extra={"client_id": "id", "client_secret": "s"}), "client_credentials", ClientCredentialsAuth),
+        (ConnectionFields("c", "salesforce_bulk", "login", "u@x.com",
+                          extra={"client_id": "id", "private_key": KEY}), "jwt_bearer", JwtBearerAuth),
+        (ConnectionFields("c", "salesforce_bulk", "test",
+                          extra={"client_id": "id", "refresh_token": "r"}), "refresh_token", RefreshTokenAuth),
+        (ConnectionFields("c", "salesforce_bulk", None, "u", "p",
+                          extra={"client_id": "id", "client_secret": "s"}), "password", PasswordAuth),
+        (ConnectionFields("c", "salesforce_bulk", None, "u", "p"), "soap_login", SoapLoginAuth),
+        (ConnectionFields("c", "salesforce_bulk", None,
+                          extra={"access_token": "t", "instance_url": "https://acme.my.salesforce.com"}),
+         "access_token", StaticTokenAuth),
+        # The official provider's conn type and extra names.
+        (ConnectionFields("c", "salesforce", None, "u", "p",
+                          extra={"security_token": "t", "domain": "test", "version": "62.0"}), "soap_login",
+         SoapLoginAuth),
+        (ConnectionFields("c", "salesforce", None, "u", "p",
+                          extra={"consumer_key": "k", "consumer_secret": "s", "domain": "acme.my"}), "password",
+         PasswordAuth),
+        (ConnectionFields("c", "salesforce", None, "u",
+                          extra={"consumer_key": "k", "private_key": KEY}), "jwt_bearer", JwtBearerAuth),
+    ],
+)
+def test_auth_type_and_provider(fields: ConnectionFields, auth_type: str, cls: type) -> None:
+    settings = parse_connection(fields)
+    assert settings.auth_type == auth_type
+    assert isinstance(settings.auth, cls)
+
+
+def test_official_extras_map_onto_ours() -> None:
+    settings = parse_connection(ConnectionFields(
+        "c", "salesforce", None, "u", "p",
+        extra={"consumer_key": "k", "consumer_secret": "s", "domain": "acme.my", "version": "v61.0"},
+    ))
+    assert settings.api_version == "61.0"
+    assert settings.login_url == "https://acme.my.salesforce.com"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "auth_type"),
+    [
+        (ConnectionFields("c", "salesforce_bulk", "acme.my.salesforce.com",
+                          extra={"auth_type": "client_credentials", "client_id": "id"}),
+         "client_secret", "client_credentials"),
+        (ConnectionFields("c", "salesforce_bulk", "login",
+                          extra={"auth_type": "jwt_bearer", "client_id": "id", "private_key": KEY}),
+         "login", "jwt_bearer"),
+        (ConnectionFields("c", "salesforce_bulk", "login", "u",
+                          extra={"auth_type": "jwt_bearer", "client_id": "id"}), "private_key", "jwt_bearer"),
+        (ConnectionFields("c", "salesforce_bulk", "login", "u",
+                          extra={"client_id": "id", "private_key": "-----BEGIN NOT A KEY"}),
+         "private_key", "jwt_bearer"),
+        (ConnectionFields("c", "salesforce_bulk", "login",
+                          extra={"auth_type": "client_credentials", "client_id": "id", "client_secret": "s"}),
+         "host", "client_credentials"),
+        (ConnectionFields("c", "salesforce_bulk", "login", extra={"auth_type": "kerberos"}), "auth_type", None),
+        (ConnectionFields("c", "salesforce_bulk", "login"), "auth_type", None),
+        (ConnectionFields("c", "salesforce_bulk", "http://example.com", "u", "p"), "host", "soap_login"),
+        (ConnectionFields("c", "salesforce_bulk", None, "u", "p", extra={"api_version": "sixty"}),
+         "api_version", "soap_login"),
+        (ConnectionFields("c", "salesforce_bulk", None,
+                          extra={"auth_type": "access_token", "access_token": "t"}), "instance_url", "access_token"),
+    ],
+)
+def test_bad_connection_names_field_and_auth_type(fields: ConnectionFields, field: str, auth_type: str | None) -> None:
+    with pytest.raises(ConnectionConfigError) as info:
+        parse_connection(fields)
+    assert info.value.field == field, str(info.value)
+    assert info.value.auth_type == auth_type
+    assert "connection 'c'" in str(info.value)
+    if auth_type:
+        assert f"auth type {auth_type}" in str(info.value)
+
+
+def test_errors_and_repr_hold_no_secret() -> None:
+    secret = "S3CRET-VALUE-123"
+    fields = ConnectionFields("c", "salesforce_bulk", "login", "u", secret,
+                              extra={"auth_type": "password", "client_id": "id", "client_secret": secret})
+    with pytest.raises(ConnectionConfigError) as info:
+        parse_connection(ConnectionFields("c", "salesforce_bulk", "login", None, secret,
+                                          extra={"auth_type": "password", "client_secret": secret}))
+    assert secret not in str(info.value)
+    settings = parse_connection(fields)
+    assert secret not in repr(settings) and secret not in repr(fields)
+    assert secret in settings.secrets()
+
+
+def test_test_connection_against_the_emulator(
+    airflow_db: object, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_SF_OK", conn_uri_json(emulator))
+    monkeypatch.setenv("AIRFLOW_CONN_SF_WRONG", conn_uri_json(emulator, client_secret="NOT-THE-SECRET"))
+    ok, message = SalesforceBulkHook("sf_ok").test_connection()
+    assert ok, message
+    assert emulator.base_url in message and "daily API requests" in message
+    ok, message = SalesforceBulkHook("sf_wrong").test_connection()
+    assert not ok
+    assert "NOT-THE-SECRET" not in message
+    assert "invalid_client" in message or "Authentication" in message
+
+
+def test_provider_info_registers_everything() -> None:
+    import importlib
+
+    from airflow_provider_salesforce_bulk.get_provider_info import get_provider_info
+
+    info = get_provider_info()
+    assert info["package-name"] == "airflow-provider-salesforce-bulk"
+    conn = info["connection-types"][0]
+    assert conn["connection-type"] == "salesforce_bulk"
+    fields = conn["conn-fields"]
+    for secret in ("client_secret", "private_key_passphrase", "security_token", "refresh_token", "access_token"):
+        assert fields[secret]["schema"]["format"] == "password"
+    assert fields["private_key"]["schema"]["format"] == "multiline"
+    assert "jwt_bearer" in fields["auth_type"]["schema"]["enum"]
+    for group in ("hooks", "operators", "triggers"):
+        for module in info[group][0]["python-modules"]:
+            importlib.import_module(module)
+    module, _, name = info["extra-links"][0].rpartition(".")
+    assert hasattr(importlib.import_module(module), name)
