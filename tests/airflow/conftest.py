@@ -44,12 +44,18 @@ def conn_uri_json(running: RunningEmulator, **extra: object) -> str:
     import json
 
     creds = running.credentials
-    return json.dumps({
-        "conn_type": "salesforce_bulk",
-        "host": running.base_url,
-        "extra": {"auth_type": "client_credentials", "client_id": creds.client_id,
-                  "client_secret": creds.client_secret, **extra},
-    })
+    return json.dumps(
+        {
+            "conn_type": "salesforce_bulk",
+            "host": running.base_url,
+            "extra": {
+                "auth_type": "client_credentials",
+                "client_id": creds.client_id,
+                "client_secret": creds.client_secret,
+                **extra,
+            },
+        }
+    )
 
 
 def load_dag_file(name: str, source: str) -> object:
@@ -62,7 +68,8 @@ def load_dag_file(name: str, source: str) -> object:
     path = dags / f"{name}.py"
     path.write_text(textwrap.dedent(source))
     spec = importlib.util.spec_from_file_location(f"sf_bulk_test_dag_{name}", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag

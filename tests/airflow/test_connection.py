@@ -27,27 +27,76 @@ KEY = Credentials().private_key_pem
 @pytest.mark.parametrize(
     ("fields", "auth_type", "cls"),
     [
-        (ConnectionFields("c", "salesforce_bulk", "acme.my.salesforce.com",
-                          extra={"client_id": "id", "client_secret": "s"}), "client_credentials", ClientCredentialsAuth),
-        (ConnectionFields("c", "salesforce_bulk", "login", "u@x.com",
-                          extra={"client_id": "id", "private_key": KEY}), "jwt_bearer", JwtBearerAuth),
-        (ConnectionFields("c", "salesforce_bulk", "test",
-                          extra={"client_id": "id", "refresh_token": "r"}), "refresh_token", RefreshTokenAuth),
-        (ConnectionFields("c", "salesforce_bulk", None, "u", "p",
-                          extra={"client_id": "id", "client_secret": "s"}), "password", PasswordAuth),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "acme.my.salesforce.com",
+                extra={"client_id": "id", "client_secret": "s"},
+            ),
+            "client_credentials",
+            ClientCredentialsAuth,
+        ),
+        (
+            ConnectionFields(
+                "c", "salesforce_bulk", "login", "u@x.com", extra={"client_id": "id", "private_key": KEY}
+            ),
+            "jwt_bearer",
+            JwtBearerAuth,
+        ),
+        (
+            ConnectionFields("c", "salesforce_bulk", "test", extra={"client_id": "id", "refresh_token": "r"}),
+            "refresh_token",
+            RefreshTokenAuth,
+        ),
+        (
+            ConnectionFields(
+                "c", "salesforce_bulk", None, "u", "p", extra={"client_id": "id", "client_secret": "s"}
+            ),
+            "password",
+            PasswordAuth,
+        ),
         (ConnectionFields("c", "salesforce_bulk", None, "u", "p"), "soap_login", SoapLoginAuth),
-        (ConnectionFields("c", "salesforce_bulk", None,
-                          extra={"access_token": "t", "instance_url": "https://acme.my.salesforce.com"}),
-         "access_token", StaticTokenAuth),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                None,
+                extra={"access_token": "t", "instance_url": "https://acme.my.salesforce.com"},
+            ),
+            "access_token",
+            StaticTokenAuth,
+        ),
         # The official provider's conn type and extra names.
-        (ConnectionFields("c", "salesforce", None, "u", "p",
-                          extra={"security_token": "t", "domain": "test", "version": "62.0"}), "soap_login",
-         SoapLoginAuth),
-        (ConnectionFields("c", "salesforce", None, "u", "p",
-                          extra={"consumer_key": "k", "consumer_secret": "s", "domain": "acme.my"}), "password",
-         PasswordAuth),
-        (ConnectionFields("c", "salesforce", None, "u",
-                          extra={"consumer_key": "k", "private_key": KEY}), "jwt_bearer", JwtBearerAuth),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce",
+                None,
+                "u",
+                "p",
+                extra={"security_token": "t", "domain": "test", "version": "62.0"},
+            ),
+            "soap_login",
+            SoapLoginAuth,
+        ),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce",
+                None,
+                "u",
+                "p",
+                extra={"consumer_key": "k", "consumer_secret": "s", "domain": "acme.my"},
+            ),
+            "password",
+            PasswordAuth,
+        ),
+        (
+            ConnectionFields("c", "salesforce", None, "u", extra={"consumer_key": "k", "private_key": KEY}),
+            "jwt_bearer",
+            JwtBearerAuth,
+        ),
     ],
 )
 def test_auth_type_and_provider(fields: ConnectionFields, auth_type: str, cls: type) -> None:
@@ -57,10 +106,16 @@ def test_auth_type_and_provider(fields: ConnectionFields, auth_type: str, cls: t
 
 
 def test_official_extras_map_onto_ours() -> None:
-    settings = parse_connection(ConnectionFields(
-        "c", "salesforce", None, "u", "p",
-        extra={"consumer_key": "k", "consumer_secret": "s", "domain": "acme.my", "version": "v61.0"},
-    ))
+    settings = parse_connection(
+        ConnectionFields(
+            "c",
+            "salesforce",
+            None,
+            "u",
+            "p",
+            extra={"consumer_key": "k", "consumer_secret": "s", "domain": "acme.my", "version": "v61.0"},
+        )
+    )
     assert settings.api_version == "61.0"
     assert settings.login_url == "https://acme.my.salesforce.com"
 
@@ -68,30 +123,78 @@ def test_official_extras_map_onto_ours() -> None:
 @pytest.mark.parametrize(
     ("fields", "field", "auth_type"),
     [
-        (ConnectionFields("c", "salesforce_bulk", "acme.my.salesforce.com",
-                          extra={"auth_type": "client_credentials", "client_id": "id"}),
-         "client_secret", "client_credentials"),
-        (ConnectionFields("c", "salesforce_bulk", "login",
-                          extra={"auth_type": "jwt_bearer", "client_id": "id", "private_key": KEY}),
-         "login", "jwt_bearer"),
-        (ConnectionFields("c", "salesforce_bulk", "login", "u",
-                          extra={"auth_type": "jwt_bearer", "client_id": "id"}), "private_key", "jwt_bearer"),
-        (ConnectionFields("c", "salesforce_bulk", "login", "u",
-                          extra={"client_id": "id", "private_key": "-----BEGIN NOT A KEY"}),
-         "private_key", "jwt_bearer"),
-        (ConnectionFields("c", "salesforce_bulk", "login",
-                          extra={"auth_type": "client_credentials", "client_id": "id", "client_secret": "s"}),
-         "host", "client_credentials"),
-        (ConnectionFields("c", "salesforce_bulk", "login", extra={"auth_type": "kerberos"}), "auth_type", None),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "acme.my.salesforce.com",
+                extra={"auth_type": "client_credentials", "client_id": "id"},
+            ),
+            "client_secret",
+            "client_credentials",
+        ),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "login",
+                extra={"auth_type": "jwt_bearer", "client_id": "id", "private_key": KEY},
+            ),
+            "login",
+            "jwt_bearer",
+        ),
+        (
+            ConnectionFields(
+                "c", "salesforce_bulk", "login", "u", extra={"auth_type": "jwt_bearer", "client_id": "id"}
+            ),
+            "private_key",
+            "jwt_bearer",
+        ),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "login",
+                "u",
+                extra={"client_id": "id", "private_key": "-----BEGIN NOT A KEY"},
+            ),
+            "private_key",
+            "jwt_bearer",
+        ),
+        (
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "login",
+                extra={"auth_type": "client_credentials", "client_id": "id", "client_secret": "s"},
+            ),
+            "host",
+            "client_credentials",
+        ),
+        (
+            ConnectionFields("c", "salesforce_bulk", "login", extra={"auth_type": "kerberos"}),
+            "auth_type",
+            None,
+        ),
         (ConnectionFields("c", "salesforce_bulk", "login"), "auth_type", None),
         (ConnectionFields("c", "salesforce_bulk", "http://example.com", "u", "p"), "host", "soap_login"),
-        (ConnectionFields("c", "salesforce_bulk", None, "u", "p", extra={"api_version": "sixty"}),
-         "api_version", "soap_login"),
-        (ConnectionFields("c", "salesforce_bulk", None,
-                          extra={"auth_type": "access_token", "access_token": "t"}), "instance_url", "access_token"),
+        (
+            ConnectionFields("c", "salesforce_bulk", None, "u", "p", extra={"api_version": "sixty"}),
+            "api_version",
+            "soap_login",
+        ),
+        (
+            ConnectionFields(
+                "c", "salesforce_bulk", None, extra={"auth_type": "access_token", "access_token": "t"}
+            ),
+            "instance_url",
+            "access_token",
+        ),
     ],
 )
-def test_bad_connection_names_field_and_auth_type(fields: ConnectionFields, field: str, auth_type: str | None) -> None:
+def test_bad_connection_names_field_and_auth_type(
+    fields: ConnectionFields, field: str, auth_type: str | None
+) -> None:
     with pytest.raises(ConnectionConfigError) as info:
         parse_connection(fields)
     assert info.value.field == field, str(info.value)
@@ -103,14 +206,29 @@ def test_bad_connection_names_field_and_auth_type(fields: ConnectionFields, fiel
 
 def test_errors_and_repr_hold_no_secret() -> None:
     secret = "S3CRET-VALUE-123"
-    fields = ConnectionFields("c", "salesforce_bulk", "login", "u", secret,
-                              extra={"auth_type": "password", "client_id": "id", "client_secret": secret})
+    fields = ConnectionFields(
+        "c",
+        "salesforce_bulk",
+        "login",
+        "u",
+        secret,
+        extra={"auth_type": "password", "client_id": "id", "client_secret": secret},
+    )
     with pytest.raises(ConnectionConfigError) as info:
-        parse_connection(ConnectionFields("c", "salesforce_bulk", "login", None, secret,
-                                          extra={"auth_type": "password", "client_secret": secret}))
+        parse_connection(
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "login",
+                None,
+                secret,
+                extra={"auth_type": "password", "client_secret": secret},
+            )
+        )
     assert secret not in str(info.value)
     settings = parse_connection(fields)
-    assert secret not in repr(settings) and secret not in repr(fields)
+    assert secret not in repr(settings)
+    assert secret not in repr(fields)
     assert secret in settings.secrets()
 
 
@@ -123,7 +241,8 @@ def test_test_connection_against_the_emulator(
     monkeypatch.setenv("AIRFLOW_CONN_SF_WRONG", conn_uri_json(emulator, client_secret="NOT-THE-SECRET"))
     ok, message = SalesforceBulkHook("sf_ok").test_connection()
     assert ok, message
-    assert emulator.base_url in message and "daily API requests" in message
+    assert emulator.base_url in message
+    assert "daily API requests" in message
     ok, message = SalesforceBulkHook("sf_wrong").test_connection()
     assert not ok
     assert "NOT-THE-SECRET" not in message
@@ -140,7 +259,13 @@ def test_provider_info_registers_everything() -> None:
     conn = info["connection-types"][0]
     assert conn["connection-type"] == "salesforce_bulk"
     fields = conn["conn-fields"]
-    for secret in ("client_secret", "private_key_passphrase", "security_token", "refresh_token", "access_token"):
+    for secret in (
+        "client_secret",
+        "private_key_passphrase",
+        "security_token",
+        "refresh_token",
+        "access_token",
+    ):
         assert fields[secret]["schema"]["format"] == "password"
     assert fields["private_key"]["schema"]["format"] == "multiline"
     assert "jwt_bearer" in fields["auth_type"]["schema"]["enum"]

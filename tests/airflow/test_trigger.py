@@ -45,7 +45,12 @@ def test_serialize_round_trip_holds_no_secret(emulator: RunningEmulator) -> None
     trigger = SalesforceBulkJobTrigger("sf_trigger", ["750A", "750B"], deadline=123.5, poll_interval=2)
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_salesforce_bulk.triggers.salesforce_bulk.SalesforceBulkJobTrigger"
-    assert kwargs == {"conn_id": "sf_trigger", "job_ids": ["750A", "750B"], "deadline": 123.5, "poll_interval": 2.0}
+    assert kwargs == {
+        "conn_id": "sf_trigger",
+        "job_ids": ["750A", "750B"],
+        "deadline": 123.5,
+        "poll_interval": 2.0,
+    }
     import json
 
     text = json.dumps(kwargs)  # JSON-able
