@@ -6,6 +6,7 @@ import gzip
 import re
 
 import httpx
+import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 
@@ -249,3 +250,21 @@ def test_limits_count_down_and_are_enforced(emulator: RunningEmulator, api: http
         {"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "TotalRequests Limit exceeded."}
     ]
     assert "sforce-limit-info" in refused.headers
+
+
+def test_an_unexpected_error_is_a_json_array_not_a_traceback(
+    emulator: RunningEmulator, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(job_id: str) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(emulator.emulator.store, "get_job", broken)
+    response = api.get("/jobs/ingest/7505e0000000001AAA")
+    assert response.status_code == 500
+    assert response.json()[0]["errorCode"] == "UNKNOWN_EXCEPTION"
+    assert "Traceback" not in response.text
+    assert "disk on fire" not in response.text
+
+
+def test_version_resources(api: httpx.Client) -> None:
+    assert api.get("/").json()["limits"] == "/services/data/v62.0/limits"

@@ -194,3 +194,11 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
             assert wait_done(api, open_job["id"])["state"] == "JobComplete"
         assert sorted(r["Name"] for r in second.records("Account")) == ["Kept", "Later"]
         assert len({r["Id"] for r in second.records("Account")}) == 2
+
+
+def test_malformed_csv_fails_the_job(api: httpx.Client) -> None:
+    info, _ = run_job(api, 'Name,Phone\n"unterminated,1\n', object="Account", operation="insert")
+    assert info["state"] == "Failed"
+    assert info["errorMessage"].startswith("ClientInputError")
+    bad_quote, _ = run_job(api, 'Name,Phone\n"A"x,1\n', object="Account", operation="insert")
+    assert bad_quote["state"] == "Failed"
