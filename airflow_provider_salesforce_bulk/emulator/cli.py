@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--job-failure-rate", type=_rate, default=0.0, help="share of jobs ending Failed")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault randomness")
+    p.add_argument(
+        "--jwt-public-key",
+        default=None,
+        help="PEM public key or X.509 certificate verifying JWT bearer assertions "
+        "(default: a generated key pair whose private key is served at /__emulator__/credentials)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -117,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the emulator in the foreground until Ctrl-C."""
     args = vars(build_parser().parse_args(argv))
     log_level = args.pop("log_level")
+    public_key_path = args.pop("jwt_public_key")
     settings = EmulatorSettings(**args)
     try:
         check_loopback(settings.host)
@@ -124,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"salesforce-bulk-emulator: {exc}", file=sys.stderr)
         return 2
     credentials = Credentials()
+    if public_key_path:
+        with open(public_key_path, encoding="utf-8") as key_file:
+            credentials = dataclasses.replace(credentials, public_key_pem=key_file.read())
 
     def announce(emulator: Emulator) -> None:
         print(describe(emulator), flush=True)
