@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 demo: $(STAMP)
-	$(PY) -m airflow_provider_salesforce_bulk.demo
+	$(PY) scripts/demo.py
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)
