@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -68,10 +68,9 @@ def _dag(name: str, tmp_path: Path, operator_args: str, *, retries: int = 0, fla
 
 
 def _xcom(dag_id: str, task_id: str = "load") -> Any:
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         row = session.scalars(
@@ -235,7 +234,7 @@ def test_csv_and_ndjson_sources_stream_from_files(sf: RunningEmulator, tmp_path:
 
     class _TI:
         dag_id, run_id, task_id, map_index = "d", "r", "t", -1
-        pushed: dict[str, Any] = {}
+        pushed: ClassVar[dict[str, Any]] = {}
 
         def xcom_push(self, key: str, value: Any) -> None:
             self.pushed[key] = value
