@@ -1,0 +1,57 @@
+"""The failure policy and its message, without Airflow or a network."""
+
+from __future__ import annotations
+
+import collections
+
+from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
+
+
+def _summary(state: str = "JobComplete", failed: int = 3, records: int = 100) -> dict[str, object]:
+    job = {
+        "id": "750A",
+        "state": state,
+        "numberRecordsProcessed": records,
+        "numberRecordsFailed": failed,
+        "errorMessage": "InvalidBatch : Field name not found : Foo" if state == "Failed" else None,
+    }
+    rows = {"successful": records - failed, "failed": failed, "unprocessed": 0}
+    entries = {"750A": job_entry(job, records, {}, rows)}
+    return summarize(
+        "upsert", "Contact", entries, collections.Counter({"DUPLICATE_VALUE": failed}), "/r", None
+    )
+
+
+SAMPLES = {"DUPLICATE_VALUE": "DUPLICATE_VALUE:duplicate value found: External_Id__c:--"}
+
+
+def test_default_policy_fails_on_any_failed_record_naming_job_and_errors() -> None:
+    message = failure_message(_summary(), SAMPLES, None, None)
+    assert message is not None
+    assert "750A" in message
+    assert "max_failed_records=0" in message
+    assert "DUPLICATE_VALUE: 3" in message
+    assert "duplicate value found" in message
+    assert failure_message(_summary(failed=0), SAMPLES, None, None) is None
+
+
+def test_thresholds() -> None:
+    assert failure_message(_summary(failed=3), SAMPLES, 3, None) is None
+    assert failure_message(_summary(failed=4), SAMPLES, 3, None) is not None
+    assert failure_message(_summary(failed=5), SAMPLES, None, 0.05) is None
+    assert "max_failed_ratio=0.05" in (failure_message(_summary(failed=6), SAMPLES, None, 0.05) or "")
+    # Both set: exceeding either fails.
+    assert failure_message(_summary(failed=6), SAMPLES, 100, 0.05) is not None
+
+
+def test_failed_job_always_fails_with_salesforce_message() -> None:
+    message = failure_message(_summary(state="Failed", failed=0, records=0), {}, 1000, 1.0)
+    assert message is not None
+    assert "job 750A ended Failed: InvalidBatch : Field name not found : Foo" in message
+
+
+def test_records_missing_from_result_files_fail_the_task() -> None:
+    job = {"id": "750B", "state": "JobComplete", "numberRecordsProcessed": 10, "numberRecordsFailed": 0}
+    entry = job_entry(job, 10, {}, {"successful": 9, "failed": 0, "unprocessed": 0})
+    summary = summarize("insert", "Contact", {"750B": entry}, collections.Counter(), "/r", None)
+    assert "result files hold 9 rows for 10 records" in (failure_message(summary, {}, 1000, None) or "")
