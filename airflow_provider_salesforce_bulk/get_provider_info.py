@@ -13,7 +13,12 @@ _TEXT = {"type": ["string", "null"]}
 _HOOK = "airflow_provider_salesforce_bulk.hooks.salesforce_bulk.SalesforceBulkHook"
 
 AUTH_TYPE_CHOICES = [
-    "client_credentials", "jwt_bearer", "refresh_token", "password", "soap_login", "access_token",
+    "client_credentials",
+    "jwt_bearer",
+    "refresh_token",
+    "password",
+    "soap_login",
+    "access_token",
 ]
 
 

@@ -21,14 +21,16 @@ DAG_ID = "example_salesforce_bulk_etl"
 
 def _env(conn: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags_examples"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME / 'airflow.db'}",
-        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
-        "AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT": conn,
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(HOME),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags_examples"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME / 'airflow.db'}",
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
+            "AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT": conn,
+        }
+    )
     return env
 
 
@@ -60,12 +62,17 @@ def main() -> int:
     HOME.mkdir(exist_ok=True)
     with run_emulator(records_per_second=200.0) as emulator:
         creds = emulator.credentials
-        conn = json.dumps({
-            "conn_type": "salesforce_bulk",
-            "host": emulator.base_url,
-            "extra": {"auth_type": "client_credentials", "client_id": creds.client_id,
-                      "client_secret": creds.client_secret},
-        })
+        conn = json.dumps(
+            {
+                "conn_type": "salesforce_bulk",
+                "host": emulator.base_url,
+                "extra": {
+                    "auth_type": "client_credentials",
+                    "client_id": creds.client_id,
+                    "client_secret": creds.client_secret,
+                },
+            }
+        )
         print(f"Salesforce emulator at {emulator.base_url}", flush=True)
         env = _env(conn)
         _airflow(env, "db", "migrate")

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import gzip
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -62,16 +63,21 @@ class PollPolicy:
         Longest wait in seconds.
     factor : float
         Growth of the wait after each poll.
+    jitter : float
+        Each wait is multiplied by a random factor in ``[1 - jitter, 1 + jitter]``.
     """
 
     initial: float = 0.5
     maximum: float = 5.0
     factor: float = 1.5
+    jitter: float = 0.1
 
     def intervals(self) -> Iterable[float]:
+        """Endless waits; each is spread by +/- ``jitter`` (a share of it) so that many pollers
+        started together do not all wake in the same instant."""
         wait = min(self.initial, self.maximum)
         while True:
-            yield wait
+            yield wait * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else wait
             wait = min(wait * self.factor, self.maximum)
 
 

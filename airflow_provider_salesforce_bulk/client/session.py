@@ -85,6 +85,11 @@ class SalesforceSession:
         A client to share (its pool and settings are used; it is not closed by this session).
     transport : httpx.AsyncBaseTransport, optional
         Transport for the session's own client (tests use ``httpx.MockTransport``).
+    max_connections : int
+        Size of the session's own connection pool, and of its request slots.
+    request_slots : asyncio.Semaphore, optional
+        Requests in flight at once; sessions sharing ``http`` should share this too (default: a
+        semaphore of ``max_connections``).
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class SalesforceSession:
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
+        request_slots: asyncio.Semaphore | None = None,
     ) -> None:
         api_version = str(api_version).lstrip("vV")
         if not _API_VERSION.match(api_version):
@@ -113,6 +119,9 @@ class SalesforceSession:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
         )
+        # httpcore's pool rescans every queued request against every connection on each change, so
+        # hundreds of requests queued at once cost CPU quadratically; waiting here keeps its queue short.
+        self.request_slots = request_slots or asyncio.Semaphore(max_connections)
         self.api_usage: ApiUsage | None = None
 
     def __repr__(self) -> str:
@@ -251,6 +260,7 @@ class SalesforceSession:
             failure: Exception
             response: httpx.Response | None = None
             body = b""
+            await self.request_slots.acquire()
             try:
                 response = await self.http.send(request, stream=True)
                 self._note_limits(response)
@@ -259,19 +269,26 @@ class SalesforceSession:
                     # transport failure like any other.
                     body = await response.aread()
             except httpx.HTTPError as exc:
+                self.request_slots.release()
                 if response is not None:
                     await response.aclose()
                 failure = TransportError(f"{method} {_safe(url)} failed: {type(exc).__name__}: {exc}")
                 failure.__cause__ = exc
                 retryable = safety is RetrySafety.IDEMPOTENT or isinstance(exc, _NOT_SENT)
+            except BaseException:
+                self.request_slots.release()
+                raise
             else:
-                if response.is_success:
-                    try:
-                        yield response
-                    finally:
-                        await response.aclose()
-                    return
-                await response.aclose()
+                try:
+                    if response.is_success:
+                        try:
+                            yield response
+                        finally:
+                            await response.aclose()
+                        return
+                    await response.aclose()
+                finally:
+                    self.request_slots.release()
                 error = error_from_response(response.status_code, body, method=method, url=_safe(url))
                 if isinstance(error, SessionExpiredError) and not refreshed:
                     # One refresh per request; TokenCache makes concurrent refreshes collapse into one.

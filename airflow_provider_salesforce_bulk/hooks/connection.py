@@ -197,7 +197,9 @@ def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
     domain = values.get("domain")
     if host and domain and fields.conn_type == "salesforce_bulk":
         raise ConnectionConfigError(
-            conn_id, "set either Host (login URL) or the domain extra, not both", field="domain",
+            conn_id,
+            "set either Host (login URL) or the domain extra, not both",
+            field="domain",
             auth_type=auth_type,
         )
     login_url_source = "host"
@@ -223,28 +225,41 @@ def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
             login_url=login_url,
         ),
         "refresh_token": lambda: RefreshTokenAuth(
-            need("client_id"), need("refresh_token"), client_secret=values.get("client_secret"),
+            need("client_id"),
+            need("refresh_token"),
+            client_secret=values.get("client_secret"),
             login_url=login_url,
         ),
         "password": lambda: PasswordAuth(
-            need("client_id"), need("client_secret"), need("login", "login (username)"),
-            need("password"), security_token=values.get("security_token") or "", login_url=login_url,
+            need("client_id"),
+            need("client_secret"),
+            need("login", "login (username)"),
+            need("password"),
+            security_token=values.get("security_token") or "",
+            login_url=login_url,
         ),
         "soap_login": lambda: SoapLoginAuth(
-            need("login", "login (username)"), need("password"),
-            security_token=values.get("security_token") or "", login_url=login_url, api_version=api_version,
+            need("login", "login (username)"),
+            need("password"),
+            security_token=values.get("security_token") or "",
+            login_url=login_url,
+            api_version=api_version,
         ),
         "access_token": lambda: StaticTokenAuth(need("access_token"), need("instance_url")),
     }
     if auth_type == "jwt_bearer" and values.get("private_key") and values.get("private_key_file_path"):
         raise ConnectionConfigError(
-            conn_id, "set either private_key or private_key_file_path, not both",
-            field="private_key_file_path", auth_type=auth_type,
+            conn_id,
+            "set either private_key or private_key_file_path, not both",
+            field="private_key_file_path",
+            auth_type=auth_type,
         )
     if auth_type == "jwt_bearer" and not (values.get("private_key") or values.get("private_key_file_path")):
         raise ConnectionConfigError(
-            conn_id, "field 'private_key' or 'private_key_file_path' is required",
-            field="private_key", auth_type=auth_type,
+            conn_id,
+            "field 'private_key' or 'private_key_file_path' is required",
+            field="private_key",
+            auth_type=auth_type,
         )
     try:
         auth = builders[auth_type]()
@@ -255,7 +270,9 @@ def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
         raise ConnectionConfigError(conn_id, str(exc), field=field, auth_type=auth_type) from None
     if not _api_version_ok(api_version):
         raise ConnectionConfigError(
-            conn_id, f"api_version must look like '64.0', got {api_version!r}", field="api_version",
+            conn_id,
+            f"api_version must look like '64.0', got {api_version!r}",
+            field="api_version",
             auth_type=auth_type,
         )
     return ConnectionSettings(

@@ -28,6 +28,7 @@ class _Pool:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
         )
+        self.slots = asyncio.Semaphore(max_connections)
         self.users = 0
 
 
@@ -44,8 +45,11 @@ class SharedPools:
         """Pools created so far (the benchmark checks that 500 triggers make one)."""
 
     @contextlib.asynccontextmanager
-    async def acquire(self, key: str) -> AsyncIterator[httpx.AsyncClient]:
-        """Borrow the pool of ``key`` in the running loop, creating it for the first user."""
+    async def acquire(self, key: str) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Semaphore]]:
+        """Borrow the pool of ``key`` in the running loop, creating it for the first user.
+
+        Yields the client and the request slots every user of the pool must share.
+        """
         loop = asyncio.get_running_loop()
         with self._guard:
             per_loop = self._pools.setdefault(loop, {})
@@ -55,7 +59,7 @@ class SharedPools:
                 self.created += 1
             pool.users += 1
         try:
-            yield pool.http
+            yield pool.http, pool.slots
         finally:
             with self._guard:
                 pool.users -= 1

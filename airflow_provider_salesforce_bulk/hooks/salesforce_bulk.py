@@ -144,8 +144,10 @@ class SalesforceBulkHook(BaseHook):
         """An authenticated client on the pool shared by everything using this connection in this loop."""
         if settings is None:
             settings = await self.aget_settings()
-        async with shared_pools.acquire(settings.auth.cache_key) as http:
-            session = SalesforceSession(settings.auth, api_version=settings.api_version, http=http)
+        async with shared_pools.acquire(settings.auth.cache_key) as (http, slots):
+            session = SalesforceSession(
+                settings.auth, api_version=settings.api_version, http=http, request_slots=slots
+            )
             token = await session.token()
             await amask(token.access_token)
             yield BulkIngestClient(session)

@@ -84,8 +84,15 @@ class SalesforceBulkOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "operation", "object_name", "records", "source", "fieldnames", "external_id_field",
-        "assignment_rule_id", "results_path", "conn_id",
+        "operation",
+        "object_name",
+        "records",
+        "source",
+        "fieldnames",
+        "external_id_field",
+        "assignment_rule_id",
+        "results_path",
+        "conn_id",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"records": "json"}
     operator_extra_links = (SalesforceBulkJobLink(),)
@@ -146,7 +153,8 @@ class SalesforceBulkOperator(BaseOperator):
             self.operation, self.object_name, self.external_id_field, self.column_delimiter, self.line_ending
         )
         if self.max_failed_records is not None and (
-            isinstance(self.max_failed_records, bool) or not isinstance(self.max_failed_records, int)
+            isinstance(self.max_failed_records, bool)
+            or not isinstance(self.max_failed_records, int)
             or self.max_failed_records < 0
         ):
             raise InputError("max_failed_records must be an int >= 0", field="max_failed_records")
@@ -159,14 +167,23 @@ class SalesforceBulkOperator(BaseOperator):
 
     def _source(self) -> ChunkSource:
         records = self.records
-        if records is not None and not isinstance(records, (list, tuple)) and hasattr(records, "__iter__") \
-                and not isinstance(records, (str, bytes, Mapping)):
+        if (
+            records is not None
+            and not isinstance(records, (list, tuple))
+            and hasattr(records, "__iter__")
+            and not isinstance(records, (str, bytes, Mapping))
+        ):
             records = list(records)  # a resolved XComArg may arrive as a lazy sequence
         return make_source(
-            records=records, source=self.source, source_format=self.source_format,
-            fieldnames=self.fieldnames, max_size_bytes=self.max_bytes_per_job,
-            max_records=self.max_records_per_job, column_delimiter=self.column_delimiter,
-            line_ending=self.line_ending, none_as=self.none_as,
+            records=records,
+            source=self.source,
+            source_format=self.source_format,
+            fieldnames=self.fieldnames,
+            max_size_bytes=self.max_bytes_per_job,
+            max_records=self.max_records_per_job,
+            column_delimiter=self.column_delimiter,
+            line_ending=self.line_ending,
+            none_as=self.none_as,
         )
 
     def _validate_all(self, source: ChunkSource) -> int:
@@ -223,7 +240,9 @@ class SalesforceBulkOperator(BaseOperator):
         if self.deferrable:
             # The trigger aborts at its own deadline; this backstop only fires if the trigger cannot.
             self.defer(
-                trigger=trigger, method_name="execute_complete", kwargs=kwargs,
+                trigger=trigger,
+                method_name="execute_complete",
+                kwargs=kwargs,
                 timeout=datetime.timedelta(seconds=self.timeout + 10 * self.poll_interval + 300),
             )
         event = run_sync(lambda: _first_event(trigger, settings))
@@ -241,9 +260,15 @@ class SalesforceBulkOperator(BaseOperator):
             operation: OperationType = self.operation  # type: ignore[assignment]
             with source.open() as chunks:
                 await submit_chunks(
-                    client, plan, chunks, operation=operation, sobject=self.object_name,
-                    external_id_field=self.external_id_field, assignment_rule_id=self.assignment_rule_id,
-                    column_delimiter=self.column_delimiter, line_ending=self.line_ending,
+                    client,
+                    plan,
+                    chunks,
+                    operation=operation,
+                    sobject=self.object_name,
+                    external_id_field=self.external_id_field,
+                    assignment_rule_id=self.assignment_rule_id,
+                    column_delimiter=self.column_delimiter,
+                    line_ending=self.line_ending,
                 )
 
     def execute_complete(
@@ -277,14 +302,23 @@ class SalesforceBulkOperator(BaseOperator):
             if job_id not in entries:
                 entries[job_id] = job_entry(job, counts.get(job_id), {}, {})
         summary = summarize(
-            self.operation, self.object_name, entries, by_code, str(directory) if finished else None,
+            self.operation,
+            self.object_name,
+            entries,
+            by_code,
+            str(directory) if finished else None,
             instance_url,
         )
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
-            "results in %s", summary["totals"]["records"], summary["totals"]["succeeded"],
-            summary["totals"]["failed"], summary["totals"]["unprocessed"], summary["totals"]["jobs"],
-            summary["failed_by_error_code"], summary["results_path"],
+            "results in %s",
+            summary["totals"]["records"],
+            summary["totals"]["succeeded"],
+            summary["totals"]["failed"],
+            summary["totals"]["unprocessed"],
+            summary["totals"]["jobs"],
+            summary["failed_by_error_code"],
+            summary["results_path"],
         )
         # Pushed before any failure, so a failed task still reports what happened.
         context["ti"].xcom_push(key="return_value", value=summary)
@@ -305,7 +339,10 @@ class SalesforceBulkOperator(BaseOperator):
         return summary
 
     async def _copy(
-        self, hook: SalesforceBulkHook, settings: ConnectionSettings, jobs: dict[str, dict[str, Any]],
+        self,
+        hook: SalesforceBulkHook,
+        settings: ConnectionSettings,
+        jobs: dict[str, dict[str, Any]],
         directory: Any,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}

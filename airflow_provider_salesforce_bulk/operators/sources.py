@@ -129,8 +129,13 @@ def make_source(
 
     def record_chunks(data: Any, names: list[str] | None) -> Iterator[CsvChunk]:
         return iter_record_chunks(
-            data, names, max_size_bytes, max_records,
-            column_delimiter=column_delimiter, line_ending=line_ending, none_as=none_as,
+            data,
+            names,
+            max_size_bytes,
+            max_records,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+            none_as=none_as,
         )
 
     if records is not None:
@@ -150,15 +155,14 @@ def make_source(
     fmt = _detect_format(name, source_format)
     if fmt == "csv":
         if fields is not None:
-            raise InputError("fieldnames cannot be used with a CSV source: its header names the fields",
-                             field="fieldnames")
+            raise InputError(
+                "fieldnames cannot be used with a CSV source: its header names the fields", field="fieldnames"
+            )
 
         @contextlib.contextmanager
         def from_csv() -> Iterator[Iterator[CsvChunk]]:
             with opener() as stream:
-                yield iter_csv_stream_chunks(
-                    stream, max_size_bytes, max_records, line_ending=line_ending
-                )
+                yield iter_csv_stream_chunks(stream, max_size_bytes, max_records, line_ending=line_ending)
 
         return ChunkSource(from_csv, f"CSV file {name}", uri=name)
 

@@ -87,7 +87,10 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan) -> None:
             await client.abort_job(job.id)
         log.warning(
             "Job %s of records %d..%d was never closed (%s): sending those records again to a new job",
-            job.id, first, first + int(entry["count"]) - 1, job.state,
+            job.id,
+            first,
+            first + int(entry["count"]) - 1,
+            job.state,
         )
         del plan.chunks[first]
     await plan.save()
@@ -132,14 +135,24 @@ async def submit_chunks(
             await plan.save()
 
         job, replaced = await submit_job(
-            client, operation, sobject, chunk.data,
-            external_id_field=external_id_field, assignment_rule_id=assignment_rule_id,
-            column_delimiter=column_delimiter, line_ending=line_ending, on_job_created=remember,
+            client,
+            operation,
+            sobject,
+            chunk.data,
+            external_id_field=external_id_field,
+            assignment_rule_id=assignment_rule_id,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+            on_job_created=remember,
         )
         plan.chunks[chunk.first_record_index]["closed"] = True
         await plan.save()
         log.info(
-            "Job %s: records %d..%d uploaded (%s)%s", job.id, chunk.first_record_index, last - 1, job.state,
+            "Job %s: records %d..%d uploaded (%s)%s",
+            job.id,
+            chunk.first_record_index,
+            last - 1,
+            job.state,
             f"; replaced jobs {', '.join(replaced)} whose upload answer was lost" if replaced else "",
         )
     plan.complete = True

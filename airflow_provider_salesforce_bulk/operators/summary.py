@@ -81,7 +81,7 @@ def failure_message(
     over_count = limit is not None and failed > limit
     over_ratio = max_failed_ratio is not None and records > 0 and failed / records > max_failed_ratio
     if over_count or over_ratio:
-        rule = (f"max_failed_records={limit}" if over_count else f"max_failed_ratio={max_failed_ratio}")
+        rule = f"max_failed_records={limit}" if over_count else f"max_failed_ratio={max_failed_ratio}"
         failing_jobs = [j for j, job in summary["jobs"].items() if job["failed"]]
         codes = ", ".join(f"{code}: {n}" for code, n in summary["failed_by_error_code"].items())
         problems.append(

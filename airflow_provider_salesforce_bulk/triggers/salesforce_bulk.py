@@ -146,7 +146,10 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     def _log_job(self, job: dict[str, Any]) -> None:
         self.log.info(
             "Job %s %s: %d processed, %d failed",
-            job["id"], job["state"], job["numberRecordsProcessed"], job["numberRecordsFailed"],
+            job["id"],
+            job["state"],
+            job["numberRecordsProcessed"],
+            job["numberRecordsFailed"],
         )
 
     def _log_total(self, latest: dict[str, dict[str, Any]]) -> None:
@@ -154,7 +157,8 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             return
         self.log.info(
             "%d of %d jobs finished: %d records processed, %d failed so far",
-            len(self._final), len(self.job_ids),
+            len(self._final),
+            len(self.job_ids),
             sum(j["numberRecordsProcessed"] for j in latest.values()),
             sum(j["numberRecordsFailed"] for j in latest.values()),
         )

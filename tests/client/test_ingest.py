@@ -195,8 +195,12 @@ async def test_wait_for_job_backs_off_and_reports_progress(client, api):
 
 
 def test_poll_policy_backs_off_to_its_ceiling():
-    waits = PollPolicy(initial=0.5, maximum=5, factor=2).intervals()
+    waits = PollPolicy(initial=0.5, maximum=5, factor=2, jitter=0).intervals()
     assert [next(waits) for _ in range(6)] == [0.5, 1, 2, 4, 5, 5]
+    jittered = PollPolicy(initial=1, maximum=1, jitter=0.2).intervals()
+    spread = [next(jittered) for _ in range(200)]
+    assert all(0.8 <= w <= 1.2 for w in spread)
+    assert len(set(spread)) > 100
 
 
 async def test_wait_for_job_timeout(client, api):
