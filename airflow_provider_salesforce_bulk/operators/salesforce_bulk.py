@@ -7,6 +7,7 @@ import datetime
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -368,22 +369,40 @@ class SalesforceBulkOperator(BaseOperator):
     # -- lineage ----------------------------------------------------------------------------------
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """Output: the Salesforce object (namespace from the instance URL); input: ``source``."""
+        """Output: the Salesforce object (namespace from the instance URL); input: ``source``.
+
+        Returns ``None`` when the OpenLineage provider is not installed. The output dataset is
+        ``salesforce://<instance host>`` / ``object_name``; a ``source`` file is the input dataset
+        (a local path: namespace ``file``, its absolute path; ``s3://bucket/key``: ``s3://bucket``,
+        ``key``); records passed directly have no input dataset.
+        """
         try:
             from airflow.providers.openlineage.extractors import OperatorLineage
             from openlineage.client.event_v2 import Dataset  # type: ignore[import-not-found]
         except ImportError:
             return None
-        host = (self._instance_url or "").split("://", 1)[-1].rstrip("/") or "unknown"
+        host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
         inputs = []
         if self.source is not None:
-            text = str(self.source)
-            scheme, _, rest = text.rpartition("://")
-            namespace, _, name = rest.partition("/") if scheme else ("file", "", text)
-            namespace = f"{scheme}://{namespace}" if scheme else "file"
-            inputs.append(Dataset(namespace=namespace, name=name or text))
+            namespace, name = _source_dataset(self.source)
+            inputs.append(Dataset(namespace=namespace, name=name))
         outputs = [Dataset(namespace=f"salesforce://{host}", name=self.object_name)]
         return OperatorLineage(inputs=inputs, outputs=outputs)
+
+
+def _source_dataset(source: Any) -> tuple[str, str]:
+    """OpenLineage namespace and name of a ``source`` path or URL (``ObjectStoragePath`` rules)."""
+    from airflow.sdk import ObjectStoragePath
+
+    if not isinstance(source, ObjectStoragePath):
+        text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
+        if "://" not in text:
+            return "file", os.path.abspath(text)
+        # Parsed as the operator opens it: a conn id in the URL (s3://conn@bucket/key) is not the bucket.
+        source = ObjectStoragePath(text)
+    if source.protocol in ("", "file", "local"):
+        return "file", str(source.path)
+    return str(source.namespace), str(source.key) or "/"
 
 
 def _delimiter(name: str) -> str:

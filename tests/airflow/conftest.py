@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-_HOME = Path(tempfile.mkdtemp(prefix="sf-bulk-airflow-"))
+# pytest imports this file as ``conftest`` and the tests import it again as ``tests.airflow.conftest``:
+# both copies must agree on the home, or a test module that imports Airflow before this module would
+# have Airflow read one home while load_dag_file writes into the other.
+_HOME = Path(os.environ.get("SF_BULK_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="sf-bulk-airflow-"))
+os.environ["SF_BULK_TEST_AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_HOME / "dags")
