@@ -1,0 +1,108 @@
+"""The trigger run by Airflow's own TriggerRunner.run_trigger and cancelled as the triggerer cancels it.
+
+In Airflow 3.3 a user action on a deferred task (mark failed / success, clear) reaches the trigger as
+``task.cancel(_USER_ACTION_CANCEL_MSG)`` from ``TriggerRunner.cancel_triggers``; ``run_trigger`` then
+awaits ``trigger.on_kill()`` and, always, ``trigger.cleanup()``. A triggerer shutting down cancels the
+task without that message: only ``cleanup()`` runs, and the jobs must keep running for the next
+triggerer to resume polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+
+import pytest
+
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from tests.airflow.conftest import conn_uri_json
+
+CSV = b"LastName,External_Id__c\n" + b"".join(b"Runner%d,TR%d\n" % (i, i) for i in range(50))
+TRIGGER_ID = 7
+
+
+@pytest.fixture
+def conn(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AIRFLOW_CONN_SF_RUNNER", conn_uri_json(emulator))
+    return "sf_runner"
+
+
+async def _client_call(
+    emulator: RunningEmulator, count: int = 0, states: list[str] | None = None
+) -> list[str]:
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    async with SalesforceSession(auth) as session:
+        client = BulkIngestClient(session)
+        if states is not None:
+            return [(await client.get_job(job_id)).state for job_id in states]
+        ids = []
+        for _ in range(count):
+            job = await client.create_job("upsert", "Contact", "External_Id__c")
+            await client.upload_job_data(job.id, CSV)
+            ids.append(job.id)
+        return ids
+
+
+async def _run_then_cancel(conn: str, job_ids: list[str], *, user_action: bool) -> list[str]:
+    """Start the trigger as the triggerer does, let it poll, cancel it; return what was logged."""
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+
+    from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
+
+    runner = TriggerRunner()
+    # Inflated from its serialized form, as TriggerRunner.create_triggers does.
+    classpath, kwargs = SalesforceBulkJobTrigger(
+        conn, job_ids, deadline=time.time() + 60, poll_interval=0.2
+    ).serialize()
+    trigger = runner.get_trigger_by_classpath(classpath)(**kwargs)
+    calls: list[str] = []
+    on_kill, cleanup = trigger.on_kill, trigger.cleanup
+
+    async def counting_on_kill() -> None:
+        calls.append("on_kill")
+        await on_kill()
+
+    async def counting_cleanup() -> None:
+        calls.append("cleanup")
+        await cleanup()
+
+    trigger.on_kill = counting_on_kill  # type: ignore[method-assign]
+    trigger.cleanup = counting_cleanup  # type: ignore[method-assign]
+    # The deferral's timeout is in the future: a cancellation past it would skip on_kill.
+    timeout_after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+    task = asyncio.create_task(runner.run_trigger(TRIGGER_ID, trigger, timeout_after), name="sf")
+    runner.triggers[TRIGGER_ID] = {"task": task, "is_watcher": False, "name": "sf", "events": 0}
+    await asyncio.sleep(0.6)  # polling by now
+    assert not task.done()
+    if user_action:
+        runner.to_cancel.append(TRIGGER_ID)  # what the supervisor sends for a user-killed task
+        await runner.cancel_triggers()
+    else:
+        task.cancel()  # shutdown: no message
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert runner.triggers[TRIGGER_ID]["events"] == 0
+    return calls
+
+
+async def test_user_kill_through_the_trigger_runner_aborts_the_jobs(
+    emulator: RunningEmulator, conn: str
+) -> None:
+    emulator.update_settings(records_per_second=1.0)
+    ids = await _client_call(emulator, count=2)
+    calls = await _run_then_cancel(conn, ids, user_action=True)
+    assert calls == ["on_kill", "cleanup"]
+    assert await _client_call(emulator, states=ids) == ["Aborted", "Aborted"]
+
+
+async def test_triggerer_shutdown_only_cleans_up_and_leaves_the_jobs_running(
+    emulator: RunningEmulator, conn: str
+) -> None:
+    emulator.update_settings(records_per_second=1.0)
+    ids = await _client_call(emulator, count=2)
+    calls = await _run_then_cancel(conn, ids, user_action=False)
+    assert calls == ["cleanup"]
+    assert set(await _client_call(emulator, states=ids)) <= {"UploadComplete", "InProgress"}
