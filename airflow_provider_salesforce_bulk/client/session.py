@@ -285,8 +285,10 @@ class SalesforceSession:
                             yield response
                         finally:
                             await response.aclose()
+                            _release_body(response)
                         return
                     await response.aclose()
+                    _release_body(response)
                 finally:
                     self.request_slots.release()
                 error = error_from_response(response.status_code, body, method=method, url=_safe(url))
@@ -307,6 +309,17 @@ class SalesforceSession:
                 raise failure
             log.debug("Retrying %s %s in %.2fs after: %s", method, _safe(url), wait, failure)
             await asyncio.sleep(wait)
+
+
+def _release_body(response: httpx.Response) -> None:
+    """Break httpx's response <-> stream reference cycle once the body is read and closed.
+
+    The cycle keeps the response, and through it the request and its body (an upload of up to
+    100 MB), alive until the cyclic garbage collector runs, which a loop creating few objects may
+    not do for many chunks: memory would grow with the data. Without the cycle, reference counting
+    frees the upload as soon as the caller drops the response.
+    """
+    response.stream = httpx.ByteStream(b"")
 
 
 def _safe(url: str) -> str:

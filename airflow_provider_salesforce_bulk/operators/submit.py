@@ -8,7 +8,6 @@ processes it) is aborted and its chunk goes to a new job.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -29,6 +28,8 @@ class StateStore(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
     def set(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
 
 
 class JobPlan:
@@ -148,13 +149,6 @@ async def submit_chunks(
         )
         plan.chunks[chunk.first_record_index]["closed"] = True
         await plan.save()
-        # The finished upload's httpx request and response refer to each other, and the request holds
-        # the chunk: that cycle is freed only by the cyclic collector. Splitting a CSV file allocates
-        # almost nothing the collector counts (bytes are not tracked), so without this every uploaded
-        # chunk stayed in memory until some later collection: 1,000,000 records in 10 MB jobs peaked
-        # at about twice the 200,000-record peak (benchmarks/bench_operator_memory.py). Young
-        # generations only: a few milliseconds, against ~100 ms for a full collection under Airflow.
-        gc.collect(1)
         log.info(
             "Job %s: records %d..%d uploaded (%s)%s",
             job.id,

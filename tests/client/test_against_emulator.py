@@ -334,3 +334,23 @@ async def test_wait_for_job_sees_counters_move(emulator):
     emulator.update_settings(records_per_second=None)
     assert final.number_records_processed == 30_000
     assert any(0 < count < 30_000 for count in seen)
+
+
+async def test_an_upload_is_freed_by_reference_counting_not_left_to_the_cyclic_collector(emulator):
+    # httpx's response and its stream refer to each other; if that cycle survived, every uploaded
+    # chunk would stay in memory until the cyclic collector ran, and memory would grow with the data.
+    import gc
+
+    import httpx
+
+    async with session_for(emulator) as session:
+        client = BulkIngestClient(session)
+        job = await client.create_job("insert", "Account")
+        gc.collect()
+        gc.disable()
+        try:
+            await client.upload_job_data(job.id, b"Name\n" + b"x\n" * 1000)
+            alive = [o for o in gc.get_objects() if isinstance(o, httpx.Request) and o.method == "PUT"]
+        finally:
+            gc.enable()
+    assert alive == []
