@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from benchmarks._support import emulator_process, peak_rss_mb
 
 TARGET_RATIO = 1.1
 SIZES = (200_000, 1_000_000)
@@ -89,39 +89,6 @@ def write_inputs(directory: Path, n: int, paths: dict[str, Path] | None = None) 
 # -- the emulator, in its own process -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_emulator(port: int) -> subprocess.Popen[bytes]:
-    script = Path(sys.executable).with_name("salesforce-bulk-emulator")
-    proc = subprocess.Popen(  # noqa: S603 - our own console script
-        [
-            str(script),
-            "--port",
-            str(port),
-            "--db",
-            ":memory:",
-            "--speed",
-            "instant",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
-
-
 def _reset_emulator(base_url: str) -> None:
     import httpx
 
@@ -158,7 +125,7 @@ class _Store:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def child(fmt: str, path: str, n: int, results_dir: str | None) -> None:
@@ -245,24 +212,11 @@ def main() -> bool:
     from airflow_provider_salesforce_bulk.emulator.credentials import Credentials
 
     work = Path(tempfile.mkdtemp(prefix="bench-operator-memory-"))
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
     creds = Credentials()
     env = dict(os.environ)
     env.setdefault("AIRFLOW_HOME", str(work / "airflow_home"))
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-        {
-            "conn_type": "salesforce_bulk",
-            "host": base_url,
-            "extra": {
-                "auth_type": "client_credentials",
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
-            },
-        }
-    )
     started = time.perf_counter()
     inputs = {n: write_inputs(work, n) for n in SIZES}
     print(
@@ -272,28 +226,37 @@ def main() -> bool:
         )
     )
     figures: dict[tuple[str, int], dict[str, Any]] = {}
-    proc = _start_emulator(port)
     try:
-        for fmt in FORMATS:
-            for n in SIZES:
-                _reset_emulator(base_url)
-                results = work / f"results_{fmt}_{n}" if fmt == "csv" else None
-                f = figures[fmt, n] = _run_child(env, fmt, inputs[n][fmt], n, results)
-                line = (
-                    f"{fmt:>6} {n:>9,} records: {f['jobs']} jobs, submit peak traced "
-                    f"{f['submit_peak_mb']:.1f} MB, peak RSS {f['submit_rss_mb']:.0f} MB, "
-                    f"{f['submit_s']:.1f}s"
-                )
-                if results is not None:
-                    line += (
-                        f"; results ({f['results_mb_written']:.0f} MB written) peak traced "
-                        f"{f['results_peak_mb']:.1f} MB, peak RSS {f['results_rss_mb']:.0f} MB, "
-                        f"{f['results_s']:.1f}s"
+        with emulator_process() as base_url:
+            env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
+                {
+                    "conn_type": "salesforce_bulk",
+                    "host": base_url,
+                    "extra": {
+                        "auth_type": "client_credentials",
+                        "client_id": creds.client_id,
+                        "client_secret": creds.client_secret,
+                    },
+                }
+            )
+            for fmt in FORMATS:
+                for n in SIZES:
+                    _reset_emulator(base_url)
+                    results = work / f"results_{fmt}_{n}" if fmt == "csv" else None
+                    f = figures[fmt, n] = _run_child(env, fmt, inputs[n][fmt], n, results)
+                    line = (
+                        f"{fmt:>6} {n:>9,} records: {f['jobs']} jobs, submit peak traced "
+                        f"{f['submit_peak_mb']:.1f} MB, peak RSS {f['submit_rss_mb']:.0f} MB, "
+                        f"{f['submit_s']:.1f}s"
                     )
-                print(line, flush=True)
+                    if results is not None:
+                        line += (
+                            f"; results ({f['results_mb_written']:.0f} MB written) peak traced "
+                            f"{f['results_peak_mb']:.1f} MB, peak RSS {f['results_rss_mb']:.0f} MB, "
+                            f"{f['results_s']:.1f}s"
+                        )
+                    print(line, flush=True)
     finally:
-        proc.terminate()
-        proc.wait(10)
         for p in work.rglob("*"):
             if p.is_file():
                 p.unlink()

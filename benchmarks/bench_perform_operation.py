@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import subprocess
 import sys
 import time
 import tracemalloc
 
 import httpx
+
+from benchmarks._support import peak_rss_mb
 
 TARGET_RATIO = 1.1
 SIZES = (200_000, 1_000_000)
@@ -119,8 +120,7 @@ def child(n: int) -> None:
     info = asyncio.run(load(n))
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"n": n, "peak_mb": peak / 1e6, "rss_mb": rss_kb / 1024, "seconds": elapsed, **info}))
+    print(json.dumps({"n": n, "peak_mb": peak / 1e6, "rss_mb": peak_rss_mb(), "seconds": elapsed, **info}))
 
 
 def main() -> bool:

@@ -10,39 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from benchmarks._support import emulator_process
 
 TRIGGERS = 500
 MAX_BLOCK_SECONDS = 0.2
 CSV = b"LastName\n" + b"".join(b"Bench %d\n" % i for i in range(20))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_emulator(port: int) -> subprocess.Popen[bytes]:
-    script = Path(sys.executable).with_name("salesforce-bulk-emulator")
-    proc = subprocess.Popen(  # noqa: S603
-        [str(script), "--port", str(port), "--db", ":memory:", "--speed", "10", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
 
 
 async def _watchdog(stop: asyncio.Event, worst: list[float]) -> None:
@@ -141,26 +117,20 @@ def main() -> bool:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     from airflow_provider_salesforce_bulk.emulator.credentials import Credentials
 
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
     creds = Credentials()
-    os.environ["AIRFLOW_CONN_SF_BENCH"] = json.dumps(
-        {
-            "conn_type": "salesforce_bulk",
-            "host": base_url,
-            "extra": {
-                "auth_type": "client_credentials",
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
-            },
-        }
-    )
-    proc = _start_emulator(port)
-    try:
+    with emulator_process(speed="10") as base_url:
+        os.environ["AIRFLOW_CONN_SF_BENCH"] = json.dumps(
+            {
+                "conn_type": "salesforce_bulk",
+                "host": base_url,
+                "extra": {
+                    "auth_type": "client_credentials",
+                    "client_id": creds.client_id,
+                    "client_secret": creds.client_secret,
+                },
+            }
+        )
         figures = asyncio.run(_run(base_url))
-    finally:
-        proc.terminate()
-        proc.wait(10)
     print(f"{TRIGGERS} triggers, one connection, one event loop:")
     print(f"  finished with success:  {figures['succeeded']:.0f}")
     print(f"  token requests:         {figures['token_requests']:.0f} (target 1)")

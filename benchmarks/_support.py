@@ -1,0 +1,62 @@
+"""What several benchmarks need: the emulator in a process of its own, and this process's peak RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MB.
+
+    ``VmHWM`` rather than ``ru_maxrss``: on Linux ``ru_maxrss`` keeps the peak of the process a
+    child was forked from, so every child of a large parent would report the parent's size.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def emulator_process(speed: str = "instant") -> Iterator[str]:
+    """Start ``salesforce-bulk-emulator`` on a free loopback port; yield its base URL; stop it.
+
+    A process of its own, so the benchmark's CPU and memory figures are the client's alone.
+    """
+    port = free_port()
+    script = Path(sys.executable).with_name("salesforce-bulk-emulator")
+    proc = subprocess.Popen(  # noqa: S603 - our own console script
+        [str(script), "--port", str(port), "--db", ":memory:", "--speed", speed, "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the emulator did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
