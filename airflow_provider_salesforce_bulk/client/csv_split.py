@@ -12,6 +12,7 @@ This module also holds what both paths share: :class:`CsvChunk`, the format name
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ class CsvChunk:
     data: bytes
     first_record_index: int
     record_count: int
+
+    def fieldnames(self, column_delimiter: str = "COMMA") -> list[str]:
+        """The column names of the header row."""
+        end = self.data.find(b"\n")
+        header = self.data[: end if end >= 0 else len(self.data)].decode("utf-8").rstrip("\r")
+        return next(csv.reader([header], delimiter=check_column_delimiter(column_delimiter)), [])
 
 
 def check_line_ending(line_ending: str) -> str:

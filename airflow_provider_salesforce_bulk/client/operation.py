@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import dataclasses
 import logging
 import time
@@ -20,7 +19,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.ingest import PollPolicy, check_job_options
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client.models import JobInfo, OperationType
 from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks, validate_operation_fields
 
 if TYPE_CHECKING:
@@ -338,7 +337,7 @@ async def perform_chunks(
     first = await next_chunk()
     if first is None:
         return
-    validate_operation_fields(operation, _header_fields(first, column_delimiter), external_id_field)
+    validate_operation_fields(operation, first.fieldnames(column_delimiter), external_id_field)
 
     slots = asyncio.Semaphore(max_concurrent_jobs)
     await slots.acquire()
@@ -460,9 +459,3 @@ def _chunk_reader(chunks: Iterator[CsvChunk], in_thread: bool) -> Callable[[], A
         return next(chunks, None)
 
     return read_inline
-
-
-def _header_fields(chunk: CsvChunk, column_delimiter: str) -> list[str]:
-    end = chunk.data.find(b"\n")
-    header = chunk.data[: end if end >= 0 else len(chunk.data)].decode("utf-8").rstrip("\r")
-    return next(csv.reader([header], delimiter=COLUMN_DELIMITERS[column_delimiter]))

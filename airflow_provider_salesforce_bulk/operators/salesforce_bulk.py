@@ -193,10 +193,7 @@ class SalesforceBulkOperator(BaseOperator):
         with source.open() as chunks:
             for chunk in chunks:
                 if total == 0:
-                    header = chunk.data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
-                    import csv
-
-                    names = next(csv.reader([header], delimiter=_delimiter(self.column_delimiter)))
+                    names = chunk.fieldnames(self.column_delimiter)
                     validate_operation_fields(self.operation, names, self.external_id_field)
                 total += chunk.record_count
         return total
@@ -403,12 +400,6 @@ def _source_dataset(source: Any) -> tuple[str, str]:
     if source.protocol in ("", "file", "local"):
         return "file", str(source.path)
     return str(source.namespace), str(source.key) or "/"
-
-
-def _delimiter(name: str) -> str:
-    from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
-
-    return COLUMN_DELIMITERS[name]
 
 
 async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:
