@@ -228,17 +228,7 @@ def main() -> bool:
     figures: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         with emulator_process() as base_url:
-            env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-                {
-                    "conn_type": "salesforce_bulk",
-                    "host": base_url,
-                    "extra": {
-                        "auth_type": "client_credentials",
-                        "client_id": creds.client_id,
-                        "client_secret": creds.client_secret,
-                    },
-                }
-            )
+            env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = creds.airflow_connection(base_url)
             for fmt in FORMATS:
                 for n in SIZES:
                     _reset_emulator(base_url)

@@ -8,7 +8,6 @@ runs in its own process so the CPU figures are the triggers' own.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -119,17 +118,7 @@ def main() -> bool:
 
     creds = Credentials()
     with emulator_process(speed="10") as base_url:
-        os.environ["AIRFLOW_CONN_SF_BENCH"] = json.dumps(
-            {
-                "conn_type": "salesforce_bulk",
-                "host": base_url,
-                "extra": {
-                    "auth_type": "client_credentials",
-                    "client_id": creds.client_id,
-                    "client_secret": creds.client_secret,
-                },
-            }
-        )
+        os.environ["AIRFLOW_CONN_SF_BENCH"] = creds.airflow_connection(base_url)
         figures = asyncio.run(_run(base_url))
     print(f"{TRIGGERS} triggers, one connection, one event loop:")
     print(f"  finished with success:  {figures['succeeded']:.0f}")

@@ -61,18 +61,7 @@ def main() -> int:
 
     HOME.mkdir(exist_ok=True)
     with run_emulator(records_per_second=200.0) as emulator:
-        creds = emulator.credentials
-        conn = json.dumps(
-            {
-                "conn_type": "salesforce_bulk",
-                "host": emulator.base_url,
-                "extra": {
-                    "auth_type": "client_credentials",
-                    "client_id": creds.client_id,
-                    "client_secret": creds.client_secret,
-                },
-            }
-        )
+        conn = emulator.airflow_connection()
         print(f"Salesforce emulator at {emulator.base_url}", flush=True)
         env = _env(conn)
         _airflow(env, "db", "migrate")

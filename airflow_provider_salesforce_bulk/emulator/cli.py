@@ -116,6 +116,9 @@ def describe(emulator: Emulator) -> str:
             f"  settings:                  GET/POST {base}/__emulator__/settings",
             f"  stored records:            GET {base}/__emulator__/records/{{object}}",
             f"  database:                  {emulator.settings.db}",
+            "",
+            "For Airflow (the provider's connection, client credentials flow):",
+            f"  export AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT='{c.airflow_connection(base)}'",
         ]
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -53,6 +54,25 @@ class Credentials:
     refresh_token: str = "5Aep861EmulatorRefreshToken"  # noqa: S105
     private_key_pem: str = dataclasses.field(default_factory=lambda: _test_key_pair()[0], repr=False)
     public_key_pem: str = dataclasses.field(default_factory=lambda: _test_key_pair()[1], repr=False)
+
+    def airflow_connection(self, base_url: str, **extra: object) -> str:
+        """An ``AIRFLOW_CONN_...`` value that logs in to the emulator at ``base_url``.
+
+        JSON for the provider's ``salesforce_bulk`` connection type with the client credentials
+        flow; ``extra`` adds or overrides connection extras.
+        """
+        return json.dumps(
+            {
+                "conn_type": "salesforce_bulk",
+                "host": base_url,
+                "extra": {
+                    "auth_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                    **extra,
+                },
+            }
+        )
 
     def public_key(self) -> PublicKeyTypes:
         """Load the JWT verification key from ``public_key_pem`` (a public key or an X.509 certificate)."""

@@ -86,6 +86,10 @@ class RunningEmulator:
         """Forget every job and record and refill the limits (sessions stay valid)."""
         self.emulator.reset()
 
+    def airflow_connection(self, **extra: object) -> str:
+        """An ``AIRFLOW_CONN_...`` value for this emulator (see :meth:`Credentials.airflow_connection`)."""
+        return self.credentials.airflow_connection(self.base_url, **extra)
+
     def new_access_token(self) -> str:
         """Issue a valid access token without going through a login."""
         return self.emulator.new_session()[0]

@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import InputError, OperationType
 from airflow_provider_salesforce_bulk.client.ingest import check_job_options
+from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
 from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
@@ -282,8 +283,7 @@ class SalesforceBulkOperator(BaseOperator):
         jobs: dict[str, dict[str, Any]] = dict(event.get("jobs") or {})
         counts = dict(record_counts or {})
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        terminal = ("JobComplete", "Failed", "Aborted")
-        finished = {j: job for j, job in jobs.items() if job.get("state") in terminal}
+        finished = {j: job for j, job in jobs.items() if job.get("state") in TERMINAL_STATES}
         directory = self._results_dir(context)
         entries: dict[str, dict[str, Any]] = {}
         by_code: collections.Counter[str] = collections.Counter()

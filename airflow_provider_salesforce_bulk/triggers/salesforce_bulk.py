@@ -15,7 +15,6 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBul
 
 __all__ = ["SalesforceBulkJobTrigger", "job_summary"]
 
-_TERMINAL = frozenset({"JobComplete", "Failed", "Aborted"})
 # Polls of one task's jobs in flight at once: a task with hundreds of jobs must not flood the pool.
 _POLL_CONCURRENCY = 8
 
@@ -118,7 +117,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
                         if latest.get(job.id) != summary:
                             latest[job.id] = summary
                             self._log_job(summary)
-                        if job.state in _TERMINAL:
+                        if job.is_terminal:
                             self._final[job.id] = summary
                     self._log_total(latest)
                     if len(self._final) == len(self.job_ids):

@@ -45,21 +45,7 @@ def emulator() -> Iterator[RunningEmulator]:
 
 def conn_uri_json(running: RunningEmulator, **extra: object) -> str:
     """``AIRFLOW_CONN_...`` value logging in to the emulator with the client credentials flow."""
-    import json
-
-    creds = running.credentials
-    return json.dumps(
-        {
-            "conn_type": "salesforce_bulk",
-            "host": running.base_url,
-            "extra": {
-                "auth_type": "client_credentials",
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
-                **extra,
-            },
-        }
-    )
+    return running.airflow_connection(**extra)
 
 
 def load_dag_file(name: str, source: str) -> object:

@@ -75,16 +75,6 @@ def test_task_defers_and_the_triggerer_finishes_it(tmp_path: Path) -> None:
     db = home / "airflow.db"
     port = _free_port()
     with run_emulator(records_per_second=15.0) as sf:
-        creds = sf.credentials
-        conn = {
-            "conn_type": "salesforce_bulk",
-            "host": sf.base_url,
-            "extra": {
-                "auth_type": "client_credentials",
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
-            },
-        }
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
@@ -101,7 +91,7 @@ def test_task_defers_and_the_triggerer_finishes_it(tmp_path: Path) -> None:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-            "AIRFLOW_CONN_SF_REAL": json.dumps(conn),
+            "AIRFLOW_CONN_SF_REAL": sf.airflow_connection(),
         }
         (dags / f"{DAG_ID}.py").write_text(
             textwrap.dedent(f"""
@@ -153,7 +143,7 @@ def test_task_defers_and_the_triggerer_finishes_it(tmp_path: Path) -> None:
     assert job_type == [("TriggererJob",)]
     text = trigger_logs[0].read_text(errors="replace")
     assert text.count("JobComplete") >= 3
-    assert creds.client_secret not in text
+    assert sf.credentials.client_secret not in text
     rows = _query(
         db, "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'load' AND key = 'return_value'", DAG_ID
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,8 +39,18 @@ def test_prints_base_url_and_credentials_then_serves() -> None:
         first = process.stdout.readline()
         assert first.startswith("Salesforce Bulk API 2.0 emulator at http://127.0.0.1:")
         base_url = first.rsplit(" ", 1)[1].strip()
-        lines = [process.stdout.readline() for _ in range(5)]
+        lines = []
+        while not lines or "export AIRFLOW_CONN" not in lines[-1]:  # the description's last line
+            lines.append(process.stdout.readline())
+            assert lines[-1], "the description ended without the Airflow connection"
+            assert len(lines) < 30
         assert any("client_id:" in line for line in lines)
+        # The printed Airflow connection points at this emulator and can be exported as it is.
+        (export,) = [line for line in lines if "export AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT=" in line]
+        conn = json.loads(export.split("=", 1)[1].strip().strip("'"))
+        assert conn["conn_type"] == "salesforce_bulk"
+        assert conn["host"] == base_url
+        assert conn["extra"]["auth_type"] == "client_credentials"
         deadline = time.monotonic() + 10
         while True:
             try:
