@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 
 import httpx
 import pytest
@@ -72,10 +74,13 @@ async def test_every_record_lands_in_exactly_one_job(client, api):
     assert sum(r.number_records_failed for r in results) == 10
     assert all(r.number_records_unprocessed == 0 for r in results)
     # The records Salesforce received, in order, are exactly the input.
-    names = []
-    for job_id in sorted(api.jobs):
-        names += [line.split(",")[0] for line in api.jobs[job_id].data.decode().split("\n")[1::2] if line]
-    assert len(names) == 95
+    received = []
+    for result in sorted(results, key=lambda r: r.first_record_index):
+        rows = list(csv.reader(io.StringIO(api.jobs[result.job_id].data.decode(), newline="")))
+        assert rows[0] == ["Name", "Description"]
+        assert len(rows) - 1 == result.record_count
+        received += [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
+    assert received == list(records(95, fail_every=10))
     # Results are streamed per job and match the job's own records.
     first = min(results, key=lambda r: r.first_record_index)
     failed = await collect(first.iter_failed_results())
