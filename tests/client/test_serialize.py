@@ -434,12 +434,18 @@ def test_round_trip_and_chunk_invariants(
         rows.extend(parsed[1:])
     assert rows == [_expected_row(r, fieldnames) for r in records]
     # The split fast path over the same CSV in one piece cuts exactly the same chunks; it also checks
-    # that every record ends with the job's line ending (it rejects any other outside quotes).
+    # that every record ends with the job's line ending (it rejects any other outside quotes) and that
+    # the quoting is well formed in the job's dialect.
     if chunks:
         whole = b"".join(serialize_ingest_data(records, fieldnames, **options))
         split = list(
             iter_csv_stream_chunks(
-                io.BytesIO(whole), max_size_bytes, max_records, line_ending=line_ending, block_size=7
+                io.BytesIO(whole),
+                max_size_bytes,
+                max_records,
+                line_ending=line_ending,
+                column_delimiter=delimiter,
+                block_size=7,
             )
         )
         assert split == chunks
