@@ -86,7 +86,7 @@ def make_plan(schema: Schema, job: dict[str, Any], header: list[str]) -> Plan:
     """
     obj = schema.get(job["object"])
     if obj is None:  # the schema file changed since the job was created
-        raise JobFailure(f"InvalidJob : Object type '{job['object']}' is not supported")
+        raise JobFailure(f"InvalidJob : Unable to find object: {job['object']}")
     id_column = None
     columns: list[tuple[int, Field, Converter]] = []
     relations: list[_Relation] = []
