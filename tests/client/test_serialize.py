@@ -145,7 +145,7 @@ def test_na_marker_text_is_refused_unless_asked_for(records: list[dict[str, Any]
 
 
 def test_na_marker_only_as_a_whole_value_and_none_as_null_still_writes_it() -> None:
-    records = [{"A": "x #N/A", "B": None}, {"A": "#N/A ", "B": "#n/a"}]
+    records: list[dict[str, Any]] = [{"A": "x #N/A", "B": None}, {"A": "#N/A ", "B": "#n/a"}]
     assert one_chunk(records, fieldnames=["A", "B"], none_as="null") == b"A,B\nx #N/A,#N/A\n#N/A ,#n/a\n"
 
 
