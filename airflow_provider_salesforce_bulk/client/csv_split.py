@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Union
@@ -68,7 +69,12 @@ class CsvChunk:
     def fieldnames(self, column_delimiter: str = "COMMA") -> list[str]:
         """The column names of the header row."""
         end = self.data.find(b"\n")
-        header = self.data[: end if end >= 0 else len(self.data)].decode("utf-8").rstrip("\r")
+        try:
+            header = self.data[: end if end >= 0 else len(self.data)].decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"the header row is not UTF-8 (byte {exc.start}): the CSV must be UTF-8", field="fieldnames"
+            ) from None
         return next(csv.reader([header], delimiter=check_column_delimiter(column_delimiter)), [])
 
 
@@ -124,7 +130,7 @@ def check_header_fits(header_size: int, max_size_bytes: int) -> None:
 
 
 def _oversize(
-    index: int, size: int, header_size: int, max_size_bytes: int, *, at_least: bool = False
+    index: int, size: int, header_size: int, max_size_bytes: int, line: int, *, at_least: bool = False
 ) -> InputError:
     """The error for a record (or, at ``index`` -1, the header) too large for a chunk."""
     bytes_ = f"{'at least ' if at_least else ''}{size:_} bytes"
@@ -134,76 +140,235 @@ def _oversize(
             field="max_size_bytes",
         )
     return InputError(
-        f"record {index} is {bytes_}; with the {header_size:_}-byte header it does not fit in "
-        f"max_size_bytes={max_size_bytes:_}",
+        f"record {index} (from line {line}) is {bytes_}; with the {header_size:_}-byte header it does not "
+        f"fit in max_size_bytes={max_size_bytes:_}",
         record_index=index,
     )
 
 
-def _unterminated(index: int, size: int) -> InputError:
-    what = "the header" if index < 0 else f"record {index}"
+def _what(index: int) -> str:
+    return "the header" if index < 0 else f"record {index}"
+
+
+def _unterminated(index: int, size: int, line: int) -> InputError:
     return InputError(
-        f"{what} ({size:_} bytes) ends inside a quoted value: the input ends before the closing quote",
+        f"{_what(index)} (from line {line}, {size:_} bytes) ends inside a quoted value: the input ends "
+        "before the closing quote",
         record_index=None if index < 0 else index,
     )
 
 
-def _wrong_ending(index: int, found: str, expected: str) -> InputError:
-    what = "the header" if index < 0 else f"record {index}"
+def _wrong_ending(index: int, found: str, expected: str, line: int) -> InputError:
     return InputError(
-        f"{what} ends with {found} but line_ending={expected!r}: the input's line endings must match "
-        "the job's (convert the input or pass the matching line_ending)",
+        f"{_what(index)} ends with {found} but line_ending={expected!r} (line {line}): the input's line "
+        "endings must match the job's (convert the input or pass the matching line_ending)",
         record_index=None if index < 0 else index,
         field="line_ending",
     )
 
 
-def _iter_records(stream: IO[bytes], eol: bytes, block_size: int, max_size_bytes: int) -> Iterator[bytes]:
-    """Yield the header, then every record, each as ``bytes`` ending with ``eol``.
+def _bad_input(index: int, line: int, what: str) -> InputError:
+    return InputError(f"line {line} ({_what(index)}): {what}", record_index=None if index < 0 else index)
+
+
+_STRAY_QUOTE = (
+    "malformed quoting: a double quote inside an unquoted value (quote the whole value and double "
+    'the quotes in it: 5" -> "5""")'
+)
+_AFTER_CLOSE = (
+    "malformed quoting: characters after the closing quote of a quoted value (a quote inside a quoted "
+    'value must be doubled: "a ""b"" c")'
+)
+_NUL = "a NUL byte, which Salesforce does not accept"
+_NOT_UTF8 = "bytes that are not UTF-8 (the CSV must be UTF-8; convert the file)"
+
+
+def _find_problem(
+    data: bytes, delimiter: int, index: int, line: int, *, complete: bool = True
+) -> InputError | None:
+    """The first malformed quote, NUL byte or invalid UTF-8 in ``data``, which starts a record.
+
+    The error path of :func:`_iter_records`: a byte-by-byte walk, so it can say which line and
+    record hold the problem. ``complete`` is false when ``data`` ends inside a record that was not
+    read to its end; its encoding is then checked only up to its last whole line.
+    """
+    quote, lf, cr = 0x22, 0x0A, 0x0D
+    record_start = 0
+    record_line = line
+    field_start = True  # at the start of a field, outside quotes
+    in_quotes = False
+    after_close = False
+    size = len(data)
+    for i, byte in enumerate(data):
+        if in_quotes:
+            if byte == quote:
+                in_quotes = False
+                after_close = True
+            elif byte == lf:
+                line += 1
+            continue
+        if after_close:
+            after_close = False
+            if byte == quote:  # a doubled quote inside the value
+                in_quotes = True
+                continue
+            ends_line = byte == lf or (byte == cr and i + 1 < size and data[i + 1] == lf)
+            if byte != delimiter and not ends_line:
+                return _bad_input(index, line, _AFTER_CLOSE)
+        if byte == quote:
+            if not field_start:
+                return _bad_input(index, line, _STRAY_QUOTE)
+            in_quotes = True
+            field_start = False
+        elif byte == delimiter:
+            field_start = True
+        elif byte == lf:
+            record = data[record_start : i + 1]
+            if record not in (b"\n", b"\r\n"):  # a blank line is no record
+                problem = _encoding_problem(record, index, record_line)
+                if problem is not None:
+                    return problem
+                index += 1
+            line += 1
+            record_start = i + 1
+            record_line = line
+            field_start = True
+        else:
+            field_start = False
+    tail = data[record_start:]
+    if not complete:
+        tail = tail[: tail.rfind(b"\n") + 1]
+    return _encoding_problem(tail, index, record_line)
+
+
+def _encoding_problem(record: bytes, index: int, line: int) -> InputError | None:
+    nul = record.find(b"\x00")
+    if nul >= 0:
+        return _bad_input(index, line + record.count(b"\n", 0, nul), _NUL)
+    try:
+        record.decode()
+    except UnicodeDecodeError as exc:
+        return _bad_input(index, line + record.count(b"\n", 0, exc.start), _NOT_UTF8)
+    return None
+
+
+def _quote_check(delimiter: str) -> re.Pattern[bytes]:
+    """A search for a quote mark (see :func:`_span_is_clean`) with a neighbour CSV does not allow."""
+    d = re.escape(delimiter.encode())
+    # Starting with the literal quote lets the regex engine jump from quote to quote.
+    return re.compile(b'"(?:(?<=[^"\\n' + d + b']")|[^"\\r\\n' + d + b"]|\\r(?!\\n))")
+
+
+def _span_is_clean(span: bytes, bad_quote: re.Pattern[bytes]) -> bool:
+    """Whether whole records hold only UTF-8 without NUL, and every double quote is where CSV allows.
+
+    Every step is one C-level pass over the span. Splitting on quotes alternates text outside and
+    inside quoted values (each record holds an even number of quotes); joining the outside parts
+    with ``"`` leaves one ``"`` mark per quoted value (two in a row for a doubled quote inside one).
+    The quoting is well formed exactly when each mark follows a delimiter, a line ending, another
+    mark or the start, and is followed by a delimiter, a line ending or another mark.
+    """
+    if b"\x00" in span:
+        return False
+    if not span.isascii():
+        try:
+            span.decode()
+        except UnicodeDecodeError:
+            return False
+    return b'"' not in span or bad_quote.search(b'"'.join(span.split(b'"')[::2])) is None
+
+
+def _iter_records(
+    stream: IO[bytes], eol: bytes, delimiter: str, block_size: int, max_size_bytes: int
+) -> Iterator[list[bytes]]:
+    """Yield lists of records: the header first, then every record, each ``bytes`` ending with ``eol``.
 
     Records are found line by line: ``quotes`` counts the double quotes seen since the record began,
     and a line ending closes the record only when that count is even (it is outside quotes). The
     buffer is indexed by offsets, never sliced per line, so each byte is copied a bounded number of
     times; a record larger than a chunk can hold is reported as soon as that much of it is read.
+
+    The records found in a block are checked together before any of them is yielded (quoting,
+    NUL, UTF-8: see :func:`_span_is_clean`), so a chunk never holds an unchecked record. Lines are
+    counted per block too; a problem is then located by :func:`_find_problem`.
     """
     crlf = eol == b"\r\n"
-    buffer = b""
-    start = 0  # where the current record begins in buffer
-    pos = 0  # where the search for its closing line ending goes on
+    bad_quote = _quote_check(delimiter)
+    delimiter_byte = ord(delimiter)
+    buffer = stream.read(block_size)
+    while buffer and len(buffer) < len(_UTF8_BOM) and _UTF8_BOM.startswith(buffer):
+        more = stream.read(block_size)
+        if not more:
+            break
+        buffer += more
+    start = len(_UTF8_BOM) if buffer.startswith(_UTF8_BOM) else 0  # where the current record begins
+    pos = start  # where the search for its closing line ending goes on
     quotes = 0
     index = -1  # the header is -1, data records count from 0
     header_size = 0
     limit = max_size_bytes  # largest record acceptable now
+    checked = start  # records before this offset are checked
+    checked_index = -1  # index of the first record after ``checked``
+    checked_line = 1  # line number at ``checked``
+    ready: list[bytes] = []
+    eof = False
+
+    def check(end: int) -> None:
+        """Raise the first problem in the records from ``checked`` up to ``end``."""
+        span = buffer[checked:end]
+        if not _span_is_clean(span, bad_quote):
+            problem = _find_problem(span, delimiter_byte, checked_index, checked_line)
+            raise problem or InputError(
+                f"malformed CSV in {_what(checked_index)} or a later record, from line {checked_line}",
+                record_index=None if checked_index < 0 else checked_index,
+            )
+
+    def fail(error: InputError, end: int | None = None) -> InputError:
+        """``error`` for the record at ``start``, unless malformed input before or in it comes first."""
+        check(start)
+        record = buffer[start:end]
+        problem = _find_problem(record, delimiter_byte, index, line_of(start), complete=end is not None)
+        return problem or error
+
+    def line_of(offset: int) -> int:
+        return checked_line + buffer.count(b"\n", checked, offset)
+
     while True:
         newline = buffer.find(b"\n", pos)
         if newline < 0:
             quotes += buffer.count(b'"', pos)
+            if ready:
+                check(start)
+                checked_line = line_of(start)
+                checked = start
+                checked_index = index
+                yield ready
+                ready = []
             if len(buffer) - start > limit:
-                raise _oversize(index, len(buffer) - start, header_size, max_size_bytes, at_least=True)
+                size = len(buffer) - start
+                raise fail(_oversize(index, size, header_size, max_size_bytes, line_of(start), at_least=True))
+            if eof:
+                if start < len(buffer):
+                    raise fail(_unterminated(index, len(buffer) - start, line_of(start)))
+                return
             block = stream.read(block_size)
             if block:
+                checked_line = line_of(start)
                 pos = len(buffer) - start
                 buffer = buffer[start:] + block
-                start = 0
+                start = checked = 0
                 continue
             # End of input: the last record may lack its line ending.
-            record = buffer[start:]
-            if record.endswith(b"\r"):
-                record = record[:-1]
-            if not record:
-                return
-            if quotes % 2:
-                raise _unterminated(index, len(record))
-            record += eol
-            if len(record) > limit:
-                raise _oversize(index, len(record), header_size, max_size_bytes)
-            if index < 0:
-                check_header_fits(len(record), max_size_bytes)
-            yield record
-            return
+            eof = True
+            tail = buffer[start:]
+            if tail.endswith(b"\r"):
+                tail = tail[:-1]
+            pos = start + len(tail)
+            buffer = buffer[:start] + tail + eol if tail else buffer[:start]
+            continue
         quotes += buffer.count(b'"', pos, newline)
         pos = newline + 1
-        if quotes % 2:
+        if quotes & 1:
             continue  # this line ending is inside a quoted value
         has_cr = newline > start and buffer[newline - 1] == 0x0D
         if newline - start == has_cr:
@@ -211,19 +376,17 @@ def _iter_records(stream: IO[bytes], eol: bytes, block_size: int, max_size_bytes
             start = pos
             continue
         if has_cr != crlf:
-            raise _wrong_ending(index, "CRLF" if has_cr else "LF", "CRLF" if crlf else "LF")
+            found, expected = ("CRLF", "LF") if has_cr else ("LF", "CRLF")
+            raise fail(_wrong_ending(index, found, expected, line_of(start)), pos)
         if pos - start > limit:
-            raise _oversize(index, pos - start, header_size, max_size_bytes)
-        record = buffer[start:pos]
-        start = pos
-        quotes = 0
+            raise fail(_oversize(index, pos - start, header_size, max_size_bytes, line_of(start)), pos)
+        ready.append(buffer[start:pos])
         if index < 0:
-            if record.startswith(_UTF8_BOM):
-                record = record[len(_UTF8_BOM) :]
-            header_size = len(record)
+            header_size = pos - start
             check_header_fits(header_size, max_size_bytes)
             limit = max_size_bytes - header_size
-        yield record
+        start = pos
+        quotes = 0
         index += 1
 
 
@@ -233,14 +396,18 @@ def iter_csv_stream_chunks(
     max_records: int = 150_000_000,
     *,
     line_ending: str = "LF",
+    column_delimiter: str = "COMMA",
     block_size: int = _BLOCK_SIZE,
 ) -> Iterator[CsvChunk]:
     """Split CSV that is already in the job's format into :class:`CsvChunk` objects.
 
     The first record is the header; it is repeated at the top of every chunk. Records are copied
     byte for byte: the values are neither parsed nor re-encoded, so the input must already be UTF-8
-    CSV with the job's column delimiter (the delimiter plays no part in finding records, only double
-    quotes and line endings do).
+    CSV with the job's column delimiter. Records are counted as Salesforce reads them, so quoting
+    must be well formed: a double quote may only open a value (right after a delimiter or a line
+    ending), close it (right before one) or be doubled inside a quoted value. Anything else, such as
+    ``5" screen`` unquoted or ``"a"b``, would make the count differ from Salesforce's and is an
+    :class:`InputError` naming the line and the record.
 
     Parameters
     ----------
@@ -254,6 +421,8 @@ def iter_csv_stream_chunks(
         The job's line ending. Every record of the input must end with it: a file with the other
         line ending is an :class:`InputError` rather than silently converted, because converting
         would rewrite the data. Line endings inside quoted values are data and are left alone.
+    column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}, optional
+        The job's column delimiter, which the quoting check needs to know where values begin and end.
     block_size : int, optional
         Bytes read from the stream at a time.
 
@@ -267,56 +436,68 @@ def iter_csv_stream_chunks(
     Raises
     ------
     InputError
-        For limits out of range, a header too large for ``max_size_bytes``, a line ending that does
-        not match ``line_ending``, a quoted value left open at the end of the input, or a record too
-        large for a chunk (``record_index`` set). Raised while iterating, once the problem is read.
+        For arguments out of range or a file that cannot be opened; while iterating, before the chunk
+        holding the problem is yielded: a header too large for ``max_size_bytes``, a line ending that
+        does not match ``line_ending``, malformed quoting, a NUL byte, bytes that are not UTF-8, a
+        quoted value left open at the end of the input, or a record too large for a chunk. The
+        message names the line (1-based, the header is line 1, lines inside quoted values count)
+        and ``record_index`` is set for a data record.
     """
     check_limits(max_size_bytes, max_records)
     eol = check_line_ending(line_ending).encode()
-    if block_size < 1:
-        raise InputError(f"block_size must be at least 1, got {block_size}", field="block_size")
+    delimiter = check_column_delimiter(column_delimiter)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise InputError(f"block_size must be an int of at least 1, got {block_size!r}", field="block_size")
     if isinstance(source, (str, os.PathLike)):
-        return _iter_file_chunks(os.fspath(source), max_size_bytes, max_records, eol, block_size)
-    return _iter_chunks(source, max_size_bytes, max_records, eol, block_size)
+        return _iter_file_chunks(os.fspath(source), max_size_bytes, max_records, eol, delimiter, block_size)
+    return _iter_chunks(source, max_size_bytes, max_records, eol, delimiter, block_size)
 
 
 def _iter_file_chunks(
-    path: str, max_size_bytes: int, max_records: int, eol: bytes, block_size: int
+    path: str, max_size_bytes: int, max_records: int, eol: bytes, delimiter: str, block_size: int
 ) -> Iterator[CsvChunk]:
-    with open(path, "rb") as stream:
-        yield from _iter_chunks(stream, max_size_bytes, max_records, eol, block_size)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed by the with below, once it is open
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the CSV file {path!r}: {exc.strerror or exc}", field="source"
+        ) from None
+    with stream:
+        yield from _iter_chunks(stream, max_size_bytes, max_records, eol, delimiter, block_size)
 
 
 def _iter_chunks(
-    stream: IO[bytes], max_size_bytes: int, max_records: int, eol: bytes, block_size: int
+    stream: IO[bytes], max_size_bytes: int, max_records: int, eol: bytes, delimiter: str, block_size: int
 ) -> Iterator[CsvChunk]:
-    records = _iter_records(stream, eol, block_size, max_size_bytes)
-    header = next(records, None)
-    if header is None:
-        return
-    header_size = len(header)
-    parts: list[bytes] = [header]
-    size = header_size
+    header = b""
+    parts: list[bytes] = []
+    size = 0
     count = 0
     first = 0
     # _iter_records already rejected any record that cannot fit next to the header.
-    for record in records:
-        if size + len(record) > max_size_bytes:
-            yield CsvChunk(b"".join(parts), first, count)
+    for batch in _iter_records(stream, eol, delimiter, block_size, max_size_bytes):
+        if not header:
+            header = batch[0]
             parts = [header]
-            size = header_size
-            first += count
-            count = 0
-        parts.append(record)
-        size += len(record)
-        count += 1
-        if count == max_records:
-            # Yield as soon as the chunk is full so no further input is read for it.
-            yield CsvChunk(b"".join(parts), first, count)
-            parts = [header]
-            size = header_size
-            first += count
-            count = 0
+            size = len(header)
+            batch = batch[1:]
+        for record in batch:
+            if size + len(record) > max_size_bytes:
+                yield CsvChunk(b"".join(parts), first, count)
+                parts = [header]
+                size = len(header)
+                first += count
+                count = 0
+            parts.append(record)
+            size += len(record)
+            count += 1
+            if count == max_records:
+                # Yield as soon as the chunk is full so no further input is read for it.
+                yield CsvChunk(b"".join(parts), first, count)
+                parts = [header]
+                size = len(header)
+                first += count
+                count = 0
     if count:
         yield CsvChunk(b"".join(parts), first, count)
 
@@ -327,6 +508,7 @@ def split_csv_stream(
     max_records: int = 150_000_000,
     *,
     line_ending: str = "LF",
+    column_delimiter: str = "COMMA",
     block_size: int = _BLOCK_SIZE,
 ) -> Iterator[bytes]:
     """Split CSV that is already in the job's format into job-sized CSV payloads.
@@ -340,6 +522,11 @@ def split_csv_stream(
         UTF-8 CSV, the header first, within both limits.
     """
     chunks = iter_csv_stream_chunks(
-        source, max_size_bytes, max_records, line_ending=line_ending, block_size=block_size
+        source,
+        max_size_bytes,
+        max_records,
+        line_ending=line_ending,
+        column_delimiter=column_delimiter,
+        block_size=block_size,
     )
     return (chunk.data for chunk in chunks)

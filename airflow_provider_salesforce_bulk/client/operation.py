@@ -285,7 +285,9 @@ async def perform_csv_operation(
     its first line is the header, repeated in every job. Other options as :func:`perform_operation`.
     """
     check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
-    chunks = iter_csv_stream_chunks(source, max_size_bytes, max_records, line_ending=line_ending)
+    chunks = iter_csv_stream_chunks(
+        source, max_size_bytes, max_records, line_ending=line_ending, column_delimiter=column_delimiter
+    )
     async for result in perform_chunks(
         client,
         operation,

@@ -62,7 +62,9 @@ __all__ = [
 
 NoneAs = Literal["empty", "null"]
 
-_NONE_TEXT = {"empty": "", "null": "#N/A"}
+#: The text Salesforce takes as "set this field to null".
+_NA_MARKER = "#N/A"
+_NONE_TEXT = {"empty": "", "null": _NA_MARKER}
 _BOOL_TEXT = {"True": "true", "False": "false"}
 # Salesforce's limits on the header row (section 4 of the wire contract).
 _MAX_FIELDS = 5_000
@@ -165,8 +167,11 @@ def _resolve_converter(kind: type) -> Callable[[Any], str]:
 class _Writer:
     """Per-call state: the columns, their dialect and the converters chosen so far."""
 
-    def __init__(self, fieldnames: Sequence[str], delimiter: str, eol: str, none_as: str) -> None:
+    def __init__(
+        self, fieldnames: Sequence[str], delimiter: str, eol: str, none_as: str, allow_na_marker: bool = False
+    ) -> None:
         self.fieldnames = list(fieldnames)
+        self.allow_na_marker = allow_na_marker
         self.positions = {name: i for i, name in enumerate(self.fieldnames)}
         self.delimiter = delimiter
         self.eol = eol
@@ -270,7 +275,7 @@ class _Writer:
         # and these maps fail with TypeError on any other type.
         if kind is str:
             try:
-                return self.quote(column)
+                return self.quote(column, position, base)
             except TypeError:
                 pass
         elif kind is float:
@@ -282,7 +287,7 @@ class _Writer:
         kind = kinds.pop() if len(kinds) == 1 else None
         self.kinds[position] = kind
         if kind is str:
-            return self.quote(column)
+            return self.quote(column, position, base)
         if kind is float:
             return self._floats(column, list(map(_float_repr, column)), position, base)
         if kind is bool:
@@ -309,6 +314,8 @@ class _Writer:
         converters = self.converters
         texts = []
         for offset, value in enumerate(column):
+            if isinstance(value, str) and not self.allow_na_marker and str.__str__(value) == _NA_MARKER:
+                raise self._na_marker(position, base + offset)
             try:
                 converter = converters.get(type(value))
                 if converter is None:
@@ -324,9 +331,25 @@ class _Writer:
                 ) from None
         return texts
 
-    def quote(self, column: list[Any]) -> list[str]:
-        """Quote the values holding a quote, CR, LF or the delimiter; TypeError if one is not a str."""
+    def _na_marker(self, position: int, index: int) -> InputError:
+        field = self.fieldnames[position]
+        return InputError(
+            f"record {index}, field {field!r}: the value is the text {_NA_MARKER!r}, which Salesforce takes "
+            f"as 'set this field to null'; to null a field pass None with none_as='null', or pass "
+            "allow_na_marker=True if the text is meant to null it",
+            record_index=index,
+            field=field,
+        )
+
+    def quote(self, column: list[Any], position: int = -1, base: int = 0) -> list[str]:
+        """Quote the values holding a quote, CR, LF or the delimiter; TypeError if one is not a str.
+
+        With ``position`` (the column's) given, the raw values are checked for the null marker.
+        """
         joined = "".join(column)
+        # The substring search is one C pass; only a hit pays for the search of the value.
+        if position >= 0 and _NA_MARKER in joined and not self.allow_na_marker and _NA_MARKER in column:
+            raise self._na_marker(position, base + column.index(_NA_MARKER))
         if self.needs_quotes.search(joined) is not None:
             column = list(column)
             ends = list(accumulate(map(len, column)))
@@ -447,6 +470,7 @@ def iter_record_chunks(
     column_delimiter: str = "COMMA",
     line_ending: str = "LF",
     none_as: str = "empty",
+    allow_na_marker: bool = False,
 ) -> Iterator[CsvChunk]:
     """Serialize records into Bulk API 2.0 ingest CSV chunks, with each chunk's record accounting.
 
@@ -457,7 +481,7 @@ def iter_record_chunks(
 
     Parameters
     ----------
-    data, fieldnames, max_size_bytes, max_records, column_delimiter, line_ending, none_as
+    data, fieldnames, max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
         As for :func:`serialize_ingest_data`.
 
     Yields
@@ -475,6 +499,10 @@ def iter_record_chunks(
     eol = check_line_ending(line_ending)
     if none_as not in _NONE_TEXT:
         raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
+    if not isinstance(allow_na_marker, bool):
+        raise InputError(
+            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
+        )
     if fieldnames is None:
         if isinstance(data, Iterator):
             warnings.warn(
@@ -483,8 +511,8 @@ def iter_record_chunks(
                 UserWarning,
                 stacklevel=2,
             )
-        return _generate_inferred(data, max_size_bytes, max_records, delimiter, eol, none_as)
-    writer = _Writer(_check_fieldnames(fieldnames), delimiter, eol, none_as)
+        return _generate_inferred(data, max_size_bytes, max_records, delimiter, eol, none_as, allow_na_marker)
+    writer = _Writer(_check_fieldnames(fieldnames), delimiter, eol, none_as, allow_na_marker)
     _check_header(writer, max_size_bytes)
     return _generate(writer, iter(data), max_size_bytes, max_records)
 
@@ -506,6 +534,7 @@ def _generate_inferred(
     delimiter: str,
     eol: str,
     none_as: str,
+    allow_na_marker: bool,
 ) -> Iterator[CsvChunk]:
     records = list(data)
     if not records:
@@ -514,7 +543,7 @@ def _generate_inferred(
     inferred = _infer_fieldnames(records, warned)
     if not inferred:
         raise InputError("the records hold no fields: a CSV needs at least one column", field="fieldnames")
-    writer = _Writer(_check_fieldnames(inferred), delimiter, eol, none_as)
+    writer = _Writer(_check_fieldnames(inferred), delimiter, eol, none_as, allow_na_marker)
     writer.warned = warned  # one warning per key, not one from inferring and one from writing
     _check_header(writer, max_size_bytes)
     yield from _generate(writer, iter(records), max_size_bytes, max_records)
@@ -577,6 +606,7 @@ def serialize_ingest_data(
     column_delimiter: str = "COMMA",
     line_ending: str = "LF",
     none_as: str = "empty",
+    allow_na_marker: bool = False,
 ) -> Iterator[bytes]:
     """Serialize records into CSV payloads for Bulk API 2.0 ingest jobs.
 
@@ -588,7 +618,8 @@ def serialize_ingest_data(
     ============================  =====================================================================
     ``str``                       as is; quoted (inner quotes doubled) when it holds a double quote,
                                   CR, LF or the delimiter. Values are not trimmed by Salesforce, so
-                                  spaces are kept and need no quotes.
+                                  spaces are kept and need no quotes. The text ``#N/A`` is refused
+                                  (Salesforce would null the field) unless ``allow_na_marker``.
     ``bool``                      ``true`` / ``false``
     ``int`` (any integral type)   decimal digits; numpy integers and other ``__index__`` types too
     ``float``, ``Decimal``        plain decimal notation, never an exponent (``1e-07`` is written
@@ -630,6 +661,11 @@ def serialize_ingest_data(
     none_as : {"empty", "null"}, optional
         ``"empty"`` writes ``None`` as an empty value, which Salesforce ignores (the field keeps its
         value on update); ``"null"`` writes ``#N/A``, which sets the field to null.
+    allow_na_marker : bool, optional
+        Salesforce reads a value that is exactly ``#N/A`` as "set the field to null", so a string
+        value ``"#N/A"`` in the data would silently null the field: it is an :class:`InputError`
+        naming the record and the field unless this is True (the data uses the marker on purpose).
+        ``None`` with ``none_as="null"`` is the way to null a field either way.
 
     Yields
     ------
@@ -641,7 +677,8 @@ def serialize_ingest_data(
     InputError
         Bad arguments are raised when this is called; bad data while iterating, with
         ``record_index`` (0-based) and ``field`` set: a key not in fieldnames, an unsupported value,
-        NaN or infinity, a malformed relationship, or a record too large for a payload on its own.
+        NaN or infinity, a NUL character, the text ``#N/A`` (see ``allow_na_marker``), a malformed
+        relationship, or a record too large for a payload on its own.
     """
     chunks = iter_record_chunks(
         data,
@@ -651,6 +688,7 @@ def serialize_ingest_data(
         column_delimiter=column_delimiter,
         line_ending=line_ending,
         none_as=none_as,
+        allow_na_marker=allow_na_marker,
     )
     return (chunk.data for chunk in chunks)
 

@@ -165,6 +165,13 @@ def create_app(emulator: Emulator) -> Starlette:
         Route(ADMIN_PREFIX + "/credentials", admin.credentials, methods=["GET"]),
         Route(ADMIN_PREFIX + "/health", admin.health, methods=["GET"]),
     ]
+    # Salesforce serves the job paths with a trailing slash too (its guide and Data Loader use them), where
+    # Starlette would answer 307: register each job route once more with the slash.
+    routes += [
+        Route(route.path + "/", route.endpoint, methods=route.methods)
+        for route in list(routes)
+        if isinstance(route, Route) and route.path.startswith(data + "/jobs") and not route.path.endswith("/")
+    ]
     app = Starlette(
         routes=routes,
         middleware=[

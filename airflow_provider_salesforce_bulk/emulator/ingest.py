@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import zlib
+from email.message import EmailMessage
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -72,10 +75,10 @@ def job_body(job: dict[str, Any], kind: str) -> dict[str, Any]:
     body["numberRecordsProcessed"] = job["processed"]
     body["numberRecordsFailed"] = job["failed"]
     body["retries"] = job["retries"]
-    # Salesforce reports processing times only once the job has finished.
+    # totalProcessingTime stays 0 until the job ends; the active time grows as batches are processed.
     finished = job["state"] in ("JobComplete", "Failed", "Aborted")
     body["totalProcessingTime"] = job["total_processing_time"] if finished else 0
-    body["apiActiveProcessingTime"] = job["api_active_processing_time"] if finished else 0
+    body["apiActiveProcessingTime"] = job["api_active_processing_time"]
     body["apexProcessingTime"] = 0
     if job["error_message"]:
         body["errorMessage"] = job["error_message"]
@@ -111,22 +114,17 @@ async def read_body(request: Request) -> bytes | Response:
 # -- endpoints ------------------------------------------------------------------------------------
 
 
-async def create_job(request: Request) -> Response:
-    """``POST /jobs/ingest``."""
-    emulator = _emulator(request)
-    raw = await read_body(request)
-    if isinstance(raw, Response):
-        return raw
-    spec, problem = _parse_json(raw)
-    if problem is not None:
-        return problem
+def _job_from_spec(emulator: Emulator, spec: Any, version: str) -> dict[str, Any] | Response:
+    """The job row a create request's JSON asks for, or Salesforce's error answer."""
     if not isinstance(spec, dict):
         return error_response(400, "JSON_PARSER_ERROR", "Cannot deserialize the job from a non-object value")
     obj_name = spec.get("object")
     obj = emulator.schema.get(obj_name) if isinstance(obj_name, str) else None
     if obj is None:
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Object type '{obj_name}' is not supported")
+        return error_response(400, "INVALIDJOB", f"InvalidJob : Unable to find object: {obj_name}")
     operation = spec.get("operation")
+    if operation in (None, ""):
+        return error_response(400, "API_ERROR", "Invalid value: '' supplied for property: 'operation'")
     if operation not in OPERATIONS:
         return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid operation: {operation}")
     if operation == "hardDelete" and not emulator.settings.hard_delete_enabled:
@@ -151,8 +149,7 @@ async def create_job(request: Request) -> Response:
             return error_response(
                 400,
                 "INVALIDJOB",
-                f"InvalidJob : Field name provided, {external} does not match an External ID, Salesforce Id, "
-                f"or indexed field for {obj.name}",
+                f"InvalidJob : Field name provided, {external} does not match an External ID for {obj.name}",
             )
     else:
         external = None
@@ -173,25 +170,95 @@ async def create_job(request: Request) -> Response:
     if emulator.limits.bulk_batches.used() >= emulator.settings.daily_bulk_batches_max:
         return error_response(403, "REQUEST_LIMIT_EXCEEDED", "ExceededQuota : Bulk API batch limit exceeded.")
     now = now_text()
-    number = await run_in_threadpool(emulator.store.next_id, JOB_PREFIX)
-    job = {
-        "id": make_id(JOB_PREFIX, number),
+    return {
         "object": obj.name,
         "operation": operation,
         "external_id_field": external,
         "assignment_rule_id": rule,
         "line_ending": line_ending,
         "column_delimiter": delimiter,
-        "api_version": float(_version(request)),
+        "api_version": float(version),
         "state": "Open",
         "created_by_id": USER_ID,
         "created_date": now,
         "system_modstamp": now,
     }
+
+
+def _multipart_parts(content_type: str, raw: bytes) -> dict[str, bytes] | Response:
+    """The ``job`` and ``content`` parts of a multipart create, read with the stdlib MIME parser."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    parts: dict[str, bytes] = {}
+    if isinstance(message, EmailMessage) and message.is_multipart():
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if isinstance(name, str) and isinstance(payload, bytes):
+                parts[name] = payload
+    if "job" not in parts or "content" not in parts:
+        return error_response(
+            400,
+            "INVALIDJOB",
+            "InvalidJob : A multipart job request needs a 'job' part (the job's JSON) and a 'content' part "
+            "(the CSV)",
+        )
+    return parts
+
+
+async def create_job(request: Request) -> Response:
+    """``POST /jobs/ingest``: an Open job, or an UploadComplete one from a multipart body (JSON and CSV)."""
+    emulator = _emulator(request)
+    raw = await read_body(request)
+    if isinstance(raw, Response):
+        return raw
+    content_type = request.headers.get("content-type", "")
+    csv_data: bytes | None = None
+    if content_type.lower().startswith("multipart/form-data"):
+        parts = _multipart_parts(content_type, raw)
+        if isinstance(parts, Response):
+            return parts
+        raw, csv_data = parts["job"], parts["content"]
+        limit = emulator.settings.upload_limit_bytes
+        if len(csv_data) > limit:
+            return error_response(
+                400,
+                "CLIENTINPUTERROR",
+                f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
+            )
+    spec, problem = _parse_json(raw)
+    if problem is not None:
+        return problem
+    job = _job_from_spec(emulator, spec, _version(request))
+    if isinstance(job, Response):
+        return job
+    number = await run_in_threadpool(emulator.store.next_id, JOB_PREFIX)
+    job["id"] = make_id(JOB_PREFIX, number)
     await run_in_threadpool(emulator.store.insert_job, job)
+    if csv_data is not None:
+        # A multipart job is closed as soon as it is created: its data came with it.
+        await run_in_threadpool(_store_upload, emulator, job["id"], csv_data)
+        await run_in_threadpool(
+            emulator.store.transition_job,
+            job["id"],
+            ("Open",),
+            {"state": "UploadComplete", "system_modstamp": now_text()},
+        )
+        emulator.processor.submit(job["id"])
     stored = await run_in_threadpool(emulator.store.get_job, job["id"])
     assert stored is not None
+    if csv_data is not None and stored["state"] not in ("Open", "UploadComplete"):
+        # The worker may already have taken the job; the answer still says what this request did.
+        stored = {**stored, "state": "UploadComplete"}
     return json_response(job_body(stored, "create"))
+
+
+def _store_upload(emulator: Emulator, job_id: str, data: bytes) -> None:
+    store = emulator.store
+    store.claim_upload(job_id)
+    for n, start in enumerate(range(0, len(data), _UPLOAD_PIECE)):
+        store.append_chunk(job_id, n, data[start : start + _UPLOAD_PIECE])
+    store.finish_upload(job_id, len(data))
 
 
 async def upload(request: Request) -> Response:
@@ -206,7 +273,7 @@ async def upload(request: Request) -> Response:
         return error_response(
             400,
             "INVALIDJOB",
-            f"Found multipe contents for job: {job_id}, "
+            f"Found multipe contents for job: <{job_id[:15]}>, "
             "please 'Close' / 'Abort' / 'Delete' the current Job then "
             "create a new Job and make sure you only do 'PUT' once on a given Job.",
         )

@@ -86,7 +86,7 @@ def make_plan(schema: Schema, job: dict[str, Any], header: list[str]) -> Plan:
     """
     obj = schema.get(job["object"])
     if obj is None:  # the schema file changed since the job was created
-        raise JobFailure(f"InvalidJob : Object type '{job['object']}' is not supported")
+        raise JobFailure(f"InvalidJob : Unable to find object: {job['object']}")
     id_column = None
     columns: list[tuple[int, Field, Converter]] = []
     relations: list[_Relation] = []
@@ -402,7 +402,8 @@ class SliceProcessor:
                     n,
                     error_text(
                         "INVALID_FIELD",
-                        f"Incorrect number of columns: found {len(row)}, expected {plan.width}",
+                        f"Number of fields in header is different from the row. header = {plan.width} "
+                        f"row = {len(row)}",
                     ),
                 )
             elif self.faults.record_locked():
@@ -722,7 +723,7 @@ class JobProcessor:
         if job is None or job["state"] != "InProgress":
             return
         started = time.monotonic()
-        active = 0.0
+        active = job["api_active_processing_time"] / 1000  # resumed after a restart: go on from there
         if job["upload"] != "done":
             self._finish(
                 job_id, "Failed", started, active, "InvalidBatch : No data was uploaded for this job"
@@ -769,12 +770,18 @@ class JobProcessor:
             if processed % BATCH_SIZE == 0:
                 self.limits.bulk_batches.add(1)
 
+            # A paced emulator pretends each slice takes len/speed seconds of work: count that as active.
+            paced = len(chunk) / speed if speed else 0.0
+
             def record(
                 conn: sqlite3.Connection,
                 out: _Slice,
                 n: int = slice_no,
                 first: int = processed,
                 count: int = len(chunk),
+                active_before: float = active,
+                tick: float = tick,
+                paced: float = paced,
             ) -> bool:
                 if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                     return False
@@ -783,10 +790,12 @@ class JobProcessor:
                     "VALUES (?, ?, ?, ?, ?)",
                     (job_id, n, first, count, orjson.dumps(out.results)),
                 )
+                # Salesforce's apiActiveProcessingTime grows batch by batch while the job is InProgress.
+                active_ms = int((active_before + max(time.monotonic() - tick, paced)) * 1000)
                 conn.execute(
-                    "UPDATE jobs SET processed = processed + ?, failed = failed + ?, retries = retries + ? "
-                    "WHERE id = ?",
-                    (count, out.failed, 1 if out.locked else 0, job_id),
+                    "UPDATE jobs SET processed = processed + ?, failed = failed + ?, retries = retries + ?, "
+                    "api_active_processing_time = ? WHERE id = ?",
+                    (count, out.failed, 1 if out.locked else 0, active_ms, job_id),
                 )
                 return True
 
@@ -796,6 +805,6 @@ class JobProcessor:
                 return
             slice_no += 1
             processed += len(chunk)
-            active += time.monotonic() - tick
+            active += max(time.monotonic() - tick, paced)
             yield tick + len(chunk) / speed if speed else time.monotonic()
         self._finish(job_id, "JobComplete", started, active)

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from .store import Store
-from .upload_csv import DELIMITERS, LINE_ENDINGS, UploadFormatError, read_rows
+from .upload_csv import DELIMITERS, LINE_ENDINGS, UploadFormatError, raw_header, read_rows
+from .validation import is_double, java_double_text
 
 SUCCESSFUL = "successfulResults"
 FAILED = "failedResults"
@@ -32,19 +33,32 @@ def iter_result_csv(store: Store, job: dict[str, Any], kind: str) -> Iterator[by
     """Yield the CSV of ``kind`` (:data:`SUCCESSFUL`, :data:`FAILED` or :data:`UNPROCESSED`) in pieces.
 
     Values are all double-quoted, in the job's delimiter and line ending; the header is
-    ``"sf__Id","sf__Created"`` or ``"sf__Id","sf__Error"`` then the uploaded header (none for
-    unprocessed records).
+    ``"sf__Id","sf__Created"`` or ``"sf__Id","sf__Error"`` then the uploaded header as uploaded
+    (alone for unprocessed records). Double fields are echoed as Salesforce prints doubles
+    (``912260031`` as ``9.12260031E8``); a row whose value count differs from the header's is echoed
+    as empty values, one per column, so the file stays rectangular.
     """
     delimiter = DELIMITERS[job["column_delimiter"]]
     eol = LINE_ENDINGS[job["line_ending"]]
+    uploaded = ""
     if job["upload"] == "done":
         try:
             header, rows = read_rows(store, job["id"], job["column_delimiter"])
         except UploadFormatError:
             header, rows = [], iter(())
+        else:
+            uploaded = raw_header(store, job["id"]) or delimiter.join(
+                _header_name(h, delimiter) for h in header
+            )
     else:
         header, rows = [], iter(())
-    uploaded = delimiter.join(_header_name(h, delimiter) for h in header)
+    width = len(header)
+    obj = store.schema.get(job["object"])
+    doubles = [
+        index
+        for index, name in enumerate(header)
+        if obj is not None and (field := obj.field(name)) is not None and is_double(field)
+    ]
     if kind == SUCCESSFUL:
         lead = [_quoted("sf__Id"), _quoted("sf__Created")]
     elif kind == FAILED:
@@ -71,6 +85,12 @@ def iter_result_csv(store: Store, job: dict[str, Any], kind: str) -> Iterator[by
                     second = "true" if flag else "false"
                 else:
                     continue
+                if len(row) != width:
+                    row = [""] * width
+                elif doubles:
+                    row = list(row)
+                    for index in doubles:
+                        row[index] = java_double_text(row[index])
                 line = delimiter.join([_quoted(record_id), _quoted(second), *map(_quoted, row)]) + eol
                 buffer.append(line)
                 size += len(line)

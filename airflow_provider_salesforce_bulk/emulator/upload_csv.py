@@ -59,6 +59,17 @@ def check_line_ending(first_chunk: bytes, line_ending: str) -> None:
         )
 
 
+def raw_header(store: Store, job_id: str) -> str | None:
+    """The upload's header line exactly as uploaded (quotes included), without BOM or line ending."""
+    first = next(store.iter_upload(job_id), b"")
+    end = first.find(b"\n")
+    line = first[: end if end >= 0 else len(first)].removeprefix(b"\xef\xbb\xbf").removesuffix(b"\r")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def read_rows(store: Store, job_id: str, delimiter: str) -> tuple[list[str], Iterator[list[str]]]:
     """Return the upload's header and an iterator over its non-blank data rows.
 

@@ -21,6 +21,8 @@ __all__ = ["ChunkSource", "make_source"]
 
 Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
 
 class ChunkSource:
     """Input that can be cut into chunks any number of times, identically each time."""
@@ -59,42 +61,75 @@ def _detect_format(name: str, declared: str | None) -> str:
     )
 
 
+def _reason(exc: OSError) -> str:
+    """An OS error's reason without its repr noise (``[Errno 21] Is a directory: 'x'``)."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def _path_opener(source: Any) -> tuple[Opener, str]:
     from airflow.sdk import ObjectStoragePath
 
-    path = source if isinstance(source, ObjectStoragePath) else ObjectStoragePath(os.fspath(source))
-    if not path.exists():
+    try:
+        path = source if isinstance(source, ObjectStoragePath) else ObjectStoragePath(os.fspath(source))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"source {source!r} is not a path or URL: {exc}", field="source") from None
+    try:
+        exists = path.exists()
+        is_dir = exists and path.is_dir()
+    except OSError as exc:
+        raise InputError(f"cannot read source {path}: {_reason(exc)}", field="source") from None
+    if not exists:
         raise InputError(f"source {path} does not exist", field="source")
-    if path.is_dir():
+    if is_dir:
         raise InputError(f"source {path} is a directory, not a file", field="source")
 
-    def opener() -> contextlib.AbstractContextManager[IO[bytes]]:
-        return path.open("rb")  # type: ignore[no-untyped-call,no-any-return]
+    @contextlib.contextmanager
+    def opener() -> Iterator[IO[bytes]]:
+        try:
+            stream: IO[bytes] = path.open("rb")  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            # Deleted, made a directory or unreadable since the check above.
+            raise InputError(f"cannot open source {path}: {_reason(exc)}", field="source") from None
+        with stream:
+            yield stream
 
     return opener, str(path)
 
 
-def _iter_ndjson(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
+def _iter_ndjson(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
     for line_number, line in enumerate(stream, start=1):
+        if line_number == 1 and line.startswith(_UTF8_BOM):
+            line = line[len(_UTF8_BOM) :]
         if not line.strip():
             continue
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise InputError(f"source line {line_number} is not valid JSON: {exc}", field="source") from None
+            try:
+                line.decode()
+            except UnicodeDecodeError as bad:
+                raise InputError(
+                    f"source {name} line {line_number} is not UTF-8 (byte {bad.start} of the line): "
+                    "NDJSON must be UTF-8",
+                    field="source",
+                ) from None
+            raise InputError(
+                f"source {name} line {line_number} is not valid JSON: {exc}", field="source"
+            ) from None
         if not isinstance(record, dict):
             raise InputError(
-                f"source line {line_number} is a JSON {type(record).__name__}, expected an object",
+                f"source {name} line {line_number} is a JSON {type(record).__name__}, expected an object "
+                "(one record per line)",
                 field="source",
             )
         yield record
 
 
-def _ndjson_fieldnames(opener: Opener) -> list[str]:
+def _ndjson_fieldnames(opener: Opener, name: str) -> list[str]:
     """Union of the keys of every line, in first-seen order (relationships as ``Rel.Field``)."""
     names: dict[str, None] = {}
     with opener() as stream:
-        for record in _iter_ndjson(stream):
+        for record in _iter_ndjson(stream, name):
             for key, value in record.items():
                 if isinstance(value, Mapping):
                     for sub in value:
@@ -115,13 +150,19 @@ def make_source(
     column_delimiter: str,
     line_ending: str,
     none_as: str,
+    allow_na_marker: bool = False,
 ) -> ChunkSource:
     """Build the chunk source for exactly one of ``records`` and ``source``.
+
+    ``allow_na_marker`` is passed to :func:`iter_record_chunks` (records and NDJSON; a CSV file is
+    sent as it is).
 
     Raises
     ------
     InputError
-        Both or neither given, records not a list of dicts, an unknown format or a missing file.
+        Both or neither given, records not a list of dicts, an unknown format, a missing file, a
+        directory or a path that cannot be read. Reading a pass raises it too, naming the source and
+        the line: malformed CSV, bytes that are not UTF-8, invalid JSON or a line that is no object.
     """
     if (records is None) == (source is None):
         raise InputError("give exactly one of records and source", field="records" if records else "source")
@@ -136,6 +177,7 @@ def make_source(
             column_delimiter=column_delimiter,
             line_ending=line_ending,
             none_as=none_as,
+            allow_na_marker=allow_na_marker,
         )
 
     if records is not None:
@@ -162,7 +204,13 @@ def make_source(
         @contextlib.contextmanager
         def from_csv() -> Iterator[Iterator[CsvChunk]]:
             with opener() as stream:
-                yield iter_csv_stream_chunks(stream, max_size_bytes, max_records, line_ending=line_ending)
+                yield iter_csv_stream_chunks(
+                    stream,
+                    max_size_bytes,
+                    max_records,
+                    line_ending=line_ending,
+                    column_delimiter=column_delimiter,
+                )
 
         return ChunkSource(from_csv, f"CSV file {name}", uri=name)
 
@@ -174,11 +222,11 @@ def make_source(
         if names is None:
             # Inferring from a stream would hold it all in memory; one extra streamed pass instead.
             if not names_cache:
-                names_cache.append(_ndjson_fieldnames(opener))
+                names_cache.append(_ndjson_fieldnames(opener, name))
             names = names_cache[0]
             if not names:
                 raise InputError(f"source {name} holds no fields", field="source")
         with opener() as stream:
-            yield record_chunks(_iter_ndjson(stream), names)
+            yield record_chunks(_iter_ndjson(stream, name), names)
 
     return ChunkSource(from_ndjson, f"NDJSON file {name}", uri=name)

@@ -125,6 +125,49 @@ def test_none_as_null_writes_na_but_missing_fields_stay_empty() -> None:
     assert value_text(None, none_as="empty") == ""
 
 
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"A": "x"}, {"A": "#N/A"}],  # a column of strings
+        [{"A": 1}, {"A": "#N/A"}],  # a mixed column
+        [{"A": "x"}, {"Account": {"Ext__c": "#N/A"}}],  # a relationship value
+    ],
+)
+def test_na_marker_text_is_refused_unless_asked_for(records: list[dict[str, Any]]) -> None:
+    field = next(iter(records[1]))
+    fieldnames = ["A", "Account.Ext__c"]
+    with pytest.raises(InputError, match=r"record 1, field '.*': the value is the text '#N/A'") as info:
+        list(serialize_ingest_data(records, fieldnames))
+    assert info.value.record_index == 1
+    assert info.value.field == ("A" if field == "A" else "Account.Ext__c")
+    data = b"".join(serialize_ingest_data(records, fieldnames, allow_na_marker=True))
+    assert b"\n#N/A," in data or b",#N/A\n" in data
+
+
+def test_na_marker_only_as_a_whole_value_and_none_as_null_still_writes_it() -> None:
+    records: list[dict[str, Any]] = [{"A": "x #N/A", "B": None}, {"A": "#N/A ", "B": "#n/a"}]
+    assert one_chunk(records, fieldnames=["A", "B"], none_as="null") == b"A,B\nx #N/A,#N/A\n#N/A ,#n/a\n"
+
+
+def test_allow_na_marker_must_be_a_bool() -> None:
+    with pytest.raises(InputError) as info:
+        iter_record_chunks([], ["A"], allow_na_marker="yes")  # type: ignore[arg-type]
+    assert info.value.field == "allow_na_marker"
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.sampled_from(["#N/A", "a", "#N/A ", None, 1, 2.5, "x,y"]), min_size=1, max_size=40))
+def test_na_marker_is_found_at_its_first_record(values: list[Any]) -> None:
+    records = [{"A": v} for v in values]
+    first = next((i for i, v in enumerate(values) if v == "#N/A"), None)
+    if first is None:
+        assert len(list(serialize_ingest_data(records, ["A"], max_records=3))) >= 1
+        return
+    with pytest.raises(InputError, match="#N/A") as info:
+        list(serialize_ingest_data(records, ["A"], max_records=3))
+    assert (info.value.record_index, info.value.field) == (first, "A")
+
+
 def test_relationship_columns() -> None:
     records: list[dict[str, Any]] = [{"Account": {"External_Id__c": "A1"}, "Name": "x"}, {"Name": "y"}]
     data = one_chunk(records, fieldnames=["Name", "Account.External_Id__c"])
@@ -434,12 +477,18 @@ def test_round_trip_and_chunk_invariants(
         rows.extend(parsed[1:])
     assert rows == [_expected_row(r, fieldnames) for r in records]
     # The split fast path over the same CSV in one piece cuts exactly the same chunks; it also checks
-    # that every record ends with the job's line ending (it rejects any other outside quotes).
+    # that every record ends with the job's line ending (it rejects any other outside quotes) and that
+    # the quoting is well formed in the job's dialect.
     if chunks:
         whole = b"".join(serialize_ingest_data(records, fieldnames, **options))
         split = list(
             iter_csv_stream_chunks(
-                io.BytesIO(whole), max_size_bytes, max_records, line_ending=line_ending, block_size=7
+                io.BytesIO(whole),
+                max_size_bytes,
+                max_records,
+                line_ending=line_ending,
+                column_delimiter=delimiter,
+                block_size=7,
             )
         )
         assert split == chunks

@@ -78,7 +78,8 @@ def test_only_one_upload_per_job(api: httpx.Client) -> None:
     assert second.json() == [
         {
             "errorCode": "INVALIDJOB",
-            "message": f"Found multipe contents for job: {job['id']}, "
+            # The 15-character id in angle brackets, as real orgs write it.
+            "message": f"Found multipe contents for job: <{job['id'][:15]}>, "
             "please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job "
             "and make sure you only do 'PUT' once on a given Job.",
         }
