@@ -44,7 +44,10 @@ def _integer(value: Any) -> str:
 
 
 def _double(value: Any) -> str:
-    return java_double(float(value))
+    number = float(value)
+    if 1e-3 <= abs(number) < 1e7:
+        return repr(number)  # always holds a "." in this range, as Java prints it
+    return java_double(number)
 
 
 def _datetime(value: Any) -> str:
@@ -52,8 +55,11 @@ def _datetime(value: Any) -> str:
     return str(value)[:23] + "Z"
 
 
-def formatter(column_type: str) -> Formatter:
-    """The function writing a stored value of a column of ``column_type`` (never called with None)."""
+def formatter(column_type: str) -> Formatter | None:
+    """The function writing a stored value of a column of ``column_type`` (never called with None).
+
+    None when the stored text is already what Salesforce writes (text, ids, dates).
+    """
     if column_type == "boolean":
         return _boolean
     if column_type == "int":
@@ -62,7 +68,7 @@ def formatter(column_type: str) -> Formatter:
         return _double
     if column_type == "datetime":
         return _datetime
-    return str
+    return None
 
 
 def _quoted(text: str) -> str:
@@ -85,7 +91,7 @@ def line_writer(columns: Sequence[Column], delimiter: str, eol: str) -> Callable
             if value is None:
                 values.append("")
                 continue
-            text = write(value)
+            text = value if write is None else write(value)
             if '"' in text:
                 text = text.replace('"', '""')
             values.append(text)
