@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .faults import FaultInjector
 from .processing import now_text
 from .query_csv import header_line, line_writer
 from .schema import Schema
@@ -57,6 +58,10 @@ _DDL = (
 )
 
 ACTIVE_STATES = ("UploadComplete", "InProgress")
+#: The ``errorMessage`` of a query job failed by the ``job_failure_rate`` fault.
+QUERY_TIMEOUT = (
+    "InvalidBatch : Failed to process query: QUERY_TIMEOUT: Your query request was running for too long."
+)
 
 
 class QueryJobs:
@@ -66,9 +71,15 @@ class QueryJobs:
     ----------
     store, schema, settings
         The emulator's database, org and live settings (``records_per_second`` paces the scan).
+    faults
+        Decides which jobs fail (``job_failure_rate``): such a job ends Failed after its first
+        chunk, its results discarded, with the error a query timeout gives.
     """
 
-    def __init__(self, store: Store, schema: Schema, settings: EmulatorSettings) -> None:
+    def __init__(
+        self, store: Store, schema: Schema, settings: EmulatorSettings, faults: FaultInjector | None = None
+    ) -> None:
+        self.faults = faults
         self.store = store
         self.schema = schema
         self.settings = settings
@@ -233,6 +244,11 @@ class QueryJobs:
                     total += len(rows)
                     conn.execute("UPDATE query_jobs SET processed = ? WHERE id = ?", (total, job_id))
                 n += 1
+                if n == 1 and self.faults is not None and self.faults.job_fails():
+                    with self.store.transaction() as conn:
+                        conn.execute("DELETE FROM query_chunks WHERE job_id = ?", (job_id,))
+                    self._finish(job_id, "Failed", total, started, QUERY_TIMEOUT)
+                    return
                 pace = self.settings.records_per_second
                 if pace and self._stopping.wait(len(rows) / pace):
                     return

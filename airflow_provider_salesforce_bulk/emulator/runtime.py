@@ -45,7 +45,7 @@ class Emulator:
         self.faults = FaultInjector(settings)
         self.limits = Limits()
         self.processor = JobProcessor(self.store, settings, self.faults, self.limits)
-        self.query_jobs = QueryJobs(self.store, self.schema, settings)
+        self.query_jobs = QueryJobs(self.store, self.schema, settings, self.faults)
         self.started_at = time.time()
         self._sessions = self.store.load_sessions()
         self._sessions_lock = threading.Lock()

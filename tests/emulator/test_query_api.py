@@ -417,3 +417,14 @@ def test_large_extract_pages_cover_every_record_once(api: httpx.Client) -> None:
         rows += got
     assert [r["External_Id__c"] for r in rows] == [f"W-{n:05d}" for n in range(10, 5000)]
     assert rows[0]["Quantity__c"] == "10.0"  # a custom number field is a double
+
+
+def test_failed_job_carries_its_error(api: httpx.Client, emulator: RunningEmulator) -> None:
+    _accounts(api, 3)
+    emulator.update_settings(job_failure_rate=1.0)
+    job = create_query(api, "SELECT Id FROM Account")
+    info = wait_query(api, job["id"])
+    assert info["state"] == "Failed"
+    assert info["errorMessage"].startswith("InvalidBatch : Failed to process query: QUERY_TIMEOUT")
+    assert api.get(f"/jobs/query/{job['id']}/results").status_code == 400
+    assert api.delete(f"/jobs/query/{job['id']}").status_code == 204
