@@ -210,7 +210,7 @@ Condition = Compare | InList | Like | Not | BoolOp
 
 @dataclasses.dataclass(frozen=True)
 class Order:
-    """One ORDER BY item; ``nulls_first`` None means SOQL's default (first ascending, last descending)."""
+    """One ORDER BY item; ``nulls_first`` None means SOQL's default: nulls first, whatever the direction."""
 
     path: Path
     descending: bool

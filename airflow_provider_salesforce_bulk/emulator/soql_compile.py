@@ -1,9 +1,9 @@
 """A parsed SOQL query resolved against the org and turned into one SQLite statement.
 
-SOQL's semantics are kept where they differ from SQL: text compares case-insensitively, ``!=``
-and ``NOT IN`` match nulls (every condition is true or false, never unknown), ascending order puts
-nulls first, and date literals (``TODAY``, ``LAST_N_DAYS:30``...) are day ranges in the user's
-time zone (UTC for the emulator's user).
+SOQL's semantics are kept where they differ from SQL: text compares and sorts case-insensitively,
+``!=`` and ``NOT IN`` match nulls (every condition is true or false, never unknown), ORDER BY puts
+nulls first in either direction unless told otherwise, and date literals (``TODAY``,
+``LAST_N_DAYS:30``...) are day ranges in the user's time zone (UTC for the emulator's user).
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class _Compiler:
         for item in query.order:
             expr, info = self.resolve(item.path)
             collate = " COLLATE NOCASE" if _family(info) == "text" else ""
-            nulls_first = (not item.descending) if item.nulls_first is None else item.nulls_first
+            nulls_first = True if item.nulls_first is None else item.nulls_first
             direction = "DESC" if item.descending else "ASC"
             order.append(f"{expr}{collate} {direction} NULLS {'FIRST' if nulls_first else 'LAST'}")
         order.append("t0.rowid")

@@ -389,7 +389,7 @@ def test_random_queries_match_the_oracle(
             soql += f" ORDER BY {field} {'DESC' if descending else 'ASC'}"
             if nulls_first is not None:
                 soql += f" NULLS {'FIRST' if nulls_first else 'LAST'}"
-            first = (not descending) if nulls_first is None else nulls_first
+            first = True if nulls_first is None else nulls_first  # SOQL: "null values are sorted first"
             nulls = [e for e in expected if e[1][field] is None]
             rest = sorted(
                 (e for e in expected if e[1][field] is not None),
