@@ -1,7 +1,7 @@
 """A parsed SOQL query resolved against the org and turned into one SQLite statement.
 
 SOQL's semantics are kept where they differ from SQL: text compares and sorts case-insensitively,
-``!=`` and ``NOT IN`` match nulls (every condition is true or false, never unknown), ORDER BY puts
+``!=`` matches nulls but ``NOT IN`` does not (every condition is true or false, never unknown), ORDER BY puts
 nulls first in either direction unless told otherwise, and date literals (``TODAY``,
 ``LAST_N_DAYS:30``...) are day ranges in the user's time zone (UTC for the emulator's user).
 """
@@ -298,7 +298,8 @@ class _Compiler:
             if value.kind in ("null", "dateliteral"):
                 parts.append(self.compare(expr, info, node.path, "=", value))
         inside = "(" + " OR ".join(parts) + ")"
-        return f"NOT {inside}" if node.negated else inside
+        # Unlike !=, NOT IN leaves out records whose value is null.
+        return f"({expr} IS NOT NULL AND NOT {inside})" if node.negated else inside
 
     # the statement
 

@@ -340,7 +340,9 @@ def _holds(record: dict[str, Any], node: Any) -> bool:
         }
         if _FIELDS[node[1]] == "boolean":
             found = value is not None and bool(value) in {bool(v) for v in node[2]}
-        return bool(found != node[3])
+        if node[3]:
+            return bool(value is not None and not found)  # NOT IN leaves nulls out
+        return bool(found)
     if kind == "like":
         regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in node[2])
         return value is not None and re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL) is not None
