@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
-from .conftest import run_job
+from .conftest import API, run_job
 
 
 def _accounts(api: httpx.Client, count: int = 5) -> list[dict[str, Any]]:
@@ -428,3 +429,28 @@ def test_failed_job_carries_its_error(api: httpx.Client, emulator: RunningEmulat
     assert info["errorMessage"].startswith("InvalidBatch : Failed to process query: QUERY_TIMEOUT")
     assert api.get(f"/jobs/query/{job['id']}/results").status_code == 400
     assert api.delete(f"/jobs/query/{job['id']}").status_code == 204
+
+
+def test_unfinished_query_reruns_after_a_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "org.sqlite3")
+    with run_emulator(db=db, records_per_second=10.0) as first:
+        token = first.new_access_token()
+        with httpx.Client(base_url=first.base_url + API, headers={"Authorization": f"Bearer {token}"}) as api:
+            first.update_settings(records_per_second=None)
+            _accounts(api, 30)
+            first.update_settings(records_per_second=10.0)
+            job = create_query(api, "SELECT Name FROM Account")
+            deadline = time.monotonic() + 20
+            while api.get(f"/jobs/query/{job['id']}").json()["numberRecordsProcessed"] < 30:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert api.get(f"/jobs/query/{job['id']}").json()["state"] == "InProgress"
+    with (
+        run_emulator(db=db) as second,
+        httpx.Client(base_url=second.base_url + API, headers={"Authorization": f"Bearer {token}"}) as api,
+    ):
+        info = wait_query(api, job["id"])
+        assert info["state"] == "JobComplete"
+        assert info["numberRecordsProcessed"] == 30
+        rows = [r["Name"] for p in all_pages(api, job["id"], 7) for r in csv.DictReader(io.StringIO(p.text))]
+        assert rows == [f"Account {n}" for n in range(30)]
