@@ -58,6 +58,9 @@ _DDL = (
 )
 
 ACTIVE_STATES = ("UploadComplete", "InProgress")
+#: Times a job whose scan broke is run again before it fails.
+MAX_RETRIES = 3
+RETRIES_EXHAUSTED = "InternalServerError : The job was retried too many times and was not completed"
 #: The ``errorMessage`` of a query job failed by the ``job_failure_rate`` fault.
 QUERY_TIMEOUT = (
     "InvalidBatch : Failed to process query: QUERY_TIMEOUT: Your query request was running for too long."
@@ -196,7 +199,17 @@ class QueryJobs:
             try:
                 self._process(job_id)
             except Exception:
+                # A scan can break when another thread rolls back on the shared connection: run
+                # the job again from the start, as Salesforce retries, a few times at most.
                 logger.exception("emulator query worker failed on job %s", job_id)
+                job = self.get_job(job_id)
+                if job is None or job["state"] != "InProgress":
+                    continue
+                if job["retries"] < MAX_RETRIES:
+                    self.transition(job_id, ("InProgress",), {"retries": job["retries"] + 1})
+                    self.submit(job_id)
+                else:
+                    self._finish(job_id, "Failed", 0, time.monotonic(), RETRIES_EXHAUSTED)
 
     def _process(self, job_id: str) -> None:
         started = time.monotonic()

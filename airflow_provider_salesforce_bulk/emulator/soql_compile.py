@@ -277,6 +277,10 @@ class _Compiler:
         if isinstance(node, Not):
             return f"NOT ({self.condition(node.item)})"
         expr, info = self.resolve(node.path)
+        if info.type == "textarea":
+            raise self.fail(
+                "INVALID_FIELD", node.path.pos, f"field '{info.name}' can not be filtered in query call"
+            )
         if isinstance(node, Compare):
             return self.compare(expr, info, node.path, node.op, node.value)
         if isinstance(node, Like):
@@ -317,6 +321,10 @@ class _Compiler:
         order = []
         for item in query.order:
             expr, info = self.resolve(item.path)
+            if info.type == "textarea":
+                raise self.fail(
+                    "INVALID_FIELD", item.path.pos, f"field '{info.name}' can not be sorted in a query call"
+                )
             collate = " COLLATE NOCASE" if _family(info) == "text" else ""
             nulls_first = True if item.nulls_first is None else item.nulls_first
             direction = "DESC" if item.descending else "ASC"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,12 @@ def test_where_clauses_over_the_wire(api: httpx.Client) -> None:
         ),
         ("SELECT Id FROM Account WHERE Name = 'a' AND Id != null OR Name = 'b'", "MALFORMED_QUERY", "'OR'"),
         ("SELECT Id, id FROM Account", "MALFORMED_QUERY", "duplicate field selected: id"),
+        (
+            "SELECT Id FROM Account WHERE Description = 'x'",
+            "INVALID_FIELD",
+            "can not be filtered in query call",
+        ),
+        ("SELECT Id FROM Account ORDER BY Description", "INVALID_FIELD", "can not be sorted in a query call"),
     ],
 )
 def test_bad_queries_refused_at_create(api: httpx.Client, soql: str, code: str, text: str) -> None:
@@ -454,3 +461,24 @@ def test_unfinished_query_reruns_after_a_restart(tmp_path: Path) -> None:
         assert info["numberRecordsProcessed"] == 30
         rows = [r["Name"] for p in all_pages(api, job["id"], 7) for r in csv.DictReader(io.StringIO(p.text))]
         assert rows == [f"Account {n}" for n in range(30)]
+
+
+def test_a_broken_scan_is_retried(
+    api: httpx.Client, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _accounts(api, 4)
+    store = emulator.emulator.store
+    real_execute = store.execute
+    breaks = iter([True, False])
+
+    def flaky(sql: str, params: Any = ()) -> Any:
+        if sql.startswith("SELECT") and next(breaks, False):
+            raise sqlite3.OperationalError("abort due to ROLLBACK")
+        return real_execute(sql, params)
+
+    monkeypatch.setattr(store, "execute", flaky)
+    job = create_query(api, "SELECT Name FROM Account")
+    info = wait_query(api, job["id"])
+    assert info["state"] == "JobComplete"
+    assert info["retries"] == 1
+    assert info["numberRecordsProcessed"] == 4
