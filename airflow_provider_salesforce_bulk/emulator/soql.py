@@ -175,11 +175,12 @@ class Compare:
 
 @dataclasses.dataclass(frozen=True)
 class InList:
-    """``path [NOT] IN (values)``."""
+    """``path [NOT] IN (values)``, or a semi-join ``path [NOT] IN (SELECT field FROM ...)``."""
 
     path: Path
     values: tuple[Literal, ...]
     negated: bool
+    subquery: Query | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +286,7 @@ class _Parser:
         self.soql = soql
         self.tokens = tokenize(soql)
         self.i = 0
+        self.nested = False
 
     # helpers
 
@@ -322,7 +324,8 @@ class _Parser:
 
     # grammar
 
-    def query(self) -> Query:
+    def query(self, nested: bool = False) -> Query:
+        start = self.tok
         self.expect_word("SELECT")
         fields = [self.select_item()]
         while self.tok.kind == ",":
@@ -358,8 +361,15 @@ class _Parser:
                 raise self.unexpected(token)
             limit = int(token.text)
         self.refuse_clause()
-        if self.tok.kind != "EOF":
+        if self.tok.kind != (")" if nested else "EOF"):
             raise self.unexpected()
+        if nested and (len(fields) != 1 or order or limit is not None):
+            raise SoqlError(
+                "MALFORMED_QUERY",
+                located(
+                    self.soql, start.pos, "A semi join subquery selects one Id or reference field, unordered"
+                ),
+            )
         seen: set[str] = set()
         for path in fields:
             key = path.text.lower()
@@ -450,7 +460,19 @@ class _Parser:
         if word == "IN":
             self.take()
             if self.tok.kind == "(" and self.word(self.peek()) == "SELECT":
-                raise unsupported("Semi-join subqueries")
+                if self.nested:
+                    raise SoqlError(
+                        "MALFORMED_QUERY",
+                        located(
+                            self.soql, self.peek().pos, "Nesting of semi join sub-selects is not supported"
+                        ),
+                    )
+                self.take()
+                self.nested = True
+                subquery = self.query(nested=True)
+                self.nested = False
+                self.expect(")")
+                return InList(path, (), negated, subquery)
             self.expect("(")
             values = [self.value()]
             while self.tok.kind == ",":

@@ -130,7 +130,16 @@ _NOT_FOUND_HINT = (
 
 
 class _Compiler:
-    def __init__(self, schema: Schema, soql: str, query: Query, include_deleted: bool, today: datetime.date):
+    def __init__(
+        self,
+        schema: Schema,
+        soql: str,
+        query: Query,
+        include_deleted: bool,
+        today: datetime.date,
+        prefix: str = "t",
+    ):
+        self.prefix = prefix
         self.schema = schema
         self.soql = soql
         self.query = query
@@ -149,7 +158,7 @@ class _Compiler:
                 ),
             )
         self.root = root
-        self.aliases: dict[tuple[str, ...], str] = {(): "t0"}
+        self.aliases: dict[tuple[str, ...], str] = {(): f"{prefix}0"}
         self.joins: list[str] = []
         self.params: list[Any] = []
 
@@ -162,7 +171,7 @@ class _Compiler:
         prefixes = {self.root.name.lower(), (self.query.alias or "").lower()}
         if len(parts) > 1 and parts[0].lower() in prefixes and self.root.relationship(parts[0]) is None:
             parts = parts[1:]  # Account.Name FROM Account, or c.Name FROM Contact c
-        obj, alias = self.root, "t0"
+        obj, alias = self.root, self.aliases[()]
         key: tuple[str, ...] = ()
         for part in parts[:-1]:
             ref = obj.relationship(part)
@@ -176,7 +185,7 @@ class _Compiler:
                 )
             key = (*key, ref.name.lower())
             if key not in self.aliases:
-                parent = f"t{len(self.aliases)}"
+                parent = f"{self.prefix}{len(self.aliases)}"
                 condition = f"{parent}.Id = {alias}.{quote(ref.name)}"
                 if not self.include_deleted:
                     condition += f" AND {parent}.IsDeleted = 0"
@@ -291,6 +300,8 @@ class _Compiler:
             self.params.append(node.pattern)
             return f"COALESCE({expr} LIKE ? ESCAPE '\\', 0)"
         assert isinstance(node, InList)
+        if node.subquery is not None:
+            return self.semi_join(expr, info, node)
         parts = []
         plain = [v for v in node.values if v.kind not in ("null", "dateliteral")]
         if plain:
@@ -307,17 +318,51 @@ class _Compiler:
 
     # the statement
 
-    def compile(self) -> CompiledQuery:
+    def body(self) -> tuple[list[str], list[Column], str]:
+        """The selected expressions, the columns, and ``FROM ... [WHERE ...]``."""
         query = self.query
+        root = self.aliases[()]
         selected = []
         columns = []
         for path in query.fields:
             expr, info = self.resolve(path)
             selected.append(expr)
             columns.append(Column(path.text, info.type))
-        clauses = [] if self.include_deleted else ["t0.IsDeleted = 0"]
+        clauses = [] if self.include_deleted else [f"{root}.IsDeleted = 0"]
         if query.where is not None:
             clauses.append(self.condition(query.where))
+        sql = f"FROM {record_table(self.root)} {root}"
+        if self.joins:
+            sql += " " + " ".join(self.joins)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return selected, columns, sql
+
+    def semi_join(self, expr: str, info: FieldInfo, node: InList) -> str:
+        """``expr [NOT] IN (SELECT ...)``: both sides must be ids or references."""
+        inner = node.subquery
+        assert inner is not None
+        if _family(info) != "id":
+            raise self.fail(
+                "INVALID_FIELD", node.path.pos, f"semi join on field '{info.name}': not an Id or reference"
+            )
+        compiler = _Compiler(
+            self.schema, self.soql, inner, self.include_deleted, self.today, prefix=self.prefix + "s"
+        )
+        selected, columns, sql = compiler.body()
+        if columns[0].type not in ("id", "reference"):
+            raise self.fail(
+                "INVALID_FIELD",
+                inner.fields[0].pos,
+                f"semi join sub-select field '{columns[0].header}': not an Id or reference",
+            )
+        self.params += compiler.params
+        inside = f"COALESCE({expr} IN (SELECT {selected[0]} {sql}), 0)"
+        return f"({expr} IS NOT NULL AND NOT {inside})" if node.negated else inside
+
+    def compile(self) -> CompiledQuery:
+        query = self.query
+        selected, columns, body = self.body()
         order = []
         for item in query.order:
             expr, info = self.resolve(item.path)
@@ -329,13 +374,8 @@ class _Compiler:
             nulls_first = True if item.nulls_first is None else item.nulls_first
             direction = "DESC" if item.descending else "ASC"
             order.append(f"{expr}{collate} {direction} NULLS {'FIRST' if nulls_first else 'LAST'}")
-        order.append("t0.rowid")
-        sql = f"SELECT {', '.join(selected)} FROM {record_table(self.root)} t0"  # noqa: S608 - names from the schema
-        if self.joins:
-            sql += " " + " ".join(self.joins)
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY " + ", ".join(order)
+        order.append(f"{self.aliases[()]}.rowid")
+        sql = f"SELECT {', '.join(selected)} {body} ORDER BY {', '.join(order)}"
         if query.limit is not None:
             sql += " LIMIT ?"
             self.params.append(query.limit)
