@@ -482,3 +482,27 @@ def test_a_broken_scan_is_retried(
     assert info["state"] == "JobComplete"
     assert info["retries"] == 1
     assert info["numberRecordsProcessed"] == 4
+
+
+def test_job_list_pages(api: httpx.Client, emulator: RunningEmulator) -> None:
+    emulator.update_settings(job_page_size=2)
+    made = [create_query(api, "SELECT Id FROM Account")["id"] for _ in range(3)]
+    first = api.get("/jobs/query").json()
+    assert first["done"] is False
+    assert [r["id"] for r in first["records"]] == made[:2]
+    second = api.get(first["nextRecordsUrl"].replace("/services/data/v62.0", "")).json()
+    assert second["done"] is True
+    assert second["nextRecordsUrl"] is None
+    assert [r["id"] for r in second["records"]] == made[2:]
+    assert api.get("/jobs/query", params={"queryLocator": "bogus"}).status_code == 400
+
+
+def test_incremental_extract_on_system_modstamp(api: httpx.Client, emulator: RunningEmulator) -> None:
+    _accounts(api, 2)
+    stamp = emulator.records("Account")[0]["LastModifiedDate"]  # e.g. 2026-11-29T22:47:16.509+0000
+    since = stamp[:19] + "Z"
+    soql = "SELECT Name, SystemModstamp FROM Account WHERE SystemModstamp >= " + since  # noqa: S608 - SOQL
+    later = run_query(api, soql)
+    assert [r["Name"] for r in later] == ["Account 0", "Account 1"]
+    assert later[0]["SystemModstamp"] == stamp[:23] + "Z"
+    assert run_query(api, "SELECT Name FROM Account WHERE SystemModstamp > 2999-01-01T00:00:00Z") == []
