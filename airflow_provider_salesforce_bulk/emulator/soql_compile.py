@@ -110,7 +110,11 @@ def stored_datetime(value: datetime.datetime) -> str:
 def _parse_datetime(text: str) -> datetime.datetime:
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
-    return datetime.datetime.fromisoformat(text)
+    main, offset = text[:-6], text[-6:]
+    if "." in main:  # Python 3.10 reads only 3 or 6 fraction digits
+        main, fraction = main.split(".")
+        main += "." + fraction.ljust(3, "0")
+    return datetime.datetime.fromisoformat(main + offset)
 
 
 def _family(info: FieldInfo) -> str:
@@ -237,11 +241,7 @@ class _Compiler:
             if family == "datetime" and kind == "datetime":
                 return stored_datetime(_parse_datetime(value))
         except ValueError:
-            raise self.fail(
-                "MALFORMED_QUERY",
-                literal.pos,
-                f"line 1:{literal.pos} no viable alternative at character '{value}'",
-            ) from None
+            raise self.fail("MALFORMED_QUERY", literal.pos, f"invalid {family} literal: {value}") from None
         raise self.type_error(path, info, quoted=False)
 
     def day_bounds(self, info: FieldInfo, literal: Literal) -> tuple[str, str]:

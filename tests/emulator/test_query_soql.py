@@ -193,6 +193,9 @@ def test_date_literals_on_date_and_datetime_fields(store: Store) -> None:
     assert names("At__c > 2024-05-15T01:00:00+02:00") == ["a", "b", "c"]  # after 2024-05-14T23:00Z
     assert names("At__c > 2024-05-15T01:59:59.999+02:00") == ["b", "c"]
     assert names("At__c >= 2024-05-16T10:00:00.000Z") == ["c"]
+    assert names("At__c >= 2024-05-16T09:59:59.9Z") == ["c"]
+    with pytest.raises(SoqlError, match="invalid date literal: 2024-02-30"):
+        names("Day__c = 2024-02-30")
     assert names("Day__c = 2024-05-16") == ["c"]
     with pytest.raises(SoqlError, match="must be of type date and"):
         names("Day__c = 2024-05-16T00:00:00Z")
