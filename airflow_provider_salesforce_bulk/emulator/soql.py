@@ -140,10 +140,14 @@ def decode_string(soql: str, token: Token, like: bool = False) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Path:
-    """A field reference as written: ``Name``, ``Account.Name``, ``Account.Parent.Name``."""
+    """A field reference as written: ``Name``, ``Account.Name``, ``Account.Parent.Name``.
+
+    In a condition it may be wrapped in a date function: ``CALENDAR_YEAR(CreatedDate)``.
+    """
 
     parts: tuple[str, ...]
     pos: int
+    function: str | None = None
 
     @property
     def text(self) -> str:
@@ -243,6 +247,24 @@ _UNSUPPORTED_CLAUSES = {
     "USING": "USING SCOPE",
 }
 _OPS = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+#: Date functions usable in conditions (the fiscal year is the calendar year, as in a new org).
+DATE_FUNCTIONS = frozenset(
+    {
+        "CALENDAR_MONTH",
+        "CALENDAR_QUARTER",
+        "CALENDAR_YEAR",
+        "DAY_IN_MONTH",
+        "DAY_IN_WEEK",
+        "DAY_IN_YEAR",
+        "DAY_ONLY",
+        "FISCAL_MONTH",
+        "FISCAL_QUARTER",
+        "FISCAL_YEAR",
+        "HOUR_IN_DAY",
+        "WEEK_IN_MONTH",
+        "WEEK_IN_YEAR",
+    }
+)
 #: Date literals that take ``:n``.
 N_DATE_LITERALS = frozenset(
     {
@@ -443,7 +465,14 @@ class _Parser:
             inner = self.condition()
             self.expect(")")
             return inner
-        path = self.path()
+        if self.word() in DATE_FUNCTIONS and self.peek().kind == "(":
+            name = self.take()
+            self.take()
+            inner_path = self.path()
+            self.expect(")")
+            path = Path(inner_path.parts, name.pos, name.text.upper())
+        else:
+            path = self.path()
         word = self.word()
         if self.tok.kind in _OPS:
             op = _OPS[self.take().text]

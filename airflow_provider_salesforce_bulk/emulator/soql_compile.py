@@ -117,6 +117,34 @@ def _parse_datetime(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(main + offset)
 
 
+def _date_function(name: str, expr: str) -> str:
+    """SQL for a date function over a stored date (``2024-05-15``) or datetime (UTC, same prefix)."""
+    day = f"substr({expr}, 1, 10)"
+    month = f"CAST(substr({expr}, 6, 2) AS INTEGER)"
+    day_of_year = f"CAST(strftime('%j', {day}) AS INTEGER)"
+    day_of_month = f"CAST(substr({expr}, 9, 2) AS INTEGER)"
+    sql = {
+        "CALENDAR_YEAR": f"CAST(substr({expr}, 1, 4) AS INTEGER)",
+        "CALENDAR_MONTH": month,
+        "CALENDAR_QUARTER": f"(({month} + 2) / 3)",
+        "DAY_IN_MONTH": day_of_month,
+        "DAY_IN_WEEK": f"(CAST(strftime('%w', {day}) AS INTEGER) + 1)",
+        "DAY_IN_YEAR": day_of_year,
+        "DAY_ONLY": day,
+        "HOUR_IN_DAY": f"CAST(substr({expr}, 12, 2) AS INTEGER)",
+        "WEEK_IN_MONTH": f"(({day_of_month} - 1) / 7 + 1)",
+        "WEEK_IN_YEAR": f"(({day_of_year} - 1) / 7 + 1)",
+    }
+    fiscal = {
+        "FISCAL_YEAR": "CALENDAR_YEAR",
+        "FISCAL_QUARTER": "CALENDAR_QUARTER",
+        "FISCAL_MONTH": "CALENDAR_MONTH",
+    }
+    found = sql[fiscal.get(name, name)]
+    # A null date gives null, never a number compared as one.
+    return f"(CASE WHEN {expr} IS NULL THEN NULL ELSE {found} END)"
+
+
 def _family(info: FieldInfo) -> str:
     if info.type in TEXT_TYPES:
         return "text"
@@ -170,7 +198,24 @@ class _Compiler:
         return SoqlError(code, located(self.soql, pos, text))
 
     def resolve(self, path: Path) -> tuple[str, FieldInfo]:
-        """The SQL expression and field of a path, adding the parent joins it needs."""
+        """The SQL expression and field of a path (or of its date function), adding the joins it needs."""
+        expr, info = self.resolve_field(path)
+        if path.function is None:
+            return expr, info
+        if info.type not in ("date", "datetime") or (
+            info.type == "date" and path.function in ("DAY_ONLY", "HOUR_IN_DAY")
+        ):
+            raise self.fail(
+                "INVALID_FIELD",
+                path.pos,
+                f"{path.function} cannot be applied to field '{info.name}' of type {info.type}",
+            )
+        result = FieldInfo(
+            f"{path.function}({info.name})", "", "date" if path.function == "DAY_ONLY" else "int"
+        )
+        return _date_function(path.function, expr), result
+
+    def resolve_field(self, path: Path) -> tuple[str, FieldInfo]:
         parts = list(path.parts)
         prefixes = {self.root.name.lower(), (self.query.alias or "").lower()}
         if len(parts) > 1 and parts[0].lower() in prefixes and self.root.relationship(parts[0]) is None:

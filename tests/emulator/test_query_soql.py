@@ -203,6 +203,37 @@ def test_date_literals_on_date_and_datetime_fields(store: Store) -> None:
         names("Name = TODAY")
 
 
+def test_date_functions(store: Store) -> None:
+    _insert(
+        store,
+        [
+            {"Name": "a", "Day__c": "2023-12-31", "At__c": "2024-02-29T23:10:00.000+0000"},
+            {"Name": "b", "Day__c": "2024-05-15", "At__c": "2024-05-15T07:00:00.000+0000"},
+            {"Name": "c"},
+        ],
+    )
+
+    def names(where: str) -> list[str]:
+        return [r[0] for r in _run(store, f"SELECT Name FROM Item__c WHERE {where}")]
+
+    assert names("CALENDAR_YEAR(Day__c) = 2024") == ["b"]
+    assert names("calendar_year(At__c) = 2024") == ["a", "b"]
+    assert names("CALENDAR_MONTH(At__c) IN (2, 3)") == ["a"]
+    assert names("CALENDAR_QUARTER(Day__c) = 4") == ["a"]
+    assert names("FISCAL_QUARTER(Day__c) = 2") == ["b"]
+    assert names("DAY_IN_MONTH(At__c) = 29") == ["a"]
+    assert names("DAY_IN_WEEK(Day__c) = 4") == ["b"]  # 2024-05-15 is a Wednesday; Sunday is 1
+    assert names("DAY_IN_YEAR(Day__c) = 365") == ["a"]
+    assert names("WEEK_IN_YEAR(Day__c) = 20") == ["b"]
+    assert names("HOUR_IN_DAY(At__c) < 12") == ["b"]
+    assert names("DAY_ONLY(At__c) = 2024-02-29") == ["a"]
+    assert names("CALENDAR_YEAR(Day__c) != 2024") == ["a", "c"]
+    with pytest.raises(SoqlError, match="HOUR_IN_DAY cannot be applied to field 'Day__c' of type date"):
+        names("HOUR_IN_DAY(Day__c) = 1")
+    with pytest.raises(SoqlError, match="must be of type int"):
+        names("CALENDAR_YEAR(Day__c) = '2024'")
+
+
 def test_relationship_paths_and_order(store: Store) -> None:
     ids = _insert(store, [{"Name": "root"}, {"Name": "kid"}, {"Name": "grandkid"}])
     with store.transaction() as conn:
