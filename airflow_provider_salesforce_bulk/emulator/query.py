@@ -271,7 +271,7 @@ async def results(request: Request) -> Response:
         return size
     locator = request.query_params.get("locator") or ""
     start = 0
-    if locator and locator != "null":
+    if locator:  # "null" too is refused: a client echoing the last page's header must not loop
         offset = decode_locator(locator)
         if offset is None or offset > job["processed"]:
             return error_response(400, "INVALIDLOCATOR", f"Invalid locator: {locator}")

@@ -122,7 +122,7 @@ def test_results_paging_headers_and_locators(api: httpx.Client) -> None:
     whole = api.get(f"/jobs/query/{job['id']}/results")
     assert whole.headers["Sforce-NumberOfRecords"] == "7"
     assert whole.headers["Sforce-Locator"] == "null"
-    for bad in ("nonsense!", "MTAwMDA", "null-ish"):
+    for bad in ("nonsense!", "MTAwMDA", "null", "MTA="):
         answer = api.get(f"/jobs/query/{job['id']}/results", params={"locator": bad})
         assert answer.status_code == 400, bad
     assert api.get(f"/jobs/query/{job['id']}/results", params={"maxRecords": "0"}).status_code == 400
