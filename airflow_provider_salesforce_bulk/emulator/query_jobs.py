@@ -263,8 +263,8 @@ class QueryJobs:
                     self._finish(job_id, "Failed", total, started, QUERY_TIMEOUT)
                     return
                 pace = self.settings.records_per_second
-                if pace and self._stopping.wait(len(rows) / pace):
-                    return
+                if self._stopping.wait(len(rows) / pace if pace else 0):
+                    return  # stopping: the job reruns at the next start
         finally:
             with self.store.lock:
                 cursor.close()
