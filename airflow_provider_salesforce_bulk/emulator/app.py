@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import admin, ingest, oauth
+from . import admin, ingest, oauth, query
 from .faults import ADMIN_PREFIX, FaultMiddleware
 from .responses import error_response, invalid_session, json_response, not_found
 from .runtime import Emulator
@@ -158,6 +158,7 @@ def create_app(emulator: Emulator) -> Starlette:
         Route(jobs + "/{job_id}", api(ingest.delete_job), methods=["DELETE"]),
         Route(jobs + "/{job_id}/batches", api(ingest.upload), methods=["PUT"]),
         Route(jobs + "/{job_id}/{kind}", api(ingest.job_results), methods=["GET"]),
+        *query.routes(data, api),
         Route(ADMIN_PREFIX + "/settings", admin.get_settings, methods=["GET"]),
         Route(ADMIN_PREFIX + "/settings", admin.post_settings, methods=["POST"]),
         Route(ADMIN_PREFIX + "/records/{object}", admin.get_records, methods=["GET"]),

@@ -12,6 +12,7 @@ from .faults import FaultInjector
 from .ids import ORG_PREFIX, USER_PREFIX, make_id
 from .limits import Limits
 from .processing import JobProcessor
+from .query_jobs import QueryJobs
 from .schema import Schema, load_schema
 from .settings import EmulatorSettings
 from .store import Store
@@ -44,6 +45,7 @@ class Emulator:
         self.faults = FaultInjector(settings)
         self.limits = Limits()
         self.processor = JobProcessor(self.store, settings, self.faults, self.limits)
+        self.query_jobs = QueryJobs(self.store, self.schema, settings, self.faults)
         self.started_at = time.time()
         self._sessions = self.store.load_sessions()
         self._sessions_lock = threading.Lock()
@@ -51,10 +53,12 @@ class Emulator:
     def start(self) -> None:
         """Start the worker (resuming unfinished jobs)."""
         self.processor.start()
+        self.query_jobs.start()
 
     def stop(self) -> None:
         """Stop the worker and close the database."""
         self.processor.stop()
+        self.query_jobs.stop()
         self.store.close()
 
     def update_settings(self, changes: dict[str, object]) -> None:
@@ -66,6 +70,7 @@ class Emulator:
     def reset(self) -> None:
         """Forget every job and record and refill the limits; sessions stay valid."""
         self.store.reset()
+        self.query_jobs.reset()
         self.limits.clear()
 
     # -- sessions --------------------------------------------------------------------------------

@@ -122,6 +122,14 @@ class Store:
         with self.lock:
             return self._conn.execute(sql, params).fetchall()
 
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
+        """Start a read whose rows are fetched later, a batch at a time under :attr:`lock`.
+
+        Query jobs scan this way so an extract never holds all its rows at once.
+        """
+        with self.lock:
+            return self._conn.execute(sql, params)
+
     def _create_record_table(self, obj: SObject) -> None:
         table = record_table(obj)
         columns = [

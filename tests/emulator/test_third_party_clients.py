@@ -189,3 +189,53 @@ def test_simple_salesforce_bulk2(emulator: RunningEmulator, simple_sf: Any) -> N
     }["W-3"]
     assert deleted_item["IsDeleted"] is True
     assert deleted_item["Active__c"] is False
+
+
+def test_simple_salesforce_bulk2_query_query_all_and_download(
+    emulator: RunningEmulator, simple_sf: Any, tmp_path: Any
+) -> None:
+    items = [
+        {
+            "Name": f"Item {n}",
+            "External_Id__c": f"Q-{n:02d}",
+            "Quantity__c": str(n),
+            "Category__c": "Hardware",
+        }
+        for n in range(25)
+    ]
+    simple_sf.bulk2.Warehouse_Item__c.insert(records=items, wait=0)
+    stored = {r["External_Id__c"]: r["Id"] for r in emulator.records("Warehouse_Item__c")}
+    simple_sf.bulk2.Warehouse_Item__c.delete(records=[{"Id": stored["Q-03"]}], wait=0)
+
+    soql = (
+        "SELECT Id, External_Id__c, Quantity__c FROM Warehouse_Item__c WHERE Quantity__c < 20 ORDER BY Name"
+    )
+    pages = list(simple_sf.bulk2.Warehouse_Item__c.query(soql, max_records=7, wait=0.05))
+    assert len(pages) == 3  # 19 records: 7 + 7 + 5, each page with its header
+    rows = [row for page in pages for row in _csv_rows(page)]
+    expected = sorted(f"Q-{n:02d}" for n in range(20) if n != 3)
+    assert sorted(r["External_Id__c"] for r in rows) == expected
+    assert {r["Id"] for r in rows} == {stored[e] for e in expected}
+    assert next(r for r in rows if r["External_Id__c"] == "Q-05")["Quantity__c"] == "5.0"
+
+    everything = list(
+        simple_sf.bulk2.Warehouse_Item__c.query_all(
+            "SELECT External_Id__c, IsDeleted FROM Warehouse_Item__c WHERE IsDeleted = true", wait=0.05
+        )
+    )
+    assert [r for page in everything for r in _csv_rows(page)] == [
+        {"External_Id__c": "Q-03", "IsDeleted": "true"}
+    ]
+
+    files = simple_sf.bulk2.Warehouse_Item__c.download(
+        "SELECT External_Id__c FROM Warehouse_Item__c", path=str(tmp_path), max_records=10, wait=0.05
+    )
+    assert [f["number_of_records"] for f in files] == [10, 10, 4]
+    downloaded = []
+    for entry in files:
+        with open(entry["file"], encoding="utf-8", newline="") as handle:
+            downloaded += [r["External_Id__c"] for r in csv.DictReader(handle)]
+    assert sorted(downloaded) == sorted(e for e in stored if e != "Q-03")
+
+    with pytest.raises(Exception, match="INVALID_FIELD"):
+        list(simple_sf.bulk2.Warehouse_Item__c.query("SELECT Nope__c FROM Warehouse_Item__c", wait=0.05))
