@@ -272,9 +272,9 @@ class _Plan:
         if array.type != pa.float64():
             # The dict path writes float(value): a float32 0.1 is 0.10000000149011612 there too.
             array = array.cast(pa.float64())
-        finite = pc.is_finite(array)
-        if not pc.all(finite).as_py():
-            index = pc.index(finite, False).as_py()
+        bad = pc.invert(pc.is_finite(array))
+        if pc.any(bad).as_py():
+            index = pc.index(bad, True).as_py()
             value = array[index].as_py()
             raise InputError(
                 f"record {base + index}, field {name!r}: {value!r} is not a number Salesforce can store "
@@ -315,8 +315,15 @@ class _Plan:
 
     def _strings(self, array: pa.Array, name: str, base: int) -> pa.Array:
         pa, pc = self.pa, self.pc
-        if pa.types.is_string_view(array.type):
-            array = array.cast(pa.string())
+        if not pa.types.is_string(array.type):
+            # One text type for the row join; a slice holds far less than string's 2 GiB.
+            try:
+                array = array.cast(pa.string())
+            except pa.ArrowInvalid:
+                raise InputError(
+                    f"column {name!r} holds more text in {len(array):_} rows than fits in a chunk",
+                    field=name,
+                ) from None
         try:
             array.validate(full=True)
         except pa.ArrowInvalid as exc:
@@ -402,8 +409,6 @@ class _Plan:
         columns[-1] = pc.binary_join_element_wise(columns[-1], "", self.eol)
         if len(columns) == 1:
             return columns[0]
-        if len({column.type for column in columns}) > 1:
-            columns = [column.cast(pa.large_string()) for column in columns]
         return pc.binary_join_element_wise(*columns, self.delimiter)
 
 
