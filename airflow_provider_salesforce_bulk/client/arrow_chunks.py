@@ -209,6 +209,9 @@ class _Plan:
         self.pa = pa
         self.pc = pa.compute
         self.source_names: list[str] = list(schema.names)
+        repeated = sorted({name for name in self.source_names if self.source_names.count(name) > 1})
+        if repeated:
+            raise InputError(f"the source has the column {repeated[0]!r} twice", field=repeated[0])
         if names is None:
             names = _check_fieldnames(self.source_names)
         else:
@@ -225,12 +228,15 @@ class _Plan:
         self.delimiter = delimiter
         self.none_text = _NONE_TEXT[none_as]
         self.specials = ("\x00", '"', "\r", "\n", delimiter)
-        self.formatters: list[Formatter | None] = []
-        for name in names:
-            if name in self.source_names:
-                self.formatters.append(self._formatter(schema.field(name).type, name))
-            else:
-                self.formatters.append(None)  # not in the source: empty, as a missing dict key
+        self.schema = schema
+        self.formatters = self._formatters(schema)
+
+    def _formatters(self, schema: pa.Schema) -> list[Formatter | None]:
+        return [
+            # A field name that is not a source column is left empty, as a key missing from a dict.
+            self._formatter(schema.field(name).type, name) if name in self.source_names else None
+            for name in self.names
+        ]
 
     # -- choosing a formatter per column type ---------------------------------------------------------
 
@@ -393,6 +399,10 @@ class _Plan:
     def rows(self, batch: pa.RecordBatch, base: int) -> pa.Array:
         """The batch's rows as CSV text, each ending with the line ending."""
         pa, pc = self.pa, self.pc
+        if not batch.schema.equals(self.schema):
+            # Batches built from rows (a SQL result, say) may infer other types batch by batch.
+            self.formatters = self._formatters(batch.schema)
+            self.schema = batch.schema
         columns: list[Any] = []
         for name, formatter in zip(self.names, self.formatters, strict=True):
             if formatter is None:

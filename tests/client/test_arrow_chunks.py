@@ -351,6 +351,16 @@ def test_a_row_too_large_is_refused_as_the_dict_path_does() -> None:
     assert arrow_error.value.record_index == 1
 
 
+def test_batches_of_other_types_are_written_by_their_own_types() -> None:
+    # A column all null in one batch (type null) and text in the next: both written.
+    batches = [
+        pa.record_batch({"A": pa.nulls(2), "B": [1, 2]}),
+        pa.record_batch({"A": ["x", "y,z"], "B": [1.5, 2.0]}),
+    ]
+    (chunk,) = arrow_chunks(batches, none_as="null")
+    assert parse(chunk.data) == [["A", "B"], ["#N/A", "1"], ["#N/A", "2"], ["x", "1.5"], ["y,z", "2.0"]]
+
+
 def test_batches_with_other_columns_are_refused() -> None:
     batches = [_table(3).to_batches()[0], pa.record_batch({"Other": [1]})]
     with pytest.raises(InputError, match=r"from record 3 on has the columns \['Other'\]"):
@@ -370,6 +380,12 @@ def test_bad_arguments_are_refused_at_once(kwargs: dict[str, Any], field: str) -
     with pytest.raises(InputError) as info:
         iter_arrow_chunks(_table(1), **kwargs)
     assert info.value.field == field
+
+
+def test_a_source_column_given_twice_is_refused() -> None:
+    table = pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["A", "A"])
+    with pytest.raises(InputError, match="column 'A' twice"):
+        iter_arrow_chunks(table, fieldnames=["A"])
 
 
 def test_not_arrow_data_is_refused() -> None:
