@@ -329,7 +329,9 @@ def _spooled(pa: Any, produce: Batches) -> Batches:
 
 def _read_spool(pa: Any, paths: list[str]) -> Iterator[Any]:
     for path in paths:
-        with pa.memory_map(path) as source:
+        # Read batch by batch into memory freed after use; a memory map would keep the pages it
+        # touched resident, and the peak RSS would grow with the result.
+        with pa.OSFile(path) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
                 yield reader.get_batch(i)
