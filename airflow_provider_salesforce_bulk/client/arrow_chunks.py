@@ -361,7 +361,7 @@ class _Plan:
 
     def _dates(self, array: pa.Array, name: str, base: int) -> pa.Array:
         pa = self.pa
-        days = array.cast(pa.date32()) if pa.types.is_date64(array.type) else array
+        days = array.cast(pa.date32(), safe=False) if pa.types.is_date64(array.type) else array
         self._check_range(days.view(pa.int32()), _MIN_DAY, _MAX_DAY, name, base, "date")
         return days.cast(pa.string())
 
