@@ -13,6 +13,8 @@ It imports nothing from Airflow and can be used on its own::
             print(result.job_id, result.job_info.state, result.number_records_failed)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from airflow_provider_salesforce_bulk.client.auth import (
     ClientCredentialsAuth,
     JwtBearerAuth,
@@ -70,6 +72,9 @@ from airflow_provider_salesforce_bulk.client.serialize import (
 )
 from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION, ApiUsage, SalesforceSession
 
+if TYPE_CHECKING:
+    from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
+
 __all__ = [
     "DEFAULT_API_VERSION",
     "ApiDisabledError",
@@ -112,6 +117,7 @@ __all__ = [
     "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
     "default_token_cache",
+    "iter_arrow_chunks",
     "iter_csv_stream_chunks",
     "iter_record_chunks",
     "normalize_login_url",
@@ -122,3 +128,12 @@ __all__ = [
     "split_csv_stream",
     "submit_job",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Arrow path is loaded on first use: importing the client must not need pyarrow (an extra).
+    if name == "iter_arrow_chunks":
+        from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
+
+        return iter_arrow_chunks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

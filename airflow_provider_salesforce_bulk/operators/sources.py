@@ -166,6 +166,22 @@ def make_source(
     """
     if (records is None) == (source is None):
         raise InputError("give exactly one of records and source", field="records" if records else "source")
+    # Imported here: columnar_sources builds on this module.
+    from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
+
+    if columnar.is_arrow_data(records) or columnar.columnar_format(source, source_format):
+        # A DataFrame or Arrow table as records, or a Parquet/Arrow file: the Arrow path.
+        return columnar.make_columnar_source(
+            source=source,
+            source_format=source_format,
+            table=records,
+            fieldnames=fieldnames,
+            max_size_bytes=max_size_bytes,
+            max_records=max_records,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+            none_as=none_as,
+        )
     fields = list(fieldnames) if fieldnames is not None else None
 
     def record_chunks(data: Any, names: list[str] | None) -> Iterator[CsvChunk]:
