@@ -33,6 +33,7 @@ from airflow_provider_salesforce_bulk.client.csv_split import (
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.client.serialize import (
+    _NA_MARKER,
     _NONE_TEXT,
     _check_fieldnames,
     _check_header,
@@ -85,6 +86,7 @@ def iter_arrow_chunks(
     column_delimiter: str = "COMMA",
     line_ending: str = "LF",
     none_as: str = "empty",
+    allow_na_marker: bool = False,
 ) -> Iterator[CsvChunk]:
     """Serialize Arrow data into Bulk API 2.0 ingest CSV chunks.
 
@@ -92,7 +94,8 @@ def iter_arrow_chunks(
 
     ==========================  =====================================================================
     string (any of the three)   as is, quoted (inner quotes doubled) when holding ``"``, CR, LF or
-                                the delimiter; a NUL character is an :class:`InputError`
+                                the delimiter; a NUL character, or the text ``#N/A`` unless
+                                ``allow_na_marker``, is an :class:`InputError`
     bool                        ``true`` / ``false``
     integers                    decimal digits
     floats                      the digits of Python's ``repr`` of the value as a float64, never an
@@ -117,7 +120,7 @@ def iter_arrow_chunks(
     fieldnames : Collection[str], optional
         The CSV columns, in order; by default the source's column names. A source column not among
         them is an :class:`InputError`; a field name that is not a source column is written empty.
-    max_size_bytes, max_records, column_delimiter, line_ending, none_as
+    max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
         As for :func:`~.serialize.serialize_ingest_data`.
 
     Yields
@@ -140,12 +143,18 @@ def iter_arrow_chunks(
     eol = check_line_ending(line_ending)
     if none_as not in _NONE_TEXT:
         raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
+    if not isinstance(allow_na_marker, bool):
+        raise InputError(
+            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
+        )
     pa = require_pyarrow()
     names = _check_fieldnames(fieldnames) if fieldnames is not None else None
     schema, batches = _open(pa, source)
     if schema is None:
-        return _generate_peeked(pa, batches, names, max_size_bytes, max_records, delimiter, eol, none_as)
-    plan = _Plan(pa, schema, names, delimiter, eol, none_as)
+        return _generate_peeked(
+            pa, batches, names, max_size_bytes, max_records, delimiter, eol, none_as, allow_na_marker
+        )
+    plan = _Plan(pa, schema, names, delimiter, eol, none_as, allow_na_marker)
     _check_header(plan.writer, max_size_bytes)
     return _generate(plan, batches, max_size_bytes, max_records)
 
@@ -179,6 +188,7 @@ def _generate_peeked(
     delimiter: str,
     eol: str,
     none_as: str,
+    allow_na_marker: bool,
 ) -> Iterator[CsvChunk]:
     first = next(batches, None)
     if first is None:
@@ -187,7 +197,7 @@ def _generate_peeked(
         raise InputError(
             f"the source yielded a {type(first).__name__}, expected pyarrow RecordBatches", field="source"
         )
-    plan = _Plan(pa, first.schema, names, delimiter, eol, none_as)
+    plan = _Plan(pa, first.schema, names, delimiter, eol, none_as, allow_na_marker)
     _check_header(plan.writer, max_size_bytes)
 
     def chained() -> Iterator[Any]:
@@ -204,7 +214,14 @@ class _Plan:
     """How each CSV column is made from a batch: a source column and its formatter, or empty."""
 
     def __init__(
-        self, pa: Any, schema: pa.Schema, names: list[str] | None, delimiter: str, eol: str, none_as: str
+        self,
+        pa: Any,
+        schema: pa.Schema,
+        names: list[str] | None,
+        delimiter: str,
+        eol: str,
+        none_as: str,
+        allow_na_marker: bool = False,
     ) -> None:
         self.pa = pa
         self.pc = pa.compute
@@ -222,7 +239,8 @@ class _Plan:
                         record_index=0,
                         field=name,
                     )
-        self.writer = _Writer(names, delimiter, eol, none_as)
+        self.writer = _Writer(names, delimiter, eol, none_as, allow_na_marker)
+        self.allow_na_marker = allow_na_marker
         self.names = names
         self.eol = eol
         self.delimiter = delimiter
@@ -339,6 +357,11 @@ class _Plan:
         # memchr over the column's bytes finds which special characters occur at all (usually none),
         # so only those are searched for value by value.
         data = _string_bytes(pa, array)
+        if not self.allow_na_marker and _NA_MARKER.encode() in data:
+            exact = pc.fill_null(pc.equal(array, _NA_MARKER), False)
+            position = pc.index(exact, True).as_py()
+            if position >= 0:
+                raise self.writer._na_marker(self.names.index(name), base + position)
         present = [char for char in self.specials if char.encode() in data]
         if not present:
             return array

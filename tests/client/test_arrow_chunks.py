@@ -401,3 +401,17 @@ def test_importing_the_client_does_not_import_pyarrow() -> None:
         "assert 'pyarrow' not in sys.modules; c.iter_arrow_chunks; assert 'pyarrow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)  # noqa: S603
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())])
+def test_null_marker_text_refused_unless_allowed(kind: pa.DataType) -> None:
+    table = pa.table({"Name": pa.array(["a", "#N/A x", "#N/A"], pa.string()).cast(kind)})
+    with pytest.raises(InputError, match="#N/A") as caught:
+        arrow_chunks(table)
+    assert (caught.value.record_index, caught.value.field) == (2, "Name")
+    # The same refusal as the dict path, word for word.
+    with pytest.raises(InputError) as from_dicts:
+        list(iter_record_chunks(table.to_pylist(), ["Name"]))
+    assert str(caught.value) == str(from_dicts.value)
+    (chunk,) = arrow_chunks(table, allow_na_marker=True)
+    assert chunk.data == b"Name\na\n#N/A x\n#N/A\n"
