@@ -62,15 +62,12 @@ class HostCheckMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = origin = None
-        for key, value in scope["headers"]:
-            if key == b"host":
-                host = bytes(value).decode("latin-1")
-            elif key == b"origin":
-                origin = bytes(value).decode("latin-1")
-        allowed = host is not None and host_allowed(host, self.configured_host)
-        if allowed and origin is not None:
-            allowed = origin_allowed(origin, self.configured_host)
+        hosts = [bytes(v).decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+        origins = [bytes(v).decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
+        # Exactly one Host, and at most one Origin: with two, another hop might read the other one.
+        allowed = len(hosts) == 1 and len(origins) <= 1 and host_allowed(hosts[0], self.configured_host)
+        if allowed and origins:
+            allowed = origin_allowed(origins[0], self.configured_host)
         if allowed:
             await self.app(scope, receive, send)
             return

@@ -346,6 +346,13 @@ def test_a_request_without_host_is_refused(emulator: RunningEmulator) -> None:
     assert emulator.credentials.client_secret.encode() not in answer
 
 
+def test_two_host_headers_are_refused(emulator: RunningEmulator) -> None:
+    for hosts in (b"Host: 127.0.0.1\r\nHost: evil.example\r\n", b"Host: evil.example\r\nHost: 127.0.0.1\r\n"):
+        answer = _raw(emulator, b"GET /__emulator__/credentials HTTP/1.0\r\n" + hosts + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 4"), answer[:40]
+        assert emulator.credentials.client_secret.encode() not in answer
+
+
 @pytest.mark.parametrize(
     ("origin", "status"),
     [
