@@ -16,7 +16,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import admin, ingest, oauth, query
+from .bodies import BodyLimitMiddleware, require_csv
 from .faults import ADMIN_PREFIX, FaultMiddleware
+from .hosts import HostCheckMiddleware
 from .responses import error_response, invalid_session, json_response, not_found
 from .runtime import Emulator
 
@@ -156,7 +158,7 @@ def create_app(emulator: Emulator) -> Starlette:
         Route(jobs + "/{job_id}", api(ingest.get_job), methods=["GET"]),
         Route(jobs + "/{job_id}", api(ingest.patch_job), methods=["PATCH"]),
         Route(jobs + "/{job_id}", api(ingest.delete_job), methods=["DELETE"]),
-        Route(jobs + "/{job_id}/batches", api(ingest.upload), methods=["PUT"]),
+        Route(jobs + "/{job_id}/batches", api(require_csv(ingest.upload)), methods=["PUT"]),
         Route(jobs + "/{job_id}/{kind}", api(ingest.job_results), methods=["GET"]),
         *query.routes(data, api),
         Route(ADMIN_PREFIX + "/settings", admin.get_settings, methods=["GET"]),
@@ -176,6 +178,9 @@ def create_app(emulator: Emulator) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            # Outermost first: refuse foreign hosts before reading anything, then bound the body.
+            Middleware(HostCheckMiddleware, configured_host=emulator.settings.host),
+            Middleware(BodyLimitMiddleware, settings=emulator.settings),
             Middleware(LimitInfoMiddleware),
             Middleware(FaultMiddleware, faults=emulator.faults),
             Middleware(GZipMiddleware, minimum_size=500),

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--session-timeout", dest="session_timeout_seconds", type=float, default=d.session_timeout_seconds
     )
     p.add_argument("--upload-limit", dest="upload_limit_bytes", type=int, default=d.upload_limit_bytes)
+    p.add_argument(
+        "--request-limit",
+        dest="request_limit_bytes",
+        type=int,
+        default=d.request_limit_bytes,
+        help="largest body of a non-upload request, after decompression (default 1 MiB)",
+    )
     p.add_argument("--job-page-size", type=int, default=d.job_page_size)
     p.add_argument(
         "--no-hard-delete",
@@ -86,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--lock-failure-rate", type=_rate, default=0.0, help="share of records failing UNABLE_TO_LOCK_ROW"
     )
     p.add_argument("--job-failure-rate", type=_rate, default=0.0, help="share of jobs ending Failed")
+    p.add_argument(
+        "--lost-close-rate",
+        type=_rate,
+        default=0.0,
+        help="share of job closes applied whose answer is then lost (connection closed)",
+    )
+    p.add_argument(
+        "--hold-processing",
+        action="store_true",
+        help="start with processing held: closed jobs wait until the setting hold_processing is false",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the fault randomness")
     p.add_argument(
         "--jwt-public-key",

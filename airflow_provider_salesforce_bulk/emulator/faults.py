@@ -1,4 +1,5 @@
-"""Deliberate misbehaviour: error answers, dropped connections, latency, lock failures, failing jobs.
+"""Deliberate misbehaviour: error answers, dropped connections, lost close answers, latency, lock
+failures, failing jobs.
 
 Each kind of fault draws from its own seeded generator so that, for a given seed, a test sees the
 same sequence of request faults however many records the worker processes in between.
@@ -7,9 +8,12 @@ same sequence of request faults however many records the worker processes in bet
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import random
+import re
 import threading
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +22,10 @@ from .settings import EmulatorSettings
 
 #: Paths under this prefix are the emulator's own controls and never see faults.
 ADMIN_PREFIX = "/__emulator__"
+#: Where :func:`expose_connection` puts the connection's transport, under the scope's extensions.
+TRANSPORT_EXTENSION = "salesforce_emulator.transport"
+
+_JOB_PATH = re.compile(r"/services/data/v[^/]+/jobs/ingest/[^/]+/?")
 
 _ERROR_BODIES = {
     503: [
@@ -48,6 +56,7 @@ class FaultInjector:
             self._drops = random.Random(None if seed is None else seed + 1)
             self._records = random.Random(None if seed is None else seed + 2)
             self._jobs = random.Random(None if seed is None else seed + 3)
+            self._closes = random.Random(None if seed is None else seed + 4)
 
     def request_error(self) -> int | None:
         """Return 503 or 500 if this request must fail before it is handled, else None."""
@@ -68,6 +77,13 @@ class FaultInjector:
             return False
         with self._lock:
             return self._drops.random() < self.settings.drop_rate
+
+    def close_answer_lost(self) -> bool:
+        """True if the answer to this applied job close must be lost."""
+        if not self.settings.lost_close_rate:
+            return False
+        with self._lock:
+            return self._closes.random() < self.settings.lost_close_rate
 
     def record_locked(self) -> bool:
         """True if this record must fail with UNABLE_TO_LOCK_ROW."""
@@ -91,6 +107,37 @@ class _IncompleteResponseFilter(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_IncompleteResponseFilter())
+
+
+def expose_connection(app: ASGIApp) -> ASGIApp:
+    """Wrap the whole application so the faults can close a connection before any answer.
+
+    ASGI has no way to drop a connection without answering (returning early makes the server answer
+    500), so the transport is taken from the server's ``send`` (a bound method of uvicorn's request
+    cycle) while it is still the server's own, before any middleware wraps it.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if scope["type"] == "http" and transport is not None:
+            scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = transport
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def _closed_job(start: Message, body: bytes) -> bool:
+    """True if this captured answer is a successful close (the job's state is now UploadComplete)."""
+    if start["status"] != 200:
+        return False
+    headers = {bytes(k).lower(): bytes(v) for k, v in start.get("headers", [])}
+    try:
+        if headers.get(b"content-encoding") == b"gzip":
+            body = gzip.decompress(body)
+        answer: Any = orjson.loads(body)
+    except (OSError, EOFError, orjson.JSONDecodeError):
+        return False
+    return isinstance(answer, dict) and answer.get("state") == "UploadComplete"
 
 
 class FaultMiddleware:
@@ -125,11 +172,16 @@ class FaultMiddleware:
         if self.faults.drop_connection():
             await self._answer_then_drop(scope, receive, send)
             return
+        if (
+            self.faults.settings.lost_close_rate
+            and scope["method"] == "PATCH"
+            and _JOB_PATH.fullmatch(scope["path"])
+        ):
+            await self._close_maybe_lost(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
-    async def _answer_then_drop(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The request is fully handled (its effects happen) and only the answer is lost, which is
-        # the case a client cannot tell apart from a failure: the one worth testing.
+    async def _capture(self, scope: Scope, receive: Receive) -> tuple[Message | None, bytes]:
         start: Message | None = None
         body = bytearray()
 
@@ -141,8 +193,36 @@ class FaultMiddleware:
                 body.extend(message.get("body", b""))
 
         await self.app(scope, receive, capture)
+        return start, bytes(body)
+
+    async def _close_maybe_lost(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The close is applied (the job is UploadComplete and queued) and then its answer is lost:
+        # the client cannot know whether Salesforce got it, the case a close's retry must survive.
+        start, body = await self._capture(scope, receive)
         if start is None:
             return
+        if not (_closed_job(start, body) and self.faults.close_answer_lost()):
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
+        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+        if transport is None:  # not served by uvicorn: cut the answer short instead
+            await self._send_cut(start, body, send)
+            return
+        transport.close()
+        # Let the server see the connection gone, so it does not try to answer in our place.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    async def _answer_then_drop(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request is fully handled (its effects happen) and only the answer is lost, which is
+        # the case a client cannot tell apart from a failure: the one worth testing.
+        start, body = await self._capture(scope, receive)
+        if start is None:
+            return
+        await self._send_cut(start, body, send)
+
+    async def _send_cut(self, start: Message, body: bytes, send: Send) -> None:
         status = start["status"]
         if status in (204, 304) or status < 200:
             status = 200  # a bodiless status cannot be cut short

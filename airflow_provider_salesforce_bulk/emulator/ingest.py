@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import re
 import zlib
 from email.message import EmailMessage
 from typing import Any
@@ -30,6 +31,7 @@ _RESULT_KINDS = {
     "unprocessedrecords": UNPROCESSED,
 }
 _LOCATOR_PREFIX = "01gR0000000opRT"
+_LOCATOR = re.compile(_LOCATOR_PREFIX + r"-([0-9]{1,9})")
 
 
 def _emulator(request: Request) -> Emulator:
@@ -383,11 +385,11 @@ async def list_jobs(request: Request) -> Response:
     page_size = max(1, emulator.settings.job_page_size)
     locator = request.query_params.get("queryLocator")
     offset = 0
-    if locator:
-        _, _, number = locator.rpartition("-")
-        if not locator.startswith(_LOCATOR_PREFIX) or not number.isdigit():
+    if locator is not None:
+        found = _LOCATOR.fullmatch(locator)
+        if found is None:
             return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
-        offset = int(number)
+        offset = int(found.group(1))
     job_type = request.query_params.get("jobType")
     mode = request.query_params.get("concurrencyMode")
     rows = await run_in_threadpool(emulator.store.list_jobs, offset, page_size + 1)

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 10_000
 
 _IN_LIST = "(SELECT value FROM json_each(?))"
+_HOLD_POLL_SECONDS = 0.05
 
 
 def now_text() -> str:
@@ -680,8 +681,12 @@ class JobProcessor:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and (not self._ready or self._ready[0][0] > time.monotonic()):
+                while not self._stopping and (
+                    self.settings.hold_processing or not self._ready or self._ready[0][0] > time.monotonic()
+                ):
                     timeout = self._ready[0][0] - time.monotonic() if self._ready else None
+                    if self.settings.hold_processing:
+                        timeout = _HOLD_POLL_SECONDS  # a settings change does not notify the worker
                     self._cond.wait(timeout)
                 if self._stopping:
                     return

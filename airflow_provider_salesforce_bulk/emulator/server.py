@@ -13,6 +13,7 @@ import uvicorn
 
 from .app import create_app
 from .credentials import Credentials
+from .faults import expose_connection
 from .runtime import Emulator
 from .schema import SObject
 from .settings import EmulatorSettings
@@ -129,7 +130,9 @@ def run_emulator(
     emulator = Emulator(config, credentials, base_url=_url(config.host, port))
     emulator.start()
     server = _Server(
-        uvicorn.Config(create_app(emulator), log_level=log_level, access_log=False, lifespan="off")
+        uvicorn.Config(
+            expose_connection(create_app(emulator)), log_level=log_level, access_log=False, lifespan="off"
+        )
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="salesforce-emulator", daemon=True
@@ -164,7 +167,12 @@ def serve_forever(
         on_start(emulator)
     try:
         uvicorn.Server(
-            uvicorn.Config(create_app(emulator), log_level=log_level, access_log=False, lifespan="off")
+            uvicorn.Config(
+                expose_connection(create_app(emulator)),
+                log_level=log_level,
+                access_log=False,
+                lifespan="off",
+            )
         ).run(sockets=[sock])
     finally:
         sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ RUNTIME_SETTINGS = frozenset(
     {
         "session_timeout_seconds",
         "upload_limit_bytes",
+        "request_limit_bytes",
         "job_page_size",
         "hard_delete_enabled",
         "records_per_second",
@@ -25,6 +27,8 @@ RUNTIME_SETTINGS = frozenset(
         "session_expiry_every_seconds",
         "lock_failure_rate",
         "job_failure_rate",
+        "lost_close_rate",
+        "hold_processing",
         "seed",
     }
 )
@@ -45,7 +49,11 @@ class EmulatorSettings:
     session_timeout_seconds
         Lifetime of an access token (Salesforce's session timeout; 2 hours by default).
     upload_limit_bytes
-        Largest raw CSV accepted by one upload (100 MB, as Salesforce).
+        Largest CSV accepted by one upload (100 MB, as Salesforce), counted after decompression;
+        the bytes on the wire are held to the same bound.
+    request_limit_bytes
+        Largest body of any other request (job specs, logins, settings), on the wire and after
+        decompression: the emulator never inflates more than this, so a gzip bomb costs nothing.
     job_page_size
         Jobs per page of ``GET /jobs/ingest``.
     hard_delete_enabled
@@ -68,6 +76,12 @@ class EmulatorSettings:
         Share of records failing with UNABLE_TO_LOCK_ROW.
     job_failure_rate
         Share of jobs ending Failed after their first internal batch.
+    lost_close_rate
+        Share of job closes (``PATCH state=UploadComplete``) that are applied and whose answer is
+        then lost: the connection is closed before any byte of the response.
+    hold_processing
+        While True, closed jobs are not processed: they stay UploadComplete (or InProgress between
+        two slices) until it is set back to False.
     seed
         Seed of the fault randomness, for reproducible runs.
     """
@@ -78,6 +92,7 @@ class EmulatorSettings:
     schema_path: str | None = None
     session_timeout_seconds: float = 7200.0
     upload_limit_bytes: int = 100 * 1024 * 1024
+    request_limit_bytes: int = 1024 * 1024
     job_page_size: int = 1000
     hard_delete_enabled: bool = True
     records_per_second: float | None = None
@@ -92,7 +107,14 @@ class EmulatorSettings:
     session_expiry_every_seconds: float | None = None
     lock_failure_rate: float = 0.0
     job_failure_rate: float = 0.0
+    lost_close_rate: float = 0.0
+    hold_processing: bool = False
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name in RUNTIME_SETTINGS:
+            setattr(self, name, _coerce(name, str(fields[name].type), getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dictionary."""
@@ -129,6 +151,12 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
     )
     if not ok:
         raise ValueError(f"setting {name!r} has an invalid value: {value!r}")
+    if isinstance(value, bool):
+        return value
     if name.endswith("_rate") and not 0.0 <= value <= 1.0:
         raise ValueError(f"setting {name!r} is a share between 0 and 1, not {value!r}")
+    if name != "seed" and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"setting {name!r} must be a finite number >= 0, not {value!r}")
+    if name.endswith("_bytes") and value == 0:
+        raise ValueError(f"setting {name!r} must be positive")
     return float(value) if type_name.startswith("float") else value

@@ -153,7 +153,10 @@ def test_abort_an_open_job(api: httpx.Client) -> None:
     aborted = api.patch(f"/jobs/ingest/{job['id']}", json={"state": "Aborted"})
     assert aborted.status_code == 200
     assert aborted.json()["state"] == "Aborted"
-    assert api.put(f"/jobs/ingest/{job['id']}/batches", content=b"Name\nA\n").status_code == 400
+    upload = api.put(
+        f"/jobs/ingest/{job['id']}/batches", content=b"Name\nA\n", headers={"Content-Type": "text/csv"}
+    )
+    assert upload.status_code == 400
     assert api.delete(f"/jobs/ingest/{job['id']}").status_code == 204
 
 

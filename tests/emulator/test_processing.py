@@ -154,7 +154,7 @@ def test_unprocessed_records_of_an_aborted_job(emulator: RunningEmulator, api: h
     emulator.update_settings(records_per_second=50)
     job = create_job(api, object="Account", operation="insert")
     body = "Name\n" + "".join(f"A{n}\n" for n in range(200))
-    api.put(f"/jobs/ingest/{job['id']}/batches", content=body.encode())
+    api.put(f"/jobs/ingest/{job['id']}/batches", content=body.encode(), headers={"Content-Type": "text/csv"})
     api.patch(f"/jobs/ingest/{job['id']}", json={"state": "UploadComplete"})
     deadline = time.monotonic() + 5
     info = api.get(f"/jobs/ingest/{job['id']}").json()
@@ -183,7 +183,11 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         with httpx.Client(base_url=first.base_url + API, headers={"Authorization": f"Bearer {token}"}) as api:
             info, _ = run_job(api, "Name\nKept\n", object="Account", operation="insert")
             open_job = create_job(api, object="Account", operation="insert")
-            api.put(f"/jobs/ingest/{open_job['id']}/batches", content=b"Name\nLater\n")
+            api.put(
+                f"/jobs/ingest/{open_job['id']}/batches",
+                content=b"Name\nLater\n",
+                headers={"Content-Type": "text/csv"},
+            )
     with run_emulator(db=db) as second:
         assert [r["Name"] for r in second.records("Account")] == ["Kept"]
         with httpx.Client(
