@@ -32,9 +32,13 @@ from airflow_provider_salesforce_bulk.client.errors import (
     ApiVersionError,
     AuthenticationError,
     BulkJobFailedError,
+    BulkOperationError,
+    BulkOperationTimeoutError,
     InputError,
     InvalidJobError,
     InvalidJobStateError,
+    JobOutcomeUnknownError,
+    JobReport,
     MalformedRequestError,
     NotFoundError,
     OperationTimeoutError,
@@ -48,7 +52,11 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UnexpectedResponseError,
     UploadOutcomeUnknownError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient, PollPolicy
+from airflow_provider_salesforce_bulk.client.ingest import (
+    DEFAULT_OPERATION_TIMEOUT,
+    BulkIngestClient,
+    PollPolicy,
+)
 from airflow_provider_salesforce_bulk.client.models import (
     JobInfo,
     JobState,
@@ -57,6 +65,7 @@ from airflow_provider_salesforce_bulk.client.models import (
 )
 from airflow_provider_salesforce_bulk.client.operation import (
     JobResult,
+    close_uploaded_job,
     perform_chunks,
     perform_csv_operation,
     perform_operation,
@@ -72,18 +81,23 @@ from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION,
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "DEFAULT_OPERATION_TIMEOUT",
     "ApiDisabledError",
     "ApiUsage",
     "ApiVersionError",
     "AuthenticationError",
     "BulkIngestClient",
     "BulkJobFailedError",
+    "BulkOperationError",
+    "BulkOperationTimeoutError",
     "ClientCredentialsAuth",
     "CsvChunk",
     "InputError",
     "InvalidJobError",
     "InvalidJobStateError",
     "JobInfo",
+    "JobOutcomeUnknownError",
+    "JobReport",
     "JobResult",
     "JobState",
     "JwtBearerAuth",
@@ -111,6 +125,7 @@ __all__ = [
     "TransportError",
     "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
+    "close_uploaded_job",
     "default_token_cache",
     "iter_csv_stream_chunks",
     "iter_record_chunks",
