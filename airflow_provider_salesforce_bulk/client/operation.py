@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -632,7 +631,8 @@ class _Operation:
                 final = await self.client.wait_for_job(
                     job.id,
                     poll=self.poll,
-                    timeout=max(self.deadline - time.monotonic(), 1e-3),
+                    # The operation's own deadline cancels this first; the margin only backs it up.
+                    timeout=max(self.deadline - time.monotonic(), 0) + _STOP_GRACE,
                     on_progress=progress,
                 )
             entry.final = final
@@ -738,8 +738,7 @@ class _Operation:
         for task in list(self.tasks):
             task.cancel()
         pending = [producer, *self.tasks]
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait(pending, timeout=_STOP_GRACE)
+        await asyncio.wait(pending, timeout=_STOP_GRACE)
         left = [e.job.id for e in self.entries if e.closing and e.final is None and e.job is not None]
         if left:
             log.warning(

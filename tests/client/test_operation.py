@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
@@ -691,3 +693,99 @@ async def test_csv_file_for_delete_with_extra_columns_is_refused_before_any_job(
     with pytest.raises(InputError, match="Id"):
         await collect(client.perform_csv_operation("delete", "Account", str(path)))
     assert api.requests == []
+
+
+async def _run_with_one_fault(n: int, per_job: int, slots: int, target: int, fault: str):
+    """Load ``n`` records with the ``target``-th job (1-based, by upload order) hit by ``fault``."""
+    api = FakeBulkApi(polls_until_done=2)
+    uploads: list[str] = []
+    unavailable = httpx.Response(503, json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "later"}])
+
+    def inject(request: httpx.Request) -> httpx.Response | None:
+        job_id = job_id_of(request)
+        if request.method == "PUT" and job_id not in uploads:
+            uploads.append(job_id)
+            if fault == "upload_lost" and len(uploads) == target:
+                raise httpx.ReadError("lost")
+        hit = len(uploads) >= target and job_id == uploads[target - 1]
+        if hit and fault == "polls" and request.method == "GET":
+            return unavailable
+        if hit and fault == "close_lost" and is_close(request):
+            api.handle_without_intercept(request)
+            raise httpx.ReadError("lost")
+        if hit and fault == "close_lost" and request.method == "GET":
+            raise httpx.ConnectError("down")
+        return None
+
+    api.intercept = inject
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        retry_policy=RetryPolicy(max_attempts=2, initial_delay=0, max_delay=0),
+    )
+    yielded: list = []
+    error: BulkOperationError | None = None
+    async with session:
+        gen = BulkIngestClient(session).perform_operation(
+            "insert",
+            "Account",
+            [{"Name": f"N{i}"} for i in range(n)],
+            max_records=per_job,
+            polling_interval=FAST_POLL,
+            max_concurrent_jobs=slots,
+            max_upload_attempts=1,
+        )
+        try:
+            await drain(gen, yielded)
+        except BulkOperationError as exc:
+            error = exc
+    return api, yielded, error
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    per_job=st.integers(1, 12),
+    slots=st.integers(1, 4),
+    target=st.integers(1, 5),
+    fault=st.sampled_from(["polls", "upload_lost", "close_lost"]),
+)
+def test_whatever_job_fails_every_record_is_accounted_for_once_and_no_closed_job_is_aborted(
+    n, per_job, slots, target, fault
+):
+    api, yielded, error = asyncio.run(_run_with_one_fault(n, per_job, slots, target, fault))
+    # Salesforce never saw an abort of a job that was closed.
+    closed = {job_id_of(r) for r in api.requests if is_close(r)}
+    assert not any(is_abort(r) and job_id_of(r) in closed for r in api.requests)
+    # The records each job may process (closed jobs), by input index.
+    loaded = sorted(
+        int(row[0][1:])
+        for job in api.jobs.values()
+        if job.id in closed
+        for row in csv.reader(io.StringIO(job.data.decode()))
+        if row[0] != "Name"
+    )
+    assert len(loaded) == len(set(loaded))  # nothing sent twice
+    if error is None:
+        assert loaded == list(range(n))
+        covered = sorted(
+            i for r in yielded for i in range(r.first_record_index, r.first_record_index + r.record_count)
+        )
+        assert covered == list(range(n))
+        return
+    reports = error.jobs
+    covered = sorted(
+        i for r in reports for i in range(r.first_record_index, r.first_record_index + r.record_count)
+    )
+    assert covered == list(range(error.first_unsent_record_index))
+    assert {r.job_id for r in yielded} == {r.job_id for r in reports if r.yielded}
+    assert all(r.status == "completed" for r in reports if r.yielded)
+    may_hold = sorted(
+        i
+        for r in reports
+        if r.status != "not_loaded"
+        for i in range(r.first_record_index, r.first_record_index + r.record_count)
+    )
+    assert loaded == may_hold  # exactly the records of completed and unfinished jobs
+    assert len([r for r in reports if r.error is not None]) == 1
