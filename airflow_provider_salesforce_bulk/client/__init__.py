@@ -34,9 +34,13 @@ from airflow_provider_salesforce_bulk.client.errors import (
     ApiVersionError,
     AuthenticationError,
     BulkJobFailedError,
+    BulkOperationError,
+    BulkOperationTimeoutError,
     InputError,
     InvalidJobError,
     InvalidJobStateError,
+    JobOutcomeUnknownError,
+    JobReport,
     MalformedRequestError,
     NotFoundError,
     OperationTimeoutError,
@@ -50,7 +54,11 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UnexpectedResponseError,
     UploadOutcomeUnknownError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient, PollPolicy
+from airflow_provider_salesforce_bulk.client.ingest import (
+    DEFAULT_OPERATION_TIMEOUT,
+    BulkIngestClient,
+    PollPolicy,
+)
 from airflow_provider_salesforce_bulk.client.models import (
     JobInfo,
     JobState,
@@ -59,6 +67,7 @@ from airflow_provider_salesforce_bulk.client.models import (
 )
 from airflow_provider_salesforce_bulk.client.operation import (
     JobResult,
+    close_uploaded_job,
     perform_chunks,
     perform_csv_operation,
     perform_operation,
@@ -77,18 +86,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "DEFAULT_OPERATION_TIMEOUT",
     "ApiDisabledError",
     "ApiUsage",
     "ApiVersionError",
     "AuthenticationError",
     "BulkIngestClient",
     "BulkJobFailedError",
+    "BulkOperationError",
+    "BulkOperationTimeoutError",
     "ClientCredentialsAuth",
     "CsvChunk",
     "InputError",
     "InvalidJobError",
     "InvalidJobStateError",
     "JobInfo",
+    "JobOutcomeUnknownError",
+    "JobReport",
     "JobResult",
     "JobState",
     "JwtBearerAuth",
@@ -116,6 +130,7 @@ __all__ = [
     "TransportError",
     "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
+    "close_uploaded_job",
     "default_token_cache",
     "iter_arrow_chunks",
     "iter_csv_stream_chunks",

@@ -7,19 +7,27 @@ transport failures are wrapped, so no bare ``httpx`` exception or ``ExceptionGro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+
+if TYPE_CHECKING:
+    from airflow_provider_salesforce_bulk.client.models import JobInfo
 
 __all__ = [
     "ApiDisabledError",
     "ApiVersionError",
     "AuthenticationError",
     "BulkJobFailedError",
+    "BulkOperationError",
+    "BulkOperationTimeoutError",
     "InputError",
     "InvalidJobError",
     "InvalidJobStateError",
+    "JobOutcomeUnknownError",
+    "JobReport",
     "MalformedRequestError",
     "NotFoundError",
     "OperationTimeoutError",
@@ -178,6 +186,97 @@ class BulkJobFailedError(SalesforceBulkError):
         self.job_id = job_id
         self.state = state
         self.error_message = error_message
+
+
+class JobOutcomeUnknownError(SalesforceBulkError):
+    """A job's close was sent (or may have been) and its state could not be read afterwards.
+
+    The job may be processing its records, so it was not aborted. Read its state
+    (:meth:`~airflow_provider_salesforce_bulk.client.BulkIngestClient.get_job`) before doing
+    anything with its records: never send them again while it may process them.
+
+    Attributes
+    ----------
+    job_id : str
+    job_info : JobInfo | None
+        The job as last seen (``state`` ``"Open"`` if it was never seen closed).
+    """
+
+    def __init__(self, message: str, *, job_id: str, job_info: JobInfo | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.job_info = job_info
+
+
+JobReportStatus = Literal["completed", "unfinished", "not_loaded"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobReport:
+    """What became of one chunk of a failed operation (see :class:`BulkOperationError`).
+
+    Attributes
+    ----------
+    first_record_index, record_count : int
+        The chunk holds input records ``first_record_index`` to ``first_record_index + record_count - 1``.
+    job_id : str | None
+        The job holding the chunk; None if no job was created for it.
+    job_info : JobInfo | None
+        The job as last seen (its counters are real only once ``job_info.is_terminal``).
+    status : {"completed", "unfinished", "not_loaded"}
+        ``completed``: the job ended (JobComplete, Failed or Aborted: see ``job_info``).
+        ``unfinished``: the job was closed (or its close may have reached Salesforce) and was
+        left as it is, never aborted: it may be processing its records; read its state before
+        sending any of them again. ``not_loaded``: no job processes these records (every job made
+        for them was aborted before being closed, or none was made): they can be sent again.
+    yielded : bool
+        Its ``JobResult`` was yielded before the error was raised.
+    replaced_job_ids : tuple[str, ...]
+        Jobs aborted before being closed because an upload's answer was lost.
+    error : BaseException | None
+        This chunk's own failure, if it is the one that failed.
+    """
+
+    first_record_index: int
+    record_count: int
+    job_id: str | None
+    job_info: JobInfo | None
+    status: JobReportStatus
+    yielded: bool = False
+    replaced_job_ids: tuple[str, ...] = ()
+    error: BaseException | None = dataclasses.field(default=None, compare=False)
+
+
+class BulkOperationError(SalesforceBulkError):
+    """A multi-job operation stopped on a failure; ``__cause__`` is the failure itself.
+
+    Every job's ``JobResult`` that completed was yielded before this was raised. No job that
+    may hold data was aborted: :attr:`jobs` says, chunk by chunk, which are done, which are left
+    running on Salesforce and which were never loaded, so the caller can reconcile.
+
+    Attributes
+    ----------
+    jobs : tuple[JobReport, ...]
+        One entry per chunk read from the input, in input order.
+    first_unsent_record_index : int
+        Records from this index on were never sent; each record before it is in exactly one
+        entry of :attr:`jobs` (entries ``not_loaded`` included).
+    """
+
+    def __init__(self, message: str, *, jobs: Sequence[JobReport], first_unsent_record_index: int) -> None:
+        super().__init__(message)
+        self.jobs = tuple(jobs)
+        self.first_unsent_record_index = first_unsent_record_index
+
+    @property
+    def unfinished_job_ids(self) -> tuple[str, ...]:
+        """Jobs left on Salesforce that may still process records."""
+        return tuple(j.job_id for j in self.jobs if j.status == "unfinished" and j.job_id)
+
+
+class BulkOperationTimeoutError(BulkOperationError, OperationTimeoutError):
+    """The operation's overall ``timeout`` passed: jobs never closed were aborted, closed ones left
+    running (see :attr:`BulkOperationError.jobs`)."""
 
 
 # errorCode values that decide the class regardless of the status (upper-cased as on the wire).

@@ -32,19 +32,21 @@ from airflow_provider_salesforce_bulk.client.models import (
     ResultKind,
 )
 from airflow_provider_salesforce_bulk.client.results import iter_csv_records
-from airflow_provider_salesforce_bulk.client.retry import RetrySafety
+from airflow_provider_salesforce_bulk.client.retry import RetrySafety, check_seconds
 from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 if TYPE_CHECKING:
     from airflow_provider_salesforce_bulk.client.operation import JobResult
 
-__all__ = ["RESULT_KINDS", "BulkIngestClient", "PollPolicy", "check_job_options"]
+__all__ = ["DEFAULT_OPERATION_TIMEOUT", "RESULT_KINDS", "BulkIngestClient", "PollPolicy", "check_job_options"]
 
 log = logging.getLogger(__name__)
 
 _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 RESULT_KINDS: tuple[ResultKind, ...] = ("successfulResults", "failedResults", "unprocessedrecords")
+DEFAULT_OPERATION_TIMEOUT = 24 * 3600.0
+"""Default bound of a whole wait or operation: Salesforce itself gives up on a job after 24 hours."""
 
 
 class AsyncWritable(Protocol):
@@ -65,12 +67,30 @@ class PollPolicy:
         Growth of the wait after each poll.
     jitter : float
         Each wait is multiplied by a random factor in ``[1 - jitter, 1 + jitter]``.
+
+    Raises
+    ------
+    InputError
+        A wait that is not a finite number above 0, a ``factor`` below 1 or a ``jitter`` outside
+        ``[0, 1)``.
     """
 
     initial: float = 0.5
     maximum: float = 5.0
     factor: float = 1.5
     jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_seconds("PollPolicy.initial", self.initial)
+        check_seconds("PollPolicy.maximum", self.maximum)
+        if check_seconds("PollPolicy.factor", self.factor) < 1:
+            raise InputError(
+                f"PollPolicy.factor must be at least 1, got {self.factor!r}", field="PollPolicy.factor"
+            )
+        if check_seconds("PollPolicy.jitter", self.jitter, allow_zero=True) >= 1:
+            raise InputError(
+                f"PollPolicy.jitter must be in [0, 1), got {self.jitter!r}", field="PollPolicy.jitter"
+            )
 
     def intervals(self) -> Iterable[float]:
         """Endless waits; each is spread by +/- ``jitter`` (a share of it) so that many pollers
@@ -197,14 +217,20 @@ class BulkIngestClient:
             raise
 
     async def abort_job(self, job_id: str) -> JobInfo:
-        """Abort a job. Aborting a job that already ended returns its state instead of failing."""
+        """Abort a job and return its state read afterwards (with real counters: the abort's own
+        answer has none). Aborting a job that already ended returns its state instead of failing.
+
+        A job whose records may be processing is partly loaded once aborted: abort only on a
+        user's decision, or a job that was never closed (it cannot have processed anything).
+        """
         try:
-            return await self._set_state(job_id, "Aborted")
+            await self._set_state(job_id, "Aborted")
         except InvalidJobStateError:
             job = await self.get_job(job_id)
             if job.is_terminal:
                 return job
             raise
+        return await self.get_job(job_id)
 
     async def _set_state(self, job_id: str, state: str) -> JobInfo:
         response = await self.session.request(
@@ -280,33 +306,42 @@ class BulkIngestClient:
         job_id: str,
         *,
         poll: PollPolicy | None = None,
-        timeout: float | None = None,
+        timeout: float = DEFAULT_OPERATION_TIMEOUT,
         on_progress: Callable[[JobInfo], Awaitable[None] | None] | None = None,
     ) -> JobInfo:
         """Poll a job with backoff until it is JobComplete, Failed or Aborted.
 
+        ``timeout`` (seconds, finite, 24 hours by default) bounds the whole wait, a poll in
+        flight included.
+
         Raises
         ------
+        InputError
+            ``timeout`` is not a finite number above 0.
         OperationTimeoutError
-            ``timeout`` seconds passed first (the job keeps running on Salesforce).
+            ``timeout`` seconds passed first (the job keeps running on Salesforce; it is not aborted).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        check_seconds("timeout", timeout)
+        deadline = time.monotonic() + timeout
+        last: JobInfo | None = None
         for wait in (poll or PollPolicy()).intervals():
-            job = await self.get_job(job_id)
+            try:
+                job = await asyncio.wait_for(self.get_job(job_id), max(deadline - time.monotonic(), 0))
+            except asyncio.TimeoutError:
+                if time.monotonic() < deadline:
+                    raise  # a timeout of the request itself, not of this wait
+                state = last.state if last is not None else "not seen"
+                raise OperationTimeoutError(
+                    f"job {job_id} still {state} after {timeout}s; it keeps running on Salesforce"
+                ) from None
+            last = job
             if on_progress is not None:
                 maybe = on_progress(job)
                 if maybe is not None:
                     await maybe
             if job.is_terminal:
                 return job
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise OperationTimeoutError(
-                        f"job {job_id} still {job.state} after {timeout}s; it keeps running on Salesforce"
-                    )
-                wait = min(wait, remaining)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(max(min(wait, deadline - time.monotonic()), 0))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- results ------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -13,19 +14,35 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk, CsvSource, iter_csv_stream_chunks
 from airflow_provider_salesforce_bulk.client.errors import (
     BulkJobFailedError,
-    InputError,
+    BulkOperationError,
+    BulkOperationTimeoutError,
+    JobOutcomeUnknownError,
+    JobReport,
+    JobReportStatus,
     OperationTimeoutError,
     SalesforceBulkError,
     UploadOutcomeUnknownError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import PollPolicy, check_job_options
+from airflow_provider_salesforce_bulk.client.ingest import (
+    DEFAULT_OPERATION_TIMEOUT,
+    PollPolicy,
+    check_job_options,
+)
 from airflow_provider_salesforce_bulk.client.models import JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client.retry import check_count, check_seconds
 from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks, validate_operation_fields
 
 if TYPE_CHECKING:
     from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
 
-__all__ = ["JobResult", "perform_chunks", "perform_csv_operation", "perform_operation", "submit_job"]
+__all__ = [
+    "JobResult",
+    "close_uploaded_job",
+    "perform_chunks",
+    "perform_csv_operation",
+    "perform_operation",
+    "submit_job",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,22 +126,49 @@ async def submit_job(
     compress: bool = False,
     max_upload_attempts: int = 3,
     on_job_created: JobCreatedCallback | None = None,
+    on_job_closing: JobCreatedCallback | None = None,
+    max_close_attempts: int = 3,
 ) -> tuple[JobInfo, tuple[str, ...]]:
     """Create a job, upload one CSV chunk to it and close it, without ever loading the chunk twice.
 
-    An upload whose answer is lost is never repeated on the same job (Salesforce takes one upload
-    per job): that job is aborted, and the chunk goes to a fresh job, at most
-    ``max_upload_attempts`` jobs in all. A job that is never closed is never processed, so even if
-    the abort fails the chunk cannot be loaded twice.
+    Two rules decide what happens when an answer is lost:
+
+    * Before the close is sent, the job cannot process anything. An upload whose answer is lost is
+      never repeated on the same job (Salesforce takes one upload per job): that job is aborted and
+      the chunk goes to a fresh job, at most ``max_upload_attempts`` jobs in all. Any other failure
+      or a cancellation before the close also aborts the job (harmless: it holds nothing processed).
+    * Once the close (``state=UploadComplete``) has been sent, or may have been (transport error, 5xx
+      after the session's retries, a cancellation while it is in flight), the job is **never
+      aborted**: its state is read first. UploadComplete, InProgress, JobComplete, Failed or Aborted
+      means it was closed, and that job is returned; Open means the close did not take, and it is sent
+      again (``max_close_attempts`` closes in all); when the state cannot be read, or the job is still
+      Open after the last close, :class:`JobOutcomeUnknownError` is raised and the job is left as it is.
 
     ``on_job_created`` is awaited with each new job before its upload, so a caller can record the
-    job id durably first (the Airflow operator stores it for task retries).
+    job id durably first (the Airflow operator stores it for task retries). ``on_job_closing`` is
+    awaited with the job once its data is uploaded, just before the close is sent: from then on the
+    job may process records and must never be aborted nor its chunk sent again without asking
+    Salesforce. If either callback raises, the job (not yet closed) is aborted and the error raised.
 
     Returns
     -------
     tuple[JobInfo, tuple[str, ...]]
-        The closed job, and the ids of jobs aborted on the way.
+        The closed job (its state is UploadComplete or later; Aborted or Failed if someone else
+        ended it meanwhile), and the ids of jobs aborted on the way because an upload's answer was lost.
+
+    Raises
+    ------
+    UploadOutcomeUnknownError
+        Every one of the ``max_upload_attempts`` uploads lost its answer; every job made was
+        aborted before being closed, so none of the chunk was processed.
+    JobOutcomeUnknownError
+        The close may have reached Salesforce and the job's state could not be read (or it stayed
+        Open); the job was not aborted (``.job_id``, ``.job_info``).
+    SalesforceBulkError
+        Any other failure, raised before the close was sent (the job was aborted).
     """
+    check_count("max_upload_attempts", max_upload_attempts)
+    check_count("max_close_attempts", max_close_attempts)
     replaced: list[str] = []
     for attempt in range(1, max_upload_attempts + 1):
         job = await client.create_job(
@@ -138,7 +182,9 @@ async def submit_job(
         try:
             if on_job_created is not None:
                 await on_job_created(job)
-            closed = await client.upload_job_data(job.id, data, compress=compress)
+            await client.upload_job_data(job.id, data, close=False, compress=compress)
+            if on_job_closing is not None:
+                await on_job_closing(job)
         except UploadOutcomeUnknownError as exc:
             replaced.append(job.id)
             await abort_quietly(client, job.id)
@@ -147,10 +193,57 @@ async def submit_job(
             log.warning("Upload to job %s got no answer (%s); sending the chunk to a new job", job.id, exc)
             continue
         except BaseException:
+            # Not closed yet: Salesforce cannot have processed any of it, so aborting is safe.
             await abort_quietly(client, job.id)
             raise
-        return closed, tuple(replaced)
+        return await close_uploaded_job(client, job, max_attempts=max_close_attempts), tuple(replaced)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def close_uploaded_job(client: BulkIngestClient, job: JobInfo, *, max_attempts: int = 3) -> JobInfo:
+    """Close a job whose data is uploaded; on any failure ask Salesforce, never abort.
+
+    The rules are those of :func:`submit_job`, which uses it.
+    """
+    check_count("max_close_attempts", max_attempts)
+    last_seen = job
+    failure: SalesforceBulkError | None = None
+    for _ in range(max_attempts):
+        try:
+            return await client.close_job(job.id)
+        except asyncio.CancelledError:
+            log.warning(
+                "Cancelled while closing job %s: left as it is (not aborted), it may be processing", job.id
+            )
+            raise
+        except SalesforceBulkError as exc:
+            failure = exc
+        # The close may have reached Salesforce: read the job's state before doing anything else.
+        try:
+            last_seen = await client.get_job(job.id)
+        except SalesforceBulkError as exc:
+            raise JobOutcomeUnknownError(
+                f"closing job {job.id} failed ({failure}) and its state could not be read ({exc}); "
+                "it may be processing its records, so it was not aborted: read its state before "
+                "sending any of them again",
+                job_id=job.id,
+                job_info=last_seen,
+            ) from failure
+        if last_seen.state != "Open":
+            log.warning(
+                "Closing job %s failed (%s) but the job is %s: the close went through",
+                job.id,
+                failure,
+                last_seen.state,
+            )
+            return last_seen
+        log.warning("Closing job %s failed (%s) and it is still Open: closing it again", job.id, failure)
+    raise JobOutcomeUnknownError(
+        f"job {job.id} is still Open after {max_attempts} closes (last error: {failure}); it was not "
+        "aborted: close or abort it yourself",
+        job_id=job.id,
+        job_info=last_seen,
+    ) from failure
 
 
 async def abort_quietly(client: BulkIngestClient, job_id: str) -> None:
@@ -159,9 +252,6 @@ async def abort_quietly(client: BulkIngestClient, job_id: str) -> None:
         await asyncio.shield(client.abort_job(job_id))
     except (SalesforceBulkError, asyncio.CancelledError) as exc:
         log.warning("Could not abort job %s: %s", job_id, exc)
-
-
-_DONE = object()
 
 
 async def perform_operation(
@@ -180,12 +270,14 @@ async def perform_operation(
     column_delimiter: str = "COMMA",
     line_ending: str = "LF",
     none_as: str = "empty",
+    allow_na_marker: bool = False,
     compress: bool = False,
-    timeout: float | None = None,
+    timeout: float = DEFAULT_OPERATION_TIMEOUT,
     raise_on_failed_job: bool = False,
     max_upload_attempts: int = 3,
     serialize_in_thread: bool = True,
     on_job_created: JobCreatedCallback | None = None,
+    validate_first: bool = True,
 ) -> AsyncIterator[JobResult]:
     """Load records into Salesforce and yield a :class:`JobResult` per job as each job finishes.
 
@@ -203,13 +295,18 @@ async def perform_operation(
         The job's CSV dialect.
     none_as : {"empty", "null"}
         ``None`` written as an empty value (field left unchanged) or ``#N/A`` (field set to null).
+    allow_na_marker : bool
+        Let a value that is the text ``#N/A`` through (Salesforce then sets the field to null);
+        by default it is refused as bad input, since it is usually data, not a request to null.
     compress : bool
         gzip the uploads.
-    timeout : float, optional
-        Overall deadline in seconds; on expiry unfinished jobs are aborted and
-        :class:`OperationTimeoutError` is raised.
+    timeout : float
+        Deadline in seconds of the whole operation, validation, submission and waiting included;
+        24 hours by default (a finite number above 0 is required). On expiry, jobs never closed are
+        aborted, closed ones are left running, and :class:`BulkOperationTimeoutError` reports them.
     raise_on_failed_job : bool
-        Raise :class:`BulkJobFailedError` for a Failed or Aborted job instead of yielding it.
+        Treat a Failed or Aborted job as a failure of the operation (a :class:`BulkJobFailedError`
+        as the cause of the :class:`BulkOperationError`) instead of yielding it.
     max_upload_attempts : int
         Fresh jobs tried for one chunk whose upload answer is lost.
     serialize_in_thread : bool
@@ -217,6 +314,10 @@ async def perform_operation(
         bound to the creating thread (a ``sqlite3`` cursor, for example).
     on_job_created : callable, optional
         Awaited with each job before its data is uploaded.
+    validate_first : bool
+        When ``data`` is a list or a tuple, serialize all of it once, discarding the chunks, before
+        the first job is created, so that bad input fails with nothing sent (costs a second
+        serialization). Other iterables are read once: only their first chunk is checked up front.
 
     Yields
     ------
@@ -227,27 +328,44 @@ async def perform_operation(
     Raises
     ------
     InputError
-        Bad input. Problems in the first chunk are found before any job is created.
-    OperationTimeoutError, SalesforceBulkError
-        On any error or cancellation, the jobs started and not finished are aborted first.
+        Bad input, before any job is created: arguments, the first chunk, or with ``validate_first``
+        any record of a list or tuple.
+    BulkOperationError
+        Any failure once jobs are under way (a job whose polls run out of retries, lost uploads,
+        an expired session, a bad record in a later chunk of a generator, ...). No new job is
+        started; jobs under way are finished and every completed job's result is yielded first;
+        no job that was closed is ever aborted. The error's ``jobs`` account for every chunk
+        (:class:`JobReport`) and ``__cause__`` is the failure.
+    BulkOperationTimeoutError
+        ``timeout`` passed (also an :class:`OperationTimeoutError`).
+    asyncio.CancelledError
+        On cancellation, jobs never closed are aborted and closed ones are left running (logged).
     """
+    started = time.monotonic()
     check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
+    check_seconds("timeout", timeout)
     if fieldnames is not None:
         validate_operation_fields(operation, list(fieldnames), external_id_field)
-    chunks = iter_record_chunks(
-        data,
-        fieldnames=fieldnames,
-        max_size_bytes=max_size_bytes,
-        max_records=max_records,
-        column_delimiter=column_delimiter,
-        line_ending=line_ending,
-        none_as=none_as,
-    )
+
+    def chunks() -> Iterator[CsvChunk]:
+        return iter_record_chunks(
+            data,
+            fieldnames=fieldnames,
+            max_size_bytes=max_size_bytes,
+            max_records=max_records,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+            none_as=none_as,
+            allow_na_marker=allow_na_marker,
+        )
+
+    if validate_first and isinstance(data, (list, tuple)):
+        await _validate_all(chunks, operation, external_id_field, column_delimiter, serialize_in_thread)
     async for result in perform_chunks(
         client,
         operation,
         sobject,
-        chunks,
+        chunks(),
         external_id_field=external_id_field,
         assignment_rule_id=assignment_rule_id,
         polling_interval=polling_interval,
@@ -255,7 +373,7 @@ async def perform_operation(
         column_delimiter=column_delimiter,
         line_ending=line_ending,
         compress=compress,
-        timeout=timeout,
+        timeout=_remaining(timeout, started),
         raise_on_failed_job=raise_on_failed_job,
         max_upload_attempts=max_upload_attempts,
         serialize_in_thread=serialize_in_thread,
@@ -277,30 +395,73 @@ async def perform_csv_operation(
     *,
     column_delimiter: str = "COMMA",
     line_ending: str = "LF",
+    timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    validate_first: bool = True,
     **options: Any,
 ) -> AsyncIterator[JobResult]:
     """Load an existing CSV file or binary stream, split into jobs without re-encoding its values.
 
     The CSV must already be UTF-8 in the job's dialect (``column_delimiter``, ``line_ending``);
-    its first line is the header, repeated in every job. Other options as :func:`perform_operation`.
+    its first line is the header, repeated in every job. When ``source`` is a file path and
+    ``validate_first`` is true, the whole file is split once (chunks discarded) before the first job,
+    so that an error anywhere in it is raised with nothing sent. Other options, errors and
+    ``timeout`` as :func:`perform_operation`.
     """
+    started = time.monotonic()
     check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
-    chunks = iter_csv_stream_chunks(
-        source, max_size_bytes, max_records, line_ending=line_ending, column_delimiter=column_delimiter
-    )
+    check_seconds("timeout", timeout)
+
+    def chunks() -> Iterator[CsvChunk]:
+        return iter_csv_stream_chunks(
+            source, max_size_bytes, max_records, line_ending=line_ending, column_delimiter=column_delimiter
+        )
+
+    if validate_first and isinstance(source, (str, os.PathLike)):
+        in_thread = bool(options.get("serialize_in_thread", True))
+        await _validate_all(chunks, operation, external_id_field, column_delimiter, in_thread)
     async for result in perform_chunks(
         client,
         operation,
         sobject,
-        chunks,
+        chunks(),
         external_id_field=external_id_field,
         assignment_rule_id=assignment_rule_id,
         polling_interval=polling_interval,
         column_delimiter=column_delimiter,
         line_ending=line_ending,
+        timeout=_remaining(timeout, started),
         **options,
     ):
         yield result
+
+
+async def _validate_all(
+    make_chunks: Callable[[], Iterator[CsvChunk]],
+    operation: str,
+    external_id_field: str | None,
+    column_delimiter: str,
+    in_thread: bool,
+) -> None:
+    """Build every chunk once and drop it, so bad input is found before any job; memory holds one chunk."""
+
+    def run() -> None:
+        for chunk in make_chunks():
+            validate_operation_fields(operation, chunk.fieldnames(column_delimiter), external_id_field)
+            del chunk
+
+    if in_thread:
+        await asyncio.to_thread(run)
+    else:
+        run()
+
+
+def _remaining(timeout: float, started: float) -> float:
+    remaining = timeout - (time.monotonic() - started)
+    if remaining <= 0:
+        raise OperationTimeoutError(
+            f"checking the input took longer than timeout={timeout}s; nothing was sent"
+        )
+    return remaining
 
 
 async def perform_chunks(
@@ -316,7 +477,7 @@ async def perform_chunks(
     column_delimiter: str = "COMMA",
     line_ending: str = "LF",
     compress: bool = False,
-    timeout: float | None = None,
+    timeout: float = DEFAULT_OPERATION_TIMEOUT,
     raise_on_failed_job: bool = False,
     max_upload_attempts: int = 3,
     serialize_in_thread: bool = True,
@@ -324,129 +485,290 @@ async def perform_chunks(
 ) -> AsyncIterator[JobResult]:
     """The engine of :func:`perform_operation`: one job per chunk, as chunks are produced.
 
-    ``chunks`` is pulled only when a job slot is free. Parameters as :func:`perform_operation`.
+    ``chunks`` is pulled only when a job slot is free; only its first chunk is checked before the
+    first job. Parameters, failure rules and errors as :func:`perform_operation`.
     """
     check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
-    if max_concurrent_jobs < 1:
-        raise InputError("max_concurrent_jobs must be at least 1", field="max_concurrent_jobs")
-    if polling_interval <= 0:
-        raise InputError("polling_interval must be positive", field="polling_interval")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    poll = PollPolicy(initial=min(0.5, polling_interval), maximum=polling_interval)
+    check_count("max_concurrent_jobs", max_concurrent_jobs)
+    check_seconds("polling_interval", polling_interval)
+    check_seconds("timeout", timeout)
+    check_count("max_upload_attempts", max_upload_attempts)
+    deadline = time.monotonic() + timeout
     next_chunk = _chunk_reader(chunks, serialize_in_thread)
 
     # The first chunk is built before any job exists, so its input errors cost nothing.
-    first = await next_chunk()
+    try:
+        first = await asyncio.wait_for(next_chunk(), timeout)
+    except asyncio.TimeoutError:
+        if time.monotonic() < deadline:
+            raise
+        raise OperationTimeoutError(f"reading the first chunk took longer than timeout={timeout}s") from None
     if first is None:
         return
     validate_operation_fields(operation, first.fieldnames(column_delimiter), external_id_field)
 
-    slots = asyncio.Semaphore(max_concurrent_jobs)
-    await slots.acquire()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    unfinished: set[str] = set()
-    job_tasks: set[asyncio.Task[None]] = set()
-    submitted = 0
+    run = _Operation(
+        client,
+        next_chunk,
+        deadline=deadline,
+        timeout=timeout,
+        max_concurrent_jobs=max_concurrent_jobs,
+        poll=PollPolicy(initial=min(0.5, polling_interval), maximum=polling_interval),
+        raise_on_failed_job=raise_on_failed_job,
+        submit=functools.partial(
+            submit_job,
+            client,
+            operation,
+            sobject,
+            external_id_field=external_id_field,
+            assignment_rule_id=assignment_rule_id,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+            compress=compress,
+            max_upload_attempts=max_upload_attempts,
+        ),
+        on_job_created=on_job_created,
+    )
+    async for result in run.results(first):
+        yield result
 
-    async def track(job: JobInfo) -> None:
-        unfinished.add(job.id)
-        if on_job_created is not None:
-            await on_job_created(job)
 
-    async def run_job(chunk: CsvChunk) -> None:
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """One chunk's account while the operation runs."""
+
+    first_record_index: int
+    record_count: int
+    job: JobInfo | None = None
+    replaced: tuple[str, ...] = ()
+    closing: bool = False  # the close was sent, or may have been: this job is never aborted
+    final: JobInfo | None = None
+    yielded: bool = False
+    error: BaseException | None = None
+
+    def report(self) -> JobReport:
+        if self.final is not None:
+            status: JobReportStatus = "completed"
+        elif self.closing:
+            status = "unfinished"
+        else:
+            status = "not_loaded"
+        info = self.final or self.job
+        return JobReport(
+            first_record_index=self.first_record_index,
+            record_count=self.record_count,
+            job_id=info.id if info is not None else None,
+            job_info=info,
+            status=status,
+            yielded=self.yielded,
+            replaced_job_ids=self.replaced,
+            error=self.error,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Done:
+    entry: _Entry
+    result: JobResult
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+    from_job: bool
+
+
+_PRODUCED_ALL = object()
+# Cancelled jobs abort the ones they never closed; this bounds how long that may take.
+_STOP_GRACE = 60.0
+
+
+class _Operation:
+    """Runs chunks as jobs, keeping an account of every chunk so that a failure can report them all."""
+
+    def __init__(
+        self,
+        client: BulkIngestClient,
+        next_chunk: Callable[[], Awaitable[CsvChunk | None]],
+        *,
+        deadline: float,
+        timeout: float,
+        max_concurrent_jobs: int,
+        poll: PollPolicy,
+        raise_on_failed_job: bool,
+        submit: Callable[..., Awaitable[tuple[JobInfo, tuple[str, ...]]]],
+        on_job_created: JobCreatedCallback | None,
+    ) -> None:
+        self.client = client
+        self.next_chunk = next_chunk
+        self.deadline = deadline
+        self.timeout = timeout
+        self.poll = poll
+        self.raise_on_failed_job = raise_on_failed_job
+        self.submit = submit
+        self.on_job_created = on_job_created
+        self.slots = asyncio.Semaphore(max_concurrent_jobs)
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.entries: list[_Entry] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.next_index = 0
+        self.failure: BaseException | None = None
+        self.stopping = False
+
+    async def run_job(self, entry: _Entry, chunk: CsvChunk) -> None:
+        async def created(job: JobInfo) -> None:
+            if entry.job is not None:
+                entry.replaced += (entry.job.id,)
+            entry.job = job
+            if self.on_job_created is not None:
+                await self.on_job_created(job)
+
+        async def closing(job: JobInfo) -> None:
+            entry.closing = True
+
+        def progress(job: JobInfo) -> None:
+            entry.job = job
+
         try:
-            job, replaced = await submit_job(
-                client,
-                operation,
-                sobject,
-                chunk.data,
-                external_id_field=external_id_field,
-                assignment_rule_id=assignment_rule_id,
-                column_delimiter=column_delimiter,
-                line_ending=line_ending,
-                compress=compress,
-                max_upload_attempts=max_upload_attempts,
-                on_job_created=track,
-            )
-            unfinished.difference_update(replaced)
-            first_index, count = chunk.first_record_index, chunk.record_count
+            job, replaced = await self.submit(chunk.data, on_job_created=created, on_job_closing=closing)
             del chunk  # the data is on Salesforce now: free the slot's memory while polling
-            final = await client.wait_for_job(job.id, poll=poll)
-            unfinished.discard(job.id)
+            entry.job, entry.replaced = job, replaced
+            final = job
+            if not job.is_terminal:
+                final = await self.client.wait_for_job(
+                    job.id,
+                    poll=self.poll,
+                    # The operation's own deadline cancels this first; the margin only backs it up.
+                    timeout=max(self.deadline - time.monotonic(), 0) + _STOP_GRACE,
+                    on_progress=progress,
+                )
+            entry.final = final
             log.info(
                 "Job %s %s: %d processed, %d failed of %d records",
                 final.id,
                 final.state,
                 final.number_records_processed,
                 final.number_records_failed,
-                count,
+                entry.record_count,
             )
-            if raise_on_failed_job and final.state in ("Failed", "Aborted"):
+            if self.raise_on_failed_job and final.state in ("Failed", "Aborted"):
                 raise BulkJobFailedError(
                     f"job {final.id} ended {final.state}: {final.error_message or 'no error message'}",
                     job_id=final.id,
                     state=final.state or "",
                     error_message=final.error_message,
                 )
-            queue.put_nowait(JobResult(final, first_index, count, replaced, client))
+            result = JobResult(
+                final, entry.first_record_index, entry.record_count, entry.replaced, self.client
+            )
+            self.queue.put_nowait(_Done(entry, result))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            queue.put_nowait(exc)
+            entry.error = exc
+            self.queue.put_nowait(_Failed(exc, from_job=True))
         finally:
-            slots.release()
+            self.slots.release()
 
-    async def produce(chunk: CsvChunk | None) -> None:
-        nonlocal submitted
+    async def produce(self, chunk: CsvChunk | None) -> None:
         try:
             while chunk is not None:
-                task = asyncio.create_task(run_job(chunk))
-                job_tasks.add(task)
-                task.add_done_callback(job_tasks.discard)
-                submitted += 1
+                if self.stopping:
+                    break  # a job failed: start nothing new; the chunk is never sent
+                entry = _Entry(chunk.first_record_index, chunk.record_count)
+                self.entries.append(entry)
+                self.next_index = chunk.first_record_index + chunk.record_count
+                task = asyncio.create_task(self.run_job(entry, chunk))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
                 chunk = None
-                await slots.acquire()
-                chunk = await next_chunk()
+                await self.slots.acquire()
+                if self.stopping:
+                    self.slots.release()
+                    break
+                chunk = await self.next_chunk()
                 if chunk is None:
-                    slots.release()
-            queue.put_nowait(_DONE)
+                    self.slots.release()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            queue.put_nowait(exc)
+            self.queue.put_nowait(_Failed(exc, from_job=False))
+        self.queue.put_nowait(_PRODUCED_ALL)
 
-    producer = asyncio.create_task(produce(first))
-    del first  # the producer owns it now; the slot's memory goes when its job has it
-    received = 0
-    produced_all = False
-    try:
-        while not (produced_all and received == submitted):
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise OperationTimeoutError(f"perform_operation did not finish within {timeout}s")
-            try:
-                item = await asyncio.wait_for(queue.get(), remaining)
-            except asyncio.TimeoutError:
-                raise OperationTimeoutError(f"perform_operation did not finish within {timeout}s") from None
-            if item is _DONE:
-                produced_all = True
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                received += 1
-                assert isinstance(item, JobResult)
-                yield item
-    finally:
+    async def results(self, first: CsvChunk) -> AsyncIterator[JobResult]:
+        self.next_index = first.first_record_index
+        await self.slots.acquire()
+        producer = asyncio.create_task(self.produce(first))
+        del first  # the producer owns it now; the slot's memory goes when its job has it
+        timed_out = False
+        received = 0
+        produced_all = False
+        try:
+            while not (produced_all and received == len(self.entries)):
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), max(self.deadline - time.monotonic(), 0))
+                except asyncio.TimeoutError:
+                    timed_out = True
+                    break
+                if item is _PRODUCED_ALL:
+                    produced_all = True
+                elif isinstance(item, _Failed):
+                    if item.from_job:
+                        received += 1
+                    if self.failure is None:
+                        self.failure = item.error
+                        log.warning("Stopping: no new job will start after this failure: %s", item.error)
+                    self.stopping = True
+                else:
+                    received += 1
+                    assert isinstance(item, _Done)
+                    item.entry.yielded = True
+                    yield item.result
+        finally:
+            await self._stop(producer)
+        if timed_out:
+            raise BulkOperationTimeoutError(
+                self._describe(f"the operation did not finish within timeout={self.timeout}s"),
+                jobs=[e.report() for e in self.entries],
+                first_unsent_record_index=self.next_index,
+            ) from self.failure
+        if self.failure is not None:
+            raise BulkOperationError(
+                self._describe(f"the operation stopped on {type(self.failure).__name__}: {self.failure}"),
+                jobs=[e.report() for e in self.entries],
+                first_unsent_record_index=self.next_index,
+            ) from self.failure
+
+    async def _stop(self, producer: asyncio.Task[None]) -> None:
+        """Cancel what still runs: jobs never closed abort themselves, closed ones are left running."""
         producer.cancel()
-        for task in list(job_tasks):
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(producer, *job_tasks, return_exceptions=True)
+        pending = [producer, *self.tasks]
+        await asyncio.wait(pending, timeout=_STOP_GRACE)
+        left = [e.job.id for e in self.entries if e.closing and e.final is None and e.job is not None]
+        if left:
+            log.warning(
+                "Left running on Salesforce, not aborted (they may be processing records): %s",
+                ", ".join(left),
+            )
+
+    def _describe(self, what: str) -> str:
+        reports = [e.report() for e in self.entries]
+        done = sum(1 for r in reports if r.status == "completed")
+        unfinished = [r.job_id or "?" for r in reports if r.status == "unfinished"]
+        not_loaded = [
+            f"{r.first_record_index}..{r.first_record_index + r.record_count - 1}"
+            for r in reports
+            if r.status == "not_loaded"
+        ]
+        parts = [f"{what}; {done} job(s) completed"]
         if unfinished:
-            log.warning("Aborting %d unfinished job(s): %s", len(unfinished), ", ".join(sorted(unfinished)))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(abort_quietly(client, job_id) for job_id in sorted(unfinished))), 60
-                )
+            parts.append(f"left unfinished on Salesforce, not aborted: {', '.join(unfinished)}")
+        if not_loaded:
+            parts.append(f"records never loaded: {', '.join(not_loaded)}")
+        parts.append(f"records from index {self.next_index} on were never sent")
+        return "; ".join(parts)
 
 
 def _chunk_reader(chunks: Iterator[CsvChunk], in_thread: bool) -> Callable[[], Awaitable[CsvChunk | None]]:

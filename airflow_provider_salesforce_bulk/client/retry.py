@@ -6,9 +6,31 @@ import dataclasses
 import datetime
 import email.utils
 import enum
+import math
 import random
 
-__all__ = ["RetryPolicy", "RetrySafety", "parse_retry_after"]
+from airflow_provider_salesforce_bulk.client.errors import InputError
+
+__all__ = ["RetryPolicy", "RetrySafety", "check_count", "check_seconds", "parse_retry_after"]
+
+
+def check_seconds(field: str, value: object, *, allow_zero: bool = False) -> float:
+    """A duration in seconds, refused (``InputError`` naming ``field``) unless a finite number > 0
+    (or >= 0 with ``allow_zero``): a NaN deadline never passes and an infinite one never ends."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{field} must be a number of seconds, got {value!r}", field=field)
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = "0 or more" if allow_zero else "more than 0"
+        raise InputError(f"{field} must be a finite number of seconds, {bound}, got {value!r}", field=field)
+    return seconds
+
+
+def check_count(field: str, value: object, *, minimum: int = 1) -> int:
+    """A whole number of at least ``minimum``, refused with an ``InputError`` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{field} must be a whole number of at least {minimum}, got {value!r}", field=field)
+    return value
 
 
 class RetrySafety(enum.Enum):
@@ -53,10 +75,10 @@ class RetryPolicy:
     max_total: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.max_total < 0:
-            raise ValueError("RetryPolicy delays must not be negative")
+        # InputError is a ValueError: callers catching ValueError keep working.
+        check_count("RetryPolicy.max_attempts", self.max_attempts)
+        for name in ("initial_delay", "max_delay", "max_total"):
+            check_seconds(f"RetryPolicy.{name}", getattr(self, name), allow_zero=True)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

@@ -56,6 +56,10 @@ class FakeBulkApi:
             answer = self.intercept(request)
             if answer is not None:
                 return answer
+        return self.handle_without_intercept(request)
+
+    def handle_without_intercept(self, request: httpx.Request) -> httpx.Response:
+        """Act on the request as the API would (an intercept uses it to act, then lose the answer)."""
         path = request.url.path
         if path == "/services/oauth2/token":
             self.token_requests += 1
@@ -200,3 +204,49 @@ class FakeBulkApi:
 
 def _error(status: int, code: str, message: str) -> httpx.Response:
     return httpx.Response(status, json=[{"errorCode": code, "message": message}])
+
+
+def job_id_of(request: httpx.Request) -> str | None:
+    """The job id in a ``jobs/ingest/{id}[/...]`` request, or None."""
+    parts = request.url.path.split("/jobs/ingest/", 1)
+    return parts[1].split("/")[0] if len(parts) == 2 and parts[1] else None
+
+
+def is_close(request: httpx.Request) -> bool:
+    return request.method == "PATCH" and b"UploadComplete" in request.content
+
+
+def is_abort(request: httpx.Request) -> bool:
+    return request.method == "PATCH" and b"Aborted" in request.content
+
+
+LOSE_ANSWER = "lose answer"
+
+
+class FaultyTransport(httpx.AsyncBaseTransport):
+    """Sends every request to a real server (the emulator over a socket) unless ``rule`` says otherwise.
+
+    ``rule(request)`` returns None (forward), a Response (answer it instead, nothing forwarded) or
+    :data:`LOSE_ANSWER` (forward it, so the server acts on it, then drop the answer as a network
+    would). Every request is kept in :attr:`requests`.
+    """
+
+    def __init__(self, rule: Callable[[httpx.Request], httpx.Response | str | None]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.rule = rule
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        action = self.rule(request)
+        if isinstance(action, httpx.Response):
+            return action
+        response = await self.inner.handle_async_request(request)
+        if action == LOSE_ANSWER:
+            await response.aread()
+            await response.aclose()
+            raise httpx.ReadError("connection reset before the answer arrived", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -9,24 +9,30 @@ import io
 import warnings
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from airflow_provider_salesforce_bulk.client import (
     AuthenticationError,
     BulkIngestClient,
+    BulkOperationError,
+    BulkOperationTimeoutError,
     ClientCredentialsAuth,
+    JobResult,
     JwtBearerAuth,
     PasswordAuth,
     PollPolicy,
     RefreshTokenAuth,
     RetryPolicy,
     SalesforceSession,
+    ServerUnavailableError,
     SoapLoginAuth,
     StaticTokenAuth,
     TokenCache,
     TokenProvider,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from tests.client.fake_bulk import LOSE_ANSWER, FaultyTransport, is_abort, is_close, job_id_of
 
 FAST_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05, max_total=30)
 
@@ -102,6 +108,15 @@ async def test_wrong_secret_is_an_authentication_error_with_salesforces_words(em
             await BulkIngestClient(s).create_job("insert", "Account")
     assert info.value.error in ("invalid_client", "invalid_grant", "invalid_client_id")
     assert "not-the-secret" not in str(info.value)
+
+
+async def collect(gen):
+    return [r async for r in gen]
+
+
+async def drain(gen, into: list) -> None:
+    async for item in gen:
+        into.append(item)
 
 
 def contacts(n: int, bad: set[int]) -> Iterator[dict[str, object]]:
@@ -354,3 +369,154 @@ async def test_an_upload_is_freed_by_reference_counting_not_left_to_the_cyclic_c
         finally:
             gc.enable()
     assert alive == []
+
+
+def accounts(n: int) -> Iterator[dict[str, object]]:
+    return ({"Name": f"Acct {i}", "External_Id__c": f"X-{i:06d}"} for i in range(n))
+
+
+def stored_external_ids(emulator: RunningEmulator) -> list[str]:
+    return sorted(rec["External_Id__c"] for rec in emulator.records("Account"))
+
+
+async def test_a_lost_close_answer_whose_retries_get_503_loads_every_record_once(emulator):
+    """Issue 7, item 1: the close reached Salesforce, its answer was lost and its retries got 503s.
+
+    The job must not be aborted (Salesforce is processing it) and nothing may be sent twice.
+    """
+    n = 20_000
+    target: list[str] = []
+    closes: list[str] = []
+
+    def lose_second_close(request: httpx.Request) -> httpx.Response | str | None:
+        if not is_close(request):
+            return None
+        job_id = job_id_of(request) or ""
+        closes.append(job_id)
+        if len(set(closes)) == 2 and not target:
+            target.append(job_id)
+            return LOSE_ANSWER
+        if target and job_id == target[0]:
+            return httpx.Response(503, json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "later"}])
+        return None
+
+    transport = FaultyTransport(lose_second_close)
+    async with session_for(emulator, transport=transport) as session:
+        results = [
+            r
+            async for r in BulkIngestClient(session).perform_operation(
+                "insert",
+                "Account",
+                accounts(n),
+                fieldnames=["Name", "External_Id__c"],
+                max_records=5_000,
+                polling_interval=0.05,
+            )
+        ]
+    assert target
+    assert closes.count(target[0]) == FAST_RETRY.max_attempts
+    assert not any(is_abort(r) for r in transport.requests)
+    assert len(results) == 4
+    assert all(r.job_info.state == "JobComplete" for r in results)
+    assert sum(r.number_records_succeeded for r in results) == n
+    assert sum(1 for r in transport.requests if r.method == "PUT") == 4
+    assert stored_external_ids(emulator) == [f"X-{i:06d}" for i in range(n)]
+
+
+async def test_one_jobs_polls_failing_leaves_it_running_and_accounts_for_all_ten_jobs(emulator):
+    """Issue 7, item 2: 50,000 records in 10 jobs, one job's polls out of retries."""
+    n = 50_000
+    puts: list[str] = []
+
+    def fail_polls_of_the_last_job(request: httpx.Request) -> httpx.Response | None:
+        job_id = job_id_of(request)
+        if request.method == "PUT" and job_id:
+            puts.append(job_id)
+        if request.method == "GET" and len(puts) == 10 and job_id == puts[9]:
+            return httpx.Response(503, json=[{"errorCode": "SERVER_UNAVAILABLE", "message": "later"}])
+        return None
+
+    transport = FaultyTransport(fail_polls_of_the_last_job)
+    yielded: list[JobResult] = []
+    async with session_for(emulator, transport=transport) as session:
+        gen = BulkIngestClient(session).perform_operation(
+            "insert",
+            "Account",
+            accounts(n),
+            fieldnames=["Name", "External_Id__c"],
+            max_records=5_000,
+            polling_interval=0.05,
+        )
+        with pytest.raises(BulkOperationError) as info:
+            await drain(gen, yielded)
+    failing = puts[9]
+    error = info.value
+    assert isinstance(error.__cause__, ServerUnavailableError)
+    assert not any(is_abort(r) for r in transport.requests)
+    assert len(yielded) == 9
+    assert failing not in {r.job_id for r in yielded}
+    assert len(error.jobs) == 10
+    assert error.first_unsent_record_index == n
+    assert error.unfinished_job_ids == (failing,)
+    assert sorted(r.job_id for r in error.jobs if r.status == "completed" and r.yielded) == sorted(
+        r.job_id for r in yielded
+    )
+    covered = sorted(
+        i for r in error.jobs for i in range(r.first_record_index, r.first_record_index + r.record_count)
+    )
+    assert covered == list(range(n))
+
+    # The job left running finishes on its own; the org holds every record exactly once.
+    async with session_for(emulator) as session:
+        final = await BulkIngestClient(session).wait_for_job(
+            failing, poll=PollPolicy(initial=0.05), timeout=120
+        )
+    assert final.state == "JobComplete"
+    assert sum(r.number_records_succeeded for r in yielded) + final.number_records_processed == n
+    assert stored_external_ids(emulator) == [f"X-{i:06d}" for i in range(n)]
+
+
+async def test_timeout_leaves_closed_jobs_running_and_they_load_exactly_once(emulator):
+    n = 3_000
+    emulator.update_settings(records_per_second=500)
+    try:
+        async with session_for(emulator) as session:
+            client = BulkIngestClient(session)
+            with pytest.raises(BulkOperationTimeoutError) as info:
+                await collect(
+                    client.perform_operation(
+                        "insert",
+                        "Account",
+                        accounts(n),
+                        fieldnames=["Name", "External_Id__c"],
+                        max_records=1_000,
+                        polling_interval=0.05,
+                        timeout=1.5,
+                    )
+                )
+            reports = info.value.jobs
+            assert any(r.status == "unfinished" for r in reports)
+            finals = {
+                r.job_id: await client.wait_for_job(r.job_id, poll=PollPolicy(initial=0.1), timeout=120)
+                for r in reports
+                if r.job_id is not None
+            }
+    finally:
+        emulator.update_settings(records_per_second=None)
+    loaded = 0
+    for report in reports:
+        final = finals.get(report.job_id) if report.job_id else None
+        if report.status == "not_loaded":
+            assert final is None or (final.state == "Aborted" and final.number_records_processed == 0)
+        else:
+            assert final is not None
+            assert final.state == "JobComplete"
+            loaded += report.record_count
+    stored = stored_external_ids(emulator)
+    assert len(stored) == len(set(stored)) == loaded
+    assert (
+        loaded
+        + (n - info.value.first_unsent_record_index)
+        + sum(r.record_count for r in reports if r.status == "not_loaded")
+        == n
+    )

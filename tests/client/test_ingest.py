@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import gzip
 import io
 import json
+import math
+import time
 
 import httpx
 import pytest
@@ -312,3 +315,77 @@ async def test_create_job_is_retried_because_a_repeat_cannot_load_data(api):
         job = await BulkIngestClient(session).create_job("insert", "Account")
     assert [r.method for r in api.requests] == ["POST", "POST", "POST"]
     assert list(api.jobs) == [job.id]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"initial": math.nan}, "PollPolicy.initial"),
+        ({"initial": 0}, "PollPolicy.initial"),
+        ({"maximum": math.inf}, "PollPolicy.maximum"),
+        ({"maximum": -1}, "PollPolicy.maximum"),
+        ({"factor": 0.5}, "PollPolicy.factor"),
+        ({"factor": math.nan}, "PollPolicy.factor"),
+        ({"jitter": 1.0}, "PollPolicy.jitter"),
+        ({"jitter": -0.1}, "PollPolicy.jitter"),
+    ],
+)
+def test_poll_policy_refuses_waits_that_never_end_or_never_wait(kwargs, field):
+    with pytest.raises(InputError) as info:
+        PollPolicy(**kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_attempts": 0}, "RetryPolicy.max_attempts"),
+        ({"max_attempts": 2.5}, "RetryPolicy.max_attempts"),
+        ({"initial_delay": math.nan}, "RetryPolicy.initial_delay"),
+        ({"max_delay": math.inf}, "RetryPolicy.max_delay"),
+        ({"max_total": -1}, "RetryPolicy.max_total"),
+    ],
+)
+def test_retry_policy_refuses_nan_inf_and_negative(kwargs, field):
+    with pytest.raises(InputError) as info:
+        RetryPolicy(**kwargs)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)  # as before, for callers catching ValueError
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, 0, -5, None])
+async def test_wait_for_job_refuses_a_timeout_that_never_or_always_fires(client, api, timeout):
+    with pytest.raises(InputError) as info:
+        await client.wait_for_job("750000000000000001", timeout=timeout)
+    assert info.value.field == "timeout"
+    assert api.requests == []
+
+
+async def test_wait_for_job_deadline_holds_while_a_poll_hangs(api):
+    async def hang_on_get(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            await asyncio.sleep(3600)
+        return api.handle(request)
+
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=httpx.MockTransport(hang_on_get),
+        token_cache=TokenCache(),
+    )
+    async with session:
+        client = BulkIngestClient(session)
+        job = await client.create_job("insert", "Account")
+        started = time.monotonic()
+        with pytest.raises(OperationTimeoutError, match=job.id):
+            await client.wait_for_job(job.id, timeout=0.3)
+        assert time.monotonic() - started < 30
+
+
+async def test_abort_returns_the_jobs_counters_read_after_the_abort(client, api):
+    job = await client.create_job("insert", "Account")
+    api.jobs[job.id].success = [["001", "true", "x"]] * 7  # processed before the abort landed
+
+    aborted = await client.abort_job(job.id)
+    assert aborted.state == "Aborted"
+    assert aborted.number_records_processed == 7  # the PATCH answer has no counters
+    assert [r.method for r in api.requests[-2:]] == ["PATCH", "GET"]
