@@ -1,14 +1,31 @@
-"""When and how long to wait before sending a request again."""
+"""When and how long to wait before sending a request again: the one retry engine of the client.
+
+Every request the client makes, API calls and logins alike, goes through :func:`call_with_retries` with
+a :class:`RetryPolicy`; a result download restarted after a dropped stream spends a :class:`RetryBudget`
+of the same policy.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import email.utils
 import enum
+import logging
+import math
 import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-__all__ = ["RetryPolicy", "RetrySafety", "parse_retry_after"]
+from airflow_provider_salesforce_bulk.client.errors import InputError
+
+__all__ = ["RetryBudget", "RetryPolicy", "RetrySafety", "Retryable", "call_with_retries", "parse_retry_after"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class RetrySafety(enum.Enum):
@@ -53,10 +70,31 @@ class RetryPolicy:
     max_total: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if self.initial_delay < 0 or self.max_delay < 0 or self.max_total < 0:
-            raise ValueError("RetryPolicy delays must not be negative")
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
+            raise InputError(
+                f"RetryPolicy.max_attempts must be an integer of at least 1, got {self.max_attempts!r}",
+                field="max_attempts",
+            )
+        for name in ("initial_delay", "max_delay", "max_total"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise InputError(
+                    f"RetryPolicy.{name} must be a finite, non-negative number of seconds, got {value!r}",
+                    field=name,
+                )
+
+    def budget(self) -> RetryBudget:
+        """A fresh count of attempts and time for one operation."""
+        return RetryBudget(self)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -83,3 +121,51 @@ def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None
         when = when.replace(tzinfo=datetime.timezone.utc)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     return max((when - now).total_seconds(), 0.0)
+
+
+class RetryBudget:
+    """Attempts and time one operation has spent under a :class:`RetryPolicy`."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self._started = time.monotonic()
+
+    def next_wait(self, retry_after: float | None = None) -> float | None:
+        """Count one failed attempt; the pause before the next one, or ``None`` when none is left."""
+        self.failures += 1
+        wait = self.policy.delay(self.failures, retry_after)
+        elapsed = time.monotonic() - self._started
+        if self.failures >= self.policy.max_attempts or elapsed + wait > self.policy.max_total:
+            return None
+        return wait
+
+
+class Retryable(Exception):
+    """Raised by an attempt to say that ``failure`` may be retried (after ``retry_after`` seconds)."""
+
+    def __init__(self, failure: Exception, retry_after: float | None = None) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.retry_after = retry_after
+
+
+async def call_with_retries(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run ``attempt`` until it returns, raises anything but :class:`Retryable`, or the budget is spent.
+
+    Raises
+    ------
+    Exception
+        The last :attr:`Retryable.failure` once the policy allows no more attempts, or whatever else
+        the attempt raised.
+    """
+    budget = policy.budget()
+    while True:
+        try:
+            return await attempt()
+        except Retryable as retry:
+            wait = budget.next_wait(retry.retry_after)
+            if wait is None:
+                raise retry.failure from retry.failure.__cause__
+            log.debug("Retrying %s in %.2fs after: %s", what, wait, retry.failure)
+        await asyncio.sleep(wait)

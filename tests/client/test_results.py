@@ -71,9 +71,35 @@ async def test_truncated_file_is_an_error_not_a_short_record():
         [r async for r in iter_csv_rows(stream(payload, [3]))]
 
 
-async def test_row_with_wrong_width_is_an_error():
-    with pytest.raises(csv.Error, match="3 values for 2 columns"):
-        [r async for r in iter_csv_records(stream(b"a,b\n1,2,3\n", []))]
+async def test_ragged_rows_are_padded_or_keep_their_extras(caplog):
+    payload = b"a,b\n1,2,3,4\n5\n6,7\n"
+    records = [r async for r in iter_csv_records(stream(payload, [4, 9]))]
+    assert records == [
+        {"a": "1", "b": "2", "_extra_1": "3", "_extra_2": "4"},
+        {"a": "5", "b": ""},
+        {"a": "6", "b": "7"},
+    ]
+    assert parse_results(payload) == records
+    assert [m for m in caplog.messages if "values for 2 columns" in m] == [
+        "result row 1 has 4 values for 2 columns (and maybe more rows)"
+    ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    header=st.lists(
+        st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,8}", fullmatch=True), min_size=1, max_size=5, unique=True
+    ),
+    rows=st.lists(st.lists(values, max_size=8), max_size=10),
+)
+async def test_any_row_width_is_read_without_losing_a_value(header, rows):
+    rows = [row for row in rows if row and row != [""]]  # an empty line is no record
+    payload = to_csv([header, *rows], ",", True)
+    records = [r async for r in iter_csv_records(stream(payload, [7]))]
+    assert len(records) == len(rows)
+    for record, row in zip(records, rows, strict=True):
+        assert [record[name] for name in header] == (row + [""] * len(header))[: len(header)]
+        assert [record[f"_extra_{i}"] for i in range(1, len(row) - len(header) + 1)] == row[len(header) :]
 
 
 async def test_empty_file_and_header_only():
