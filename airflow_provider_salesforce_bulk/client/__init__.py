@@ -46,6 +46,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     SessionExpiredError,
     TransportError,
     UnexpectedResponseError,
+    UntrustedUrlError,
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient, PollPolicy
@@ -69,6 +70,7 @@ from airflow_provider_salesforce_bulk.client.serialize import (
     serialize_ingest_data,
 )
 from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION, ApiUsage, SalesforceSession
+from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -105,11 +107,13 @@ __all__ = [
     "SessionExpiredError",
     "SoapLoginAuth",
     "StaticTokenAuth",
+    "Timeouts",
     "Token",
     "TokenCache",
     "TokenProvider",
     "TransportError",
     "UnexpectedResponseError",
+    "UntrustedUrlError",
     "UploadOutcomeUnknownError",
     "default_token_cache",
     "iter_csv_stream_chunks",
