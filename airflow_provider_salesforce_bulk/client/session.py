@@ -222,11 +222,13 @@ class SalesforceSession:
         return (await self.token()).instance_url.rstrip("/")
 
     def _url(self, token: Token, path: str) -> str:
-        if "://" in path.split("?", 1)[0]:
-            return self.hosts.check(path, what=f"the URL {_safe(path)!r}")
-        segments = urllib.parse.unquote(path.split("?", 1)[0]).split("/")
-        if ".." in segments or "." in segments:
+        absolute = "://" in _safe(path)
+        # ".." would let a server-supplied value (a locator, an id) climb out of the API's paths.
+        segments = urllib.parse.unquote(urllib.parse.urlsplit(path).path if absolute else _safe(path))
+        if {".", ".."} & set(segments.split("/")):
             raise InputError(f"path {_safe(path)!r} has a '.' or '..' segment", field="path")
+        if absolute:
+            return self.hosts.check(path, what=f"the URL {_safe(path)!r}")
         base = token.instance_url.rstrip("/")
         if path.startswith("/"):
             # Absolute paths, e.g. nextRecordsUrl: "/services/data/v64.0/jobs/ingest?queryLocator=..."

@@ -632,6 +632,8 @@ async def test_absolute_urls_and_dot_dot_paths_given_to_request_are_checked():
             await session.request("GET", "jobs/ingest/../../../identity")
         with pytest.raises(InputError, match=r"'\.\.'"):
             await session.request("GET", "/services/data/v64.0/%2e%2e/x")
+        with pytest.raises(InputError, match=r"'\.\.'"):
+            await session.request("GET", "https://api.partner.example/services/data/../../x")
         await session.request("GET", "https://api.partner.example/services/data/v64.0/limits")
     assert [r.url.host for r in sent if r.url.path != "/services/oauth2/token"] == ["api.partner.example"]
 
