@@ -38,7 +38,7 @@ from airflow_provider_salesforce_bulk.client.retry import (
     call_with_retries,
     parse_retry_after,
 )
-from airflow_provider_salesforce_bulk.client.timeouts import DEFAULT_TIMEOUTS, Timeouts
+from airflow_provider_salesforce_bulk.client.timeouts import DEFAULT_TIMEOUTS, Timeouts, within
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -384,7 +384,7 @@ class SalesforceSession:
         expires = time.monotonic() + limit
         await self.request_slots.acquire()
         try:
-            response = await asyncio.wait_for(self._exchange(request, stream=stream), limit)
+            response = await within(self._exchange(request, stream=stream), limit)
         except (httpx.HTTPError, asyncio.TimeoutError) as exc:
             self.request_slots.release()
             if isinstance(exc, httpx.HTTPError):
@@ -449,7 +449,7 @@ class _DeadlineStream(httpx.AsyncByteStream):
             try:
                 if remaining <= 0:
                     raise asyncio.TimeoutError
-                chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+                chunk = await within(chunks.__anext__(), remaining)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:

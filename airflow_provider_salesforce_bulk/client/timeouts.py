@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import httpx
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
 
-__all__ = ["DEFAULT_TIMEOUTS", "Timeouts"]
+__all__ = ["DEFAULT_TIMEOUTS", "Timeouts", "within"]
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +85,16 @@ class Timeouts:
 
 
 DEFAULT_TIMEOUTS = Timeouts()
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await ``awaitable``, raising ``TimeoutError`` once ``seconds`` have passed.
+
+    On Python 3.11+ this is ``asyncio.timeout``: no extra task, and a cancellation of the caller
+    arriving as the awaitable finishes is never lost (3.11's ``asyncio.wait_for`` can swallow it, which
+    would make a cancelled or timed-out load run on).
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover (Python 3.10)

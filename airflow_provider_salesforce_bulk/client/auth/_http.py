@@ -26,7 +26,7 @@ from ..errors import (
     TransportError,
 )
 from ..retry import Retryable, RetryPolicy, call_with_retries, parse_retry_after
-from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
+from ..timeouts import DEFAULT_TIMEOUTS, Timeouts, within
 from .base import Token
 
 __all__ = [
@@ -139,9 +139,7 @@ async def send_login_request(
 
     async def attempt() -> httpx.Response:
         try:
-            response = await asyncio.wait_for(
-                http.post(url, data=data, content=content, headers=headers), limit
-            )
+            response = await within(http.post(url, data=data, content=content, headers=headers), limit)
         except (httpx.TransportError, asyncio.TimeoutError) as exc:
             detail = (
                 f"{type(exc).__name__}: {exc}"
