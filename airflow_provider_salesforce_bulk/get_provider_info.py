@@ -71,6 +71,15 @@ def _conn_fields() -> dict[str, Any]:
             "description": "'login' (production), 'test' (sandbox) or a My Domain host, when Host is empty.",
             "schema": _TEXT,
         },
+        "allowed_hosts": {
+            "label": "Allowed hosts",
+            "description": (
+                "Hosts that may receive the access token besides Salesforce's own domains "
+                "(*.salesforce.com, *.force.com, ...) and the login host, e.g. a proxy or custom domain "
+                "the org's instance URL points to: 'api.example.com' or '*.example.com', comma separated."
+            ),
+            "schema": _TEXT,
+        },
         "api_version": {
             "label": "API version",
             "schema": {"type": ["string", "null"], "default": "64.0", "pattern": r"^v?\d{2,3}\.\d$"},
@@ -127,6 +136,7 @@ def get_provider_info() -> dict[str, Any]:
                         "client_id": "3MVG9...",
                         "api_version": "64.0",
                         "domain": "login",
+                        "allowed_hosts": "sf-proxy.example.com, *.example.org",
                     },
                 },
             }

@@ -59,10 +59,10 @@ async def _run(base_url: str) -> dict[str, float]:
     token_requests = 0
     original_fetch = ClientCredentialsAuth.fetch_token
 
-    async def counting_fetch(self: ClientCredentialsAuth, http: object) -> object:
+    async def counting_fetch(self: ClientCredentialsAuth, http: object, **options: object) -> object:
         nonlocal token_requests
         token_requests += 1
-        return await original_fetch(self, http)  # type: ignore[arg-type]
+        return await original_fetch(self, http, **options)  # type: ignore[arg-type]
 
     polls = 0
     original_get = BulkIngestClient.get_job

@@ -52,6 +52,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     SessionExpiredError,
     TransportError,
     UnexpectedResponseError,
+    UntrustedUrlError,
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.ingest import (
@@ -80,6 +81,7 @@ from airflow_provider_salesforce_bulk.client.serialize import (
     serialize_ingest_data,
 )
 from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION, ApiUsage, SalesforceSession
+from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
 
 if TYPE_CHECKING:
     from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
@@ -124,11 +126,13 @@ __all__ = [
     "SessionExpiredError",
     "SoapLoginAuth",
     "StaticTokenAuth",
+    "Timeouts",
     "Token",
     "TokenCache",
     "TokenProvider",
     "TransportError",
     "UnexpectedResponseError",
+    "UntrustedUrlError",
     "UploadOutcomeUnknownError",
     "close_uploaded_job",
     "default_token_cache",

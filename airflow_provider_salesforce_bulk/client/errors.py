@@ -39,6 +39,7 @@ __all__ = [
     "SessionExpiredError",
     "TransportError",
     "UnexpectedResponseError",
+    "UntrustedUrlError",
     "UploadOutcomeUnknownError",
     "error_from_response",
 ]
@@ -63,6 +64,18 @@ class InputError(SalesforceBulkError, ValueError):
         super().__init__(message)
         self.record_index = record_index
         self.field = field
+
+
+class UntrustedUrlError(InputError):
+    """A URL the token would be sent to is not allowed (plain http, or a host that is not Salesforce's).
+
+    An :class:`InputError` because only the user's configuration can fix it (allow the host
+    explicitly); retrying does not help. Carries the host, never the URL's query or a token.
+    """
+
+    def __init__(self, message: str, *, host: str) -> None:
+        super().__init__(message, field="allowed_hosts")
+        self.host = host
 
 
 class AuthenticationError(SalesforceBulkError):
@@ -291,6 +304,8 @@ _BY_ERROR_CODE: dict[str, type[SalesforceApiError]] = {
     "NOTFOUND": NotFoundError,
     "INVALIDJOBSTATE": InvalidJobStateError,
     "INVALIDJOB": InvalidJobError,
+    # A second upload to a job ("Found multiple contents for job"): the job cannot take it.
+    "BULK_API_ERROR": InvalidJobError,
 }
 
 _BY_STATUS: dict[int, type[SalesforceApiError]] = {
@@ -336,6 +351,8 @@ def error_from_response(
         # Not Salesforce's JSON (a proxy's HTML page, say): keep a short, printable excerpt.
         message = body[:200].decode("utf-8", "replace").strip()
     cls = _BY_ERROR_CODE.get((error_code or "").upper())
+    if status_code >= 500 and (error_code or "").upper() == "BULK_API_ERROR":
+        cls = None  # a generic code: on a 5xx it is a server failure, retried as such
     if cls is None:
         cls = _BY_STATUS.get(status_code)
     if cls is None:

@@ -8,6 +8,7 @@ import dataclasses
 import gzip
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -199,6 +200,9 @@ class BulkIngestClient:
             for record in page.get("records") or ():
                 yield _job_info(response, record)
             next_url = page.get("nextRecordsUrl")
+            if next_url is not None and not isinstance(next_url, str):
+                raise UnexpectedResponseError(f"nextRecordsUrl is not a string: {type(next_url).__name__}")
+            # An absolute nextRecordsUrl is checked against the allowed hosts by the session.
             path = next_url if next_url and not page.get("done", False) else None
             params = {}
 
@@ -351,18 +355,55 @@ class BulkIngestClient:
     ) -> AsyncIterator[dict[str, str]]:
         """Stream one result file as dicts, parsed as CSV while it arrives.
 
-        ``column_delimiter`` defaults to the job's own (read with :meth:`get_job`).
+        ``column_delimiter`` defaults to the job's own (read with :meth:`get_job`). A download dropped
+        midway (or outlasting ``timeouts.download``) starts again from the top of the file, within the
+        session's retry policy, skipping the records already yielded: each record is yielded once.
+        A row with fewer values than the header gets ``""`` for the missing columns, one with more
+        keeps the extra values under ``_extra_1``, ``_extra_2``, ... (see
+        :func:`~airflow_provider_salesforce_bulk.client.results.iter_csv_records`).
+
+        Raises
+        ------
+        TransportError
+            The download kept failing until the retry policy was spent.
+        UnexpectedResponseError
+            The file is not CSV, or a restarted download holds fewer records than already yielded.
         """
         path = f"jobs/ingest/{_job(job_id)}/{_kind(kind)}"
         if column_delimiter is None:
             column_delimiter = (await self.get_job(job_id)).column_delimiter or "COMMA"
         delimiter = COLUMN_DELIMITERS[column_delimiter]
-        async with self.session.stream("GET", path, headers={"Accept": "text/csv"}) as response:
+        budget = self.session.retry_policy.budget()
+        yielded = 0
+        while True:
+            opened = False
+            skip = yielded
             try:
-                async for record in iter_csv_records(_body(response, job_id), delimiter=delimiter):
-                    yield record
+                async with self.session.stream("GET", path, headers={"Accept": "text/csv"}) as response:
+                    opened = True
+                    async for record in iter_csv_records(_body(response, job_id), delimiter=delimiter):
+                        if skip:
+                            skip -= 1
+                            continue
+                        yield record
+                        yielded += 1
+                if skip:
+                    raise UnexpectedResponseError(
+                        f"{kind} of job {job_id} held fewer records when downloaded again after a "
+                        f"dropped download ({yielded - skip} instead of at least {yielded})"
+                    )
+                return
             except csv.Error as exc:
                 raise UnexpectedResponseError(f"{kind} of job {job_id} is not valid CSV: {exc}") from exc
+            except TransportError as exc:
+                # The head's own failures were already retried by the session.
+                wait = budget.next_wait() if opened else None
+                if wait is None:
+                    raise
+                log.warning(
+                    "%s of job %s: download dropped (%s); starting again in %.1fs", kind, job_id, exc, wait
+                )
+            await asyncio.sleep(wait)
 
     async def iter_successful_results(self, job_id: str) -> AsyncIterator[dict[str, str]]:
         """``sf__Id``, ``sf__Created`` and the uploaded columns of each successful record."""
@@ -386,17 +427,39 @@ class BulkIngestClient:
 
         ``destination`` is a binary file object or anything with an async ``write(bytes)``.
         Returns the number of bytes written. Memory holds one network chunk.
+
+        A download dropped midway (or outlasting ``timeouts.download``) starts again from the top of
+        the file, within the session's retry policy, when the destination can be rewound: a binary
+        file object whose ``seekable()`` is true is sought back to where the copy began and truncated
+        there, so it ends holding the file exactly once. A destination that cannot be rewound (a pipe,
+        an async writer) is retried only while nothing was written to it; otherwise the
+        :class:`TransportError` is raised and the caller must start over with a fresh destination.
         """
-        written = 0
-        async with self.session.stream(
-            "GET", f"jobs/ingest/{_job(job_id)}/{_kind(kind)}", headers={"Accept": "text/csv"}
-        ) as response:
-            async for chunk in _body(response, job_id):
-                result = destination.write(chunk)
-                if asyncio.iscoroutine(result):
-                    await result
-                written += len(chunk)
-        return written
+        path = f"jobs/ingest/{_job(job_id)}/{_kind(kind)}"
+        rewind = _rewinder(destination)
+        budget = self.session.retry_policy.budget()
+        while True:
+            opened = False
+            written = 0
+            try:
+                async with self.session.stream("GET", path, headers={"Accept": "text/csv"}) as response:
+                    opened = True
+                    async for chunk in _body(response, job_id):
+                        result = destination.write(chunk)
+                        if asyncio.iscoroutine(result):
+                            await result
+                        written += len(chunk)
+                return written
+            except TransportError as exc:
+                wait = budget.next_wait() if opened and (rewind is not None or not written) else None
+                if wait is None:
+                    raise
+                log.warning(
+                    "%s of job %s: download dropped (%s); starting again in %.1fs", kind, job_id, exc, wait
+                )
+            if written and rewind is not None:
+                rewind()
+            await asyncio.sleep(wait)
 
     async def get_results(self, job_id: str, kind: ResultKind) -> list[dict[str, str]]:
         """One result file as a list (for small jobs; prefer :meth:`iter_results`)."""
@@ -486,10 +549,37 @@ def check_job_options(
     check_line_ending(line_ending)
 
 
+_JOB_ID = re.compile(r"750[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
+
+
 def _job(job_id: str) -> str:
-    if not job_id or not job_id.isalnum():
-        raise InputError(f"not a job id: {job_id!r}", field="job_id")
+    """The job id, checked before it becomes part of a URL path or a file name."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise InputError(
+            f"not a Bulk API job id: {job_id!r} (expected '750' and 12 or 15 letters or digits)",
+            field="job_id",
+        )
     return job_id
+
+
+def _rewinder(destination: object) -> Callable[[], None] | None:
+    """A function putting a seekable binary file back where the copy begins, or ``None``."""
+    seekable = getattr(destination, "seekable", None)
+    if not callable(seekable) or asyncio.iscoroutinefunction(seekable):
+        return None
+    try:
+        if not seekable():
+            return None
+        handle: IO[bytes] = destination  # type: ignore[assignment]
+        start = handle.tell()
+    except (OSError, ValueError):
+        return None
+
+    def rewind() -> None:
+        handle.seek(start)
+        handle.truncate()
+
+    return rewind
 
 
 def _kind(kind: str) -> str:

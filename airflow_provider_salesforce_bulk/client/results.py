@@ -5,11 +5,14 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
 
-__all__ = ["iter_csv_records", "iter_csv_rows", "parse_results"]
+__all__ = ["EXTRA_KEY_PREFIX", "iter_csv_records", "iter_csv_rows", "parse_results"]
+
+log = logging.getLogger(__name__)
 
 
 async def iter_csv_rows(chunks: AsyncIterable[bytes], *, delimiter: str = ",") -> AsyncIterator[list[str]]:
@@ -58,22 +61,59 @@ def _last_record_end(text: str, start: int, quotes_open: bool) -> tuple[int, int
             end = position
 
 
+EXTRA_KEY_PREFIX = "_extra_"
+"""Values beyond the header's columns are kept under ``_extra_1``, ``_extra_2``, ...: no Salesforce field
+name can start with an underscore, so these never collide with a column."""
+
+
+def _record(header: list[str], row: list[str]) -> dict[str, str]:
+    """One row as a dict, tolerating a row whose length differs from the header's.
+
+    Salesforce's result files always match their header; a proxy, a truncating server or another
+    implementation may not. Losing the row (or the whole download) over it would be worse than
+    reading it: missing values become ``""`` (as Salesforce writes a null), extra ones are kept under
+    :data:`EXTRA_KEY_PREFIX` keys.
+    """
+    if len(row) == len(header):
+        return dict(zip(header, row, strict=True))
+    record = dict(zip(header, row, strict=False))
+    for name in header[len(row) :]:
+        record.setdefault(name, "")
+    for index, value in enumerate(row[len(header) :], start=1):
+        record[f"{EXTRA_KEY_PREFIX}{index}"] = value
+    return record
+
+
 async def iter_csv_records(
     chunks: AsyncIterable[bytes], *, delimiter: str = ","
 ) -> AsyncIterator[dict[str, str]]:
-    """Parse a CSV byte stream with a header row into one dict per record."""
+    """Parse a CSV byte stream with a header row into one dict per record.
+
+    A row shorter than the header gets ``""`` for its missing columns; a longer one keeps its extra
+    values under ``_extra_1``, ``_extra_2``, ... (:data:`EXTRA_KEY_PREFIX`); both are logged.
+    """
     header: list[str] | None = None
+    number = 0
+    ragged = False
     async for row in iter_csv_rows(chunks, delimiter=delimiter):
         if header is None:
             header = row
             continue
-        if len(row) != len(header):
-            raise csv.Error(f"result row has {len(row)} values for {len(header)} columns")
-        yield dict(zip(header, row, strict=False))
+        number += 1
+        if len(row) != len(header) and not ragged:
+            ragged = True  # once per file: a server writing ragged rows writes many
+            log.warning(
+                "result row %d has %d values for %d columns (and maybe more rows)",
+                number,
+                len(row),
+                len(header),
+            )
+        yield _record(header, row)
 
 
 def parse_results(data: bytes, *, column_delimiter: str = "COMMA") -> list[dict[str, str]]:
-    """Parse a whole result file held in memory (small results, tests)."""
+    """Parse a whole result file held in memory (small results, tests); ragged rows as in
+    :func:`iter_csv_records`."""
     text = data.decode("utf-8-sig")
     reader: Iterable[list[str]] = csv.reader(
         io.StringIO(text, newline=""), delimiter=COLUMN_DELIMITERS[column_delimiter], strict=True
@@ -82,4 +122,4 @@ def parse_results(data: bytes, *, column_delimiter: str = "COMMA") -> list[dict[
     if not rows:
         return []
     header, body = rows[0], rows[1:]
-    return [dict(zip(header, row, strict=False)) for row in body]
+    return [_record(header, row) for row in body]

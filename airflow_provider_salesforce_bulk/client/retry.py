@@ -1,17 +1,40 @@
-"""When and how long to wait before sending a request again."""
+"""When and how long to wait before sending a request again: the one retry engine of the client.
+
+Every request the client makes, API calls and logins alike, goes through :func:`call_with_retries` with
+a :class:`RetryPolicy`; a result download restarted after a dropped stream spends a :class:`RetryBudget`
+of the same policy.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import email.utils
 import enum
+import logging
 import math
 import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
 
-__all__ = ["RetryPolicy", "RetrySafety", "check_count", "check_seconds", "parse_retry_after"]
+__all__ = [
+    "RetryBudget",
+    "RetryPolicy",
+    "RetrySafety",
+    "Retryable",
+    "call_with_retries",
+    "check_count",
+    "check_seconds",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def check_seconds(field: str, value: object, *, allow_zero: bool = False) -> float:
@@ -80,6 +103,10 @@ class RetryPolicy:
         for name in ("initial_delay", "max_delay", "max_total"):
             check_seconds(f"RetryPolicy.{name}", getattr(self, name), allow_zero=True)
 
+    def budget(self) -> RetryBudget:
+        """A fresh count of attempts and time for one operation."""
+        return RetryBudget(self)
+
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if retry_after is not None:
@@ -105,3 +132,51 @@ def parse_retry_after(value: str | None, *, now: datetime.datetime | None = None
         when = when.replace(tzinfo=datetime.timezone.utc)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     return max((when - now).total_seconds(), 0.0)
+
+
+class RetryBudget:
+    """Attempts and time one operation has spent under a :class:`RetryPolicy`."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self._started = time.monotonic()
+
+    def next_wait(self, retry_after: float | None = None) -> float | None:
+        """Count one failed attempt; the pause before the next one, or ``None`` when none is left."""
+        self.failures += 1
+        wait = self.policy.delay(self.failures, retry_after)
+        elapsed = time.monotonic() - self._started
+        if self.failures >= self.policy.max_attempts or elapsed + wait > self.policy.max_total:
+            return None
+        return wait
+
+
+class Retryable(Exception):
+    """Raised by an attempt to say that ``failure`` may be retried (after ``retry_after`` seconds)."""
+
+    def __init__(self, failure: Exception, retry_after: float | None = None) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.retry_after = retry_after
+
+
+async def call_with_retries(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run ``attempt`` until it returns, raises anything but :class:`Retryable`, or the budget is spent.
+
+    Raises
+    ------
+    Exception
+        The last :attr:`Retryable.failure` once the policy allows no more attempts, or whatever else
+        the attempt raised.
+    """
+    budget = policy.budget()
+    while True:
+        try:
+            return await attempt()
+        except Retryable as retry:
+            wait = budget.next_wait(retry.retry_after)
+            if wait is None:
+                raise retry.failure from retry.failure.__cause__
+            log.debug("Retrying %s in %.2fs after: %s", what, wait, retry.failure)
+        await asyncio.sleep(wait)

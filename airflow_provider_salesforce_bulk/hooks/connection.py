@@ -8,6 +8,10 @@ Two connection types are read:
   ``domain``, ``consumer_key``, ``consumer_secret``, ``private_key``, ``private_key_file_path``,
   ``instance_url``, ``version`` (and ``client_id``, ``session_id``), so users switch operators and keep
   their secrets.
+
+Both accept ``allowed_hosts``: hosts (``api.example.com``, ``*.example.com``; comma or space separated)
+that may receive the access token besides Salesforce's own domains and the login host, for an org
+served through a proxy or a custom domain.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from airflow_provider_salesforce_bulk.client import (
     TokenProvider,
 )
 from airflow_provider_salesforce_bulk.client.auth import fingerprint
+from airflow_provider_salesforce_bulk.client.hosts import HostPolicy
 
 __all__ = [
     "AUTH_TYPES",
@@ -92,6 +97,8 @@ class ConnectionSettings:
     auth: TokenProvider = dataclasses.field(repr=False)
     api_version: str = DEFAULT_API_VERSION
     login_url: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    """Hosts besides Salesforce's and the login host that may receive the token (extra ``allowed_hosts``)."""
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret the provider holds, for Airflow's secret masker."""
@@ -275,8 +282,13 @@ def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
             field="api_version",
             auth_type=auth_type,
         )
+    try:
+        allowed_hosts = HostPolicy.build(None, values.get("allowed_hosts") or "").allowed_hosts
+    except InputError as exc:
+        raise ConnectionConfigError(conn_id, str(exc), field="allowed_hosts", auth_type=auth_type) from None
     return ConnectionSettings(
         conn_id=conn_id,
+        allowed_hosts=allowed_hosts,
         auth_type=auth_type,
         auth=auth,
         api_version=api_version,

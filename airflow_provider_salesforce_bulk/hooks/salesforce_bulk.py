@@ -79,7 +79,9 @@ class SalesforceBulkHook(BaseHook):
     -----
     In a worker use the sync methods (:meth:`get_settings`, :meth:`test_connection`); in a trigger use
     :meth:`aget_settings` and :meth:`client`, which never block the event loop. Every secret of the
-    connection and every access token is registered with Airflow's secret masker.
+    connection and every token the client receives (access tokens, also those obtained after
+    ``INVALID_SESSION_ID``, and refresh tokens, also rotated ones) is registered with Airflow's secret
+    masker, through the session's ``on_secret`` callback.
     """
 
     conn_name_attr = "salesforce_bulk_conn_id"
@@ -146,10 +148,16 @@ class SalesforceBulkHook(BaseHook):
             settings = await self.aget_settings()
         async with shared_pools.acquire(settings.auth.cache_key) as (http, slots):
             session = SalesforceSession(
-                settings.auth, api_version=settings.api_version, http=http, request_slots=slots
+                settings.auth,
+                api_version=settings.api_version,
+                http=http,
+                request_slots=slots,
+                # Every token the session ever gets (refreshed and rotated ones too) is masked
+                # before it can reach a log line.
+                on_secret=amask,
+                allowed_hosts=settings.allowed_hosts,
             )
-            token = await session.token()
-            await amask(token.access_token)
+            await session.token()
             yield BulkIngestClient(session)
 
     def test_connection(self) -> tuple[bool, str]:

@@ -274,3 +274,63 @@ def test_provider_info_registers_everything() -> None:
             importlib.import_module(module)
     module, _, name = info["extra-links"][0].rpartition(".")
     assert hasattr(importlib.import_module(module), name)
+
+
+def test_allowed_hosts_extra_is_parsed_and_validated() -> None:
+    base = {"client_id": "id", "client_secret": "s"}
+    fields = ConnectionFields(
+        "c",
+        "salesforce_bulk",
+        "acme.my.salesforce.com",
+        extra={**base, "allowed_hosts": " SF-Proxy.example.com, *.example.org  api.example.net"},
+    )
+    settings = parse_connection(fields)
+    assert settings.allowed_hosts == ("sf-proxy.example.com", "*.example.org", "api.example.net")
+    assert (
+        parse_connection(
+            ConnectionFields("c", "salesforce_bulk", "acme.my.salesforce.com", extra=base)
+        ).allowed_hosts
+        == ()
+    )
+    with pytest.raises(ConnectionConfigError) as info:
+        parse_connection(
+            ConnectionFields(
+                "c",
+                "salesforce_bulk",
+                "acme.my.salesforce.com",
+                extra={**base, "allowed_hosts": "https://proxy.example.com/path"},
+            )
+        )
+    assert info.value.field == "allowed_hosts"
+    assert "proxy.example.com/path" in str(info.value)
+
+
+def test_the_hook_masks_every_token_including_refreshed_ones(
+    airflow_db: object, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from airflow.sdk.log import _secrets_masker
+
+    from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
+
+    monkeypatch.setenv("AIRFLOW_CONN_SF_MASK", conn_uri_json(emulator))
+    hook = SalesforceBulkHook("sf_mask")
+
+    async def use() -> list[str]:
+        tokens: list[str] = []
+        async with hook.client() as client:
+            await client.session.request("GET", "limits")
+            tokens.append((await client.session.token()).access_token)
+            emulator.update_settings(session_expiry_every_seconds=0.2)
+            await asyncio.sleep(0.5)  # every session older than 0.2 s is now expired
+            await client.session.request("GET", "limits")  # INVALID_SESSION_ID, then a new login
+            tokens.append((await client.session.token()).access_token)
+        emulator.update_settings(session_expiry_every_seconds=None)
+        return tokens
+
+    first, refreshed = run_sync(use)
+    assert first != refreshed
+    masker = _secrets_masker()
+    for token in (first, refreshed):
+        assert token not in masker.redact(f"token={token}"), "a token was not registered with the masker"

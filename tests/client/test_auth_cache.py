@@ -26,15 +26,18 @@ from airflow_provider_salesforce_bulk.client.auth import (
     fingerprint,
     normalize_login_url,
 )
-from airflow_provider_salesforce_bulk.client.auth import _http as auth_http
-from airflow_provider_salesforce_bulk.client.errors import AuthenticationError, InputError, TransportError
+from airflow_provider_salesforce_bulk.client.errors import (
+    AuthenticationError,
+    InputError,
+    ServerError,
+    TransportError,
+)
+from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 
 MY_DOMAIN = "https://acme.my.salesforce.com"
 
 
-@pytest.fixture(autouse=True)
-def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth_http, "RETRY_DELAYS", (0.0, 0.0))
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=10.0)
 
 
 class TokenServer:
@@ -315,8 +318,8 @@ async def test_secrets_absent_from_errors_and_logs(
         for provider in all_providers:
             if not provider.can_refresh:
                 continue
-            with pytest.raises((AuthenticationError, TransportError)) as info:
-                await provider.fetch_token(http)
+            with pytest.raises((AuthenticationError, ServerError, TransportError)) as info:
+                await provider.fetch_token(http, retry=FAST)
             _assert_absent(str(info.value), secrets)
             _assert_absent(repr(info.value), secrets)
             _assert_absent(repr(vars(info.value)), secrets)

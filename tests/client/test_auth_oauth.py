@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import urllib.parse
 
@@ -16,8 +17,14 @@ from airflow_provider_salesforce_bulk.client.auth import (
     TokenProvider,
     normalize_login_url,
 )
-from airflow_provider_salesforce_bulk.client.auth import _http as auth_http
-from airflow_provider_salesforce_bulk.client.errors import AuthenticationError, InputError, TransportError
+from airflow_provider_salesforce_bulk.client.errors import (
+    AuthenticationError,
+    InputError,
+    ServerError,
+    ServerUnavailableError,
+    TransportError,
+)
+from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 
 MY_DOMAIN = "https://acme.my.salesforce.com"
 INSTANCE = "https://acme.my.salesforce.com"
@@ -55,14 +62,13 @@ def ok(body: dict[str, object] | None = None) -> httpx.Response:
     return httpx.Response(200, json=SUCCESS if body is None else body)
 
 
-@pytest.fixture(autouse=True)
-def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth_http, "RETRY_DELAYS", (0.0, 0.0))
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=10.0)
+"""Logins retry through the policy they are given (a session gives its own): no pauses in tests."""
 
 
-async def fetch(provider: TokenProvider, recorder: Recorder) -> Token:
+async def fetch(provider: TokenProvider, recorder: Recorder, retry: RetryPolicy = FAST) -> Token:
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http:
-        return await provider.fetch_token(http)
+        return await provider.fetch_token(http, retry=retry)
 
 
 # --- login URLs -------------------------------------------------------------------------------------
@@ -236,21 +242,31 @@ async def test_token_errors_carry_salesforce_error(status: int, error: str, desc
     assert len(recorder.requests) == 1  # a refusal is never retried
 
 
-async def test_non_json_500_gives_excerpt_after_retries() -> None:
+async def test_non_json_500_is_a_server_error_after_retries() -> None:
     page = b"<html><body>Internal Server Error " + b"x" * 1000 + b"</body></html>"
     recorder = Recorder(httpx.Response(500, content=page, headers={"Content-Type": "text/html"}))
-    with pytest.raises(AuthenticationError) as info:
+    with pytest.raises(ServerError) as info:
         await fetch(ClientCredentialsAuth("cid", "csecret", MY_DOMAIN), recorder)
+    assert not isinstance(info.value, AuthenticationError)  # the credentials were not judged
     assert info.value.status_code == 500
-    assert info.value.error is None
     assert "Internal Server Error" in str(info.value)
-    assert len(str(info.value)) < 400
-    assert len(recorder.requests) == 1 + len(auth_http.RETRY_DELAYS)
+    assert len(str(info.value)) < 500
+    assert len(recorder.requests) == FAST.max_attempts
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_token_endpoint_5xx_is_never_an_authentication_error(status: int) -> None:
+    body = {"error": "unknown_error", "error_description": "retry your request"}
+    recorder = Recorder(httpx.Response(status, json=body))
+    with pytest.raises(ServerError) as info:
+        await fetch(RefreshTokenAuth("cid", "refresh"), recorder)
+    assert isinstance(info.value, ServerUnavailableError) == (status != 500)
+    assert len(recorder.requests) == FAST.max_attempts
 
 
 async def test_error_excerpt_blanks_echoed_secrets() -> None:
     recorder = Recorder(httpx.Response(502, content=b"bad gateway for client_secret=csecret&password=pw%26x"))
-    with pytest.raises(AuthenticationError) as info:
+    with pytest.raises(ServerUnavailableError) as info:
         await fetch(PasswordAuth("cid", "csecret", "user@acme.com", "pw&x"), recorder)
     assert "csecret" not in str(info.value)
     assert "pw%26x" not in str(info.value)
@@ -296,7 +312,7 @@ async def test_transport_error_becomes_transport_error() -> None:
     assert isinstance(info.value.__cause__, httpx.ConnectError)
     assert "ConnectError" in str(info.value)
     assert "csecret" not in str(info.value)
-    assert len(recorder.requests) == 1 + len(auth_http.RETRY_DELAYS)
+    assert len(recorder.requests) == FAST.max_attempts
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -307,16 +323,30 @@ async def test_temporary_statuses_are_retried(status: int) -> None:
     assert len(recorder.requests) == 2
 
 
-async def test_retry_pauses_follow_retry_delays(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_retry_pauses_follow_the_given_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
+    real_sleep = asyncio.sleep
 
     async def fake_sleep(seconds: float) -> None:
         pauses.append(seconds)
+        await real_sleep(0)
 
-    monkeypatch.setattr(auth_http, "RETRY_DELAYS", (0.5, 1.5))
-    monkeypatch.setattr(auth_http, "_sleep", fake_sleep)
-    recorder = Recorder(httpx.Response(503), httpx.Response(429, headers={"Retry-After": "2"}), ok())
-    await fetch(RefreshTokenAuth("cid", "refresh"), recorder)
-    assert len(pauses) == 2
-    assert 0.5 <= pauses[0] <= 0.5 * 1.25
-    assert pauses[1] == 2.0  # a short Retry-After is honoured
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    policy = RetryPolicy(max_attempts=4, initial_delay=0.5, max_delay=3.0, max_total=60.0)
+    recorder = Recorder(
+        httpx.Response(503), httpx.Response(429, headers={"Retry-After": "2"}), httpx.ConnectError("x"), ok()
+    )
+    await fetch(RefreshTokenAuth("cid", "refresh"), recorder, retry=policy)
+    assert len(recorder.requests) == 4
+    assert len(pauses) == 3
+    assert 0 <= pauses[0] <= 0.5  # full jitter under the first ceiling
+    assert pauses[1] == 2.0  # Retry-After is honoured (capped at max_delay)
+    assert 0 <= pauses[2] <= 2.0
+
+
+async def test_retries_stop_where_the_policy_says() -> None:
+    recorder = Recorder(httpx.Response(503))
+    one_shot = RetryPolicy(max_attempts=1)
+    with pytest.raises(ServerUnavailableError):
+        await fetch(RefreshTokenAuth("cid", "refresh"), recorder, retry=one_shot)
+    assert len(recorder.requests) == 1

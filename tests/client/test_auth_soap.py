@@ -9,8 +9,14 @@ import httpx
 import pytest
 
 from airflow_provider_salesforce_bulk.client.auth import SoapLoginAuth, Token
-from airflow_provider_salesforce_bulk.client.auth import _http as auth_http
-from airflow_provider_salesforce_bulk.client.errors import AuthenticationError, InputError, TransportError
+from airflow_provider_salesforce_bulk.client.errors import (
+    AuthenticationError,
+    InputError,
+    ServerError,
+    ServerUnavailableError,
+    TransportError,
+)
+from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 
 SESSION_ID = "00Dxx0000001gPL!AR8AQ.soapsession"
 
@@ -37,9 +43,7 @@ INVALID_LOGIN = """<?xml version="1.0" encoding="UTF-8"?>
 NS = {"env": "http://schemas.xmlsoap.org/soap/envelope/", "urn": "urn:partner.soap.sforce.com"}
 
 
-@pytest.fixture(autouse=True)
-def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth_http, "RETRY_DELAYS", (0.0, 0.0))
+FAST = RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=10.0)
 
 
 def make(**kwargs: str) -> SoapLoginAuth:
@@ -62,7 +66,7 @@ async def login(
         return answer
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        return await provider.fetch_token(http), seen
+        return await provider.fetch_token(http, retry=FAST), seen
 
 
 def xml_ok(body: str = LOGIN_RESPONSE, status: int = 200) -> httpx.Response:
@@ -128,7 +132,6 @@ async def test_transport_error() -> None:
     ("status", "body", "match"),
     [
         (404, "<html>Not Found</html>", "Not Found"),
-        (500, "<soapenv:Envelope xmlns:soapenv='http://schemas.xmlsoap.org/soap/envelope/'/>", "HTTP 500"),
         (200, "not xml at all", "no SOAP envelope"),
         (
             200,
@@ -142,6 +145,24 @@ async def test_unusable_answers(status: int, body: str, match: str) -> None:
     with pytest.raises(AuthenticationError, match=match) as info:
         await login(make(), xml_ok(body, status=status))
     assert info.value.status_code == status
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls"),
+    [
+        (500, "<soapenv:Envelope xmlns:soapenv='http://schemas.xmlsoap.org/soap/envelope/'/>", ServerError),
+        (500, "<html>Internal Server Error</html>", ServerError),
+        (503, "<html>down for maintenance</html>", ServerUnavailableError),
+    ],
+)
+async def test_server_failures_without_a_fault_are_server_errors(
+    status: int, body: str, cls: type[ServerError]
+) -> None:
+    with pytest.raises(cls, match=f"HTTP {status}") as info:
+        await login(make(password="Sup3r$ecret"), xml_ok(body, status=status))
+    assert not isinstance(info.value, AuthenticationError)
+    assert info.value.status_code == status
+    assert "Sup3r$ecret" not in str(info.value)
 
 
 async def test_expired_password() -> None:

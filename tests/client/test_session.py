@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import math
+import urllib.parse
+import warnings
 
 import httpx
 import pytest
@@ -10,22 +15,30 @@ import pytest
 from airflow_provider_salesforce_bulk.client import (
     ApiDisabledError,
     ApiVersionError,
+    AuthenticationError,
+    BulkIngestClient,
     ClientCredentialsAuth,
     InputError,
     InvalidJobError,
     InvalidJobStateError,
     MalformedRequestError,
     NotFoundError,
+    RefreshTokenAuth,
     RequestLimitExceededError,
     RetryPolicy,
     SalesforceSession,
     ServerError,
     ServerUnavailableError,
     SessionExpiredError,
+    SoapLoginAuth,
+    StaticTokenAuth,
     TokenCache,
     TransportError,
+    UploadOutcomeUnknownError,
 )
+from airflow_provider_salesforce_bulk.client.errors import UntrustedUrlError
 from airflow_provider_salesforce_bulk.client.retry import RetrySafety, parse_retry_after
+from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
 
 INSTANCE = "https://org.my.salesforce.com"
 FAST = RetryPolicy(max_attempts=4, initial_delay=0.001, max_delay=0.01, max_total=5)
@@ -269,6 +282,9 @@ async def test_sessions_with_same_credentials_share_one_token():
         (415, "UNSUPPORTED", MalformedRequestError),
         (500, "UNKNOWN_EXCEPTION", ServerError),
         (503, "SERVER_UNAVAILABLE", ServerUnavailableError),
+        # Salesforce's answer to a second upload to a job ("Found multiple contents for job").
+        (400, "BULK_API_ERROR", InvalidJobError),
+        (500, "BULK_API_ERROR", ServerError),
     ],
 )
 async def test_error_mapping(status, code, cls):
@@ -292,3 +308,417 @@ async def test_non_json_error_body_is_summarised():
         session.retry_policy = RetryPolicy(max_attempts=1)
         with pytest.raises(ServerUnavailableError, match="Bad gateway"):
             await session.request("GET", "jobs/ingest")
+
+
+# --- whole-exchange deadlines, against a real server trickling its body --------------------------
+
+
+JOB_ID = "7505e000000AbCdAAK"
+
+
+@contextlib.asynccontextmanager
+async def trickling_server(body: bytes, *, delay: float, content_type: str = "application/json"):
+    """A real HTTP server on loopback sending valid headers, then its body one byte every ``delay``
+    seconds: each read gets a byte well within httpx's read timeout, so only a whole-exchange
+    deadline ends the request. Yields its base URL and the list of request lines received."""
+    requests: list[str] = []
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            requests.append(head.split("\r\n", 1)[0])
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            writer.write(
+                f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            for index in range(len(body)):
+                writer.write(body[index : index + 1])
+                await writer.drain()
+                await asyncio.sleep(delay)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            handlers.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", requests
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+def trickle_session(base_url: str, **timeouts: float) -> SalesforceSession:
+    return SalesforceSession(
+        StaticTokenAuth("00D!static", base_url),
+        token_cache=TokenCache(),
+        retry_policy=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01, max_total=120),
+        timeout=Timeouts(read=30.0, **timeouts),
+    )
+
+
+JOB_BODY = (
+    b'{"id":"7505e000000AbCdAAK","state":"InProgress","object":"Account","operation":"insert",'
+    b'"padding":"' + b"x" * 200 + b'"}'
+)
+
+
+async def test_a_trickling_body_cannot_hang_get_job():
+    # Unbounded, this answer would take 0.2 s x 270 bytes = 54 s per attempt.
+    async with trickling_server(JOB_BODY, delay=0.2) as (url, requests):  # noqa: SIM117 (the session needs the url)
+        async with trickle_session(url, exchange=1.0) as session:
+            client = BulkIngestClient(session)
+            with pytest.raises(TransportError, match=r"no complete answer within 1s"):
+                await asyncio.wait_for(client.get_job(JOB_ID), 40)
+    # Retryable like any transport failure: the policy's two attempts were made.
+    assert requests == [f"GET /services/data/v64.0/jobs/ingest/{JOB_ID} HTTP/1.1"] * 2
+
+
+async def test_a_trickling_answer_to_an_upload_is_an_unknown_outcome_never_resent():
+    async with trickling_server(b'{"id":"x"}' * 30, delay=0.2) as (url, requests):  # noqa: SIM117 (the session needs the url)
+        async with trickle_session(url, exchange=1.0) as session:
+            client = BulkIngestClient(session)
+            with pytest.raises(UploadOutcomeUnknownError) as info:
+                await asyncio.wait_for(client.upload_job_data(JOB_ID, b"Name\nA\n"), 40)
+    assert info.value.job_id == JOB_ID
+    assert len(requests) == 1
+
+
+async def test_a_trickling_result_download_is_bounded_and_restarted():
+    csv_body = b"sf__Id,sf__Created,Name\n" + b"".join(b"001%015d,true,N\n" % i for i in range(20))
+    async with trickling_server(csv_body, delay=0.1, content_type="text/csv") as (url, requests):  # noqa: SIM117 (the session needs the url)
+        async with trickle_session(url, download=1.0) as session:
+            client = BulkIngestClient(session)
+            seen: list[dict[str, str]] = []
+
+            async def read() -> None:
+                async for record in client.iter_results(
+                    JOB_ID, "successfulResults", column_delimiter="COMMA"
+                ):
+                    seen.append(record)
+
+            with pytest.raises(TransportError, match="download took longer than 1s"):
+                await asyncio.wait_for(read(), 60)
+    # Restarted from the top once (the policy allows 2 attempts); nothing was yielded twice.
+    assert len(requests) == 2
+    assert len({r["sf__Id"] for r in seen}) == len(seen)
+
+
+@pytest.mark.parametrize("field", ["connect", "read", "write", "pool", "exchange", "download"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0, True, "5"])
+def test_timeouts_refuse_nan_inf_and_non_positive(field, value):
+    with pytest.raises(InputError, match=f"Timeouts.{field}") as info:
+        Timeouts(**{field: value})
+    assert info.value.field == field
+
+
+def test_timeouts_from_httpx_keep_defaults_for_unbounded_phases():
+    timeouts = Timeouts.from_httpx(httpx.Timeout(5.0, connect=None), exchange=30)
+    assert (timeouts.connect, timeouts.read, timeouts.exchange) == (Timeouts().connect, 5.0, 30.0)
+    session = SalesforceSession(ClientCredentialsAuth("a", "b", INSTANCE), timeout=httpx.Timeout(7.0))
+    assert session.timeouts.read == 7.0
+    assert session.timeouts.exchange == Timeouts().exchange
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"max_attempts": 1.5},
+        {"initial_delay": math.nan},
+        {"max_total": math.inf},
+        {"max_delay": -1},
+    ],
+)
+def test_retry_policy_refuses_bad_values(kwargs):
+    with pytest.raises(InputError):
+        RetryPolicy(**kwargs)
+
+
+# --- logins through the session's retry policy ---------------------------------------------------
+
+
+class LoginServer:
+    """A token endpoint answering from a script of statuses (200 hands out token-N), and an API
+    rejecting every token but the newest with INVALID_SESSION_ID."""
+
+    def __init__(self, *statuses: int, rotate: bool = False) -> None:
+        self.statuses = list(statuses)
+        self.logins = 0
+        self.issued = 0
+        self.rotate = rotate
+        self.calls: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/services/oauth2/token":
+            self.logins += 1
+            status = self.statuses.pop(0) if self.statuses else 200
+            if status != 200:
+                return httpx.Response(status, json={"error": "unknown_error", "error_description": "busy"})
+            self.issued += 1
+            body = {"access_token": f"token-{self.issued}", "instance_url": INSTANCE}
+            if self.rotate:
+                body["refresh_token"] = f"rotated-{self.issued}"
+            return httpx.Response(200, json=body)
+        self.calls.append(request)
+        if request.headers["Authorization"] != f"Bearer token-{self.issued}":
+            return httpx.Response(401, json=[{"errorCode": "INVALID_SESSION_ID", "message": "expired"}])
+        return httpx.Response(200, json={})
+
+
+def login_session(server: LoginServer, policy: RetryPolicy, auth=None, **kwargs) -> SalesforceSession:
+    return SalesforceSession(
+        auth or ClientCredentialsAuth("client-id", "client-secret", INSTANCE),
+        transport=httpx.MockTransport(server),
+        retry_policy=policy,
+        token_cache=TokenCache(),
+        **kwargs,
+    )
+
+
+async def test_a_login_answering_5xx_is_retried_by_the_session_policy():
+    server = LoginServer(503, 500, 502)
+    async with login_session(server, FAST) as session:  # 4 attempts
+        await session.request("GET", "limits")
+    assert server.logins == 4
+
+
+async def test_a_login_failing_past_the_policy_is_a_server_error_not_bad_credentials():
+    server = LoginServer(503, 503, 503, 503, 503)
+    policy = RetryPolicy(max_attempts=2, initial_delay=0.001, max_delay=0.001)
+    async with login_session(server, policy) as session:
+        with pytest.raises(ServerUnavailableError) as info:
+            await session.request("GET", "limits")
+    assert not isinstance(info.value, AuthenticationError)
+    assert server.logins == 2
+    assert server.calls == []
+
+
+async def test_a_relogin_after_invalid_session_gets_the_session_policy():
+    # The first login is fine; the re-login after INVALID_SESSION_ID meets three 503s (more than the
+    # two retries logins used to get) and still succeeds under the session's 4 attempts.
+    server = LoginServer(200, 503, 503, 503)
+    async with login_session(server, FAST) as session:
+        first = await session.token()
+        server.issued = 5  # token-1 is now refused: the session must log in again
+        await session.request("GET", "limits")
+        assert (await session.token()) is not first
+    assert server.logins == 5
+
+
+# --- every secret reaches the masker callback ------------------------------------------------------
+
+
+async def test_initial_and_refreshed_access_tokens_reach_on_secret():
+    server = LoginServer()
+    seen: list[str] = []
+    async with login_session(server, FAST, on_secret=seen.append) as session:
+        await session.request("GET", "limits")
+        server.issued = 7  # expire token-1; the refresh hands out token-8
+        await session.request("GET", "limits")
+    assert "token-1" in seen
+    assert "token-8" in seen
+    assert "client-secret" in seen  # the provider's own secrets too
+    assert len(seen) == len(set(seen))  # once each
+
+
+async def test_rotated_refresh_tokens_reach_an_async_on_secret():
+    server = LoginServer(rotate=True)
+    seen: list[str] = []
+
+    async def mask(secret: str) -> None:
+        await asyncio.sleep(0)
+        seen.append(secret)
+
+    auth = RefreshTokenAuth("cid", "configured-refresh", login_url=INSTANCE)
+    async with login_session(server, FAST, auth=auth, on_secret=mask) as session:
+        await session.request("GET", "limits")
+        server.issued = 3
+        await session.request("GET", "limits")
+    assert {"configured-refresh", "token-1", "rotated-1", "token-4", "rotated-4"} <= set(seen)
+
+
+# --- server-supplied URLs checked before the token goes to them --------------------------------
+
+
+def url_session(
+    instance_url: str, *, allowed_hosts=(), answer=None
+) -> tuple[SalesforceSession, list[httpx.Request]]:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path == "/services/oauth2/token":
+            return httpx.Response(200, json={"access_token": "SECRET-TOKEN", "instance_url": instance_url})
+        return answer(request) if answer else httpx.Response(200, json={})
+
+    session = SalesforceSession(
+        ClientCredentialsAuth("cid", "csecret", INSTANCE),
+        transport=httpx.MockTransport(handler),
+        retry_policy=FAST,
+        token_cache=TokenCache(),
+        allowed_hosts=allowed_hosts,
+    )
+    return session, sent
+
+
+@pytest.mark.parametrize(
+    ("instance_url", "host"),
+    [
+        ("https://evil.example.com", "evil.example.com"),
+        ("https://salesforce.com.evil.example", "salesforce.com.evil.example"),
+        ("https://evilsalesforce.com", "evilsalesforce.com"),
+        ("http://org.my.salesforce.com", "org.my.salesforce.com"),
+        ("ftp://org.my.salesforce.com", "org.my.salesforce.com"),
+    ],
+)
+async def test_an_untrusted_instance_url_never_gets_the_token(instance_url, host):
+    session, sent = url_session(instance_url)
+    async with session:
+        with pytest.raises(UntrustedUrlError) as info:
+            await session.request("GET", "limits")
+    assert [r.url.path for r in sent] == ["/services/oauth2/token"]  # nothing else was sent
+    assert info.value.host == host
+    assert host in str(info.value)
+    assert "SECRET-TOKEN" not in str(info.value)
+    assert isinstance(info.value, InputError)  # not retried: only the configuration can fix it
+
+
+@pytest.mark.parametrize(
+    "instance_url",
+    [
+        "https://acme.my.salesforce.com",
+        "https://acme--dev.sandbox.my.salesforce.com",
+        "https://acme.lightning.force.com",
+        "https://na1.cloudforce.com",
+        "https://acme.my.salesforce.mil",
+        "https://acme.my.sfcrmproducts.cn",
+        "https://acme.my.salesforce-setup.com",
+        "https://acme.my.site.com",
+        "https://api.example.com",
+    ],
+)
+async def test_salesforce_hosts_and_allowed_hosts_get_the_token(instance_url):
+    session, sent = url_session(instance_url, allowed_hosts="api.example.com, *.other.example")
+    async with session:
+        await session.request("GET", "limits")
+    assert sent[-1].url.host == urllib.parse.urlsplit(instance_url).hostname
+    assert sent[-1].headers["Authorization"] == "Bearer SECRET-TOKEN"
+
+
+async def test_absolute_urls_and_dot_dot_paths_given_to_request_are_checked():
+    session, sent = url_session(INSTANCE, allowed_hosts=["*.partner.example"])
+    async with session:
+        with pytest.raises(UntrustedUrlError, match=r"'elsewhere\.example\.com'"):
+            await session.request("GET", "https://elsewhere.example.com/services/data/v64.0/limits")
+        with pytest.raises(UntrustedUrlError, match="plain http"):
+            await session.request("GET", "http://acme.my.salesforce.com/services/data")
+        with pytest.raises(InputError, match=r"'\.\.'"):
+            await session.request("GET", "jobs/ingest/../../../identity")
+        with pytest.raises(InputError, match=r"'\.\.'"):
+            await session.request("GET", "/services/data/v64.0/%2e%2e/x")
+        with pytest.raises(InputError, match=r"'\.\.'"):
+            await session.request("GET", "https://api.partner.example/services/data/../../x")
+        await session.request("GET", "https://api.partner.example/services/data/v64.0/limits")
+    assert [r.url.host for r in sent if r.url.path != "/services/oauth2/token"] == ["api.partner.example"]
+
+
+def test_allowed_hosts_entries_are_validated():
+    with pytest.raises(InputError, match="allowed_hosts") as info:
+        SalesforceSession(ClientCredentialsAuth("a", "b", INSTANCE), allowed_hosts=["https://x.example/"])
+    assert info.value.field == "allowed_hosts"
+
+
+async def test_an_absolute_next_records_url_to_another_host_is_refused():
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            json={
+                "done": False,
+                "records": [],
+                "nextRecordsUrl": "https://collector.example.net/services/data/v64.0/jobs/ingest?queryLocator=x",
+            },
+        )
+
+    session, sent = url_session(INSTANCE, answer=answer)
+    async with session:
+        with pytest.raises(UntrustedUrlError, match=r"collector\.example\.net"):
+            [job async for job in BulkIngestClient(session).list_jobs()]
+    assert all(r.url.host != "collector.example.net" for r in sent)
+
+
+async def test_a_soap_server_url_to_another_host_is_refused():
+    envelope = (
+        '<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+        "<soapenv:Body><loginResponse><result><serverUrl>https://evil.example.org/services/Soap/u/64.0"
+        "</serverUrl><sessionId>00D!soap-session</sessionId></result></loginResponse></soapenv:Body>"
+        "</soapenv:Envelope>"
+    )
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=envelope.encode(), headers={"Content-Type": "text/xml"})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        auth = SoapLoginAuth("user@acme.com", "pw", login_url=INSTANCE)
+    session = SalesforceSession(
+        auth, transport=httpx.MockTransport(handler), retry_policy=FAST, token_cache=TokenCache()
+    )
+    async with session:
+        with pytest.raises(UntrustedUrlError, match=r"evil\.example\.org") as info:
+            await session.request("GET", "limits")
+    assert "00D!soap-session" not in str(info.value)
+    assert len(sent) == 1  # only the login
+
+
+# --- job ids ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "../../x",
+        "750",
+        "750000000000000001/../x",
+        "7505e000000AbC",
+        "001000000000000AAA",
+        "",
+        "750" + "a" * 16,
+    ],
+)
+async def test_job_ids_are_validated_before_any_request(job_id):
+    server = Server(lambda r, n: httpx.Response(200, json={"id": job_id}))
+    async with session_for(server) as session:
+        client = BulkIngestClient(session)
+        with pytest.raises(InputError, match="not a Bulk API job id") as info:
+            await client.get_job(job_id)
+        with pytest.raises(InputError):
+            await client.copy_results(job_id, "successfulResults", io.BytesIO())
+    assert info.value.field == "job_id"
+    assert server.calls == []
+
+
+async def test_15_and_18_character_job_ids_are_accepted():
+    server = Server(lambda r, n: httpx.Response(200, json={"id": "x", "state": "Open"}))
+    async with session_for(server) as session:
+        client = BulkIngestClient(session)
+        await client.get_job("7505e000000AbCd")
+        await client.get_job("7505e000000AbCdAAK")
+    assert [c.url.path.rsplit("/", 1)[1] for c in server.calls] == ["7505e000000AbCd", "7505e000000AbCdAAK"]

@@ -1,15 +1,15 @@
-"""Sending a login request with a few quick retries, and turning OAuth token answers into a Token.
+"""Sending a login request through the client's retry engine, and turning OAuth token answers into a Token.
 
-The HTTP session's retry policy is not used here on purpose: a login is its own small, idempotent
-request, made before the session has a token, and it must never be retried on a refusal (repeated
-failed logins can lock a user out), only on transport errors and temporary server answers.
+Logins are retried by the same engine and policy as every API call (a session passes its own): on
+transport errors, an exchange deadline and temporary server answers, never on a refusal (repeated
+failed logins can lock a user out). A login endpoint answering 5xx is a server failure
+(:class:`ServerError`), never :class:`AuthenticationError`, which means the credentials were refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -17,26 +17,36 @@ from typing import Any
 import httpx
 import orjson
 
-from ..errors import AuthenticationError, TransportError
+from ..errors import (
+    AuthenticationError,
+    RequestLimitExceededError,
+    SalesforceApiError,
+    ServerError,
+    ServerUnavailableError,
+    TransportError,
+)
+from ..retry import Retryable, RetryPolicy, call_with_retries, parse_retry_after
+from ..timeouts import DEFAULT_TIMEOUTS, Timeouts, within
 from .base import Token
 
-__all__ = ["OAUTH_RETRY_STATUSES", "RETRY_DELAYS", "excerpt", "parse_token_response", "send_login_request"]
+__all__ = [
+    "DEFAULT_LOGIN_RETRY",
+    "OAUTH_RETRY_STATUSES",
+    "excerpt",
+    "parse_token_response",
+    "send_login_request",
+    "unavailable_error",
+]
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS: tuple[float, ...] = (0.5, 1.5)
-"""Pause before each retry; its length is the number of retries (tests set it to zeros)."""
-
-_MAX_RETRY_AFTER = 5.0
-"""A longer ``Retry-After`` is not worth blocking a login for; the caller's own retries take over."""
+DEFAULT_LOGIN_RETRY = RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=5.0, max_total=60.0)
+"""For a provider used without a session (a session passes its own policy)."""
 
 OAUTH_RETRY_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 """Statuses worth repeating a token request for: the OAuth endpoint refuses credentials with 400/401."""
 
 _EXCERPT_CHARS = 200
-
-# Pauses go through this name so tests can skip them without patching asyncio.sleep for the whole loop.
-_sleep = asyncio.sleep
 
 
 def excerpt(body: bytes, secrets: Iterable[str] = ()) -> str:
@@ -52,17 +62,36 @@ def excerpt(body: bytes, secrets: Iterable[str] = ()) -> str:
     return text[:_EXCERPT_CHARS] or "empty body"
 
 
-def _retry_delay(response: httpx.Response | None, base: float) -> float:
-    if response is not None:
-        retry_after = response.headers.get("Retry-After", "")
-        try:
-            seconds = float(retry_after)
-        except ValueError:
-            pass
-        else:
-            if 0 <= seconds <= _MAX_RETRY_AFTER:
-                return seconds
-    return base + random.uniform(0, base / 4) if base > 0 else 0.0
+def unavailable_error(
+    response: httpx.Response, *, flow: str, url: str, secrets: Iterable[str] = ()
+) -> SalesforceApiError | None:
+    """The error for a login answer meaning "not now" (429 or 5xx), or ``None`` for any other status.
+
+    Retryable by the caller's own retries, unlike :class:`AuthenticationError`.
+    """
+    status = response.status_code
+    cls: type[SalesforceApiError]
+    if status == 429:
+        cls = RequestLimitExceededError
+    elif status in (502, 503, 504):
+        cls = ServerUnavailableError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        return None
+    return cls(
+        f"{flow} login at {url} answered HTTP {status} (a server failure, not a refusal of the "
+        f"credentials): {excerpt(response.content, secrets)}",
+        status_code=status,
+        method="POST",
+        url=url,
+    )
+
+
+class _RetryableAnswer(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
 
 
 async def send_login_request(
@@ -74,13 +103,15 @@ async def send_login_request(
     content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     retry_statuses: Collection[int] = OAUTH_RETRY_STATUSES,
+    retry: RetryPolicy | None = None,
+    timeouts: Timeouts | None = None,
 ) -> httpx.Response:
-    """POST a login request, retrying a couple of times on transport errors and ``retry_statuses``.
+    """POST a login request, retried by ``retry`` on transport errors, the deadline and ``retry_statuses``.
 
     Parameters
     ----------
     http : httpx.AsyncClient
-        Client to send with; its timeouts apply.
+        Client to send with; its per-operation timeouts apply.
     url : str
         Token or SOAP endpoint (holds no credentials, so it may be logged).
     flow : str
@@ -88,7 +119,11 @@ async def send_login_request(
     data, content, headers
         Form fields or raw body, and headers, as for :meth:`httpx.AsyncClient.post`.
     retry_statuses : Collection[int]
-        Statuses answered by a retry while retries remain.
+        Statuses answered by a retry while the policy allows.
+    retry : RetryPolicy, optional
+        Default :data:`DEFAULT_LOGIN_RETRY`.
+    timeouts : Timeouts, optional
+        ``exchange`` bounds each attempt as a whole (default :data:`DEFAULT_TIMEOUTS`).
 
     Returns
     -------
@@ -98,34 +133,39 @@ async def send_login_request(
     Raises
     ------
     TransportError
-        No answer came, after the retries.
+        No complete answer came, after the retries.
     """
-    attempts = len(RETRY_DELAYS) + 1
-    for attempt in range(attempts):
+    limit = (timeouts or DEFAULT_TIMEOUTS).exchange
+
+    async def attempt() -> httpx.Response:
         try:
-            response = await http.post(url, data=data, content=content, headers=headers)
-        except httpx.TransportError as exc:
-            if attempt + 1 >= attempts:
-                raise TransportError(
-                    f"{flow} login request to {url} got no answer after {attempts} attempts: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            log.warning(
-                "%s login request to %s failed (%s), retrying", flow, url, type(exc).__name__, exc_info=False
+            response = await within(http.post(url, data=data, content=content, headers=headers), limit)
+        except (httpx.TransportError, asyncio.TimeoutError) as exc:
+            detail = (
+                f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, httpx.HTTPError)
+                else f"no answer within {limit:g}s"
             )
-            await _sleep(_retry_delay(None, RETRY_DELAYS[attempt]))
-            continue
+            failure = TransportError(f"{flow} login request to {url} got no answer: {detail}")
+            failure.__cause__ = exc
+            log.warning("%s login request to %s failed (%s)", flow, url, type(exc).__name__)
+            raise Retryable(failure) from exc
         except httpx.HTTPError as exc:
             # Decoding errors, too many redirects, ...: an answer came but is unusable; repeating won't help.
             raise TransportError(
                 f"{flow} login request to {url} failed: {type(exc).__name__}: {exc}"
             ) from exc
-        if response.status_code in retry_statuses and attempt + 1 < attempts:
-            log.warning("%s login request to %s answered HTTP %s, retrying", flow, url, response.status_code)
-            await _sleep(_retry_delay(response, RETRY_DELAYS[attempt]))
-            continue
+        if response.status_code in retry_statuses:
+            log.warning("%s login request to %s answered HTTP %s", flow, url, response.status_code)
+            raise Retryable(
+                _RetryableAnswer(response), parse_retry_after(response.headers.get("Retry-After"))
+            )
         return response
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    try:
+        return await call_with_retries(retry or DEFAULT_LOGIN_RETRY, attempt, what=f"{flow} login")
+    except _RetryableAnswer as last:
+        return last.response
 
 
 def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -156,8 +196,10 @@ def parse_token_response(
     Raises
     ------
     AuthenticationError
-        The answer is an error (carrying Salesforce's ``error``, ``error_description`` and the status),
+        The answer is a refusal (carrying Salesforce's ``error``, ``error_description`` and the status),
         is not JSON, or lacks ``access_token`` or ``instance_url``.
+    ServerError, RequestLimitExceededError
+        The answer is a 5xx or a 429: the server failed, the credentials were not judged.
     """
     try:
         url = str(response.request.url)
@@ -168,6 +210,9 @@ def parse_token_response(
         data: Any = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         data = None
+    unavailable = unavailable_error(response, flow=flow, url=url, secrets=secrets)
+    if unavailable is not None:
+        raise unavailable
     if not response.is_success:
         if isinstance(data, dict) and (data.get("error") or data.get("error_description")):
             error = _optional_str(data, "error")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import abc
 import logging
+from typing import TYPE_CHECKING
 
 import httpx
 
 from . import _http
 from .base import Token, TokenProvider
 from .login_url import normalize_login_url
+
+if TYPE_CHECKING:
+    from ..retry import RetryPolicy
+    from ..timeouts import Timeouts
 
 __all__ = ["OAuthTokenProvider"]
 
@@ -49,20 +54,39 @@ class OAuthTokenProvider(TokenProvider):
         """Refresh token to keep when the answer carries none."""
         return None
 
-    async def fetch_token(self, http: httpx.AsyncClient) -> Token:
-        """Request a token from the OAuth 2.0 token endpoint.
+    @property
+    def home_url(self) -> str:
+        """The login URL."""
+        return self.login_url
+
+    async def fetch_token(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Token:
+        """Request a token from the OAuth 2.0 token endpoint, retried by ``retry``.
 
         Raises
         ------
         AuthenticationError
             Salesforce refused the request; carries its ``error``, ``error_description`` and the status.
+        ServerError, RequestLimitExceededError
+            The endpoint answered 5xx or 429 after the retries.
         TransportError
-            The token endpoint could not be reached, after a couple of retries.
+            The token endpoint could not be reached, after the retries.
         """
         log.debug("requesting a token with the %s flow from %s", self.flow, self.token_url)
         form = self._form()
         response = await _http.send_login_request(
-            http, self.token_url, flow=self.flow, data=form, headers=self._headers()
+            http,
+            self.token_url,
+            flow=self.flow,
+            data=form,
+            headers=self._headers(),
+            retry=retry,
+            timeouts=timeouts,
         )
         sent = [value for key, value in form.items() if key not in _PUBLIC_FIELDS]
         return self._on_token(

@@ -8,10 +8,15 @@ import dataclasses
 import hashlib
 import threading
 import weakref
+from typing import TYPE_CHECKING
 
 import httpx
 
 from ..errors import AuthenticationError
+
+if TYPE_CHECKING:
+    from ..retry import RetryPolicy
+    from ..timeouts import Timeouts
 
 __all__ = ["Token", "TokenCache", "TokenProvider", "default_token_cache"]
 
@@ -49,16 +54,42 @@ class TokenProvider(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def fetch_token(self, http: httpx.AsyncClient) -> Token:
+    async def fetch_token(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Token:
         """Log in and return a fresh token.
+
+        Parameters
+        ----------
+        http : httpx.AsyncClient
+            Client to send with.
+        retry : RetryPolicy, optional
+            How the login request is retried (a session passes its own policy); a short default
+            when not given.
+        timeouts : Timeouts, optional
+            Its ``exchange`` bounds each login request as a whole.
 
         Raises
         ------
         AuthenticationError
             Salesforce refused the credentials; carries its ``error`` and ``error_description``.
+        ServerError
+            The login endpoint answered 5xx (``ServerUnavailableError`` for 502-504), after retries.
+        RequestLimitExceededError
+            The login endpoint answered 429, after retries.
         TransportError
-            The token endpoint could not be reached.
+            The login endpoint could not be reached (or did not answer in time), after retries.
         """
+
+    @property
+    def home_url(self) -> str | None:
+        """The URL the user configured (login URL, or a fixed token's instance URL): its host may
+        always receive the token."""
+        return None
 
     @property
     def can_refresh(self) -> bool:
@@ -115,17 +146,33 @@ class TokenCache:
                 entry = per_loop[key] = _Entry()
             return entry
 
-    async def get(self, provider: TokenProvider, http: httpx.AsyncClient) -> Token:
-        """The cached token, logging in first if there is none."""
+    async def get(
+        self,
+        provider: TokenProvider,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Token:
+        """The cached token, logging in first if there is none (``retry``/``timeouts`` as for
+        :meth:`TokenProvider.fetch_token`)."""
         entry = self._entry(provider.cache_key)
         if entry.token is not None:
             return entry.token
         async with entry.lock:
             if entry.token is None:
-                entry.token = await provider.fetch_token(http)
+                entry.token = await provider.fetch_token(http, retry=retry, timeouts=timeouts)
             return entry.token
 
-    async def refresh(self, provider: TokenProvider, http: httpx.AsyncClient, stale: Token | None) -> Token:
+    async def refresh(
+        self,
+        provider: TokenProvider,
+        http: httpx.AsyncClient,
+        stale: Token | None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Token:
         """A token newer than ``stale``: logs in again unless another caller already did.
 
         Raises
@@ -142,7 +189,7 @@ class TokenCache:
         async with entry.lock:
             if entry.token is None or entry.token is stale:
                 entry.token = None
-                entry.token = await provider.fetch_token(http)
+                entry.token = await provider.fetch_token(http, retry=retry, timeouts=timeouts)
             return entry.token
 
     def clear(self) -> None:

@@ -7,6 +7,7 @@ import re
 import urllib.parse
 import warnings
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 import httpx
@@ -15,6 +16,10 @@ from ..errors import AuthenticationError, InputError
 from . import _http
 from .base import Token, TokenProvider, fingerprint
 from .login_url import LOGIN_URL, normalize_login_url
+
+if TYPE_CHECKING:
+    from ..retry import RetryPolicy
+    from ..timeouts import Timeouts
 
 __all__ = ["MAX_SOAP_API_VERSION", "SoapLoginAuth"]
 
@@ -138,7 +143,18 @@ class SoapLoginAuth(TokenProvider):
             password=escape(self._password + self._security_token, _XML_ESCAPES),
         ).encode("utf-8")
 
-    async def fetch_token(self, http: httpx.AsyncClient) -> Token:
+    @property
+    def home_url(self) -> str:
+        """The login URL."""
+        return self.login_url
+
+    async def fetch_token(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Token:
         """Log in with SOAP ``login()`` and return the session id as the access token.
 
         Raises
@@ -146,8 +162,10 @@ class SoapLoginAuth(TokenProvider):
         AuthenticationError
             A SOAP fault (``error`` = faultcode such as ``sf:INVALID_LOGIN``, ``error_description`` =
             faultstring), an expired password, or an answer that is not a login result.
+        ServerError, RequestLimitExceededError
+            The endpoint answered 429 or 5xx without a SOAP fault, after the retries.
         TransportError
-            The login endpoint could not be reached, after a couple of retries.
+            The login endpoint could not be reached, after the retries.
         """
         log.debug("logging in with SOAP login() at %s", self.soap_url)
         response = await _http.send_login_request(
@@ -157,6 +175,8 @@ class SoapLoginAuth(TokenProvider):
             content=self._body(),
             headers={"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": "login"},
             retry_statuses=_SOAP_RETRY_STATUSES,
+            retry=retry,
+            timeouts=timeouts,
         )
         return self._parse(response)
 
@@ -174,6 +194,11 @@ class SoapLoginAuth(TokenProvider):
         if root is not None and _local(root.tag) != "Envelope":
             root = None  # well-formed but not SOAP, such as an XHTML error page
         if root is None:
+            unavailable = _http.unavailable_error(
+                response, flow=self.flow, url=self.soap_url, secrets=self.secrets()
+            )
+            if unavailable is not None:
+                raise unavailable
             detail = f": {_http.excerpt(body, self.secrets())}" if not response.is_success else ""
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} answered HTTP {status} with no SOAP envelope{detail}",
@@ -189,6 +214,11 @@ class SoapLoginAuth(TokenProvider):
                 status_code=status,
             )
         if not response.is_success:
+            unavailable = _http.unavailable_error(
+                response, flow=self.flow, url=self.soap_url, secrets=self.secrets()
+            )
+            if unavailable is not None:
+                raise unavailable
             detail = _http.excerpt(body, self.secrets())
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} failed (HTTP {status}): {detail}",

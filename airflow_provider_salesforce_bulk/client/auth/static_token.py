@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 
 from ..errors import InputError
 from .base import Token, TokenProvider, fingerprint
 from .login_url import normalize_url
+
+if TYPE_CHECKING:
+    from ..retry import RetryPolicy
+    from ..timeouts import Timeouts
 
 __all__ = ["StaticTokenAuth"]
 
@@ -50,9 +56,20 @@ class StaticTokenAuth(TokenProvider):
         """Always ``False``: the token is fixed."""
         return False
 
-    async def fetch_token(self, http: httpx.AsyncClient) -> Token:
+    async def fetch_token(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Token:
         """The fixed token (no request is made)."""
         return self._token
+
+    @property
+    def home_url(self) -> str:
+        """The configured instance URL."""
+        return self.instance_url
 
     def secrets(self) -> tuple[str, ...]:
         """The access token."""

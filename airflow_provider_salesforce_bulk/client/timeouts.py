@@ -1,0 +1,100 @@
+"""How long any one HTTP exchange may take: httpx's per-phase limits plus whole-exchange deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import httpx
+
+from airflow_provider_salesforce_bulk.client.errors import InputError
+
+__all__ = ["DEFAULT_TIMEOUTS", "Timeouts", "within"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Every time limit of the HTTP layer, in seconds, validated once when built.
+
+    httpx's limits (``connect``, ``read``, ``write``, ``pool``) bound each network operation, not a
+    whole request: a server sending valid headers and then one body byte every few seconds never
+    trips them. ``exchange`` and ``download`` are the overall deadlines that catch it.
+
+    Parameters
+    ----------
+    connect, read, write, pool : float
+        httpx's per-operation limits.
+    exchange : float
+        Whole exchange of a request whose body is read at once (sending the request, the headers and
+        the whole body): every API call, upload and login. Generous by default because an upload of
+        100 MB counts against it. Reaching it is a transport failure: retried for idempotent requests,
+        an unknown outcome for uploads.
+    download : float
+        Whole download of one streamed result file (headers and body); each restart of a dropped
+        download gets its own.
+
+    Raises
+    ------
+    InputError
+        A value is not a finite number above 0 (NaN, infinity, zero, negative, not a number).
+    """
+
+    connect: float = 15.0
+    read: float = 120.0
+    write: float = 300.0
+    pool: float = 60.0
+    exchange: float = 900.0
+    download: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise InputError(
+                    f"Timeouts.{field.name} must be a finite number of seconds above 0, got {value!r}",
+                    field=field.name,
+                )
+            object.__setattr__(self, field.name, float(value))
+
+    @classmethod
+    def from_httpx(cls, timeout: httpx.Timeout, *, exchange: float | None = None) -> Timeouts:
+        """Limits from an ``httpx.Timeout``; a phase it leaves unbounded (``None``) keeps the default."""
+        defaults = cls()
+        return cls(
+            connect=defaults.connect if timeout.connect is None else timeout.connect,
+            read=defaults.read if timeout.read is None else timeout.read,
+            write=defaults.write if timeout.write is None else timeout.write,
+            pool=defaults.pool if timeout.pool is None else timeout.pool,
+            exchange=defaults.exchange if exchange is None else exchange,
+        )
+
+    def as_httpx(self) -> httpx.Timeout:
+        """The per-operation part, for an ``httpx.AsyncClient``."""
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await ``awaitable``, raising ``TimeoutError`` once ``seconds`` have passed.
+
+    On Python 3.11+ this is ``asyncio.timeout``: no extra task, and a cancellation of the caller
+    arriving as the awaitable finishes is never lost (3.11's ``asyncio.wait_for`` can swallow it, which
+    would make a cancelled or timed-out load run on).
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover (Python 3.10)
