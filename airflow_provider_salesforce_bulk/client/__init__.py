@@ -1,4 +1,4 @@
-"""Async client for the Salesforce Bulk API 2.0 ingest, on httpx and orjson.
+"""Async client for the Salesforce Bulk API 2.0 (ingest and query), on httpx and orjson.
 
 It imports nothing from Airflow and can be used on its own::
 
@@ -27,6 +27,13 @@ from airflow_provider_salesforce_bulk.client.auth import (
     normalize_login_url,
 )
 from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
+from airflow_provider_salesforce_bulk.client.describe import (
+    DescribeCache,
+    FieldDescription,
+    SObjectDescription,
+    describe_columns,
+    describe_sobject,
+)
 from airflow_provider_salesforce_bulk.client.errors import (
     ApiDisabledError,
     ApiVersionError,
@@ -38,6 +45,8 @@ from airflow_provider_salesforce_bulk.client.errors import (
     MalformedRequestError,
     NotFoundError,
     OperationTimeoutError,
+    QueryError,
+    QueryJobFailedError,
     RequestLimitExceededError,
     SalesforceApiError,
     SalesforceBulkError,
@@ -62,6 +71,19 @@ from airflow_provider_salesforce_bulk.client.operation import (
     perform_operation,
     submit_job,
 )
+from airflow_provider_salesforce_bulk.client.query import (
+    BulkQueryClient,
+    PageSink,
+    PageSummary,
+    QueryOperation,
+    ResultPage,
+)
+from airflow_provider_salesforce_bulk.client.query_parquet import (
+    arrow_schema,
+    arrow_type,
+    copy_results_to_parquet,
+    csv_to_parquet,
+)
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
     CsvChunk,
@@ -78,8 +100,11 @@ __all__ = [
     "AuthenticationError",
     "BulkIngestClient",
     "BulkJobFailedError",
+    "BulkQueryClient",
     "ClientCredentialsAuth",
     "CsvChunk",
+    "DescribeCache",
+    "FieldDescription",
     "InputError",
     "InvalidJobError",
     "InvalidJobStateError",
@@ -91,12 +116,19 @@ __all__ = [
     "NotFoundError",
     "OperationTimeoutError",
     "OperationType",
+    "PageSink",
+    "PageSummary",
     "PasswordAuth",
     "PollPolicy",
+    "QueryError",
+    "QueryJobFailedError",
+    "QueryOperation",
     "RefreshTokenAuth",
     "RequestLimitExceededError",
     "ResultKind",
+    "ResultPage",
     "RetryPolicy",
+    "SObjectDescription",
     "SalesforceApiError",
     "SalesforceBulkError",
     "SalesforceSession",
@@ -111,7 +143,13 @@ __all__ = [
     "TransportError",
     "UnexpectedResponseError",
     "UploadOutcomeUnknownError",
+    "arrow_schema",
+    "arrow_type",
+    "copy_results_to_parquet",
+    "csv_to_parquet",
     "default_token_cache",
+    "describe_columns",
+    "describe_sobject",
     "iter_csv_stream_chunks",
     "iter_record_chunks",
     "normalize_login_url",

@@ -1,0 +1,811 @@
+"""``BulkQueryClient``: Bulk API 2.0 query jobs (extracts) and their result pages, streamed.
+
+Results come in pages. Each page is fetched by its locator (``Sforce-Locator`` of the page before,
+or a ``resultUrl`` of ``/resultPages`` from API 58.0), counted by ``Sforce-NumberOfRecords`` and
+read as a byte stream: no page is ever held whole. A page whose connection drops mid-body is
+fetched again from its own locator and resumed where it stopped (the bytes already delivered are
+checked against the new answer), so the consumer sees every record exactly once; when every page
+is read, their record counts are checked against the job's ``numberRecordsProcessed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import httpx
+import orjson
+
+from airflow_provider_salesforce_bulk.client.csv_split import check_column_delimiter, check_line_ending
+from airflow_provider_salesforce_bulk.client.errors import (
+    InputError,
+    InvalidJobStateError,
+    MalformedRequestError,
+    NotFoundError,
+    OperationTimeoutError,
+    QueryError,
+    QueryJobFailedError,
+    TransportError,
+    UnexpectedResponseError,
+)
+
+# Shared with the ingest client rather than copied: job id check and JSON/job body parsing.
+from airflow_provider_salesforce_bulk.client.ingest import PollPolicy, _job, _job_info, _json_object
+from airflow_provider_salesforce_bulk.client.models import JobInfo
+from airflow_provider_salesforce_bulk.client.session import SalesforceSession
+
+__all__ = [
+    "QUERY_OPERATIONS",
+    "RESULT_PAGES_SINCE",
+    "BulkQueryClient",
+    "PageSink",
+    "PageSummary",
+    "QueryOperation",
+    "ResultPage",
+]
+
+log = logging.getLogger(__name__)
+
+QueryOperation = Literal["query", "queryAll"]
+QUERY_OPERATIONS: tuple[str, ...] = ("query", "queryAll")
+#: The first API version serving ``GET /jobs/query/{id}/resultPages``.
+RESULT_PAGES_SINCE = 58.0
+#: Salesforce's page size limit for ``maxRecords`` is not documented; pages are capped by size too.
+MAX_RECORDS_CEILING = 100_000_000
+
+_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
+_T = TypeVar("_T")
+
+
+class PageSink(Protocol):
+    """Where a page's bytes go: a binary file, or anything with a ``write`` (sync or async)."""
+
+    def write(self, data: bytes, /) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PageSummary:
+    """What was written for one result page.
+
+    Attributes
+    ----------
+    number : int
+        0-based position of the page in the result order.
+    locator : str | None
+        The locator it was fetched with (None: the first page).
+    records : int
+        Records in the page (``Sforce-NumberOfRecords``, or rows written for Parquet).
+    bytes : int
+        Bytes written to the page's sink.
+    """
+
+    number: int
+    locator: str | None
+    records: int
+    bytes: int
+
+
+class ResultPage:
+    """One page of a query job's results, its head received and its body not read yet.
+
+    Attributes
+    ----------
+    job_id : str
+    number : int
+        0-based position in the result order (use it to name files: the order is stable).
+    locator : str | None
+        The locator this page was fetched with; None for the first page.
+    records : int
+        ``Sforce-NumberOfRecords`` of the page.
+    next_locator : str | None
+        ``Sforce-Locator`` of the page: the next page's locator, None on the last page
+        (Salesforce sends the string ``null``). In parallel mode pages are listed in advance,
+        and this is informative only.
+    """
+
+    def __init__(
+        self,
+        session: SalesforceSession,
+        job_id: str,
+        number: int,
+        path: str,
+        params: Mapping[str, str] | None,
+        *,
+        locator: str | None,
+        refetches: int,
+        compress: bool,
+    ) -> None:
+        self.job_id = job_id
+        self.number = number
+        self.locator = locator
+        self.records = 0
+        self.next_locator: str | None = None
+        self._session = session
+        self._path = path
+        self._params = dict(params or {})
+        self._refetches = refetches
+        self._headers = {"Accept": "text/csv"}
+        if not compress:
+            self._headers["Accept-Encoding"] = "identity"
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._response: httpx.Response | None = None
+        self._read = False
+
+    def __repr__(self) -> str:
+        return f"<ResultPage job={self.job_id} number={self.number} records={self.records}>"
+
+    async def __aenter__(self) -> ResultPage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Send the request and read the head (retried by the session's policy)."""
+        self._response = await self._connect()
+        self.records, self.next_locator = _page_head(self._response, self.job_id)
+
+    async def _connect(self) -> httpx.Response:
+        await self.aclose()
+        stack = contextlib.AsyncExitStack()
+        try:
+            response = await stack.enter_async_context(
+                self._session.stream("GET", self._path, params=self._params or None, headers=self._headers)
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return response
+
+    async def aclose(self) -> None:
+        """Release the connection (the body, if unread, is dropped)."""
+        stack, self._stack, self._response = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
+        """The page's CSV (header row included), decompressed, as it arrives.
+
+        A connection dropped mid-body is re-opened from this page's locator (at most
+        ``refetches`` times) and the stream resumes after the bytes already yielded, once the new
+        answer's head and those bytes (by CRC-32) match: every byte is yielded exactly once.
+
+        Raises
+        ------
+        TransportError
+            The page could not be read whole after the re-fetches.
+        UnexpectedResponseError
+            A re-fetched page differs from the first answer.
+        """
+        if self._read:
+            raise InputError(f"page {self.number} of job {self.job_id} was already read", field="page")
+        if self._response is None:
+            await self.open()
+        self._read = True
+        delivered = 0
+        crc = 0
+        failures = 0
+        response = self._response
+        while True:
+            assert response is not None
+            skip = delivered
+            skipped_crc = 0
+            try:
+                async for chunk in response.aiter_bytes():
+                    if skip:
+                        head = chunk[:skip]
+                        skipped_crc = zlib.crc32(head, skipped_crc)
+                        skip -= len(head)
+                        if skip:
+                            continue
+                        if skipped_crc != crc:
+                            raise UnexpectedResponseError(
+                                f"page {self.number} of job {self.job_id} changed between two fetches"
+                            )
+                        chunk = chunk[len(head) :]
+                        if not chunk:
+                            continue
+                    delivered += len(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                    yield chunk
+            except httpx.HTTPError as exc:
+                failures += 1
+                if failures > self._refetches:
+                    raise TransportError(
+                        f"page {self.number} of job {self.job_id} dropped {failures} times, "
+                        f"the last after {delivered} bytes: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.info("Page %d of job %s dropped (%s); fetching it again", self.number, self.job_id, exc)
+                await asyncio.sleep(self._session.retry_policy.delay(failures))
+                records, next_locator = self.records, self.next_locator
+                response = self._response = await self._connect()
+                if _page_head(response, self.job_id) != (records, next_locator):
+                    raise UnexpectedResponseError(
+                        f"page {self.number} of job {self.job_id} answered different headers when fetched "
+                        "again"
+                    ) from exc
+                continue
+            if skip:
+                raise UnexpectedResponseError(
+                    f"page {self.number} of job {self.job_id} was shorter when fetched again"
+                )
+            return
+
+
+class BulkQueryClient:
+    """Salesforce Bulk API 2.0 query client: jobs, and their results streamed page by page.
+
+    Parameters
+    ----------
+    session : SalesforceSession
+        Authenticated HTTP access to the org; closing it is the caller's business.
+    page_refetches : int
+        How often one result page dropped mid-body is fetched again before giving up.
+
+    Examples
+    --------
+    >>> client = BulkQueryClient(session)  # doctest: +SKIP
+    >>> job = await client.run_query("SELECT Id, Name FROM Account")  # doctest: +SKIP
+    >>> async for page in client.iter_result_pages(job.id, max_records=50_000):  # doctest: +SKIP
+    ...     async for chunk in page.iter_bytes():
+    ...         out.write(chunk)
+    """
+
+    def __init__(self, session: SalesforceSession, *, page_refetches: int = 3) -> None:
+        if isinstance(page_refetches, bool) or not isinstance(page_refetches, int) or page_refetches < 0:
+            raise InputError(
+                f"page_refetches must be a whole number >= 0, got {page_refetches!r}", field="page_refetches"
+            )
+        self.session = session
+        self.page_refetches = page_refetches
+
+    def __repr__(self) -> str:
+        return f"<BulkQueryClient {self.session!r}>"
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        soql: str,
+        *,
+        operation: QueryOperation = "query",
+        column_delimiter: str = "COMMA",
+        line_ending: str = "LF",
+    ) -> JobInfo:
+        """Create a query job (state UploadComplete: Salesforce starts at once).
+
+        Parameters
+        ----------
+        soql : str
+            The query.
+        operation : {"query", "queryAll"}
+            ``queryAll`` includes deleted and archived records.
+        column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}
+        line_ending : {"LF", "CRLF"}
+
+        Raises
+        ------
+        QueryError
+            Salesforce refused the query (``MALFORMED_QUERY``, ``INVALID_FIELD``, ``INVALID_TYPE``,
+            an unsupported construct...), with its message naming the position or field.
+        """
+        check_query_options(soql, operation, column_delimiter, line_ending)
+        payload = {
+            "operation": operation,
+            "query": soql,
+            "contentType": "CSV",
+            "columnDelimiter": column_delimiter,
+            "lineEnding": line_ending,
+        }
+        try:
+            response = await self.session.request(
+                "POST", "jobs/query", content=orjson.dumps(payload), headers=_JSON
+            )
+        except QueryError:
+            raise
+        except MalformedRequestError as exc:
+            if exc.status_code != 400:
+                raise
+            # Options are checked above, so a 400 here is about the SOQL (API_ERROR for what Bulk
+            # queries do not support, e.g. "Aggregate Relationships not supported in Bulk Query").
+            raise QueryError(
+                str(exc),
+                status_code=exc.status_code,
+                error_code=exc.error_code,
+                errors=exc.errors,
+                method=exc.method,
+                url=exc.url,
+            ) from exc
+        return _job_info(response)
+
+    async def get_job(self, job_id: str) -> JobInfo:
+        """Information about a query job (``numberRecordsProcessed``, ``errorMessage``...)."""
+        response = await self.session.request("GET", f"jobs/query/{_job(job_id)}", headers=_JSON)
+        return _job_info(response)
+
+    async def list_jobs(
+        self,
+        *,
+        job_type: str | None = None,
+        concurrency_mode: str | None = None,
+        is_pk_chunking_enabled: bool | None = None,
+    ) -> AsyncIterator[JobInfo]:
+        """Every query job of the org, following ``nextRecordsUrl`` page by page."""
+        params: dict[str, str] = {}
+        if is_pk_chunking_enabled is not None:
+            params["isPkChunkingEnabled"] = "true" if is_pk_chunking_enabled else "false"
+        if job_type is not None:
+            params["jobType"] = job_type
+        if concurrency_mode is not None:
+            params["concurrencyMode"] = concurrency_mode
+        path: str | None = "jobs/query"
+        seen: set[str] = set()
+        while path is not None:
+            response = await self.session.request("GET", path, params=params or None, headers=_JSON)
+            listing = _json_object(response)
+            for record in listing.get("records") or ():
+                yield _job_info(response, record)
+            next_url = listing.get("nextRecordsUrl")
+            path = str(next_url) if next_url and not listing.get("done", False) else None
+            if path is not None:
+                if path in seen:
+                    raise UnexpectedResponseError(f"job list loops back to {path}")
+                seen.add(path)
+            params = {}
+
+    async def abort_job(self, job_id: str) -> JobInfo:
+        """Abort a query job. Aborting a job that already ended returns its state instead of failing."""
+        try:
+            response = await self.session.request(
+                "PATCH",
+                f"jobs/query/{_job(job_id)}",
+                content=orjson.dumps({"state": "Aborted"}),
+                headers=_JSON,
+            )
+        except InvalidJobStateError:
+            job = await self.get_job(job_id)
+            if job.is_terminal:
+                return job
+            raise
+        return _job_info(response)
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a finished query job and its results (JobComplete, Aborted or Failed)."""
+        await self.session.request("DELETE", f"jobs/query/{_job(job_id)}")
+
+    async def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        poll: PollPolicy | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[JobInfo], Awaitable[None] | None] | None = None,
+        raise_on_failure: bool = True,
+    ) -> JobInfo:
+        """Poll a query job with backoff until it is JobComplete, Failed or Aborted.
+
+        Raises
+        ------
+        QueryJobFailedError
+            The job ended Failed or Aborted (when ``raise_on_failure``), with its ``errorMessage``.
+        OperationTimeoutError
+            ``timeout`` seconds passed first (the job keeps running on Salesforce).
+        """
+        check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for wait in (poll or PollPolicy()).intervals():
+            job = await self.get_job(job_id)
+            if on_progress is not None:
+                maybe = on_progress(job)
+                if maybe is not None:
+                    await maybe
+            if job.is_terminal:
+                if raise_on_failure and job.state != "JobComplete":
+                    raise QueryJobFailedError(
+                        f"query job {job_id} ended {job.state}: {job.error_message or 'no error message'}",
+                        job_id=job_id,
+                        state=job.state or "",
+                        error_message=job.error_message,
+                    )
+                return job
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OperationTimeoutError(
+                        f"query job {job_id} still {job.state} after {timeout}s; "
+                        "it keeps running on Salesforce"
+                    )
+                wait = min(wait, remaining)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def run_query(
+        self,
+        soql: str,
+        *,
+        include_deleted: bool = False,
+        column_delimiter: str = "COMMA",
+        line_ending: str = "LF",
+        poll: PollPolicy | None = None,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        """Create a query job (``queryAll`` when ``include_deleted``) and wait until it is JobComplete."""
+        check_timeout(timeout)
+        job = await self.create_job(
+            soql,
+            operation="queryAll" if include_deleted else "query",
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+        )
+        return await self.wait_for_job(job.id, poll=poll, timeout=timeout)
+
+    # -- results ------------------------------------------------------------------------------
+
+    async def finished_job(self, job_id: str) -> JobInfo:
+        """The job, checked to be JobComplete (results exist only then)."""
+        job = await self.get_job(job_id)
+        if job.state != "JobComplete":
+            if job.state in ("Failed", "Aborted"):
+                raise QueryJobFailedError(
+                    f"query job {job_id} ended {job.state} and has no results: "
+                    f"{job.error_message or 'no error message'}",
+                    job_id=job_id,
+                    state=job.state or "",
+                    error_message=job.error_message,
+                )
+            raise InvalidJobStateError(
+                f"query job {job_id} is {job.state}; results exist once it is JobComplete",
+                status_code=400,
+                error_code="INVALIDJOBSTATE",
+            )
+        return job
+
+    async def iter_result_pages(
+        self, job_id: str, *, max_records: int | None = None, compress: bool = True
+    ) -> AsyncIterator[ResultPage]:
+        """The job's result pages in order, one open at a time, each by the previous one's locator.
+
+        Read each page's :meth:`ResultPage.iter_bytes` before asking for the next page (a page
+        left unread is closed and its body dropped). Memory holds one network chunk.
+
+        Parameters
+        ----------
+        max_records : int, optional
+            Records per page at most (``maxRecords``); Salesforce may send fewer. Default: the
+            server's page size.
+        compress : bool
+            Ask for gzip (decompressed here); turn off on a fast local network to save CPU.
+
+        Raises
+        ------
+        UnexpectedResponseError
+            The pages do not add up to the job's ``numberRecordsProcessed``, or locators loop.
+        """
+        check_max_records(max_records)
+        job = await self.finished_job(job_id)
+        locator: str | None = None
+        seen: set[str] = set()
+        total = 0
+        number = 0
+        while True:
+            page = self._page(job, number, locator, max_records, compress)
+            async with page:
+                yield page
+            total += page.records
+            locator = page.next_locator
+            if locator is None:
+                break
+            if locator in seen:
+                raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
+            seen.add(locator)
+            number += 1
+        _check_total(job, total)
+
+    async def for_each_result_page(
+        self,
+        job_id: str,
+        handler: Callable[[ResultPage], Awaitable[_T]],
+        *,
+        max_records: int | None = None,
+        concurrency: int = 4,
+        parallel: bool | None = None,
+        compress: bool = True,
+    ) -> list[_T]:
+        """Run ``handler`` on every result page, up to ``concurrency`` pages at once.
+
+        Pages are found either from ``/resultPages`` (``parallel``; API 58.0 and later, server-sized
+        pages, ``max_records`` not applicable) or by chaining locators, where the next page is
+        requested as soon as the previous page's head names it, while earlier bodies still stream.
+        ``parallel=None`` picks ``/resultPages`` when the job's API version offers it and no
+        ``max_records`` is given, and falls back to locators on a 404.
+
+        Returns
+        -------
+        list
+            The handler's results in page order (stable whatever the completion order).
+
+        Raises
+        ------
+        Whatever the handler raises (the other pages are cancelled), plus the errors of
+        :meth:`iter_result_pages`.
+        """
+        check_max_records(max_records)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InputError(
+                f"concurrency must be a whole number >= 1, got {concurrency!r}", field="concurrency"
+            )
+        if parallel and max_records is not None:
+            raise InputError(
+                "max_records applies to locator paging; /resultPages pages are sized by Salesforce",
+                field="max_records",
+            )
+        job = await self.finished_job(job_id)
+        use_pages = parallel
+        if use_pages is None:
+            use_pages = max_records is None and (job.api_version or 0) >= RESULT_PAGES_SINCE
+        runner = _PageRunner(concurrency, handler)
+        try:
+            listed = False
+            if use_pages:
+                listed = await self._run_listed(job, runner, compress)
+            if not listed:
+                await self._run_chained(job, runner, max_records, compress)
+            results = await runner.finish()
+        except BaseException:
+            await runner.cancel()
+            raise
+        _check_total(job, runner.total)
+        return [results[n] for n in sorted(results)]
+
+    async def copy_results_to(
+        self,
+        job_id: str,
+        sink_factory: Callable[[ResultPage], contextlib.AbstractContextManager[PageSink]],
+        *,
+        max_records: int | None = None,
+        concurrency: int = 4,
+        parallel: bool | None = None,
+        compress: bool = True,
+    ) -> list[PageSummary]:
+        """Write each result page, as Salesforce sent it (header included), to a sink of its own.
+
+        ``sink_factory(page)`` is called once per page, after its head arrived, and returns a
+        context manager of a binary writable (``path.open("wb")`` of a local path or an
+        ``ObjectStoragePath`` does; ``write`` may also be async). Name files by ``page.number``:
+        the order is stable, and a re-run writes the same names. A page dropped mid-body resumes
+        in the same sink (see :meth:`ResultPage.iter_bytes`); if the copy fails, sinks written so
+        far are incomplete and should be discarded. Memory holds ``concurrency`` network chunks.
+        """
+
+        async def copy(page: ResultPage) -> PageSummary:
+            written = 0
+            with sink_factory(page) as sink:
+                async for chunk in page.iter_bytes():
+                    result = sink.write(chunk)
+                    if asyncio.iscoroutine(result):
+                        await result
+                    written += len(chunk)
+            return PageSummary(page.number, page.locator, page.records, written)
+
+        return await self.for_each_result_page(
+            job_id,
+            copy,
+            max_records=max_records,
+            concurrency=concurrency,
+            parallel=parallel,
+            compress=compress,
+        )
+
+    # -- page plumbing ------------------------------------------------------------------------
+
+    def _results_base(self, job: JobInfo) -> str:
+        # Results must be read with the job's own API version (409 otherwise), whatever the session's.
+        version = f"{job.api_version:.1f}" if job.api_version else self.session.api_version
+        return f"/services/data/v{version}/jobs/query/{_job(job.id)}"
+
+    def _page(
+        self, job: JobInfo, number: int, locator: str | None, max_records: int | None, compress: bool
+    ) -> ResultPage:
+        params: dict[str, str] = {}
+        if max_records is not None:
+            params["maxRecords"] = str(max_records)
+        if locator is not None:
+            params["locator"] = locator
+        return ResultPage(
+            self.session,
+            job.id,
+            number,
+            f"{self._results_base(job)}/results",
+            params,
+            locator=locator,
+            refetches=self.page_refetches,
+            compress=compress,
+        )
+
+    async def _run_chained(
+        self, job: JobInfo, runner: _PageRunner[Any], max_records: int | None, compress: bool
+    ) -> None:
+        locator: str | None = None
+        seen: set[str] = set()
+        number = 0
+        while True:
+            page = self._page(job, number, locator, max_records, compress)
+            await runner.start(page, wait_for_head=True)
+            locator = page.next_locator
+            if locator is None:
+                return
+            if locator in seen:
+                raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
+            seen.add(locator)
+            number += 1
+
+    async def _run_listed(self, job: JobInfo, runner: _PageRunner[Any], compress: bool) -> bool:
+        """Pages from ``/resultPages``; False when the org does not serve it (nothing started)."""
+        path: str | None = f"{self._results_base(job)}/resultPages"
+        seen: set[str] = set()
+        number = 0
+        while path is not None:
+            try:
+                response = await self.session.request("GET", path, headers=_JSON)
+            except NotFoundError:
+                if number == 0:
+                    log.info("No /resultPages for job %s; paging by locator", job.id)
+                    return False
+                raise
+            listing = _json_object(response)
+            for entry in listing.get("resultPages") or ():
+                url = entry.get("resultUrl") if isinstance(entry, dict) else None
+                if not isinstance(url, str) or not url:
+                    raise UnexpectedResponseError(f"resultPages of job {job.id}: entry without resultUrl")
+                if url in seen:
+                    raise UnexpectedResponseError(f"resultPages of job {job.id} lists {url} twice")
+                seen.add(url)
+                page = ResultPage(
+                    self.session,
+                    job.id,
+                    number,
+                    url,
+                    None,
+                    locator=httpx.URL(url).params.get("locator"),
+                    refetches=self.page_refetches,
+                    compress=compress,
+                )
+                await runner.start(page, wait_for_head=False)
+                number += 1
+            next_url = listing.get("nextRecordsUrl")
+            path = str(next_url) if next_url and not listing.get("done", False) else None
+            if path is not None and path in seen:
+                raise UnexpectedResponseError(f"resultPages of job {job.id} loop back to {path}")
+            if path is not None:
+                seen.add(path)
+        return True
+
+
+class _PageRunner(Generic[_T]):
+    """Pages in flight, at most ``concurrency``; the first failure stops the rest."""
+
+    def __init__(self, concurrency: int, handler: Callable[[ResultPage], Awaitable[_T]]) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._handler = handler
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.results: dict[int, _T] = {}
+        self.total = 0
+
+    def _raise_failed(self) -> None:
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                failure = task.exception()
+                if failure is not None:
+                    raise failure
+
+    async def start(self, page: ResultPage, *, wait_for_head: bool) -> None:
+        """Start ``page`` once a slot is free; with ``wait_for_head``, return after its head arrived."""
+        self._raise_failed()
+        await self._slots.acquire()
+        head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._raise_failed()
+            task = asyncio.ensure_future(self._run(page, head))
+        except BaseException:
+            self._slots.release()
+            raise
+        self._tasks.add(task)
+        if wait_for_head:
+            await head
+        else:
+            head.cancel()
+
+    async def _run(self, page: ResultPage, head: asyncio.Future[None]) -> None:
+        try:
+            try:
+                await page.open()
+            except BaseException as exc:
+                if not head.done():
+                    head.set_exception(exc)
+                    # The caller waiting on the head reports this error; the task ends quietly.
+                    return
+                raise
+            if not head.done():
+                head.set_result(None)
+            self.results[page.number] = await self._handler(page)
+            self.total += page.records
+        finally:
+            await page.aclose()
+            self._slots.release()
+
+    async def finish(self) -> dict[int, _T]:
+        while self._tasks:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                self._tasks.discard(task)
+                task.result()
+        return self.results
+
+    async def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+
+def _page_head(response: httpx.Response, job_id: str) -> tuple[int, str | None]:
+    """``Sforce-NumberOfRecords`` and the next locator (None for ``null``, empty or absent)."""
+    count = response.headers.get("Sforce-NumberOfRecords", "").strip()
+    if not count.isdigit():
+        raise UnexpectedResponseError(
+            f"a result page of job {job_id} came without a valid Sforce-NumberOfRecords header: {count!r}"
+        )
+    locator = response.headers.get("Sforce-Locator", "").strip()
+    return int(count), None if locator in ("", "null") else locator
+
+
+def _check_total(job: JobInfo, total: int) -> None:
+    if total != job.number_records_processed:
+        raise UnexpectedResponseError(
+            f"the result pages of query job {job.id} hold {total} records, but the job processed "
+            f"{job.number_records_processed}"
+        )
+
+
+def check_query_options(soql: str, operation: str, column_delimiter: str, line_ending: str) -> None:
+    """Refuse what Salesforce would refuse about a query job's options, before any request."""
+    if not isinstance(soql, str) or not soql.strip():
+        raise InputError("soql (the query) must be a non-empty string", field="soql")
+    if operation not in QUERY_OPERATIONS:
+        raise InputError(
+            f"operation must be one of {', '.join(QUERY_OPERATIONS)}, got {operation!r}", field="operation"
+        )
+    check_column_delimiter(column_delimiter)
+    check_line_ending(line_ending)
+
+
+def check_max_records(max_records: int | None) -> None:
+    if max_records is None:
+        return
+    if (
+        isinstance(max_records, bool)
+        or not isinstance(max_records, int)
+        or not 1 <= max_records <= MAX_RECORDS_CEILING
+    ):
+        raise InputError(
+            f"max_records must be a whole number from 1 to {MAX_RECORDS_CEILING}, got {max_records!r}",
+            field="max_records",
+        )
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise InputError(f"timeout must be a finite number of seconds > 0, got {timeout!r}", field="timeout")
