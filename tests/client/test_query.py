@@ -5,13 +5,9 @@ parallel pages from /resultPages written in a stable order, and query errors."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from airflow_provider_salesforce_bulk.client import (
@@ -28,180 +24,9 @@ from airflow_provider_salesforce_bulk.client import (
     TransportError,
     UnexpectedResponseError,
 )
+from tests.client.fake_query import INSTANCE, JOB_ID, FakeQueryApi, encode_locator
 
-INSTANCE = "https://acme.my.salesforce.com"
-JOB_ID = "750R0000000zxr8IAA"
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5)
-
-
-def _row(i: int) -> bytes:
-    name = f'Name "{i}",\nline two' if i % 5 == 0 else f"Name {i}"
-    return ('"' + f"001{i:015d}" + '","' + name.replace('"', '""') + '"\n').encode()
-
-
-class _Body(httpx.AsyncByteStream):
-    """A body sent in small pieces that can break after ``cut`` bytes, like a dropped connection."""
-
-    def __init__(self, data: bytes, cut: int | None) -> None:
-        self.data = data
-        self.cut = cut
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        end = len(self.data) if self.cut is None else self.cut
-        for start in range(0, end, 7):
-            yield self.data[start : min(start + 7, end)]
-        if self.cut is not None:
-            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
-
-
-class FakeQueryApi:
-    """Query jobs over ``records`` rows; pages of ``page_size`` unless ``maxRecords`` says otherwise."""
-
-    def __init__(self, records: int = 23, *, page_size: int = 5, api_version: str = "60.0") -> None:
-        self.records = records
-        self.page_size = page_size
-        self.version = api_version
-        self.state = "JobComplete"
-        self.processed = records
-        self.error_message: str | None = None
-        self.requests: list[httpx.Request] = []
-        self.drops: dict[int, list[int]] = {}  # offset -> cut points, one per attempt
-        self.changed_on_refetch: set[int] = set()
-        self.result_pages = True
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.delays: dict[int, float] = {}
-        self.fetches: dict[int, int] = {}
-
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    def header(self) -> bytes:
-        return b'"Id","Name"\n'
-
-    def page(self, offset: int, count: int) -> bytes:
-        body = self.header() + b"".join(_row(i) for i in range(offset, offset + count))
-        if offset in self.changed_on_refetch and self.fetches.get(offset, 0) > 1:
-            body = body.replace(b"Name", b"Nome", 1)
-        return body
-
-    def job(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": JOB_ID,
-            "operation": "query",
-            "object": "Account",
-            "state": self.state,
-            "apiVersion": float(self.version),
-            "jobType": "V2Query",
-            "columnDelimiter": "COMMA",
-            "lineEnding": "LF",
-            "numberRecordsProcessed": self.processed,
-        }
-        if self.error_message:
-            body["errorMessage"] = self.error_message
-        return body
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        path = request.url.path
-        base = f"/services/data/v{self.version}/jobs/query"
-        if path == base and request.method == "POST":
-            spec = json.loads(request.content)
-            if "Nme" in spec["query"]:
-                return _error(
-                    400,
-                    "INVALID_FIELD",
-                    "\nSELECT Id, Nme FROM Account\n           ^\nERROR at Row:1:Column:12\n"
-                    "No such column 'Nme' on entity 'Account'.",
-                )
-            if "GROUP BY ROLLUP" in spec["query"]:
-                return _error(400, "API_ERROR", "Aggregate Relationships not supported in Bulk Query")
-            return httpx.Response(200, json={**self.job(), "state": "UploadComplete"})
-        if path == base and request.method == "GET":
-            locator = request.url.params.get("queryLocator")
-            if locator is None:
-                return httpx.Response(
-                    200,
-                    json={
-                        "done": False,
-                        "records": [{**self.job(), "id": "750R0000000zxr1IAA"}],
-                        "nextRecordsUrl": f"{base}?queryLocator=01gR0000000opRTIAY-1",
-                    },
-                )
-            return httpx.Response(200, json={"done": True, "records": [self.job()], "nextRecordsUrl": None})
-        if path == f"{base}/{JOB_ID}" and request.method == "GET":
-            return httpx.Response(200, json=self.job())
-        if path == f"{base}/{JOB_ID}" and request.method == "PATCH":
-            if self.state in ("JobComplete", "Failed", "Aborted"):
-                return _error(400, "INVALIDJOBSTATE", "Aborting already Completed Job not allowed")
-            self.state = "Aborted"
-            return httpx.Response(200, json=self.job())
-        if path == f"{base}/{JOB_ID}" and request.method == "DELETE":
-            return httpx.Response(204)
-        if path == f"{base}/{JOB_ID}/results":
-            return await self._results(request)
-        if path == f"{base}/{JOB_ID}/resultPages":
-            if not self.result_pages:
-                return _error(404, "NOT_FOUND", "The requested resource does not exist")
-            return self._result_pages(request)
-        return _error(404, "NOT_FOUND", "The requested resource does not exist")
-
-    async def _results(self, request: httpx.Request) -> httpx.Response:
-        if self.state != "JobComplete":
-            return _error(400, "INVALIDJOBSTATE", "not complete")
-        locator = request.url.params.get("locator")
-        offset = int(base64.b64decode(locator)) if locator else 0
-        size = int(request.url.params.get("maxRecords", self.page_size))
-        count = min(size, self.records - offset)
-        following = offset + count
-        self.fetches[offset] = self.fetches.get(offset, 0) + 1
-        cuts = self.drops.get(offset) or []
-        cut = cuts.pop(0) if cuts else None
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(self.delays.get(offset, 0.0))
-        finally:
-            self.in_flight -= 1
-        return httpx.Response(
-            200,
-            headers={
-                "Content-Type": "text/csv",
-                "Sforce-NumberOfRecords": str(count),
-                "Sforce-Locator": _locator(following) if following < self.records else "null",
-            },
-            stream=_Body(self.page(offset, count), cut),
-        )
-
-    def _result_pages(self, request: httpx.Request) -> httpx.Response:
-        locator = request.url.params.get("locator")
-        offset = int(base64.b64decode(locator)) if locator else 0
-        base = f"/services/data/v{self.version}/jobs/query/{JOB_ID}"
-        pages = []
-        while len(pages) < 3 and offset < self.records:
-            pages.append({"resultUrl": f"{base}/results?locator={_locator(offset)}"})
-            offset += self.page_size
-        done = offset >= self.records
-        return httpx.Response(
-            200,
-            json={
-                "resultPages": pages,
-                "nextRecordsUrl": None if done else f"{base}/resultPages?locator={_locator(offset)}",
-                "done": done,
-            },
-        )
-
-    def expected(self) -> list[bytes]:
-        """Every record row, in order."""
-        return [_row(i) for i in range(self.records)]
-
-
-def _locator(offset: int) -> str:
-    return base64.b64encode(str(offset).encode()).decode()
-
-
-def _error(status: int, code: str, message: str) -> httpx.Response:
-    return httpx.Response(status, json=[{"errorCode": code, "message": message}])
 
 
 @pytest.fixture
@@ -319,16 +144,16 @@ async def test_pages_follow_locators_until_the_null_one(client, api):
         body = b"".join([chunk async for chunk in page.iter_bytes()])
         pages.append((page.number, page.locator, page.records, page.next_locator, body))
     assert [(n, loc, r, nxt) for n, loc, r, nxt, _ in pages] == [
-        (0, None, 10, _locator(10)),
-        (1, _locator(10), 10, _locator(20)),
-        (2, _locator(20), 3, None),
+        (0, None, 10, encode_locator(10)),
+        (1, encode_locator(10), 10, encode_locator(20)),
+        (2, encode_locator(20), 3, None),
     ]
     assert _rows(b"".join(p[4] for p in pages)) == api.expected()
     results = [r for r in api.requests if r.url.path.endswith("/results")]
     assert [dict(r.url.params) for r in results] == [
         {"maxRecords": "10"},
-        {"maxRecords": "10", "locator": _locator(10)},
-        {"maxRecords": "10", "locator": _locator(20)},
+        {"maxRecords": "10", "locator": encode_locator(10)},
+        {"maxRecords": "10", "locator": encode_locator(20)},
     ]
     assert all(r.headers["Accept"] == "text/csv" for r in results)
 

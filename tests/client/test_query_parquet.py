@@ -4,11 +4,14 @@ worker thread into one file each."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import datetime
 import io
 import math
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,11 +20,22 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from airflow_provider_salesforce_bulk.client import (  # noqa: E402
+    BulkQueryClient,
+    DescribeCache,
     FieldDescription,
+    InputError,
+    NotFoundError,
+    RetryPolicy,
+    SalesforceSession,
+    StaticTokenAuth,
+    TokenCache,
     UnexpectedResponseError,
     arrow_schema,
     arrow_type,
+    copy_results_to_parquet,
     csv_to_parquet,
+    describe_columns,
+    describe_sobject,
 )
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS  # noqa: E402
 
@@ -196,3 +210,154 @@ def test_batches_are_bounded_row_groups():
     )
     groups = pq.ParquetFile(io.BytesIO(sink.getvalue())).num_row_groups
     assert groups > 5  # ~600 kB of CSV in 64 kB blocks: many small groups, never one whole table
+
+
+# -- pages through the worker thread, against the in-memory query API ------------------------------
+
+
+@pytest.fixture
+async def fake_client():
+    from tests.client.fake_query import INSTANCE, FakeQueryApi
+
+    api = FakeQueryApi(records=23, page_size=5)
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5),
+        api_version=api.version,
+    )
+    async with session:
+        yield api, BulkQueryClient(session)
+
+
+def _expected_rows(n: int) -> list[dict[str, str]]:
+    from tests.client.fake_query import row
+
+    out = []
+    for i in range(n):
+        values = next(csv.reader(io.StringIO(row(i).decode(), newline="")))
+        out.append({"Id": values[0], "Name": values[1]})
+    return out
+
+
+async def test_pages_become_parquet_files_exactly_once_through_drops(fake_client, tmp_path):
+    from tests.client.fake_query import JOB_ID
+
+    api, client = fake_client
+    api.drops = {5: [40], 15: [9, 120]}
+    summaries = await copy_results_to_parquet(
+        client, JOB_ID, lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"), block_size=1024
+    )
+    assert [s.records for s in summaries] == [5, 5, 5, 5, 3]
+    rows = [r for n in range(5) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    assert rows == _expected_rows(23)
+    assert api.fetches[5] == 2
+    assert api.fetches[15] == 3
+    describes = [r for r in api.requests if r.url.path.endswith("/describe")]
+    assert len(describes) == 1
+
+
+async def test_a_page_that_fails_to_convert_stops_the_others_without_hanging(
+    fake_client, tmp_path, monkeypatch
+):
+    from airflow_provider_salesforce_bulk.client import query_parquet
+    from tests.client.fake_query import JOB_ID
+
+    stopped = []
+    real_stop = query_parquet._Bridge.stop
+
+    def stop(self):
+        stopped.append(self)
+        real_stop(self)
+
+    monkeypatch.setattr(query_parquet._Bridge, "stop", stop)
+
+    api, client = fake_client
+    api.slow_bodies = {0: 0.05}  # the first page is still streaming into its thread when another fails
+    api.describe_fields = [{"name": "Id", "type": "id"}, {"name": "Name", "type": "int"}]
+    with pytest.raises(UnexpectedResponseError, match="column 'Name'"):
+        await asyncio.wait_for(
+            copy_results_to_parquet(
+                client,
+                JOB_ID,
+                lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
+                concurrency=3,
+            ),
+            10,
+        )
+    assert stopped  # a page was cancelled while its worker thread was reading it
+
+
+# -- describe ---------------------------------------------------------------------------------------
+
+
+def _describe_transport() -> httpx.MockTransport:
+    objects = {
+        "Contact": [
+            {"name": "Id", "type": "id"},
+            {"name": "Birthdate", "type": "date"},
+            {
+                "name": "AccountId",
+                "type": "reference",
+                "referenceTo": ["Account"],
+                "relationshipName": "Account",
+            },
+        ],
+        "Task": [
+            {
+                "name": "WhoId",
+                "type": "reference",
+                "referenceTo": ["Contact", "Lead"],
+                "relationshipName": "Who",
+            },
+        ],
+        "Account": [
+            {"name": "Name", "type": "string"},
+            {"name": "OwnerId", "type": "reference", "referenceTo": ["User"], "relationshipName": "Owner"},
+        ],
+        "User": [{"name": "Email", "type": "email"}, {"name": "IsActive", "type": "boolean"}],
+    }
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.split("/")[-2]
+        if name not in objects:
+            return httpx.Response(404, json=[{"errorCode": "NOT_FOUND", "message": "nope"}])
+        return httpx.Response(200, json={"name": name, "fields": objects[name]})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_columns_resolve_through_relationships_to_their_fields():
+    from tests.client.fake_query import INSTANCE
+
+    session = SalesforceSession(
+        StaticTokenAuth("t", INSTANCE), transport=_describe_transport(), token_cache=TokenCache()
+    )
+    async with session:
+        cache = DescribeCache(session)
+        columns = ["Id", "birthdate", "Account.Name", "Account.Owner.IsActive", "Contact.Birthdate", "Nope"]
+        fields = await describe_columns(cache, "Contact", columns)
+        task = await describe_columns(cache, "Task", ["Who.Name"])
+        with pytest.raises(NotFoundError):
+            await describe_sobject(session, "Missing__c")
+        with pytest.raises(InputError):
+            await describe_sobject(session, "Account/../x")
+    assert {k: (v.type if v else None) for k, v in fields.items()} == {
+        "Id": "id",
+        "birthdate": "date",
+        "Account.Name": "string",
+        "Account.Owner.IsActive": "boolean",
+        "Contact.Birthdate": "date",
+        "Nope": None,
+    }
+    assert task == {"Who.Name": None}  # polymorphic: the target object varies, so text
+    schema = arrow_schema(columns, fields)
+    assert [str(t) for t in schema.types] == [
+        "string",
+        "date32[day]",
+        "string",
+        "bool",
+        "date32[day]",
+        "string",
+    ]
