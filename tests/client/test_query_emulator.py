@@ -135,7 +135,14 @@ async def test_every_record_arrives_once_through_dropped_connections(emulator, t
         summaries = await client.copy_results_to(
             job.id,
             lambda page: (tmp_path / f"part-{page.number:03d}.csv").open("wb"),
-            max_records=4,
+            max_records=2,
+            concurrency=3,
+        )
+        typed = await copy_results_to_parquet(
+            client,
+            job.id,
+            lambda page: (tmp_path / f"part-{page.number:03d}.parquet").open("wb"),
+            max_records=3,
             concurrency=3,
         )
         emulator.update_settings(drop_rate=0.0)
@@ -144,6 +151,10 @@ async def test_every_record_arrives_once_through_dropped_connections(emulator, t
     rows = read_csv_files(sorted(tmp_path.glob("part-*.csv")))
     assert [row.pop("Id")[:3] for row in rows] == ["001"] * 40
     assert rows == expected_csv_rows(records)
+    assert [s.records for s in typed] == [3] * 13 + [1]
+    parquet_rows = [r for p in sorted(tmp_path.glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert [r["External_Id__c"] for r in parquet_rows] == [r["External_Id__c"] for r in records]
+    assert [r["Description"] for r in parquet_rows] == [r.get("Description") for r in records]
 
 
 async def test_typed_parquet_pages_hold_the_loaded_values(emulator, tmp_path):
