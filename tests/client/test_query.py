@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
     BulkQueryClient,
@@ -287,3 +289,27 @@ async def test_parallel_with_max_records_is_refused(client):
 
     with pytest.raises(InputError, match="max_records"):
         await client.for_each_result_page(JOB_ID, noop, parallel=True, max_records=10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.integers(0, 40),
+    page_size=st.integers(1, 12),
+    cuts=st.dictionaries(st.integers(0, 40), st.lists(st.integers(0, 400), max_size=3), max_size=6),
+)
+def test_any_drops_within_the_allowed_refetches_yield_every_record_once(records, page_size, cuts):
+    api = FakeQueryApi(records=records, page_size=page_size)
+    api.drops = {offset: list(points) for offset, points in cuts.items()}
+
+    async def run() -> bytes:
+        session = SalesforceSession(
+            StaticTokenAuth("fixed-token", INSTANCE),
+            transport=api.transport(),
+            token_cache=TokenCache(),
+            retry_policy=FAST,
+            api_version=api.version,
+        )
+        async with session:
+            return await _read_all(BulkQueryClient(session))
+
+    assert _rows(asyncio.run(run())) == api.expected()
