@@ -294,3 +294,37 @@ async def test_a_bad_query_is_refused_with_salesforces_message(emulator):
             await client.create_job("SELECT Id FROM Account WHERE")
         assert info.value.error_code == "MALFORMED_QUERY"
         assert info.value.row == 1
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "line_ending"), [("TAB", "CRLF"), ("PIPE", "LF"), ("SEMICOLON", "CRLF")]
+)
+async def test_the_jobs_delimiter_and_line_ending_are_honoured_end_to_end(
+    emulator, tmp_path, delimiter, line_ending
+):
+    records = [
+        {"External_Id__c": "D-1", "Name": "tab\there | pipe; semi", "NumberOfEmployees": 3},
+        {"External_Id__c": "D-2", "Name": "crlf\r\ninside", "AnnualRevenue": 2.5},
+    ]
+    async with session_for(emulator) as session:
+        await load(session, "Account", records)
+        client = BulkQueryClient(session)
+        job = await client.run_query(
+            "SELECT External_Id__c, Name, NumberOfEmployees, AnnualRevenue FROM Account "
+            "ORDER BY External_Id__c",
+            column_delimiter=delimiter,
+            line_ending=line_ending,
+            poll=POLL,
+            timeout=60,
+        )
+        assert (job.column_delimiter, job.line_ending) == (delimiter, line_ending)
+        await copy_results_to_parquet(client, job.id, lambda page: (tmp_path / "d.parquet").open("wb"))
+    assert pq.read_table(tmp_path / "d.parquet").to_pylist() == [
+        {
+            "External_Id__c": "D-1",
+            "Name": "tab\there | pipe; semi",
+            "NumberOfEmployees": 3,
+            "AnnualRevenue": None,
+        },
+        {"External_Id__c": "D-2", "Name": "crlf\r\ninside", "NumberOfEmployees": None, "AnnualRevenue": 2.5},
+    ]
