@@ -328,3 +328,22 @@ async def test_the_jobs_delimiter_and_line_ending_are_honoured_end_to_end(
         },
         {"External_Id__c": "D-2", "Name": "crlf\r\ninside", "NumberOfEmployees": None, "AnnualRevenue": 2.5},
     ]
+
+
+async def test_an_empty_result_is_one_empty_page(emulator, tmp_path):
+    async with session_for(emulator) as session:
+        await load(session, "Account", accounts(2))
+        client = BulkQueryClient(session)
+        job = await client.run_query(
+            "SELECT Id, Name FROM Account WHERE Name = 'none'", poll=POLL, timeout=60
+        )
+        assert job.number_records_processed == 0
+        csv_pages = await client.copy_results_to(job.id, lambda page: (tmp_path / "e.csv").open("wb"))
+        typed = await copy_results_to_parquet(
+            client, job.id, lambda page: (tmp_path / "e.parquet").open("wb")
+        )
+    assert [s.records for s in csv_pages] == [0]
+    assert [s.records for s in typed] == [0]
+    assert (tmp_path / "e.csv").read_bytes() == b'"Id","Name"\n'
+    table = pq.read_table(tmp_path / "e.parquet")  # the header alone: the columns, no rows
+    assert (table.num_rows, table.schema.names) == (0, ["Id", "Name"])

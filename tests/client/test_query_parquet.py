@@ -361,3 +361,20 @@ async def test_columns_resolve_through_relationships_to_their_fields():
         "date32[day]",
         "string",
     ]
+
+
+@pytest.mark.parametrize("header", [b'"Id","Name"\n', b""])
+async def test_an_empty_result_writes_the_columns_or_nothing(fake_client, tmp_path, header):
+    from tests.client.fake_query import JOB_ID
+
+    api, client = fake_client
+    api.records = api.processed = 0
+    api.header = lambda: header  # type: ignore[method-assign]
+    summaries = await copy_results_to_parquet(
+        client, JOB_ID, lambda page: (tmp_path / "e.parquet").open("wb"), parallel=False
+    )
+    assert [(s.records, s.bytes > 0) for s in summaries] == [(0, bool(header))]
+    if header:
+        assert pq.read_table(tmp_path / "e.parquet").schema.names == ["Id", "Name"]
+    else:
+        assert not (tmp_path / "e.parquet").exists()
