@@ -580,6 +580,7 @@ class BulkQueryClient:
         concurrency: int = 4,
         parallel: bool | None = None,
         compress: bool = True,
+        write_in_thread: bool = False,
     ) -> list[PageSummary]:
         """Write each result page, as Salesforce sent it (header included), to a sink of its own.
 
@@ -589,9 +590,15 @@ class BulkQueryClient:
         the order is stable, and a re-run writes the same names. A page dropped mid-body resumes
         in the same sink (see :meth:`ResultPage.iter_bytes`); if the copy fails, sinks written so
         far are incomplete and should be discarded. Memory holds ``concurrency`` network chunks.
+
+        ``write_in_thread`` opens, writes and closes each sink in a worker thread, for sinks whose
+        calls block (an object store uploading a part, or committing the file on close), so that
+        other pages keep streaming meanwhile.
         """
 
         async def copy(page: ResultPage) -> PageSummary:
+            if write_in_thread:
+                return await _copy_in_thread(page, sink_factory)
             written = 0
             with sink_factory(page) as sink:
                 async for chunk in page.iter_bytes():
@@ -693,6 +700,36 @@ class BulkQueryClient:
             if path is not None:
                 seen.add(path)
         return True
+
+
+async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` in a worker thread; if cancelled, return only once the thread is done
+    with it (so that no later call on the same sink races it)."""
+    running = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait({running})
+        raise
+
+
+async def _copy_in_thread(
+    page: ResultPage, sink_factory: Callable[[ResultPage], contextlib.AbstractContextManager[PageSink]]
+) -> PageSummary:
+    manager = await _in_thread(sink_factory, page)
+    sink = await _in_thread(manager.__enter__)
+    written = 0
+    try:
+        async for chunk in page.iter_bytes():
+            result = await _in_thread(sink.write, chunk)
+            if asyncio.iscoroutine(result):
+                await result
+            written += len(chunk)
+    except BaseException as exc:
+        await _in_thread(manager.__exit__, type(exc), exc, exc.__traceback__)
+        raise
+    await _in_thread(manager.__exit__, None, None, None)
+    return PageSummary(page.number, page.locator, page.records, written)
 
 
 class _PageRunner(Generic[_T]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,34 @@ def test_any_drops_within_the_allowed_refetches_yield_every_record_once(records,
             return await _read_all(BulkQueryClient(session))
 
     assert _rows(asyncio.run(run())) == api.expected()
+
+
+async def test_copy_can_open_write_and_close_each_sink_in_a_worker_thread(client, api, tmp_path: Path):
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    class Sink:
+        def __init__(self, path: Path) -> None:
+            threads.append(threading.get_ident())
+            self.file = path.open("wb")
+
+        def __enter__(self) -> Sink:
+            threads.append(threading.get_ident())
+            return self
+
+        def write(self, data: bytes) -> int:
+            threads.append(threading.get_ident())
+            return self.file.write(data)
+
+        def __exit__(self, *exc: object) -> None:
+            threads.append(threading.get_ident())
+            self.file.close()
+
+    api.drops = {10: [33]}
+    summaries = await client.copy_results_to(
+        JOB_ID, lambda page: Sink(tmp_path / f"part-{page.number}.csv"), write_in_thread=True
+    )
+    assert [s.records for s in summaries] == [5, 5, 5, 5, 3]
+    assert threads
+    assert loop_thread not in threads
+    assert _rows(b"".join((tmp_path / f"part-{n}.csv").read_bytes() for n in range(5))) == api.expected()
