@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import dataclasses
+import io
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -38,7 +40,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
 
 # Shared with the ingest client rather than copied: job id check and JSON/job body parsing.
 from airflow_provider_salesforce_bulk.client.ingest import PollPolicy, _job, _job_info, _json_object
-from airflow_provider_salesforce_bulk.client.models import JobInfo
+from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 __all__ = [
@@ -533,6 +535,10 @@ class BulkQueryClient:
         ``parallel=None`` picks ``/resultPages`` when the job's API version offers it and no
         ``max_records`` is given, and falls back to locators on a 404.
 
+        Each handler holds one of the session's request slots while its page streams; a handler
+        that sends requests of its own through the same session needs ``concurrency`` below the
+        session's slots.
+
         Returns
         -------
         list
@@ -616,6 +622,20 @@ class BulkQueryClient:
             parallel=parallel,
             compress=compress,
         )
+
+    async def result_columns(self, job: str | JobInfo) -> list[str] | None:
+        """The result's column names (its CSV header, the SELECT list as written), read from a
+        one-record page; None when the result has no header (an empty body)."""
+        if isinstance(job, str):
+            job = await self.finished_job(job)
+        page = self._page(job, 0, None, 1, True)
+        async with page:
+            chunks = page.iter_bytes()
+            try:
+                columns, _ = await read_csv_header(chunks, COLUMN_DELIMITERS[job.column_delimiter or "COMMA"])
+            finally:
+                await chunks.aclose()
+        return columns
 
     # -- page plumbing ------------------------------------------------------------------------
 
@@ -818,6 +838,35 @@ def _page_head(response: httpx.Response, job_id: str) -> tuple[int, str | None]:
         )
     locator = response.headers.get("Sforce-Locator", "").strip()
     return int(count), None if locator in ("", "null") else locator
+
+
+async def read_csv_header(chunks: AsyncIterator[bytes], delimiter: str) -> tuple[list[str] | None, bytes]:
+    """The header row's names, and every byte read from ``chunks`` so far (the header included);
+    None for an empty body. Reads no further than the chunk ending the header row."""
+    buffered = b""
+    end: int | None = None
+    async for chunk in chunks:
+        buffered += chunk
+        end = _first_record_end(buffered)
+        if end is not None:
+            break
+    if not buffered.strip(b"\r\n"):
+        return None, buffered
+    line = buffered[: end if end is not None else len(buffered)].decode("utf-8-sig", "replace")
+    row = next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter), [])
+    return row, buffered
+
+
+def _first_record_end(data: bytes) -> int | None:
+    """Index after the first line feed outside quotes, or None."""
+    position = 0
+    while True:
+        newline = data.find(b"\n", position)
+        if newline < 0:
+            return None
+        if data.count(b'"', 0, newline) % 2 == 0:
+            return newline + 1
+        position = newline + 1
 
 
 def _check_total(job: JobInfo, total: int) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import csv
 import functools
 import importlib
 import io
@@ -41,7 +40,12 @@ from typing import IO, Any
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, FieldDescription, describe_columns
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
-from airflow_provider_salesforce_bulk.client.query import BulkQueryClient, PageSummary, ResultPage
+from airflow_provider_salesforce_bulk.client.query import (
+    BulkQueryClient,
+    PageSummary,
+    ResultPage,
+    read_csv_header,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -241,33 +245,6 @@ def _conversion_error(exc: Exception, schema: ArrowSchema, where: str) -> Unexpe
 # -- pages ------------------------------------------------------------------------------------------
 
 
-async def _header(chunks: AsyncIterator[bytes], delimiter: str) -> tuple[list[str] | None, bytes]:
-    """The header row's names and every byte read so far (None for an empty body)."""
-    buffered = b""
-    async for chunk in chunks:
-        buffered += chunk
-        end = _first_record_end(buffered)
-        if end is not None:
-            break
-    if not buffered.strip(b"\r\n"):
-        return None, buffered
-    end = _first_record_end(buffered)
-    line = buffered[: end if end is not None else len(buffered)].decode("utf-8-sig", "replace")
-    row = next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter), [])
-    return row, buffered
-
-
-def _first_record_end(data: bytes) -> int | None:
-    position = 0
-    while True:
-        newline = data.find(b"\n", position)
-        if newline < 0:
-            return None
-        if data.count(b'"', 0, newline) % 2 == 0:
-            return newline + 1
-        position = newline + 1
-
-
 class _Bridge(io.RawIOBase):
     """A blocking reader, for a worker thread, of an async byte stream advanced on its loop."""
 
@@ -338,7 +315,7 @@ async def page_to_parquet(
     where = f"page {page.number} of query job {page.job_id}"
     chunks = page.iter_bytes()
     try:
-        columns, first = await _header(chunks, delimiter)
+        columns, first = await read_csv_header(chunks, delimiter)
         if columns is None:
             if page.records:
                 raise UnexpectedResponseError(f"{where} is empty but counts {page.records} records")
@@ -397,25 +374,29 @@ async def copy_results_to_parquet(
 
     Same paging, order and exactly-once guarantees as :meth:`BulkQueryClient.copy_results_to`;
     one file per page, so ``max_records`` sets the records per file. Types come from the describe
-    of the job's object (asked once). Memory holds about ``concurrency`` x ``block_size`` x a small
-    factor, whatever the number of records.
+    of the job's object (and of objects its relationship columns lead to), asked once, before any
+    page streams, for the columns of a one-record page. Memory holds about ``concurrency`` x
+    ``block_size`` x a small factor, whatever the number of records.
     """
     _pyarrow()
     job = await client.finished_job(job_id)
     if not job.object:
         raise UnexpectedResponseError(f"query job {job_id} names no object; its columns cannot be typed")
-    sobject = job.object
+    # The schema is settled before any page streams: a handler holding a page's request slot never
+    # waits for another request (describe), which could deadlock a session with few slots.
+    columns = await client.result_columns(job)
     cache = describe or DescribeCache(client.session)
+    schema = None
+    if columns is not None:
+        schema = arrow_schema(columns, await describe_columns(cache, job.object, columns))
     column_delimiter = job.column_delimiter or "COMMA"
-    schemas: dict[tuple[str, ...], ArrowSchema] = {}
-    lock = asyncio.Lock()
 
-    async def schema_for(columns: list[str]) -> ArrowSchema:
-        key = tuple(columns)
-        async with lock:
-            if key not in schemas:
-                schemas[key] = arrow_schema(columns, await describe_columns(cache, sobject, columns))
-        return schemas[key]
+    async def schema_for(header: list[str]) -> ArrowSchema:
+        if schema is None or header != columns:
+            raise UnexpectedResponseError(
+                f"a result page of query job {job_id} has the columns {header}, the first page {columns}"
+            )
+        return schema
 
     async def convert(page: ResultPage) -> PageSummary:
         return await page_to_parquet(

@@ -378,3 +378,28 @@ async def test_an_empty_result_writes_the_columns_or_nothing(fake_client, tmp_pa
         assert pq.read_table(tmp_path / "e.parquet").schema.names == ["Id", "Name"]
     else:
         assert not (tmp_path / "e.parquet").exists()
+
+
+async def test_types_are_settled_before_pages_hold_the_sessions_only_request_slot(tmp_path):
+    from tests.client.fake_query import INSTANCE, JOB_ID, FakeQueryApi
+
+    api = FakeQueryApi(records=12, page_size=5)
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        max_connections=1,
+        api_version=api.version,
+    )
+    async with session:
+        summaries = await asyncio.wait_for(
+            copy_results_to_parquet(
+                BulkQueryClient(session),
+                JOB_ID,
+                lambda page: (tmp_path / f"{page.number}.parquet").open("wb"),
+            ),
+            10,
+        )
+    assert [s.records for s in summaries] == [5, 5, 2]
+    probe = next(r for r in api.requests if r.url.path.endswith("/results"))
+    assert probe.url.params["maxRecords"] == "1"
