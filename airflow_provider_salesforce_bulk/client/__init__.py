@@ -71,13 +71,8 @@ from airflow_provider_salesforce_bulk.client.operation import (
     perform_operation,
     submit_job,
 )
-from airflow_provider_salesforce_bulk.client.query import (
-    BulkQueryClient,
-    PageSink,
-    PageSummary,
-    QueryOperation,
-    ResultPage,
-)
+from airflow_provider_salesforce_bulk.client.query import BulkQueryClient, QueryOperation
+from airflow_provider_salesforce_bulk.client.query_pages import PageSink, PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.client.query_parquet import (
     arrow_schema,
     arrow_type,

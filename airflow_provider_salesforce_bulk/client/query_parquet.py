@@ -40,12 +40,8 @@ from typing import IO, Any
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, FieldDescription, describe_columns
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
-from airflow_provider_salesforce_bulk.client.query import (
-    BulkQueryClient,
-    PageSummary,
-    ResultPage,
-    read_csv_header,
-)
+from airflow_provider_salesforce_bulk.client.query import BulkQueryClient
+from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage, read_csv_header
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",

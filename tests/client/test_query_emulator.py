@@ -125,7 +125,7 @@ async def test_records_come_back_exactly_as_csv_pages(emulator, tmp_path):
 
 
 async def test_every_record_arrives_once_through_dropped_connections(emulator, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="airflow_provider_salesforce_bulk.client.query")
+    caplog.set_level(logging.INFO, logger="airflow_provider_salesforce_bulk.client")
     records = accounts(40)
     async with session_for(emulator) as session:
         await load(session, "Account", records)
