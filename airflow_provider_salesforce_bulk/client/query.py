@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,7 @@ from airflow_provider_salesforce_bulk.client.query_pages import (
     copy_page_in_thread,
     read_csv_header,
 )
+from airflow_provider_salesforce_bulk.client.results import iter_csv_records
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 __all__ = [
@@ -278,8 +280,17 @@ class BulkQueryClient:
 
     # -- results ------------------------------------------------------------------------------
 
-    async def finished_job(self, job_id: str) -> JobInfo:
-        """The job, checked to be JobComplete (results exist only then)."""
+    async def finished_job(self, job: str | JobInfo) -> JobInfo:
+        """The job, checked to be JobComplete (results exist only then).
+
+        A :class:`JobInfo` already JobComplete (from :meth:`wait_for_job`) is taken as it is:
+        that state is final. Anything else is asked for.
+        """
+        if isinstance(job, JobInfo):
+            if job.state == "JobComplete":
+                return job
+            job = job.id
+        job_id = job
         job = await self.get_job(job_id)
         if job.state != "JobComplete":
             if job.state in ("Failed", "Aborted"):
@@ -298,7 +309,7 @@ class BulkQueryClient:
         return job
 
     async def iter_result_pages(
-        self, job_id: str, *, max_records: int | None = None, compress: bool = True
+        self, job_id: str | JobInfo, *, max_records: int | None = None, compress: bool = True
     ) -> AsyncIterator[ResultPage]:
         """The job's result pages in order, one open at a time, each by the previous one's locator.
 
@@ -338,9 +349,28 @@ class BulkQueryClient:
             number += 1
         _check_total(job, total)
 
+    async def iter_records(
+        self, job_id: str | JobInfo, *, max_records: int | None = None
+    ) -> AsyncIterator[dict[str, str]]:
+        """Every record of the result as a dict of its CSV values, page after page, in order.
+
+        Values are Salesforce's text; null is ``""`` (Bulk API CSV has no other null). For typed
+        values write Parquet (:func:`~.query_parquet.copy_results_to_parquet`).
+        """
+        job = await self.finished_job(job_id)
+        delimiter = COLUMN_DELIMITERS[job.column_delimiter or "COMMA"]
+        async for page in self.iter_result_pages(job, max_records=max_records):
+            try:
+                async for record in iter_csv_records(page.iter_bytes(), delimiter=delimiter):
+                    yield record
+            except csv.Error as exc:
+                raise UnexpectedResponseError(
+                    f"page {page.number} of query job {job.id} is not valid CSV: {exc}"
+                ) from exc
+
     async def for_each_result_page(
         self,
-        job_id: str,
+        job_id: str | JobInfo,
         handler: Callable[[ResultPage], Awaitable[_T]],
         *,
         max_records: int | None = None,
@@ -400,7 +430,7 @@ class BulkQueryClient:
 
     async def copy_results_to(
         self,
-        job_id: str,
+        job_id: str | JobInfo,
         sink_factory: Callable[[ResultPage], contextlib.AbstractContextManager[PageSink]],
         *,
         max_records: int | None = None,

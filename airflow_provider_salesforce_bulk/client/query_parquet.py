@@ -39,7 +39,7 @@ from typing import IO, Any
 
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, FieldDescription, describe_columns
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
+from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo
 from airflow_provider_salesforce_bulk.client.query import BulkQueryClient
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage, read_csv_header
 
@@ -356,7 +356,7 @@ async def page_to_parquet(
 
 async def copy_results_to_parquet(
     client: BulkQueryClient,
-    job_id: str,
+    job_id: str | JobInfo,
     sink_factory: Callable[[ResultPage], contextlib.AbstractContextManager[IO[bytes]]],
     *,
     max_records: int | None = None,
@@ -377,7 +377,7 @@ async def copy_results_to_parquet(
     _pyarrow()
     job = await client.finished_job(job_id)
     if not job.object:
-        raise UnexpectedResponseError(f"query job {job_id} names no object; its columns cannot be typed")
+        raise UnexpectedResponseError(f"query job {job.id} names no object; its columns cannot be typed")
     # The schema is settled before any page streams: a handler holding a page's request slot never
     # waits for another request (describe), which could deadlock a session with few slots.
     columns = await client.result_columns(job)
@@ -390,7 +390,7 @@ async def copy_results_to_parquet(
     async def schema_for(header: list[str]) -> ArrowSchema:
         if schema is None or header != columns:
             raise UnexpectedResponseError(
-                f"a result page of query job {job_id} has the columns {header}, the first page {columns}"
+                f"a result page of query job {job.id} has the columns {header}, the first page {columns}"
             )
         return schema
 
@@ -405,5 +405,5 @@ async def copy_results_to_parquet(
         )
 
     return await client.for_each_result_page(
-        job_id, convert, max_records=max_records, concurrency=concurrency, parallel=parallel
+        job, convert, max_records=max_records, concurrency=concurrency, parallel=parallel
     )

@@ -345,3 +345,13 @@ async def test_copy_can_open_write_and_close_each_sink_in_a_worker_thread(client
     assert threads
     assert loop_thread not in threads
     assert _rows(b"".join((tmp_path / f"part-{n}.csv").read_bytes() for n in range(5))) == api.expected()
+
+
+async def test_a_complete_job_info_is_not_asked_for_again(client, api):
+    job = await client.wait_for_job(JOB_ID)
+    before = len(api.requests)
+    records = [record async for record in client.iter_records(job)]
+    assert len(records) == 23
+    assert records[0] == {"Id": "001000000000000000", "Name": 'Name "0",\nline two'}
+    gets = [r for r in api.requests[before:] if r.url.path.endswith(JOB_ID)]
+    assert gets == []

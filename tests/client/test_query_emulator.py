@@ -347,3 +347,14 @@ async def test_an_empty_result_is_one_empty_page(emulator, tmp_path):
     assert (tmp_path / "e.csv").read_bytes() == b'"Id","Name"\n'
     table = pq.read_table(tmp_path / "e.parquet")  # the header alone: the columns, no rows
     assert (table.num_rows, table.schema.names) == (0, ["Id", "Name"])
+
+
+async def test_iter_records_yields_every_record_as_salesforce_wrote_it(emulator):
+    records = accounts(17)
+    async with session_for(emulator) as session:
+        await load(session, "Account", records)
+        client = BulkQueryClient(session)
+        job = await client.run_query(SOQL, poll=POLL, timeout=60)
+        rows = [row async for row in client.iter_records(job, max_records=4)]
+    assert all(row.pop("Id").startswith("001") for row in rows)
+    assert rows == expected_csv_rows(records)
