@@ -403,3 +403,25 @@ async def test_types_are_settled_before_pages_hold_the_sessions_only_request_slo
     assert [s.records for s in summaries] == [5, 5, 2]
     probe = next(r for r in api.requests if r.url.path.endswith("/results"))
     assert probe.url.params["maxRecords"] == "1"
+
+
+async def test_pages_go_to_fsspec_files_as_airflow_object_storage_opens_them(fake_client):
+    fsspec = pytest.importorskip("fsspec")
+    from tests.client.fake_query import JOB_ID
+
+    api, client = fake_client
+    api.drops = {10: [50]}
+    fs = fsspec.filesystem("memory")
+    typed = await copy_results_to_parquet(
+        client, JOB_ID, lambda page: fs.open(f"/extract/part-{page.number}.parquet", "wb")
+    )
+    raw = await client.copy_results_to(
+        JOB_ID, lambda page: fs.open(f"/extract/part-{page.number}.csv", "wb"), write_in_thread=True
+    )
+    assert [s.records for s in typed] == [s.records for s in raw] == [5, 5, 5, 5, 3]
+    rows = []
+    for n in range(5):
+        with fs.open(f"/extract/part-{n}.parquet", "rb") as handle:
+            rows += pq.read_table(handle).to_pylist()
+        assert fs.size(f"/extract/part-{n}.csv") == raw[n].bytes
+    assert rows == _expected_rows(23)
