@@ -28,14 +28,18 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
-pq = pytest.importorskip("pyarrow.parquet")
-
 FAST_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.01, max_delay=0.05, max_total=60)
 POLL = PollPolicy(initial=0.02, maximum=0.1)
 SOQL = (
     "SELECT Id, External_Id__c, Name, NumberOfEmployees, AnnualRevenue, Description "
     "FROM Account ORDER BY External_Id__c"
 )
+
+
+@pytest.fixture
+def pq() -> Any:
+    """pyarrow.parquet; only the tests of typed output need it."""
+    return pytest.importorskip("pyarrow.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +128,7 @@ async def test_records_come_back_exactly_as_csv_pages(emulator, tmp_path):
     assert rows == expected_csv_rows(records)
 
 
-async def test_every_record_arrives_once_through_dropped_connections(emulator, tmp_path, caplog):
+async def test_every_record_arrives_once_through_dropped_connections(emulator, tmp_path, caplog, pq):
     caplog.set_level(logging.INFO, logger="airflow_provider_salesforce_bulk.client")
     records = accounts(40)
     async with session_for(emulator) as session:
@@ -157,7 +161,7 @@ async def test_every_record_arrives_once_through_dropped_connections(emulator, t
     assert [r["Description"] for r in parquet_rows] == [r.get("Description") for r in records]
 
 
-async def test_typed_parquet_pages_hold_the_loaded_values(emulator, tmp_path):
+async def test_typed_parquet_pages_hold_the_loaded_values(emulator, tmp_path, pq):
     records = accounts(25)
     async with session_for(emulator) as session:
         await load(session, "Account", records)
@@ -191,7 +195,7 @@ async def test_typed_parquet_pages_hold_the_loaded_values(emulator, tmp_path):
         }
 
 
-async def test_relationship_columns_dates_and_booleans_are_typed_through_describe(emulator, tmp_path):
+async def test_relationship_columns_dates_and_booleans_are_typed_through_describe(emulator, tmp_path, pq):
     async with session_for(emulator) as session:
         await load(session, "Account", [{"External_Id__c": "A-1", "Name": "Parent Co"}])
         client = BulkQueryClient(session)
@@ -300,7 +304,7 @@ async def test_a_bad_query_is_refused_with_salesforces_message(emulator):
     ("delimiter", "line_ending"), [("TAB", "CRLF"), ("PIPE", "LF"), ("SEMICOLON", "CRLF")]
 )
 async def test_the_jobs_delimiter_and_line_ending_are_honoured_end_to_end(
-    emulator, tmp_path, delimiter, line_ending
+    emulator, tmp_path, delimiter, line_ending, pq
 ):
     records = [
         {"External_Id__c": "D-1", "Name": "tab\there | pipe; semi", "NumberOfEmployees": 3},
@@ -330,7 +334,7 @@ async def test_the_jobs_delimiter_and_line_ending_are_honoured_end_to_end(
     ]
 
 
-async def test_an_empty_result_is_one_empty_page(emulator, tmp_path):
+async def test_an_empty_result_is_one_empty_page(emulator, tmp_path, pq):
     async with session_for(emulator) as session:
         await load(session, "Account", accounts(2))
         client = BulkQueryClient(session)
