@@ -1,4 +1,4 @@
-"""Async client for the Salesforce Bulk API 2.0 ingest, on httpx and orjson.
+"""Async client for the Salesforce Bulk API 2.0 (ingest and query), on httpx and orjson.
 
 It imports nothing from Airflow and can be used on its own::
 
@@ -29,6 +29,13 @@ from airflow_provider_salesforce_bulk.client.auth import (
     normalize_login_url,
 )
 from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
+from airflow_provider_salesforce_bulk.client.describe import (
+    DescribeCache,
+    FieldDescription,
+    SObjectDescription,
+    describe_columns,
+    describe_sobject,
+)
 from airflow_provider_salesforce_bulk.client.errors import (
     ApiDisabledError,
     ApiVersionError,
@@ -44,6 +51,8 @@ from airflow_provider_salesforce_bulk.client.errors import (
     MalformedRequestError,
     NotFoundError,
     OperationTimeoutError,
+    QueryError,
+    QueryJobFailedError,
     RequestLimitExceededError,
     SalesforceApiError,
     SalesforceBulkError,
@@ -74,6 +83,14 @@ from airflow_provider_salesforce_bulk.client.operation import (
     perform_operation,
     submit_job,
 )
+from airflow_provider_salesforce_bulk.client.query import BulkQueryClient, QueryOperation
+from airflow_provider_salesforce_bulk.client.query_pages import PageSink, PageSummary, ResultPage
+from airflow_provider_salesforce_bulk.client.query_parquet import (
+    arrow_schema,
+    arrow_type,
+    copy_results_to_parquet,
+    csv_to_parquet,
+)
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
     CsvChunk,
@@ -97,8 +114,11 @@ __all__ = [
     "BulkJobFailedError",
     "BulkOperationError",
     "BulkOperationTimeoutError",
+    "BulkQueryClient",
     "ClientCredentialsAuth",
     "CsvChunk",
+    "DescribeCache",
+    "FieldDescription",
     "InputError",
     "InvalidJobError",
     "InvalidJobStateError",
@@ -112,12 +132,19 @@ __all__ = [
     "NotFoundError",
     "OperationTimeoutError",
     "OperationType",
+    "PageSink",
+    "PageSummary",
     "PasswordAuth",
     "PollPolicy",
+    "QueryError",
+    "QueryJobFailedError",
+    "QueryOperation",
     "RefreshTokenAuth",
     "RequestLimitExceededError",
     "ResultKind",
+    "ResultPage",
     "RetryPolicy",
+    "SObjectDescription",
     "SalesforceApiError",
     "SalesforceBulkError",
     "SalesforceSession",
@@ -134,8 +161,14 @@ __all__ = [
     "UnexpectedResponseError",
     "UntrustedUrlError",
     "UploadOutcomeUnknownError",
+    "arrow_schema",
+    "arrow_type",
     "close_uploaded_job",
+    "copy_results_to_parquet",
+    "csv_to_parquet",
     "default_token_cache",
+    "describe_columns",
+    "describe_sobject",
     "iter_arrow_chunks",
     "iter_csv_stream_chunks",
     "iter_record_chunks",

@@ -8,6 +8,7 @@ transport failures are wrapped, so no bare ``httpx`` exception or ``ExceptionGro
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +32,8 @@ __all__ = [
     "MalformedRequestError",
     "NotFoundError",
     "OperationTimeoutError",
+    "QueryError",
+    "QueryJobFailedError",
     "RequestLimitExceededError",
     "SalesforceApiError",
     "SalesforceBulkError",
@@ -179,6 +182,35 @@ class MalformedRequestError(SalesforceApiError):
     """400, 405, 415 and other client errors: the request itself is wrong."""
 
 
+class QueryError(MalformedRequestError):
+    """400 ``MALFORMED_QUERY``, ``INVALID_FIELD``, ``INVALID_TYPE``...: Salesforce refused the SOQL.
+
+    The message is Salesforce's own (the query line, a caret, ``ERROR at Row:1:Column:12`` and the
+    reason); :attr:`row`, :attr:`column` and :attr:`field` are read from it when it names them.
+    """
+
+    @property
+    def salesforce_message(self) -> str:
+        """The first error's ``message`` as Salesforce sent it."""
+        return str(self.errors[0].get("message") or "") if self.errors else ""
+
+    @property
+    def row(self) -> int | None:
+        match = _POSITION.search(self.salesforce_message)
+        return int(match[1]) if match else None
+
+    @property
+    def column(self) -> int | None:
+        match = _POSITION.search(self.salesforce_message)
+        return int(match[2]) if match else None
+
+    @property
+    def field(self) -> str | None:
+        """The field the message names (``No such column 'Nme'``, ``field 'Name'``), if any."""
+        match = _FIELD_NAMED.search(self.salesforce_message)
+        return match[1] if match else None
+
+
 class ApiVersionError(SalesforceApiError):
     """409 or 410: the API version is retired or differs from the job's."""
 
@@ -292,6 +324,23 @@ class BulkOperationTimeoutError(BulkOperationError, OperationTimeoutError):
     running (see :attr:`BulkOperationError.jobs`)."""
 
 
+class QueryJobFailedError(BulkJobFailedError):
+    """A query job ended Failed (or Aborted); :attr:`error_message` is Salesforce's ``errorMessage``.
+
+    :attr:`error_code` is the exception code it starts with (``InvalidBatch`` in
+    ``InvalidBatch : Failed to process query: ...``), when it has one.
+    """
+
+    @property
+    def error_code(self) -> str | None:
+        match = _LEADING_CODE.match(self.error_message or "")
+        return match[1] if match else None
+
+
+_POSITION = re.compile(r"Row:(\d+):Column:(\d+)")
+_FIELD_NAMED = re.compile(r"(?:[Cc]olumn|[Ff]ield) '([^']+)'")
+_LEADING_CODE = re.compile(r"^\s*([A-Za-z_]+)\s*:")
+
 # errorCode values that decide the class regardless of the status (upper-cased as on the wire).
 _BY_ERROR_CODE: dict[str, type[SalesforceApiError]] = {
     "INVALID_SESSION_ID": SessionExpiredError,
@@ -306,6 +355,10 @@ _BY_ERROR_CODE: dict[str, type[SalesforceApiError]] = {
     "INVALIDJOB": InvalidJobError,
     # A second upload to a job ("Found multiple contents for job"): the job cannot take it.
     "BULK_API_ERROR": InvalidJobError,
+    "MALFORMED_QUERY": QueryError,
+    "INVALID_FIELD": QueryError,
+    "INVALID_TYPE": QueryError,
+    "INVALID_QUERY_FILTER_OPERATOR": QueryError,
 }
 
 _BY_STATUS: dict[int, type[SalesforceApiError]] = {

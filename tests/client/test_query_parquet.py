@@ -1,0 +1,427 @@
+"""Query CSV -> Parquet: every Salesforce type round-trips through the text Salesforce writes for it
+(hypothesis), empty values are nulls, bad values name their column, and pages stream through the
+worker thread into one file each."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime
+import io
+import math
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from airflow_provider_salesforce_bulk.client import (  # noqa: E402
+    BulkQueryClient,
+    DescribeCache,
+    FieldDescription,
+    InputError,
+    NotFoundError,
+    RetryPolicy,
+    SalesforceSession,
+    StaticTokenAuth,
+    TokenCache,
+    UnexpectedResponseError,
+    arrow_schema,
+    arrow_type,
+    copy_results_to_parquet,
+    csv_to_parquet,
+    describe_columns,
+    describe_sobject,
+)
+from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS  # noqa: E402
+
+UTC = datetime.timezone.utc
+TYPES = ["string", "boolean", "int", "double", "currency", "date", "datetime", "time", "picklist"]
+
+
+def _java_double(value: float) -> str:
+    """As Salesforce writes doubles: plain between 1e-3 and 1e7, else d.dddE±n."""
+    if 1e-3 <= abs(value) < 1e7 or value == 0:
+        text = repr(value)
+        return text if "." in text else text + ".0"
+    mantissa, exponent = f"{value:.16e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"{mantissa}E{int(exponent)}"
+
+
+def _text(ftype: str, value: Any) -> str:
+    """The text Salesforce writes in a query result for ``value`` of ``ftype``; '' for null."""
+    if value is None:
+        return ""
+    if ftype == "boolean":
+        return "true" if value else "false"
+    if ftype in ("double", "currency"):
+        return _java_double(value)
+    if ftype == "datetime":
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if ftype == "time":
+        return value.strftime("%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if ftype == "date":
+        return value.isoformat()
+    return str(value)
+
+
+def _values(ftype: str) -> st.SearchStrategy[Any]:
+    if ftype == "boolean":
+        return st.booleans()
+    if ftype == "int":
+        return st.integers(-(2**53), 2**53)
+    if ftype in ("double", "currency"):
+        return st.floats(allow_nan=False, allow_infinity=False, width=64).map(lambda x: x + 0.0)
+    if ftype == "date":
+        return st.dates(datetime.date(1700, 1, 1), datetime.date(4000, 12, 31))
+    if ftype == "datetime":
+        return st.datetimes(datetime.datetime(1900, 1, 1), datetime.datetime(3000, 1, 1)).map(
+            lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000, tzinfo=UTC)
+        )
+    if ftype == "time":
+        return st.times().map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+    # Text: anything but an empty string (Salesforce has none; an empty field is null) and NUL.
+    return st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1)
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[str], list[str], list[list[Any]], str]:
+    types = draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=6))
+    names = [f"F{i}_{t}__c" for i, t in enumerate(types)]
+    rows = draw(
+        st.lists(st.tuples(*(st.none() | _values(t) for t in types)).map(list), min_size=0, max_size=30)
+    )
+    delimiter = draw(st.sampled_from(sorted(COLUMN_DELIMITERS)))
+    return names, types, rows, delimiter
+
+
+def _csv(names: list[str], types: list[str], rows: list[list[Any]], delimiter: str, eol: str = "\n") -> bytes:
+    sep = COLUMN_DELIMITERS[delimiter]
+
+    def quoted(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"'
+
+    lines = [sep.join(quoted(n) for n in names)]
+    for row in rows:
+        lines.append(sep.join(quoted(_text(t, v)) for t, v in zip(types, row, strict=True)))
+    return (eol.join(lines) + eol).encode()
+
+
+def _convert(names, types, rows, delimiter, **kwargs) -> tuple[Any, int, int]:
+    fields = {n: FieldDescription(n, t) for n, t in zip(names, types, strict=True)}
+    schema = arrow_schema(names, fields)
+    sink = io.BytesIO()
+    count, written = csv_to_parquet(
+        io.BytesIO(_csv(names, types, rows, delimiter, kwargs.pop("eol", "\n"))),
+        sink,
+        schema,
+        column_delimiter=delimiter,
+        **kwargs,
+    )
+    return pq.read_table(io.BytesIO(sink.getvalue())), count, written
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables())
+def test_every_type_round_trips_through_salesforce_text(table):
+    names, types, rows, delimiter = table
+    result, count, written = _convert(names, types, rows, delimiter, block_size=1024)
+    assert count == len(rows)
+    assert written > 0
+    assert result.schema.types == [arrow_type(FieldDescription("x", t)) for t in types]
+    assert result.to_pylist() == [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def test_types_map_as_documented():
+    expected = {
+        "id": pa.string(),
+        "reference": pa.string(),
+        "textarea": pa.string(),
+        "email": pa.string(),
+        "url": pa.string(),
+        "phone": pa.string(),
+        "boolean": pa.bool_(),
+        "int": pa.int64(),
+        "double": pa.float64(),
+        "currency": pa.float64(),
+        "percent": pa.float64(),
+        "date": pa.date32(),
+        "datetime": pa.timestamp("ms", tz="UTC"),
+        "time": pa.time32("ms"),
+        "anything_new": pa.string(),
+    }
+    assert {t: arrow_type(FieldDescription("x", t)) for t in expected} == expected
+    assert arrow_type(None) == pa.string()
+
+
+def test_empty_values_are_nulls_quoted_or_not_and_crlf_is_read():
+    data = b'"Name","Amount__c","Active__c"\r\n"",,""\r\n"a",1.5E8,"true"\r\n'
+    fields = {
+        "Name": FieldDescription("Name", "string"),
+        "Amount__c": FieldDescription("Amount__c", "currency"),
+        "Active__c": FieldDescription("Active__c", "boolean"),
+    }
+    sink = io.BytesIO()
+    csv_to_parquet(io.BytesIO(data), sink, arrow_schema(["Name", "Amount__c", "Active__c"], fields))
+    assert pq.read_table(io.BytesIO(sink.getvalue())).to_pylist() == [
+        {"Name": None, "Amount__c": None, "Active__c": None},
+        {"Name": "a", "Amount__c": 1.5e8, "Active__c": True},
+    ]
+
+
+def test_a_value_of_the_wrong_type_names_its_column():
+    data = b'"Name","NumberOfEmployees"\n"a","12"\n"b","many"\n'
+    fields = {"NumberOfEmployees": FieldDescription("NumberOfEmployees", "int")}
+    with pytest.raises(UnexpectedResponseError, match=r"column 'NumberOfEmployees'.*many"):
+        csv_to_parquet(
+            io.BytesIO(data),
+            io.BytesIO(),
+            arrow_schema(["Name", "NumberOfEmployees"], fields),
+            where="page 3",
+        )
+
+
+def test_a_header_that_differs_from_the_schema_is_refused():
+    data = b'"Name","Other"\n"a","b"\n'
+    with pytest.raises(UnexpectedResponseError, match="header"):
+        csv_to_parquet(io.BytesIO(data), io.BytesIO(), arrow_schema(["Name", "Phone"], {}))
+
+
+def test_batches_are_bounded_row_groups():
+    names, types = ["Name", "Amount__c"], ["string", "double"]
+    rows = [[f"name {i}", i * 1.5] for i in range(20_000)]
+    result, count, _ = _convert(names, types, rows, "COMMA", block_size=64 * 1024)
+    assert count == 20_000
+    assert not math.isnan(result.column("Amount__c")[5].as_py())
+    sink = io.BytesIO()
+    fields = {n: FieldDescription(n, t) for n, t in zip(names, types, strict=True)}
+    csv_to_parquet(
+        io.BytesIO(_csv(names, types, rows, "COMMA")),
+        sink,
+        arrow_schema(names, fields),
+        block_size=64 * 1024,
+    )
+    groups = pq.ParquetFile(io.BytesIO(sink.getvalue())).num_row_groups
+    assert groups > 5  # ~600 kB of CSV in 64 kB blocks: many small groups, never one whole table
+
+
+# -- pages through the worker thread, against the in-memory query API ------------------------------
+
+
+@pytest.fixture
+async def fake_client():
+    from tests.client.fake_query import INSTANCE, FakeQueryApi
+
+    api = FakeQueryApi(records=23, page_size=5)
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5),
+        api_version=api.version,
+    )
+    async with session:
+        yield api, BulkQueryClient(session)
+
+
+def _expected_rows(n: int) -> list[dict[str, str]]:
+    from tests.client.fake_query import row
+
+    out = []
+    for i in range(n):
+        values = next(csv.reader(io.StringIO(row(i).decode(), newline="")))
+        out.append({"Id": values[0], "Name": values[1]})
+    return out
+
+
+async def test_pages_become_parquet_files_exactly_once_through_drops(fake_client, tmp_path):
+    from tests.client.fake_query import JOB_ID
+
+    api, client = fake_client
+    api.drops = {5: [40], 15: [9, 120]}
+    summaries = await copy_results_to_parquet(
+        client, JOB_ID, lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"), block_size=1024
+    )
+    assert [s.records for s in summaries] == [5, 5, 5, 5, 3]
+    rows = [r for n in range(5) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    assert rows == _expected_rows(23)
+    assert api.fetches[5] == 2
+    assert api.fetches[15] == 3
+    describes = [r for r in api.requests if r.url.path.endswith("/describe")]
+    assert len(describes) == 1
+
+
+async def test_a_page_that_fails_to_convert_stops_the_others_without_hanging(
+    fake_client, tmp_path, monkeypatch
+):
+    from airflow_provider_salesforce_bulk.client import query_parquet
+    from tests.client.fake_query import JOB_ID
+
+    stopped = []
+    real_stop = query_parquet._Bridge.stop
+
+    def stop(self):
+        stopped.append(self)
+        real_stop(self)
+
+    monkeypatch.setattr(query_parquet._Bridge, "stop", stop)
+
+    api, client = fake_client
+    api.slow_bodies = {0: 0.05}  # the first page is still streaming into its thread when another fails
+    api.describe_fields = [{"name": "Id", "type": "id"}, {"name": "Name", "type": "int"}]
+    with pytest.raises(UnexpectedResponseError, match="column 'Name'"):
+        await asyncio.wait_for(
+            copy_results_to_parquet(
+                client,
+                JOB_ID,
+                lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
+                concurrency=3,
+            ),
+            10,
+        )
+    assert stopped  # a page was cancelled while its worker thread was reading it
+
+
+# -- describe ---------------------------------------------------------------------------------------
+
+
+def _describe_transport() -> httpx.MockTransport:
+    objects = {
+        "Contact": [
+            {"name": "Id", "type": "id"},
+            {"name": "Birthdate", "type": "date"},
+            {
+                "name": "AccountId",
+                "type": "reference",
+                "referenceTo": ["Account"],
+                "relationshipName": "Account",
+            },
+        ],
+        "Task": [
+            {
+                "name": "WhoId",
+                "type": "reference",
+                "referenceTo": ["Contact", "Lead"],
+                "relationshipName": "Who",
+            },
+        ],
+        "Account": [
+            {"name": "Name", "type": "string"},
+            {"name": "OwnerId", "type": "reference", "referenceTo": ["User"], "relationshipName": "Owner"},
+        ],
+        "User": [{"name": "Email", "type": "email"}, {"name": "IsActive", "type": "boolean"}],
+    }
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.split("/")[-2]
+        if name not in objects:
+            return httpx.Response(404, json=[{"errorCode": "NOT_FOUND", "message": "nope"}])
+        return httpx.Response(200, json={"name": name, "fields": objects[name]})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_columns_resolve_through_relationships_to_their_fields():
+    from tests.client.fake_query import INSTANCE
+
+    session = SalesforceSession(
+        StaticTokenAuth("t", INSTANCE), transport=_describe_transport(), token_cache=TokenCache()
+    )
+    async with session:
+        cache = DescribeCache(session)
+        columns = ["Id", "birthdate", "Account.Name", "Account.Owner.IsActive", "Contact.Birthdate", "Nope"]
+        fields = await describe_columns(cache, "Contact", columns)
+        task = await describe_columns(cache, "Task", ["Who.Name"])
+        with pytest.raises(NotFoundError):
+            await describe_sobject(session, "Missing__c")
+        with pytest.raises(InputError):
+            await describe_sobject(session, "Account/../x")
+    assert {k: (v.type if v else None) for k, v in fields.items()} == {
+        "Id": "id",
+        "birthdate": "date",
+        "Account.Name": "string",
+        "Account.Owner.IsActive": "boolean",
+        "Contact.Birthdate": "date",
+        "Nope": None,
+    }
+    assert task == {"Who.Name": None}  # polymorphic: the target object varies, so text
+    schema = arrow_schema(columns, fields)
+    assert [str(t) for t in schema.types] == [
+        "string",
+        "date32[day]",
+        "string",
+        "bool",
+        "date32[day]",
+        "string",
+    ]
+
+
+@pytest.mark.parametrize("header", [b'"Id","Name"\n', b""])
+async def test_an_empty_result_writes_the_columns_or_nothing(fake_client, tmp_path, header):
+    from tests.client.fake_query import JOB_ID
+
+    api, client = fake_client
+    api.records = api.processed = 0
+    api.header = lambda: header  # type: ignore[method-assign]
+    summaries = await copy_results_to_parquet(
+        client, JOB_ID, lambda page: (tmp_path / "e.parquet").open("wb"), parallel=False
+    )
+    assert [(s.records, s.bytes > 0) for s in summaries] == [(0, bool(header))]
+    if header:
+        assert pq.read_table(tmp_path / "e.parquet").schema.names == ["Id", "Name"]
+    else:
+        assert not (tmp_path / "e.parquet").exists()
+
+
+async def test_types_are_settled_before_pages_hold_the_sessions_only_request_slot(tmp_path):
+    from tests.client.fake_query import INSTANCE, JOB_ID, FakeQueryApi
+
+    api = FakeQueryApi(records=12, page_size=5)
+    session = SalesforceSession(
+        StaticTokenAuth("fixed-token", INSTANCE),
+        transport=api.transport(),
+        token_cache=TokenCache(),
+        max_connections=1,
+        api_version=api.version,
+    )
+    async with session:
+        summaries = await asyncio.wait_for(
+            copy_results_to_parquet(
+                BulkQueryClient(session),
+                JOB_ID,
+                lambda page: (tmp_path / f"{page.number}.parquet").open("wb"),
+            ),
+            10,
+        )
+    assert [s.records for s in summaries] == [5, 5, 2]
+    probe = next(r for r in api.requests if r.url.path.endswith("/results"))
+    assert probe.url.params["maxRecords"] == "1"
+
+
+async def test_pages_go_to_fsspec_files_as_airflow_object_storage_opens_them(fake_client):
+    fsspec = pytest.importorskip("fsspec")
+    from tests.client.fake_query import JOB_ID
+
+    api, client = fake_client
+    api.drops = {10: [50]}
+    fs = fsspec.filesystem("memory")
+    typed = await copy_results_to_parquet(
+        client, JOB_ID, lambda page: fs.open(f"/extract/part-{page.number}.parquet", "wb")
+    )
+    raw = await client.copy_results_to(
+        JOB_ID, lambda page: fs.open(f"/extract/part-{page.number}.csv", "wb"), write_in_thread=True
+    )
+    assert [s.records for s in typed] == [s.records for s in raw] == [5, 5, 5, 5, 3]
+    rows = []
+    for n in range(5):
+        with fs.open(f"/extract/part-{n}.parquet", "rb") as handle:
+            rows += pq.read_table(handle).to_pylist()
+        assert fs.size(f"/extract/part-{n}.csv") == raw[n].bytes
+    assert rows == _expected_rows(23)
