@@ -60,7 +60,7 @@ def _detect_format(name: str, declared: str | None) -> str:
 
 
 def _path_opener(source: Any) -> tuple[Opener, str]:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     path = source if isinstance(source, ObjectStoragePath) else ObjectStoragePath(os.fspath(source))
     if not path.exists():
