@@ -98,11 +98,18 @@ class VariablePlanStore:
             Variable.delete(self.variable_key(key))
 
 
-def plan_store_for(context: Mapping[str, Any]) -> PlanStore:
-    """``context["task_state_store"]`` where Airflow has it (3.3+), else a :class:`VariablePlanStore`."""
+def plan_store_for(context: Mapping[str, Any]) -> PlanStore | None:
+    """``context["task_state_store"]`` where Airflow has it (3.3+), else a :class:`VariablePlanStore`.
+
+    ``None`` only without a task instance (``execute`` called outside a task run): nothing to key a
+    plan by, so nothing is remembered. Unit tests that call ``execute`` with a stub ``ti`` should pass
+    their own ``task_state_store`` (a dict-backed one), since Variables need a running task.
+    """
     store = context.get("task_state_store")
     if store is not None:
         return store  # type: ignore[no-any-return]
-    ti = context["ti"]
+    ti = context.get("ti")
+    if ti is None:
+        return None
     map_index = getattr(ti, "map_index", -1)
     return VariablePlanStore(ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else int(map_index))

@@ -99,6 +99,20 @@ def test_variable_keys_are_distinct_bounded_and_readable() -> None:
     )
 
 
+def test_the_context_decides_the_store() -> None:
+    from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
+
+    class _TI:
+        dag_id, run_id, task_id, map_index = "d", "r", "t", 2
+
+    native = object()
+    assert plan_store_for({"task_state_store": native, "ti": _TI()}) is native
+    fallback = plan_store_for({"task_state_store": None, "ti": _TI()})
+    assert isinstance(fallback, VariablePlanStore)
+    assert (fallback.dag_id, fallback.run_id, fallback.task_id, fallback.map_index) == ("d", "r", "t", 2)
+    assert plan_store_for({"ti": None}) is None
+
+
 def test_none_is_refused_like_task_state_store() -> None:
     with pytest.raises(ValueError, match="None"):
         VariablePlanStore("d", "r", "t").set("plan", None)
