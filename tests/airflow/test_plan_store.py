@@ -30,31 +30,40 @@ def test_plan_survives_a_retry_per_mapped_instance_and_is_deleted(tmp_path: Path
         "plan_store_retry",
         f"""
         import datetime, json, pathlib
-        from airflow.sdk import DAG, task
+        from airflow.sdk import DAG, BaseOperator
         from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 
         OUT = pathlib.Path({str(out)!r})
 
-        @task(retries=1, retry_delay=datetime.timedelta(0))
-        def remember(n, **context):
-            store = plan_store_for(context)
-            ti = context["ti"]
-            seen = store.get("plan", "missing")
-            if ti.try_number == 1:
-                store.set("plan", {{"chunks": {{"0": {{"job": f"750-{{n}}", "count": n}}}}}})
-                store.set("other", [n])
-                raise RuntimeError("worker lost after saving the plan")
-            # The retry reads what its first try saved, for its own map index only.
-            (OUT / f"{{ti.map_index}}.json").write_text(json.dumps({{
-                "seen": seen,
-                "other": store.get("other"),
-                "store": type(store).__name__,
-            }}))
-            store.delete("plan")
-            (OUT / f"{{ti.map_index}}.after.json").write_text(json.dumps(store.get("plan", "gone")))
+        # A plain operator, not @task: the standard provider's PythonOperator leaves a lazy
+        # cloudpickle proxy behind that breaks a client test's gc.get_objects() scan.
+        class Remember(BaseOperator):
+            def __init__(self, n, **kwargs):
+                super().__init__(**kwargs)
+                self.n = n
+
+            def execute(self, context):
+                n = self.n
+                store = plan_store_for(context)
+                ti = context["ti"]
+                seen = store.get("plan", "missing")
+                if ti.try_number == 1:
+                    store.set("plan", {{"chunks": {{"0": {{"job": f"750-{{n}}", "count": n}}}}}})
+                    store.set("other", [n])
+                    raise RuntimeError("worker lost after saving the plan")
+                # The retry reads what its first try saved, for its own map index only.
+                (OUT / f"{{ti.map_index}}.json").write_text(json.dumps({{
+                    "seen": seen,
+                    "other": store.get("other"),
+                    "store": type(store).__name__,
+                }}))
+                store.delete("plan")
+                (OUT / f"{{ti.map_index}}.after.json").write_text(json.dumps(store.get("plan", "gone")))
 
         with DAG("plan_store_retry", schedule=None, start_date=datetime.datetime(2024, 1, 1)) as dag:
-            remember.expand(n=[3, 7])
+            Remember.partial(
+                task_id="remember", retries=1, retry_delay=datetime.timedelta(0)
+            ).expand(n=[3, 7])
         """,
     )
     dr = dag.test()  # type: ignore[attr-defined]
