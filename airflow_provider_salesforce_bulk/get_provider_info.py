@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow_provider_salesforce_bulk import __version__
 
-__all__ = ["get_provider_info"]
+__all__ = ["AUTH_TYPE_CHOICES", "conn_fields", "get_provider_info", "ui_field_behaviour"]
 
 _SECRET = {"type": ["string", "null"], "format": "password"}
 _TEXT = {"type": ["string", "null"]}
@@ -21,18 +21,38 @@ AUTH_TYPE_CHOICES = [
     "access_token",
 ]
 
+# The 3.x form shows an enum's values as they are, and a None in the enum as a "null" choice.
+_AUTH_TYPE_LABELS = {
+    "client_credentials": "Client credentials (OAuth 2.0)",
+    "jwt_bearer": "JWT bearer (certificate)",
+    "refresh_token": "Refresh token",
+    "password": "Username and password (OAuth 2.0)",
+    "soap_login": "SOAP login (API 64.0 and older)",
+    "access_token": "Access token (fixed session)",
+}
 
-def _conn_fields() -> dict[str, Any]:
-    # Extras are stored under these plain keys; hooks/connection.py reads the same names.
+
+def conn_fields() -> dict[str, Any]:
+    """The connection's extra fields (``conn-fields``): the form of Airflow 3.2+, and of 3.1 via the hook.
+
+    Extras are stored under these plain keys; hooks/connection.py reads the same names. The 3.x form
+    renders no placeholder for an extra field, only ``examples`` (a suggestion list) and the
+    description, so the hints a placeholder would give are there.
+    """
     return {
         "auth_type": {
             "label": "Auth type",
             "description": "How to log in. Left empty, it is inferred from the fields that are filled in.",
-            "schema": {"type": ["string", "null"], "enum": [*AUTH_TYPE_CHOICES, None]},
+            # No None in the enum: empty (null) is the cleared dropdown, not a seventh choice.
+            "schema": {
+                "type": ["string", "null"],
+                "enum": list(AUTH_TYPE_CHOICES),
+                "values_display": dict(_AUTH_TYPE_LABELS),
+            },
         },
         "client_id": {
             "label": "Client ID (consumer key)",
-            "description": "Consumer key of the connected app / external client app.",
+            "description": "Consumer key of the connected app / external client app (3MVG9...).",
             "schema": _TEXT,
         },
         "client_secret": {
@@ -46,7 +66,8 @@ def _conn_fields() -> dict[str, Any]:
         },
         "private_key_file_path": {
             "label": "Private key file path",
-            "description": "JWT bearer: path of a PEM key file readable by workers and triggerers.",
+            "description": "JWT bearer: path of a PEM key file readable by workers and triggerers "
+            "(/opt/airflow/secrets/salesforce.key).",
             "schema": _TEXT,
         },
         "private_key_passphrase": {"label": "Private key passphrase", "schema": _SECRET},
@@ -64,12 +85,16 @@ def _conn_fields() -> dict[str, Any]:
         "instance_url": {
             "label": "Instance URL",
             "description": "Access token auth: https://<mydomain>.my.salesforce.com.",
-            "schema": {"type": ["string", "null"], "format": "url"},
+            "schema": {
+                "type": ["string", "null"],
+                "format": "url",
+                "examples": ["https://mydomain.my.salesforce.com"],
+            },
         },
         "domain": {
             "label": "Domain",
             "description": "'login' (production), 'test' (sandbox) or a My Domain host, when Host is empty.",
-            "schema": _TEXT,
+            "schema": {"type": ["string", "null"], "examples": ["login", "test"]},
         },
         "allowed_hosts": {
             "label": "Allowed hosts",
@@ -82,7 +107,37 @@ def _conn_fields() -> dict[str, Any]:
         },
         "api_version": {
             "label": "API version",
-            "schema": {"type": ["string", "null"], "default": "64.0", "pattern": r"^v?\d{2,3}\.\d$"},
+            "description": "Salesforce REST API version, e.g. 64.0.",
+            "schema": {
+                "type": ["string", "null"],
+                "default": "64.0",
+                "pattern": r"^v?\d{2,3}\.\d$",
+                "examples": ["64.0"],
+            },
+        },
+    }
+
+
+def ui_field_behaviour() -> dict[str, Any]:
+    """``ui-field-behaviour``: labels and placeholders of the standard fields.
+
+    Port stays visible: the connection list's Test button of Airflow 3.3.2 posts ``port: 0`` for an
+    empty port and the API then refuses the test (400, "host or port to test differs"). A stored
+    port of 443 (unused by the provider) makes that button work; ``airflow connections test`` always
+    does. Extra-field placeholders are not listed: the 3.x form does not render them.
+    """
+    return {
+        "hidden-fields": ["schema"],
+        "relabeling": {
+            "host": "Login URL / My Domain",
+            "login": "Username",
+            "port": "Port (unused; 443 lets the UI Test button work)",
+        },
+        "placeholders": {
+            "host": "https://mydomain.my.salesforce.com (or 'login', 'test')",
+            "login": "integration.user@example.com",
+            "password": "user password (password and SOAP login only)",
+            "port": "443",
         },
     }
 
@@ -125,20 +180,8 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "salesforce_bulk",
                 "hook-class-name": _HOOK,
                 "hook-name": "Salesforce Bulk API 2.0",
-                "conn-fields": _conn_fields(),
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port"],
-                    "relabeling": {"host": "Login URL / My Domain", "login": "Username"},
-                    "placeholders": {
-                        "host": "https://mydomain.my.salesforce.com (or 'login', 'test')",
-                        "login": "integration.user@example.com",
-                        "password": "user password (password and SOAP login only)",
-                        "client_id": "3MVG9...",
-                        "api_version": "64.0",
-                        "domain": "login",
-                        "allowed_hosts": "sf-proxy.example.com, *.example.org",
-                    },
-                },
+                "conn-fields": conn_fields(),
+                "ui-field-behaviour": ui_field_behaviour(),
             }
         ],
     }

@@ -131,7 +131,7 @@ def _rss_mb() -> float:
 def child(fmt: str, path: str, n: int, results_dir: str | None) -> None:
     import asyncio
 
-    from airflow.sdk.exceptions import TaskDeferred
+    from airflow.providers.common.compat.sdk import TaskDeferred
 
     from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
 

@@ -52,6 +52,8 @@ with DAG(
         max_failed_ratio=0.1,
         poll_interval=2,
         timeout=datetime.timedelta(hours=2),
+        # Explicit: the operator's default follows [operators] default_deferrable, which is False.
+        deferrable=True,
     )
 
     @task

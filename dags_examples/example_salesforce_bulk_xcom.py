@@ -37,4 +37,6 @@ with DAG(
         records=build_accounts(),
         none_as="null",
         poll_interval=2,
+        # Explicit: the operator's default follows [operators] default_deferrable, which is False.
+        deferrable=True,
     )

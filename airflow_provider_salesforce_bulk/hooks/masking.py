@@ -26,7 +26,7 @@ def _new(secret: str | None) -> bool:
 def mask(secret: str | None) -> None:
     """Mask ``secret`` in every log line of this process (and the task supervisor's)."""
     if _new(secret):
-        from airflow.sdk.log import mask_secret
+        from airflow.providers.common.compat.sdk import mask_secret
 
         mask_secret(secret)
 
@@ -37,9 +37,12 @@ async def amask(secret: str | None) -> None:
         return
     try:
         from airflow.sdk.log import amask_secret
-    except ImportError:  # Airflow < 3.1
-        from airflow.sdk.log import mask_secret
+    except ImportError:  # Airflow < 3.3: only the sync call, which blocks on the supervisor
+        from airflow.providers.common.compat.sdk import mask_secret
+        from asgiref.sync import sync_to_async
 
-        mask_secret(secret)
+        # In a worker thread as the compat connection helpers do: on the loop's own thread the
+        # blocking round trip raises DeadlockImminentError while another request is in flight.
+        await sync_to_async(mask_secret)(secret)
         return
     await amask_secret(secret)

@@ -10,7 +10,8 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, SalesforceBulkError, SalesforceSession
 from airflow_provider_salesforce_bulk.hooks.connection import (
@@ -96,6 +97,22 @@ class SalesforceBulkHook(BaseHook):
     def __repr__(self) -> str:
         return f"<SalesforceBulkHook conn_id={self.salesforce_bulk_conn_id!r}>"
 
+    # -- connection form (Airflow 3.1; 3.2+ reads conn-fields from the provider info instead) -----
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra fields of the connection form on Airflow 3.1."""
+        from airflow_provider_salesforce_bulk.hooks.form import connection_form_widgets
+
+        return connection_form_widgets()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder standard fields of the form on Airflow 3.1."""
+        from airflow_provider_salesforce_bulk.hooks.form import ui_field_behaviour_for_hook
+
+        return ui_field_behaviour_for_hook()
+
     # -- connection -----------------------------------------------------------------------------
 
     @staticmethod
@@ -127,8 +144,10 @@ class SalesforceBulkHook(BaseHook):
 
     async def aget_settings(self) -> ConnectionSettings:
         """Read and parse the connection without blocking the event loop (triggerer)."""
-        conn = await self.aget_connection(self.salesforce_bulk_conn_id)
-        extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
+        # Before Airflow 3.3.2 the async lookups mask secrets with a blocking call to the supervisor;
+        # the compat helpers then run the sync ones in a worker thread instead of on the loop.
+        conn = await get_async_connection(self.salesforce_bulk_conn_id, hook=self)
+        extra = await get_async_extra_dejson(conn)
         fields = self._fields(conn, extra)
         settings = _cached_only(fields)
         if settings is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperatorLink
+from airflow.providers.common.compat.sdk import BaseOperatorLink
 
 __all__ = ["LINK_XCOM_KEY", "SalesforceBulkJobLink", "job_url"]
 
@@ -25,7 +25,7 @@ class SalesforceBulkJobLink(BaseOperatorLink):
     name = "Salesforce Bulk Job"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
+        from airflow.providers.common.compat.sdk import XCom
 
         url = XCom.get_value(key=LINK_XCOM_KEY, ti_key=ti_key)
         return str(url) if url else ""

@@ -11,8 +11,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
 from airflow_provider_salesforce_bulk.client import InputError, OperationType
 from airflow_provider_salesforce_bulk.client.ingest import check_job_options
@@ -350,7 +349,7 @@ class SalesforceBulkOperator(BaseOperator):
         return out
 
     def _results_dir(self, context: Any) -> Any:
-        from airflow.sdk import ObjectStoragePath
+        from airflow.providers.common.compat.sdk import ObjectStoragePath
 
         if self.results_path:
             path = self.results_path
@@ -389,7 +388,7 @@ class SalesforceBulkOperator(BaseOperator):
 
 def _source_dataset(source: Any) -> tuple[str, str]:
     """OpenLineage namespace and name of a ``source`` path or URL (``ObjectStoragePath`` rules)."""
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     if not isinstance(source, ObjectStoragePath):
         text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
@@ -399,7 +398,10 @@ def _source_dataset(source: Any) -> tuple[str, str]:
         source = ObjectStoragePath(text)
     if source.protocol in ("", "file", "local"):
         return "file", str(source.path)
-    return str(source.namespace), str(source.key) or "/"
+    # Not ``source.namespace``: before Airflow 3.2 it keeps the conn id (s3://conn@bucket).
+    bucket = str(source.bucket).rpartition("@")[2]
+    namespace = f"{source.protocol}://{bucket}" if bucket else str(source.protocol)
+    return namespace, str(source.key) or "/"
 
 
 async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:

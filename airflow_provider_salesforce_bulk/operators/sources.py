@@ -67,7 +67,7 @@ def _reason(exc: OSError) -> str:
 
 
 def _path_opener(source: Any) -> tuple[Opener, str]:
-    from airflow.sdk import ObjectStoragePath
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     try:
         path = source if isinstance(source, ObjectStoragePath) else ObjectStoragePath(os.fspath(source))

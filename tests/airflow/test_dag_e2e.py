@@ -36,7 +36,7 @@ def _dag(name: str, tmp_path: Path, operator_args: str, *, retries: int = 0, fla
     if flaky:
         # Lose the worker right after every chunk was uploaded, on the first try only.
         prelude = """
-        from airflow.sdk.exceptions import TaskDeferred
+        from airflow.providers.common.compat.sdk import TaskDeferred
 
         class Flaky(SalesforceBulkOperator):
             def execute(self, context):
@@ -192,7 +192,7 @@ def test_bad_input_fails_before_any_job(sf: RunningEmulator, tmp_path: Path) -> 
 
 
 def test_bad_operator_settings_fail_before_any_job(sf: RunningEmulator, tmp_path: Path) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
 

@@ -196,7 +196,10 @@ def _xcom(dag_id: str, key: str) -> Any:
 
 def _ui_link(dag: Any, dr: Any) -> str:
     """What the API server shows: the serialized operator's link reads the XCom the worker wrote."""
-    from airflow.serialization.definitions.operatorlink import XComOperatorLink
+    try:
+        from airflow.serialization.definitions.operatorlink import XComOperatorLink
+    except ImportError:  # Airflow 3.1
+        from airflow.serialization.serialized_objects import XComOperatorLink
 
     link = SalesforceBulkJobLink()
     ti = dr.get_task_instance("load")
