@@ -22,7 +22,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from airflow_provider_salesforce_bulk.client import InputError
@@ -169,7 +169,7 @@ class GroupedSource(ChunkSource):
         finally:
             chunks.close()
 
-    def _read_chunks(self) -> Iterator[CsvChunk]:
+    def _read_chunks(self) -> Generator[CsvChunk, None, None]:
         # Spooling and reading happen on the first next(), in whichever thread pulls the chunks
         # (the client pulls them in a worker thread), never in the event loop that opened the pass.
         with contextlib.closing(_connect(self._spool())) as db:
