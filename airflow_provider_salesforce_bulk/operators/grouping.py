@@ -107,11 +107,22 @@ class GroupedSource(ChunkSource):
         with self._lock:
             if self._path is not None:
                 return self._path
-            handle, path = tempfile.mkstemp(prefix="sf-bulk-group-", suffix=".sqlite", dir=self.spool_dir)
+            try:
+                handle, path = tempfile.mkstemp(prefix="sf-bulk-group-", suffix=".sqlite", dir=self.spool_dir)
+            except OSError as exc:
+                where = self.spool_dir or tempfile.gettempdir()
+                raise InputError(
+                    f"group_by_parent cannot make its spool file in {where}: {exc.strerror or exc}",
+                    field="spool_dir",
+                ) from None
             os.close(handle)
             cleanup = weakref.finalize(self, _unlink, path)
             try:
                 self._header = self._fill(path)
+            except sqlite3.Error as exc:
+                cleanup()
+                # A full disk, most likely: not the input's fault, so not an InputError.
+                raise OSError(f"group_by_parent could not write its spool file {path}: {exc}") from None
             except BaseException:
                 cleanup()
                 raise

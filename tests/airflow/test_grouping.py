@@ -256,3 +256,13 @@ def test_memory_is_flat_in_the_number_of_records(tmp_path):
     )
     # Five times the records: the spool grows on disk, not in memory.
     assert large <= small * 1.15 + 8 * 1024, (small, large)
+
+
+def test_a_spool_dir_that_does_not_exist_is_a_clear_error(tmp_path):
+    source = record_source([{"LastName": "x", "AccountId": "1", "Title": ""}], 1000, 10)
+    missing = tmp_path / "nowhere"
+    grouped = group_by_parent(
+        source, "AccountId", max_size_bytes=1000, max_records=10, spool_dir=str(missing)
+    )
+    with pytest.raises(InputError, match=r"spool file in .*nowhere"):
+        read(grouped)
