@@ -9,6 +9,7 @@ of dying halfway with ``REQUEST_LIMIT_EXCEEDED`` or a job Failed for want of bat
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any, Literal, Protocol, TypeGuard
 
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
+    RequestLimitExceededError,
+    SalesforceApiError,
     SalesforceBulkError,
     UnexpectedResponseError,
 )
@@ -26,14 +29,18 @@ __all__ = [
     "InsufficientLimitsError",
     "LimitUsage",
     "LimitsCheck",
+    "LimitsCheckError",
     "LimitsVerdict",
     "LoadEstimate",
     "OrgLimits",
+    "check_limits_before_load",
     "check_limits_mode",
     "check_load_allowance",
     "estimate_load",
     "get_limits",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Records per internal batch: each started 10,000 of a job's records counts one DailyBulkApiBatches.
 BATCH_RECORDS = 10_000
@@ -166,14 +173,19 @@ class LimitsVerdict:
             raise InsufficientLimitsError(self.message, verdict=self)
 
 
-class InsufficientLimitsError(SalesforceBulkError):
-    """The org's daily allowances left do not cover a planned load; raised before any job exists.
+class LimitsCheckError(SalesforceBulkError):
+    """The limits check refused a load before any job existed (``limits_check="fail"``).
 
-    Retrying soon does not help (the allowances refill over a rolling 24 hours), so an operator
-    fails without retries.
+    Retrying soon does not help (the allowances refill over a rolling 24 hours; a missing
+    permission stays missing), so an operator fails without retries.
     """
 
-    def __init__(self, message: str, *, verdict: LimitsVerdict) -> None:
+
+class InsufficientLimitsError(LimitsCheckError):
+    """The org's daily allowances left do not cover a planned load (``verdict`` says by how much;
+    None when Salesforce already refused the /limits call with ``REQUEST_LIMIT_EXCEEDED``)."""
+
+    def __init__(self, message: str, *, verdict: LimitsVerdict | None) -> None:
         super().__init__(message)
         self.verdict = verdict
 
@@ -236,3 +248,62 @@ def check_limits_mode(value: object, name: str = "limits_check") -> LimitsCheck:
 def _check_count(name: str, value: object) -> None:
     if not _count(value):
         raise InputError(f"{name} must be an int of at least 0, got {value!r}", field=name.replace(" ", "_"))
+
+
+async def check_limits_before_load(
+    client: Any,
+    job_record_counts: Iterable[int],
+    mode: str,
+    *,
+    polls_per_job: int = 20,
+    downloads_per_job: int = 2,
+    margin: int = 0,
+) -> LimitsVerdict | None:
+    """The whole check an operator runs before its first job, by its ``limits_check`` setting.
+
+    ``"off"``: nothing is asked, None is returned. Otherwise ``/limits`` is read and compared with
+    :func:`estimate_load` of ``job_record_counts`` (see :func:`check_load_allowance`); a shortfall
+    raises :class:`InsufficientLimitsError` with ``"fail"`` and is logged as a warning with
+    ``"warn"``. ``/limits`` refused with 403 or 404 (the user lacks the *View Setup and
+    Configuration* permission, say) raises :class:`LimitsCheckError` with ``"fail"`` and is a
+    warning with ``"warn"`` (None returned). Transport failures are raised as they are: they are
+    worth a retry.
+    """
+    mode = check_limits_mode(mode)
+    if mode == "off":
+        return None
+    estimate = estimate_load(
+        job_record_counts, polls_per_job=polls_per_job, downloads_per_job=downloads_per_job
+    )
+    try:
+        limits = await get_limits(client)
+    except RequestLimitExceededError as exc:
+        message = (
+            "the org has no DailyApiRequests left: /limits was refused with "
+            f"{exc.error_code or exc.status_code} ({exc}); this load needs about {estimate.api_requests:,}"
+        )
+        if mode == "fail":
+            raise InsufficientLimitsError(message, verdict=None) from None
+        log.warning("%s", message)
+        return None
+    except SalesforceApiError as exc:
+        if exc.status_code not in (403, 404):
+            raise
+        message = (
+            f"cannot read the org's limits (/limits answered {exc.status_code} "
+            f"{exc.error_code or ''}: {exc}); "
+            "the user needs the View Setup and Configuration permission, or set limits_check to "
+            "'warn' or 'off' to load without this check"
+        )
+        if mode == "fail":
+            raise LimitsCheckError(message) from None
+        log.warning("%s", message)
+        return None
+    verdict = check_load_allowance(limits, estimate, margin=margin)
+    if not verdict.ok:
+        if mode == "fail":
+            verdict.raise_if_short()
+        log.warning("%s; loading anyway (limits_check='warn')", verdict.message)
+    else:
+        log.info("%s", verdict.message)
+    return verdict

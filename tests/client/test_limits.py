@@ -17,6 +17,7 @@ from airflow_provider_salesforce_bulk.client import (
     ClientCredentialsAuth,
     InputError,
     InsufficientLimitsError,
+    LimitsCheckError,
     LimitUsage,
     OrgLimits,
     RequestLimitExceededError,
@@ -25,6 +26,7 @@ from airflow_provider_salesforce_bulk.client import (
     StaticTokenAuth,
     TokenCache,
     UnexpectedResponseError,
+    check_limits_before_load,
     check_limits_mode,
     check_load_allowance,
     estimate_load,
@@ -124,6 +126,26 @@ async def test_api_requests_left_below_the_estimate_are_a_shortfall(emulator):
     assert check_load_allowance(limits, estimate_load([100], polls_per_job=5)).ok
 
 
+async def test_the_operators_check_by_mode(emulator, caplog):
+    emulator.update_settings(daily_bulk_batches_max=2)
+    async with emulator_session(emulator) as session:
+        client = BulkIngestClient(session)
+        with pytest.raises(InsufficientLimitsError, match="3 DailyBulkApiBatches needed"):
+            await check_limits_before_load(client, [25_000], "fail")
+        with caplog.at_level("WARNING"):
+            verdict = await check_limits_before_load(client, [25_000], "warn")
+        assert verdict is not None
+        assert not verdict.ok
+        assert "loading anyway" in caplog.text
+        assert (await check_limits_before_load(client, [5_000, 5_000], "fail")).ok  # type: ignore[union-attr]
+        before = (await get_limits(session)).daily_api_requests
+        assert await check_limits_before_load(client, [25_000], "off") is None
+        after = (await get_limits(session)).daily_api_requests
+    assert before is not None
+    assert after is not None
+    assert before.remaining - after.remaining == 1  # the second /limits call only: "off" asked nothing
+
+
 # -- single answers ----------------------------------------------------------------------------------
 
 
@@ -215,3 +237,23 @@ def test_limits_check_modes():
     for bad in ("FAIL", "", None, 1):
         with pytest.raises(InputError, match="limits_check"):
             check_limits_mode(bad)
+
+
+async def test_limits_the_user_may_not_read_fail_or_warn_by_mode(caplog):
+    body = [{"message": "Insufficient Privileges", "errorCode": "INSUFFICIENT_ACCESS"}]
+    async with mock_session(lambda r: httpx.Response(403, json=body)) as session:
+        with pytest.raises(LimitsCheckError, match="View Setup and Configuration") as info:
+            await check_limits_before_load(session, [10], "fail")
+        assert not isinstance(info.value, InsufficientLimitsError)
+        with caplog.at_level("WARNING"):
+            assert await check_limits_before_load(session, [10], "warn") is None
+    assert "View Setup and Configuration" in caplog.text
+
+
+async def test_no_api_requests_left_is_a_shortfall_in_fail_mode():
+    body = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
+    async with mock_session(lambda r: httpx.Response(403, json=body)) as session:
+        with pytest.raises(InsufficientLimitsError, match="no DailyApiRequests left") as info:
+            await check_limits_before_load(session, [10], "fail")
+        assert info.value.verdict is None
+        assert await check_limits_before_load(session, [10], "warn") is None
