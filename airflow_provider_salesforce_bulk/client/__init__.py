@@ -90,6 +90,7 @@ from airflow_provider_salesforce_bulk.client.operation import (
 )
 from airflow_provider_salesforce_bulk.client.resubmit import (
     DEFAULT_RETRY_ERROR_CODES,
+    LedgerJob,
     ResubmitLedger,
     ResubmitPolicy,
     RetryChunk,
@@ -132,6 +133,7 @@ __all__ = [
     "JobResult",
     "JobState",
     "JwtBearerAuth",
+    "LedgerJob",
     "LimitUsage",
     "LimitsCheck",
     "LimitsCheckError",

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from airflow_provider_salesforce_bulk.client.csv_split import (
     CsvChunk,
@@ -32,6 +33,7 @@ from airflow_provider_salesforce_bulk.client.results import EXTRA_KEY_PREFIX
 
 __all__ = [
     "DEFAULT_RETRY_ERROR_CODES",
+    "LedgerJob",
     "ResubmitLedger",
     "ResubmitPolicy",
     "RetryChunk",
@@ -136,6 +138,16 @@ class RetryChunk(CsvChunk):
     origins: tuple[tuple[str, int], ...] = ()
 
 
+@dataclass(frozen=True)
+class LedgerJob:
+    """One ended job's counts as the ledger keeps them."""
+
+    round: int
+    uploaded: int
+    processed: int
+    failed: int
+
+
 @dataclass
 class ResubmitLedger:
     """Counts each record once, at its final outcome, across rounds of jobs.
@@ -144,42 +156,82 @@ class ResubmitLedger:
     it) and every retry chunk once its job may process it with :meth:`add_resubmitted`. A job's
     records then count as: successful ``processed - failed``, failed ``failed - resubmitted`` (the
     rest are counted in a later round's job), unprocessed ``uploaded - processed``.
+
+    :meth:`to_dict` and :meth:`from_dict` carry it, as plain JSON, across a deferral.
     """
 
-    rounds: dict[str, int] = field(default_factory=dict)
-    jobs: dict[str, JobInfo] = field(default_factory=dict)
-    uploaded: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, LedgerJob] = field(default_factory=dict)
     resubmitted: dict[str, int] = field(default_factory=dict)
 
     def add_job(self, job: JobInfo, round_number: int, records_uploaded: int) -> None:
         """Record an ended job of round ``round_number`` holding ``records_uploaded`` records."""
-        self.rounds[job.id] = round_number
-        self.jobs[job.id] = job
-        self.uploaded[job.id] = records_uploaded
+        self.jobs[job.id] = LedgerJob(
+            round_number, records_uploaded, job.number_records_processed, job.number_records_failed
+        )
 
     def add_resubmitted(self, chunk: RetryChunk) -> None:
         """Record that ``chunk``'s records left their jobs' failed count for a new job."""
         for job_id, count in chunk.origins:
             self.resubmitted[job_id] = self.resubmitted.get(job_id, 0) + count
 
+    def round_of(self, job_id: str) -> int:
+        """The round a job belongs to (1: the first load)."""
+        return self.jobs[job_id].round
+
     def final_failed(self, job_id: str) -> int:
         """Records of this job that failed and were not sent again."""
-        return self.jobs[job_id].number_records_failed - self.resubmitted.get(job_id, 0)
+        return self.jobs[job_id].failed - self.resubmitted.get(job_id, 0)
+
+    def is_final_failure(self, job_id: str, sf_error: str, policy: ResubmitPolicy) -> bool:
+        """Whether a row of this job's failed results stays a failure (False: it was sent again and
+        is reported where it ended, in a later round). For a failed results file without the rows
+        that were resubmitted."""
+        return not (self.resubmitted.get(job_id) and policy.matches(sf_error))
 
     def totals(self) -> dict[str, int]:
         """``successful``, ``failed``, ``unprocessed`` and ``resubmitted`` over every job: each input
         record is in exactly one of the first three once every round has ended."""
         successful = failed = unprocessed = 0
         for job_id, job in self.jobs.items():
-            successful += job.number_records_processed - job.number_records_failed
+            successful += job.processed - job.failed
             failed += self.final_failed(job_id)
-            unprocessed += max(0, self.uploaded[job_id] - job.number_records_processed)
+            unprocessed += max(0, job.uploaded - job.processed)
         return {
             "successful": successful,
             "failed": failed,
             "unprocessed": unprocessed,
             "resubmitted": sum(self.resubmitted.values()),
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: ``{"jobs": {id: [round, uploaded, processed, failed]}, "resubmitted": {id: n}}``."""
+        return {
+            "jobs": {i: [j.round, j.uploaded, j.processed, j.failed] for i, j in self.jobs.items()},
+            "resubmitted": dict(self.resubmitted),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResubmitLedger:
+        """The ledger :meth:`to_dict` wrote; InputError for anything else."""
+        try:
+            raw_jobs, raw_resubmitted = data["jobs"], data["resubmitted"]
+            if not isinstance(raw_jobs, Mapping) or not isinstance(raw_resubmitted, Mapping):
+                raise TypeError("jobs and resubmitted must be objects")
+            jobs: dict[str, LedgerJob] = {}
+            for job_id, values in raw_jobs.items():
+                if not isinstance(values, (list, tuple)) or len(values) != 4:
+                    raise ValueError(f"job {job_id} is not [round, uploaded, processed, failed]")
+                jobs[str(job_id)] = LedgerJob(*(_count(v) for v in values))
+            resubmitted = {str(i): _count(n) for i, n in raw_resubmitted.items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"not a resubmission ledger: {exc}", field="ledger") from None
+        return cls(jobs=jobs, resubmitted=resubmitted)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
 
 
 class _Builder:
