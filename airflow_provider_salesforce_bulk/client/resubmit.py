@@ -287,11 +287,12 @@ async def iter_retry_chunks(
 ) -> AsyncIterator[RetryChunk]:
     """New job-sized chunks of the records that failed with one of ``policy.codes`` in ended jobs.
 
-    Each job's state is read first: a job that has not ended (JobComplete, Failed or Aborted) is an
+    Each job's state is read first: a job that has not ended (JobComplete, Failed or Aborted) is
     an :class:`InputError`, since its failed results are not final. Its failed results are
-    streamed (memory holds one chunk), the ``sf__Id`` and ``sf__Error`` columns dropped, and the
-    uploaded columns written again with ``column_delimiter`` and ``line_ending`` (quoting values
-    holding a quote, CR, LF or the delimiter). Jobs with different headers never share a chunk.
+    streamed (memory holds one chunk; a job named twice is read once), the ``sf__Id`` and
+    ``sf__Error`` columns dropped, and the uploaded columns written again with ``column_delimiter``
+    and ``line_ending`` (quoting values holding a quote, CR, LF or the delimiter). Jobs with
+    different headers never share a chunk.
 
     Values are those Salesforce echoes in its failed results, which it may have normalized (a number
     ``912260031`` can come back as ``9.12260031E8``); Salesforce reads those back as the same value.
@@ -315,7 +316,8 @@ async def iter_retry_chunks(
     policy = policy or ResubmitPolicy()
     builder: _Builder | None = None
     first = 0
-    for job_id in job_ids:
+    # A job named twice would have its records sent twice: each job is read once.
+    for job_id in dict.fromkeys(job_ids):
         job = await client.get_job(job_id)
         if job.state not in _ENDED:
             raise InputError(

@@ -278,6 +278,19 @@ def test_failed_results_without_sf_error_are_refused():
         retry_chunks(mock_client(data))
 
 
+def test_a_job_named_twice_gives_its_records_once():
+    rows = [("UNABLE_TO_LOCK_ROW:x:--", [f"N{i}", ""]) for i in range(3)]
+    client = mock_client(failed_file(rows, ["Name", "Description"]), failed=3)
+
+    async def run() -> list[RetryChunk]:
+        async with client.session:
+            return [c async for c in iter_retry_chunks(client, [JOB, JOB])]
+
+    (chunk,) = asyncio.run(run())
+    assert chunk.record_count == 3
+    assert chunk.origins == ((JOB, 3),)
+
+
 def test_a_job_without_failures_is_not_downloaded():
     assert retry_chunks(mock_client(b"not even csv \x00", failed=0)) == []
 
