@@ -94,8 +94,10 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
     ResubmitLedger,
     ResubmitPolicy,
     RetryChunk,
+    RetryJob,
     error_code,
     iter_retry_chunks,
+    submit_retry_round,
 )
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
@@ -152,6 +154,7 @@ __all__ = [
     "ResubmitPolicy",
     "ResultKind",
     "RetryChunk",
+    "RetryJob",
     "RetryPolicy",
     "SalesforceApiError",
     "SalesforceBulkError",
@@ -188,6 +191,7 @@ __all__ = [
     "serialize_ingest_data",
     "split_csv_stream",
     "submit_job",
+    "submit_retry_round",
 ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,8 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UnexpectedResponseError,
 )
 from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
-from airflow_provider_salesforce_bulk.client.models import JobInfo
+from airflow_provider_salesforce_bulk.client.models import JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.results import EXTRA_KEY_PREFIX
 
 __all__ = [
@@ -37,8 +38,10 @@ __all__ = [
     "ResubmitLedger",
     "ResubmitPolicy",
     "RetryChunk",
+    "RetryJob",
     "error_code",
     "iter_retry_chunks",
+    "submit_retry_round",
 ]
 
 DEFAULT_RETRY_ERROR_CODES: tuple[str, ...] = ("UNABLE_TO_LOCK_ROW",)
@@ -366,3 +369,78 @@ def _uploaded_columns(row: Mapping[str, str], job_id: str) -> list[str]:
     return [
         name for name in row if name not in ("sf__Id", "sf__Error") and not name.startswith(EXTRA_KEY_PREFIX)
     ]
+
+
+@dataclass(frozen=True)
+class RetryJob:
+    """A job made by :func:`submit_retry_round`: the closed job and the chunk's accounting."""
+
+    job_info: JobInfo
+    first_record_index: int
+    record_count: int
+    origins: tuple[tuple[str, int], ...]
+
+
+async def submit_retry_round(
+    client: BulkIngestClient,
+    job_ids: Iterable[str],
+    policy: ResubmitPolicy,
+    ledger: ResubmitLedger,
+    *,
+    operation: OperationType,
+    sobject: str,
+    external_id_field: str | None = None,
+    assignment_rule_id: str | None = None,
+    max_size_bytes: int = 100_000_000,
+    max_records: int = 150_000_000,
+    column_delimiter: str = "COMMA",
+    line_ending: str = "LF",
+    compress: bool = False,
+    on_job_created: Callable[[JobInfo, RetryChunk], Awaitable[None]] | None = None,
+) -> list[RetryJob]:
+    """Send the transient failures of ended jobs ``job_ids`` again, one new job per retry chunk.
+
+    Each chunk of :func:`iter_retry_chunks` goes through :func:`submit_job` (no job is ever
+    aborted once its close may have been sent); ``on_job_created(job, chunk)`` is awaited before
+    each upload, so a caller can record the new job durably first (a task retry must reattach to it,
+    never compute the round again). The chunk is added to ``ledger`` just before its job's close is
+    sent. The new jobs are returned closed, not waited for: wait or defer on them, then add them to
+    the ledger with the next round number. No wait happens here: sleep ``policy.delay_before(round)``
+    (or defer until then) before calling.
+
+    Raises what :func:`iter_retry_chunks` and :func:`submit_job` raise; the jobs submitted before
+    the error are in the ledger and were passed to ``on_job_created``.
+    """
+    made: list[RetryJob] = []
+    async for chunk in iter_retry_chunks(
+        client,
+        job_ids,
+        policy,
+        max_size_bytes=max_size_bytes,
+        max_records=max_records,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+    ):
+
+        async def created(job: JobInfo, chunk: RetryChunk = chunk) -> None:
+            if on_job_created is not None:
+                await on_job_created(job, chunk)
+
+        async def closing(_job: JobInfo, chunk: RetryChunk = chunk) -> None:
+            ledger.add_resubmitted(chunk)  # from here on the new job may process these records
+
+        job, _ = await submit_job(
+            client,
+            operation,
+            sobject,
+            chunk.data,
+            external_id_field=external_id_field,
+            assignment_rule_id=assignment_rule_id,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
+            compress=compress,
+            on_job_created=created,
+            on_job_closing=closing,
+        )
+        made.append(RetryJob(job, chunk.first_record_index, chunk.record_count, chunk.origins))
+    return made

@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +34,7 @@ from airflow_provider_salesforce_bulk.client import (
     iter_retry_chunks,
     perform_operation,
     submit_job,
+    submit_retry_round,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
@@ -70,39 +72,40 @@ async def load_in_rounds(
     first_round: list[tuple[JobInfo, int]],
     policy: ResubmitPolicy,
     ledger: ResubmitLedger,
-    **chunk_options: object,
+    **chunk_options: Any,
 ) -> int:
     """Resubmit round after round as an operator would; returns the number of rounds run."""
     for job, count in first_round:
         ledger.add_job(job, 1, count)
     ended = [job.id for job, _ in first_round]
     round_number = 1
-    while ended and policy.may_follow(round_number):
+    created: list[str] = []
+
+    async def remember(job: JobInfo, chunk: RetryChunk) -> None:
+        assert chunk.record_count > 0
+        created.append(job.id)
+
+    while policy.may_follow(round_number):
+        await asyncio.sleep(policy.delay_before(round_number + 1))
+        made = await submit_retry_round(
+            client,
+            ended,
+            policy,
+            ledger,
+            operation="insert",
+            sobject="Account",
+            on_job_created=remember,
+            **chunk_options,
+        )
+        if not made:
+            break
         round_number += 1
-        await asyncio.sleep(policy.delay_before(round_number))
-        submitted: list[tuple[str, int]] = []
-        async for chunk in iter_retry_chunks(client, ended, policy, **chunk_options):  # type: ignore[arg-type]
-
-            async def closing(_job: JobInfo, chunk: RetryChunk = chunk) -> None:
-                ledger.add_resubmitted(chunk)  # from here on the new job may process the records
-
-            job, _ = await submit_job(
-                client,
-                "insert",
-                "Account",
-                chunk.data,
-                column_delimiter=str(chunk_options.get("column_delimiter", "COMMA")),
-                line_ending=str(chunk_options.get("line_ending", "LF")),
-                on_job_closing=closing,
-            )
-            submitted.append((job.id, chunk.record_count))
+        assert [m.job_info.id for m in made] == created[-len(made) :]
         ended = []
-        for job_id, count in submitted:
-            job = await client.wait_for_job(job_id, poll=POLL, timeout=60)
-            ledger.add_job(job, round_number, count)
-            ended.append(job_id)
-        if not submitted:
-            return round_number - 1
+        for retry in made:
+            job = await client.wait_for_job(retry.job_info.id, poll=POLL, timeout=60)
+            ledger.add_job(job, round_number, retry.record_count)
+            ended.append(job.id)
     return round_number
 
 
@@ -122,6 +125,7 @@ async def test_lock_failures_are_resubmitted_until_every_record_is_stored_once(o
         ]
         assert sum(job.number_records_failed for job, _ in first) > 500
         rounds = await load_in_rounds(client, first, policy, ledger, max_records=400)
+    print(f"rounds {rounds}, totals {ledger.totals()}")
     stored = [rec["External_Id__c"] for rec in org.records("Account")]
     assert len(stored) == len(set(stored))  # an insert sent twice would show as a duplicate
     totals = ledger.totals()
@@ -135,6 +139,35 @@ async def test_lock_failures_are_resubmitted_until_every_record_is_stored_once(o
     assert max(j.round for j in ledger.jobs.values()) == rounds
     # Carried across a deferral as JSON, it counts the same.
     assert ResubmitLedger.from_dict(json.loads(json.dumps(ledger.to_dict()))).totals() == totals
+
+
+async def test_rounds_are_bounded_and_what_still_fails_is_counted_failed_once(org):
+    org.update_settings(lock_failure_rate=0.5, seed=2)
+    n = 400
+    records = [{"Name": f"B {i}", "External_Id__c": f"B-{i}"} for i in range(n)]
+    policy = ResubmitPolicy(max_rounds=2, backoff=0.0)
+    ledger = ResubmitLedger()
+    async with emulator_session(org) as session:
+        client = BulkIngestClient(session)
+        first = [
+            (r.job_info, r.record_count)
+            async for r in perform_operation(client, "insert", "Account", records, polling_interval=0.02)
+        ]
+        assert await load_in_rounds(client, first, policy, ledger) == 2
+        last = [job_id for job_id, job in ledger.jobs.items() if job.round == 2]
+        still_failing = [
+            row["External_Id__c"] for job_id in last async for row in client.iter_failed_results(job_id)
+        ]
+        first_failures = [row async for row in client.iter_failed_results(first[0][0].id)]
+    stored = [rec["External_Id__c"] for rec in org.records("Account")]
+    totals = ledger.totals()
+    assert totals["failed"] == len(still_failing) > 0
+    assert totals["successful"] == len(stored) == len(set(stored))
+    assert sorted(stored + still_failing) == sorted(r["External_Id__c"] for r in records)
+    # Round 1's lock failures were sent again: a result writer leaves them out of round 1's file.
+    assert first_failures
+    assert not any(ledger.is_final_failure(first[0][0].id, r["sf__Error"], policy) for r in first_failures)
+    assert all(ledger.is_final_failure(job_id, "UNABLE_TO_LOCK_ROW:busy:--", policy) for job_id in last)
 
 
 async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(org):
