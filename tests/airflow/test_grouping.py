@@ -160,38 +160,64 @@ def test_an_unknown_parent_field_is_an_input_error_naming_it(tmp_path):
         group_by_parent(source, "", max_size_bytes=1000, max_records=10)
 
 
-async def test_a_grouped_load_puts_each_accounts_contacts_in_one_job():
+async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, list[int]]]:
+    c = org.credentials
+    auth = ClientCredentialsAuth(c.client_id, c.client_secret, org.base_url)
+    positions: dict[int, list[int]] = {}
+
+    def remember(chunks: Iterator[CsvChunk]) -> Iterator[CsvChunk]:
+        for chunk in chunks:
+            if isinstance(chunk, GroupedChunk):
+                positions[chunk.first_record_index] = list(chunk.source_indexes)
+            yield chunk
+
+    source = record_source(contacts, 100_000, 150)
+    if grouped:
+        source = group_by_parent(source, "AccountId", max_size_bytes=100_000, max_records=150)
+    async with SalesforceSession(auth, token_cache=TokenCache()) as session:
+        client = BulkIngestClient(session)
+        with source.open() as chunks:
+            results = [
+                r
+                async for r in perform_chunks(
+                    client,
+                    "insert",
+                    "Contact",
+                    remember(chunks),
+                    polling_interval=0.02,
+                    max_concurrent_jobs=3,
+                )
+            ]
+    return results, positions
+
+
+async def contacts_scenario(grouped: bool) -> tuple[list, dict[int, list[int]], list, list]:
+    """40 accounts, 2,000 contacts spread over them at random, loaded 150 a job under lock contention."""
     rng = random.Random(4)
     with run_emulator(db=":memory:", records_per_second=None) as org:
         c = org.credentials
         auth = ClientCredentialsAuth(c.client_id, c.client_secret, org.base_url)
         async with SalesforceSession(auth, token_cache=TokenCache()) as session:
-            client = BulkIngestClient(session)
             accounts = [{"Name": f"Parent {i}"} for i in range(40)]
+            client = BulkIngestClient(session)
             [r async for r in perform_operation(client, "insert", "Account", accounts, polling_interval=0.02)]
-            ids = [a["Id"] for a in org.records("Account")]
-            contacts = [
-                {"LastName": f"C{i}", "AccountId": rng.choice(ids), "Title": ""} for i in range(2_000)
-            ]
-            source = record_source(contacts, 100_000, 150)
-            grouped = group_by_parent(source, "AccountId", max_size_bytes=100_000, max_records=150)
-            with grouped, grouped.open() as chunks:
-                positions: dict[int, list[int]] = {}
+        ids = sorted(a["Id"] for a in org.records("Account"))
+        contacts = [{"LastName": f"C{i}", "AccountId": rng.choice(ids), "Title": ""} for i in range(2_000)]
+        # Children of one parent in jobs close together contend for the parent's lock.
+        org.update_settings(lock_contention_seconds=600.0)
+        results, positions = await load_contacts(org, contacts, grouped=grouped)
+        return results, positions, contacts, org.records("Contact")
 
-                def remember(chunks: Iterator[CsvChunk]) -> Iterator[CsvChunk]:
-                    for chunk in chunks:
-                        positions[chunk.first_record_index] = list(chunk.source_indexes)  # type: ignore[attr-defined]
-                        yield chunk
 
-                results = [
-                    r
-                    async for r in perform_chunks(
-                        client, "insert", "Contact", remember(chunks), polling_interval=0.02
-                    )
-                ]
-        stored = org.records("Contact")
-    assert sorted(r["LastName"] for r in stored) == sorted(f"C{i}" for i in range(2_000))
+async def test_a_grouped_load_puts_each_accounts_contacts_in_one_job_and_meets_no_lock():
+    ungrouped, _, _, stored_ungrouped = await contacts_scenario(grouped=False)
+    results, positions, contacts, stored = await contacts_scenario(grouped=True)
+    locked_ungrouped = sum(r.job_info.number_records_failed for r in ungrouped)
+    print(f"lock failures: ungrouped {locked_ungrouped} of 2000, grouped 0")
+    assert locked_ungrouped > 1_000  # 14 jobs, each account's children spread over them
+    assert len(stored_ungrouped) == 2_000 - locked_ungrouped
     assert all(r.job_info.number_records_failed == 0 for r in results)
+    assert sorted(r["LastName"] for r in stored) == sorted(f"C{i}" for i in range(2_000))
     jobs_of: dict[str, set[str]] = collections.defaultdict(set)
     for result in results:
         for pos in positions[result.first_record_index]:
