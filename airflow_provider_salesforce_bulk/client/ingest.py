@@ -26,6 +26,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UnexpectedResponseError,
     UploadOutcomeUnknownError,
 )
+from airflow_provider_salesforce_bulk.client.limits import OrgLimits, get_limits
 from airflow_provider_salesforce_bulk.client.models import (
     COLUMN_DELIMITERS,
     JobInfo,
@@ -172,6 +173,10 @@ class BulkIngestClient:
             "POST", "jobs/ingest", content=orjson.dumps(payload), headers=_JSON
         )
         return _job_info(response)
+
+    async def get_limits(self) -> OrgLimits:
+        """The org's daily allowances (``GET /limits``); see :func:`.limits.get_limits`."""
+        return await get_limits(self.session)
 
     async def get_job(self, job_id: str) -> JobInfo:
         """Information about a job, counters included."""

@@ -13,6 +13,7 @@ import logging
 import random
 import re
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -24,6 +25,9 @@ from .settings import EmulatorSettings
 ADMIN_PREFIX = "/__emulator__"
 #: Where :func:`expose_connection` puts the connection's transport, under the scope's extensions.
 TRANSPORT_EXTENSION = "salesforce_emulator.transport"
+
+# Parents remembered for lock contention before the expired ones are swept.
+_MAX_HELD_PARENTS = 100_000
 
 _JOB_PATH = re.compile(r"/services/data/v[^/]+/jobs/ingest/[^/]+/?")
 
@@ -57,6 +61,7 @@ class FaultInjector:
             self._records = random.Random(None if seed is None else seed + 2)
             self._jobs = random.Random(None if seed is None else seed + 3)
             self._closes = random.Random(None if seed is None else seed + 4)
+            self._parents: dict[str, tuple[str, float]] = {}
 
     def request_error(self) -> int | None:
         """Return 503 or 500 if this request must fail before it is handled, else None."""
@@ -91,6 +96,32 @@ class FaultInjector:
             return False
         with self._lock:
             return self._records.random() < self.settings.lock_failure_rate
+
+    def parent_locked(self, job_id: str, parents: list[str]) -> bool:
+        """True if one of ``parents`` was referenced by another job within the contention window;
+        otherwise the parents are now this job's (see ``lock_contention_seconds``)."""
+        window = self.settings.lock_contention_seconds
+        if window is None or not parents:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            held = self._parents
+            for parent in parents:
+                owner = held.get(parent)
+                if owner is not None and owner[0] != job_id and now - owner[1] < window:
+                    return True
+            for parent in parents:
+                held[parent] = (job_id, now)
+            if len(held) > _MAX_HELD_PARENTS:
+                # Keep the map bounded: forget the parents whose window is over.
+                for parent in [p for p, (_, at) in held.items() if now - at >= window]:
+                    del held[parent]
+        return False
+
+    def forget_parents(self) -> None:
+        """Release every parent lock (the jobs holding them are gone)."""
+        with self._lock:
+            self._parents.clear()
 
     def job_fails(self) -> bool:
         """True if this job must end Failed."""

@@ -157,10 +157,15 @@ class _Slice:
 class SliceProcessor:
     """Validates and applies one slice of rows of a job against the database."""
 
-    def __init__(self, store: Store, faults: FaultInjector, plan: Plan) -> None:
+    def __init__(self, store: Store, faults: FaultInjector, plan: Plan, job_id: str = "") -> None:
         self.store = store
         self.faults = faults
         self.plan = plan
+        self.job_id = job_id
+        # The columns naming a parent record, for lock contention: reference ids, relationship keys.
+        self.parent_columns = [(index, "") for index, field, _ in plan.columns if field.reference_to] + [
+            (r.column, f"{r.target.name}.{r.target_field}=") for r in plan.relations
+        ]
         self.obj = plan.obj
         self.table = record_table(plan.obj)
         # Worked out once per job so the per-record loop stays lean.
@@ -397,6 +402,9 @@ class SliceProcessor:
         out = _Slice(len(rows))
         plan = self.plan
         candidates: list[int] = []
+        parent_columns = (
+            self.parent_columns if self.faults.settings.lock_contention_seconds is not None else []
+        )
         for n, row in enumerate(rows):
             if len(row) != plan.width:
                 out.fail(
@@ -407,7 +415,12 @@ class SliceProcessor:
                         f"row = {len(row)}",
                     ),
                 )
-            elif self.faults.record_locked():
+            elif self.faults.record_locked() or (
+                parent_columns
+                and self.faults.parent_locked(
+                    self.job_id, [prefix + row[i] for i, prefix in parent_columns if row[i]]
+                )
+            ):
                 out.locked += 1
                 out.fail(
                     n,
@@ -742,7 +755,7 @@ class JobProcessor:
         except (UploadFormatError, JobFailure) as exc:
             self._finish(job_id, "Failed", started, active, str(exc))
             return
-        processor = SliceProcessor(self.store, self.faults, plan)
+        processor = SliceProcessor(self.store, self.faults, plan, job_id)
         batches_done, rows_done = self.store.processed_batches(job_id)
         for _ in range(rows_done):  # resuming after a restart: skip what was committed
             next(rows, None)

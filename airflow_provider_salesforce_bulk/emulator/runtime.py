@@ -72,6 +72,7 @@ class Emulator:
         self.store.reset()
         self.query_jobs.reset()
         self.limits.clear()
+        self.faults.forget_parents()
 
     # -- sessions --------------------------------------------------------------------------------
 

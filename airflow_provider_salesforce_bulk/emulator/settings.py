@@ -26,6 +26,7 @@ RUNTIME_SETTINGS = frozenset(
         "latency_seconds",
         "session_expiry_every_seconds",
         "lock_failure_rate",
+        "lock_contention_seconds",
         "job_failure_rate",
         "lost_close_rate",
         "hold_processing",
@@ -74,6 +75,11 @@ class EmulatorSettings:
         If set, every session is invalidated at each multiple of this many seconds since start.
     lock_failure_rate
         Share of records failing with UNABLE_TO_LOCK_ROW.
+    lock_contention_seconds
+        If set, a record referencing a parent (a reference column such as ``AccountId``, or a
+        relationship column) that another job's record referenced less than this many seconds ago
+        fails with UNABLE_TO_LOCK_ROW: a stand-in for Salesforce locking a parent while jobs that
+        run side by side save its children.
     job_failure_rate
         Share of jobs ending Failed after their first internal batch.
     lost_close_rate
@@ -106,6 +112,7 @@ class EmulatorSettings:
     latency_seconds: float = 0.0
     session_expiry_every_seconds: float | None = None
     lock_failure_rate: float = 0.0
+    lock_contention_seconds: float | None = None
     job_failure_rate: float = 0.0
     lost_close_rate: float = 0.0
     hold_processing: bool = False
