@@ -248,16 +248,23 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             nonlocal ended
             try:
                 job = await client.abort_job(job_id)
-                self.log.warning("Aborted job %s (now %s)", job_id, job.state)
-                # The abort's answer carries no counters: the summary needs the real ones.
-                job = await client.get_job(job_id)
             except SalesforceBulkError as exc:
                 self.log.warning("Could not abort job %s: %s", job_id, exc)
                 return
+            self.log.warning("Aborted job %s (now %s)", job_id, job.state)
             latest[job_id] = job_summary(job)
             if job.is_terminal:
                 self._final[job_id] = latest[job_id]
                 ended += 1
+            try:
+                # The abort's answer carries no counters: the summary needs the real ones.
+                job = await client.get_job(job_id)
+            except SalesforceBulkError as exc:
+                self.log.warning("Could not read job %s after aborting it: %s", job_id, exc)
+                return
+            latest[job_id] = job_summary(job)
+            if job.is_terminal:
+                self._final[job_id] = latest[job_id]
 
         limit = asyncio.Semaphore(_POLL_CONCURRENCY)
 

@@ -6,11 +6,14 @@ AIRFLOW_HOME with a SQLite metadata database is created once per test session.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 # pytest imports this file as ``conftest`` and the tests import it again as ``tests.airflow.conftest``:
@@ -63,3 +66,27 @@ def load_dag_file(name: str, source: str) -> object:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
+
+
+def wrap_pool_transport(
+    monkeypatch: pytest.MonkeyPatch, wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+) -> None:
+    """Send every request of the hook's shared pools (operator and trigger) through ``wrap(real)``.
+
+    The real transport still talks to the emulator over its socket; the wrapper can lose answers,
+    refuse requests or hold them, as a network or an overloaded org would.
+    """
+    from airflow_provider_salesforce_bulk.client.session import DEFAULT_TIMEOUT
+    from airflow_provider_salesforce_bulk.hooks import pool
+
+    def init(self: Any, max_connections: int) -> None:
+        self.http = httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT,
+            transport=wrap(httpx.AsyncHTTPTransport()),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+        )
+        self.slots = asyncio.Semaphore(max_connections)
+        self.users = 0
+
+    monkeypatch.setattr(pool._Pool, "__init__", init)
