@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,43 @@ def wrap_pool_transport(
         self.users = 0
 
     monkeypatch.setattr(pool._Pool, "__init__", init)
+
+
+TI = types.SimpleNamespace(
+    id="01a2297e-0000-7000-8000-000000000001",
+    dag_id="sf_dag",
+    task_id="load",
+    run_id="manual__1",
+    map_index=-1,
+    try_number=1,
+    context_carrier=None,
+)
+"""A task instance as a trigger or an operator sees it (the fields Airflow's code reads)."""
+
+
+class SupervisorComms:
+    """Answers GetTaskStates as a task's or the triggerer's supervisor does, with a state set by the test."""
+
+    def __init__(self, state: str | None, *, broken: bool = False) -> None:
+        self.state = state
+        self.broken = broken
+        self.asked: list[Any] = []
+
+    def send(self, msg: Any) -> Any:
+        from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+
+        assert isinstance(msg, GetTaskStates)
+        self.asked.append(msg)
+        if self.broken:
+            raise ConnectionResetError("supervisor went away")
+        return TaskStatesResult(task_states={TI.run_id: {TI.task_id: self.state}})
+
+
+@pytest.fixture
+def comms(monkeypatch: pytest.MonkeyPatch) -> SupervisorComms:
+    """Airflow's task SDK talks to this stand-in supervisor; the task's state is ``failed`` unless set."""
+    from airflow.sdk.execution_time import task_runner
+
+    fake = SupervisorComms("failed")
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", fake, raising=False)
+    return fake
