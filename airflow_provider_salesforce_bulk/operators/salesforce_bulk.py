@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
 import math
 import os
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -15,7 +17,14 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_provider_salesforce_bulk.client import InputError, JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client import (
+    BulkIngestClient,
+    InputError,
+    JobInfo,
+    OperationType,
+    SalesforceSession,
+    TokenCache,
+)
 from airflow_provider_salesforce_bulk.client.ingest import check_job_options
 from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
 from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
@@ -46,6 +55,8 @@ DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+# How long on_kill waits for its aborts: Airflow sends SIGKILL 5 s after the SIGTERM that calls it.
+_ON_KILL_WAIT = 4.0
 
 
 class SalesforceBulkOperator(BaseOperator):
@@ -326,28 +337,43 @@ class SalesforceBulkOperator(BaseOperator):
         """Abort the jobs of this try, only if a user ended it (the task is no longer running).
 
         A worker shut down or evicted also lands here: the task is still running then, and its jobs
-        go on; a retry reattaches to them.
+        go on; a retry reattaches to them. Airflow calls this from a signal handler, which may have
+        interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
+        runs in a thread of its own, with its own session, and this waits for it only a few seconds.
         """
-        job_ids = list(getattr(self, "_active_job_ids", None) or ())
+        job_ids = list(self._active_job_ids)
         plan: JobPlan | None = getattr(self, "_plan", None)
         if not job_ids and plan is not None:
             job_ids = plan.job_ids
-        settings = getattr(self, "_settings", None)
+        settings: ConnectionSettings | None = getattr(self, "_settings", None)
         if not job_ids or settings is None:
             return
-        if try_is_over(getattr(self, "_ti", None)) is not True:
+        ti = getattr(self, "_ti", None)
+        worker = threading.Thread(
+            target=self._kill_jobs, args=(ti, settings, job_ids), name="salesforce-bulk-on-kill", daemon=True
+        )
+        worker.start()
+        worker.join(_ON_KILL_WAIT)
+        if worker.is_alive():
+            self.log.warning(
+                "Still aborting the jobs after %.0fs; carrying on in the background", _ON_KILL_WAIT
+            )
+
+    def _kill_jobs(self, ti: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
+        if try_is_over(ti) is not True:
             return
         self.log.warning("The task was ended by a user: aborting jobs %s", ", ".join(job_ids))
-        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
         trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=self.poll_interval)
-        trigger.settings = settings
 
         async def abort() -> None:
-            async with hook.client(settings) as client:
-                await trigger._abort(client, job_ids, {})
+            session = SalesforceSession(
+                settings.auth, api_version=settings.api_version, token_cache=TokenCache()
+            )
+            async with session:
+                await trigger._abort(BulkIngestClient(session), job_ids, {})
 
         try:
-            run_sync(abort)
+            asyncio.run(abort())
         except Exception as exc:
             self.log.warning("Could not abort the jobs: %s: %s", type(exc).__name__, exc)
 
