@@ -285,8 +285,8 @@ class SalesforceBulkOperator(BaseOperator):
         trigger = SalesforceBulkJobTrigger(
             conn_id=self.conn_id,
             job_ids=plan.job_ids,
-            deadline=time.time() + self.timeout,
-            poll_interval=self.poll_interval,
+            deadline=time.time() + float(self.timeout),
+            poll_interval=float(self.poll_interval),
             instance_url=instance_url,
             record_counts=plan.record_counts(),
             history=plan.history(),
@@ -312,7 +312,9 @@ class SalesforceBulkOperator(BaseOperator):
                 trigger=trigger,
                 method_name="execute_complete",
                 kwargs=kwargs,
-                timeout=datetime.timedelta(seconds=self.timeout + 10 * self.poll_interval + 300),
+                timeout=datetime.timedelta(
+                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
+                ),
             )
         event = run_sync(lambda: _first_event(trigger, settings))
         self._active_job_ids = []
@@ -363,7 +365,7 @@ class SalesforceBulkOperator(BaseOperator):
         if try_is_over(ti) is not True:
             return
         self.log.warning("The task was ended by a user: aborting jobs %s", ", ".join(job_ids))
-        trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=self.poll_interval)
+        trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=float(self.poll_interval))
 
         async def abort() -> None:
             session = SalesforceSession(
