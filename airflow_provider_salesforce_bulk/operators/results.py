@@ -13,7 +13,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, TransportError
 from airflow_provider_salesforce_bulk.client.errors import ServerError

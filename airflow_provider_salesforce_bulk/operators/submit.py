@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
