@@ -276,3 +276,48 @@ async def test_aborted_job_whose_unprocessed_records_cannot_be_read_fails_naming
         await reconcile(client, plan, JobOptions("insert", "Contact"))
     # Nothing was sent again.
     assert len(emulator.emulator.store.list_jobs(0, 100)) == 1
+
+
+async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
+    emulator: RunningEmulator,
+) -> None:
+    from airflow_provider_salesforce_bulk.client import iter_record_chunks
+    from airflow_provider_salesforce_bulk.operators.submit import JobOptions, JobPlan, submit_chunks
+
+    # The first upload reaches Salesforce, its answer is lost: that job is never closed (so never
+    # processed), aborted, and recorded as replaced; the chunk goes to a second job.
+    lost: list[str] = []
+    inner = httpx.AsyncHTTPTransport()
+
+    class LoseFirstUploadAnswer(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await inner.handle_async_request(request)
+            if request.method == "PUT" and not lost:
+                await response.aread()
+                await response.aclose()
+                lost.append(request.url.path.split("/")[-2])
+                raise httpx.ReadError("connection lost before the answer", request=request)
+            return response
+
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    records = _records()[:PER_JOB]
+    async with SalesforceSession(auth, transport=LoseFirstUploadAnswer()) as session:
+        client = BulkIngestClient(session)
+        plan = JobPlan(None)
+        chunks = iter_record_chunks(records, ["LastName", "External_Id__c"], max_records=PER_JOB)
+        await submit_chunks(client, plan, chunks, JobOptions("insert", "Contact"))
+        (new_job,) = plan.job_ids
+        await client.wait_for_job(new_job, timeout=30)
+    (first,) = lost
+    (entry_lost, entry_new) = plan.chunks[0]["jobs"]
+    assert entry_lost["job"] == first
+    assert entry_lost["outcome"] == "replaced"
+    assert entry_lost["next"] == new_job
+    assert entry_new["job"] == new_job
+    jobs = {job["id"]: job for job in emulator.emulator.store.list_jobs(0, 10)}
+    assert jobs[first]["state"] == "Aborted"
+    assert jobs[first]["processed"] == 0
+    assert jobs[new_job]["processed"] == PER_JOB
+    stored = sorted(r["External_Id__c"] for r in emulator.records("Contact"))
+    assert stored == sorted(f"EO-{i}" for i in range(PER_JOB))
