@@ -104,9 +104,14 @@ class SalesforceBulkOperator(BaseOperator):
 
     Notes
     -----
-    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, so a retry
-    reattaches to the jobs of the earlier try instead of loading the data twice. The summary is the
-    XCom return value, pushed before the failure policy can fail the task.
+    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, and marked
+    before its close, so a retry reads the state of each job of the earlier try and never resends a
+    record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
+    whose close may have been sent is kept (closed if still Open); an Aborted or Failed job's
+    unprocessed records (only those) go to a new job. The summary is the XCom return value, pushed
+    before the failure policy can fail the task; it lists every job of every try and counts each
+    input record once, at its final outcome. Jobs are aborted only on a user's decision: the
+    ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
     """
 
     template_fields: Sequence[str] = (
