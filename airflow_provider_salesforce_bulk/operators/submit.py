@@ -71,6 +71,8 @@ RESENT = "resent"
 """Ended Aborted or Failed: its unprocessed records (only those) went to the next job."""
 
 _KEEP = frozenset({"UploadComplete", "InProgress", "JobComplete"})
+# Whole-job failures caused by the data or the job's settings: a new job would fail the same way.
+_INPUT_FAILURES = ("InvalidBatch", "ClientInputError")
 _ENDED = frozenset({"Aborted", "Failed"})
 CHUNK = "chunk"
 """``source`` of a job given its chunk from the input (otherwise the id of the job it resends)."""
@@ -397,6 +399,12 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 )
                 await plan.save()
                 continue
+            if job.state == "Failed" and (job.error_message or "").startswith(_INPUT_FAILURES):
+                # The data itself was refused: sending it again would fail the same way.
+                entry["phase"] = CLOSED
+                latest[job.id] = job
+                log.warning("Job %s failed on its data (%s): not sent again", job.id, job.error_message)
+                break
             data, count = await _unprocessed(client, entry, job, options.column_delimiter)
             expected = int(entry["count"]) - min(job.number_records_processed, int(entry["count"]))
             if count != expected:

@@ -321,3 +321,22 @@ async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
     assert jobs[new_job]["processed"] == PER_JOB
     stored = sorted(r["External_Id__c"] for r in emulator.records("Contact"))
     assert stored == sorted(f"EO-{i}" for i in range(PER_JOB))
+
+
+async def test_a_job_failed_on_its_data_is_not_sent_again(emulator: RunningEmulator) -> None:
+    from airflow_provider_salesforce_bulk.operators.submit import JobOptions, JobPlan, reconcile
+
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    async with SalesforceSession(auth) as session:
+        client = BulkIngestClient(session)
+        job = await client.create_job("insert", "Contact")
+        await client.upload_job_data(job.id, b"LastName,No_Such_Field__c\nA,1\nB,2\n")
+        failed = await client.wait_for_job(job.id, timeout=30)
+        assert failed.state == "Failed"
+        assert (failed.error_message or "").startswith("InvalidBatch")
+        plan = JobPlan(None, {"chunks": {"0": {"job": job.id, "count": 2, "closed": True}}, "complete": True})
+        latest = await reconcile(client, plan, JobOptions("insert", "Contact"))
+    assert list(latest) == [job.id]
+    assert plan.job_ids == [job.id]
+    assert len(emulator.emulator.store.list_jobs(0, 10)) == 1
