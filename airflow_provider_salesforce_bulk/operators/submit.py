@@ -319,12 +319,15 @@ async def _unprocessed(
             "tries again"
         ) from None
     try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), delimiter=delimiter))
+        # Counted as a stream: the file is one chunk's size at most, its parsed rows would be several.
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+        reader = csv.reader(text, delimiter=delimiter)
+        next(reader, None)  # the header
+        count = sum(1 for row in reader if row)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise AirflowFailException(
             f"job {job_id}: its unprocessed records are not readable CSV ({exc}); load them by hand"
         ) from None
-    count = sum(1 for row in rows[1:] if row)
     return data, count
 
 
