@@ -200,7 +200,7 @@ class AbortedMidway(SalesforceBulkOperator):
 def test_retry_after_an_abort_mid_processing_sends_only_the_unprocessed_records(
     sf: RunningEmulator, tmp_path: Path
 ) -> None:
-    sf.update_settings(records_per_second=500.0)
+    sf.update_settings(records_per_second=250.0)
     dag = _dag("once_aborted", tmp_path, retries=1, operator="AbortedMidway", prelude=_ABORTS_SECOND_JOB)
     operator_class: Any = type(dag.get_task("load"))
     dr = dag.test()

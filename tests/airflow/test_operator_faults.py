@@ -108,7 +108,7 @@ def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
     # "failed": the user marked the task failed, the supervisor terminates the process. "running":
     # the worker is shutting down (pod eviction): the jobs must go on for the retry to reattach.
     comms.state = state
-    emulator.update_settings(records_per_second=25.0)
+    emulator.update_settings(records_per_second=10.0)
     op = _operator(tmp_path, deferrable=False)
     sigterm_calls_on_kill.append(op)
 

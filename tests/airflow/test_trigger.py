@@ -104,7 +104,7 @@ async def test_deadline_is_enforced_while_a_poll_hangs(
 ) -> None:
     # Every read of the job hangs until a while after the deadline: the poll in flight is
     # cancelled at the deadline, the job aborted, and its counts read once reads answer again.
-    emulator.update_settings(records_per_second=20.0)
+    emulator.update_settings(records_per_second=10.0)
     (job_id,) = await _submit(emulator)
     deadline = time.time() + 1.5
     held: list[str] = []
