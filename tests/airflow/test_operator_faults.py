@@ -268,9 +268,11 @@ class DropFirstResultStreams(httpx.AsyncBaseTransport):
                 yield body[:20]
                 raise httpx.ReadError("connection reset by peer")
 
-        return httpx.Response(
-            response.status_code, headers=response.headers, stream=Broken(), request=request
-        )
+        # The body is already decoded: drop the headers describing the encoded one.
+        headers = [
+            (k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(response.status_code, headers=headers, stream=Broken(), request=request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
