@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import collections
 import csv
 import io
+import logging
+import random
 import re
-from typing import IO, Any
+from collections.abc import Awaitable, Callable
+from typing import IO, Any, TypeVar
 
-from airflow_provider_salesforce_bulk.client import BulkIngestClient
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
+from airflow.providers.common.compat.sdk import AirflowFailException
 
-__all__ = ["RESULT_FILES", "ResultCounter", "copy_job_results"]
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, TransportError
+from airflow_provider_salesforce_bulk.client.errors import ServerError
+from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, ResultKind
+
+__all__ = [
+    "DOWNLOAD_ATTEMPTS",
+    "JOB_ID",
+    "RESULT_FILES",
+    "ResultCounter",
+    "check_job_id",
+    "copy_job_results",
+    "download_with_retries",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JOB_ID = re.compile(r"750[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
+"""A Bulk API job id: key prefix ``750`` and 15 or 18 characters in all."""
+DOWNLOAD_ATTEMPTS = 4
+"""Attempts per result file; each starts the file again from its first byte."""
+_BACKOFF = 0.5
 
 RESULT_FILES = {
     "successful": ("successfulResults", "successfulResults.csv"),
@@ -95,6 +119,39 @@ class ResultCounter:
                 self.samples.setdefault(code, message[:_SAMPLE_CHARS])
 
 
+def check_job_id(job_id: object) -> str:
+    """Refuse anything but a Salesforce job id before it becomes part of a path or a URL."""
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise AirflowFailException(f"not a Salesforce Bulk API job id: {str(job_id)[:100]!r}")
+    return job_id
+
+
+async def _with_retries(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` again from the start after a dropped stream or a server error, a few times."""
+    for number in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except (TransportError, ServerError) as exc:
+            if number == DOWNLOAD_ATTEMPTS:
+                raise
+            wait = random.uniform(0, _BACKOFF * 2 ** (number - 1))
+            log.warning("%s failed (%s); starting it again in %.1fs", what, exc, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def download_with_retries(client: BulkIngestClient, job_id: str, kind: ResultKind) -> bytes:
+    """One result file in memory (a job's unprocessed records: at most one chunk's size)."""
+    check_job_id(job_id)
+
+    async def attempt() -> bytes:
+        buffer = io.BytesIO()
+        await client.copy_results(job_id, kind, buffer)
+        return buffer.getvalue()
+
+    return await _with_retries(f"Downloading {kind} of job {job_id}", attempt)
+
+
 async def copy_job_results(
     client: BulkIngestClient, job: dict[str, Any], directory: Any
 ) -> tuple[dict[str, str], dict[str, int], collections.Counter[str], dict[str, str]]:
@@ -105,8 +162,9 @@ async def copy_job_results(
     tuple
         File URIs by kind, row counts by kind, failed records by error code, one sample message per code.
     """
+    job_id = check_job_id(job["id"])
     delimiter = COLUMN_DELIMITERS.get(job.get("columnDelimiter") or "COMMA", ",")
-    job_dir = directory / job["id"]
+    job_dir = directory / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     uris: dict[str, str] = {}
     rows: dict[str, int] = {}
@@ -114,10 +172,16 @@ async def copy_job_results(
     samples: dict[str, str] = {}
     for kind, (api_kind, filename) in RESULT_FILES.items():
         target = job_dir / filename
-        with target.open("wb") as sink:
-            counter = ResultCounter(sink, delimiter, count_errors=kind == "failed")
-            await client.copy_results(job["id"], api_kind, counter)  # type: ignore[arg-type]
-            counter.finish()
+
+        async def attempt(target: Any = target, kind: str = kind, api_kind: str = api_kind) -> ResultCounter:
+            # Each attempt truncates the file and counts from zero: a dropped stream leaves nothing behind.
+            with target.open("wb") as sink:
+                counter = ResultCounter(sink, delimiter, count_errors=kind == "failed")
+                await client.copy_results(job_id, api_kind, counter)  # type: ignore[arg-type]
+                counter.finish()
+            return counter
+
+        counter = await _with_retries(f"Copying {api_kind} of job {job_id}", attempt)
         uris[kind] = str(target)
         rows[kind] = counter.rows
         by_code.update(counter.by_code)

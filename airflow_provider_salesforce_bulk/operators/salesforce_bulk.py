@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
+import math
 import os
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -13,18 +16,37 @@ from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
-from airflow_provider_salesforce_bulk.client import InputError, OperationType
+from airflow_provider_salesforce_bulk.client import (
+    BulkIngestClient,
+    InputError,
+    JobInfo,
+    OperationType,
+    SalesforceSession,
+    TokenCache,
+)
 from airflow_provider_salesforce_bulk.client.ingest import check_job_options
 from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
 from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
-from airflow_provider_salesforce_bulk.operators.results import copy_job_results
+from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from airflow_provider_salesforce_bulk.operators.submit import STATE_KEY, JobPlan, reconcile, submit_chunks
+from airflow_provider_salesforce_bulk.operators.submit import (
+    RESENT,
+    STATE_KEY,
+    JobOptions,
+    JobPlan,
+    reconcile,
+    submit_chunks,
+)
 from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
-from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
+from airflow_provider_salesforce_bulk.operators.task_state import try_is_over
+from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
+    SalesforceBulkJobTrigger,
+    check_positive_number,
+    job_summary,
+)
 
 __all__ = ["DEFAULT_RESULTS_FOLDER", "SalesforceBulkOperator"]
 
@@ -32,6 +54,8 @@ DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+# How long on_kill waits for its aborts: Airflow sends SIGKILL 5 s after the SIGTERM that calls it.
+_ON_KILL_WAIT = 4.0
 
 
 class SalesforceBulkOperator(BaseOperator):
@@ -79,9 +103,14 @@ class SalesforceBulkOperator(BaseOperator):
 
     Notes
     -----
-    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, so a retry
-    reattaches to the jobs of the earlier try instead of loading the data twice. The summary is the
-    XCom return value, pushed before the failure policy can fail the task.
+    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, and marked
+    before its close, so a retry reads the state of each job of the earlier try and never resends a
+    record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
+    whose close may have been sent is kept (closed if still Open); an Aborted or Failed job's
+    unprocessed records (only those) go to a new job. The summary is the XCom return value, pushed
+    before the failure policy can fail the task; it lists every job of every try and counts each
+    input record once, at its final outcome. Jobs are aborted only on a user's decision: the
+    ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
     """
 
     template_fields: Sequence[str] = (
@@ -142,10 +171,12 @@ class SalesforceBulkOperator(BaseOperator):
         self.max_failed_records = max_failed_records
         self.max_failed_ratio = max_failed_ratio
         self.poll_interval = poll_interval
-        self.timeout = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else float(timeout)
+        # Checked when the task runs (an AirflowFailException there), not when the DAG file is parsed.
+        self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
         self.conn_id = conn_id
         self.deferrable = deferrable
         self._instance_url: str | None = None
+        self._active_job_ids: list[str] = []
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -159,12 +190,22 @@ class SalesforceBulkOperator(BaseOperator):
             or self.max_failed_records < 0
         ):
             raise InputError("max_failed_records must be an int >= 0", field="max_failed_records")
-        if self.max_failed_ratio is not None and not 0 <= float(self.max_failed_ratio) <= 1:
-            raise InputError("max_failed_ratio must be between 0 and 1", field="max_failed_ratio")
-        if not self.poll_interval or float(self.poll_interval) <= 0:
-            raise InputError("poll_interval must be positive", field="poll_interval")
-        if self.timeout <= 0:
-            raise InputError("timeout must be positive", field="timeout")
+        if self.max_failed_ratio is not None:
+            ratio = self.max_failed_ratio
+            try:
+                number = float(ratio)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(ratio, bool) or not 0 <= number <= 1:
+                raise InputError(
+                    f"max_failed_ratio must be a number between 0 and 1, not {ratio!r}",
+                    field="max_failed_ratio",
+                )
+        for name in ("poll_interval", "timeout"):
+            try:
+                check_positive_number(name, getattr(self, name))
+            except ValueError as exc:
+                raise InputError(str(exc), field=name) from None
 
     def _source(self) -> ChunkSource:
         records = self.records
@@ -198,6 +239,17 @@ class SalesforceBulkOperator(BaseOperator):
                 total += chunk.record_count
         return total
 
+    def _options(self) -> JobOptions:
+        operation: OperationType = self.operation  # type: ignore[assignment]
+        return JobOptions(
+            operation,
+            self.object_name,
+            self.external_id_field,
+            self.assignment_rule_id,
+            self.column_delimiter,
+            self.line_ending,
+        )
+
     # -- execution --------------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
@@ -208,103 +260,185 @@ class SalesforceBulkOperator(BaseOperator):
             settings = hook.get_settings()
         except (InputError, ConnectionConfigError) as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+        self._ti = context.get("ti")
+        self._settings = settings
         store = context.get("task_state_store")
         if store is None:
             self.log.warning("No task_state_store (Airflow < 3.3): a retry cannot reattach to submitted jobs")
         plan = JobPlan.load(store)
-        if not plan.complete:
+        self._plan = plan
+        if plan.chunks:
+            self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
+        else:
             try:
                 total = self._validate_all(source)
             except InputError as exc:
                 raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
             self.log.info("Input checked: %d records from %s", total, source.description)
-            if total == 0 and not plan.chunks:
+            if total == 0:
                 summary = summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
                 self.log.info("No records: no job created")
                 return summary
-        elif plan.chunks:
-            self.log.info("Reattaching to jobs %s submitted by an earlier try", ", ".join(plan.job_ids))
         try:
-            run_sync(lambda: self._submit(hook, settings, source, plan))
+            latest = run_sync(lambda: self._submit(hook, settings, source, plan))
         except InputError as exc:
             raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
         instance_url = plan.instance_url or ""
-        context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(instance_url, plan.job_ids))
-        deadline = time.time() + self.timeout
+        if context.get("ti") is not None:
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(instance_url, plan.job_ids))
         trigger = SalesforceBulkJobTrigger(
-            conn_id=self.conn_id, job_ids=plan.job_ids, deadline=deadline, poll_interval=self.poll_interval
+            conn_id=self.conn_id,
+            job_ids=plan.job_ids,
+            deadline=time.time() + float(self.timeout),
+            poll_interval=float(self.poll_interval),
+            instance_url=instance_url,
+            record_counts=plan.record_counts(),
+            history=plan.history(),
         )
         kwargs: dict[str, Any] = {"record_counts": plan.record_counts(), "instance_url": instance_url}
+        active = plan.job_ids
+        if all(job_id in latest and latest[job_id].is_terminal for job_id in active):
+            # Every job already ended: finish here. Deferring now would fire the trigger within a
+            # second, which meets Airflow's stale-report race (the scheduler can fail such a try).
+            self.log.info("Every job already ended: finishing without deferring")
+            event = {
+                "status": "success",
+                "jobs": {job_id: job_summary(latest[job_id]) for job_id in active},
+                "instance_url": instance_url,
+                "record_counts": plan.record_counts(),
+                "history": plan.history(),
+            }
+            return self.execute_complete(context, event)
+        self._active_job_ids = active
         if self.deferrable:
             # The trigger aborts at its own deadline; this backstop only fires if the trigger cannot.
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
                 kwargs=kwargs,
-                timeout=datetime.timedelta(seconds=self.timeout + 10 * self.poll_interval + 300),
+                timeout=datetime.timedelta(
+                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
+                ),
             )
         event = run_sync(lambda: _first_event(trigger, settings))
-        return self.execute_complete(context, event, **kwargs)
+        self._active_job_ids = []
+        return self.execute_complete(context, event)
 
     async def _submit(
         self, hook: SalesforceBulkHook, settings: ConnectionSettings, source: ChunkSource, plan: JobPlan
-    ) -> None:
+    ) -> dict[str, JobInfo]:
+        options = self._options()
         async with hook.client(settings) as client:
             plan.instance_url = await client.session.instance_url()
+            latest: dict[str, JobInfo] = {}
             if plan.chunks:
-                await reconcile(client, plan)
+                latest.update(await reconcile(client, plan, options))
             if plan.complete:
-                return
-            operation: OperationType = self.operation  # type: ignore[assignment]
+                return latest
             with source.open() as chunks:
-                await submit_chunks(
-                    client,
-                    plan,
-                    chunks,
-                    operation=operation,
-                    sobject=self.object_name,
-                    external_id_field=self.external_id_field,
-                    assignment_rule_id=self.assignment_rule_id,
-                    column_delimiter=self.column_delimiter,
-                    line_ending=self.line_ending,
-                )
+                latest.update(await submit_chunks(client, plan, chunks, options))
+            return latest
+
+    def on_kill(self) -> None:
+        """Abort the jobs of this try, only if a user ended it (the task is no longer running).
+
+        A worker shut down or evicted also lands here: the task is still running then, and its jobs
+        go on; a retry reattaches to them. Airflow calls this from a signal handler, which may have
+        interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
+        runs in a thread of its own, with its own session, and this waits for it only a few seconds.
+        """
+        job_ids = list(self._active_job_ids)
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        if not job_ids and plan is not None:
+            job_ids = plan.job_ids
+        settings: ConnectionSettings | None = getattr(self, "_settings", None)
+        if not job_ids or settings is None:
+            return
+        ti = getattr(self, "_ti", None)
+        worker = threading.Thread(
+            target=self._kill_jobs, args=(ti, settings, job_ids), name="salesforce-bulk-on-kill", daemon=True
+        )
+        worker.start()
+        worker.join(_ON_KILL_WAIT)
+        if worker.is_alive():
+            self.log.warning(
+                "Still aborting the jobs after %.0fs; carrying on in the background", _ON_KILL_WAIT
+            )
+
+    def _kill_jobs(self, ti: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
+        if try_is_over(ti) is not True:
+            return
+        self.log.warning("The task was ended by a user: aborting jobs %s", ", ".join(job_ids))
+        trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=float(self.poll_interval))
+
+        async def abort() -> None:
+            session = SalesforceSession(
+                settings.auth, api_version=settings.api_version, token_cache=TokenCache()
+            )
+            async with session:
+                await trigger._abort(BulkIngestClient(session), job_ids, {})
+
+        try:
+            asyncio.run(abort())
+        except Exception as exc:
+            self.log.warning("Could not abort the jobs: %s: %s", type(exc).__name__, exc)
 
     def execute_complete(
         self,
         context: Any,
-        event: Mapping[str, Any],
+        event: Mapping[str, Any] | None = None,
         record_counts: Mapping[str, int] | None = None,
         instance_url: str | None = None,
     ) -> Any:
         """Copy the result files, push the summary, then apply the failure policy."""
+        status, jobs, history = _check_event(event)
+        assert event is not None
+        instance_url = event.get("instance_url") or instance_url
+        counts: dict[str, int] = dict(record_counts or {})
+        counts.update(event.get("record_counts") or {})
         self._instance_url = instance_url
-        status = event.get("status")
-        jobs: dict[str, dict[str, Any]] = dict(event.get("jobs") or {})
-        counts = dict(record_counts or {})
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        finished = {j: job for j, job in jobs.items() if job.get("state") in TERMINAL_STATES}
+        # Every job that may hold processed records: the current ones that ended, and earlier tries'
+        # jobs whose unprocessed records were resent. Replaced jobs never processed anything.
+        to_copy = {j: job for j, job in jobs.items() if job.get("state") in TERMINAL_STATES}
+        for old in history:
+            if old["outcome"] == RESENT:
+                to_copy[old["id"]] = old["info"]
         directory = self._results_dir(context)
         entries: dict[str, dict[str, Any]] = {}
         by_code: collections.Counter[str] = collections.Counter()
         samples: dict[str, str] = {}
-        if finished:
+        copied: dict[str, Any] = {}
+        if to_copy:
             settings = hook.get_settings()
-            copied = run_sync(lambda: self._copy(hook, settings, finished, directory))
-            for job_id, (uris, rows, codes, job_samples) in copied.items():
-                entries[job_id] = job_entry(finished[job_id], counts.get(job_id), uris, rows)
-                by_code.update(codes)
-                for code, sample in job_samples.items():
+            copied = run_sync(lambda: self._copy(hook, settings, to_copy, directory))
+            for uris_rows_codes_samples in copied.values():
+                by_code.update(uris_rows_codes_samples[2])
+                for code, sample in uris_rows_codes_samples[3].items():
                     samples.setdefault(code, sample)
+        for old in history:
+            uris, rows = copied[old["id"]][:2] if old["id"] in copied else ({}, {})
+            entries[old["id"]] = job_entry(
+                old["info"], old["count"], uris, rows, old["outcome"], old.get("next")
+            )
         for job_id, job in jobs.items():
-            if job_id not in entries:
-                entries[job_id] = job_entry(job, counts.get(job_id), {}, {})
+            uris, rows = copied[job_id][:2] if job_id in copied else ({}, {})
+            entries[job_id] = job_entry(job, counts.get(job_id), uris, rows)
+        # The input: the records of each chunk's first job (no other job's successor); every
+        # later job of a chunk holds records counted there already.
+        successors = {old["next"] for old in history if old.get("next")}
+        input_records: int | None = None
+        if all(j in counts for j in jobs):
+            input_records = sum(int(old["count"]) for old in history if old["id"] not in successors)
+            input_records += sum(counts[j] for j in jobs if j not in successors)
         summary = summarize(
             self.operation,
             self.object_name,
             entries,
             by_code,
-            str(directory) if finished else None,
+            str(directory) if to_copy else None,
             instance_url,
+            input_records,
         )
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
@@ -318,10 +452,11 @@ class SalesforceBulkOperator(BaseOperator):
             summary["results_path"],
         )
         # Pushed before any failure, so a failed task still reports what happened.
-        context["ti"].xcom_push(key="return_value", value=summary)
-        if status not in ("success", "timeout"):
+        if context.get("ti") is not None:
+            context["ti"].xcom_push(key="return_value", value=summary)
+        if status == "error":
             raise AirflowException(
-                f"Waiting for the Salesforce jobs failed ({status}): {event.get('message')}; "
+                f"Waiting for the Salesforce jobs failed: {event.get('message')}; "
                 "a retry reattaches to the same jobs"
             )
         problem = failure_message(summary, samples, self.max_failed_records, self.max_failed_ratio)
@@ -402,6 +537,31 @@ def _source_dataset(source: Any) -> tuple[str, str]:
     bucket = str(source.bucket).rpartition("@")[2]
     namespace = f"{source.protocol}://{bucket}" if bucket else str(source.protocol)
     return namespace, str(source.key) or "/"
+
+
+def _check_event(event: Any) -> tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The event's status, jobs and history, or a clear error naming what is wrong with it."""
+    if not isinstance(event, Mapping):
+        raise AirflowException(
+            f"execute_complete got no trigger event ({type(event).__name__}); the jobs' outcome is "
+            "unknown here: a retry reattaches to them"
+        )
+    status = event.get("status")
+    jobs = event.get("jobs") if event.get("jobs") is not None else {}
+    history = event.get("history") or []
+    if status not in ("success", "timeout", "error") or not isinstance(jobs, Mapping):
+        raise AirflowException(f"malformed trigger event (status {status!r}): {str(event)[:300]}")
+    if not isinstance(history, list) or not all(
+        isinstance(h, Mapping) and {"id", "count", "outcome", "info"} <= set(h) for h in history
+    ):
+        raise AirflowException(f"malformed trigger event: bad history {str(history)[:300]}")
+    for job_id, job in jobs.items():
+        check_job_id(job_id)
+        if not isinstance(job, Mapping) or job.get("id") != job_id:
+            raise AirflowException(f"malformed trigger event: job {job_id}: {str(job)[:300]}")
+    for old in history:
+        check_job_id(old["id"])
+    return str(status), {j: dict(job) for j, job in jobs.items()}, [dict(h) for h in history]
 
 
 async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:

@@ -8,11 +8,24 @@ from typing import Any
 __all__ = ["failure_message", "job_entry", "summarize"]
 
 
+FINAL = "final"
+"""A job's ``outcome`` when it is the last job of its records (its unprocessed records stayed there)."""
+
+
 def job_entry(
-    job: dict[str, Any], records: int | None, uris: dict[str, str], rows: dict[str, int]
+    job: dict[str, Any],
+    records: int | None,
+    uris: dict[str, str],
+    rows: dict[str, int],
+    outcome: str = FINAL,
+    next_job: str | None = None,
 ) -> dict[str, Any]:
-    """One job's line of the summary; ``records`` is how many input records the job was given."""
-    processed_raw = int(job.get("numberRecordsProcessed") or 0)
+    """One job's line of the summary; ``records`` is how many input records the job was given.
+
+    ``outcome`` is ``final``, ``resent`` (its unprocessed records went to job ``next_job``) or
+    ``replaced`` (never closed, nothing processed: all its records went to ``next_job``).
+    """
+    processed_raw = 0 if outcome == "replaced" else int(job.get("numberRecordsProcessed") or 0)
     if records is None:
         records = processed_raw + rows.get("unprocessed", 0)
     processed = min(processed_raw, records)
@@ -26,7 +39,10 @@ def job_entry(
         "unprocessed": records - processed,
         "error_message": job.get("errorMessage"),
         "result_files": uris,
+        "outcome": outcome,
     }
+    if next_job:
+        entry["next_job"] = next_job
     if rows:
         entry["result_rows"] = rows
         entry["accounted"] = sum(rows.values()) == records
@@ -40,13 +56,23 @@ def summarize(
     by_code: collections.Counter[str],
     results_path: str | None,
     instance_url: str | None,
+    input_records: int | None = None,
 ) -> dict[str, Any]:
+    """The task's summary: every job of every try, and totals counting each input record once.
+
+    A record sent again (an aborted job's unprocessed records, a replaced job's chunk) counts at its
+    final outcome only: succeeded and failed add up over every job, unprocessed only over final jobs.
+    """
     totals = {
-        key: sum(int(job[key]) for job in jobs.values())
-        for key in ("records", "processed", "succeeded", "failed", "unprocessed")
+        key: sum(int(job[key]) for job in jobs.values()) for key in ("processed", "succeeded", "failed")
     }
+    totals["unprocessed"] = sum(
+        int(job["unprocessed"]) for job in jobs.values() if job.get("outcome", FINAL) == FINAL
+    )
+    accounted = totals["succeeded"] + totals["failed"] + totals["unprocessed"]
+    totals = {"records": accounted if input_records is None else input_records, **totals}
     totals["jobs"] = len(jobs)
-    return {
+    summary: dict[str, Any] = {
         "operation": operation,
         "object": object_name,
         "instance_url": instance_url,
@@ -55,6 +81,9 @@ def summarize(
         "failed_by_error_code": dict(by_code.most_common()),
         "results_path": results_path,
     }
+    if input_records is not None and accounted != input_records:
+        summary["unaccounted"] = input_records - accounted
+    return summary
 
 
 def failure_message(
@@ -66,8 +95,13 @@ def failure_message(
     """Why the task must fail, or ``None``: a Failed/Aborted job, unaccounted records, a threshold."""
     what = f"Salesforce bulk {summary['operation']} of {summary['object']}"
     problems: list[str] = []
+    if summary.get("unaccounted"):
+        problems.append(
+            f"the jobs account for {summary['totals']['records'] - summary['unaccounted']} of "
+            f"{summary['totals']['records']} input records"
+        )
     for job_id, job in summary["jobs"].items():
-        if job["state"] != "JobComplete":
+        if job["state"] != "JobComplete" and job.get("outcome", FINAL) == FINAL:
             reason = job.get("error_message") or "no error message"
             problems.append(f"job {job_id} ended {job['state']}: {reason}")
         if job.get("accounted") is False:

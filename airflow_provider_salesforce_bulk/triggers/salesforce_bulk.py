@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_salesforce_bulk.client import JobInfo, PollPolicy, SalesforceBulkError
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, JobInfo, PollPolicy, SalesforceBulkError
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
 
@@ -17,6 +18,12 @@ __all__ = ["SalesforceBulkJobTrigger", "job_summary"]
 
 # Polls of one task's jobs in flight at once: a task with hundreds of jobs must not flood the pool.
 _POLL_CONCURRENCY = 8
+# Aborting the unfinished jobs and reading their final counts, after the deadline or on a kill.
+_ABORT_BUDGET = 20.0
+# A total progress line at most this often (seconds), besides one whenever a job finishes.
+_TOTAL_EVERY = 60.0
+# Up to this many jobs, every state change of every job is logged; above it, only finishes.
+_DETAIL_JOBS = 10
 
 
 def _event(payload: dict[str, Any]) -> TriggerEvent:
@@ -37,6 +44,19 @@ def job_summary(job: JobInfo) -> dict[str, Any]:
     }
 
 
+def check_positive_number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    """A finite positive float, or ``ValueError`` naming the setting (NaN and inf never end a wait)."""
+    if value is None and allow_none:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number above 0, not {value!r}")
+    return number
+
+
 class SalesforceBulkJobTrigger(BaseTrigger):
     """Poll all jobs of one task until each is JobComplete, Failed or Aborted.
 
@@ -48,16 +68,23 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         Jobs to wait for.
     deadline : float, optional
         Absolute deadline as a UNIX timestamp. Absolute so a triggerer restart does not extend it.
-        When it passes, the unfinished jobs are aborted and a ``timeout`` event is fired.
+        Enforced while a poll is in flight: when it passes, the poll is cancelled, the unfinished
+        jobs are aborted (the deadline is the user's decision) and their final counts read, and a
+        ``timeout`` event is fired within seconds.
     poll_interval : float
         Longest wait between two polls; polling starts at 1 s (or less) and backs off to it.
+    instance_url, record_counts, history : optional
+        What the operator needs back to finish (echoed in the event: ``airflow dags test`` drops the
+        kwargs given to ``defer()``): the org's URL, the records given to each job, and the jobs of
+        earlier tries that were settled.
 
     Notes
     -----
-    Fires exactly one event: ``{"status": "success", "jobs": {...}}`` with the final state of every job,
-    ``{"status": "timeout", ...}`` or ``{"status": "error", "message": ..., "jobs": {...}}``. ``cleanup``
-    aborts nothing, so a triggerer restart or move resumes polling without side effects; ``on_kill``
-    (a user marking or clearing the task) aborts the unfinished jobs.
+    Fires exactly one event: ``{"status": "success" | "timeout" | "error", "jobs": {...}, ...}`` with
+    the last known state of every job. ``cleanup`` aborts nothing, so a triggerer restart or move
+    resumes polling without side effects. ``on_kill`` aborts the unfinished jobs only once Airflow
+    says the task is no longer deferred or running (a user marked or cleared it); a trigger
+    cancelled because it moved to another triggerer finds the task still deferred and aborts nothing.
     """
 
     def __init__(
@@ -66,13 +93,21 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         job_ids: Iterable[str],
         deadline: float | None = None,
         poll_interval: float = 5.0,
+        instance_url: str | None = None,
+        record_counts: Mapping[str, int] | None = None,
+        history: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.conn_id = conn_id
         self.job_ids = list(job_ids)
-        self.deadline = deadline
-        self.poll_interval = float(poll_interval)
+        self.deadline = check_positive_number("deadline", deadline, allow_none=True)
+        self.poll_interval = float(check_positive_number("poll_interval", poll_interval) or 0)
+        self.instance_url = instance_url
+        self.record_counts = {str(k): int(v) for k, v in (record_counts or {}).items()}
+        self.history = list(history or [])
         self._final: dict[str, dict[str, Any]] = {}
+        self._last_total = -math.inf
+        self._logged_totals: tuple[int, int, int] | None = None
         self.settings: ConnectionSettings | None = None
         """Set by the operator when it polls in the worker (sync connection read); None in the triggerer."""
 
@@ -84,6 +119,9 @@ class SalesforceBulkJobTrigger(BaseTrigger):
                 "job_ids": list(self.job_ids),
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
+                "instance_url": self.instance_url,
+                "record_counts": dict(self.record_counts),
+                "history": list(self.history),
             },
         )
 
@@ -97,46 +135,73 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         # The event is yielded after the client is released: a generator suspended inside the
         # pool's context would keep the pool open until the triggerer closes the generator.
         payload = await self._wait()
+        payload.update(
+            instance_url=self.instance_url, record_counts=dict(self.record_counts), history=list(self.history)
+        )
         yield _event(payload)
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
 
     async def _wait(self) -> dict[str, Any]:
         latest: dict[str, dict[str, Any]] = {}
+        remaining = self._remaining()
+        # Bounds even a login that never answers: the event fires a little after the deadline.
+        overall = None if remaining is None else max(remaining, 0) + _ABORT_BUDGET + 10
         try:
-            async with self._hook().client(self.settings) as client:
-                limit = asyncio.Semaphore(_POLL_CONCURRENCY)
-
-                async def poll(job_id: str) -> JobInfo:
-                    async with limit:
-                        return await client.get_job(job_id)
-
-                policy = PollPolicy(initial=min(1.0, self.poll_interval), maximum=self.poll_interval)
-                for wait in policy.intervals():
-                    pending = [j for j in self.job_ids if j not in self._final]
-                    for job in await asyncio.gather(*(poll(j) for j in pending)):
-                        summary = job_summary(job)
-                        if latest.get(job.id) != summary:
-                            latest[job.id] = summary
-                            self._log_job(summary)
-                        if job.is_terminal:
-                            self._final[job.id] = summary
-                    self._log_total(latest)
-                    if len(self._final) == len(self.job_ids):
-                        return {"status": "success", "jobs": self._ordered(self._final)}
-                    if self.deadline is not None:
-                        remaining = self.deadline - time.time()
-                        if remaining <= 0:
-                            await self._abort(client, latest)
-                            return {
-                                "status": "timeout",
-                                "message": f"{len(self.job_ids) - len(self._final)} of {len(self.job_ids)} "
-                                "job(s) not finished by the deadline; aborted them",
-                                "jobs": self._ordered(latest),
-                            }
-                        wait = min(wait, remaining)
-                    await asyncio.sleep(wait)
+            return await asyncio.wait_for(self._session(latest), overall)
+        except asyncio.TimeoutError:
+            return self._timeout_event(latest, "and Salesforce could not be reached to abort them")
         except (SalesforceBulkError, ConnectionConfigError) as exc:
             message = f"{type(exc).__name__}: {exc}"
             return {"status": "error", "message": message, "jobs": self._ordered(latest)}
+
+    async def _session(self, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        async with self._hook().client(self.settings) as client:
+            remaining = self._remaining()
+            try:
+                return await asyncio.wait_for(
+                    self._poll(client, latest), None if remaining is None else max(remaining, 0)
+                )
+            except asyncio.TimeoutError:
+                pass
+            unfinished = [j for j in self.job_ids if j not in self._final]
+            aborted = await self._abort(client, unfinished, latest)
+            note = "aborted them" if aborted == len(unfinished) else f"aborted {aborted} of them"
+            return self._timeout_event(latest, note)
+
+    def _timeout_event(self, latest: dict[str, dict[str, Any]], note: str) -> dict[str, Any]:
+        unfinished = len(self.job_ids) - len(self._final)
+        return {
+            "status": "timeout",
+            "message": f"{unfinished} of {len(self.job_ids)} job(s) not finished by the deadline; {note}",
+            "jobs": self._ordered(latest),
+        }
+
+    async def _poll(self, client: BulkIngestClient, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        limit = asyncio.Semaphore(_POLL_CONCURRENCY)
+
+        async def poll(job_id: str) -> JobInfo:
+            async with limit:
+                return await client.get_job(job_id)
+
+        policy = PollPolicy(initial=min(1.0, self.poll_interval), maximum=self.poll_interval)
+        for wait in policy.intervals():
+            pending = [j for j in self.job_ids if j not in self._final]
+            finished_before = len(self._final)
+            for job in await asyncio.gather(*(poll(j) for j in pending)):
+                summary = job_summary(job)
+                previous = latest.get(job.id)
+                latest[job.id] = summary
+                if job.is_terminal:
+                    self._final[job.id] = summary
+                changed = previous is None or previous["state"] != summary["state"]
+                if changed and (job.is_terminal or len(self.job_ids) <= _DETAIL_JOBS):
+                    self._log_job(summary)
+            self._log_total(latest, force=len(self._final) != finished_before)
+            if len(self._final) == len(self.job_ids):
+                return {"status": "success", "jobs": self._ordered(self._final)}
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _ordered(self, jobs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -151,32 +216,77 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             job["numberRecordsFailed"],
         )
 
-    def _log_total(self, latest: dict[str, dict[str, Any]]) -> None:
-        if len(self.job_ids) < 2:
-            return
-        self.log.info(
-            "%d of %d jobs finished: %d records processed, %d failed so far",
+    def _log_total(self, latest: dict[str, dict[str, Any]], force: bool) -> None:
+        """One line for all jobs: when a job finishes, else at most every ``_TOTAL_EVERY`` seconds."""
+        now = time.monotonic()
+        totals = (
             len(self._final),
-            len(self.job_ids),
             sum(j["numberRecordsProcessed"] for j in latest.values()),
             sum(j["numberRecordsFailed"] for j in latest.values()),
         )
+        if totals == self._logged_totals or (not force and now - self._last_total < _TOTAL_EVERY):
+            return
+        self._last_total, self._logged_totals = now, totals
+        self.log.info(
+            "%d of %d jobs finished: %d records processed, %d failed so far",
+            totals[0],
+            len(self.job_ids),
+            totals[1],
+            totals[2],
+        )
 
-    async def _abort(self, client: Any, latest: dict[str, dict[str, Any]]) -> None:
-        for job_id in [j for j in self.job_ids if j not in self._final]:
+    async def _abort(
+        self, client: BulkIngestClient, job_ids: list[str], latest: dict[str, dict[str, Any]]
+    ) -> int:
+        """Abort ``job_ids`` and read their counts again (an abort's answer has none), within a budget.
+
+        Returns how many jobs are known to have ended; the others keep their last known state.
+        """
+        ended = 0
+
+        async def one(job_id: str) -> None:
+            nonlocal ended
             try:
                 job = await client.abort_job(job_id)
             except SalesforceBulkError as exc:
                 self.log.warning("Could not abort job %s: %s", job_id, exc)
-                continue
-            latest[job_id] = job_summary(job)
+                return
             self.log.warning("Aborted job %s (now %s)", job_id, job.state)
+            latest[job_id] = job_summary(job)
+            if job.is_terminal:
+                self._final[job_id] = latest[job_id]
+                ended += 1
+            try:
+                # The abort's answer carries no counters: the summary needs the real ones.
+                job = await client.get_job(job_id)
+            except SalesforceBulkError as exc:
+                self.log.warning("Could not read job %s after aborting it: %s", job_id, exc)
+                return
+            latest[job_id] = job_summary(job)
+            if job.is_terminal:
+                self._final[job_id] = latest[job_id]
+
+        limit = asyncio.Semaphore(_POLL_CONCURRENCY)
+
+        async def bounded(job_id: str) -> None:
+            async with limit:
+                await one(job_id)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(bounded(j) for j in job_ids)), _ABORT_BUDGET)
+        except asyncio.TimeoutError:
+            self.log.warning("Aborting the jobs took over %.0fs: some may still be running", _ABORT_BUDGET)
+        return ended
 
     async def on_kill(self) -> None:
-        """Abort the jobs not finished yet: the user killed the task (Airflow 3.3+). Idempotent."""
+        """Abort the unfinished jobs, only if the user ended this try (Airflow 3.3+). Idempotent."""
+        from airflow_provider_salesforce_bulk.operators.task_state import atry_is_over
+
+        if await atry_is_over(getattr(self, "task_instance", None)) is not True:
+            return
         try:
             async with self._hook().client() as client:
-                await self._abort(client, {})
+                await self._abort(client, [j for j in self.job_ids if j not in self._final], {})
         except (SalesforceBulkError, ConnectionConfigError) as exc:
             self.log.warning("on_kill could not abort the jobs: %s", exc)
 

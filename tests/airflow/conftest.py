@@ -6,11 +6,15 @@ AIRFLOW_HOME with a SQLite metadata database is created once per test session.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 # pytest imports this file as ``conftest`` and the tests import it again as ``tests.airflow.conftest``:
@@ -63,3 +67,67 @@ def load_dag_file(name: str, source: str) -> object:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
+
+
+def wrap_pool_transport(
+    monkeypatch: pytest.MonkeyPatch, wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+) -> None:
+    """Send every request of the hook's shared pools (operator and trigger) through ``wrap(real)``.
+
+    The real transport still talks to the emulator over its socket; the wrapper can lose answers,
+    refuse requests or hold them, as a network or an overloaded org would.
+    """
+    from airflow_provider_salesforce_bulk.client.session import DEFAULT_TIMEOUT
+    from airflow_provider_salesforce_bulk.hooks import pool
+
+    def init(self: Any, max_connections: int) -> None:
+        self.http = httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT,
+            transport=wrap(httpx.AsyncHTTPTransport()),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+        )
+        self.slots = asyncio.Semaphore(max_connections)
+        self.users = 0
+
+    monkeypatch.setattr(pool._Pool, "__init__", init)
+
+
+TI = types.SimpleNamespace(
+    id="01a2297e-0000-7000-8000-000000000001",
+    dag_id="sf_dag",
+    task_id="load",
+    run_id="manual__1",
+    map_index=-1,
+    try_number=1,
+    context_carrier=None,
+)
+"""A task instance as a trigger or an operator sees it (the fields Airflow's code reads)."""
+
+
+class SupervisorComms:
+    """Answers GetTaskStates as a task's or the triggerer's supervisor does, with a state set by the test."""
+
+    def __init__(self, state: str | None, *, broken: bool = False) -> None:
+        self.state = state
+        self.broken = broken
+        self.asked: list[Any] = []
+
+    def send(self, msg: Any) -> Any:
+        from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+
+        assert isinstance(msg, GetTaskStates)
+        self.asked.append(msg)
+        if self.broken:
+            raise ConnectionResetError("supervisor went away")
+        return TaskStatesResult(task_states={TI.run_id: {TI.task_id: self.state}})
+
+
+@pytest.fixture
+def comms(monkeypatch: pytest.MonkeyPatch) -> SupervisorComms:
+    """Airflow's task SDK talks to this stand-in supervisor; the task's state is ``failed`` unless set."""
+    from airflow.sdk.execution_time import task_runner
+
+    fake = SupervisorComms("failed")
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", fake, raising=False)
+    return fake

@@ -1,9 +1,9 @@
 """Retry reattachment when the worker died between creating a job and closing it.
 
-``reconcile()`` against the emulator (a job left Open with its data is aborted and its chunk sent
+``reconcile()`` against the emulator (a job left Open and never closed is aborted and its chunk sent
 again; a job closed but not yet marked so is kept; a job Salesforce does not know is sent again),
-and end to end with ``dag.test()``: the first try dies right after uploading the second chunk,
-before its close, and the retry loads every record exactly once. ``insert`` is used throughout,
+and end to end with ``dag.test()``: the first try dies right after uploading the second chunk, or
+right before its close request, and the retry loads every record exactly once. ``insert`` is used throughout,
 not ``upsert``: an upsert by external id would hide a chunk loaded twice, an insert duplicates it.
 """
 
@@ -26,7 +26,13 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from airflow_provider_salesforce_bulk.operators.submit import STATE_KEY, JobPlan, reconcile, submit_chunks
+from airflow_provider_salesforce_bulk.operators.submit import (
+    STATE_KEY,
+    JobOptions,
+    JobPlan,
+    reconcile,
+    submit_chunks,
+)
 from tests.airflow.conftest import conn_uri_json, load_dag_file
 
 N = 40
@@ -78,8 +84,8 @@ async def test_reconcile_aborts_open_keeps_closed_and_resends_unknown(
 ) -> None:
     chunks = list(_chunks())
     assert [c.first_record_index for c in chunks] == [0, 10, 20, 30]
-    # What an earlier try left behind, one case per chunk:
-    # 0: closed and marked closed in the store (reconcile must not even look at it);
+    # What an earlier try left behind, one case per chunk (the plan as the first version wrote it):
+    # 0: closed and marked closed in the store (read again all the same: it could have been aborted);
     marked = await client.create_job("insert", "Contact")
     await client.upload_job_data(marked.id, chunks[0].data)
     # 10: closed, but the worker died before marking it (the close reached Salesforce): kept;
@@ -90,13 +96,18 @@ async def test_reconcile_aborts_open_keeps_closed_and_resends_unknown(
     await client.upload_job_data(open_job.id, chunks[2].data, close=False)
     # 30: a job Salesforce does not know (deleted, or another org): resent.
     store = DictStore()
-    plan = JobPlan(store)
-    plan.chunks = {
-        0: {"job": marked.id, "count": PER_JOB, "closed": True},
-        10: {"job": unmarked.id, "count": PER_JOB, "closed": False},
-        20: {"job": open_job.id, "count": PER_JOB, "closed": False},
-        30: {"job": UNKNOWN_JOB, "count": PER_JOB, "closed": False},
-    }
+    plan = JobPlan(
+        store,
+        {
+            "chunks": {
+                "0": {"job": marked.id, "count": PER_JOB, "closed": True},
+                "10": {"job": unmarked.id, "count": PER_JOB, "closed": False},
+                "20": {"job": open_job.id, "count": PER_JOB, "closed": False},
+                "30": {"job": UNKNOWN_JOB, "count": PER_JOB, "closed": False},
+            },
+            "complete": True,
+        },
+    )
     looked_up: list[str] = []
     original_get_job = client.get_job
 
@@ -105,34 +116,31 @@ async def test_reconcile_aborts_open_keeps_closed_and_resends_unknown(
         return await original_get_job(job_id)
 
     client.get_job = get_job  # type: ignore[method-assign]
-    await reconcile(client, plan)
+    options = JobOptions("insert", "Contact")
+    latest = await reconcile(client, plan, options)
     client.get_job = original_get_job  # type: ignore[method-assign]
 
-    assert marked.id not in looked_up
-    assert sorted(plan.chunks) == [0, 10]
-    assert plan.chunks[10] == {"job": unmarked.id, "count": PER_JOB, "closed": True}
+    assert set(looked_up) == {marked.id, unmarked.id, open_job.id, UNKNOWN_JOB}
+    assert set(latest) == {marked.id, unmarked.id}
+    assert plan.job_ids == [marked.id, unmarked.id]
+    assert not plan.complete  # chunks 20 and 30 wait for their records from the input
+    assert [j["phase"] for j in plan.chunks[10]["jobs"]] == ["closed"]
+    assert plan.chunks[20]["jobs"][0]["outcome"] == "replaced"
+    assert plan.chunks[30]["jobs"][0]["outcome"] == "replaced"
     assert (await client.get_job(open_job.id)).state == "Aborted"
     # The reconciled plan is what the store holds now, so a third try starts from it.
     assert JobPlan.load(store).dump() == plan.dump()
 
-    await submit_chunks(
-        client,
-        plan,
-        iter(chunks),
-        operation="insert",
-        sobject="Contact",
-        external_id_field=None,
-        assignment_rule_id=None,
-        column_delimiter="COMMA",
-        line_ending="LF",
-    )
+    await submit_chunks(client, plan, iter(chunks), options)
     assert plan.complete
     assert sorted(plan.chunks) == [0, 10, 20, 30]
-    assert plan.chunks[0]["job"] == marked.id
-    assert plan.chunks[10]["job"] == unmarked.id
-    new_jobs = {plan.chunks[20]["job"], plan.chunks[30]["job"]}
+    assert plan.job_ids[:2] == [marked.id, unmarked.id]
+    new_jobs = set(plan.job_ids[2:])
+    assert len(new_jobs) == 2
     assert not new_jobs & {open_job.id, UNKNOWN_JOB}
-    assert all(entry["closed"] for entry in plan.chunks.values())
+    assert all(entry["phase"] == "closed" for entry in plan.active())
+    # Every job of every try stays in the plan, for the summary.
+    assert set(plan.all_job_ids) == {marked.id, unmarked.id, open_job.id, UNKNOWN_JOB} | new_jobs
     for job_id in plan.job_ids:
         assert (await client.wait_for_job(job_id, timeout=30)).state == "JobComplete"
     aborted = await client.get_job(open_job.id)
@@ -151,60 +159,76 @@ def sf(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, airflow_db: o
     return emulator
 
 
-# The seam: on the first try only, the second close never reaches Salesforce and nothing after it
-# runs, as when the worker is killed (OOM, node lost) between the upload and the close. An exception
-# alone is not enough: the client aborts the job on its way out, which a dead worker cannot do, so
-# the abort is switched off for the rest of that try. Both are restored before the retry.
-_DIES_BEFORE_SECOND_CLOSE = """
+# The seam: on the first try only, the worker dies (OOM, node lost) right after the second upload
+# (``after_upload``: the job is recorded as created, its close never sent) or right before the
+# second close request (``before_close``: recorded as closing, the request never left). An exception
+# alone is not enough: the operator aborts a refused job on its way out, which a dead worker cannot
+# do, so the abort is switched off for the rest of that try. Everything is restored for the retry.
+_DIES_AT_SECOND_JOB = """
 from airflow_provider_salesforce_bulk.client import BulkIngestClient
 
 class WorkerKilled(BaseException):
     pass
 
-class DiesBeforeSecondClose(SalesforceBulkOperator):
+class DiesAtSecondJob(SalesforceBulkOperator):
     left_open = []
+    where = WHERE
 
     def execute(self, context):
         if context["ti"].try_number != 1:
             return super().execute(context)
-        original_close, original_abort = BulkIngestClient.close_job, BulkIngestClient.abort_job
-        closes = []
+        originals = BulkIngestClient.close_job, BulkIngestClient.abort_job, BulkIngestClient.upload_job_data
+        original_close, original_abort, original_upload = originals
+        calls = []
+
+        def die(job_id):
+            DiesAtSecondJob.left_open.append(job_id)
+            BulkIngestClient.abort_job = abort_job  # the process is gone: nothing runs after this
+            raise WorkerKilled(job_id)
+
+        async def upload_job_data(client, job_id, data, **kwargs):
+            result = await original_upload(client, job_id, data, **kwargs)
+            calls.append(job_id)
+            if self.where == "after_upload" and len(calls) == 2:
+                die(job_id)
+            return result
 
         async def close_job(client, job_id):
-            closes.append(job_id)
-            if len(closes) == 2:
-                DiesBeforeSecondClose.left_open.append(job_id)
-                BulkIngestClient.abort_job = abort_job  # the process is gone: nothing runs after this
-                raise WorkerKilled(job_id)
+            if self.where == "before_close" and len(calls) == 2:
+                die(job_id)
             return await original_close(client, job_id)
 
         async def abort_job(client, job_id):
             raise WorkerKilled(job_id)
 
-        BulkIngestClient.close_job = close_job
+        BulkIngestClient.close_job, BulkIngestClient.upload_job_data = close_job, upload_job_data
         try:
             return super().execute(context)
         except WorkerKilled:
             raise RuntimeError("worker killed between the upload and the close") from None
         finally:
-            BulkIngestClient.close_job, BulkIngestClient.abort_job = original_close, original_abort
+            (BulkIngestClient.close_job, BulkIngestClient.abort_job,
+             BulkIngestClient.upload_job_data) = originals
 """
 
 
+@pytest.mark.parametrize("where", ["after_upload", "before_close"])
 def test_retry_after_death_between_upload_and_close_loads_every_record_once(
-    sf: RunningEmulator, tmp_path: Path
+    sf: RunningEmulator, tmp_path: Path, where: str
 ) -> None:
     records = tmp_path / "records.json"
     records.write_text(json.dumps(_records()))
+    dag_id = f"e2e_reattach_{where}"
+    seam = _DIES_AT_SECOND_JOB.replace("WHERE", repr(where))
     dag = load_dag_file(
-        "e2e_reattach_open",
+        dag_id,
         f"""
         import datetime, json
         from airflow.sdk import DAG
         from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
-{textwrap.indent(_DIES_BEFORE_SECOND_CLOSE, " " * 8)}
-        with DAG("e2e_reattach_open", schedule=None, start_date=datetime.datetime(2024, 1, 1)) as dag:
-            DiesBeforeSecondClose(
+{textwrap.indent(seam, " " * 8)}
+        with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1)) as dag:
+            DiesAtSecondJob(
                 task_id="load", operation="insert", object_name="Contact", conn_id="sf_reattach",
                 deferrable=True, poll_interval=0.2, max_records_per_job={PER_JOB},
                 results_path={str(tmp_path / "results")!r}, records=json.load(open({str(records)!r})),
@@ -220,24 +244,31 @@ def test_retry_after_death_between_upload_and_close_loads_every_record_once(
     # The first try left the second chunk's job Open with its data (never closed, never aborted).
     (left_open,) = operator_class.left_open
     jobs = {job["id"]: job for job in sf.emulator.store.list_jobs(0, 10_000)}
-    # Try 1: chunk 0 closed, chunk 10 uploaded and left Open. Try 2: that job aborted, chunks 10, 20
-    # and 30 each sent to a new job. Five jobs in all, one Aborted without processing a record.
-    assert len(jobs) == 5
-    assert jobs[left_open]["state"] == "Aborted"
-    assert sorted(job["state"] for job in jobs.values()) == ["Aborted"] + ["JobComplete"] * 4
+    summary = _xcom(dag_id)
+    if where == "after_upload":
+        # Never closed, so never processed: the retry aborts it and sends chunk 10 to a new job.
+        # Five jobs in all, one Aborted without processing a record.
+        assert len(jobs) == 5
+        assert jobs[left_open]["state"] == "Aborted"
+        assert sorted(job["state"] for job in jobs.values()) == ["Aborted"] + ["JobComplete"] * 4
+        assert summary["jobs"][left_open]["outcome"] == "replaced"
+        assert summary["jobs"][left_open]["processed"] == 0
+    else:
+        # Its close may have been sent: never aborted; the retry closes it and it loads chunk 10.
+        assert len(jobs) == 4
+        assert jobs[left_open]["state"] == "JobComplete"
+        assert summary["jobs"][left_open]["outcome"] == "final"
     _assert_loaded_exactly_once(sf, N, "RA-")
-
-    summary = _xcom("e2e_reattach_open")
     assert summary["totals"] == {
         "records": N,
         "processed": N,
         "succeeded": N,
         "failed": 0,
         "unprocessed": 0,
-        "jobs": 4,
+        "jobs": len(jobs),
     }
-    assert left_open not in summary["jobs"]
-    assert all(job["accounted"] for job in summary["jobs"].values())
+    assert "unaccounted" not in summary
+    assert all(job["accounted"] for job in summary["jobs"].values() if job["outcome"] == "final")
 
 
 def _xcom(dag_id: str, key: str = "return_value") -> Any:

@@ -55,3 +55,42 @@ def test_records_missing_from_result_files_fail_the_task() -> None:
     entry = job_entry(job, 10, {}, {"successful": 9, "failed": 0, "unprocessed": 0})
     summary = summarize("insert", "Contact", {"750B": entry}, collections.Counter(), "/r", None)
     assert "result files hold 9 rows for 10 records" in (failure_message(summary, {}, 1000, None) or "")
+
+
+def test_records_sent_again_count_once_at_their_final_outcome() -> None:
+    # Chunk of 100: job A aborted after 60 (5 failed), its 40 unprocessed resent to job B, which
+    # completed with 2 failed. Chunk of 50: job C never closed (replaced), its chunk sent to job D.
+    a = {"id": "A", "state": "Aborted", "numberRecordsProcessed": 60, "numberRecordsFailed": 5}
+    b = {"id": "B", "state": "JobComplete", "numberRecordsProcessed": 40, "numberRecordsFailed": 2}
+    c = {"id": "C", "state": "Aborted", "numberRecordsProcessed": 0, "numberRecordsFailed": 0}
+    d = {"id": "D", "state": "JobComplete", "numberRecordsProcessed": 50, "numberRecordsFailed": 0}
+    entries = {
+        "A": job_entry(a, 100, {}, {}, "resent", "B"),
+        "B": job_entry(b, 40, {}, {}),
+        "C": job_entry(c, 50, {}, {}, "replaced", "D"),
+        "D": job_entry(d, 50, {}, {}),
+    }
+    summary = summarize("insert", "Contact", entries, collections.Counter(), "/r", None, 150)
+    assert summary["totals"] == {
+        "records": 150,
+        "processed": 150,
+        "succeeded": 143,
+        "failed": 7,
+        "unprocessed": 0,
+        "jobs": 4,
+    }
+    assert "unaccounted" not in summary
+    assert entries["A"]["unprocessed"] == 40
+    assert entries["A"]["next_job"] == "B"
+    # The aborted and replaced jobs were settled: only the failed records fail the task.
+    message = failure_message(summary, {}, 7, None)
+    assert message is None
+
+
+def test_totals_that_miss_input_records_fail_the_task() -> None:
+    job = {"id": "A", "state": "JobComplete", "numberRecordsProcessed": 90, "numberRecordsFailed": 0}
+    summary = summarize(
+        "insert", "Contact", {"A": job_entry(job, 90, {}, {})}, collections.Counter(), "/r", None, 100
+    )
+    assert summary["unaccounted"] == 10
+    assert "the jobs account for 90 of 100 input records" in (failure_message(summary, {}, 1000, None) or "")

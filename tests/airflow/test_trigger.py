@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
+from typing import Any
 
+import httpx
 import pytest
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
-from tests.airflow.conftest import conn_uri_json
+from tests.airflow.conftest import TI, SupervisorComms, conn_uri_json, wrap_pool_transport
 
 CSV = b"LastName,External_Id__c\n" + b"".join(b"Name%d,T%d\n" % (i, i) for i in range(50))
 
@@ -50,6 +54,9 @@ def test_serialize_round_trip_holds_no_secret(emulator: RunningEmulator) -> None
         "job_ids": ["750A", "750B"],
         "deadline": 123.5,
         "poll_interval": 2.0,
+        "instance_url": None,
+        "record_counts": {},
+        "history": [],
     }
     import json
 
@@ -73,22 +80,104 @@ async def test_polls_every_job_to_completion(emulator: RunningEmulator, conn: st
         assert job["numberRecordsProcessed"] == 50
 
 
-async def test_deadline_aborts_unfinished_jobs(emulator: RunningEmulator, conn: str) -> None:
-    emulator.update_settings(records_per_second=1.0)
+async def test_deadline_aborts_unfinished_jobs_and_reports_their_real_counts(
+    emulator: RunningEmulator, conn: str
+) -> None:
+    emulator.update_settings(records_per_second=20.0)
     (job_id,) = await _submit(emulator)
-    trigger = SalesforceBulkJobTrigger(conn, [job_id], deadline=time.time() + 0.5, poll_interval=0.2)
+    trigger = SalesforceBulkJobTrigger(conn, [job_id], deadline=time.time() + 1.0, poll_interval=0.2)
     started = time.monotonic()
     payload = (await trigger.run().__anext__()).payload
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8
     assert payload["status"] == "timeout"
     assert payload["jobs"][job_id]["state"] == "Aborted"
     assert await _state(emulator, job_id) == "Aborted"
+    # The counts are read again after the abort (its answer has none): they are what the org holds.
+    (stored,) = emulator.emulator.store.list_jobs(0, 10)
+    assert stored["processed"] > 0
+    assert payload["jobs"][job_id]["numberRecordsProcessed"] == stored["processed"]
+    assert len(emulator.records("Contact")) == stored["processed"]
 
 
-async def test_on_kill_aborts_idempotently_and_cleanup_does_not(emulator: RunningEmulator, conn: str) -> None:
+async def test_deadline_is_enforced_while_a_poll_hangs(
+    emulator: RunningEmulator, conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every read of the job hangs until a while after the deadline: the poll in flight is
+    # cancelled at the deadline, the job aborted, and its counts read once reads answer again.
+    emulator.update_settings(records_per_second=10.0)
+    (job_id,) = await _submit(emulator)
+    deadline = time.time() + 1.5
+    held: list[str] = []
+
+    class HangingReads(httpx.AsyncBaseTransport):
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner = inner
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET" and job_id in request.url.path and time.time() < deadline + 1:
+                held.append(request.url.path)
+                await asyncio.sleep(deadline + 1 - time.time())
+            return await self.inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    wrap_pool_transport(monkeypatch, HangingReads)
+    trigger = SalesforceBulkJobTrigger(conn, [job_id], deadline=deadline, poll_interval=0.2)
+    payload = (await trigger.run().__anext__()).payload
+    assert time.time() - deadline < 6
+    assert held  # a poll was in flight when the deadline passed
+    assert payload["status"] == "timeout"
+    assert await _state(emulator, job_id) == "Aborted"
+    (stored,) = emulator.emulator.store.list_jobs(0, 10)
+    assert payload["jobs"][job_id]["numberRecordsProcessed"] == stored["processed"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"deadline": math.nan}, "deadline"),
+        ({"deadline": math.inf}, "deadline"),
+        ({"poll_interval": math.nan}, "poll_interval"),
+        ({"poll_interval": math.inf}, "poll_interval"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"poll_interval": -1}, "poll_interval"),
+        ({"poll_interval": "abc"}, "poll_interval"),
+    ],
+)
+def test_nan_inf_and_non_positive_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SalesforceBulkJobTrigger("c", ["7505e0000000001AAA"], **kwargs)
+
+
+async def test_many_jobs_log_a_readable_amount(
+    emulator: RunningEmulator, conn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 30 jobs polled many times: one line per job when it finishes and a total now and then,
+    # never a line per job per poll.
+    emulator.update_settings(records_per_second=400.0)
+    ids = await _submit(emulator, count=30)
+    trigger = SalesforceBulkJobTrigger(conn, ids, deadline=time.time() + 120, poll_interval=0.2)
+    trigger._log = logging.getLogger("sf_test.trigger")  # type: ignore[assignment]  # stdlib, for caplog
+    with caplog.at_level(logging.INFO):
+        payload = (await trigger.run().__anext__()).payload
+    assert payload["status"] == "success"
+    lines = [r.getMessage() for r in caplog.records if r.name == "sf_test.trigger"]
+    finished = [line for line in lines if "JobComplete: 50 processed" in line]
+    assert len(finished) == 30
+    totals = [line for line in lines if "jobs finished" in line]
+    assert 1 <= len(totals) <= 31
+    assert totals[-1] == "30 of 30 jobs finished: 1500 records processed, 0 failed so far"
+    assert len(lines) <= 30 + 31
+
+
+async def test_on_kill_aborts_idempotently_and_cleanup_does_not(
+    emulator: RunningEmulator, conn: str, comms: SupervisorComms
+) -> None:
     emulator.update_settings(records_per_second=1.0)
     ids = await _submit(emulator, count=2)
     trigger = SalesforceBulkJobTrigger(conn, ids, deadline=time.time() + 60, poll_interval=0.2)
+    trigger.task_instance = TI  # type: ignore[assignment]  # marked failed (the comms fixture)
     task = asyncio.create_task(trigger.run().__anext__())
     await asyncio.sleep(0.5)
     task.cancel()

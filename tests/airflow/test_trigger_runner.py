@@ -5,19 +5,26 @@ In Airflow 3.3 a user action on a deferred task (mark failed / success, clear) r
 awaits ``trigger.on_kill()`` and, always, ``trigger.cleanup()``. A triggerer shutting down cancels the
 task without that message: only ``cleanup()`` runs, and the jobs must keep running for the next
 triggerer to resume polling.
+
+A user-action cancel is not always a user's decision: Airflow 3.3.2 also sends it to a triggerer
+that lost its triggers to another one (HA), which still polls them. ``on_kill`` therefore asks
+Airflow for the task instance's state (through the task SDK's supervisor channel, here a stand-in
+answering as the triggerer's supervisor would) and aborts only if the task is no longer deferred.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
+from typing import Any
 
 import pytest
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.conftest import conn_uri_json
+from tests.airflow.conftest import TI, SupervisorComms, conn_uri_json
 
 CSV = b"LastName,External_Id__c\n" + b"".join(b"Runner%d,TR%d\n" % (i, i) for i in range(50))
 TRIGGER_ID = 7
@@ -46,7 +53,7 @@ async def _client_call(
         return ids
 
 
-async def _run_then_cancel(conn: str, job_ids: list[str], *, user_action: bool) -> list[str]:
+async def _run_then_cancel(conn: str, job_ids: list[str], *, user_action: bool, ti: Any = TI) -> list[str]:
     """Start the trigger as the triggerer does, let it poll, cancel it; return what was logged."""
     from airflow.jobs.triggerer_job_runner import TriggerRunner
 
@@ -58,6 +65,7 @@ async def _run_then_cancel(conn: str, job_ids: list[str], *, user_action: bool) 
         conn, job_ids, deadline=time.time() + 60, poll_interval=0.2
     ).serialize()
     trigger = runner.get_trigger_by_classpath(classpath)(**kwargs)
+    trigger.task_instance = ti  # as create_triggers sets it
     calls: list[str] = []
     on_kill, cleanup = trigger.on_kill, trigger.cleanup
 
@@ -88,14 +96,50 @@ async def _run_then_cancel(conn: str, job_ids: list[str], *, user_action: bool) 
     return calls
 
 
+@pytest.mark.parametrize("state", ["failed", "success", None, "scheduled"])
 async def test_user_kill_through_the_trigger_runner_aborts_the_jobs(
-    emulator: RunningEmulator, conn: str
+    emulator: RunningEmulator, conn: str, comms: SupervisorComms, state: str | None
 ) -> None:
+    # Marked failed or success, or cleared (no state, or already scheduled again).
+    comms.state = state
     emulator.update_settings(records_per_second=1.0)
     ids = await _client_call(emulator, count=2)
     calls = await _run_then_cancel(conn, ids, user_action=True)
     assert calls == ["on_kill", "cleanup"]
     assert await _client_call(emulator, states=ids) == ["Aborted", "Aborted"]
+    (asked,) = comms.asked
+    assert (asked.dag_id, asked.task_ids, asked.run_ids) == (TI.dag_id, [TI.task_id], [TI.run_id])
+
+
+@pytest.mark.parametrize("state", ["deferred", "running"])
+async def test_cancel_of_a_task_still_deferred_aborts_nothing(
+    emulator: RunningEmulator, conn: str, comms: SupervisorComms, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The HA case: Airflow cancels the trigger "by user action" on a triggerer that lost it, while
+    # the task is still deferred and another triggerer polls the same jobs.
+    comms.state = state
+    emulator.update_settings(records_per_second=1.0)
+    ids = await _client_call(emulator, count=2)
+    with caplog.at_level(logging.WARNING):
+        calls = await _run_then_cancel(conn, ids, user_action=True)
+    assert calls == ["on_kill", "cleanup"]
+    assert len(comms.asked) == 1
+    assert set(await _client_call(emulator, states=ids)) <= {"UploadComplete", "InProgress"}
+    assert f"still {state}" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["broken_channel", "no_task_instance"])
+async def test_kill_whose_task_state_cannot_be_read_aborts_nothing(
+    emulator: RunningEmulator, conn: str, comms: SupervisorComms, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    comms.broken = case == "broken_channel"
+    emulator.update_settings(records_per_second=1.0)
+    ids = await _client_call(emulator, count=2)
+    with caplog.at_level(logging.WARNING):
+        calls = await _run_then_cancel(conn, ids, user_action=True, ti=TI if comms.broken else None)
+    assert calls == ["on_kill", "cleanup"]
+    assert set(await _client_call(emulator, states=ids)) <= {"UploadComplete", "InProgress"}
+    assert "aborting nothing" in caplog.text
 
 
 async def test_triggerer_shutdown_only_cleans_up_and_leaves_the_jobs_running(

@@ -1,0 +1,383 @@
+"""The operator under kills, lost streams, bad events and bad settings, against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from tests.airflow.conftest import TI, SupervisorComms, conn_uri_json
+
+CSV = b"LastName,External_Id__c\n" + b"".join(b"Fault%d,F%d\n" % (i, i) for i in range(40))
+
+
+class _TI:
+    dag_id, run_id, task_id, map_index, try_number = TI.dag_id, TI.run_id, TI.task_id, -1, 1
+    pushed: ClassVar[dict[str, Any]] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+class DictStore:
+    def __init__(self, value: Any = None) -> None:
+        self.data: dict[str, Any] = {} if value is None else {"salesforce_bulk": value}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(json.dumps(self.data.get(key, default)))
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+@pytest.fixture
+def conn(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AIRFLOW_CONN_SF_FAULTS", conn_uri_json(emulator))
+    return "sf_faults"
+
+
+def _operator(tmp_path: Path, **kwargs: Any) -> Any:
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+
+    args: dict[str, Any] = {
+        "task_id": "load",
+        "operation": "insert",
+        "object_name": "Contact",
+        "conn_id": "sf_faults",
+        "poll_interval": 0.2,
+        "results_path": str(tmp_path / "results"),
+        "records": [{"LastName": f"Op {i}", "External_Id__c": f"OP-{i}"} for i in range(60)],
+        "max_records_per_job": 20,
+    }
+    args.update(kwargs)
+    return SalesforceBulkOperator(**args)
+
+
+@pytest.fixture
+async def client(emulator: RunningEmulator) -> AsyncIterator[BulkIngestClient]:
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    async with SalesforceSession(auth) as session:
+        yield BulkIngestClient(session)
+
+
+def _jobs(emulator: RunningEmulator) -> list[dict[str, Any]]:
+    return emulator.emulator.store.list_jobs(0, 1000)
+
+
+# -- on_kill in the worker (deferrable=False) ------------------------------------------------------
+
+
+@pytest.fixture
+def sigterm_calls_on_kill() -> Iterator[list[Any]]:
+    """SIGTERM runs ``operator.on_kill()`` in the main thread, as Airflow's task runner does."""
+    holder: list[Any] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: holder[0].on_kill())
+    try:
+        yield holder
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("state", ["failed", "running"])
+def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
+    emulator: RunningEmulator,
+    conn: str,
+    tmp_path: Path,
+    comms: SupervisorComms,
+    sigterm_calls_on_kill: list[Any],
+    state: str,
+) -> None:
+    from airflow.sdk.exceptions import AirflowException
+
+    # "failed": the user marked the task failed, the supervisor terminates the process. "running":
+    # the worker is shutting down (pod eviction): the jobs must go on for the retry to reattach.
+    comms.state = state
+    emulator.update_settings(records_per_second=10.0)
+    op = _operator(tmp_path, deferrable=False)
+    sigterm_calls_on_kill.append(op)
+
+    def kill_when_processing() -> None:
+        for _ in range(400):
+            if any(job["processed"] > 0 for job in _jobs(emulator)):
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=kill_when_processing)
+    ti = _TI()
+    killer.start()
+    try:
+        if state == "failed":
+            with pytest.raises(AirflowException, match="Aborted"):
+                op.execute({"ti": ti, "task_state_store": None})
+        else:
+            summary = op.execute({"ti": ti, "task_state_store": None})
+            assert summary["totals"]["succeeded"] == 60
+    finally:
+        killer.join()
+    jobs = {job["id"]: job for job in _jobs(emulator)}
+    assert len(comms.asked) == 1
+    summary = ti.pushed["return_value"]
+    if state == "failed":
+        assert {job["state"] for job in jobs.values()} <= {"Aborted", "JobComplete"}
+        assert "Aborted" in {job["state"] for job in jobs.values()}
+    else:
+        assert {job["state"] for job in jobs.values()} == {"JobComplete"}
+    # The summary holds the real counts, also of the aborted jobs (read again after the abort).
+    for job_id, entry in summary["jobs"].items():
+        assert entry["state"] == jobs[job_id]["state"]
+        assert entry["processed"] == jobs[job_id]["processed"]
+    assert summary["totals"]["succeeded"] == len(emulator.records("Contact"))
+
+
+# -- reattached, every job already ended: no deferral ------------------------------------------------
+
+
+async def _finished_jobs(client: BulkIngestClient, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        job = await client.create_job("insert", "Contact")
+        await client.upload_job_data(job.id, CSV.replace(b",F", b",F%d-" % n))
+        ids.append(job.id)
+    for job_id in ids:
+        await client.wait_for_job(job_id, timeout=30)
+    return ids
+
+
+async def test_reattached_task_whose_jobs_all_ended_finishes_without_deferring(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, client: BulkIngestClient
+) -> None:
+    ids = await _finished_jobs(client, 2)
+    plan = {
+        "version": 2,
+        "chunks": {
+            str(i * 40): {
+                "count": 40,
+                "jobs": [{"job": job_id, "count": 40, "phase": "closing", "source": "chunk"}],
+            }
+            for i, job_id in enumerate(ids)
+        },
+        "complete": True,
+        "instance_url": emulator.base_url,
+    }
+    store = DictStore(plan)
+    records = [{"LastName": f"Fault{i}", "External_Id__c": f"F{i}"} for i in range(40)] * 2
+    op = _operator(tmp_path, deferrable=True, records=records, max_records_per_job=40)
+    ti = _TI()
+    # No TaskDeferred: the summary comes straight back (in a thread: execute runs its own loop).
+    summary = await asyncio.to_thread(op.execute, {"ti": ti, "task_state_store": store})
+    assert summary["totals"] == {
+        "records": 80,
+        "processed": 80,
+        "succeeded": 80,
+        "failed": 0,
+        "unprocessed": 0,
+        "jobs": 2,
+    }
+    assert list(summary["jobs"]) == ids
+    assert store.data == {}  # done: a clear loads again
+    assert len(_jobs(emulator)) == 2
+
+
+# -- events -------------------------------------------------------------------------------------------
+
+
+def test_execute_complete_without_or_with_a_malformed_event_is_a_clear_error(tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    op = _operator(tmp_path)
+    context = {"ti": _TI(), "task_state_store": None}
+    with pytest.raises(AirflowException, match="no trigger event"):
+        op.execute_complete(context)
+    with pytest.raises(AirflowException, match="no trigger event"):
+        op.execute_complete(context, event="done")
+    with pytest.raises(AirflowException, match="malformed trigger event"):
+        op.execute_complete(context, event={"status": "finished", "jobs": {}})
+    with pytest.raises(AirflowException, match="malformed trigger event"):
+        op.execute_complete(context, event={"status": "success", "jobs": []})
+    bad_job = {"id": "7505e0000000001AAA", "state": "JobComplete"}
+    with pytest.raises(AirflowException, match="malformed trigger event"):
+        op.execute_complete(context, event={"status": "success", "jobs": {"7505e0000000002AAA": bad_job}})
+    with pytest.raises(AirflowFailException, match="not a Salesforce Bulk API job id"):
+        op.execute_complete(context, event={"status": "success", "jobs": {"../../x": {"id": "../../x"}}})
+    assert not (tmp_path / "results").exists()
+
+
+async def test_the_event_alone_is_enough_to_finish(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, client: BulkIngestClient
+) -> None:
+    from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
+
+    # `airflow dags test` drops the kwargs given to defer(): the event carries what is needed.
+    ids = await _finished_jobs(client, 2)
+    trigger = SalesforceBulkJobTrigger(
+        conn,
+        ids,
+        deadline=time.time() + 60,
+        poll_interval=0.2,
+        instance_url=emulator.base_url,
+        record_counts=dict.fromkeys(ids, 40),
+    )
+    event = (await trigger.run().__anext__()).payload
+    op = _operator(tmp_path)
+    summary = await asyncio.to_thread(op.execute_complete, {"ti": _TI(), "task_state_store": None}, event)
+    assert summary["instance_url"] == emulator.base_url
+    assert summary["totals"]["records"] == summary["totals"]["succeeded"] == 80
+    assert all(job["records"] == 40 and job["accounted"] for job in summary["jobs"].values())
+
+
+# -- result downloads -----------------------------------------------------------------------------------
+
+
+class DropFirstResultStreams(httpx.AsyncBaseTransport):
+    """The first ``drops`` downloads of each result file break after a few bytes."""
+
+    def __init__(self, drops: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.drops = drops
+        self.dropped: dict[str, int] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        kind = request.url.path.rsplit("/", 1)[-1]
+        if kind not in ("successfulResults", "failedResults", "unprocessedrecords"):
+            return response
+        if self.dropped.get(kind, 0) >= self.drops:
+            return response
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        body = await response.aread()
+
+        class Broken(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                yield body[:20]
+                raise httpx.ReadError("connection reset by peer")
+
+        # The body is already decoded: drop the headers describing the encoded one.
+        headers = [
+            (k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(response.status_code, headers=headers, stream=Broken(), request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("drops", [1, 3])
+async def test_result_download_starts_again_from_the_first_byte_after_a_dropped_stream(
+    emulator: RunningEmulator, client: BulkIngestClient, tmp_path: Path, drops: int
+) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_salesforce_bulk.operators.results import copy_job_results
+
+    emulator.update_settings(records_per_second=None)
+    bad = b"LastName,Email\n" + b"".join(
+        (b"Bad%d,not-an-email\n" if i % 4 == 0 else b"Good%d,g%d@example.com\n" % (i, i))
+        % ((i,) if i % 4 == 0 else ())
+        for i in range(40)
+    )
+    job = await client.create_job("insert", "Contact")
+    await client.upload_job_data(job.id, bad)
+    await client.wait_for_job(job.id, timeout=30)
+    info = {"id": job.id, "state": "JobComplete", "columnDelimiter": "COMMA"}
+    clean = ObjectStoragePath(f"file://{tmp_path / 'clean'}")
+    expected = await copy_job_results(client, info, clean)
+
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    faulty = DropFirstResultStreams(drops)
+    async with SalesforceSession(auth, transport=faulty) as session:
+        target = ObjectStoragePath(f"file://{tmp_path / 'faulty'}")
+        got = await copy_job_results(BulkIngestClient(session), info, target)
+    assert faulty.dropped == dict.fromkeys(
+        ("successfulResults", "failedResults", "unprocessedrecords"), drops
+    )
+    assert got[1] == expected[1] == {"successful": 30, "failed": 10, "unprocessed": 0}
+    assert got[2] == expected[2]
+    for name in ("successfulResults.csv", "failedResults.csv", "unprocessedrecords.csv"):
+        assert (tmp_path / "faulty" / job.id / name).read_bytes() == (
+            tmp_path / "clean" / job.id / name
+        ).read_bytes()
+
+
+async def test_result_download_gives_up_after_bounded_attempts(
+    emulator: RunningEmulator, client: BulkIngestClient, tmp_path: Path
+) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_salesforce_bulk.client import TransportError
+    from airflow_provider_salesforce_bulk.operators.results import DOWNLOAD_ATTEMPTS, copy_job_results
+
+    (job_id,) = await _finished_jobs(client, 1)
+    creds = emulator.credentials
+    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
+    faulty = DropFirstResultStreams(1000)
+    async with SalesforceSession(auth, transport=faulty) as session:
+        with pytest.raises(TransportError):
+            await copy_job_results(
+                BulkIngestClient(session), {"id": job_id}, ObjectStoragePath(f"file://{tmp_path}")
+            )
+    assert faulty.dropped == {"successfulResults": DOWNLOAD_ATTEMPTS}
+
+
+@pytest.mark.parametrize(
+    "job_id", ["../../x", "750/../../etc", "7505e0000000001AA", "7505e0000000001AAA/..", "", 750]
+)
+def test_only_salesforce_job_ids_become_paths(job_id: Any, tmp_path: Path) -> None:
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
+
+    with pytest.raises(AirflowFailException, match="not a Salesforce Bulk API job id"):
+        check_job_id(job_id)
+    with pytest.raises(AirflowFailException):
+        asyncio.run(copy_job_results(None, {"id": job_id}, ObjectStoragePath(f"file://{tmp_path / 'r'}")))  # type: ignore[arg-type]
+    assert not (tmp_path / "r").exists()
+    assert check_job_id("7505e0000000001") == "7505e0000000001"
+    assert check_job_id("7505e0000000001AAA") == "7505e0000000001AAA"
+
+
+# -- bad settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"max_failed_ratio": "abc"}, "max_failed_ratio"),
+        ({"max_failed_ratio": math.nan}, "max_failed_ratio"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"poll_interval": math.nan}, "poll_interval"),
+        ({"poll_interval": math.inf}, "poll_interval"),
+        ({"poll_interval": -1}, "poll_interval"),
+        ({"object_name": "Contactx"}, "'Contactx'"),
+    ],
+)
+def test_bad_settings_fail_without_retry_naming_the_setting(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, kwargs: dict[str, Any], expected: str
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    op = _operator(tmp_path, **kwargs)
+    with pytest.raises(AirflowFailException, match=expected):
+        op.execute({"ti": _TI(), "task_state_store": DictStore()})
+    # A wrong object is only known to Salesforce: its job creation is refused, nothing else sent.
+    assert _jobs(emulator) == []
