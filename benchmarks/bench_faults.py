@@ -29,7 +29,7 @@ from benchmarks._support import emulator_process
 
 RECORDS = int(os.environ.get("SF_BULK_FAULT_RECORDS", "100000"))
 PER_JOB = RECORDS // 10
-SEEDS = tuple(int(s) for s in os.environ.get("SF_BULK_FAULT_SEEDS", "1,2").split(","))
+SEEDS = tuple(int(s) for s in os.environ.get("SF_BULK_FAULT_SEEDS", "1,2,3").split(","))
 RETRIES = 5
 CONN_ID = "sf_faults"
 _MARK = "BENCH_FAULTS_OUTCOME "
