@@ -278,7 +278,7 @@ class SalesforceBulkOperator(BaseOperator):
         given = [n for n in ("records", "source", "sql") if getattr(self, n) is not None]
         if len(given) != 1:
             raise InputError(
-                f"give exactly one of records, source and sql, got {', '.join(given) or 'none'}",
+                f"give exactly one of records and source or sql, got {', '.join(given) or 'none'}",
                 field=given[-1] if given else "records",
             )
         if self.sql is not None:

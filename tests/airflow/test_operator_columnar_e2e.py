@@ -280,3 +280,50 @@ def test_a_retry_during_a_round_reattaches_to_its_jobs(sf: RunningEmulator, tmp_
     assert summary["totals"]["failed"] == 0
     # No round was computed and sent twice: every job the org holds is in the summary once.
     assert len(_jobs(sf)) == len(summary["jobs"])
+
+
+def test_bad_input_messages_say_what_and_where(sf: RunningEmulator, warehouse: Path, tmp_path: Path) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+
+    pq.write_table(pa.table({"LastName": ["x"]}), tmp_path / "people.parquet")
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            {"sql": "SELECT surname FROM people", "sql_conn_id": "warehouse", "field_mapping": {"nope": "X"}},
+            "field_mapping names the column 'nope'",
+        ),
+        (
+            {"sql": "SELECT x FROM no_such_table", "sql_conn_id": "warehouse"},
+            "the query failed on 'warehouse'",
+        ),
+        ({"sql": "SELECT surname FROM people WHERE id < 0", "sql_conn_id": "warehouse"}, "returned no rows"),
+        ({"sql": "SELECT 1"}, "sql needs sql_conn_id"),
+        ({"records": pa.table({"Tags": pa.array([[1, 2]])})}, "column 'Tags' has the Arrow type"),
+        ({"records": [{"LastName": "x"}], "field_mapping": {"a": "B"}}, "field_mapping applies to sql"),
+        ({"source": str(tmp_path / "people.parquet"), "field_mapping": {}}, "field_mapping must be"),
+        ({"source": str(tmp_path / "people.parquet"), "source_format": "xlsx"}, "'parquet' or 'arrow'"),
+        ({"records": [{"LastName": "x"}], "group_by_parent": " "}, "group_by_parent must be"),
+        ({"records": [{"LastName": "x"}], "limits_check": "loud"}, "limits_check must be one of"),
+        ({"records": [{"LastName": "x"}], "retry_error_codes": "UNABLE_TO_LOCK_ROW"}, "retry_error_codes"),
+        ({"records": [{"LastName": "x"}], "retry_error_codes": ["lock"]}, "retry_error_codes holds 'lock'"),
+        ({"records": [{"LastName": "x"}], "resubmit_rounds": 11}, "resubmit_rounds must be"),
+        ({"records": [{"LastName": "x"}], "resubmit_backoff": float("nan")}, "resubmit_backoff must be"),
+        ({"records": [{"LastName": "x"}], "allow_empty": "yes"}, "allow_empty must be True or False"),
+    ]
+    for kwargs, expected in cases:
+        op = SalesforceBulkOperator(
+            task_id="t", operation="insert", object_name="Contact", conn_id="sf_e2e", **kwargs
+        )
+        with pytest.raises(AirflowFailException, match=expected):
+            op.execute({"ti": None, "task_state_store": None})
+    assert _jobs(sf) == []
+
+
+def test_a_dataframe_like_object_is_not_turned_into_a_list() -> None:
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+
+    table = pa.table({"LastName": ["a", "b"]})
+    for records in (table, table.to_batches()[0], pa.RecordBatchReader.from_batches(table.schema, [])):
+        op = SalesforceBulkOperator(task_id="t", operation="insert", object_name="Contact", records=records)
+        assert "pyarrow" in op._source().description
