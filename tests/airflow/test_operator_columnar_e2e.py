@@ -327,3 +327,19 @@ def test_a_dataframe_like_object_is_not_turned_into_a_list() -> None:
     for records in (table, table.to_batches()[0], pa.RecordBatchReader.from_batches(table.schema, [])):
         op = SalesforceBulkOperator(task_id="t", operation="insert", object_name="Contact", records=records)
         assert "pyarrow" in op._source().description
+
+
+def test_the_sql_example_dag_upserts_the_query_result(
+    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, airflow_db: object, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT", conn_uri_json(emulator))
+    database = tmp_path / "example_warehouse.db"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(database)})
+    )
+    source = Path(__file__).parents[2] / "dags_examples" / "example_salesforce_bulk_sql.py"
+    dag: Any = load_dag_file("example_salesforce_bulk_sql", source.read_text())
+    assert dag.test().state == "success"
+    stored = sorted(r["External_Id__c"] for r in emulator.records("Account"))
+    assert stored == sorted(f"WH-{i:05d}" for i in range(1, 201, 2))
+    assert _xcom("example_salesforce_bulk_sql", "upsert_accounts")["totals"]["succeeded"] == 100
