@@ -98,7 +98,7 @@ class SalesforceBulkOperator(BaseOperator):
     allow_empty : bool
         A query that returns no row loads nothing instead of failing the task.
     allow_na_marker : bool
-        Let a record's value be the literal ``#N/A`` (sets the field to null) for records and NDJSON.
+        Let a value be the literal ``#N/A`` (sets the field to null); a CSV file is sent as it is.
     group_by_parent : str, optional
         A parent field (``AccountId``): records are ordered by it so one parent's children share a job
         (fewer ``UNABLE_TO_LOCK_ROW``); spooled to a temporary file, memory stays flat.
@@ -369,6 +369,7 @@ class SalesforceBulkOperator(BaseOperator):
                 field_mapping=self.field_mapping,
                 fieldnames=self.fieldnames,
                 allow_empty=self.allow_empty,
+                allow_na_marker=self.allow_na_marker,
                 **limits,
             )
         else:

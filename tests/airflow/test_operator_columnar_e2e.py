@@ -343,3 +343,29 @@ def test_the_sql_example_dag_upserts_the_query_result(
     stored = sorted(r["External_Id__c"] for r in emulator.records("Account"))
     assert stored == sorted(f"WH-{i:05d}" for i in range(1, 201, 2))
     assert _xcom("example_salesforce_bulk_sql", "upsert_accounts")["totals"]["succeeded"] == 100
+
+
+def test_allow_na_marker_reaches_the_arrow_path(sf: RunningEmulator, tmp_path: Path) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+
+    table = pa.table({"LastName": ["Na"], "External_Id__c": ["NA-1"], "Title": ["#N/A"]})
+    settings: dict[str, Any] = {
+        "task_id": "t",
+        "operation": "insert",
+        "object_name": "Contact",
+        "conn_id": "sf_e2e",
+        "records": table,
+        "deferrable": False,
+        "poll_interval": 0.2,
+        "results_path": str(tmp_path / "na"),
+    }
+    with pytest.raises(AirflowFailException, match="allow_na_marker"):
+        SalesforceBulkOperator(**settings).execute({"ti": None, "task_state_store": None})
+    assert _jobs(sf) == []
+    summary = SalesforceBulkOperator(**settings, allow_na_marker=True).execute(
+        {"ti": None, "task_state_store": None}
+    )
+    assert summary["totals"]["succeeded"] == 1
+    assert [r.get("Title") for r in sf.records("Contact")] == [None]
