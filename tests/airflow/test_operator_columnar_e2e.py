@@ -369,3 +369,52 @@ def test_allow_na_marker_reaches_the_arrow_path(sf: RunningEmulator, tmp_path: P
     )
     assert summary["totals"]["succeeded"] == 1
     assert [r.get("Title") for r in sf.records("Contact")] == [None]
+
+
+class _DictStore:
+    """``task_state_store``'s get/set/delete on a dict (JSON round trip, as Airflow stores it)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.values[key]) if key in self.values else default
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = json.dumps(value)
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def test_rounds_in_the_worker_record_every_job_of_every_round(sf: RunningEmulator, tmp_path: Path) -> None:
+    from airflow_provider_salesforce_bulk.operators.resubmit_rounds import ROUNDS_KEY
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+
+    sf.update_settings(lock_failure_rate=0.1, seed=3)
+    store = _DictStore()
+    op = SalesforceBulkOperator(
+        task_id="t",
+        operation="insert",
+        object_name="Account",
+        conn_id="sf_e2e",
+        records=[{"Name": f"W{i}", "External_Id__c": f"W-{i}"} for i in range(1_000)],
+        max_records_per_job=300,
+        deferrable=False,
+        poll_interval=0.2,
+        resubmit_rounds=8,
+        resubmit_backoff=0,
+        results_path=str(tmp_path / "worker"),
+    )
+    summary = op.execute({"ti": None, "task_state_store": store})
+    stored = _stored_once(sf)
+    assert sorted(stored) == sorted(f"W-{i}" for i in range(1_000))
+    assert summary["totals"]["succeeded"] == 1_000
+    assert summary["totals"]["failed"] == 0
+    rounds = store.get(ROUNDS_KEY)["rounds"]
+    recorded = {job["job"] for r in rounds.values() for job in r["jobs"].values()}
+    assert all(r["complete"] for r in rounds.values())
+    assert all(job["phase"] == "closed" for r in rounds.values() for job in r["jobs"].values())
+    later = {job_id for job_id, job in summary["jobs"].items() if job["round"] > 1}
+    assert recorded == later
+    assert len(_jobs(sf)) == len(summary["jobs"]) == 4 + len(later)
