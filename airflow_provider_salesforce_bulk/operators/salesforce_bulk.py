@@ -149,6 +149,10 @@ class SalesforceBulkOperator(BaseOperator):
     before the failure policy can fail the task; it lists every job of every try and counts each
     input record once, at its final outcome. Jobs are aborted only on a user's decision: the
     ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
+
+    A resubmission round's jobs are recorded in the same store (its round and retry chunk) before
+    their upload: a retry replays the rounds, reattaching to each round's jobs instead of sending
+    their records again.
     """
 
     template_fields: Sequence[str] = (

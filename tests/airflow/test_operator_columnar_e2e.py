@@ -418,3 +418,18 @@ def test_rounds_in_the_worker_record_every_job_of_every_round(sf: RunningEmulato
     later = {job_id for job_id, job in summary["jobs"].items() if job["round"] > 1}
     assert recorded == later
     assert len(_jobs(sf)) == len(summary["jobs"]) == 4 + len(later)
+
+
+def test_limits_check_warn_loads_and_fail_refuses(sf: RunningEmulator, tmp_path: Path) -> None:
+    # One job needs about 25 API requests by the estimate (create, upload, close, 20 polls, results):
+    # more than the org has left, though this small load really takes fewer.
+    sf.update_settings(daily_api_requests_max=24)
+    records = [{"Name": f"W{i}", "External_Id__c": f"WARN-{i}"} for i in range(3)]
+    args = f"""operation="insert", object_name="Account", records={records!r}, retries=2"""
+    dr = _run("i10_api_fail", tmp_path, args + ', limits_check="fail"')
+    assert dr.state == "failed"
+    assert dr.get_task_instance("load").try_number == 1
+    assert _jobs(sf) == []
+    dr = _run("i10_api_warn", tmp_path, args + ', limits_check="warn"')
+    assert dr.state == "success"
+    assert sorted(r["External_Id__c"] for r in sf.records("Account")) == [f"WARN-{i}" for i in range(3)]
