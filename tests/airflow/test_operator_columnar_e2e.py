@@ -328,6 +328,19 @@ def test_a_dataframe_like_object_is_not_turned_into_a_list() -> None:
         op = SalesforceBulkOperator(task_id="t", operation="insert", object_name="Contact", records=records)
         assert "pyarrow" in op._source().description
 
+    class FrameLike:
+        """Iterates over its column names, as a pandas DataFrame does, and exports an Arrow stream."""
+
+        def __iter__(self) -> Any:
+            return iter(table.column_names)
+
+        def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+            return table.__arrow_c_stream__(requested_schema)
+
+    op = SalesforceBulkOperator(task_id="t", operation="insert", object_name="Contact", records=FrameLike())
+    with op._source().open() as chunks:
+        assert [chunk.data for chunk in chunks] == [b"LastName\na\nb\n"]
+
 
 def test_the_sql_example_dag_upserts_the_query_result(
     emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, airflow_db: object, tmp_path: Path
