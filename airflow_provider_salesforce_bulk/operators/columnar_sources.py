@@ -83,6 +83,7 @@ def make_columnar_source(
     none_as: str,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_empty: bool = False,
+    allow_na_marker: bool = False,
 ) -> ChunkSource:
     """The chunk source for exactly one of a file, a table and a SQL query.
 
@@ -108,6 +109,9 @@ def make_columnar_source(
     allow_empty : bool
         Without it, a query that returns no row is an :class:`InputError` (usually a wrong query or a
         missed upstream load); with it the load is simply empty. Files and tables may always be empty.
+    allow_na_marker : bool
+        Let a text value be the literal ``#N/A`` (Salesforce sets the field to null), as for
+        :func:`~airflow_provider_salesforce_bulk.client.iter_arrow_chunks`.
 
     Raises
     ------
@@ -154,6 +158,7 @@ def make_columnar_source(
                 column_delimiter=column_delimiter,
                 line_ending=line_ending,
                 none_as=none_as,
+                allow_na_marker=allow_na_marker,
             )
 
     return ChunkSource(chunks, description, uri=uri)

@@ -25,11 +25,24 @@ from airflow_provider_salesforce_bulk.client import (
     TokenCache,
 )
 from airflow_provider_salesforce_bulk.client.ingest import check_job_options
+from airflow_provider_salesforce_bulk.client.limits import (
+    LimitsCheckError,
+    check_limits_before_load,
+    check_limits_mode,
+)
 from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
+from airflow_provider_salesforce_bulk.client.resubmit import (
+    DEFAULT_RETRY_ERROR_CODES,
+    ResubmitLedger,
+    ResubmitPolicy,
+)
 from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
+from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
+from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
+from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
 from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.submit import (
@@ -66,13 +79,38 @@ class SalesforceBulkOperator(BaseOperator):
     operation : {"insert", "update", "upsert", "delete", "hardDelete"}
     object_name : str
         The Salesforce object, e.g. ``Contact``.
-    records : list of dict or XComArg, optional
-        The records (field name to value). Exactly one of ``records`` and ``source``.
+    records : list of dict, DataFrame, Arrow table or XComArg, optional
+        The records (field name to value), or a pandas/polars DataFrame or pyarrow Table/RecordBatch/
+        RecordBatchReader (the Arrow path). Exactly one of ``records``, ``source`` and ``sql``.
     source : str or ObjectStoragePath, optional
-        A CSV file already in the job's format (header row of field names; copied byte for byte) or a
-        newline-delimited JSON file (one object per line). Streamed, never read whole.
-    source_format : {"csv", "ndjson"}, optional
-        Defaults from the file name (``.csv``; ``.ndjson``, ``.jsonl``, ``.json``).
+        A CSV file already in the job's format (header row of field names; copied byte for byte), a
+        newline-delimited JSON file (one object per line), or a Parquet or Arrow IPC/Feather file.
+        Streamed, never read whole.
+    source_format : {"csv", "ndjson", "parquet", "arrow"}, optional
+        Defaults from the file name (``.csv``; ``.ndjson``, ``.jsonl``, ``.json``; ``.parquet``,
+        ``.pq``; ``.arrow``, ``.feather``, ``.ipc``, ``.arrows``).
+    sql, sql_conn_id, parameters : optional
+        A query (templated) run on ``sql_conn_id`` (any common-sql ``DbApiHook`` connection), fetched in
+        bounded batches; ``parameters`` go to ``cursor.execute``. Column names from the cursor.
+    field_mapping : dict, optional
+        Source column to Salesforce field, for ``sql``, Parquet/Arrow files and tables: only these
+        columns are loaded, renamed; a column the data lacks fails the task before any job.
+    allow_empty : bool
+        A query that returns no row loads nothing instead of failing the task.
+    allow_na_marker : bool
+        Let a value be the literal ``#N/A`` (sets the field to null); a CSV file is sent as it is.
+    group_by_parent : str, optional
+        A parent field (``AccountId``): records are ordered by it so one parent's children share a job
+        (fewer ``UNABLE_TO_LOCK_ROW``); spooled to a temporary file, memory stays flat.
+    limits_check : {"fail", "warn", "off"}
+        Before the first job, compare the org's daily allowances left (``/limits``) with what the
+        load needs: fail the task, warn, or skip the check.
+    retry_error_codes, resubmit_rounds, resubmit_backoff
+        Records that failed with one of ``retry_error_codes`` (default ``UNABLE_TO_LOCK_ROW``; empty:
+        never) are sent again in new jobs once their round of jobs has ended, up to
+        ``resubmit_rounds`` rounds in all (the load included; 1: never), waiting ``resubmit_backoff``
+        seconds in the worker before the second round (doubling after). Each record is counted once in
+        the summary, at its final outcome; the failure policy applies to final failures only.
     fieldnames : list of str, optional
         Columns for ``records`` or NDJSON; inferred from the data when omitted.
     external_id_field : str, optional
@@ -111,6 +149,10 @@ class SalesforceBulkOperator(BaseOperator):
     before the failure policy can fail the task; it lists every job of every try and counts each
     input record once, at its final outcome. Jobs are aborted only on a user's decision: the
     ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
+
+    A resubmission round's jobs are recorded in the same store (its round and retry chunk) before
+    their upload: a retry replays the rounds, reattaching to each round's jobs instead of sending
+    their records again.
     """
 
     template_fields: Sequence[str] = (
@@ -118,13 +160,15 @@ class SalesforceBulkOperator(BaseOperator):
         "object_name",
         "records",
         "source",
+        "sql",
+        "parameters",
         "fieldnames",
         "external_id_field",
         "assignment_rule_id",
         "results_path",
         "conn_id",
     )
-    template_fields_renderers: ClassVar[dict[str, str]] = {"records": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"records": "json", "sql": "sql"}
     operator_extra_links = (SalesforceBulkJobLink(),)
     ui_color = "#9fd7f5"
 
@@ -151,6 +195,17 @@ class SalesforceBulkOperator(BaseOperator):
         timeout: float | datetime.timedelta = datetime.timedelta(hours=24),
         conn_id: str = SalesforceBulkHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        sql: str | None = None,
+        sql_conn_id: str | None = None,
+        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        field_mapping: Mapping[str, str] | None = None,
+        allow_empty: bool = False,
+        allow_na_marker: bool = False,
+        group_by_parent: str | None = None,
+        limits_check: str = "warn",
+        retry_error_codes: Sequence[str] = DEFAULT_RETRY_ERROR_CODES,
+        resubmit_rounds: int = 3,
+        resubmit_backoff: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -175,6 +230,19 @@ class SalesforceBulkOperator(BaseOperator):
         self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
         self.conn_id = conn_id
         self.deferrable = deferrable
+        self.sql = sql
+        self.sql_conn_id = sql_conn_id
+        self.parameters = parameters
+        self.field_mapping = field_mapping
+        self.allow_empty = allow_empty
+        self.allow_na_marker = allow_na_marker
+        self.group_by_parent = group_by_parent
+        self.limits_check = limits_check
+        self.retry_error_codes = retry_error_codes
+        self.resubmit_rounds = resubmit_rounds
+        self.resubmit_backoff = resubmit_backoff
+        self._chunk_counts: list[int] = []
+        self._opened_source: ChunkSource | None = None
         self._instance_url: str | None = None
         self._active_job_ids: list[str] = []
 
@@ -206,6 +274,72 @@ class SalesforceBulkOperator(BaseOperator):
                 check_positive_number(name, getattr(self, name))
             except ValueError as exc:
                 raise InputError(str(exc), field=name) from None
+        self._check_source_settings()
+        check_limits_mode(self.limits_check)
+        self._policy()
+
+    def _check_source_settings(self) -> None:
+        given = [n for n in ("records", "source", "sql") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise InputError(
+                f"give exactly one of records and source or sql, got {', '.join(given) or 'none'}",
+                field=given[-1] if given else "records",
+            )
+        if self.sql is not None:
+            if not isinstance(self.sql, str) or not self.sql.strip():
+                raise InputError("sql must be a non-empty query", field="sql")
+            if not isinstance(self.sql_conn_id, str) or not self.sql_conn_id:
+                raise InputError("sql needs sql_conn_id, the connection to run it on", field="sql_conn_id")
+        elif self.sql_conn_id is not None or self.parameters is not None:
+            name = "sql_conn_id" if self.sql_conn_id is not None else "parameters"
+            raise InputError(f"{name} is only used with sql", field=name)
+        if self.parameters is not None and (
+            isinstance(self.parameters, (str, bytes)) or not isinstance(self.parameters, (Mapping, Sequence))
+        ):
+            raise InputError(
+                f"parameters must be a dict or a list, got {type(self.parameters).__name__}",
+                field="parameters",
+            )
+        if self.field_mapping is not None:
+            mapping = self.field_mapping
+            if (
+                not isinstance(mapping, Mapping)
+                or not mapping
+                or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items())
+            ):
+                raise InputError(
+                    "field_mapping must be a non-empty dict of source column to Salesforce field (strings)",
+                    field="field_mapping",
+                )
+        for name in ("allow_empty", "allow_na_marker"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}", field=name)
+        parent = self.group_by_parent
+        if parent is not None and (not isinstance(parent, str) or not parent.strip()):
+            raise InputError(
+                f"group_by_parent must be a field name such as 'AccountId', got {parent!r}",
+                field="group_by_parent",
+            )
+
+    def _policy(self) -> ResubmitPolicy:
+        codes = self.retry_error_codes
+        if codes is None or isinstance(codes, str):
+            raise InputError(
+                f"retry_error_codes must be a list of status codes (empty: no resubmission), got {codes!r}",
+                field="retry_error_codes",
+            )
+        rounds = self.resubmit_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 10:
+            raise InputError(
+                f"resubmit_rounds must be an int from 1 to 10, got {rounds!r}", field="resubmit_rounds"
+            )
+        backoff = self.resubmit_backoff
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 3600:
+            raise InputError(
+                f"resubmit_backoff must be a number of seconds from 0 to 3600, got {backoff!r}",
+                field="resubmit_backoff",
+            )
+        return ResubmitPolicy(codes=tuple(codes), max_rounds=rounds, backoff=float(backoff))
 
     def _source(self) -> ChunkSource:
         records = self.records
@@ -214,29 +348,73 @@ class SalesforceBulkOperator(BaseOperator):
             and not isinstance(records, (list, tuple))
             and hasattr(records, "__iter__")
             and not isinstance(records, (str, bytes, Mapping))
+            and not _is_arrow_object(records)
         ):
             records = list(records)  # a resolved XComArg may arrive as a lazy sequence
-        return make_source(
-            records=records,
-            source=self.source,
-            source_format=self.source_format,
-            fieldnames=self.fieldnames,
-            max_size_bytes=self.max_bytes_per_job,
-            max_records=self.max_records_per_job,
-            column_delimiter=self.column_delimiter,
-            line_ending=self.line_ending,
-            none_as=self.none_as,
-        )
+        limits: dict[str, Any] = {
+            "max_size_bytes": self.max_bytes_per_job,
+            "max_records": self.max_records_per_job,
+            "column_delimiter": self.column_delimiter,
+            "line_ending": self.line_ending,
+            "none_as": self.none_as,
+        }
+        if (
+            self.sql is not None
+            or _is_arrow_object(records)
+            or columnar.columnar_format(self.source, self.source_format)
+        ):
+            source = columnar.make_columnar_source(
+                source=self.source,
+                source_format=self.source_format,
+                table=records,
+                sql=self.sql,
+                sql_conn_id=self.sql_conn_id,
+                parameters=self.parameters,
+                field_mapping=self.field_mapping,
+                fieldnames=self.fieldnames,
+                allow_empty=self.allow_empty,
+                allow_na_marker=self.allow_na_marker,
+                **limits,
+            )
+        else:
+            if self.field_mapping is not None:
+                raise InputError(
+                    "field_mapping applies to sql, Parquet/Arrow files and DataFrames/Arrow tables; "
+                    "name the fields in the records or the file's header instead",
+                    field="field_mapping",
+                )
+            source = make_source(
+                records=records,
+                source=self.source,
+                source_format=self.source_format,
+                fieldnames=self.fieldnames,
+                allow_na_marker=self.allow_na_marker,
+                **limits,
+            )
+        if self.group_by_parent is not None:
+            source = group_by_parent(
+                source,
+                self.group_by_parent,
+                max_size_bytes=self.max_bytes_per_job,
+                max_records=self.max_records_per_job,
+                column_delimiter=self.column_delimiter,
+                line_ending=self.line_ending,
+            )
+        self._opened_source = source
+        return source
 
     def _validate_all(self, source: ChunkSource) -> int:
         """Serialize the whole input once without sending it: bad data fails before any job exists."""
         total = 0
+        counts: list[int] = []
         with source.open() as chunks:
             for chunk in chunks:
-                if total == 0:
+                if not counts:
                     names = chunk.fieldnames(self.column_delimiter)
                     validate_operation_fields(self.operation, names, self.external_id_field)
                 total += chunk.record_count
+                counts.append(chunk.record_count)
+        self._chunk_counts = counts
         return total
 
     def _options(self) -> JobOptions:
@@ -253,6 +431,14 @@ class SalesforceBulkOperator(BaseOperator):
     # -- execution --------------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
+        try:
+            return self._execute(context)
+        finally:
+            opened, self._opened_source = self._opened_source, None
+            if isinstance(opened, GroupedSource):
+                opened.close()  # its spool file
+
+    def _execute(self, context: Any) -> Any:
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
         try:
             self._check_settings()
@@ -270,10 +456,13 @@ class SalesforceBulkOperator(BaseOperator):
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
         else:
+            RoundPlan.reset(store)  # rounds of an earlier, finished run of this task
             try:
                 total = self._validate_all(source)
             except InputError as exc:
                 raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
+            except columnar.SqlSourceError as exc:
+                raise AirflowException(f"Reading {source.description} failed: {exc}") from None
             self.log.info("Input checked: %d records from %s", total, source.description)
             if total == 0:
                 summary = summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
@@ -335,6 +524,11 @@ class SalesforceBulkOperator(BaseOperator):
                 latest.update(await reconcile(client, plan, options))
             if plan.complete:
                 return latest
+            if not plan.chunks:
+                try:
+                    await check_limits_before_load(client, self._chunk_counts, self.limits_check)
+                except LimitsCheckError as exc:
+                    raise AirflowFailException(f"Limits check before the load: {exc}") from None
             with source.open() as chunks:
                 latest.update(await submit_chunks(client, plan, chunks, options))
             return latest
@@ -389,10 +583,13 @@ class SalesforceBulkOperator(BaseOperator):
         event: Mapping[str, Any] | None = None,
         record_counts: Mapping[str, int] | None = None,
         instance_url: str | None = None,
+        resubmit: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Copy the result files, push the summary, then apply the failure policy."""
+        """Copy the result files; send transient failures again (and defer) while rounds are left;
+        then push the summary and apply the failure policy."""
         status, jobs, history = _check_event(event)
         assert event is not None
+        state = _RoundState.load(event.get("resubmit") or resubmit)
         instance_url = event.get("instance_url") or instance_url
         counts: dict[str, int] = dict(record_counts or {})
         counts.update(event.get("record_counts") or {})
@@ -405,6 +602,8 @@ class SalesforceBulkOperator(BaseOperator):
             if old["outcome"] == RESENT:
                 to_copy[old["id"]] = old["info"]
         directory = self._results_dir(context)
+        if state.round > 1:
+            directory = directory / f"round-{state.round}"
         entries: dict[str, dict[str, Any]] = {}
         by_code: collections.Counter[str] = collections.Counter()
         samples: dict[str, str] = {}
@@ -431,15 +630,56 @@ class SalesforceBulkOperator(BaseOperator):
         if all(j in counts for j in jobs):
             input_records = sum(int(old["count"]) for old in history if old["id"] not in successors)
             input_records += sum(counts[j] for j in jobs if j not in successors)
+        if state.round > 1:
+            input_records = state.input_records
+        for job_id in to_copy:
+            entry = entries[job_id]
+            info = JobInfo(
+                id=job_id, number_records_processed=entry["processed"], number_records_failed=entry["failed"]
+            )
+            state.ledger.add_job(info, state.round, int(entry["records"]))
+        for entry in entries.values():
+            entry["round"] = state.round
+        by_code.update(state.by_code)
+        for code, sample in state.samples.items():
+            samples.setdefault(code, sample)
+        policy = self._policy()
+        retry_from = [
+            job_id
+            for job_id in to_copy
+            if job_id in copied and any(copied[job_id][2].get(code) for code in policy.codes)
+        ]
+        if status == "success" and retry_from and policy.may_follow(state.round):
+            for job_id in retry_from:
+                for code in policy.codes:
+                    by_code[code] -= copied[job_id][2].get(code, 0)
+            state.entries.update(entries)
+            state.by_code = {code: n for code, n in by_code.items() if n > 0}
+            state.samples = {code: text for code, text in samples.items() if code in state.by_code}
+            state.input_records = input_records
+            return self._next_round(context, hook, state, policy, retry_from, instance_url or "")
+        entries = {**state.entries, **entries}
+        for job_id, entry in entries.items():
+            resent = state.ledger.resubmitted.get(job_id, 0)
+            if resent:
+                # Counted where they ended, in a later round's job.
+                entry["failed"] = max(0, entry["failed"] - resent)
+                entry["resubmitted"] = resent
+        by_code = collections.Counter({code: n for code, n in by_code.items() if n > 0})
+        samples = {code: text for code, text in samples.items() if code in by_code}
         summary = summarize(
             self.operation,
             self.object_name,
             entries,
             by_code,
-            str(directory) if to_copy else None,
+            str(self._results_dir(context)) if to_copy or state.entries else None,
             instance_url,
             input_records,
         )
+        resubmitted = sum(state.ledger.resubmitted.values())
+        if resubmitted:
+            summary["totals"]["resubmitted"] = resubmitted
+            summary["rounds"] = state.round
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
             "results in %s",
@@ -469,6 +709,76 @@ class SalesforceBulkOperator(BaseOperator):
             # Done: a deliberate re-run (clear) of this task loads the data again instead of reattaching.
             store.delete(STATE_KEY)
         return summary
+
+    def _next_round(
+        self,
+        context: Any,
+        hook: SalesforceBulkHook,
+        state: _RoundState,
+        policy: ResubmitPolicy,
+        retry_from: list[str],
+        instance_url: str,
+    ) -> Any:
+        """Send the transient failures of ``retry_from`` to round ``state.round + 1``'s jobs and wait."""
+        number = state.round + 1
+        delay = policy.delay_before(number)
+        self.log.info(
+            "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
+            len(retry_from),
+            "/".join(policy.codes),
+            number,
+            policy.max_rounds,
+            delay,
+        )
+        time.sleep(delay)
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        store = plan.store if plan is not None else context.get("task_state_store")
+        rounds = RoundPlan(store)
+        settings = hook.get_settings()
+
+        async def send() -> dict[str, int]:
+            async with hook.client(settings) as client:
+                return await submit_round(
+                    client,
+                    rounds,
+                    number,
+                    retry_from,
+                    policy,
+                    state.ledger,
+                    self._options(),
+                    max_size_bytes=self.max_bytes_per_job,
+                    max_records=self.max_records_per_job,
+                )
+
+        counts = run_sync(send)
+        state.round = number
+        payload = state.dump()
+        if not counts:
+            self.log.info("Round %d found nothing to send again", number)
+            event = {"status": "success", "jobs": {}, "instance_url": instance_url, "record_counts": {}}
+            return self.execute_complete(context, {**event, "history": [], "resubmit": payload})
+        trigger = SalesforceBulkJobTrigger(
+            conn_id=self.conn_id,
+            job_ids=list(counts),
+            deadline=time.time() + float(self.timeout),
+            poll_interval=float(self.poll_interval),
+            instance_url=instance_url,
+            record_counts=counts,
+            resubmit=payload,
+        )
+        self._active_job_ids = list(counts)
+        if self.deferrable:
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                kwargs={"record_counts": counts, "instance_url": instance_url, "resubmit": payload},
+                timeout=datetime.timedelta(
+                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
+                ),
+            )
+        event = run_sync(lambda: _first_event(trigger, settings))
+        self._active_job_ids = []
+        return self.execute_complete(context, event)
 
     async def _copy(
         self,
@@ -519,6 +829,61 @@ class SalesforceBulkOperator(BaseOperator):
             inputs.append(Dataset(namespace=namespace, name=name))
         outputs = [Dataset(namespace=f"salesforce://{host}", name=self.object_name)]
         return OperatorLineage(inputs=inputs, outputs=outputs)
+
+
+def _is_arrow_object(value: Any) -> bool:
+    """A DataFrame or Arrow data: never turned into ``list(records)`` (that would give column names)."""
+    if value is None or isinstance(value, (list, tuple, str, bytes, Mapping)):
+        return False
+    if columnar.is_arrow_data(value):
+        return True
+    kind = type(value)
+    return kind.__module__.split(".")[0] == "pyarrow" and kind.__name__ in (
+        "Table",
+        "RecordBatch",
+        "RecordBatchReader",
+    )
+
+
+class _RoundState:
+    """What execute_complete carries from one resubmission round to the next (plain JSON)."""
+
+    def __init__(self) -> None:
+        self.round = 1
+        self.ledger = ResubmitLedger()
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.by_code: dict[str, int] = {}
+        self.samples: dict[str, str] = {}
+        self.input_records: int | None = None
+
+    @classmethod
+    def load(cls, raw: Any) -> _RoundState:
+        state = cls()
+        if not raw:
+            return state
+        try:
+            state.round = int(raw["round"])
+            state.ledger = ResubmitLedger.from_dict(raw["ledger"])
+            state.entries = {check_job_id(j): dict(e) for j, e in dict(raw["entries"]).items()}
+            state.by_code = {str(c): int(n) for c, n in dict(raw["by_code"]).items()}
+            state.samples = {str(c): str(t) for c, t in dict(raw["samples"]).items()}
+            records = raw.get("input_records")
+            state.input_records = None if records is None else int(records)
+        except (KeyError, TypeError, ValueError, InputError) as exc:
+            raise AirflowException(f"malformed resubmission state in the trigger event: {exc}") from None
+        if state.round < 2:
+            raise AirflowException(f"malformed resubmission state: round {state.round}")
+        return state
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "ledger": self.ledger.to_dict(),
+            "entries": self.entries,
+            "by_code": self.by_code,
+            "samples": self.samples,
+            "input_records": self.input_records,
+        }
 
 
 def _source_dataset(source: Any) -> tuple[str, str]:

@@ -47,7 +47,8 @@ def _detect_format(name: str, declared: str | None) -> str:
         fmt = declared.lower()
         if fmt not in ("csv", "ndjson"):
             raise InputError(
-                f"source_format must be 'csv' or 'ndjson', got {declared!r}", field="source_format"
+                f"source_format must be 'csv', 'ndjson', 'parquet' or 'arrow', got {declared!r}",
+                field="source_format",
             )
         return fmt
     lower = name.lower()
@@ -56,7 +57,8 @@ def _detect_format(name: str, declared: str | None) -> str:
     if lower.endswith((".ndjson", ".jsonl", ".json")):
         return "ndjson"
     raise InputError(
-        f"cannot tell the format of source {name!r} from its name; pass source_format='csv' or 'ndjson'",
+        f"cannot tell the format of source {name!r} from its name; pass source_format='csv', 'ndjson', "
+        "'parquet' or 'arrow'",
         field="source_format",
     )
 

@@ -77,6 +77,9 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         What the operator needs back to finish (echoed in the event: ``airflow dags test`` drops the
         kwargs given to ``defer()``): the org's URL, the records given to each job, and the jobs of
         earlier tries that were settled.
+    resubmit : dict, optional
+        The operator's resubmission state (round number, ledger, earlier rounds' summary entries:
+        plain JSON, no secret), echoed in the event.
 
     Notes
     -----
@@ -96,6 +99,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         instance_url: str | None = None,
         record_counts: Mapping[str, int] | None = None,
         history: list[dict[str, Any]] | None = None,
+        resubmit: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.conn_id = conn_id
@@ -105,6 +109,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         self.instance_url = instance_url
         self.record_counts = {str(k): int(v) for k, v in (record_counts or {}).items()}
         self.history = list(history or [])
+        self.resubmit = dict(resubmit) if resubmit else None
         self._final: dict[str, dict[str, Any]] = {}
         self._last_total = -math.inf
         self._logged_totals: tuple[int, int, int] | None = None
@@ -112,9 +117,11 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         """Set by the operator when it polls in the worker (sync connection read); None in the triggerer."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        kwargs: dict[str, Any] = {"resubmit": self.resubmit} if self.resubmit is not None else {}
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
+                **kwargs,
                 "conn_id": self.conn_id,
                 "job_ids": list(self.job_ids),
                 "deadline": self.deadline,
@@ -138,6 +145,8 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         payload.update(
             instance_url=self.instance_url, record_counts=dict(self.record_counts), history=list(self.history)
         )
+        if self.resubmit is not None:
+            payload["resubmit"] = self.resubmit
         yield _event(payload)
 
     def _remaining(self) -> float | None:
