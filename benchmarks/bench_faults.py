@@ -75,7 +75,7 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1)) as
     SalesforceBulkOperator(
         task_id="load", operation="insert", object_name="Contact", conn_id={conn_id!r},
         source={source!r}, max_records_per_job={per_job}, deferrable=True, poll_interval=0.5,
-        max_failed_ratio=0.05, results_path={results!r}, timeout=900,
+        max_failed_ratio=0.05, results_path={results!r}, timeout=900, resubmit_backoff=1,
         retries={retries}, retry_delay=datetime.timedelta(0),
     )
 """
