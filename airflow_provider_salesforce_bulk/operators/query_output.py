@@ -1,0 +1,90 @@
+"""Where a query operator's files go, how they are named, and what OpenLineage calls them."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "DEFAULT_EXTRACTS_FOLDER",
+    "OUTPUT_FORMATS",
+    "display_path",
+    "part_name",
+    "path_dataset",
+    "remove_stale_parts",
+    "resolve_output_dir",
+]
+
+DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
+"""Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/part-00000.csv``."""
+
+OUTPUT_FORMATS = ("csv", "parquet")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_PART = re.compile(r"^part-(\d{5,})\.(csv|parquet)$")
+
+
+def part_name(number: int, output_format: str) -> str:
+    """The file of result page ``number`` (0-based): stable, so a re-run overwrites the same names."""
+    return f"part-{number:05d}.{output_format}"
+
+
+def resolve_output_dir(output_path: Any, ti: Any) -> Any:
+    """``output_path`` as an ``ObjectStoragePath``, or the default folder of this task instance."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if output_path:
+        if isinstance(output_path, ObjectStoragePath):
+            return output_path
+        text = os.fspath(output_path) if isinstance(output_path, os.PathLike) else str(output_path)
+        if "://" not in text:
+            text = f"file://{os.path.abspath(text)}"
+        return ObjectStoragePath(text)
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    parts = [DEFAULT_EXTRACTS_FOLDER, ti.dag_id, ti.run_id, ti.task_id]
+    if getattr(ti, "map_index", -1) not in (None, -1):
+        parts.append(str(ti.map_index))
+    local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
+    return ObjectStoragePath(f"file://{os.path.abspath(local)}")
+
+
+def display_path(path: Any) -> str:
+    """A local file as a plain path (openable as it is), anything else as its URL."""
+    if getattr(path, "protocol", None) in ("", "file", "local"):
+        return str(path.path)
+    return str(path)
+
+
+def remove_stale_parts(directory: Any, written: Iterable[str]) -> list[str]:
+    """Delete ``part-NNNNN.csv|parquet`` files an earlier try left in ``directory`` and this one did not
+    write (a re-run that made fewer pages), so the folder holds exactly this result. Other files are
+    left alone. Returns the names deleted."""
+    keep = set(written)
+    removed: list[str] = []
+    if not directory.exists():
+        return removed
+    for child in directory.iterdir():
+        name = child.name
+        if _PART.match(name) and name not in keep and child.is_file():
+            child.unlink()
+            removed.append(name)
+    return sorted(removed)
+
+
+def path_dataset(path: Any) -> tuple[str, str]:
+    """OpenLineage namespace and name of a file (``file`` and its absolute path; ``s3://bucket``, key)."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if not isinstance(path, ObjectStoragePath):
+        text = str(path)
+        if "://" not in text:
+            return "file", os.path.abspath(text)
+        path = ObjectStoragePath(text)
+    if path.protocol in ("", "file", "local"):
+        return "file", str(path.path)
+    # Not ``path.namespace``: before Airflow 3.2 it keeps the conn id (s3://conn@bucket).
+    bucket = str(path.bucket).rpartition("@")[2]
+    namespace = f"{path.protocol}://{bucket}" if bucket else str(path.protocol)
+    return namespace, str(path.key) or "/"
