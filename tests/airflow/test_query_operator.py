@@ -357,6 +357,23 @@ def test_lineage_names_the_object_and_the_files(
     assert lineage.outputs == [Dataset(namespace="file", name=str(tmp_path / "part-00000.csv"))]
 
 
+def test_example_extract_dag_round_trip(sf: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyarrow.parquet")
+    monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT", conn_uri_json(sf))
+    _run(sf, "insert", _accounts(0, 3))
+    time.sleep(1.2)
+    since = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    time.sleep(1.2)
+    _run(sf, "insert", _accounts(10, 7))
+    example = Path(__file__).resolve().parents[2] / "dags_examples" / "example_salesforce_bulk_extract.py"
+    dag: Any = load_dag_file("example_salesforce_bulk_extract", example.read_text())
+    assert dag.test(logical_date=since).state == "success"
+    changed = {r["Id"]: r for r in sf.records("Account") if r["External_Id__c"] >= "ACC-0010"}
+    contacts = sf.records("Contact")
+    assert sorted(c["AccountId"] for c in contacts) == sorted(changed)
+    assert all(c["LastName"] == f"Primary contact of {changed[c['AccountId']]['Name']}" for c in contacts)
+
+
 # -- the trigger with job_kind="query" ---------------------------------------------------------
 
 
