@@ -307,6 +307,68 @@ def test_a_retry_after_a_failed_job_runs_a_new_query(sf: RunningEmulator, tmp_pa
     assert store.data == {}  # done: a clear runs the query again
 
 
+def test_a_stored_job_is_reattached_only_for_the_same_query(sf: RunningEmulator, tmp_path: Path) -> None:
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import (
+        QUERY_STATE_KEY,
+        SalesforceBulkQueryOperator,
+    )
+
+    _run(sf, "insert", _accounts(0, 4))
+    store = _DictStore()
+
+    def run(soql: str) -> dict[str, Any]:
+        op = SalesforceBulkQueryOperator(
+            task_id="extract",
+            soql=soql,
+            conn_id="sf_query",
+            deferrable=False,
+            poll_interval=0.1,
+            output_path=tmp_path,
+        )
+        summary: dict[str, Any] = op.execute({"ti": _TI(), "task_state_store": store})
+        return summary
+
+    first = run(SOQL)
+    # As a try that died after the job completed but before it finished would leave it.
+    plan = {"job_id": first["job_id"], "instance_url": sf.base_url, "submitted_at": time.time()}
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import _fingerprint
+
+    store.data[QUERY_STATE_KEY] = {**plan, "query": _fingerprint("query", SOQL)}
+    again = run(SOQL)
+    assert again["job_id"] == first["job_id"]
+    assert again["records"] == 4
+    assert len(_query_jobs(sf)) == 1
+    store.data[QUERY_STATE_KEY] = {**plan, "query": _fingerprint("query", "SELECT Id FROM Account")}
+    changed = run(SOQL)
+    assert changed["job_id"] != first["job_id"]
+    store.data[QUERY_STATE_KEY] = {**plan, "job_id": "../../etc", "query": _fingerprint("query", SOQL)}
+    assert run(SOQL)["records"] == 4  # a corrupt plan is ignored, never used in a path
+    assert len(_query_jobs(sf)) == 3
+
+
+def test_timeout_event_pushes_the_summary_then_fails(tmp_path: Path) -> None:
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import SalesforceBulkQueryOperator
+
+    op = SalesforceBulkQueryOperator(task_id="extract", soql=SOQL, conn_id="sf_query", output_path=tmp_path)
+    job = {"id": "7505e0000000001AAA", "state": "Aborted", "object": "Account", "numberRecordsProcessed": 7}
+    event = {
+        "status": "timeout",
+        "message": "1 of 1 job(s) not finished by the deadline; aborted them",
+        "jobs": {},
+    }
+    ti = _TI()
+    with pytest.raises(AirflowException, match=r"deadline.*7505e0000000001AAA"):
+        op.execute_complete({"ti": ti, "task_state_store": _DictStore()}, {**event, "jobs": {job["id"]: job}})
+    assert ti.pushed["return_value"]["state"] == "Aborted"
+    assert ti.pushed["return_value"]["records"] == 7
+    assert list(tmp_path.iterdir()) == []
+    for bad in ({"status": "success", "jobs": {"../x": {"id": "../x"}}}, None, {"status": "odd"}):
+        with pytest.raises(AirflowException):
+            op.execute_complete({"ti": ti, "task_state_store": _DictStore()}, bad)
+
+
 def test_fewer_pages_on_a_rerun_leave_no_stale_parts(sf: RunningEmulator, tmp_path: Path) -> None:
     from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import SalesforceBulkQueryOperator
 
