@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import threading
@@ -32,6 +33,7 @@ from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, Sale
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import (
     OUTPUT_FORMATS,
+    OffLoopSinks,
     display_path,
     part_name,
     path_dataset,
@@ -316,7 +318,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 files = run_sync(lambda: self._write(hook, settings, job_id, directory))
             except ConnectionConfigError as exc:
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
-            except SalesforceBulkError as exc:
+            except (SalesforceBulkError, OSError) as exc:
                 raise AirflowException(
                     f"Writing the results of query job {job_id} failed: {type(exc).__name__}: {exc}; "
                     "a retry reattaches to the job and writes them again"
@@ -353,11 +355,14 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self, hook: SalesforceBulkHook, settings: ConnectionSettings, job_id: str, directory: Any
     ) -> list[dict[str, Any]]:
         paths: dict[int, Any] = {}
+        off_loop = OffLoopSinks()
 
         def sink(page: ResultPage) -> Any:
             path = directory / part_name(page.number, self.output_format)
             paths[page.number] = path
-            return path.open("wb")
+            if self.output_format == "parquet":
+                return off_loop.open(path)
+            return path.open("wb")  # CSV sinks are opened, written and closed in a thread already
 
         async with hook.client(settings) as ingest:
             client = BulkQueryClient(ingest.session)
@@ -366,7 +371,15 @@ class SalesforceBulkQueryOperator(BaseOperator):
             if self.output_format == "parquet":
                 from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
 
-                pages = await copy_results_to_parquet(client, job, sink, max_records=self.records_per_file)
+                try:
+                    pages = await copy_results_to_parquet(
+                        client, job, sink, max_records=self.records_per_file
+                    )
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await off_loop.wait()
+                    raise
+                await off_loop.wait()
             else:
                 pages = await client.copy_results_to(
                     job, sink, max_records=self.records_per_file, write_in_thread=True

@@ -387,6 +387,61 @@ def test_fewer_pages_on_a_rerun_leave_no_stale_parts(sf: RunningEmulator, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "part-00000.csv"]
 
 
+@pytest.mark.parametrize("output_format", ["csv", "parquet"])
+def test_object_storage_output(
+    sf: RunningEmulator, output_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any ObjectStoragePath: here fsspec's in-memory store, attached as Airflow attaches s3 or gcs."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import io
+    import threading
+
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import SalesforceBulkQueryOperator
+
+    class Recording(MemoryFileSystem):  # type: ignore[misc]
+        def open(self, *args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return super().open(*args, **kwargs)
+
+    threads: list[str] = []
+    fs = Recording()
+    # A store of this test's own: Airflow caches stores by protocol, so each run takes a new one.
+    monkeypatch.setattr("airflow.sdk.io.store._STORE_CACHE", {})
+    attach("memory", fs=fs)
+    _run(sf, "insert", _accounts(0, 12))
+    op = SalesforceBulkQueryOperator(
+        task_id="extract",
+        soql=SOQL,
+        conn_id="sf_query",
+        deferrable=False,
+        poll_interval=0.1,
+        output_path=f"memory://extracts/{output_format}",
+        output_format=output_format,
+        records_per_file=5,
+    )
+    summary = op.execute({"ti": _TI(), "task_state_store": _DictStore()})
+    assert summary["output_path"] == f"memory://extracts/{output_format}"
+    assert [f["path"] for f in summary["files"]] == [
+        f"memory://extracts/{output_format}/part-0000{n}.{output_format}" for n in range(3)
+    ]
+    names = [r["External_Id__c"] for r in sf.records("Account")]
+    got: list[str] = []
+    for f in summary["files"]:
+        data = fs.cat_file(f"/extracts/{output_format}/{f['path'].rsplit('/', 1)[1]}")
+        assert len(data) == f["bytes"]
+        if output_format == "csv":
+            got += [r["External_Id__c"] for r in csv.DictReader(io.StringIO(data.decode()))]
+        else:
+            got += [r["External_Id__c"] for r in pq.read_table(io.BytesIO(data)).to_pylist()]
+    assert got == names
+    # Opened off the event loop's thread (the worker's main thread here).
+    assert threads
+    assert threading.main_thread().name not in threads
+
+
 def test_lineage_names_the_object_and_the_files(
     sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
