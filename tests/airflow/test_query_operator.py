@@ -423,6 +423,8 @@ def test_object_storage_output(
         records_per_file=5,
     )
     summary = op.execute({"ti": _TI(), "task_state_store": _DictStore()})
+    # Airflow 3.1 writes memory:/// (an empty bucket) where 3.3 writes memory://.
+    summary = json.loads(json.dumps(summary).replace("memory:///", "memory://"))
     assert summary["output_path"] == f"memory://extracts/{output_format}"
     assert [f["path"] for f in summary["files"]] == [
         f"memory://extracts/{output_format}/part-0000{n}.{output_format}" for n in range(3)
