@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-airflow lint typecheck bench demo lock lock-airflow clean
+.PHONY: setup test test-airflow lint typecheck bench demo demo-extract lock lock-airflow clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# The extract round trip: an incremental query of Accounts to Parquet, Contacts derived and loaded back.
+demo-extract: $(STAMP)
+	$(PY) scripts/demo_extract.py
 
 # The provider's Airflow tests on another supported Airflow, e.g. `make test-airflow AIRFLOW=3.1.8`, in
 # .venv-airflow-<version> pinned by requirements/constraints-airflow-<version>.txt. The real-stack test

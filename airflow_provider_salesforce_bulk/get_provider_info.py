@@ -165,7 +165,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Salesforce Bulk API 2.0",
-                "python-modules": ["airflow_provider_salesforce_bulk.operators.salesforce_bulk"],
+                "python-modules": [
+                    "airflow_provider_salesforce_bulk.operators.salesforce_bulk",
+                    "airflow_provider_salesforce_bulk.operators.salesforce_bulk_query",
+                ],
             }
         ],
         "triggers": [

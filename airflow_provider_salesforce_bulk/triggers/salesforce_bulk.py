@@ -10,11 +10,20 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_salesforce_bulk.client import BulkIngestClient, JobInfo, PollPolicy, SalesforceBulkError
+from airflow_provider_salesforce_bulk.client import (
+    BulkIngestClient,
+    BulkQueryClient,
+    JobInfo,
+    PollPolicy,
+    SalesforceBulkError,
+)
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
 
-__all__ = ["SalesforceBulkJobTrigger", "job_summary"]
+__all__ = ["JOB_KINDS", "SalesforceBulkJobTrigger", "job_summary"]
+
+JOB_KINDS = ("ingest", "query")
+"""What a trigger's jobs are: ``/jobs/ingest`` (loads) or ``/jobs/query`` (extracts) jobs."""
 
 # Polls of one task's jobs in flight at once: a task with hundreds of jobs must not flood the pool.
 _POLL_CONCURRENCY = 8
@@ -73,6 +82,9 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         ``timeout`` event is fired within seconds.
     poll_interval : float
         Longest wait between two polls; polling starts at 1 s (or less) and backs off to it.
+    job_kind : {"ingest", "query"}
+        Ingest (load) jobs or query (extract) jobs: which endpoint is polled, and aborted on the
+        deadline or a kill. One poll loop serves both.
     instance_url, record_counts, history : optional
         What the operator needs back to finish (echoed in the event: ``airflow dags test`` drops the
         kwargs given to ``defer()``): the org's URL, the records given to each job, and the jobs of
@@ -100,6 +112,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         record_counts: Mapping[str, int] | None = None,
         history: list[dict[str, Any]] | None = None,
         resubmit: Mapping[str, Any] | None = None,
+        job_kind: str = "ingest",
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.conn_id = conn_id
@@ -110,6 +123,9 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         self.record_counts = {str(k): int(v) for k, v in (record_counts or {}).items()}
         self.history = list(history or [])
         self.resubmit = dict(resubmit) if resubmit else None
+        if job_kind not in JOB_KINDS:
+            raise ValueError(f"job_kind must be one of {', '.join(JOB_KINDS)}, not {job_kind!r}")
+        self.job_kind = job_kind
         self._final: dict[str, dict[str, Any]] = {}
         self._last_total = -math.inf
         self._logged_totals: tuple[int, int, int] | None = None
@@ -129,11 +145,16 @@ class SalesforceBulkJobTrigger(BaseTrigger):
                 "instance_url": self.instance_url,
                 "record_counts": dict(self.record_counts),
                 "history": list(self.history),
+                "job_kind": self.job_kind,
             },
         )
 
     def __repr__(self) -> str:
-        return f"<SalesforceBulkJobTrigger conn_id={self.conn_id!r} jobs={len(self.job_ids)}>"
+        return f"<SalesforceBulkJobTrigger conn_id={self.conn_id!r} {self.job_kind} jobs={len(self.job_ids)}>"
+
+    def _jobs(self, client: BulkIngestClient) -> BulkIngestClient | BulkQueryClient:
+        """The client for this trigger's kind of job, on the same session (same pool and token)."""
+        return BulkQueryClient(client.session) if self.job_kind == "query" else client
 
     def _hook(self) -> SalesforceBulkHook:
         return SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
@@ -189,10 +210,11 @@ class SalesforceBulkJobTrigger(BaseTrigger):
 
     async def _poll(self, client: BulkIngestClient, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
         limit = asyncio.Semaphore(_POLL_CONCURRENCY)
+        jobs = self._jobs(client)
 
         async def poll(job_id: str) -> JobInfo:
             async with limit:
-                return await client.get_job(job_id)
+                return await jobs.get_job(job_id)
 
         policy = PollPolicy(initial=min(1.0, self.poll_interval), maximum=self.poll_interval)
         for wait in policy.intervals():
@@ -252,11 +274,12 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         Returns how many jobs are known to have ended; the others keep their last known state.
         """
         ended = 0
+        jobs = self._jobs(client)
 
         async def one(job_id: str) -> None:
             nonlocal ended
             try:
-                job = await client.abort_job(job_id)
+                job = await jobs.abort_job(job_id)
             except SalesforceBulkError as exc:
                 self.log.warning("Could not abort job %s: %s", job_id, exc)
                 return
@@ -267,7 +290,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
                 ended += 1
             try:
                 # The abort's answer carries no counters: the summary needs the real ones.
-                job = await client.get_job(job_id)
+                job = await jobs.get_job(job_id)
             except SalesforceBulkError as exc:
                 self.log.warning("Could not read job %s after aborting it: %s", job_id, exc)
                 return

@@ -57,6 +57,7 @@ def test_serialize_round_trip_holds_no_secret(emulator: RunningEmulator) -> None
         "instance_url": None,
         "record_counts": {},
         "history": [],
+        "job_kind": "ingest",
     }
     import json
 

@@ -1,0 +1,143 @@
+"""Where a query operator's files go, how they are named, and what OpenLineage calls them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "DEFAULT_EXTRACTS_FOLDER",
+    "OUTPUT_FORMATS",
+    "OffLoopSinks",
+    "display_path",
+    "part_name",
+    "path_dataset",
+    "remove_stale_parts",
+    "resolve_output_dir",
+]
+
+DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
+"""Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/part-00000.csv``."""
+
+OUTPUT_FORMATS = ("csv", "parquet")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_PART = re.compile(r"^part-(\d{5,})\.(csv|parquet)$")
+
+
+def part_name(number: int, output_format: str) -> str:
+    """The file of result page ``number`` (0-based): stable, so a re-run overwrites the same names."""
+    return f"part-{number:05d}.{output_format}"
+
+
+def resolve_output_dir(output_path: Any, ti: Any) -> Any:
+    """``output_path`` as an ``ObjectStoragePath``, or the default folder of this task instance."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if output_path:
+        if isinstance(output_path, ObjectStoragePath):
+            return output_path
+        text = os.fspath(output_path) if isinstance(output_path, os.PathLike) else str(output_path)
+        if "://" not in text:
+            text = f"file://{os.path.abspath(text)}"
+        return ObjectStoragePath(text)
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    parts = [DEFAULT_EXTRACTS_FOLDER, ti.dag_id, ti.run_id, ti.task_id]
+    if getattr(ti, "map_index", -1) not in (None, -1):
+        parts.append(str(ti.map_index))
+    local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
+    return ObjectStoragePath(f"file://{os.path.abspath(local)}")
+
+
+class _LazySink:
+    """A file opened at its first write and closed in a worker thread.
+
+    The Parquet conversion writes from a worker thread, but enters and leaves the sink's context on
+    the event loop: an object store's open (a request) and close (the upload of the last part) would
+    stall every other page streaming meanwhile. Here the open happens in the writing thread, and the
+    close is handed to a thread whose result :meth:`OffLoopSinks.wait` collects.
+    """
+
+    def __init__(self, path: Any, closes: list[asyncio.Future[None]]) -> None:
+        self._path = path
+        self._closes = closes
+        self._file: Any = None
+
+    def __enter__(self) -> _LazySink:
+        return self
+
+    def write(self, data: Any) -> int:
+        if self._file is None:
+            self._file = self._path.open("wb")
+        written = self._file.write(data)
+        return len(memoryview(data)) if written is None else int(written)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            self._closes.append(asyncio.get_running_loop().run_in_executor(None, file.close))
+
+
+class OffLoopSinks:
+    """Sinks for :func:`~..client.query_parquet.copy_results_to_parquet` whose open and close block
+    no event loop; :meth:`wait` must be awaited after the copy (a failed close is a failed write)."""
+
+    def __init__(self) -> None:
+        self._closes: list[asyncio.Future[None]] = []
+
+    def open(self, path: Any) -> _LazySink:
+        return _LazySink(path, self._closes)
+
+    async def wait(self) -> None:
+        """Wait for every close; raise the first failure."""
+        results = await asyncio.gather(*self._closes, return_exceptions=True)
+        self._closes.clear()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+def display_path(path: Any) -> str:
+    """A local file as a plain path (openable as it is), anything else as its URL."""
+    if getattr(path, "protocol", None) in ("", "file", "local"):
+        return str(path.path)
+    return str(path)
+
+
+def remove_stale_parts(directory: Any, written: Iterable[str]) -> list[str]:
+    """Delete ``part-NNNNN.csv|parquet`` files an earlier try left in ``directory`` and this one did not
+    write (a re-run that made fewer pages), so the folder holds exactly this result. Other files are
+    left alone. Returns the names deleted."""
+    keep = set(written)
+    removed: list[str] = []
+    if not directory.exists():
+        return removed
+    for child in directory.iterdir():
+        name = child.name
+        if _PART.match(name) and name not in keep and child.is_file():
+            child.unlink()
+            removed.append(name)
+    return sorted(removed)
+
+
+def path_dataset(path: Any) -> tuple[str, str]:
+    """OpenLineage namespace and name of a file (``file`` and its absolute path; ``s3://bucket``, key)."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if not isinstance(path, ObjectStoragePath):
+        text = str(path)
+        if "://" not in text:
+            return "file", os.path.abspath(text)
+        path = ObjectStoragePath(text)
+    if path.protocol in ("", "file", "local"):
+        return "file", str(path.path)
+    # Not ``path.namespace``: before Airflow 3.2 it keeps the conn id (s3://conn@bucket).
+    bucket = str(path.bucket).rpartition("@")[2]
+    namespace = f"{path.protocol}://{bucket}" if bucket else str(path.protocol)
+    return namespace, str(path.key) or "/"

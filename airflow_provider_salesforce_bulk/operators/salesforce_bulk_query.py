@@ -1,0 +1,483 @@
+"""``SalesforceBulkQueryOperator``: extract records with a Bulk API 2.0 query job to CSV or Parquet files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
+
+from airflow_provider_salesforce_bulk.client import (
+    BulkIngestClient,
+    BulkQueryClient,
+    InputError,
+    JobInfo,
+    NotFoundError,
+    QueryError,
+    SalesforceBulkError,
+    SalesforceSession,
+    TokenCache,
+)
+from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
+from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
+from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
+from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
+from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
+from airflow_provider_salesforce_bulk.operators.query_output import (
+    OUTPUT_FORMATS,
+    OffLoopSinks,
+    display_path,
+    part_name,
+    path_dataset,
+    remove_stale_parts,
+    resolve_output_dir,
+)
+from airflow_provider_salesforce_bulk.operators.results import check_job_id
+from airflow_provider_salesforce_bulk.operators.task_state import try_is_over
+from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
+    SalesforceBulkJobTrigger,
+    check_positive_number,
+    job_summary,
+)
+
+__all__ = ["QUERY_STATE_KEY", "SalesforceBulkQueryOperator"]
+
+QUERY_STATE_KEY = "salesforce_bulk_query"
+"""The plan store key holding the task's query job (next to the ingest operator's own key)."""
+
+# How long on_kill waits for its abort: Airflow sends SIGKILL 5 s after the SIGTERM that calls it.
+_ON_KILL_WAIT = 4.0
+
+
+def _fingerprint(operation: str, soql: str) -> str:
+    # The plan keeps a digest, not the SOQL: a long query would bloat a Variable for nothing.
+    return hashlib.sha256(f"{operation}\n{soql}".encode()).hexdigest()
+
+
+class SalesforceBulkQueryOperator(BaseOperator):
+    """Extract records with a Salesforce Bulk API 2.0 query job into CSV or typed Parquet files.
+
+    Parameters
+    ----------
+    soql : str
+        The query (templated), e.g. ``SELECT Id, Name FROM Account WHERE SystemModstamp >
+        {{ data_interval_start | ts }}`` for an incremental extract.
+    include_deleted : bool
+        Run ``queryAll``: deleted (and archived) records too.
+    output_path : str or ObjectStoragePath, optional
+        The folder of the files (templated; any ObjectStoragePath, e.g. ``s3://bucket/prefix``).
+        Default: ``$AIRFLOW_HOME/salesforce_bulk_extracts/<dag>/<run>/<task>``, local to the worker.
+    output_format : {"csv", "parquet"}
+        ``csv``: the pages as Salesforce sends them (header in every file); ``parquet``: typed
+        columns from the object's describe (needs pyarrow).
+    records_per_file : int, optional
+        At most this many records per file (one file per result page); default: Salesforce's pages.
+    timeout : float or timedelta
+        Deadline for the query job to finish after it is submitted; it is aborted when it passes.
+    poll_interval : float
+        Longest wait between two polls of the job, in seconds.
+    conn_id : str
+        A ``salesforce_bulk`` (or ``salesforce``) connection.
+    deferrable : bool
+        Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
+
+    Notes
+    -----
+    The job id is stored in the task's plan store (``task_state_store`` on Airflow 3.3+, a Variable
+    before) before the task defers, so a retry reattaches to the same query job instead of running
+    the query again; a stored job that ended Failed or Aborted, or a changed SOQL, runs a new one
+    (a query changes nothing in Salesforce). Files are named ``part-00000.csv``... by page, so a
+    retry overwrites them; parts an earlier try left beyond this result are deleted. The return
+    value (XCom) is a summary: job id, state, records, files with their record counts and bytes,
+    seconds. A Failed or Aborted job fails the task after the summary is pushed. The job is aborted
+    only on a user's decision: the ``timeout``, or a kill after which Airflow says the try is over.
+    """
+
+    template_fields: Sequence[str] = ("soql", "output_path", "conn_id")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"soql": "sql"}
+    operator_extra_links = (SalesforceBulkJobLink(),)
+    ui_color = "#c3e8f9"
+
+    def __init__(
+        self,
+        *,
+        soql: str,
+        include_deleted: bool = False,
+        output_path: Any = None,
+        output_format: str = "csv",
+        records_per_file: int | None = None,
+        timeout: float | datetime.timedelta = datetime.timedelta(hours=24),
+        poll_interval: float = 5.0,
+        conn_id: str = SalesforceBulkHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.soql = soql
+        self.include_deleted = include_deleted
+        self.output_path = output_path
+        self.output_format = output_format
+        self.records_per_file = records_per_file
+        # Checked when the task runs (an AirflowFailException there), not when the DAG file is parsed.
+        self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
+        self.poll_interval = poll_interval
+        self.conn_id = conn_id
+        self.deferrable = deferrable
+        self._instance_url: str | None = None
+        self._object: str | None = None
+        self._files: list[str] = []
+        self._active_job_id: str | None = None
+
+    @property
+    def operation(self) -> str:
+        return "queryAll" if self.include_deleted else "query"
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        if not isinstance(self.include_deleted, bool):
+            raise InputError("include_deleted must be True or False", field="include_deleted")
+        check_query_options(self.soql, self.operation, "COMMA", "LF")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InputError(
+                f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {self.output_format!r}",
+                field="output_format",
+            )
+        try:
+            check_max_records(self.records_per_file)
+        except InputError as exc:
+            raise InputError(
+                str(exc).replace("max_records", "records_per_file"), field="records_per_file"
+            ) from None
+        for name in ("poll_interval", "timeout"):
+            try:
+                check_positive_number(name, getattr(self, name))
+            except ValueError as exc:
+                raise InputError(str(exc), field=name) from None
+        if self.output_format == "parquet":
+            from airflow_provider_salesforce_bulk.client.query_parquet import _pyarrow
+
+            _pyarrow()  # before any job: a missing pyarrow is the DAG's problem, not the org's
+
+    # -- execution --------------------------------------------------------------------------------
+
+    def execute(self, context: Any) -> Any:
+        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+        try:
+            self._check_settings()
+            settings = hook.get_settings()
+        except (InputError, ConnectionConfigError) as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+        self._ti = context.get("ti")
+        self._settings = settings
+        store = plan_store_for(context)
+        if store is None:
+            self.log.warning("No plan store (no task instance): a retry cannot reattach to the query job")
+        fingerprint = _fingerprint(self.operation, self.soql)
+        earlier = self._earlier_job_id(store, fingerprint)
+        try:
+            job, instance_url, reattached = run_sync(lambda: self._start(hook, settings, earlier))
+        except (QueryError, InputError) as exc:
+            raise AirflowFailException(f"Salesforce refused the query: {exc}") from None
+        check_job_id(job.id)
+        submitted_at = time.time()
+        if reattached and store is not None:
+            submitted_at = float((store.get(QUERY_STATE_KEY) or {}).get("submitted_at") or submitted_at)
+            self.log.info("Reattached to query job %s of an earlier try (%s)", job.id, job.state)
+        else:
+            self.log.info("Submitted query job %s (%s)", job.id, self.operation)
+        if store is not None:
+            # Before deferring: a retry of this try finds the job here and reattaches to it.
+            plan = {
+                "job_id": job.id,
+                "query": fingerprint,
+                "instance_url": instance_url,
+                "submitted_at": submitted_at,
+            }
+            store.set(QUERY_STATE_KEY, plan)
+        if context.get("ti") is not None:
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(instance_url, [job.id]))
+        kwargs: dict[str, Any] = {"instance_url": instance_url, "submitted_at": submitted_at}
+        if job.is_terminal:
+            # Deferring now would fire the trigger within a second: Airflow's stale-report race.
+            event = {"status": "success", "jobs": {job.id: job_summary(job)}, "instance_url": instance_url}
+            return self.execute_complete(context, event, **kwargs)
+        trigger = SalesforceBulkJobTrigger(
+            conn_id=self.conn_id,
+            job_ids=[job.id],
+            deadline=time.time() + float(self.timeout),
+            poll_interval=float(self.poll_interval),
+            instance_url=instance_url,
+            job_kind="query",
+        )
+        self._active_job_id = job.id
+        if self.deferrable:
+            # The trigger aborts at its own deadline; this backstop only fires if the trigger cannot.
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                kwargs=kwargs,
+                timeout=datetime.timedelta(
+                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
+                ),
+            )
+        event = run_sync(lambda: _first_event(trigger, settings))
+        self._active_job_id = None
+        return self.execute_complete(context, event, **kwargs)
+
+    def _earlier_job_id(self, store: PlanStore | None, fingerprint: str) -> str | None:
+        """The query job of an earlier try of this task, if it ran the same query."""
+        plan = store.get(QUERY_STATE_KEY) if store is not None else None
+        if not isinstance(plan, Mapping):
+            return None
+        job_id = plan.get("job_id")
+        try:
+            check_job_id(job_id)
+        except AirflowFailException:
+            self.log.warning("Ignoring a stored query plan without a valid job id: %.100r", job_id)
+            return None
+        if plan.get("query") != fingerprint:
+            self.log.info("The SOQL changed since query job %s was submitted: running the new query", job_id)
+            return None
+        return str(job_id)
+
+    async def _start(
+        self, hook: SalesforceBulkHook, settings: ConnectionSettings, earlier: str | None
+    ) -> tuple[JobInfo, str, bool]:
+        """The earlier try's job if it may still give results, else a new query job."""
+        async with hook.client(settings) as ingest:
+            client = BulkQueryClient(ingest.session)
+            instance_url = await ingest.session.instance_url()
+            if earlier is not None:
+                try:
+                    job = await client.get_job(earlier)
+                except NotFoundError:
+                    self.log.info("Query job %s of an earlier try is gone: running the query again", earlier)
+                else:
+                    if job.state not in ("Failed", "Aborted"):
+                        return job, instance_url, True
+                    self.log.info(
+                        "Query job %s of an earlier try ended %s (%s): running the query again",
+                        earlier,
+                        job.state,
+                        job.error_message or "no error message",
+                    )
+            job = await client.create_job(
+                self.soql, operation="queryAll" if self.include_deleted else "query"
+            )
+            return job, instance_url, False
+
+    def execute_complete(
+        self,
+        context: Any,
+        event: Mapping[str, Any] | None = None,
+        instance_url: str | None = None,
+        submitted_at: float | None = None,
+    ) -> Any:
+        """Write the files of a JobComplete job, push the summary, then fail if the job did not complete."""
+        status, job = _check_event(event)
+        assert event is not None
+        self._instance_url = event.get("instance_url") or instance_url
+        self._object = job.get("object")
+        job_id = job["id"]
+        store = plan_store_for(context)
+        if submitted_at is None and store is not None:
+            submitted_at = (store.get(QUERY_STATE_KEY) or {}).get("submitted_at")
+        summary: dict[str, Any] = {
+            "job_id": job_id,
+            "operation": job.get("operation"),
+            "object": self._object,
+            "state": job.get("state"),
+            "records": int(job.get("numberRecordsProcessed") or 0),
+            "output_format": self.output_format,
+            "output_path": None,
+            "files": [],
+            "seconds": None,
+            "error_message": job.get("errorMessage"),
+            "instance_url": self._instance_url,
+        }
+        if status == "error":
+            raise AirflowException(
+                f"Waiting for query job {job_id} failed: {event.get('message')}; a retry reattaches to it"
+            )
+        if status == "success" and job.get("state") == "JobComplete":
+            directory = resolve_output_dir(self.output_path, context.get("ti"))
+            summary["output_path"] = display_path(directory)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+                settings = hook.get_settings()
+                files = run_sync(lambda: self._write(hook, settings, job_id, directory))
+            except ConnectionConfigError as exc:
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+            except (SalesforceBulkError, OSError) as exc:
+                raise AirflowException(
+                    f"Writing the results of query job {job_id} failed: {type(exc).__name__}: {exc}; "
+                    "a retry reattaches to the job and writes them again"
+                ) from None
+            removed = remove_stale_parts(directory, [str(f["path"]).rsplit("/", 1)[-1] for f in files])
+            if removed:
+                self.log.info("Removed %d part file(s) an earlier try left: %s", len(removed), removed)
+            summary["files"] = files
+            self._files = [str(f["path"]) for f in files]
+        if submitted_at is not None:
+            summary["seconds"] = round(max(time.time() - float(submitted_at), 0.0), 3)
+        self.log.info(
+            "Summary: query job %s %s, %d records in %d file(s) under %s",
+            job_id,
+            summary["state"],
+            summary["records"],
+            len(summary["files"]),
+            summary["output_path"],
+        )
+        # Pushed before any failure, so a failed task still reports what happened.
+        if context.get("ti") is not None:
+            context["ti"].xcom_push(key="return_value", value=summary)
+        if status == "timeout":
+            raise AirflowException(f"{event.get('message')} (query job {job_id})")
+        if job.get("state") != "JobComplete":
+            message = job.get("errorMessage") or "no error message"
+            raise AirflowException(f"Query job {job_id} ended {job.get('state')}: {message}")
+        if store is not None:
+            # Done: a deliberate re-run (clear) of this task runs the query again instead of reattaching.
+            store.delete(QUERY_STATE_KEY)
+        return summary
+
+    async def _write(
+        self, hook: SalesforceBulkHook, settings: ConnectionSettings, job_id: str, directory: Any
+    ) -> list[dict[str, Any]]:
+        paths: dict[int, Any] = {}
+        off_loop = OffLoopSinks()
+
+        def sink(page: ResultPage) -> Any:
+            path = directory / part_name(page.number, self.output_format)
+            paths[page.number] = path
+            if self.output_format == "parquet":
+                return off_loop.open(path)
+            return path.open("wb")  # CSV sinks are opened, written and closed in a thread already
+
+        async with hook.client(settings) as ingest:
+            client = BulkQueryClient(ingest.session)
+            job = await client.finished_job(job_id)
+            pages: list[PageSummary]
+            if self.output_format == "parquet":
+                from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
+
+                try:
+                    pages = await copy_results_to_parquet(
+                        client, job, sink, max_records=self.records_per_file
+                    )
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await off_loop.wait()
+                    raise
+                await off_loop.wait()
+            else:
+                pages = await client.copy_results_to(
+                    job, sink, max_records=self.records_per_file, write_in_thread=True
+                )
+        return [
+            {"path": display_path(paths[p.number]), "records": p.records, "bytes": p.bytes}
+            for p in pages
+            if p.number in paths  # an empty Parquet page writes no file
+        ]
+
+    def on_kill(self) -> None:
+        """Abort the query job, only if a user ended this try (the task is no longer running).
+
+        A worker shut down or evicted also lands here: the task is still running then, and the job
+        goes on; a retry reattaches to it. The abort runs in a thread of its own with its own
+        session (Airflow calls this from a signal handler), and this waits for it only a few seconds.
+        """
+        job_id = self._active_job_id
+        settings: ConnectionSettings | None = getattr(self, "_settings", None)
+        if job_id is None or settings is None:
+            return
+        worker = threading.Thread(
+            target=self._kill_job,
+            args=(getattr(self, "_ti", None), settings, job_id),
+            name="salesforce-bulk-query-on-kill",
+            daemon=True,
+        )
+        worker.start()
+        worker.join(_ON_KILL_WAIT)
+        if worker.is_alive():
+            self.log.warning(
+                "Still aborting the query job after %.0fs; carrying on in the background", _ON_KILL_WAIT
+            )
+
+    def _kill_job(self, ti: Any, settings: ConnectionSettings, job_id: str) -> None:
+        if try_is_over(ti) is not True:
+            return
+        self.log.warning("The task was ended by a user: aborting query job %s", job_id)
+        trigger = SalesforceBulkJobTrigger(
+            self.conn_id, [job_id], poll_interval=float(self.poll_interval), job_kind="query"
+        )
+
+        async def abort() -> None:
+            session = SalesforceSession(
+                settings.auth, api_version=settings.api_version, token_cache=TokenCache()
+            )
+            async with session:
+                await trigger._abort(BulkIngestClient(session), [job_id], {})
+
+        try:
+            asyncio.run(abort())
+        except Exception as exc:
+            self.log.warning("Could not abort query job %s: %s: %s", job_id, type(exc).__name__, exc)
+
+    # -- lineage ----------------------------------------------------------------------------------
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input: the Salesforce object (``salesforce://<instance host>``); outputs: the files written.
+
+        Returns ``None`` when the OpenLineage provider is not installed.
+        """
+        try:
+            from airflow.providers.openlineage.extractors import OperatorLineage
+            from openlineage.client.event_v2 import Dataset  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
+        inputs = [Dataset(namespace=f"salesforce://{host}", name=self._object or "unknown")]
+        outputs = [Dataset(namespace=ns, name=name) for ns, name in map(path_dataset, self._files)]
+        return OperatorLineage(inputs=inputs, outputs=outputs)
+
+
+def _check_event(event: Any) -> tuple[str, dict[str, Any]]:
+    """The event's status and its one query job, or a clear error naming what is wrong with it."""
+    if not isinstance(event, Mapping):
+        raise AirflowException(
+            f"execute_complete got no trigger event ({type(event).__name__}); the query job's outcome is "
+            "unknown here: a retry reattaches to it"
+        )
+    status = event.get("status")
+    jobs = event.get("jobs") if event.get("jobs") is not None else {}
+    if status not in ("success", "timeout", "error") or not isinstance(jobs, Mapping):
+        raise AirflowException(f"malformed trigger event (status {status!r}): {str(event)[:300]}")
+    if status == "error" and not jobs:
+        raise AirflowException(
+            f"Waiting for the query job failed: {event.get('message')}; a retry reattaches to it"
+        )
+    if len(jobs) != 1:
+        raise AirflowException(f"malformed trigger event: expected one query job, got {len(jobs)}")
+    ((job_id, job),) = jobs.items()
+    check_job_id(job_id)
+    if not isinstance(job, Mapping) or job.get("id") != job_id:
+        raise AirflowException(f"malformed trigger event: job {job_id}: {str(job)[:300]}")
+    return str(status), dict(job)
+
+
+async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:
+    trigger.settings = settings
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AirflowException("the trigger ended without an event")
