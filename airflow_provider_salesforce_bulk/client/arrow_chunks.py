@@ -19,7 +19,6 @@ pyarrow is imported only when this module's function is called (the ``[arrow]`` 
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.client.serialize import (
     _NA_MARKER,
     _NONE_TEXT,
+    ChunkPacker,
     _check_fieldnames,
     _check_header,
     _decimal_text,
@@ -481,11 +481,7 @@ def _generate(
     plan: _Plan, batches: Iterator[Any], max_size_bytes: int, max_records: int
 ) -> Iterator[CsvChunk]:
     pa = plan.pa
-    header = plan.writer.header.encode()
-    parts: list[bytes | memoryview] = [header]
-    size = len(header)
-    count = 0
-    first = 0
+    packer = ChunkPacker(plan.writer.header.encode(), max_size_bytes, max_records)
     base = 0
     for batch in batches:
         if not isinstance(batch, pa.RecordBatch):
@@ -501,30 +497,6 @@ def _generate(
             )
         for piece in _slices(batch):
             data, offsets = _row_buffers(pa, plan.rows(piece, base))
-            n = len(offsets) - 1
-            start = 0
-            while start < n:
-                end = bisect_right(offsets, offsets[start] + max_size_bytes - size, lo=start) - 1
-                end = min(end, start + max_records - count)
-                if end > start:
-                    parts.append(data[offsets[start] : offsets[end]])
-                    size += offsets[end] - offsets[start]
-                    count += end - start
-                    start = end
-                if start < n or count == max_records:
-                    if count == 0:
-                        index = base + start
-                        row_size = offsets[start + 1] - offsets[start]
-                        raise InputError(
-                            f"record {index} is {row_size:_} bytes as CSV; with the {len(header):_}-byte "
-                            f"header it does not fit in max_size_bytes={max_size_bytes:_}",
-                            record_index=index,
-                        )
-                    yield CsvChunk(b"".join(parts), first, count)
-                    parts = [header]
-                    size = len(header)
-                    first += count
-                    count = 0
-            base += n
-    if count:
-        yield CsvChunk(b"".join(parts), first, count)
+            yield from packer.pack(data, offsets, base)
+            base += len(offsets) - 1
+    yield from packer.rest()
