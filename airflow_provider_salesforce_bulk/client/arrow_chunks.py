@@ -26,9 +26,6 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_salesforce_bulk.client.csv_split import (
     MAX_SIZE_BYTES,
     CsvChunk,
-    check_column_delimiter,
-    check_limits,
-    check_line_ending,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.client.serialize import (
@@ -40,6 +37,7 @@ from airflow_provider_salesforce_bulk.client.serialize import (
     _decimal_text,
     _float_text,
     _Writer,
+    check_writer_options,
 )
 
 if TYPE_CHECKING:
@@ -138,15 +136,9 @@ def iter_arrow_chunks(
     ImportError
         pyarrow is not installed.
     """
-    check_limits(max_size_bytes, max_records)
-    delimiter = check_column_delimiter(column_delimiter)
-    eol = check_line_ending(line_ending)
-    if none_as not in _NONE_TEXT:
-        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
-    if not isinstance(allow_na_marker, bool):
-        raise InputError(
-            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
-        )
+    delimiter, eol = check_writer_options(
+        max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
+    )
     pa = require_pyarrow()
     names = _check_fieldnames(fieldnames) if fieldnames is not None else None
     schema, batches = _open(pa, source)

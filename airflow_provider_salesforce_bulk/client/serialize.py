@@ -461,6 +461,28 @@ def _infer_fieldnames(records: list[Any], warned: set[str]) -> list[str]:
     return list(columns)
 
 
+def check_writer_options(
+    max_size_bytes: int,
+    max_records: int,
+    column_delimiter: str,
+    line_ending: str,
+    none_as: str,
+    allow_na_marker: bool,
+) -> tuple[str, str]:
+    """Refuse bad serializer options before any record is read; returns the delimiter and line ending
+    characters. Serves :func:`iter_record_chunks` and :func:`.arrow_chunks.iter_arrow_chunks`."""
+    check_limits(max_size_bytes, max_records)
+    delimiter = check_column_delimiter(column_delimiter)
+    eol = check_line_ending(line_ending)
+    if none_as not in _NONE_TEXT:
+        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
+    if not isinstance(allow_na_marker, bool):
+        raise InputError(
+            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
+        )
+    return delimiter, eol
+
+
 def iter_record_chunks(
     data: Iterable[Mapping[str, Any]],
     fieldnames: Collection[str] | None = None,
@@ -494,15 +516,9 @@ def iter_record_chunks(
     InputError
         Bad arguments (raised at once) or bad data (raised while iterating).
     """
-    check_limits(max_size_bytes, max_records)
-    delimiter = check_column_delimiter(column_delimiter)
-    eol = check_line_ending(line_ending)
-    if none_as not in _NONE_TEXT:
-        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
-    if not isinstance(allow_na_marker, bool):
-        raise InputError(
-            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
-        )
+    delimiter, eol = check_writer_options(
+        max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
+    )
     if fieldnames is None:
         if isinstance(data, Iterator):
             warnings.warn(
