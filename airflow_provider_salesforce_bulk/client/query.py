@@ -340,12 +340,9 @@ class BulkQueryClient:
             async with page:
                 yield page
             total += page.records
-            locator = page.next_locator
+            locator = _next_locator(job, page, seen)
             if locator is None:
                 break
-            if locator in seen:
-                raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
-            seen.add(locator)
             number += 1
         _check_total(job, total)
 
@@ -523,12 +520,9 @@ class BulkQueryClient:
         while True:
             page = self._page(job, number, locator, max_records, compress)
             await runner.start(page, wait_for_head=True)
-            locator = page.next_locator
+            locator = _next_locator(job, page, seen)
             if locator is None:
                 return
-            if locator in seen:
-                raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
-            seen.add(locator)
             number += 1
 
     async def _run_listed(self, job: JobInfo, runner: PageRunner[Any], compress: bool) -> bool:
@@ -571,6 +565,18 @@ class BulkQueryClient:
             if path is not None:
                 seen.add(path)
         return True
+
+
+def _next_locator(job: JobInfo, page: ResultPage, seen: set[str]) -> str | None:
+    """The locator of the page after ``page`` (None after the last), refused when it was seen before:
+    a server looping its locators would otherwise be read forever."""
+    locator = page.next_locator
+    if locator is None:
+        return None
+    if locator in seen:
+        raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
+    seen.add(locator)
+    return locator
 
 
 def _check_total(job: JobInfo, total: int) -> None:
