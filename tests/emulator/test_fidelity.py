@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.emulator.validation import java_double_text
 
-from .conftest import create_job, run_job, wait_done
+from .helpers import create_job, run_job, wait_done
 
 
 def _rows(text: str) -> list[list[str]]:

@@ -11,7 +11,7 @@ import httpx
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
-from .conftest import API, create_job, run_job, wait_done
+from .helpers import API, create_job, run_job, wait_done
 
 
 def _rows(text: str, delimiter: str = ",") -> list[dict[str, str]]:
