@@ -28,10 +28,10 @@ from airflow_provider_salesforce_bulk.client import (
     ServerUnavailableError,
     SoapLoginAuth,
     StaticTokenAuth,
-    TokenCache,
     TokenProvider,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from tests.client import helpers
 from tests.client.fake_bulk import LOSE_ANSWER, FaultyTransport, is_abort, is_close, job_id_of
 
 FAST_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05, max_total=30)
@@ -58,9 +58,7 @@ def clean(emulator: RunningEmulator) -> Iterator[None]:
 
 
 def session_for(emulator: RunningEmulator, auth: TokenProvider | None = None, **kwargs) -> SalesforceSession:
-    c = emulator.credentials
-    auth = auth or ClientCredentialsAuth(c.client_id, c.client_secret, emulator.base_url)
-    return SalesforceSession(auth, token_cache=TokenCache(), retry_policy=FAST_RETRY, **kwargs)
+    return helpers.emulator_session(emulator, auth, retry_policy=FAST_RETRY, **kwargs)
 
 
 def all_flows(emulator: RunningEmulator) -> dict[str, TokenProvider]:

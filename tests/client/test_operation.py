@@ -25,14 +25,12 @@ from airflow_provider_salesforce_bulk.client import (
     OperationTimeoutError,
     PollPolicy,
     RetryPolicy,
-    SalesforceSession,
     ServerError,
-    StaticTokenAuth,
-    TokenCache,
     UploadOutcomeUnknownError,
     submit_job,
 )
 from tests.client.fake_bulk import INSTANCE, FakeBulkApi, is_abort, is_close, job_id_of
+from tests.client.helpers import mock_session
 
 FAST_POLL = 0.001
 
@@ -44,10 +42,10 @@ def api() -> FakeBulkApi:
 
 @pytest.fixture
 async def client(api: FakeBulkApi):
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
     )
     async with session:
@@ -403,10 +401,10 @@ async def gated_client(api: FakeBulkApi, hold: Callable[[httpx.Request], bool], 
             await gate.wait()
         return api.handle(request)
 
-    return SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    return mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=httpx.MockTransport(handler),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
     )
 
@@ -718,10 +716,10 @@ async def _run_with_one_fault(n: int, per_job: int, slots: int, target: int, fau
         return None
 
     api.intercept = inject
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=2, initial_delay=0, max_delay=0),
     )
     yielded: list = []

@@ -38,6 +38,7 @@ from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     describe_sobject,
 )
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS  # noqa: E402
+from tests.client.helpers import mock_session  # noqa: E402
 
 UTC = datetime.timezone.utc
 TYPES = ["string", "boolean", "int", "double", "currency", "date", "datetime", "time", "picklist"]
@@ -220,10 +221,10 @@ async def fake_client():
     from tests.client.fake_query import INSTANCE, FakeQueryApi
 
     api = FakeQueryApi(records=23, page_size=5)
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5),
         api_version=api.version,
     )
@@ -384,10 +385,10 @@ async def test_types_are_settled_before_pages_hold_the_sessions_only_request_slo
     from tests.client.fake_query import INSTANCE, JOB_ID, FakeQueryApi
 
     api = FakeQueryApi(records=12, page_size=5)
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         max_connections=1,
         api_version=api.version,
     )
