@@ -12,12 +12,20 @@ from airflow_provider_salesforce_bulk.client import (
     TokenProvider,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from tests.client import fake_query
 
 
 def mock_session(token: str, instance: str, **options: Any) -> SalesforceSession:
     """A session holding the fixed ``token`` for ``instance`` (``transport=`` a fake API), with a token
     cache of its own so no test sees another's token."""
     return SalesforceSession(StaticTokenAuth(token, instance), token_cache=TokenCache(), **options)
+
+
+def query_api_session(api: fake_query.FakeQueryApi, **options: Any) -> SalesforceSession:
+    """A fixed-token session talking to the in-memory query API ``api``, in its API version."""
+    return mock_session(
+        "fixed-token", fake_query.INSTANCE, transport=api.transport(), api_version=api.version, **options
+    )
 
 
 def emulator_session(
