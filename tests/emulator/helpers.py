@@ -49,14 +49,20 @@ def wait_query(api: httpx.Client, job_id: str, timeout: float = 20.0) -> dict[st
     return _wait(api, f"/jobs/query/{job_id}", timeout, "query job")
 
 
-def run_job(api: httpx.Client, csv_text: str | bytes, **spec: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """Create, upload, close and wait; returns the final job info and the three result files."""
+def start_job(api: httpx.Client, csv_text: str | bytes, **spec: Any) -> dict[str, Any]:
+    """Create an ingest job, upload ``csv_text`` and close it; returns the job as created."""
     job = create_job(api, **spec)
     data = csv_text.encode() if isinstance(csv_text, str) else csv_text
     put = api.put(f"/jobs/ingest/{job['id']}/batches", content=data, headers={"Content-Type": "text/csv"})
     assert put.status_code == 201, put.text
     closed = api.patch(f"/jobs/ingest/{job['id']}", json={"state": "UploadComplete"})
     assert closed.status_code == 200, closed.text
+    return job
+
+
+def run_job(api: httpx.Client, csv_text: str | bytes, **spec: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Create, upload, close and wait; returns the final job info and the three result files."""
+    job = start_job(api, csv_text, **spec)
     info = wait_done(api, job["id"])
     results = {
         kind: api.get(f"/jobs/ingest/{job['id']}/{kind}").text
