@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -79,6 +80,18 @@ def csv_format(spec: dict[str, Any]) -> tuple[str, str] | Response:
     if line_ending not in LINE_ENDINGS:
         return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid line ending: {line_ending}")
     return str(delimiter), str(line_ending)
+
+
+async def job_info_answer(
+    request: Request,
+    get_job: Callable[[str], dict[str, Any] | None],
+    render: Callable[[dict[str, Any], str], dict[str, Any]],
+) -> Response:
+    """``GET /jobs/.../{job_id}``: the job as ``render`` shows it for ``info``, or 404."""
+    job = await run_in_threadpool(get_job, request.path_params["job_id"])
+    if job is None:
+        return not_found()
+    return json_response(render(job, "info"))
 
 
 def bad_list_locator(locator: str) -> Response:

@@ -20,6 +20,7 @@ from .job_requests import (
     csv_format,
     delete_answer,
     emulator_of,
+    job_info_answer,
     job_list_page,
     read_json,
     version_of,
@@ -140,10 +141,7 @@ async def create_job(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     """``GET /jobs/query/{id}``."""
-    job = await run_in_threadpool(emulator_of(request).query_jobs.get_job, request.path_params["job_id"])
-    if job is None:
-        return not_found()
-    return json_response(job_body(job, "info"))
+    return await job_info_answer(request, emulator_of(request).query_jobs.get_job, job_body)
 
 
 async def list_jobs(request: Request) -> Response:
