@@ -194,11 +194,7 @@ class SoapLoginAuth(TokenProvider):
         if root is not None and _local(root.tag) != "Envelope":
             root = None  # well-formed but not SOAP, such as an XHTML error page
         if root is None:
-            unavailable = _http.unavailable_error(
-                response, flow=self.flow, url=self.soap_url, secrets=self.secrets()
-            )
-            if unavailable is not None:
-                raise unavailable
+            _http.raise_if_unavailable(response, flow=self.flow, url=self.soap_url, secrets=self.secrets())
             detail = f": {_http.excerpt(body, self.secrets())}" if not response.is_success else ""
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} answered HTTP {status} with no SOAP envelope{detail}",
@@ -214,11 +210,7 @@ class SoapLoginAuth(TokenProvider):
                 status_code=status,
             )
         if not response.is_success:
-            unavailable = _http.unavailable_error(
-                response, flow=self.flow, url=self.soap_url, secrets=self.secrets()
-            )
-            if unavailable is not None:
-                raise unavailable
+            _http.raise_if_unavailable(response, flow=self.flow, url=self.soap_url, secrets=self.secrets())
             detail = _http.excerpt(body, self.secrets())
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} failed (HTTP {status}): {detail}",
