@@ -14,7 +14,7 @@ import httpx
 
 from ..errors import AuthenticationError, InputError
 from . import _http
-from .base import Token, TokenProvider, fingerprint
+from .base import Token, TokenProvider, fingerprint, require_credentials
 from .login_url import LOGIN_URL, normalize_login_url
 
 if TYPE_CHECKING:
@@ -95,10 +95,7 @@ class SoapLoginAuth(TokenProvider):
         api_version: str = "64.0",
     ) -> None:
         self.login_url = normalize_login_url(login_url)
-        if not username:
-            raise InputError("username is empty", field="username")
-        if not password:
-            raise InputError("password is empty", field="password")
+        require_credentials(username=username, password=password)
         version = str(api_version).strip().removeprefix("v")
         if not _VERSION_RE.match(version):
             raise InputError(
