@@ -16,12 +16,11 @@ from starlette.responses import Response, StreamingResponse
 from .ids import JOB_PREFIX, make_id, normalize_id
 from .job_requests import (
     abort_refused,
-    bad_list_locator,
     csv_format,
     delete_answer,
     emulator_of,
     job_info_answer,
-    job_list_page,
+    job_list_answer,
     parse_json,
     read_body,
     read_json,
@@ -342,20 +341,23 @@ async def get_job(request: Request) -> Response:
     return await job_info_answer(request, emulator_of(request).store.get_job, job_body)
 
 
+def _list_offset(locator: str | None) -> int | None:
+    if locator is None:
+        return 0
+    found = _LOCATOR.fullmatch(locator)
+    return None if found is None else int(found.group(1))
+
+
 async def list_jobs(request: Request) -> Response:
     """``GET /jobs/ingest``: one page of jobs; ``nextRecordsUrl`` leads to the next."""
-    emulator = emulator_of(request)
-    page_size = max(1, emulator.settings.job_page_size)
-    locator = request.query_params.get("queryLocator")
-    offset = 0
-    if locator is not None:
-        found = _LOCATOR.fullmatch(locator)
-        if found is None:
-            return bad_list_locator(locator)
-        offset = int(found.group(1))
-    rows = await run_in_threadpool(emulator.store.list_jobs, offset, page_size + 1)
-    next_url = f"/services/data/v{version_of(request)}/jobs/ingest?queryLocator={_LOCATOR_PREFIX}-"
-    return job_list_page(request, rows, offset, page_size, "V2Ingest", job_body, next_url)
+    return await job_list_answer(
+        request,
+        list_jobs=emulator_of(request).store.list_jobs,
+        list_offset=_list_offset,
+        job_type="V2Ingest",
+        render=job_body,
+        next_url=f"/services/data/v{version_of(request)}/jobs/ingest?queryLocator={_LOCATOR_PREFIX}-",
+    )
 
 
 async def delete_job(request: Request) -> Response:

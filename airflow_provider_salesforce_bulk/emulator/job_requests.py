@@ -94,25 +94,27 @@ async def job_info_answer(
     return json_response(render(job, "info"))
 
 
-def bad_list_locator(locator: str) -> Response:
-    """The 400 for a ``queryLocator`` this org did not hand out."""
-    return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
-
-
-def job_list_page(
+async def job_list_answer(
     request: Request,
-    rows: list[dict[str, Any]],
-    offset: int,
-    page_size: int,
+    *,
+    list_jobs: Callable[[int, int], list[dict[str, Any]]],
+    list_offset: Callable[[str | None], int | None],
     job_type: str,
     render: Callable[[dict[str, Any], str], dict[str, Any]],
     next_url: str,
 ) -> Response:
-    """One ``GET /jobs/...`` page from ``rows`` (up to ``page_size + 1`` read from ``offset``).
+    """``GET /jobs/...``: one page of jobs from the ``queryLocator`` offset (``list_offset`` reads it, None
+    for one this org did not hand out: a 400).
 
     A ``jobType`` or ``concurrencyMode`` filter that no job of this kind matches empties the page;
     ``next_url`` is the next page's address up to the record offset it ends with.
     """
+    page_size = max(1, emulator_of(request).settings.job_page_size)
+    locator = request.query_params.get("queryLocator")
+    offset = list_offset(locator)
+    if offset is None:
+        return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
+    rows = await run_in_threadpool(list_jobs, offset, page_size + 1)
     done = len(rows) <= page_size
     records = [render(r, "list") for r in rows[:page_size]]
     wanted_type = request.query_params.get("jobType")

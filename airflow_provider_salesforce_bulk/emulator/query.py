@@ -16,12 +16,11 @@ from . import describe
 from .ids import JOB_PREFIX, make_id
 from .job_requests import (
     abort_refused,
-    bad_list_locator,
     csv_format,
     delete_answer,
     emulator_of,
     job_info_answer,
-    job_list_page,
+    job_list_answer,
     read_json,
     version_of,
 )
@@ -144,20 +143,25 @@ async def get_job(request: Request) -> Response:
     return await job_info_answer(request, emulator_of(request).query_jobs.get_job, job_body)
 
 
+def _list_offset(locator: str | None) -> int | None:
+    if not locator:
+        return 0
+    _, _, number = locator.rpartition("-")
+    if not locator.startswith(_LIST_LOCATOR_PREFIX) or not number.isdigit():
+        return None
+    return int(number)
+
+
 async def list_jobs(request: Request) -> Response:
     """``GET /jobs/query``: one page of query jobs; ``nextRecordsUrl`` leads to the next."""
-    emulator = emulator_of(request)
-    page_size = max(1, emulator.settings.job_page_size)
-    locator = request.query_params.get("queryLocator")
-    offset = 0
-    if locator:
-        _, _, number = locator.rpartition("-")
-        if not locator.startswith(_LIST_LOCATOR_PREFIX) or not number.isdigit():
-            return bad_list_locator(locator)
-        offset = int(number)
-    rows = await run_in_threadpool(emulator.query_jobs.list_jobs, offset, page_size + 1)
-    next_url = f"/services/data/v{version_of(request)}/jobs/query?queryLocator={_LIST_LOCATOR_PREFIX}-"
-    return job_list_page(request, rows, offset, page_size, "V2Query", job_body, next_url)
+    return await job_list_answer(
+        request,
+        list_jobs=emulator_of(request).query_jobs.list_jobs,
+        list_offset=_list_offset,
+        job_type="V2Query",
+        render=job_body,
+        next_url=f"/services/data/v{version_of(request)}/jobs/query?queryLocator={_LIST_LOCATOR_PREFIX}-",
+    )
 
 
 async def patch_job(request: Request) -> Response:
