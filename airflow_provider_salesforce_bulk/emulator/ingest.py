@@ -362,10 +362,7 @@ async def list_jobs(request: Request) -> Response:
 
 async def delete_job(request: Request) -> Response:
     """``DELETE /jobs/ingest/{id}``: 204 for a finished or closed job."""
-    outcome = await run_in_threadpool(
-        emulator_of(request).store.delete_job_if, request.path_params["job_id"], _DELETABLE
-    )
-    return delete_answer(outcome)
+    return await delete_answer(request, emulator_of(request).store.delete_job_if, _DELETABLE)
 
 
 async def job_results(request: Request) -> Response:

@@ -130,8 +130,12 @@ async def job_list_answer(
     )
 
 
-def delete_answer(outcome: str) -> Response:
-    """The answer to ``DELETE /jobs/...`` given what the store did: ``ok``, ``missing`` or the job's state."""
+async def delete_answer(
+    request: Request, delete_if: Callable[[str, tuple[str, ...]], str], deletable: tuple[str, ...]
+) -> Response:
+    """``DELETE /jobs/.../{job_id}``: ``delete_if`` deletes the job when its state is in ``deletable`` and
+    says ``ok``, ``missing`` or the job's state; 204, 404 or 400 accordingly."""
+    outcome = await run_in_threadpool(delete_if, request.path_params["job_id"], deletable)
     if outcome == "missing":
         return not_found()
     if outcome != "ok":

@@ -192,10 +192,7 @@ async def patch_job(request: Request) -> Response:
 
 async def delete_job(request: Request) -> Response:
     """``DELETE /jobs/query/{id}``: 204 once the job is finished."""
-    outcome = await run_in_threadpool(
-        emulator_of(request).query_jobs.delete_if, request.path_params["job_id"], _DELETABLE
-    )
-    return delete_answer(outcome)
+    return await delete_answer(request, emulator_of(request).query_jobs.delete_if, _DELETABLE)
 
 
 async def _finished_job(request: Request) -> dict[str, Any] | Response:
