@@ -28,8 +28,8 @@ from airflow_provider_salesforce_bulk.client.errors import (
 from airflow_provider_salesforce_bulk.client.jobs_common import (
     JSON_HEADERS,
     check_job_id,
+    iter_job_list,
     job_info,
-    json_object,
     list_params,
 )
 from airflow_provider_salesforce_bulk.client.limits import OrgLimits, get_limits
@@ -199,18 +199,8 @@ class BulkIngestClient:
     ) -> AsyncIterator[JobInfo]:
         """Every ingest job of the org, following ``nextRecordsUrl`` page by page."""
         params = list_params(is_pk_chunking_enabled, job_type, concurrency_mode)
-        path: str | None = "jobs/ingest"
-        while path is not None:
-            response = await self.session.request("GET", path, params=params or None, headers=JSON_HEADERS)
-            page = json_object(response)
-            for record in page.get("records") or ():
-                yield job_info(response, record)
-            next_url = page.get("nextRecordsUrl")
-            if next_url is not None and not isinstance(next_url, str):
-                raise UnexpectedResponseError(f"nextRecordsUrl is not a string: {type(next_url).__name__}")
-            # An absolute nextRecordsUrl is checked against the allowed hosts by the session.
-            path = next_url if next_url and not page.get("done", False) else None
-            params = {}
+        async for job in iter_job_list(self.session, "jobs/ingest", params, _next_list_page):
+            yield job
 
     async def close_job(self, job_id: str) -> JobInfo:
         """Mark the upload complete (state UploadComplete) so Salesforce starts processing.
@@ -556,6 +546,14 @@ def check_job_options(
         raise InputError("sobject (the Salesforce object name) is required", field="sobject")
     check_column_delimiter(column_delimiter)
     check_line_ending(line_ending)
+
+
+def _next_list_page(page: dict[str, Any]) -> str | None:
+    next_url = page.get("nextRecordsUrl")
+    if next_url is not None and not isinstance(next_url, str):
+        raise UnexpectedResponseError(f"nextRecordsUrl is not a string: {type(next_url).__name__}")
+    # An absolute nextRecordsUrl is checked against the allowed hosts by the session.
+    return next_url if next_url and not page.get("done", False) else None
 
 
 def _rewinder(destination: object) -> Callable[[], None] | None:

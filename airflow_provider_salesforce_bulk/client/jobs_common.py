@@ -7,7 +7,8 @@ their job lists with the same parameters; one definition keeps the two clients r
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -15,7 +16,10 @@ import orjson
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.models import JobInfo
 
-__all__ = ["JSON_HEADERS", "check_job_id", "job_info", "json_object", "list_params"]
+if TYPE_CHECKING:
+    from airflow_provider_salesforce_bulk.client.session import SalesforceSession
+
+__all__ = ["JSON_HEADERS", "check_job_id", "iter_job_list", "job_info", "json_object", "list_params"]
 
 #: Headers of every JSON request about jobs.
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -73,3 +77,21 @@ def list_params(
     if concurrency_mode is not None:
         params["concurrencyMode"] = concurrency_mode
     return params
+
+
+async def iter_job_list(
+    session: SalesforceSession,
+    path: str,
+    params: dict[str, str],
+    next_path: Callable[[dict[str, Any]], str | None],
+) -> AsyncIterator[JobInfo]:
+    """Every job of a ``GET /jobs/...`` listing from ``path``, page by page; ``next_path`` reads a page's
+    next address (None after the last) and refuses what that job kind does not accept."""
+    following: str | None = path
+    while following is not None:
+        response = await session.request("GET", following, params=params or None, headers=JSON_HEADERS)
+        page = json_object(response)
+        for record in page.get("records") or ():
+            yield job_info(response, record)
+        following = next_path(page)
+        params = {}

@@ -37,6 +37,7 @@ from airflow_provider_salesforce_bulk.client.ingest import PollPolicy
 from airflow_provider_salesforce_bulk.client.jobs_common import (
     JSON_HEADERS,
     check_job_id,
+    iter_job_list,
     job_info,
     json_object,
     list_params,
@@ -177,20 +178,19 @@ class BulkQueryClient:
     ) -> AsyncIterator[JobInfo]:
         """Every query job of the org, following ``nextRecordsUrl`` page by page."""
         params = list_params(is_pk_chunking_enabled, job_type, concurrency_mode)
-        path: str | None = "jobs/query"
         seen: set[str] = set()
-        while path is not None:
-            response = await self.session.request("GET", path, params=params or None, headers=JSON_HEADERS)
-            listing = json_object(response)
-            for record in listing.get("records") or ():
-                yield job_info(response, record)
+
+        def next_path(listing: dict[str, Any]) -> str | None:
             next_url = listing.get("nextRecordsUrl")
             path = str(next_url) if next_url and not listing.get("done", False) else None
             if path is not None:
                 if path in seen:
                     raise UnexpectedResponseError(f"job list loops back to {path}")
                 seen.add(path)
-            params = {}
+            return path
+
+        async for job in iter_job_list(self.session, "jobs/query", params, next_path):
+            yield job
 
     async def abort_job(self, job_id: str) -> JobInfo:
         """Abort a query job. Aborting a job that already ended returns its state instead of failing."""
