@@ -1,4 +1,5 @@
-"""What several benchmarks need: the emulator in a process of its own, and this process's peak RSS."""
+"""What several benchmarks need: the emulator in a process of its own, this process's peak RSS, the best
+of a few timed runs, a warehouse CSV to load and a wait for a job to end."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 
 def peak_rss_mb() -> float:
@@ -60,3 +64,36 @@ def emulator_process(speed: str = "instant") -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def best_of(runs: int, run: Callable[[], int]) -> tuple[float, int]:
+    """The fastest of ``runs`` calls of ``run`` in seconds, and the size the last one returned."""
+    best = float("inf")
+    size = 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        size = run()
+        best = min(best, time.perf_counter() - started)
+    return best, size
+
+
+def warehouse_csv(count: int) -> bytes:
+    """``count`` Warehouse_Item__c records as an ingest CSV."""
+    lines = ["External_Id__c,Name,Quantity__c,Unit_Price__c,Active__c,Category__c"]
+    categories = ("Hardware", "Software", "Consumable", "Spare Part")
+    lines += [
+        f"WI-{n:07d},Item {n},{n % 500},{n % 997}.25,{'true' if n % 2 else 'false'},{categories[n % 4]}"
+        for n in range(count)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def wait_for_job(client: httpx.Client, url: str, *, timeout: float, every: float) -> dict[str, Any]:
+    """The job at ``url`` once it has ended, asked every ``every`` seconds for at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info: dict[str, Any] = client.get(url).json()
+        if info["state"] in ("JobComplete", "Failed", "Aborted"):
+            return info
+        time.sleep(every)
+    raise RuntimeError(f"job {url} did not finish in {timeout:g}s")

@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks._support import best_of
 
 ROWS = 1_000_000
 DICT_ROWS = 200_000
@@ -73,16 +74,6 @@ def make_table(n: int = ROWS) -> Any:
     )
 
 
-def _best(run: Callable[[], int]) -> tuple[float, int]:
-    best = float("inf")
-    size = 0
-    for _ in range(RUNS):
-        started = time.perf_counter()
-        size = run()
-        best = min(best, time.perf_counter() - started)
-    return best, size
-
-
 def speed() -> bool:
     import pyarrow.csv as pa_csv
 
@@ -106,9 +97,9 @@ def speed() -> bool:
         pa_csv.write_csv(table, out)
         return len(out.getbuffer())
 
-    arrow_s, arrow_bytes = _best(arrow)
-    csv_s, csv_bytes = _best(write_csv)
-    dict_s, _ = _best(dicts)
+    arrow_s, arrow_bytes = best_of(RUNS, arrow)
+    csv_s, csv_bytes = best_of(RUNS, write_csv)
+    dict_s, _ = best_of(RUNS, dicts)
     arrow_rate, csv_rate, dict_rate = ROWS / arrow_s, ROWS / csv_s, DICT_ROWS / dict_s
     print(f"iter_arrow_chunks   {arrow_rate:>12,.0f} rows/s  ({arrow_bytes / 1e6:.0f} MB of CSV chunks)")
     print(f"iter_record_chunks  {dict_rate:>12,.0f} rows/s  (dict path, rate on {DICT_ROWS:,} rows)")

@@ -11,19 +11,10 @@ import time
 import httpx
 
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
+from benchmarks._support import warehouse_csv
 
 RECORDS = 200_000
 TARGET_RECORDS_PER_SECOND = 100_000
-
-
-def _csv(count: int) -> bytes:
-    lines = ["External_Id__c,Name,Quantity__c,Unit_Price__c,Active__c,Category__c"]
-    categories = ("Hardware", "Software", "Consumable", "Spare Part")
-    lines += [
-        f"WI-{n:07d},Item {n},{n % 500},{n % 997}.25,{'true' if n % 2 else 'false'},{categories[n % 4]}"
-        for n in range(count)
-    ]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def _ingest(client: httpx.Client, base: str, body: bytes) -> tuple[float, dict[str, object]]:
@@ -43,7 +34,7 @@ def _ingest(client: httpx.Client, base: str, body: bytes) -> tuple[float, dict[s
 
 def main() -> bool:
     """Run the benchmark, print records/second, and return False below the target."""
-    body = _csv(RECORDS)
+    body = warehouse_csv(RECORDS)
     with run_emulator(db=":memory:") as emulator:
         token = emulator.new_access_token()
         base = f"{emulator.base_url}/services/data/v62.0"

@@ -15,6 +15,7 @@ import time
 import httpx
 
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
+from benchmarks._support import wait_for_job, warehouse_csv
 
 RECORDS = 200_000
 PAGE_RECORDS = 50_000
@@ -25,34 +26,14 @@ SOQL = (
 )
 
 
-def _csv(count: int) -> bytes:
-    lines = ["External_Id__c,Name,Quantity__c,Unit_Price__c,Active__c,Category__c"]
-    categories = ("Hardware", "Software", "Consumable", "Spare Part")
-    lines += [
-        f"WI-{n:07d},Item {n},{n % 500},{n % 997}.25,{'true' if n % 2 else 'false'},{categories[n % 4]}"
-        for n in range(count)
-    ]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _wait(client: httpx.Client, url: str) -> dict[str, object]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        info: dict[str, object] = client.get(url).json()
-        if info["state"] in ("JobComplete", "Failed", "Aborted"):
-            return info
-        time.sleep(0.02)
-    raise RuntimeError(f"job {url} did not finish in time")
-
-
 def _load(client: httpx.Client, base: str) -> None:
     job = client.post(
         f"{base}/jobs/ingest", json={"object": "Warehouse_Item__c", "operation": "insert"}
     ).json()
-    body = _csv(RECORDS)
+    body = warehouse_csv(RECORDS)
     client.put(f"{base}/jobs/ingest/{job['id']}/batches", content=body, headers={"Content-Type": "text/csv"})
     client.patch(f"{base}/jobs/ingest/{job['id']}", json={"state": "UploadComplete"}).raise_for_status()
-    info = _wait(client, f"{base}/jobs/ingest/{job['id']}")
+    info = wait_for_job(client, f"{base}/jobs/ingest/{job['id']}", timeout=120, every=0.02)
     if info["numberRecordsProcessed"] != RECORDS or info["numberRecordsFailed"] != 0:
         raise RuntimeError(f"load failed: {info}")
 
@@ -86,7 +67,7 @@ def main() -> bool:
             started = time.perf_counter()
             cpu_started = time.process_time()
             job = client.post(f"{base}/jobs/query", json={"operation": "query", "query": SOQL}).json()
-            info = _wait(client, f"{base}/jobs/query/{job['id']}")
+            info = wait_for_job(client, f"{base}/jobs/query/{job['id']}", timeout=120, every=0.02)
             scanned = time.perf_counter()
             records, size, pages = _download(client, f"{base}/jobs/query/{job['id']}/results")
             done = time.perf_counter()

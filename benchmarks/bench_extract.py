@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks._support import emulator_process, peak_rss_mb
+from benchmarks._support import emulator_process, peak_rss_mb, wait_for_job
 
 SIZES = (200_000, 1_000_000)
 LOAD_JOB_RECORDS = 250_000
@@ -55,16 +55,6 @@ def _csv(start: int, count: int) -> bytes:
         for n in range(start, start + count)
     ]
     return ("\n".join(lines) + "\n").encode()
-
-
-def _wait(client: httpx.Client, url: str, timeout: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info: dict[str, Any] = client.get(url).json()
-        if info["state"] in ("JobComplete", "Failed", "Aborted"):
-            return info
-        time.sleep(0.2)
-    raise RuntimeError(f"job {url} did not finish in {timeout}s")
 
 
 def _token(base_url: str) -> str:
@@ -101,7 +91,7 @@ def prepare(base_url: str) -> dict[int, str]:
             ).raise_for_status()
             ingest.append(job["id"])
         for job_id in ingest:
-            info = _wait(client, f"{data}/jobs/ingest/{job_id}")
+            info = wait_for_job(client, f"{data}/jobs/ingest/{job_id}", timeout=600, every=0.2)
             if info["numberRecordsFailed"] or info["state"] != "JobComplete":
                 raise RuntimeError(f"load failed: {info}")
         jobs: dict[int, str] = {}
@@ -110,7 +100,7 @@ def prepare(base_url: str) -> dict[int, str]:
             if n < max(SIZES):
                 soql += f" LIMIT {n}"
             job = client.post(f"{data}/jobs/query", json={"operation": "query", "query": soql}).json()
-            info = _wait(client, f"{data}/jobs/query/{job['id']}")
+            info = wait_for_job(client, f"{data}/jobs/query/{job['id']}", timeout=600, every=0.2)
             if info["state"] != "JobComplete" or info["numberRecordsProcessed"] != n:
                 raise RuntimeError(f"query failed: {info}")
             jobs[n] = job["id"]

@@ -12,12 +12,11 @@ import csv
 import datetime
 import io
 import random
-import time
-from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_salesforce_bulk.client.csv_split import split_csv_stream
 from airflow_provider_salesforce_bulk.client.serialize import serialize_ingest_data
+from benchmarks._support import best_of
 
 RECORDS = 300_000
 RUNS = 3
@@ -59,16 +58,6 @@ def make_records(n: int = RECORDS, seed: int = 2) -> list[dict[str, Any]]:
     return records
 
 
-def _best(fn: Callable[[], int]) -> tuple[float, int]:
-    best = float("inf")
-    size = 0
-    for _ in range(RUNS):
-        started = time.perf_counter()
-        size = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, size
-
-
 def main() -> bool:
     records = make_records()
     n = len(records)
@@ -100,7 +89,7 @@ def main() -> bool:
 
     results: dict[str, float] = {}
     for name, fn in (("csv.writer (baseline)", run_csv_writer), ("serialize_ingest_data", run_ours)):
-        seconds, size = _best(fn)
+        seconds, size = best_of(RUNS, fn)
         results[name] = n / seconds
         print(f"{name:32s} {n / seconds:>12,.0f} rows/s  ({seconds:.3f} s, {size / 1e6:.1f} MB)")
 
@@ -120,7 +109,7 @@ def main() -> bool:
         def run_reference() -> int:
             return sum(map(len, reference(records, FIELDS)))
 
-        seconds, size = _best(run_reference)
+        seconds, size = best_of(RUNS, run_reference)
         results["aiosalesforce"] = n / seconds
         label = "aiosalesforce 0.6 (reference)"
         print(f"{label:32s} {n / seconds:>12,.0f} rows/s  ({seconds:.3f} s, {size / 1e6:.1f} MB)")
@@ -138,7 +127,7 @@ def main() -> bool:
     def run_split() -> int:
         return sum(map(len, split_csv_stream(io.BytesIO(whole), 10_000_000)))
 
-    seconds, size = _best(run_split)
+    seconds, size = best_of(RUNS, run_split)
     label = "split_csv_stream (10 MB chunks)"
     print(f"{label:32s} {n / seconds:>12,.0f} rows/s  ({size / seconds / 1e6:.0f} MB/s)")
     return ok

@@ -19,7 +19,6 @@ pyarrow is imported only when this module's function is called (the ``[arrow]`` 
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -27,19 +26,18 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_salesforce_bulk.client.csv_split import (
     MAX_SIZE_BYTES,
     CsvChunk,
-    check_column_delimiter,
-    check_limits,
-    check_line_ending,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.client.serialize import (
     _NA_MARKER,
     _NONE_TEXT,
+    ChunkPacker,
     _check_fieldnames,
     _check_header,
     _decimal_text,
     _float_text,
     _Writer,
+    check_writer_options,
 )
 
 if TYPE_CHECKING:
@@ -138,15 +136,9 @@ def iter_arrow_chunks(
     ImportError
         pyarrow is not installed.
     """
-    check_limits(max_size_bytes, max_records)
-    delimiter = check_column_delimiter(column_delimiter)
-    eol = check_line_ending(line_ending)
-    if none_as not in _NONE_TEXT:
-        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
-    if not isinstance(allow_na_marker, bool):
-        raise InputError(
-            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
-        )
+    delimiter, eol = check_writer_options(
+        max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
+    )
     pa = require_pyarrow()
     names = _check_fieldnames(fieldnames) if fieldnames is not None else None
     schema, batches = _open(pa, source)
@@ -481,11 +473,7 @@ def _generate(
     plan: _Plan, batches: Iterator[Any], max_size_bytes: int, max_records: int
 ) -> Iterator[CsvChunk]:
     pa = plan.pa
-    header = plan.writer.header.encode()
-    parts: list[bytes | memoryview] = [header]
-    size = len(header)
-    count = 0
-    first = 0
+    packer = ChunkPacker(plan.writer.header.encode(), max_size_bytes, max_records)
     base = 0
     for batch in batches:
         if not isinstance(batch, pa.RecordBatch):
@@ -501,30 +489,6 @@ def _generate(
             )
         for piece in _slices(batch):
             data, offsets = _row_buffers(pa, plan.rows(piece, base))
-            n = len(offsets) - 1
-            start = 0
-            while start < n:
-                end = bisect_right(offsets, offsets[start] + max_size_bytes - size, lo=start) - 1
-                end = min(end, start + max_records - count)
-                if end > start:
-                    parts.append(data[offsets[start] : offsets[end]])
-                    size += offsets[end] - offsets[start]
-                    count += end - start
-                    start = end
-                if start < n or count == max_records:
-                    if count == 0:
-                        index = base + start
-                        row_size = offsets[start + 1] - offsets[start]
-                        raise InputError(
-                            f"record {index} is {row_size:_} bytes as CSV; with the {len(header):_}-byte "
-                            f"header it does not fit in max_size_bytes={max_size_bytes:_}",
-                            record_index=index,
-                        )
-                    yield CsvChunk(b"".join(parts), first, count)
-                    parts = [header]
-                    size = len(header)
-                    first += count
-                    count = 0
-            base += n
-    if count:
-        yield CsvChunk(b"".join(parts), first, count)
+            yield from packer.pack(data, offsets, base)
+            base += len(offsets) - 1
+    yield from packer.rest()

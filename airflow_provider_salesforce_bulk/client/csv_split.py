@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Union
 
@@ -80,24 +80,20 @@ class CsvChunk:
 
 def check_line_ending(line_ending: str) -> str:
     """The characters of a ``lineEnding`` name; an :class:`InputError` for an unknown one."""
-    try:
-        return LINE_ENDINGS[line_ending]
-    except (KeyError, TypeError):
-        raise InputError(
-            f"line_ending must be one of {', '.join(LINE_ENDINGS)}, got {line_ending!r}",
-            field="line_ending",
-        ) from None
+    return _named(LINE_ENDINGS, line_ending, "line_ending")
 
 
 def check_column_delimiter(column_delimiter: str) -> str:
     """The character of a ``columnDelimiter`` name; an :class:`InputError` for an unknown one."""
+    return _named(COLUMN_DELIMITERS, column_delimiter, "column_delimiter")
+
+
+def _named(table: Mapping[str, str], name: str, field: str) -> str:
+    """``table[name]``, or an :class:`InputError` naming ``field`` and the names it may be."""
     try:
-        return COLUMN_DELIMITERS[column_delimiter]
+        return table[name]
     except (KeyError, TypeError):
-        raise InputError(
-            f"column_delimiter must be one of {', '.join(COLUMN_DELIMITERS)}, got {column_delimiter!r}",
-            field="column_delimiter",
-        ) from None
+        raise InputError(f"{field} must be one of {', '.join(table)}, got {name!r}", field=field) from None
 
 
 def check_limits(max_size_bytes: int, max_records: int) -> None:

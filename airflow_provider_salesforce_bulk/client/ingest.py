@@ -8,7 +8,6 @@ import dataclasses
 import gzip
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -25,6 +24,13 @@ from airflow_provider_salesforce_bulk.client.errors import (
     TransportError,
     UnexpectedResponseError,
     UploadOutcomeUnknownError,
+)
+from airflow_provider_salesforce_bulk.client.jobs_common import (
+    JSON_HEADERS,
+    check_job_id,
+    iter_job_list,
+    job_info,
+    list_params,
 )
 from airflow_provider_salesforce_bulk.client.limits import OrgLimits, get_limits
 from airflow_provider_salesforce_bulk.client.models import (
@@ -45,7 +51,6 @@ __all__ = ["DEFAULT_OPERATION_TIMEOUT", "RESULT_KINDS", "BulkIngestClient", "Pol
 
 log = logging.getLogger(__name__)
 
-_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 RESULT_KINDS: tuple[ResultKind, ...] = ("successfulResults", "failedResults", "unprocessedrecords")
 DEFAULT_OPERATION_TIMEOUT = 24 * 3600.0
 """Default bound of a whole wait or operation: Salesforce itself gives up on a job after 24 hours."""
@@ -170,9 +175,9 @@ class BulkIngestClient:
         if assignment_rule_id is not None:
             payload["assignmentRuleId"] = assignment_rule_id
         response = await self.session.request(
-            "POST", "jobs/ingest", content=orjson.dumps(payload), headers=_JSON
+            "POST", "jobs/ingest", content=orjson.dumps(payload), headers=JSON_HEADERS
         )
-        return _job_info(response)
+        return job_info(response)
 
     async def get_limits(self) -> OrgLimits:
         """The org's daily allowances (``GET /limits``); see :func:`.limits.get_limits`."""
@@ -180,8 +185,10 @@ class BulkIngestClient:
 
     async def get_job(self, job_id: str) -> JobInfo:
         """Information about a job, counters included."""
-        response = await self.session.request("GET", f"jobs/ingest/{_job(job_id)}", headers=_JSON)
-        return _job_info(response)
+        response = await self.session.request(
+            "GET", f"jobs/ingest/{check_job_id(job_id)}", headers=JSON_HEADERS
+        )
+        return job_info(response)
 
     async def list_jobs(
         self,
@@ -191,25 +198,9 @@ class BulkIngestClient:
         concurrency_mode: str | None = None,
     ) -> AsyncIterator[JobInfo]:
         """Every ingest job of the org, following ``nextRecordsUrl`` page by page."""
-        params: dict[str, str] = {}
-        if is_pk_chunking_enabled is not None:
-            params["isPkChunkingEnabled"] = "true" if is_pk_chunking_enabled else "false"
-        if job_type is not None:
-            params["jobType"] = job_type
-        if concurrency_mode is not None:
-            params["concurrencyMode"] = concurrency_mode
-        path: str | None = "jobs/ingest"
-        while path is not None:
-            response = await self.session.request("GET", path, params=params or None, headers=_JSON)
-            page = _json_object(response)
-            for record in page.get("records") or ():
-                yield _job_info(response, record)
-            next_url = page.get("nextRecordsUrl")
-            if next_url is not None and not isinstance(next_url, str):
-                raise UnexpectedResponseError(f"nextRecordsUrl is not a string: {type(next_url).__name__}")
-            # An absolute nextRecordsUrl is checked against the allowed hosts by the session.
-            path = next_url if next_url and not page.get("done", False) else None
-            params = {}
+        params = list_params(is_pk_chunking_enabled, job_type, concurrency_mode)
+        async for job in iter_job_list(self.session, "jobs/ingest", params, _next_list_page):
+            yield job
 
     async def close_job(self, job_id: str) -> JobInfo:
         """Mark the upload complete (state UploadComplete) so Salesforce starts processing.
@@ -243,13 +234,16 @@ class BulkIngestClient:
 
     async def _set_state(self, job_id: str, state: str) -> JobInfo:
         response = await self.session.request(
-            "PATCH", f"jobs/ingest/{_job(job_id)}", content=orjson.dumps({"state": state}), headers=_JSON
+            "PATCH",
+            f"jobs/ingest/{check_job_id(job_id)}",
+            content=orjson.dumps({"state": state}),
+            headers=JSON_HEADERS,
         )
-        return _job_info(response)
+        return job_info(response)
 
     async def delete_job(self, job_id: str) -> None:
         """Delete a finished job and its results (written records stay written)."""
-        await self.session.request("DELETE", f"jobs/ingest/{_job(job_id)}")
+        await self.session.request("DELETE", f"jobs/ingest/{check_job_id(job_id)}")
 
     async def upload_job_data(
         self,
@@ -288,7 +282,7 @@ class BulkIngestClient:
         try:
             await self.session.request(
                 "PUT",
-                f"jobs/ingest/{_job(job_id)}/batches",
+                f"jobs/ingest/{check_job_id(job_id)}/batches",
                 content=body,
                 headers=headers,
                 safety=RetrySafety.NOT_SENT_ONLY,
@@ -374,7 +368,7 @@ class BulkIngestClient:
         UnexpectedResponseError
             The file is not CSV, or a restarted download holds fewer records than already yielded.
         """
-        path = f"jobs/ingest/{_job(job_id)}/{_kind(kind)}"
+        path = f"jobs/ingest/{check_job_id(job_id)}/{_kind(kind)}"
         if column_delimiter is None:
             column_delimiter = (await self.get_job(job_id)).column_delimiter or "COMMA"
         delimiter = COLUMN_DELIMITERS[column_delimiter]
@@ -440,7 +434,7 @@ class BulkIngestClient:
         an async writer) is retried only while nothing was written to it; otherwise the
         :class:`TransportError` is raised and the caller must start over with a fresh destination.
         """
-        path = f"jobs/ingest/{_job(job_id)}/{_kind(kind)}"
+        path = f"jobs/ingest/{check_job_id(job_id)}/{_kind(kind)}"
         rewind = _rewinder(destination)
         budget = self.session.retry_policy.budget()
         while True:
@@ -554,17 +548,12 @@ def check_job_options(
     check_line_ending(line_ending)
 
 
-_JOB_ID = re.compile(r"750[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
-
-
-def _job(job_id: str) -> str:
-    """The job id, checked before it becomes part of a URL path or a file name."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise InputError(
-            f"not a Bulk API job id: {job_id!r} (expected '750' and 12 or 15 letters or digits)",
-            field="job_id",
-        )
-    return job_id
+def _next_list_page(page: dict[str, Any]) -> str | None:
+    next_url = page.get("nextRecordsUrl")
+    if next_url is not None and not isinstance(next_url, str):
+        raise UnexpectedResponseError(f"nextRecordsUrl is not a string: {type(next_url).__name__}")
+    # An absolute nextRecordsUrl is checked against the allowed hosts by the session.
+    return next_url if next_url and not page.get("done", False) else None
 
 
 def _rewinder(destination: object) -> Callable[[], None] | None:
@@ -599,29 +588,3 @@ async def _body(response: httpx.Response, job_id: str) -> AsyncIterator[bytes]:
             yield chunk
     except httpx.HTTPError as exc:
         raise TransportError(f"reading results of job {job_id} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        raise UnexpectedResponseError(
-            f"{response.request.method} {response.request.url.path} answered {response.status_code} "
-            f"with a body that is not JSON: {response.content[:200]!r}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise UnexpectedResponseError(
-            f"{response.request.method} {response.request.url.path} answered a JSON "
-            f"{type(data).__name__}, not an object"
-        )
-    return data
-
-
-def _job_info(response: httpx.Response, record: Any = None) -> JobInfo:
-    data = _json_object(response) if record is None else record
-    try:
-        return JobInfo.from_json(data)
-    except (ValueError, TypeError) as exc:
-        raise UnexpectedResponseError(
-            f"{response.request.method} {response.request.url.path}: not a job description: {exc}"
-        ) from exc

@@ -33,9 +33,15 @@ from airflow_provider_salesforce_bulk.client.errors import (
     QueryJobFailedError,
     UnexpectedResponseError,
 )
-
-# Shared with the ingest client rather than copied: job id check and JSON/job body parsing.
-from airflow_provider_salesforce_bulk.client.ingest import PollPolicy, _job, _job_info, _json_object
+from airflow_provider_salesforce_bulk.client.ingest import PollPolicy
+from airflow_provider_salesforce_bulk.client.jobs_common import (
+    JSON_HEADERS,
+    check_job_id,
+    iter_job_list,
+    job_info,
+    json_object,
+    list_params,
+)
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo
 from airflow_provider_salesforce_bulk.client.query_pages import (
     PageRunner,
@@ -67,7 +73,6 @@ RESULT_PAGES_SINCE = 58.0
 #: Salesforce's page size limit for ``maxRecords`` is not documented; pages are capped by size too.
 MAX_RECORDS_CEILING = 100_000_000
 
-_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 _T = TypeVar("_T")
 
 
@@ -138,7 +143,7 @@ class BulkQueryClient:
         }
         try:
             response = await self.session.request(
-                "POST", "jobs/query", content=orjson.dumps(payload), headers=_JSON
+                "POST", "jobs/query", content=orjson.dumps(payload), headers=JSON_HEADERS
             )
         except QueryError:
             raise
@@ -155,12 +160,14 @@ class BulkQueryClient:
                 method=exc.method,
                 url=exc.url,
             ) from exc
-        return _job_info(response)
+        return job_info(response)
 
     async def get_job(self, job_id: str) -> JobInfo:
         """Information about a query job (``numberRecordsProcessed``, ``errorMessage``...)."""
-        response = await self.session.request("GET", f"jobs/query/{_job(job_id)}", headers=_JSON)
-        return _job_info(response)
+        response = await self.session.request(
+            "GET", f"jobs/query/{check_job_id(job_id)}", headers=JSON_HEADERS
+        )
+        return job_info(response)
 
     async def list_jobs(
         self,
@@ -170,47 +177,40 @@ class BulkQueryClient:
         is_pk_chunking_enabled: bool | None = None,
     ) -> AsyncIterator[JobInfo]:
         """Every query job of the org, following ``nextRecordsUrl`` page by page."""
-        params: dict[str, str] = {}
-        if is_pk_chunking_enabled is not None:
-            params["isPkChunkingEnabled"] = "true" if is_pk_chunking_enabled else "false"
-        if job_type is not None:
-            params["jobType"] = job_type
-        if concurrency_mode is not None:
-            params["concurrencyMode"] = concurrency_mode
-        path: str | None = "jobs/query"
+        params = list_params(is_pk_chunking_enabled, job_type, concurrency_mode)
         seen: set[str] = set()
-        while path is not None:
-            response = await self.session.request("GET", path, params=params or None, headers=_JSON)
-            listing = _json_object(response)
-            for record in listing.get("records") or ():
-                yield _job_info(response, record)
+
+        def next_path(listing: dict[str, Any]) -> str | None:
             next_url = listing.get("nextRecordsUrl")
             path = str(next_url) if next_url and not listing.get("done", False) else None
             if path is not None:
                 if path in seen:
                     raise UnexpectedResponseError(f"job list loops back to {path}")
                 seen.add(path)
-            params = {}
+            return path
+
+        async for job in iter_job_list(self.session, "jobs/query", params, next_path):
+            yield job
 
     async def abort_job(self, job_id: str) -> JobInfo:
         """Abort a query job. Aborting a job that already ended returns its state instead of failing."""
         try:
             response = await self.session.request(
                 "PATCH",
-                f"jobs/query/{_job(job_id)}",
+                f"jobs/query/{check_job_id(job_id)}",
                 content=orjson.dumps({"state": "Aborted"}),
-                headers=_JSON,
+                headers=JSON_HEADERS,
             )
         except InvalidJobStateError:
             job = await self.get_job(job_id)
             if job.is_terminal:
                 return job
             raise
-        return _job_info(response)
+        return job_info(response)
 
     async def delete_job(self, job_id: str) -> None:
         """Delete a finished query job and its results (JobComplete, Aborted or Failed)."""
-        await self.session.request("DELETE", f"jobs/query/{_job(job_id)}")
+        await self.session.request("DELETE", f"jobs/query/{check_job_id(job_id)}")
 
     async def wait_for_job(
         self,
@@ -340,12 +340,9 @@ class BulkQueryClient:
             async with page:
                 yield page
             total += page.records
-            locator = page.next_locator
+            locator = _next_locator(job, page, seen)
             if locator is None:
                 break
-            if locator in seen:
-                raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
-            seen.add(locator)
             number += 1
         _check_total(job, total)
 
@@ -493,7 +490,7 @@ class BulkQueryClient:
     def _results_base(self, job: JobInfo) -> str:
         # Results must be read with the job's own API version (409 otherwise), whatever the session's.
         version = f"{job.api_version:.1f}" if job.api_version else self.session.api_version
-        return f"/services/data/v{version}/jobs/query/{_job(job.id)}"
+        return f"/services/data/v{version}/jobs/query/{check_job_id(job.id)}"
 
     def _page(
         self, job: JobInfo, number: int, locator: str | None, max_records: int | None, compress: bool
@@ -523,12 +520,9 @@ class BulkQueryClient:
         while True:
             page = self._page(job, number, locator, max_records, compress)
             await runner.start(page, wait_for_head=True)
-            locator = page.next_locator
+            locator = _next_locator(job, page, seen)
             if locator is None:
                 return
-            if locator in seen:
-                raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
-            seen.add(locator)
             number += 1
 
     async def _run_listed(self, job: JobInfo, runner: PageRunner[Any], compress: bool) -> bool:
@@ -538,13 +532,13 @@ class BulkQueryClient:
         number = 0
         while path is not None:
             try:
-                response = await self.session.request("GET", path, headers=_JSON)
+                response = await self.session.request("GET", path, headers=JSON_HEADERS)
             except NotFoundError:
                 if number == 0:
                     log.info("No /resultPages for job %s; paging by locator", job.id)
                     return False
                 raise
-            listing = _json_object(response)
+            listing = json_object(response)
             for entry in listing.get("resultPages") or ():
                 url = entry.get("resultUrl") if isinstance(entry, dict) else None
                 if not isinstance(url, str) or not url:
@@ -571,6 +565,18 @@ class BulkQueryClient:
             if path is not None:
                 seen.add(path)
         return True
+
+
+def _next_locator(job: JobInfo, page: ResultPage, seen: set[str]) -> str | None:
+    """The locator of the page after ``page`` (None after the last), refused when it was seen before:
+    a server looping its locators would otherwise be read forever."""
+    locator = page.next_locator
+    if locator is None:
+        return None
+    if locator in seen:
+        raise UnexpectedResponseError(f"result locators of job {job.id} loop back to {locator}")
+    seen.add(locator)
+    return locator
 
 
 def _check_total(job: JobInfo, total: int) -> None:

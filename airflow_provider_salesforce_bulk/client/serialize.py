@@ -461,6 +461,28 @@ def _infer_fieldnames(records: list[Any], warned: set[str]) -> list[str]:
     return list(columns)
 
 
+def check_writer_options(
+    max_size_bytes: int,
+    max_records: int,
+    column_delimiter: str,
+    line_ending: str,
+    none_as: str,
+    allow_na_marker: bool,
+) -> tuple[str, str]:
+    """Refuse bad serializer options before any record is read; returns the delimiter and line ending
+    characters. Serves :func:`iter_record_chunks` and :func:`.arrow_chunks.iter_arrow_chunks`."""
+    check_limits(max_size_bytes, max_records)
+    delimiter = check_column_delimiter(column_delimiter)
+    eol = check_line_ending(line_ending)
+    if none_as not in _NONE_TEXT:
+        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
+    if not isinstance(allow_na_marker, bool):
+        raise InputError(
+            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
+        )
+    return delimiter, eol
+
+
 def iter_record_chunks(
     data: Iterable[Mapping[str, Any]],
     fieldnames: Collection[str] | None = None,
@@ -494,15 +516,9 @@ def iter_record_chunks(
     InputError
         Bad arguments (raised at once) or bad data (raised while iterating).
     """
-    check_limits(max_size_bytes, max_records)
-    delimiter = check_column_delimiter(column_delimiter)
-    eol = check_line_ending(line_ending)
-    if none_as not in _NONE_TEXT:
-        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
-    if not isinstance(allow_na_marker, bool):
-        raise InputError(
-            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
-        )
+    delimiter, eol = check_writer_options(
+        max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
+    )
     if fieldnames is None:
         if isinstance(data, Iterator):
             warnings.warn(
@@ -549,52 +565,76 @@ def _generate_inferred(
     yield from _generate(writer, iter(records), max_size_bytes, max_records)
 
 
+class ChunkPacker:
+    """Packs rows of CSV into chunks within both limits, each chunk starting with the header.
+
+    Serves every writer that turns records into row bytes and offsets a batch at a time (records as
+    dicts here, pyarrow batches in :mod:`.arrow_chunks`): :meth:`pack` takes one batch's rows and
+    yields each chunk it fills, :meth:`rest` the last partly filled one.
+    """
+
+    def __init__(self, header: bytes, max_size_bytes: int, max_records: int) -> None:
+        self.header = header
+        self.max_size_bytes = max_size_bytes
+        self.max_records = max_records
+        self.parts: list[bytes | memoryview] = [header]
+        self.size = len(header)  # bytes in the chunk so far
+        self.count = 0  # records in the chunk so far
+        self.first = 0  # input index of the chunk's first record
+
+    def pack(self, data: bytes | memoryview, offsets: Sequence[int], base: int) -> Iterator[CsvChunk]:
+        """Add the rows ``data[offsets[i]:offsets[i + 1]]`` (input records ``base``..), yielding each
+        chunk they fill."""
+        n = len(offsets) - 1
+        start = 0
+        while start < n:
+            # Rows start..end-1 are the most that fit in both limits.
+            end = bisect_right(offsets, offsets[start] + self.max_size_bytes - self.size, lo=start) - 1
+            end = min(end, start + self.max_records - self.count)
+            if end > start:
+                self.parts.append(data[offsets[start] : offsets[end]])
+                self.size += offsets[end] - offsets[start]
+                self.count += end - start
+                start = end
+            if start < n or self.count == self.max_records:
+                if self.count == 0:
+                    index = base + start
+                    row_size = offsets[start + 1] - offsets[start]
+                    raise InputError(
+                        f"record {index} is {row_size:_} bytes as CSV; with the {len(self.header):_}-byte "
+                        f"header it does not fit in max_size_bytes={self.max_size_bytes:_}",
+                        record_index=index,
+                    )
+                yield CsvChunk(b"".join(self.parts), self.first, self.count)
+                self.parts = [self.header]
+                self.size = len(self.header)
+                self.first += self.count
+                self.count = 0
+
+    def rest(self) -> Iterator[CsvChunk]:
+        """The last chunk, when rows are left in it."""
+        if self.count:
+            yield CsvChunk(b"".join(self.parts), self.first, self.count)
+
+
 def _generate(
     writer: _Writer, records: Iterator[Any], max_size_bytes: int, max_records: int
 ) -> Iterator[CsvChunk]:
-    header = writer.header.encode()
-    parts: list[bytes] = [header]
-    size = len(header)  # bytes in the chunk so far
-    count = 0  # records in the chunk so far
-    first = 0  # input index of the chunk's first record
+    packer = ChunkPacker(writer.header.encode(), max_size_bytes, max_records)
     base = 0  # input index of the batch's first record
     largest = 0  # largest row seen, in bytes
     while True:
         # Read only as many records as can still fit (judged by the largest row so far), so the
         # input is not read far past the chunk being filled.
-        room = min(max_records - count, (max_size_bytes - size) // largest if largest else 1)
+        room = min(max_records - packer.count, (max_size_bytes - packer.size) // largest if largest else 1)
         batch = list(islice(records, min(_BATCH, max(room, 1))))
         if not batch:
             break
         data, offsets = writer.batch(batch, base)
         largest = max(largest, max(map(operator.sub, offsets[1:], offsets)))
-        start = 0
-        while start < len(batch):
-            # Rows start..end-1 are the most that fit in both limits.
-            end = bisect_right(offsets, offsets[start] + max_size_bytes - size, lo=start) - 1
-            end = min(end, start + max_records - count)
-            if end > start:
-                parts.append(data[offsets[start] : offsets[end]])
-                size += offsets[end] - offsets[start]
-                count += end - start
-                start = end
-            if start < len(batch) or count == max_records:
-                if count == 0:
-                    index = base + start
-                    row_size = offsets[start + 1] - offsets[start]
-                    raise InputError(
-                        f"record {index} is {row_size:_} bytes as CSV; with the {len(header):_}-byte header "
-                        f"it does not fit in max_size_bytes={max_size_bytes:_}",
-                        record_index=index,
-                    )
-                yield CsvChunk(b"".join(parts), first, count)
-                parts = [header]
-                size = len(header)
-                first += count
-                count = 0
+        yield from packer.pack(data, offsets, base)
         base += len(batch)
-    if count:
-        yield CsvChunk(b"".join(parts), first, count)
+    yield from packer.rest()
 
 
 def serialize_ingest_data(

@@ -12,23 +12,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .job_requests import emulator_of
 from .responses import json_response
-from .runtime import Emulator
-
-
-def _emulator(request: Request) -> Emulator:
-    emulator: Emulator = request.app.state.emulator
-    return emulator
 
 
 async def get_settings(request: Request) -> Response:
     """``GET /__emulator__/settings``: the live settings."""
-    return json_response(_emulator(request).settings.to_dict())
+    return json_response(emulator_of(request).settings.to_dict())
 
 
 async def post_settings(request: Request) -> Response:
     """``POST /__emulator__/settings``: change runtime settings from a JSON object; answers them all."""
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     try:
         changes = orjson.loads(await request.body())
         if not isinstance(changes, dict):
@@ -41,7 +36,7 @@ async def post_settings(request: Request) -> Response:
 
 async def get_records(request: Request) -> Response:
     """``GET /__emulator__/records/{object}``: stored records (``?include_deleted=true`` adds deleted)."""
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     obj = emulator.schema.get(request.path_params["object"])
     if obj is None:
         return json_response({"error": f"unknown object {request.path_params['object']}"}, 404)
@@ -52,13 +47,13 @@ async def get_records(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     """``POST /__emulator__/reset``: forget all jobs and records and refill the limits."""
-    await run_in_threadpool(_emulator(request).reset)
+    await run_in_threadpool(emulator_of(request).reset)
     return Response(status_code=204)
 
 
 async def credentials(request: Request) -> Response:
     """``GET /__emulator__/credentials``: the fake org's logins, for demos and other processes."""
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     body = dataclasses.asdict(emulator.credentials)
     body["base_url"] = emulator.base_url
     return json_response(body)

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .job_requests import emulator_of
 from .responses import json_response, not_found
 from .schema import Field, SObject
 
 if TYPE_CHECKING:
-    from .runtime import Emulator
+    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,21 +179,16 @@ def _object_summary(obj: SObject, version: str) -> dict[str, Any]:
     }
 
 
-def _emulator(request: Request) -> Emulator:
-    emulator: Emulator = request.app.state.emulator
-    return emulator
-
-
 async def list_sobjects(request: Request) -> Response:
     """``GET /sobjects``: every object of the org."""
     version = str(request.path_params["version"])
-    objects = [_object_summary(o, version) for o in _emulator(request).schema.objects]
+    objects = [_object_summary(o, version) for o in emulator_of(request).schema.objects]
     return json_response({"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": objects})
 
 
 async def describe_sobject(request: Request) -> Response:
     """``GET /sobjects/{object}/describe``: the object and its fields; 404 for an unknown object."""
-    obj = _emulator(request).schema.get(str(request.path_params["object"]))
+    obj = emulator_of(request).schema.get(str(request.path_params["object"]))
     if obj is None:
         return not_found()
     body = _object_summary(obj, str(request.path_params["version"]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import json
 import re
 import zlib
 from email.message import EmailMessage
@@ -15,11 +14,22 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .ids import JOB_PREFIX, make_id, normalize_id
+from .job_requests import (
+    abort_refused,
+    csv_format,
+    delete_answer,
+    emulator_of,
+    job_info_answer,
+    job_list_answer,
+    parse_json,
+    read_body,
+    read_json,
+    version_of,
+)
 from .processing import now_text
 from .responses import CSV_TYPE, error_response, json_response, not_found
 from .results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
 from .runtime import USER_ID, Emulator
-from .upload_csv import DELIMITERS, LINE_ENDINGS
 
 OPERATIONS = ("insert", "update", "upsert", "delete", "hardDelete")
 _UPLOAD_PIECE = 1 << 20
@@ -32,15 +42,6 @@ _RESULT_KINDS = {
 }
 _LOCATOR_PREFIX = "01gR0000000opRT"
 _LOCATOR = re.compile(_LOCATOR_PREFIX + r"-([0-9]{1,9})")
-
-
-def _emulator(request: Request) -> Emulator:
-    emulator: Emulator = request.app.state.emulator
-    return emulator
-
-
-def _version(request: Request) -> str:
-    return str(request.path_params["version"])
 
 
 # -- bodies ---------------------------------------------------------------------------------------
@@ -87,32 +88,6 @@ def job_body(job: dict[str, Any], kind: str) -> dict[str, Any]:
     return body
 
 
-def _parse_json(raw: bytes) -> tuple[Any, Response | None]:
-    """Parse a JSON request body, answering like Salesforce's Jackson parser when it is malformed."""
-    try:
-        return json.loads(raw.decode("utf-8")), None
-    except UnicodeDecodeError:
-        return None, error_response(400, "JSON_PARSER_ERROR", "Invalid UTF-8 in the request body")
-    except json.JSONDecodeError as exc:
-        char = exc.doc[exc.pos] if exc.pos < len(exc.doc) else None
-        found = f"Unexpected character ('{char}' (code {ord(char)}))" if char else "Unexpected end-of-input"
-        return None, error_response(
-            400, "JSON_PARSER_ERROR", f"{found}: {exc.msg} at [line:{exc.lineno}, column:{exc.colno}]"
-        )
-
-
-async def read_body(request: Request) -> bytes | Response:
-    """The request body, decompressed when sent with ``Content-Encoding: gzip`` or ``deflate``."""
-    raw = await request.body()
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("gzip", "deflate"):
-        try:
-            return zlib.decompress(raw, 47 if encoding == "gzip" else 15)
-        except zlib.error:
-            return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
-    return raw
-
-
 # -- endpoints ------------------------------------------------------------------------------------
 
 
@@ -155,15 +130,10 @@ def _job_from_spec(emulator: Emulator, spec: Any, version: str) -> dict[str, Any
             )
     else:
         external = None
-    content_type = spec.get("contentType", "CSV")
-    if content_type != "CSV":
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Unsupported content type: {content_type}")
-    delimiter = spec.get("columnDelimiter", "COMMA")
-    if delimiter not in DELIMITERS:
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid column delimiter: {delimiter}")
-    line_ending = spec.get("lineEnding", "LF")
-    if line_ending not in LINE_ENDINGS:
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid line ending: {line_ending}")
+    csv = csv_format(spec)
+    if isinstance(csv, Response):
+        return csv
+    delimiter, line_ending = csv
     rule = spec.get("assignmentRuleId")
     if rule is not None and (
         obj.name not in ("Case", "Lead") or not isinstance(rule, str) or normalize_id(rule) is None
@@ -210,7 +180,7 @@ def _multipart_parts(content_type: str, raw: bytes) -> dict[str, bytes] | Respon
 
 async def create_job(request: Request) -> Response:
     """``POST /jobs/ingest``: an Open job, or an UploadComplete one from a multipart body (JSON and CSV)."""
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     raw = await read_body(request)
     if isinstance(raw, Response):
         return raw
@@ -228,10 +198,10 @@ async def create_job(request: Request) -> Response:
                 "CLIENTINPUTERROR",
                 f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
             )
-    spec, problem = _parse_json(raw)
+    spec, problem = parse_json(raw)
     if problem is not None:
         return problem
-    job = _job_from_spec(emulator, spec, _version(request))
+    job = _job_from_spec(emulator, spec, version_of(request))
     if isinstance(job, Response):
         return job
     number = await run_in_threadpool(emulator.store.next_id, JOB_PREFIX)
@@ -265,7 +235,7 @@ def _store_upload(emulator: Emulator, job_id: str, data: bytes) -> None:
 
 async def upload(request: Request) -> Response:
     """``PUT /jobs/ingest/{id}/batches``: the job's one CSV upload, streamed into the database."""
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     store = emulator.store
     job_id = request.path_params["job_id"]
     claim = await run_in_threadpool(store.claim_upload, job_id)
@@ -335,12 +305,9 @@ async def upload(request: Request) -> Response:
 
 async def patch_job(request: Request) -> Response:
     """``PATCH /jobs/ingest/{id}``: close (UploadComplete) or abort (Aborted)."""
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     job_id = request.path_params["job_id"]
-    raw = await read_body(request)
-    if isinstance(raw, Response):
-        return raw
-    spec, problem = _parse_json(raw)
+    spec, problem = await read_json(request)
     if problem is not None:
         return problem
     target = spec.get("state") if isinstance(spec, dict) else None
@@ -361,10 +328,8 @@ async def patch_job(request: Request) -> Response:
     if not applied:
         state = job["state"]
         if target == "Aborted":
-            word = {"JobComplete": "Completed"}.get(state, state)
-            message = f"Aborting already {word} Job not allowed"
-        else:
-            message = f"Closing a job in state {state} is not allowed; only an Open job can be closed"
+            return abort_refused(state)
+        message = f"Closing a job in state {state} is not allowed; only an Open job can be closed"
         return error_response(400, "INVALIDJOBSTATE", message)
     if target == "UploadComplete":
         emulator.processor.submit(job_id)
@@ -373,48 +338,31 @@ async def patch_job(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     """``GET /jobs/ingest/{id}``."""
-    job = await run_in_threadpool(_emulator(request).store.get_job, request.path_params["job_id"])
-    if job is None:
-        return not_found()
-    return json_response(job_body(job, "info"))
+    return await job_info_answer(request, emulator_of(request).store.get_job, job_body)
+
+
+def _list_offset(locator: str | None) -> int | None:
+    if locator is None:
+        return 0
+    found = _LOCATOR.fullmatch(locator)
+    return None if found is None else int(found.group(1))
 
 
 async def list_jobs(request: Request) -> Response:
     """``GET /jobs/ingest``: one page of jobs; ``nextRecordsUrl`` leads to the next."""
-    emulator = _emulator(request)
-    page_size = max(1, emulator.settings.job_page_size)
-    locator = request.query_params.get("queryLocator")
-    offset = 0
-    if locator is not None:
-        found = _LOCATOR.fullmatch(locator)
-        if found is None:
-            return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
-        offset = int(found.group(1))
-    job_type = request.query_params.get("jobType")
-    mode = request.query_params.get("concurrencyMode")
-    rows = await run_in_threadpool(emulator.store.list_jobs, offset, page_size + 1)
-    done = len(rows) <= page_size
-    records = [job_body(r, "list") for r in rows[:page_size]]
-    if (job_type and job_type != "V2Ingest") or (mode and mode != "Parallel"):
-        records = []
-    body: dict[str, Any] = {"done": done, "records": records}
-    next_url = f"/services/data/v{_version(request)}/jobs/ingest?queryLocator={_LOCATOR_PREFIX}-"
-    body["nextRecordsUrl"] = None if done else f"{next_url}{offset + page_size}"
-    return json_response(body)
+    return await job_list_answer(
+        request,
+        list_jobs=emulator_of(request).store.list_jobs,
+        list_offset=_list_offset,
+        job_type="V2Ingest",
+        render=job_body,
+        next_url=f"/services/data/v{version_of(request)}/jobs/ingest?queryLocator={_LOCATOR_PREFIX}-",
+    )
 
 
 async def delete_job(request: Request) -> Response:
     """``DELETE /jobs/ingest/{id}``: 204 for a finished or closed job."""
-    outcome = await run_in_threadpool(
-        _emulator(request).store.delete_job_if, request.path_params["job_id"], _DELETABLE
-    )
-    if outcome == "missing":
-        return not_found()
-    if outcome != "ok":
-        return error_response(
-            400, "API_ERROR", "Error encountered when deleting the job because the job is not terminated"
-        )
-    return Response(status_code=204)
+    return await delete_answer(request, emulator_of(request).store.delete_job_if, _DELETABLE)
 
 
 async def job_results(request: Request) -> Response:
@@ -422,7 +370,7 @@ async def job_results(request: Request) -> Response:
     kind = _RESULT_KINDS.get(str(request.path_params["kind"]).lower())
     if kind is None:
         return not_found()
-    emulator = _emulator(request)
+    emulator = emulator_of(request)
     job = await run_in_threadpool(emulator.store.get_job, request.path_params["job_id"])
     if job is None:
         return not_found()

@@ -14,13 +14,21 @@ from starlette.routing import Route
 
 from . import describe
 from .ids import JOB_PREFIX, make_id
-from .ingest import _parse_json, read_body
+from .job_requests import (
+    abort_refused,
+    csv_format,
+    delete_answer,
+    emulator_of,
+    job_info_answer,
+    job_list_answer,
+    read_json,
+    version_of,
+)
 from .processing import now_text
 from .responses import CSV_TYPE, error_response, json_response, not_found
-from .runtime import USER_ID, Emulator
+from .runtime import USER_ID
 from .soql import SoqlError
 from .soql_compile import compile_query, object_name
-from .upload_csv import DELIMITERS, LINE_ENDINGS
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -34,15 +42,6 @@ RESULT_PAGES_SINCE = 58.0
 _DELETABLE = ("JobComplete", "Aborted", "Failed")
 _ABORTABLE = ("UploadComplete", "InProgress")
 _LIST_LOCATOR_PREFIX = "01gR0000000opRU"
-
-
-def _emulator(request: Request) -> Emulator:
-    emulator: Emulator = request.app.state.emulator
-    return emulator
-
-
-def _version(request: Request) -> str:
-    return str(request.path_params["version"])
 
 
 def job_body(job: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -93,11 +92,8 @@ def decode_locator(locator: str) -> int | None:
 
 async def create_job(request: Request) -> Response:
     """``POST /jobs/query``: checks the SOQL at once (400 with Salesforce's error) and queues the job."""
-    emulator = _emulator(request)
-    raw = await read_body(request)
-    if isinstance(raw, Response):
-        return raw
-    spec, problem = _parse_json(raw)
+    emulator = emulator_of(request)
+    spec, problem = await read_json(request)
     if problem is not None:
         return problem
     if not isinstance(spec, dict):
@@ -111,15 +107,10 @@ async def create_job(request: Request) -> Response:
     soql = spec.get("query")
     if not isinstance(soql, str) or not soql.strip():
         return error_response(400, "API_ERROR", "Invalid value: '' supplied for property: 'query'")
-    content_type = spec.get("contentType", "CSV")
-    if content_type != "CSV":
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Unsupported content type: {content_type}")
-    delimiter = spec.get("columnDelimiter", "COMMA")
-    if delimiter not in DELIMITERS:
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid column delimiter: {delimiter}")
-    line_ending = spec.get("lineEnding", "LF")
-    if line_ending not in LINE_ENDINGS:
-        return error_response(400, "INVALIDJOB", f"InvalidJob : Invalid line ending: {line_ending}")
+    csv = csv_format(spec)
+    if isinstance(csv, Response):
+        return csv
+    delimiter, line_ending = csv
     try:
         compile_query(emulator.schema, soql, include_deleted=operation == "queryAll")
     except SoqlError as exc:
@@ -133,7 +124,7 @@ async def create_job(request: Request) -> Response:
         "query": soql,
         "line_ending": line_ending,
         "column_delimiter": delimiter,
-        "api_version": float(_version(request)),
+        "api_version": float(version_of(request)),
         "state": "UploadComplete",
         "created_by_id": USER_ID,
         "created_date": now,
@@ -149,47 +140,34 @@ async def create_job(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     """``GET /jobs/query/{id}``."""
-    job = await run_in_threadpool(_emulator(request).query_jobs.get_job, request.path_params["job_id"])
-    if job is None:
-        return not_found()
-    return json_response(job_body(job, "info"))
+    return await job_info_answer(request, emulator_of(request).query_jobs.get_job, job_body)
+
+
+def _list_offset(locator: str | None) -> int | None:
+    if not locator:
+        return 0
+    _, _, number = locator.rpartition("-")
+    if not locator.startswith(_LIST_LOCATOR_PREFIX) or not number.isdigit():
+        return None
+    return int(number)
 
 
 async def list_jobs(request: Request) -> Response:
     """``GET /jobs/query``: one page of query jobs; ``nextRecordsUrl`` leads to the next."""
-    emulator = _emulator(request)
-    page_size = max(1, emulator.settings.job_page_size)
-    locator = request.query_params.get("queryLocator")
-    offset = 0
-    if locator:
-        _, _, number = locator.rpartition("-")
-        if not locator.startswith(_LIST_LOCATOR_PREFIX) or not number.isdigit():
-            return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
-        offset = int(number)
-    rows = await run_in_threadpool(emulator.query_jobs.list_jobs, offset, page_size + 1)
-    done = len(rows) <= page_size
-    records = [job_body(r, "list") for r in rows[:page_size]]
-    job_type = request.query_params.get("jobType")
-    mode = request.query_params.get("concurrencyMode")
-    if (job_type and job_type != "V2Query") or (mode and mode != "Parallel"):
-        records = []
-    next_url = f"/services/data/v{_version(request)}/jobs/query?queryLocator={_LIST_LOCATOR_PREFIX}-"
-    return json_response(
-        {
-            "done": done,
-            "records": records,
-            "nextRecordsUrl": None if done else f"{next_url}{offset + page_size}",
-        }
+    return await job_list_answer(
+        request,
+        list_jobs=emulator_of(request).query_jobs.list_jobs,
+        list_offset=_list_offset,
+        job_type="V2Query",
+        render=job_body,
+        next_url=f"/services/data/v{version_of(request)}/jobs/query?queryLocator={_LIST_LOCATOR_PREFIX}-",
     )
 
 
 async def patch_job(request: Request) -> Response:
     """``PATCH /jobs/query/{id}`` with ``{"state": "Aborted"}``."""
-    emulator = _emulator(request)
-    raw = await read_body(request)
-    if isinstance(raw, Response):
-        return raw
-    spec, problem = _parse_json(raw)
+    emulator = emulator_of(request)
+    spec, problem = await read_json(request)
     if problem is not None:
         return problem
     target = spec.get("state") if isinstance(spec, dict) else None
@@ -208,30 +186,20 @@ async def patch_job(request: Request) -> Response:
     if job is None:
         return not_found()
     if not applied:
-        word = {"JobComplete": "Completed"}.get(job["state"], job["state"])
-        return error_response(400, "INVALIDJOBSTATE", f"Aborting already {word} Job not allowed")
+        return abort_refused(job["state"])
     return json_response(job_body(job, "abort"))
 
 
 async def delete_job(request: Request) -> Response:
     """``DELETE /jobs/query/{id}``: 204 once the job is finished."""
-    outcome = await run_in_threadpool(
-        _emulator(request).query_jobs.delete_if, request.path_params["job_id"], _DELETABLE
-    )
-    if outcome == "missing":
-        return not_found()
-    if outcome != "ok":
-        return error_response(
-            400, "API_ERROR", "Error encountered when deleting the job because the job is not terminated"
-        )
-    return Response(status_code=204)
+    return await delete_answer(request, emulator_of(request).query_jobs.delete_if, _DELETABLE)
 
 
 async def _finished_job(request: Request) -> dict[str, Any] | Response:
-    job = await run_in_threadpool(_emulator(request).query_jobs.get_job, request.path_params["job_id"])
+    job = await run_in_threadpool(emulator_of(request).query_jobs.get_job, request.path_params["job_id"])
     if job is None:
         return not_found()
-    if float(_version(request)) != job["api_version"]:
+    if float(version_of(request)) != job["api_version"]:
         return error_response(
             409,
             "API_ERROR",
@@ -245,6 +213,20 @@ async def _finished_job(request: Request) -> dict[str, Any] | Response:
             f"Results are available only for a job in state JobComplete, not {job['state']}",
         )
     return job
+
+
+def _start(request: Request, job: dict[str, Any]) -> int | Response:
+    """The record offset the request's ``locator`` names: 0 without one, a 400 for one not handed out.
+
+    The string ``null`` too is refused: a client echoing the last page's header must not loop.
+    """
+    locator = request.query_params.get("locator") or ""
+    if not locator:
+        return 0
+    offset = decode_locator(locator)
+    if offset is None or offset > job["processed"]:
+        return error_response(400, "INVALIDLOCATOR", f"Invalid locator: {locator}")
+    return offset
 
 
 def _page_size(request: Request) -> int | Response:
@@ -269,13 +251,9 @@ async def results(request: Request) -> Response:
     size = _page_size(request)
     if isinstance(size, Response):
         return size
-    locator = request.query_params.get("locator") or ""
-    start = 0
-    if locator:  # "null" too is refused: a client echoing the last page's header must not loop
-        offset = decode_locator(locator)
-        if offset is None or offset > job["processed"]:
-            return error_response(400, "INVALIDLOCATOR", f"Invalid locator: {locator}")
-        start = offset
+    start = _start(request, job)
+    if isinstance(start, Response):
+        return start
     total = int(job["processed"])
     count = min(size, total - start)
     following = start + count
@@ -283,27 +261,23 @@ async def results(request: Request) -> Response:
         "Sforce-Locator": encode_locator(following) if following < total else "null",
         "Sforce-NumberOfRecords": str(count),
     }
-    pages = _emulator(request).query_jobs.iter_page(job, start, count)
+    pages = emulator_of(request).query_jobs.iter_page(job, start, count)
     return StreamingResponse(pages, media_type=CSV_TYPE, headers=headers)
 
 
 async def result_pages(request: Request) -> Response:
     """``GET /jobs/query/{id}/resultPages`` (API 58.0+): up to five result URLs to fetch in parallel."""
-    if float(_version(request)) < RESULT_PAGES_SINCE:
+    if float(version_of(request)) < RESULT_PAGES_SINCE:
         return not_found()
     found = await _finished_job(request)
     if isinstance(found, Response):
         return found
     job = found
-    locator = request.query_params.get("locator") or ""
-    start = 0
-    if locator:
-        offset = decode_locator(locator)
-        if offset is None or offset > job["processed"]:
-            return error_response(400, "INVALIDLOCATOR", f"Invalid locator: {locator}")
-        start = offset
+    start = _start(request, job)
+    if isinstance(start, Response):
+        return start
     total = int(job["processed"])
-    base = f"/services/data/v{_version(request)}/jobs/query/{job['id']}"
+    base = f"/services/data/v{version_of(request)}/jobs/query/{job['id']}"
     pages: list[dict[str, str]] = []
     offset = start
     while len(pages) < RESULT_URLS_PER_ANSWER and (offset < total or (offset == 0 and not pages)):

@@ -125,48 +125,25 @@ class QueryJobs:
 
     def insert_job(self, job: dict[str, Any]) -> None:
         """Insert a new job row (keys are column names)."""
-        names = ", ".join(job)
-        marks = ", ".join("?" for _ in job)
-        with self.store.transaction() as conn:
-            conn.execute(f"INSERT INTO query_jobs ({names}) VALUES ({marks})", tuple(job.values()))  # noqa: S608
+        self.store.insert_row("query_jobs", job)
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The job row, or None."""
-        rows = self.store.query("SELECT * FROM query_jobs WHERE id = ?", (job_id,))
-        return dict(rows[0]) if rows else None
+        return self.store.get_row("query_jobs", job_id)
 
     def list_jobs(self, offset: int, limit: int) -> list[dict[str, Any]]:
         """One page of jobs in creation order."""
-        rows = self.store.query("SELECT * FROM query_jobs ORDER BY seq LIMIT ? OFFSET ?", (limit, offset))
-        return [dict(r) for r in rows]
+        return self.store.list_rows("query_jobs", offset, limit)
 
     def transition(
         self, job_id: str, allowed: tuple[str, ...], changes: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, bool]:
         """Apply ``changes`` if the job's state is one of ``allowed``; returns (job after, applied)."""
-        with self.store.transaction() as conn:
-            row = conn.execute("SELECT * FROM query_jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return None, False
-            if row["state"] not in allowed:
-                return dict(row), False
-            assignments = ", ".join(f"{name} = ?" for name in changes)
-            conn.execute(f"UPDATE query_jobs SET {assignments} WHERE id = ?", (*changes.values(), job_id))  # noqa: S608
-            job = dict(row)
-            job.update(changes)
-            return job, True
+        return self.store.transition_row("query_jobs", job_id, allowed, changes)
 
     def delete_if(self, job_id: str, allowed: tuple[str, ...]) -> str:
         """Delete a job and its results if its state is in ``allowed``: ``ok``, ``missing`` or the state."""
-        with self.store.transaction() as conn:
-            row = conn.execute("SELECT state FROM query_jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return "missing"
-            if row[0] not in allowed:
-                return str(row[0])
-            conn.execute("DELETE FROM query_jobs WHERE id = ?", (job_id,))
-            conn.execute("DELETE FROM query_chunks WHERE job_id = ?", (job_id,))
-            return "ok"
+        return self.store.delete_row_if("query_jobs", job_id, allowed, ("query_chunks",))
 
     def iter_page(self, job: dict[str, Any], start: int, count: int) -> Iterator[bytes]:
         """The CSV of rows ``[start, start + count)``: the header, then the rows chunk by chunk."""

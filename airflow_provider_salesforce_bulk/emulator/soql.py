@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 class SoqlError(Exception):
@@ -344,15 +347,20 @@ class _Parser:
             raise self.unexpected()
         return self.take()
 
+    def comma_list(self, item: Callable[[], _T]) -> list[_T]:
+        """One or more ``item``s separated by commas (select list, ORDER BY, IN values)."""
+        items = [item()]
+        while self.tok.kind == ",":
+            self.take()
+            items.append(item())
+        return items
+
     # grammar
 
     def query(self, nested: bool = False) -> Query:
         start = self.tok
         self.expect_word("SELECT")
-        fields = [self.select_item()]
-        while self.tok.kind == ",":
-            self.take()
-            fields.append(self.select_item())
+        fields = self.comma_list(self.select_item)
         self.expect_word("FROM")
         if self.tok.kind != "IDENT":
             raise self.unexpected()
@@ -370,10 +378,7 @@ class _Parser:
         if self.word() == "ORDER":
             self.take()
             self.expect_word("BY")
-            order.append(self.order_item())
-            while self.tok.kind == ",":
-                self.take()
-                order.append(self.order_item())
+            order = self.comma_list(self.order_item)
         self.refuse_clause()
         limit = None
         if self.word() == "LIMIT":
@@ -503,10 +508,7 @@ class _Parser:
                 self.expect(")")
                 return InList(path, (), negated, subquery)
             self.expect("(")
-            values = [self.value()]
-            while self.tok.kind == ",":
-                self.take()
-                values.append(self.value())
+            values = self.comma_list(self.value)
             self.expect(")")
             return InList(path, tuple(values), negated)
         if word in ("INCLUDES", "EXCLUDES"):

@@ -168,18 +168,77 @@ class Store:
 
     # -- jobs ------------------------------------------------------------------------------------
 
+    # -- job rows (the ingest ``jobs`` table and the query ``query_jobs`` table alike) -------------
+
+    def insert_row(self, table: str, row: dict[str, Any]) -> None:
+        """Insert a new row into ``table`` (keys are column names)."""
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self.transaction() as conn:
+            sql = f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608 - names are ours
+            conn.execute(sql, tuple(row.values()))
+
+    def get_row(self, table: str, row_id: str) -> dict[str, Any] | None:
+        """The row of ``table`` with ``id`` ``row_id`` as a dict, or None."""
+        rows = self.query(f"SELECT * FROM {table} WHERE id = ?", (row_id,))  # noqa: S608 - names are ours
+        return dict(rows[0]) if rows else None
+
+    def list_rows(self, table: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        """One page of ``table``'s rows in creation order."""
+        sql = f"SELECT * FROM {table} ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608 - names are ours
+        return [dict(r) for r in self.query(sql, (limit, offset))]
+
+    def transition_row(
+        self, table: str, row_id: str, allowed: tuple[str, ...], changes: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Atomically apply ``changes`` to a row of ``table`` if its state is one of ``allowed``.
+
+        Returns
+        -------
+        (row, applied)
+            The row after the call (None if unknown) and whether the change was made.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+            if row is None:
+                return None, False
+            if row["state"] not in allowed:
+                return dict(row), False
+            assignments = ", ".join(f"{name} = ?" for name in changes)
+            sql = f"UPDATE {table} SET {assignments} WHERE id = ?"  # noqa: S608 - column names are ours
+            conn.execute(sql, (*changes.values(), row_id))
+            job = dict(row)
+            job.update(changes)
+            return job, True
+
+    def delete_row_if(
+        self, table: str, row_id: str, allowed: tuple[str, ...], children: tuple[str, ...]
+    ) -> str:
+        """Delete a row of ``table`` and its rows in ``children`` (by ``job_id``) if its state is allowed.
+
+        Returns
+        -------
+        str
+            ``"ok"``, ``"missing"`` or the row's state when it may not be deleted.
+        """
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT state FROM {table} WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+            if row is None:
+                return "missing"
+            if row[0] not in allowed:
+                return str(row[0])
+            conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))  # noqa: S608
+            for child in children:
+                conn.execute(f"DELETE FROM {child} WHERE job_id = ?", (row_id,))  # noqa: S608
+            return "ok"
+
     def insert_job(self, job: dict[str, Any]) -> None:
         """Insert a new job row (keys are column names)."""
-        names = ", ".join(job)
-        marks = ", ".join("?" for _ in job)
-        with self.transaction() as conn:
-            sql = f"INSERT INTO jobs ({names}) VALUES ({marks})"  # noqa: S608 - column names are ours
-            conn.execute(sql, tuple(job.values()))
+        self.insert_row("jobs", job)
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """Return the job row as a dict, or None."""
-        rows = self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return dict(rows[0]) if rows else None
+        return self.get_row("jobs", job_id)
 
     def update_job(self, job_id: str, **changes: Any) -> None:
         """Set columns of a job row."""
@@ -191,44 +250,13 @@ class Store:
     def transition_job(
         self, job_id: str, allowed: tuple[str, ...], changes: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, bool]:
-        """Atomically apply ``changes`` if the job's state is one of ``allowed``.
-
-        Returns
-        -------
-        (job, applied)
-            The job row after the call (None if unknown) and whether the change was made.
-        """
-        with self.transaction() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return None, False
-            if row["state"] not in allowed:
-                return dict(row), False
-            assignments = ", ".join(f"{name} = ?" for name in changes)
-            sql = f"UPDATE jobs SET {assignments} WHERE id = ?"  # noqa: S608 - column names are ours
-            conn.execute(sql, (*changes.values(), job_id))
-            job = dict(row)
-            job.update(changes)
-            return job, True
+        """Atomically apply ``changes`` if the job's state is one of ``allowed``: (job after, applied)."""
+        return self.transition_row("jobs", job_id, allowed, changes)
 
     def delete_job_if(self, job_id: str, allowed: tuple[str, ...]) -> str:
-        """Delete a job with its data and results if its state is one of ``allowed``.
-
-        Returns
-        -------
-        str
-            ``"ok"``, ``"missing"`` or the job's state when it may not be deleted.
-        """
-        with self.transaction() as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return "missing"
-            if row[0] not in allowed:
-                return str(row[0])
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            conn.execute("DELETE FROM upload_chunks WHERE job_id = ?", (job_id,))
-            conn.execute("DELETE FROM result_batches WHERE job_id = ?", (job_id,))
-            return "ok"
+        """Delete a job with its data and results if its state is one of ``allowed``: ``ok``, ``missing``
+        or the job's state."""
+        return self.delete_row_if("jobs", job_id, allowed, ("upload_chunks", "result_batches"))
 
     def next_id(self, prefix: str) -> int:
         """Reserve one record number for ``prefix``."""
@@ -237,8 +265,7 @@ class Store:
 
     def list_jobs(self, offset: int, limit: int) -> list[dict[str, Any]]:
         """Return one page of jobs in creation order."""
-        rows = self.query("SELECT * FROM jobs ORDER BY seq LIMIT ? OFFSET ?", (limit, offset))
-        return [dict(r) for r in rows]
+        return self.list_rows("jobs", offset, limit)
 
     def jobs_in_states(self, states: tuple[str, ...]) -> list[str]:
         """Ids of jobs in any of ``states``, oldest first."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -28,10 +29,10 @@ from airflow_provider_salesforce_bulk.client import (
     ServerUnavailableError,
     SoapLoginAuth,
     StaticTokenAuth,
-    TokenCache,
     TokenProvider,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from tests.client import helpers
 from tests.client.fake_bulk import LOSE_ANSWER, FaultyTransport, is_abort, is_close, job_id_of
 
 FAST_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05, max_total=30)
@@ -58,9 +59,7 @@ def clean(emulator: RunningEmulator) -> Iterator[None]:
 
 
 def session_for(emulator: RunningEmulator, auth: TokenProvider | None = None, **kwargs) -> SalesforceSession:
-    c = emulator.credentials
-    auth = auth or ClientCredentialsAuth(c.client_id, c.client_secret, emulator.base_url)
-    return SalesforceSession(auth, token_cache=TokenCache(), retry_policy=FAST_RETRY, **kwargs)
+    return helpers.emulator_session(emulator, auth, retry_policy=FAST_RETRY, **kwargs)
 
 
 def all_flows(emulator: RunningEmulator) -> dict[str, TokenProvider]:
@@ -375,6 +374,13 @@ def accounts(n: int) -> Iterator[dict[str, object]]:
     return ({"Name": f"Acct {i}", "External_Id__c": f"X-{i:06d}"} for i in range(n))
 
 
+def insert_accounts(session: SalesforceSession, n: int, **options: Any) -> AsyncIterator[JobResult]:
+    """``perform_operation`` inserting :func:`accounts` (``Name``, ``External_Id__c``)."""
+    return BulkIngestClient(session).perform_operation(
+        "insert", "Account", accounts(n), fieldnames=["Name", "External_Id__c"], **options
+    )
+
+
 def stored_external_ids(emulator: RunningEmulator) -> list[str]:
     return sorted(rec["External_Id__c"] for rec in emulator.records("Account"))
 
@@ -402,17 +408,7 @@ async def test_a_lost_close_answer_whose_retries_get_503_loads_every_record_once
 
     transport = FaultyTransport(lose_second_close)
     async with session_for(emulator, transport=transport) as session:
-        results = [
-            r
-            async for r in BulkIngestClient(session).perform_operation(
-                "insert",
-                "Account",
-                accounts(n),
-                fieldnames=["Name", "External_Id__c"],
-                max_records=5_000,
-                polling_interval=0.05,
-            )
-        ]
+        results = [r async for r in insert_accounts(session, n, max_records=5_000, polling_interval=0.05)]
     assert target
     assert closes.count(target[0]) == FAST_RETRY.max_attempts
     assert not any(is_abort(r) for r in transport.requests)
@@ -439,14 +435,7 @@ async def test_one_jobs_polls_failing_leaves_it_running_and_accounts_for_all_ten
     transport = FaultyTransport(fail_polls_of_the_last_job)
     yielded: list[JobResult] = []
     async with session_for(emulator, transport=transport) as session:
-        gen = BulkIngestClient(session).perform_operation(
-            "insert",
-            "Account",
-            accounts(n),
-            fieldnames=["Name", "External_Id__c"],
-            max_records=5_000,
-            polling_interval=0.05,
-        )
+        gen = insert_accounts(session, n, max_records=5_000, polling_interval=0.05)
         with pytest.raises(BulkOperationError) as info:
             await drain(gen, yielded)
     failing = puts[9]
@@ -484,15 +473,7 @@ async def test_timeout_leaves_closed_jobs_running_and_they_load_exactly_once(emu
             client = BulkIngestClient(session)
             with pytest.raises(BulkOperationTimeoutError) as info:
                 await collect(
-                    client.perform_operation(
-                        "insert",
-                        "Account",
-                        accounts(n),
-                        fieldnames=["Name", "External_Id__c"],
-                        max_records=1_000,
-                        polling_interval=0.05,
-                        timeout=1.5,
-                    )
+                    insert_accounts(session, n, max_records=1_000, polling_interval=0.05, timeout=1.5)
                 )
             reports = info.value.jobs
             assert any(r.status == "unfinished" for r in reports)

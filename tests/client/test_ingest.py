@@ -30,6 +30,7 @@ from airflow_provider_salesforce_bulk.client import (
     UploadOutcomeUnknownError,
 )
 from tests.client.fake_bulk import INSTANCE, FakeBulkApi
+from tests.client.helpers import mock_session
 
 
 @pytest.fixture
@@ -305,10 +306,10 @@ async def test_create_job_is_retried_because_a_repeat_cannot_load_data(api):
         return None
 
     api.intercept = flaky_create
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
     )
     async with session:
@@ -367,10 +368,10 @@ async def test_wait_for_job_deadline_holds_while_a_poll_hangs(api):
             await asyncio.sleep(3600)
         return api.handle(request)
 
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=httpx.MockTransport(hang_on_get),
-        token_cache=TokenCache(),
     )
     async with session:
         client = BulkIngestClient(session)

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.client import (
     DEFAULT_API_VERSION,
     BulkIngestClient,
-    ClientCredentialsAuth,
     InputError,
     InsufficientLimitsError,
     LimitsCheckError,
@@ -23,8 +22,6 @@ from airflow_provider_salesforce_bulk.client import (
     RequestLimitExceededError,
     RetryPolicy,
     SalesforceSession,
-    StaticTokenAuth,
-    TokenCache,
     UnexpectedResponseError,
     check_limits_before_load,
     check_limits_mode,
@@ -34,6 +31,7 @@ from airflow_provider_salesforce_bulk.client import (
     perform_operation,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from tests.client import helpers
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.02, max_total=30)
 INSTANCE = "https://example.my.salesforce.com"
@@ -57,17 +55,15 @@ def clean(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def emulator_session(emulator: RunningEmulator) -> SalesforceSession:
-    c = emulator.credentials
-    auth = ClientCredentialsAuth(c.client_id, c.client_secret, emulator.base_url)
-    return SalesforceSession(auth, token_cache=TokenCache(), retry_policy=FAST)
+    return helpers.emulator_session(emulator, retry_policy=FAST)
 
 
 def mock_session(handler) -> SalesforceSession:
-    return SalesforceSession(
-        StaticTokenAuth("00D!static", INSTANCE),
+    return helpers.mock_session(
+        "00D!static",
+        INSTANCE,
         transport=httpx.MockTransport(handler),
         retry_policy=FAST,
-        token_cache=TokenCache(),
     )
 
 

@@ -9,6 +9,7 @@ import csv
 import io
 import math
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -25,14 +26,12 @@ from airflow_provider_salesforce_bulk.client import (
     OperationTimeoutError,
     PollPolicy,
     RetryPolicy,
-    SalesforceSession,
     ServerError,
-    StaticTokenAuth,
-    TokenCache,
     UploadOutcomeUnknownError,
     submit_job,
 )
 from tests.client.fake_bulk import INSTANCE, FakeBulkApi, is_abort, is_close, job_id_of
+from tests.client.helpers import mock_session
 
 FAST_POLL = 0.001
 
@@ -44,14 +43,22 @@ def api() -> FakeBulkApi:
 
 @pytest.fixture
 async def client(api: FakeBulkApi):
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
     )
     async with session:
         yield BulkIngestClient(session)
+
+
+def insert_records(client: BulkIngestClient, n: int, fail_every: int = 0, **options: Any):
+    """``perform_operation`` inserting :func:`records` as Accounts, polling fast."""
+    options.setdefault("polling_interval", FAST_POLL)
+    return client.perform_operation(
+        "insert", "Account", records(n, fail_every), fieldnames=["Name", "Description"], **options
+    )
 
 
 def records(n: int, fail_every: int = 0):
@@ -71,17 +78,7 @@ async def drain(gen, into: list) -> None:
 
 
 async def test_every_record_lands_in_exactly_one_job(client, api):
-    results = await collect(
-        client.perform_operation(
-            "insert",
-            "Account",
-            records(95, fail_every=10),
-            fieldnames=["Name", "Description"],
-            max_records=10,
-            polling_interval=FAST_POLL,
-            max_concurrent_jobs=3,
-        )
-    )
+    results = await collect(insert_records(client, 95, fail_every=10, max_records=10, max_concurrent_jobs=3))
     assert len(results) == 10
     ranges = sorted((r.first_record_index, r.record_count) for r in results)
     covered = [i for start, count in ranges for i in range(start, start + count)]
@@ -108,17 +105,7 @@ async def test_every_record_lands_in_exactly_one_job(client, api):
 
 async def test_concurrent_jobs_are_bounded(client, api):
     api.polls_until_done = 3
-    await collect(
-        client.perform_operation(
-            "insert",
-            "Account",
-            records(60),
-            fieldnames=["Name", "Description"],
-            max_records=5,
-            polling_interval=FAST_POLL,
-            max_concurrent_jobs=2,
-        )
-    )
+    await collect(insert_records(client, 60, max_records=5, max_concurrent_jobs=2))
     assert len(api.jobs) == 12
     assert api.max_open_jobs_seen <= 2
 
@@ -172,11 +159,7 @@ async def test_bad_record_in_first_chunk_fails_before_any_job(client, api):
 
 async def test_failed_job_is_reported_with_its_error_message(client, api):
     api.fail_job_with = "InvalidBatch : Field name not found : Nope"
-    results = await collect(
-        client.perform_operation(
-            "insert", "Account", records(5), fieldnames=["Name", "Description"], polling_interval=FAST_POLL
-        )
-    )
+    results = await collect(insert_records(client, 5))
     (result,) = results
     assert result.job_info.state == "Failed"
     assert result.job_info.error_message == "InvalidBatch : Field name not found : Nope"
@@ -187,16 +170,7 @@ async def test_failed_job_is_reported_with_its_error_message(client, api):
 async def test_failed_job_can_raise(client, api):
     api.fail_job_with = "InvalidBatch : Field name not found : Nope"
     with pytest.raises(BulkOperationError, match="Field name not found") as info:
-        await collect(
-            client.perform_operation(
-                "insert",
-                "Account",
-                records(5),
-                fieldnames=["Name", "Description"],
-                polling_interval=FAST_POLL,
-                raise_on_failed_job=True,
-            )
-        )
+        await collect(insert_records(client, 5, raise_on_failed_job=True))
     assert isinstance(info.value.__cause__, BulkJobFailedError)
     assert info.value.__cause__.state == "Failed"
     (report,) = info.value.jobs
@@ -213,11 +187,7 @@ async def test_lost_upload_answer_sends_the_chunk_to_a_fresh_job_and_aborts_the_
         return None
 
     api.intercept = drop_first_put
-    results = await collect(
-        client.perform_operation(
-            "insert", "Account", records(3), fieldnames=["Name", "Description"], polling_interval=FAST_POLL
-        )
-    )
+    results = await collect(insert_records(client, 3))
     (result,) = results
     assert result.replaced_job_ids == (dropped[0],)
     assert api.jobs[dropped[0]].state == "Aborted"
@@ -262,15 +232,7 @@ async def test_a_failure_starts_no_new_job_and_yields_every_job_under_way(client
         return None
 
     api.intercept = fail_third_create
-    gen = client.perform_operation(
-        "insert",
-        "Account",
-        records(50),
-        fieldnames=["Name", "Description"],
-        max_records=10,
-        polling_interval=FAST_POLL,
-        max_concurrent_jobs=2,
-    )
+    gen = insert_records(client, 50, max_records=10, max_concurrent_jobs=2)
     yielded = []
     with pytest.raises(BulkOperationError, match="boom") as info:
         await drain(gen, yielded)
@@ -305,15 +267,7 @@ async def test_a_job_whose_polls_fail_is_left_running_and_the_others_are_yielded
 
     api.intercept = fail_polls_of_second_job
     yielded = []
-    gen = client.perform_operation(
-        "insert",
-        "Account",
-        records(40),
-        fieldnames=["Name", "Description"],
-        max_records=10,
-        polling_interval=FAST_POLL,
-        max_concurrent_jobs=2,
-    )
+    gen = insert_records(client, 40, max_records=10, max_concurrent_jobs=2)
     with pytest.raises(BulkOperationError) as info:
         await drain(gen, yielded)
     assert not any(is_abort(r) for r in api.requests)
@@ -379,17 +333,7 @@ async def test_a_bad_line_anywhere_in_a_csv_file_fails_before_any_job(client, ap
 async def test_overall_timeout_leaves_closed_jobs_running_and_reports_them(client, api):
     api.polls_until_done = 10**6
     with pytest.raises(BulkOperationTimeoutError) as info:
-        await collect(
-            client.perform_operation(
-                "insert",
-                "Account",
-                records(20),
-                fieldnames=["Name", "Description"],
-                max_records=10,
-                polling_interval=0.01,
-                timeout=1.0,
-            )
-        )
+        await collect(insert_records(client, 20, max_records=10, polling_interval=0.01, timeout=1.0))
     assert isinstance(info.value, OperationTimeoutError)
     assert len(api.jobs) == 2
     assert all(job.state == "InProgress" for job in api.jobs.values())
@@ -403,10 +347,10 @@ async def gated_client(api: FakeBulkApi, hold: Callable[[httpx.Request], bool], 
             await gate.wait()
         return api.handle(request)
 
-    return SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    return mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=httpx.MockTransport(handler),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001),
     )
 
@@ -425,14 +369,8 @@ async def test_timeout_during_an_upload_aborts_that_never_closed_job_only(api):
     async with await gated_client(api, hold_second_put, gate) as session:
         with pytest.raises(BulkOperationTimeoutError) as info:
             await collect(
-                BulkIngestClient(session).perform_operation(
-                    "insert",
-                    "Account",
-                    records(20),
-                    fieldnames=["Name", "Description"],
-                    max_records=10,
-                    polling_interval=0.01,
-                    timeout=1.0,
+                insert_records(
+                    BulkIngestClient(session), 20, max_records=10, polling_interval=0.01, timeout=1.0
                 )
             )
     closed, hanging = puts
@@ -455,16 +393,7 @@ async def test_cancellation_aborts_only_jobs_never_closed(api):
     gate = asyncio.Event()
     async with await gated_client(api, hold_second_put, gate) as session:
         task = asyncio.create_task(
-            collect(
-                BulkIngestClient(session).perform_operation(
-                    "insert",
-                    "Account",
-                    records(20),
-                    fieldnames=["Name", "Description"],
-                    max_records=10,
-                    polling_interval=0.01,
-                )
-            )
+            collect(insert_records(BulkIngestClient(session), 20, max_records=10, polling_interval=0.01))
         )
         for _ in range(500):
             await asyncio.sleep(0.01)
@@ -490,11 +419,7 @@ async def test_cancellation_while_the_close_is_in_flight_never_aborts(api):
     gate = asyncio.Event()
     async with await gated_client(api, hold_close, gate) as session:
         task = asyncio.create_task(
-            collect(
-                BulkIngestClient(session).perform_operation(
-                    "insert", "Account", records(5), fieldnames=["Name", "Description"], polling_interval=0.01
-                )
-            )
+            collect(insert_records(BulkIngestClient(session), 5, polling_interval=0.01))
         )
         for _ in range(1000):
             await asyncio.sleep(0.01)
@@ -631,16 +556,7 @@ async def test_on_job_created_runs_before_the_upload(client, api):
         seen.append((job.id, sum(1 for r in api.requests if r.method == "PUT")))
 
     results = await collect(
-        client.perform_operation(
-            "insert",
-            "Account",
-            records(20),
-            fieldnames=["Name", "Description"],
-            max_records=10,
-            polling_interval=FAST_POLL,
-            max_concurrent_jobs=1,
-            on_job_created=remember,
-        )
+        insert_records(client, 20, max_records=10, max_concurrent_jobs=1, on_job_created=remember)
     )
     assert [job_id for job_id, _ in seen] == sorted(r.job_id for r in results)
     assert [puts for _, puts in seen] == [0, 1]
@@ -718,10 +634,10 @@ async def _run_with_one_fault(n: int, per_job: int, slots: int, target: int, fau
         return None
 
     api.intercept = inject
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
+    session = mock_session(
+        "fixed-token",
+        INSTANCE,
         transport=api.transport(),
-        token_cache=TokenCache(),
         retry_policy=RetryPolicy(max_attempts=2, initial_delay=0, max_delay=0),
     )
     yielded: list = []

@@ -21,13 +21,11 @@ from airflow_provider_salesforce_bulk.client import (
     QueryError,
     QueryJobFailedError,
     RetryPolicy,
-    SalesforceSession,
-    StaticTokenAuth,
-    TokenCache,
     TransportError,
     UnexpectedResponseError,
 )
-from tests.client.fake_query import INSTANCE, JOB_ID, FakeQueryApi, encode_locator
+from tests.client.fake_query import JOB_ID, FakeQueryApi, encode_locator
+from tests.client.helpers import query_api_session
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5)
 
@@ -39,13 +37,7 @@ def api() -> FakeQueryApi:
 
 @pytest.fixture
 async def client(api: FakeQueryApi):
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
-        transport=api.transport(),
-        token_cache=TokenCache(),
-        retry_policy=FAST,
-        api_version=api.version,
-    )
+    session = query_api_session(api, retry_policy=FAST)
     async with session:
         yield BulkQueryClient(session)
 
@@ -303,13 +295,7 @@ def test_any_drops_within_the_allowed_refetches_yield_every_record_once(records,
     api.drops = {offset: list(points) for offset, points in cuts.items()}
 
     async def run() -> bytes:
-        session = SalesforceSession(
-            StaticTokenAuth("fixed-token", INSTANCE),
-            transport=api.transport(),
-            token_cache=TokenCache(),
-            retry_policy=FAST,
-            api_version=api.version,
-        )
+        session = query_api_session(api, retry_policy=FAST)
         async with session:
             return await _read_all(BulkQueryClient(session))
 

@@ -17,16 +17,15 @@ import pytest
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     BulkQueryClient,
-    ClientCredentialsAuth,
     PollPolicy,
     QueryError,
     RetryPolicy,
     SalesforceSession,
-    TokenCache,
     copy_results_to_parquet,
     describe_sobject,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from tests.client import helpers
 
 FAST_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.01, max_delay=0.05, max_total=60)
 POLL = PollPolicy(initial=0.02, maximum=0.1)
@@ -56,13 +55,7 @@ def clean(emulator: RunningEmulator) -> Iterator[None]:
 
 
 def session_for(emulator: RunningEmulator, api_version: str = "60.0") -> SalesforceSession:
-    c = emulator.credentials
-    return SalesforceSession(
-        ClientCredentialsAuth(c.client_id, c.client_secret, emulator.base_url),
-        token_cache=TokenCache(),
-        retry_policy=FAST_RETRY,
-        api_version=api_version,
-    )
+    return helpers.emulator_session(emulator, retry_policy=FAST_RETRY, api_version=api_version)
 
 
 def accounts(n: int) -> list[dict[str, Any]]:

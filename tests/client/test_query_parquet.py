@@ -26,9 +26,6 @@ from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     InputError,
     NotFoundError,
     RetryPolicy,
-    SalesforceSession,
-    StaticTokenAuth,
-    TokenCache,
     UnexpectedResponseError,
     arrow_schema,
     arrow_type,
@@ -38,6 +35,7 @@ from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     describe_sobject,
 )
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS  # noqa: E402
+from tests.client.helpers import mock_session, query_api_session  # noqa: E402
 
 UTC = datetime.timezone.utc
 TYPES = ["string", "boolean", "int", "double", "currency", "date", "datetime", "time", "picklist"]
@@ -217,15 +215,11 @@ def test_batches_are_bounded_row_groups():
 
 @pytest.fixture
 async def fake_client():
-    from tests.client.fake_query import INSTANCE, FakeQueryApi
+    from tests.client.fake_query import FakeQueryApi
 
     api = FakeQueryApi(records=23, page_size=5)
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
-        transport=api.transport(),
-        token_cache=TokenCache(),
-        retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5),
-        api_version=api.version,
+    session = query_api_session(
+        api, retry_policy=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0, max_total=5)
     )
     async with session:
         yield api, BulkQueryClient(session)
@@ -331,9 +325,7 @@ def _describe_transport() -> httpx.MockTransport:
 async def test_columns_resolve_through_relationships_to_their_fields():
     from tests.client.fake_query import INSTANCE
 
-    session = SalesforceSession(
-        StaticTokenAuth("t", INSTANCE), transport=_describe_transport(), token_cache=TokenCache()
-    )
+    session = mock_session("t", INSTANCE, transport=_describe_transport())
     async with session:
         cache = DescribeCache(session)
         columns = ["Id", "birthdate", "Account.Name", "Account.Owner.IsActive", "Contact.Birthdate", "Nope"]
@@ -381,16 +373,10 @@ async def test_an_empty_result_writes_the_columns_or_nothing(fake_client, tmp_pa
 
 
 async def test_types_are_settled_before_pages_hold_the_sessions_only_request_slot(tmp_path):
-    from tests.client.fake_query import INSTANCE, JOB_ID, FakeQueryApi
+    from tests.client.fake_query import JOB_ID, FakeQueryApi
 
     api = FakeQueryApi(records=12, page_size=5)
-    session = SalesforceSession(
-        StaticTokenAuth("fixed-token", INSTANCE),
-        transport=api.transport(),
-        token_cache=TokenCache(),
-        max_connections=1,
-        api_version=api.version,
-    )
+    session = query_api_session(api, max_connections=1)
     async with session:
         summaries = await asyncio.wait_for(
             copy_results_to_parquet(

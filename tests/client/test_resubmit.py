@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
-    ClientCredentialsAuth,
     InputError,
     JobInfo,
     PollPolicy,
@@ -27,8 +26,6 @@ from airflow_provider_salesforce_bulk.client import (
     RetryChunk,
     RetryPolicy,
     SalesforceSession,
-    StaticTokenAuth,
-    TokenCache,
     UnexpectedResponseError,
     error_code,
     iter_retry_chunks,
@@ -37,6 +34,7 @@ from airflow_provider_salesforce_bulk.client import (
     submit_retry_round,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from tests.client import helpers
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.02, max_total=30)
 POLL = PollPolicy(initial=0.02, maximum=0.1)
@@ -58,9 +56,7 @@ def org(emulator: RunningEmulator) -> Iterator[RunningEmulator]:
 
 
 def emulator_session(emulator: RunningEmulator) -> SalesforceSession:
-    c = emulator.credentials
-    auth = ClientCredentialsAuth(c.client_id, c.client_secret, emulator.base_url)
-    return SalesforceSession(auth, token_cache=TokenCache(), retry_policy=FAST)
+    return helpers.emulator_session(emulator, retry_policy=FAST)
 
 
 def rows_of(chunk: RetryChunk, delimiter: str = ",") -> list[list[str]]:
@@ -252,11 +248,11 @@ def mock_client(failed_csv: bytes, state: str = "JobComplete", failed: int = 1) 
             },
         )
 
-    session = SalesforceSession(
-        StaticTokenAuth("00D!static", INSTANCE),
+    session = helpers.mock_session(
+        "00D!static",
+        INSTANCE,
         transport=httpx.MockTransport(handler),
         retry_policy=FAST,
-        token_cache=TokenCache(),
     )
     return BulkIngestClient(session)
 

@@ -15,12 +15,12 @@ from airflow_provider_salesforce_bulk.client import (
     ClientCredentialsAuth,
     RetryPolicy,
     SalesforceSession,
-    StaticTokenAuth,
     TokenCache,
     TransportError,
 )
 from airflow_provider_salesforce_bulk.client.results import iter_csv_records, iter_csv_rows, parse_results
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
+from tests.client.helpers import mock_session
 
 # Result values can hold anything but NUL, which Salesforce does not store.
 values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
@@ -154,11 +154,11 @@ def results_client(
         cut = cuts[len(requests) - 1] if len(requests) <= len(cuts) else None
         return httpx.Response(200, stream=Dropping(RESULTS, cut), headers={"Content-Type": "text/csv"})
 
-    session = SalesforceSession(
-        StaticTokenAuth("00D!t", "https://acme.my.salesforce.com"),
+    session = mock_session(
+        "00D!t",
+        "https://acme.my.salesforce.com",
         transport=httpx.MockTransport(handler),
         retry_policy=RetryPolicy(max_attempts=max_attempts, initial_delay=0.001, max_delay=0.001),
-        token_cache=TokenCache(),
     )
     return BulkIngestClient(session), requests
 

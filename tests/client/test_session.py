@@ -31,7 +31,6 @@ from airflow_provider_salesforce_bulk.client import (
     ServerUnavailableError,
     SessionExpiredError,
     SoapLoginAuth,
-    StaticTokenAuth,
     TokenCache,
     TransportError,
     UploadOutcomeUnknownError,
@@ -39,6 +38,7 @@ from airflow_provider_salesforce_bulk.client import (
 from airflow_provider_salesforce_bulk.client.errors import UntrustedUrlError
 from airflow_provider_salesforce_bulk.client.retry import RetrySafety, parse_retry_after
 from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
+from tests.client.helpers import mock_session
 
 INSTANCE = "https://org.my.salesforce.com"
 FAST = RetryPolicy(max_attempts=4, initial_delay=0.001, max_delay=0.01, max_total=5)
@@ -364,9 +364,9 @@ async def trickling_server(body: bytes, *, delay: float, content_type: str = "ap
 
 
 def trickle_session(base_url: str, **timeouts: float) -> SalesforceSession:
-    return SalesforceSession(
-        StaticTokenAuth("00D!static", base_url),
-        token_cache=TokenCache(),
+    return mock_session(
+        "00D!static",
+        base_url,
         retry_policy=RetryPolicy(max_attempts=2, initial_delay=0.01, max_delay=0.01, max_total=120),
         timeout=Timeouts(read=30.0, **timeouts),
     )

@@ -13,7 +13,7 @@ import pytest
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_salesforce_bulk.emulator.settings import EmulatorSettings
 
-from .conftest import API, run_job, wait_done
+from .helpers import API, run_job, wait_done
 
 
 @pytest.mark.parametrize(

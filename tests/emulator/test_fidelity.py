@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.emulator.validation import java_double_text
 
-from .conftest import create_job, run_job, wait_done
+from .helpers import run_job, start_job, wait_done
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -178,10 +178,8 @@ def test_create_errors_read_as_real_orgs_write_them(
 
 def test_active_processing_time_grows_while_in_progress(emulator: RunningEmulator, api: httpx.Client) -> None:
     emulator.update_settings(records_per_second=200)
-    job = create_job(api, object="Account", operation="insert")
     body = "Name\n" + "".join(f"A{n}\n" for n in range(600))
-    api.put(f"/jobs/ingest/{job['id']}/batches", content=body.encode(), headers={"Content-Type": "text/csv"})
-    api.patch(f"/jobs/ingest/{job['id']}", json={"state": "UploadComplete"})
+    job = start_job(api, body, object="Account", operation="insert")
     seen: list[int] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 
-from .conftest import create_job, run_job, wait_done
+from .helpers import create_job, run_job, wait_done
 
 DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000")
 

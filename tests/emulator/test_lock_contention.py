@@ -8,7 +8,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 
-from .conftest import run_job
+from .helpers import run_job
 
 
 @pytest.fixture

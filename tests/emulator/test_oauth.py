@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 
-from .conftest import API
+from .helpers import API
 
 
 def _token(emulator: RunningEmulator, **form: str) -> httpx.Response:

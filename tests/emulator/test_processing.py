@@ -11,7 +11,7 @@ import httpx
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
-from .conftest import API, create_job, run_job, wait_done
+from .helpers import API, create_job, run_job, start_job, wait_done
 
 
 def _rows(text: str, delimiter: str = ",") -> list[dict[str, str]]:
@@ -152,10 +152,8 @@ def test_results_use_the_job_delimiter_and_line_ending(api: httpx.Client) -> Non
 
 def test_unprocessed_records_of_an_aborted_job(emulator: RunningEmulator, api: httpx.Client) -> None:
     emulator.update_settings(records_per_second=50)
-    job = create_job(api, object="Account", operation="insert")
     body = "Name\n" + "".join(f"A{n}\n" for n in range(200))
-    api.put(f"/jobs/ingest/{job['id']}/batches", content=body.encode(), headers={"Content-Type": "text/csv"})
-    api.patch(f"/jobs/ingest/{job['id']}", json={"state": "UploadComplete"})
+    job = start_job(api, body, object="Account", operation="insert")
     deadline = time.monotonic() + 5
     info = api.get(f"/jobs/ingest/{job['id']}").json()
     while info["numberRecordsProcessed"] == 0 and time.monotonic() < deadline:

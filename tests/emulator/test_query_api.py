@@ -14,7 +14,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
-from .conftest import API, run_job
+from .helpers import API, create_query, run_job, wait_query
 
 
 def _accounts(api: httpx.Client, count: int = 5) -> list[dict[str, Any]]:
@@ -25,23 +25,6 @@ def _accounts(api: httpx.Client, count: int = 5) -> list[dict[str, Any]]:
     info, _ = run_job(api, "\n".join(lines) + "\n", object="Account", operation="insert")
     assert info["numberRecordsFailed"] == 0
     return list(api.get("/jobs/ingest").json()["records"])
-
-
-def create_query(api: httpx.Client, soql: str, **spec: Any) -> dict[str, Any]:
-    response = api.post("/jobs/query", json={"operation": "query", "query": soql, **spec})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_query(api: httpx.Client, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info: dict[str, Any] = api.get(f"/jobs/query/{job_id}").json()
-        if info["state"] in ("JobComplete", "Failed", "Aborted"):
-            return info
-        assert time.monotonic() < deadline, f"query job still {info['state']}"
-        time.sleep(0.01)
 
 
 def all_pages(api: httpx.Client, job_id: str, max_records: int | None = None) -> list[httpx.Response]:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.emulator.hosts import host_allowed, origin_allowed
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 
-from .conftest import API, create_job, wait_done
+from .helpers import API, create_job, wait_done
 
 MIB = 1024 * 1024
 

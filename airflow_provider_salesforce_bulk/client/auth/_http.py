@@ -34,6 +34,7 @@ __all__ = [
     "OAUTH_RETRY_STATUSES",
     "excerpt",
     "parse_token_response",
+    "raise_if_unavailable",
     "send_login_request",
     "unavailable_error",
 ]
@@ -60,6 +61,15 @@ def excerpt(body: bytes, secrets: Iterable[str] = ()) -> str:
                 text = text.replace(form, "***")
     text = " ".join(text.split())
     return text[:_EXCERPT_CHARS] or "empty body"
+
+
+def raise_if_unavailable(
+    response: httpx.Response, *, flow: str, url: str, secrets: Iterable[str] = ()
+) -> None:
+    """Raise :func:`unavailable_error`'s error when the login answer means "not now"."""
+    unavailable = unavailable_error(response, flow=flow, url=url, secrets=secrets)
+    if unavailable is not None:
+        raise unavailable
 
 
 def unavailable_error(
@@ -210,9 +220,7 @@ def parse_token_response(
         data: Any = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         data = None
-    unavailable = unavailable_error(response, flow=flow, url=url, secrets=secrets)
-    if unavailable is not None:
-        raise unavailable
+    raise_if_unavailable(response, flow=flow, url=url, secrets=secrets)
     if not response.is_success:
         if isinstance(data, dict) and (data.get("error") or data.get("error_description")):
             error = _optional_str(data, "error")

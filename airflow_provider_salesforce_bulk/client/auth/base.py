@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, InputError
 
 if TYPE_CHECKING:
     from ..retry import RetryPolicy
@@ -103,6 +103,14 @@ class TokenProvider(abc.ABC):
     def secrets(self) -> tuple[str, ...]:
         """Secret values this provider holds, for a secret masker to register."""
         return ()
+
+
+def require_credentials(**values: object) -> None:
+    """Refuse an empty credential before any request: an :class:`InputError` naming the first empty one
+    (in the order given)."""
+    for name, value in values.items():
+        if not value:
+            raise InputError(f"{name} is empty", field=name)
 
 
 def fingerprint(*parts: str | None) -> str:

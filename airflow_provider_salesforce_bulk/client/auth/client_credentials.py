@@ -7,7 +7,7 @@ import urllib.parse
 
 from ..errors import InputError
 from ._oauth import OAuthTokenProvider
-from .base import fingerprint
+from .base import fingerprint, require_credentials
 from .login_url import LOGIN_URL, TEST_URL
 
 __all__ = ["ClientCredentialsAuth"]
@@ -43,10 +43,7 @@ class ClientCredentialsAuth(OAuthTokenProvider):
         self, client_id: str, client_secret: str, login_url: str, *, use_basic_auth: bool = False
     ) -> None:
         super().__init__(login_url)
-        if not client_id:
-            raise InputError("client_id is empty", field="client_id")
-        if not client_secret:
-            raise InputError("client_secret is empty", field="client_secret")
+        require_credentials(client_id=client_id, client_secret=client_secret)
         if self.login_url in (LOGIN_URL, TEST_URL):
             raise InputError(
                 f"login_url {self.login_url!r}: the client credentials flow only works on the org's "

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from ..errors import InputError
 from ._oauth import OAuthTokenProvider
-from .base import fingerprint
+from .base import fingerprint, require_credentials
 from .login_url import LOGIN_URL, default_jwt_audience, normalize_url
 
 __all__ = ["ASSERTION_LIFETIME_SECONDS", "JWT_BEARER_GRANT_TYPE", "JwtBearerAuth", "load_rsa_private_key"]
@@ -124,15 +124,11 @@ class JwtBearerAuth(OAuthTokenProvider):
         audience: str | None = None,
     ) -> None:
         super().__init__(login_url)
-        if not client_id:
-            raise InputError("client_id is empty", field="client_id")
-        if not username:
-            raise InputError("username is empty", field="username")
+        require_credentials(client_id=client_id, username=username)
         if (private_key is None) == (private_key_file is None):
             raise InputError("give exactly one of private_key and private_key_file", field="private_key")
         if private_key is not None:
-            if not private_key:
-                raise InputError("private_key is empty", field="private_key")
+            require_credentials(private_key=private_key)
             pem = _pem_bytes(private_key)
             source = "private_key"
         else:

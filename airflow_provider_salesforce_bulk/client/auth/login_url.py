@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import urllib.parse
 
 from ..errors import InputError
+from ..hosts import is_loopback
 
 __all__ = ["LOGIN_URL", "TEST_URL", "default_jwt_audience", "normalize_login_url", "normalize_url"]
 
@@ -22,15 +22,6 @@ _KEYWORDS = {"login": LOGIN_URL, "test": TEST_URL}
 _HOST_RE = re.compile(
     r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)(:\d{1,5})?$"
 )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def normalize_url(value: str, *, what: str = "login_url", keywords: bool = True) -> str:
@@ -83,7 +74,7 @@ def normalize_url(value: str, *, what: str = "login_url", keywords: bool = True)
         _ = parts.port  # raises ValueError on an out-of-range port
     except ValueError:
         raise InputError(f"{what} {value!r} has an invalid port", field=what) from None
-    if scheme == "http" and not _is_loopback(host):
+    if scheme == "http" and not is_loopback(host):
         raise InputError(
             f"{what} {value!r} uses plain http; credentials are only sent over https "
             "(http is accepted for loopback hosts only, such as the local emulator)",

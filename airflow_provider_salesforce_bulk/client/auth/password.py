@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import InputError
 from ._oauth import OAuthTokenProvider
-from .base import fingerprint
+from .base import fingerprint, require_credentials
 from .login_url import LOGIN_URL
 
 __all__ = ["PasswordAuth"]
@@ -50,14 +49,9 @@ class PasswordAuth(OAuthTokenProvider):
         login_url: str = LOGIN_URL,
     ) -> None:
         super().__init__(login_url)
-        for name, value in (
-            ("client_id", client_id),
-            ("client_secret", client_secret),
-            ("username", username),
-            ("password", password),
-        ):
-            if not value:
-                raise InputError(f"{name} is empty", field=name)
+        require_credentials(
+            client_id=client_id, client_secret=client_secret, username=username, password=password
+        )
         self.client_id = client_id
         self.username = username
         self._client_secret = client_secret

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import InputError
 from ._oauth import OAuthTokenProvider
-from .base import Token, fingerprint
+from .base import Token, fingerprint, require_credentials
 from .login_url import LOGIN_URL
 
 __all__ = ["RefreshTokenAuth"]
@@ -45,10 +44,7 @@ class RefreshTokenAuth(OAuthTokenProvider):
         login_url: str = LOGIN_URL,
     ) -> None:
         super().__init__(login_url)
-        if not client_id:
-            raise InputError("client_id is empty", field="client_id")
-        if not refresh_token:
-            raise InputError("refresh_token is empty", field="refresh_token")
+        require_credentials(client_id=client_id, refresh_token=refresh_token)
         self.client_id = client_id
         self._refresh_token = refresh_token
         self._client_secret = client_secret or None

@@ -14,7 +14,7 @@ import httpx
 
 from ..errors import AuthenticationError, InputError
 from . import _http
-from .base import Token, TokenProvider, fingerprint
+from .base import Token, TokenProvider, fingerprint, require_credentials
 from .login_url import LOGIN_URL, normalize_login_url
 
 if TYPE_CHECKING:
@@ -95,10 +95,7 @@ class SoapLoginAuth(TokenProvider):
         api_version: str = "64.0",
     ) -> None:
         self.login_url = normalize_login_url(login_url)
-        if not username:
-            raise InputError("username is empty", field="username")
-        if not password:
-            raise InputError("password is empty", field="password")
+        require_credentials(username=username, password=password)
         version = str(api_version).strip().removeprefix("v")
         if not _VERSION_RE.match(version):
             raise InputError(
@@ -194,11 +191,7 @@ class SoapLoginAuth(TokenProvider):
         if root is not None and _local(root.tag) != "Envelope":
             root = None  # well-formed but not SOAP, such as an XHTML error page
         if root is None:
-            unavailable = _http.unavailable_error(
-                response, flow=self.flow, url=self.soap_url, secrets=self.secrets()
-            )
-            if unavailable is not None:
-                raise unavailable
+            _http.raise_if_unavailable(response, flow=self.flow, url=self.soap_url, secrets=self.secrets())
             detail = f": {_http.excerpt(body, self.secrets())}" if not response.is_success else ""
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} answered HTTP {status} with no SOAP envelope{detail}",
@@ -214,11 +207,7 @@ class SoapLoginAuth(TokenProvider):
                 status_code=status,
             )
         if not response.is_success:
-            unavailable = _http.unavailable_error(
-                response, flow=self.flow, url=self.soap_url, secrets=self.secrets()
-            )
-            if unavailable is not None:
-                raise unavailable
+            _http.raise_if_unavailable(response, flow=self.flow, url=self.soap_url, secrets=self.secrets())
             detail = _http.excerpt(body, self.secrets())
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url} failed (HTTP {status}): {detail}",

@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ..errors import InputError
-from .base import Token, TokenProvider, fingerprint
+from .base import Token, TokenProvider, fingerprint, require_credentials
 from .login_url import normalize_url
 
 if TYPE_CHECKING:
@@ -41,8 +40,7 @@ class StaticTokenAuth(TokenProvider):
     flow = "static_token"
 
     def __init__(self, access_token: str, instance_url: str) -> None:
-        if not access_token:
-            raise InputError("access_token is empty", field="access_token")
+        require_credentials(access_token=access_token)
         self.instance_url = normalize_url(instance_url, what="instance_url", keywords=False)
         self._token = Token(access_token=access_token, instance_url=self.instance_url)
 
