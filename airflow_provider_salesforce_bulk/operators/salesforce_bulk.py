@@ -30,11 +30,11 @@ from airflow_provider_salesforce_bulk.client.serialize import validate_operation
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
+from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.submit import (
     RESENT,
-    STATE_KEY,
     JobOptions,
     JobPlan,
     reconcile,
@@ -100,17 +100,23 @@ class SalesforceBulkOperator(BaseOperator):
         A ``salesforce_bulk`` (or ``salesforce``) connection.
     deferrable : bool
         Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
+    reload_on_clear : bool
+        A later try of a task instance whose earlier try succeeded (its plan is marked done) loads
+        every record again when True. Default False: it finishes without loading and returns the
+        done try's summary, since Airflow may fail a try after it succeeded (a late stale report)
+        and its retry cannot tell that from a user's clear. Clear with this set to load again.
 
     Notes
     -----
-    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, and marked
-    before its close, so a retry reads the state of each job of the earlier try and never resends a
-    record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
+    Every job id is stored in ``task_state_store`` (Airflow 3.3+; an Airflow Variable per task instance
+    before, see :mod:`~airflow_provider_salesforce_bulk.operators.plan_store`) before its upload, and
+    marked before its close, so a retry reads the state of each job of the earlier try and never resends
+    a record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
     whose close may have been sent is kept (closed if still Open); an Aborted or Failed job's
     unprocessed records (only those) go to a new job. The summary is the XCom return value, pushed
-    before the failure policy can fail the task; it lists every job of every try and counts each
-    input record once, at its final outcome. Jobs are aborted only on a user's decision: the
-    ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
+    before the failure policy can fail the task; it lists every job of every try and counts each input
+    record once, at its final outcome. Jobs are aborted only on a user's decision: the ``timeout``, or a
+    kill after which Airflow says the task is no longer running or deferred.
     """
 
     template_fields: Sequence[str] = (
@@ -151,6 +157,7 @@ class SalesforceBulkOperator(BaseOperator):
         timeout: float | datetime.timedelta = datetime.timedelta(hours=24),
         conn_id: str = SalesforceBulkHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        reload_on_clear: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -175,6 +182,7 @@ class SalesforceBulkOperator(BaseOperator):
         self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
         self.conn_id = conn_id
         self.deferrable = deferrable
+        self.reload_on_clear = reload_on_clear
         self._instance_url: str | None = None
         self._active_job_ids: list[str] = []
 
@@ -262,10 +270,15 @@ class SalesforceBulkOperator(BaseOperator):
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
         self._ti = context.get("ti")
         self._settings = settings
-        store = context.get("task_state_store")
+        store = plan_store_for(context)
         if store is None:
-            self.log.warning("No task_state_store (Airflow < 3.3): a retry cannot reattach to submitted jobs")
+            self.log.warning("No task instance: a retry cannot reattach to submitted jobs")
         plan = JobPlan.load(store)
+        if plan.done is not None:
+            if not self.reload_on_clear:
+                return self._done_before(context, plan)
+            self.log.info("An earlier try succeeded; reload_on_clear is set: loading every record again")
+            plan = JobPlan(store)
         self._plan = plan
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
@@ -323,6 +336,22 @@ class SalesforceBulkOperator(BaseOperator):
         event = run_sync(lambda: _first_event(trigger, settings))
         self._active_job_ids = []
         return self.execute_complete(context, event)
+
+    def _done_before(self, context: Any, plan: JobPlan) -> Any:
+        """An earlier try of this task instance succeeded: its summary again, nothing loaded."""
+        done = plan.done or {}
+        self.log.warning(
+            "Try %s of this task instance already loaded every record and succeeded (jobs %s); "
+            "finishing without loading anything. Airflow may have failed that try after it succeeded "
+            "(a late report); to load the records again on purpose, clear the task with "
+            "reload_on_clear=True",
+            done.get("try_number"),
+            ", ".join(plan.all_job_ids) or "none",
+        )
+        self._instance_url = plan.instance_url
+        if context.get("ti") is not None and plan.job_ids:
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
+        return done.get("summary")
 
     async def _submit(
         self, hook: SalesforceBulkHook, settings: ConnectionSettings, source: ChunkSource, plan: JobPlan
@@ -464,10 +493,12 @@ class SalesforceBulkOperator(BaseOperator):
             problem = f"{event.get('message')}; " + (problem or "")
         if problem:
             raise AirflowException(problem)
-        store = context.get("task_state_store")
+        store = plan_store_for(context)
         if store is not None:
-            # Done: a deliberate re-run (clear) of this task loads the data again instead of reattaching.
-            store.delete(STATE_KEY)
+            # Kept, marked done: a try failed by Airflow after this success (a late stale report)
+            # must not load again on its retry. A clear reloads only with ``reload_on_clear``.
+            ti = context.get("ti")
+            JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
         return summary
 
     async def _copy(

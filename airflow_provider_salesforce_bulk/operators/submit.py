@@ -18,7 +18,7 @@ import asyncio
 import csv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
@@ -124,18 +124,36 @@ class JobPlan:
             self.chunks[int(first)] = {"count": int(entry["count"]), "jobs": [dict(j) for j in entry["jobs"]]}
         self.complete = bool(raw.get("complete"))
         self.instance_url: str | None = raw.get("instance_url")
+        done = raw.get("done")
+        self.done: dict[str, Any] | None = dict(done) if isinstance(done, dict) else None
+        """Set once a try succeeded: its ``try_number`` and ``summary`` (see :meth:`mark_done`)."""
 
     @classmethod
     def load(cls, store: StateStore | None) -> JobPlan:
         return cls(store, store.get(STATE_KEY) if store is not None else None)
 
     def dump(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": _VERSION,
             "chunks": {str(first): entry for first, entry in sorted(self.chunks.items())},
             "complete": self.complete,
             "instance_url": self.instance_url,
         }
+        if self.done is not None:
+            out["done"] = self.done
+        return out
+
+    @staticmethod
+    def mark_done(store: StateStore, try_number: int | None, summary: Mapping[str, Any]) -> None:
+        """Keep the plan, marked done by ``try_number`` with its summary, instead of deleting it.
+
+        Airflow can fail a try after it succeeded (a late stale report): its retry then finds this
+        mark and finishes without loading anything again. Called from the worker, never the loop.
+        """
+        raw = store.get(STATE_KEY)
+        raw = dict(raw) if isinstance(raw, dict) else {"version": _VERSION, "chunks": {}, "complete": True}
+        raw["done"] = {"try_number": try_number, "summary": dict(summary)}
+        store.set(STATE_KEY, raw)
 
     async def save(self) -> None:
         if self.store is not None:

@@ -125,9 +125,9 @@ def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
     try:
         if state == "failed":
             with pytest.raises(AirflowException, match="Aborted"):
-                op.execute({"ti": ti, "task_state_store": None})
+                op.execute({"ti": ti, "task_state_store": DictStore()})
         else:
-            summary = op.execute({"ti": ti, "task_state_store": None})
+            summary = op.execute({"ti": ti, "task_state_store": DictStore()})
             assert summary["totals"]["succeeded"] == 60
     finally:
         killer.join()
@@ -191,8 +191,40 @@ async def test_reattached_task_whose_jobs_all_ended_finishes_without_deferring(
         "jobs": 2,
     }
     assert list(summary["jobs"]) == ids
-    assert store.data == {}  # done: a clear loads again
+    # Kept, marked done by this try with its summary (not deleted: see the next test).
+    assert store.data["salesforce_bulk"]["done"] == {"try_number": 1, "summary": summary}
     assert len(_jobs(emulator)) == 2
+
+
+@pytest.mark.parametrize("reload_on_clear", [False, True])
+async def test_a_later_try_after_a_done_try_loads_nothing_unless_told_to_reload(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, reload_on_clear: bool
+) -> None:
+    # Try 1 succeeds; Airflow then fails it anyway (a late stale report) or a user clears it: try 2
+    # cannot tell which, so it loads nothing again and returns try 1's summary, unless the operator
+    # says a clear reloads.
+    store = DictStore()
+    records = [{"LastName": f"Done{i}", "External_Id__c": f"D{i}"} for i in range(30)]
+    upsert = {"operation": "upsert", "external_id_field": "External_Id__c", "max_records_per_job": 10}
+    first = _operator(tmp_path, records=records, **upsert)
+    summary = await asyncio.to_thread(first.execute, {"ti": _TI(), "task_state_store": store})
+    assert summary["totals"]["succeeded"] == 30
+    assert len(_jobs(emulator)) == 3
+
+    class _Retry(_TI):
+        try_number = 2
+
+    again = _operator(tmp_path, records=records, reload_on_clear=reload_on_clear, **upsert)
+    second = await asyncio.to_thread(again.execute, {"ti": _Retry(), "task_state_store": store})
+    if reload_on_clear:
+        assert len(_jobs(emulator)) == 6
+        assert set(second["jobs"]).isdisjoint(summary["jobs"])
+        assert store.data["salesforce_bulk"]["done"]["try_number"] == 2
+        assert second["totals"]["succeeded"] == 30
+    else:
+        assert len(_jobs(emulator)) == 3
+        assert second == summary
+        assert len(emulator.records("Contact")) == 30
 
 
 # -- events -------------------------------------------------------------------------------------------
@@ -202,7 +234,7 @@ def test_execute_complete_without_or_with_a_malformed_event_is_a_clear_error(tmp
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     op = _operator(tmp_path)
-    context = {"ti": _TI(), "task_state_store": None}
+    context = {"ti": _TI(), "task_state_store": DictStore()}
     with pytest.raises(AirflowException, match="no trigger event"):
         op.execute_complete(context)
     with pytest.raises(AirflowException, match="no trigger event"):
@@ -236,7 +268,9 @@ async def test_the_event_alone_is_enough_to_finish(
     )
     event = (await trigger.run().__anext__()).payload
     op = _operator(tmp_path)
-    summary = await asyncio.to_thread(op.execute_complete, {"ti": _TI(), "task_state_store": None}, event)
+    summary = await asyncio.to_thread(
+        op.execute_complete, {"ti": _TI(), "task_state_store": DictStore()}, event
+    )
     assert summary["instance_url"] == emulator.base_url
     assert summary["totals"]["records"] == summary["totals"]["succeeded"] == 80
     assert all(job["records"] == 40 and job["accounted"] for job in summary["jobs"].values())
