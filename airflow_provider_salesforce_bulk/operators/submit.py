@@ -27,12 +27,14 @@ from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     InputError,
     InvalidJobError,
+    JobOutcomeUnknownError,
     NotFoundError,
     SalesforceBulkError,
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job
 from airflow_provider_salesforce_bulk.operators.results import check_job_id, download_with_retries
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import job_summary
 
@@ -300,21 +302,14 @@ async def _send(
 
 
 async def _close(client: BulkIngestClient, job_id: str) -> JobInfo:
-    """Close a job whose data is uploaded; on a lost answer read its state, never abort it."""
+    """Close a job whose data is uploaded by the client's rule: on a lost answer read its state, never abort.
+
+    One rule for the client and the operator (:func:`close_uploaded_job`, as ``submit_job`` closes).
+    """
     try:
-        job = await client.close_job(job_id)
-    except SalesforceBulkError as exc:
-        log.warning("Closing job %s got no clear answer (%s); reading its state", job_id, exc)
-        try:
-            job = await client.get_job(job_id)
-        except SalesforceBulkError:
-            raise AirflowException(
-                f"closing job {job_id} got no answer ({exc}) and its state cannot be read; it is kept "
-                "(it may be processing); a retry reads its state and carries on"
-            ) from exc
-        if job.state == "Open":
-            job = await client.close_job(job_id)
-    return job
+        return await close_uploaded_job(client, JobInfo(id=job_id))
+    except JobOutcomeUnknownError as exc:
+        raise AirflowException(f"{exc}; a retry reads its state and carries on") from exc
 
 
 async def _unprocessed(
@@ -405,7 +400,7 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 continue
             if job.state == "Open":
                 log.warning("Job %s holds its data but its close did not take: closing it", job.id)
-                job = await client.close_job(job.id)
+                job = await _close(client, job.id)
             if job.state in _KEEP or job.state == "Open":
                 entry["phase"] = CLOSED
                 latest[job.id] = job

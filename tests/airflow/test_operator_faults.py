@@ -415,3 +415,34 @@ def test_bad_settings_fail_without_retry_naming_the_setting(
         op.execute({"ti": _TI(), "task_state_store": DictStore()})
     # A wrong object is only known to Salesforce: its job creation is refused, nothing else sent.
     assert _jobs(emulator) == []
+
+
+# -- a lost close answer: one rule with the client ---------------------------------------------------
+
+
+async def test_a_close_whose_outcome_stays_unknown_is_retried_by_airflow_and_never_aborted() -> None:
+    # The operator closes with the client's rule (close_uploaded_job): the close fails, the job's
+    # state cannot be read, so the job is left as it is and the try fails for a retry to reconcile.
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    from airflow_provider_salesforce_bulk.client import ServerError
+    from airflow_provider_salesforce_bulk.operators.submit import _close
+
+    calls: list[str] = []
+
+    class Unreachable:
+        async def close_job(self, job_id: str) -> Any:
+            calls.append("close")
+            raise ServerError("503 after the session's retries", status_code=503)
+
+        async def get_job(self, job_id: str) -> Any:
+            calls.append("get")
+            raise ServerError("503 after the session's retries", status_code=503)
+
+        async def abort_job(self, job_id: str) -> Any:  # pragma: no cover - must not happen
+            calls.append("abort")
+
+    with pytest.raises(AirflowException, match=r"7505e0000000001AAA.*a retry reads its state") as info:
+        await _close(Unreachable(), "7505e0000000001AAA")  # type: ignore[arg-type]
+    assert not isinstance(info.value, AirflowFailException)
+    assert calls == ["close", "get"]
