@@ -103,7 +103,7 @@ def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
     sigterm_calls_on_kill: list[Any],
     state: str,
 ) -> None:
-    from airflow.sdk.exceptions import AirflowException
+    from airflow.providers.common.compat.sdk import AirflowException
 
     # "failed": the user marked the task failed, the supervisor terminates the process. "running":
     # the worker is shutting down (pod eviction): the jobs must go on for the retry to reattach.
@@ -231,7 +231,7 @@ async def test_a_later_try_after_a_done_try_loads_nothing_unless_told_to_reload(
 
 
 def test_execute_complete_without_or_with_a_malformed_event_is_a_clear_error(tmp_path: Path) -> None:
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
     op = _operator(tmp_path)
     context = {"ti": _TI(), "task_state_store": DictStore()}
@@ -374,8 +374,8 @@ async def test_result_download_gives_up_after_bounded_attempts(
     "job_id", ["../../x", "750/../../etc", "7505e0000000001AA", "7505e0000000001AAA/..", "", 750]
 )
 def test_only_salesforce_job_ids_become_paths(job_id: Any, tmp_path: Path) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
 
@@ -408,7 +408,7 @@ def test_only_salesforce_job_ids_become_paths(job_id: Any, tmp_path: Path) -> No
 def test_bad_settings_fail_without_retry_naming_the_setting(
     emulator: RunningEmulator, conn: str, tmp_path: Path, kwargs: dict[str, Any], expected: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     op = _operator(tmp_path, **kwargs)
     with pytest.raises(AirflowFailException, match=expected):
@@ -423,7 +423,7 @@ def test_bad_settings_fail_without_retry_naming_the_setting(
 async def test_a_close_whose_outcome_stays_unknown_is_retried_by_airflow_and_never_aborted() -> None:
     # The operator closes with the client's rule (close_uploaded_job): the close fails, the job's
     # state cannot be read, so the job is left as it is and the try fails for a retry to reconcile.
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
     from airflow_provider_salesforce_bulk.client import ServerError
     from airflow_provider_salesforce_bulk.operators.submit import _close
