@@ -72,9 +72,16 @@ def try_is_over(ti: Any) -> bool | None:
 
 
 async def atry_is_over(ti: Any) -> bool | None:
-    """:func:`try_is_over` from the event loop: in a thread, bounded in time."""
+    """:func:`try_is_over` from the event loop: in a thread, bounded in time.
+
+    The thread is asgiref's: before Airflow 3.3 the triggerer's supervisor channel sends through
+    ``async_to_sync``, which reaches the triggerer's own loop (where the channel lives) only from a
+    ``sync_to_async`` thread; from a plain thread it would start a loop of its own and fail.
+    """
+    from asgiref.sync import sync_to_async
+
     try:
-        return await asyncio.wait_for(asyncio.to_thread(try_is_over, ti), _READ_TIMEOUT)
+        return await asyncio.wait_for(sync_to_async(try_is_over, thread_sensitive=False)(ti), _READ_TIMEOUT)
     except asyncio.TimeoutError:
         log.warning("Reading the task's state took over %.0fs: aborting nothing", _READ_TIMEOUT)
         return None
