@@ -108,15 +108,16 @@ class SalesforceBulkOperator(BaseOperator):
 
     Notes
     -----
-    Every job id is stored in ``task_state_store`` (Airflow 3.3+; an Airflow Variable per task instance
-    before, see :mod:`~airflow_provider_salesforce_bulk.operators.plan_store`) before its upload, and
-    marked before its close, so a retry reads the state of each job of the earlier try and never resends
-    a record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
+    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, and marked
+    before its close, so a retry reads the state of each job of the earlier try and never resends a
+    record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
     whose close may have been sent is kept (closed if still Open); an Aborted or Failed job's
     unprocessed records (only those) go to a new job. The summary is the XCom return value, pushed
-    before the failure policy can fail the task; it lists every job of every try and counts each input
-    record once, at its final outcome. Jobs are aborted only on a user's decision: the ``timeout``, or a
-    kill after which Airflow says the task is no longer running or deferred.
+    before the failure policy can fail the task; it lists every job of every try and counts each
+    input record once, at its final outcome. Jobs are aborted only on a user's decision: the
+    ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
+    Before Airflow 3.3 the plan is an Airflow Variable per task instance (see
+    :mod:`~airflow_provider_salesforce_bulk.operators.plan_store`); on success it is kept, marked done.
     """
 
     template_fields: Sequence[str] = (
