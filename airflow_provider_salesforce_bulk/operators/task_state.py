@@ -34,14 +34,19 @@ def read_task_state(ti: Any) -> str | None:
     """
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
+    from airflow_provider_salesforce_bulk.operators.plan_store import _COMMS_GUARD
+
     map_index = getattr(ti, "map_index", -1)
     map_index = -1 if map_index is None else int(map_index)
-    states = RuntimeTaskInstance.get_task_states(
-        dag_id=ti.dag_id,
-        task_ids=[ti.task_id],
-        run_ids=[ti.run_id],
-        map_index=map_index if map_index >= 0 else None,
-    )
+    # The worker's channel has no lock before Airflow 3.2 and a plan save may be in flight in
+    # another thread: one request at a time, as the plan store sends them.
+    with _COMMS_GUARD:
+        states = RuntimeTaskInstance.get_task_states(
+            dag_id=ti.dag_id,
+            task_ids=[ti.task_id],
+            run_ids=[ti.run_id],
+            map_index=map_index if map_index >= 0 else None,
+        )
     key = ti.task_id if map_index < 0 else f"{ti.task_id}_{map_index}"
     run = (states or {}).get(ti.run_id) or {}
     if key not in run:
