@@ -275,11 +275,17 @@ class SalesforceBulkOperator(BaseOperator):
         if store is None:
             self.log.warning("No task instance: a retry cannot reattach to submitted jobs")
         plan = JobPlan.load(store)
-        if plan.done is not None:
-            if not self.reload_on_clear:
+        done = plan.done
+        if done is not None:
+            if self.reload_on_clear:
+                self.log.info("An earlier try succeeded; reload_on_clear is set: loading every record again")
+                plan = JobPlan(store)
+            elif done.get("summary") is not None:
                 return self._done_before(context, plan)
-            self.log.info("An earlier try succeeded; reload_on_clear is set: loading every record again")
-            plan = JobPlan(store)
+            else:
+                # Done, but its summary did not fit the store: reattach to the finished jobs (nothing
+                # is sent again) to count and copy their results once more.
+                self.log.info("An earlier try succeeded; reading its jobs again for the summary")
         self._plan = plan
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))

@@ -155,7 +155,17 @@ class JobPlan:
         raw = store.get(STATE_KEY)
         raw = dict(raw) if isinstance(raw, dict) else {"version": _VERSION, "chunks": {}, "complete": True}
         raw["done"] = {"try_number": try_number, "summary": dict(summary)}
-        store.set(STATE_KEY, raw)
+        try:
+            store.set(STATE_KEY, raw)
+            return
+        except Exception as exc:  # e.g. a summary of many jobs beyond the store's value size
+            log.warning("Could not keep the summary with the plan (%s: %s)", type(exc).__name__, exc)
+        raw["done"] = {"try_number": try_number, "summary": None}
+        try:
+            store.set(STATE_KEY, raw)
+        except Exception as exc:
+            # The plan stays as it was: a later try reattaches to the finished jobs, loads nothing.
+            log.warning("Could not mark the plan done (%s: %s)", type(exc).__name__, exc)
 
     async def save(self) -> None:
         if self.store is not None:

@@ -446,3 +446,34 @@ async def test_a_close_whose_outcome_stays_unknown_is_retried_by_airflow_and_nev
         await _close(Unreachable(), "7505e0000000001AAA")  # type: ignore[arg-type]
     assert not isinstance(info.value, AirflowFailException)
     assert calls == ["close", "get"]
+
+
+async def test_a_summary_too_big_for_the_store_still_marks_the_plan_done(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store with a value size limit (a Variable on MySQL holds 64 KB): the plan fits, the summary
+    # does not. The plan is marked done without it; a later try reattaches to the finished jobs,
+    # sends nothing and counts the results again.
+    class SmallStore(DictStore):
+        def set(self, key: str, value: Any) -> None:
+            done = value.get("done") or {}
+            if done.get("summary") is not None:
+                raise ValueError("value too long for the column")
+            super().set(key, value)
+
+    store = SmallStore()
+    upsert = {"operation": "upsert", "external_id_field": "External_Id__c", "max_records_per_job": 10}
+    records = [{"LastName": f"Big{i}", "External_Id__c": f"B{i}"} for i in range(30)]
+    first = await asyncio.to_thread(
+        _operator(tmp_path, records=records, **upsert).execute, {"ti": _TI(), "task_state_store": store}
+    )
+    assert store.data["salesforce_bulk"]["done"] == {"try_number": 1, "summary": None}
+    assert "value too long" in caplog.text
+
+    second = await asyncio.to_thread(
+        _operator(tmp_path, records=records, **upsert).execute, {"ti": _TI(), "task_state_store": store}
+    )
+    assert len(_jobs(emulator)) == 3
+    assert second["totals"] == first["totals"]
+    assert set(second["jobs"]) == set(first["jobs"])
+    assert len(emulator.records("Contact")) == 30
