@@ -152,7 +152,11 @@ class JobPlan:
         Airflow can fail a try after it succeeded (a late stale report): its retry then finds this
         mark and finishes without loading anything again. Called from the worker, never the loop.
         """
-        raw = store.get(STATE_KEY)
+        try:
+            raw = store.get(STATE_KEY)
+        except Exception as exc:
+            log.warning("Could not read the plan to mark it done (%s: %s)", type(exc).__name__, exc)
+            return
         raw = dict(raw) if isinstance(raw, dict) else {"version": _VERSION, "chunks": {}, "complete": True}
         raw["done"] = {"try_number": try_number, "summary": dict(summary)}
         try:
