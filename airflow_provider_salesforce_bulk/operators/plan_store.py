@@ -4,8 +4,9 @@ Airflow 3.3+ gives every task ``context["task_state_store"]``, which survives re
 there is none, so :class:`VariablePlanStore` keeps the same keys in an Airflow Variable per task
 instance: the metadata database is the one store every worker of every executor sees (a file under
 ``results_path`` is shared only when that path is shared storage, which the default is not), and it
-survives a worker's death. The operator deletes the plan when the task succeeds; a plan left by a
-task that failed for good stays, so clearing the task later still reattaches instead of resending.
+survives a worker's death. The operator keeps the plan when the task succeeds, marked done, so a
+try that Airflow fails after its success does not load again on its retry; a plan left by a task that
+failed for good stays too, so clearing the task later still reattaches instead of resending.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class VariablePlanStore:
         mapped = "" if self.map_index == -1 else f" [{self.map_index}]"
         description = (
             f"Salesforce Bulk job plan of {self.dag_id} / {self.run_id} / {self.task_id}{mapped} ({key}): "
-            "lets a retry reattach to its jobs; deleted when the task succeeds."
+            "lets a retry reattach to its jobs; marked done when the task succeeds."
         )
         with _COMMS_GUARD:
             Variable.set(self.variable_key(key), value, description=description, serialize_json=True)

@@ -42,12 +42,12 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBul
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
+from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
 from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.submit import (
     RESENT,
-    STATE_KEY,
     JobOptions,
     JobPlan,
     reconcile,
@@ -138,6 +138,11 @@ class SalesforceBulkOperator(BaseOperator):
         A ``salesforce_bulk`` (or ``salesforce``) connection.
     deferrable : bool
         Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
+    reload_on_clear : bool
+        A later try of a task instance whose earlier try succeeded (its plan is marked done) loads
+        every record again when True. Default False: it finishes without loading and returns the
+        done try's summary, since Airflow may fail a try after it succeeded (a late stale report)
+        and its retry cannot tell that from a user's clear. Clear with this set to load again.
 
     Notes
     -----
@@ -153,6 +158,8 @@ class SalesforceBulkOperator(BaseOperator):
     A resubmission round's jobs are recorded in the same store (its round and retry chunk) before
     their upload: a retry replays the rounds, reattaching to each round's jobs instead of sending
     their records again.
+    Before Airflow 3.3 the plan is an Airflow Variable per task instance (see
+    :mod:`~airflow_provider_salesforce_bulk.operators.plan_store`); on success it is kept, marked done.
     """
 
     template_fields: Sequence[str] = (
@@ -206,6 +213,7 @@ class SalesforceBulkOperator(BaseOperator):
         retry_error_codes: Sequence[str] = DEFAULT_RETRY_ERROR_CODES,
         resubmit_rounds: int = 3,
         resubmit_backoff: float = 30.0,
+        reload_on_clear: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -243,6 +251,7 @@ class SalesforceBulkOperator(BaseOperator):
         self.resubmit_backoff = resubmit_backoff
         self._chunk_counts: list[int] = []
         self._opened_source: ChunkSource | None = None
+        self.reload_on_clear = reload_on_clear
         self._instance_url: str | None = None
         self._active_job_ids: list[str] = []
 
@@ -448,10 +457,21 @@ class SalesforceBulkOperator(BaseOperator):
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
         self._ti = context.get("ti")
         self._settings = settings
-        store = context.get("task_state_store")
+        store = plan_store_for(context)
         if store is None:
-            self.log.warning("No task_state_store (Airflow < 3.3): a retry cannot reattach to submitted jobs")
+            self.log.warning("No task instance: a retry cannot reattach to submitted jobs")
         plan = JobPlan.load(store)
+        done = plan.done
+        if done is not None:
+            if self.reload_on_clear:
+                self.log.info("An earlier try succeeded; reload_on_clear is set: loading every record again")
+                plan = JobPlan(store)
+            elif done.get("summary") is not None:
+                return self._done_before(context, plan)
+            else:
+                # Done, but its summary did not fit the store: reattach to the finished jobs (nothing
+                # is sent again) to count and copy their results once more.
+                self.log.info("An earlier try succeeded; reading its jobs again for the summary")
         self._plan = plan
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
@@ -512,6 +532,22 @@ class SalesforceBulkOperator(BaseOperator):
         event = run_sync(lambda: _first_event(trigger, settings))
         self._active_job_ids = []
         return self.execute_complete(context, event)
+
+    def _done_before(self, context: Any, plan: JobPlan) -> Any:
+        """An earlier try of this task instance succeeded: its summary again, nothing loaded."""
+        done = plan.done or {}
+        self.log.warning(
+            "Try %s of this task instance already loaded every record and succeeded (jobs %s); "
+            "finishing without loading anything. Airflow may have failed that try after it succeeded "
+            "(a late report); to load the records again on purpose, clear the task with "
+            "reload_on_clear=True",
+            done.get("try_number"),
+            ", ".join(plan.all_job_ids) or "none",
+        )
+        self._instance_url = plan.instance_url
+        if context.get("ti") is not None and plan.job_ids:
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
+        return done.get("summary")
 
     async def _submit(
         self, hook: SalesforceBulkHook, settings: ConnectionSettings, source: ChunkSource, plan: JobPlan
@@ -704,10 +740,12 @@ class SalesforceBulkOperator(BaseOperator):
             problem = f"{event.get('message')}; " + (problem or "")
         if problem:
             raise AirflowException(problem)
-        store = context.get("task_state_store")
+        store = plan_store_for(context)
         if store is not None:
-            # Done: a deliberate re-run (clear) of this task loads the data again instead of reattaching.
-            store.delete(STATE_KEY)
+            # Kept, marked done: a try failed by Airflow after this success (a late stale report)
+            # must not load again on its retry. A clear reloads only with ``reload_on_clear``.
+            ti = context.get("ti")
+            JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
         return summary
 
     def _next_round(
@@ -732,7 +770,7 @@ class SalesforceBulkOperator(BaseOperator):
         )
         time.sleep(delay)
         plan: JobPlan | None = getattr(self, "_plan", None)
-        store = plan.store if plan is not None else context.get("task_state_store")
+        store = plan.store if plan is not None else plan_store_for(context)
         rounds = RoundPlan(store)
         settings = hook.get_settings()
 

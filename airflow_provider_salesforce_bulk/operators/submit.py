@@ -18,7 +18,7 @@ import asyncio
 import csv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
@@ -27,12 +27,14 @@ from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     InputError,
     InvalidJobError,
+    JobOutcomeUnknownError,
     NotFoundError,
     SalesforceBulkError,
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job
 from airflow_provider_salesforce_bulk.operators.results import check_job_id, download_with_retries
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import job_summary
 
@@ -124,18 +126,50 @@ class JobPlan:
             self.chunks[int(first)] = {"count": int(entry["count"]), "jobs": [dict(j) for j in entry["jobs"]]}
         self.complete = bool(raw.get("complete"))
         self.instance_url: str | None = raw.get("instance_url")
+        done = raw.get("done")
+        self.done: dict[str, Any] | None = dict(done) if isinstance(done, dict) else None
+        """Set once a try succeeded: its ``try_number`` and ``summary`` (see :meth:`mark_done`)."""
 
     @classmethod
     def load(cls, store: StateStore | None) -> JobPlan:
         return cls(store, store.get(STATE_KEY) if store is not None else None)
 
     def dump(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": _VERSION,
             "chunks": {str(first): entry for first, entry in sorted(self.chunks.items())},
             "complete": self.complete,
             "instance_url": self.instance_url,
         }
+        if self.done is not None:
+            out["done"] = self.done
+        return out
+
+    @staticmethod
+    def mark_done(store: StateStore, try_number: int | None, summary: Mapping[str, Any]) -> None:
+        """Keep the plan, marked done by ``try_number`` with its summary, instead of deleting it.
+
+        Airflow can fail a try after it succeeded (a late stale report): its retry then finds this
+        mark and finishes without loading anything again. Called from the worker, never the loop.
+        """
+        try:
+            raw = store.get(STATE_KEY)
+        except Exception as exc:
+            log.warning("Could not read the plan to mark it done (%s: %s)", type(exc).__name__, exc)
+            return
+        raw = dict(raw) if isinstance(raw, dict) else {"version": _VERSION, "chunks": {}, "complete": True}
+        raw["done"] = {"try_number": try_number, "summary": dict(summary)}
+        try:
+            store.set(STATE_KEY, raw)
+            return
+        except Exception as exc:  # e.g. a summary of many jobs beyond the store's value size
+            log.warning("Could not keep the summary with the plan (%s: %s)", type(exc).__name__, exc)
+        raw["done"] = {"try_number": try_number, "summary": None}
+        try:
+            store.set(STATE_KEY, raw)
+        except Exception as exc:
+            # The plan stays as it was: a later try reattaches to the finished jobs, loads nothing.
+            log.warning("Could not mark the plan done (%s: %s)", type(exc).__name__, exc)
 
     async def save(self) -> None:
         if self.store is not None:
@@ -282,21 +316,14 @@ async def _send(
 
 
 async def _close(client: BulkIngestClient, job_id: str) -> JobInfo:
-    """Close a job whose data is uploaded; on a lost answer read its state, never abort it."""
+    """Close a job whose data is uploaded by the client's rule: on a lost answer read its state, never abort.
+
+    One rule for the client and the operator (:func:`close_uploaded_job`, as ``submit_job`` closes).
+    """
     try:
-        job = await client.close_job(job_id)
-    except SalesforceBulkError as exc:
-        log.warning("Closing job %s got no clear answer (%s); reading its state", job_id, exc)
-        try:
-            job = await client.get_job(job_id)
-        except SalesforceBulkError:
-            raise AirflowException(
-                f"closing job {job_id} got no answer ({exc}) and its state cannot be read; it is kept "
-                "(it may be processing); a retry reads its state and carries on"
-            ) from exc
-        if job.state == "Open":
-            job = await client.close_job(job_id)
-    return job
+        return await close_uploaded_job(client, JobInfo(id=job_id))
+    except JobOutcomeUnknownError as exc:
+        raise AirflowException(f"{exc}; a retry reads its state and carries on") from exc
 
 
 async def _unprocessed(
@@ -387,7 +414,7 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 continue
             if job.state == "Open":
                 log.warning("Job %s holds its data but its close did not take: closing it", job.id)
-                job = await client.close_job(job.id)
+                job = await _close(client, job.id)
             if job.state in _KEEP or job.state == "Open":
                 entry["phase"] = CLOSED
                 latest[job.id] = job

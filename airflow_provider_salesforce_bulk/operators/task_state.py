@@ -34,14 +34,19 @@ def read_task_state(ti: Any) -> str | None:
     """
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
+    from airflow_provider_salesforce_bulk.operators.plan_store import _COMMS_GUARD
+
     map_index = getattr(ti, "map_index", -1)
     map_index = -1 if map_index is None else int(map_index)
-    states = RuntimeTaskInstance.get_task_states(
-        dag_id=ti.dag_id,
-        task_ids=[ti.task_id],
-        run_ids=[ti.run_id],
-        map_index=map_index if map_index >= 0 else None,
-    )
+    # The worker's channel has no lock before Airflow 3.2 and a plan save may be in flight in
+    # another thread: one request at a time, as the plan store sends them.
+    with _COMMS_GUARD:
+        states = RuntimeTaskInstance.get_task_states(
+            dag_id=ti.dag_id,
+            task_ids=[ti.task_id],
+            run_ids=[ti.run_id],
+            map_index=map_index if map_index >= 0 else None,
+        )
     key = ti.task_id if map_index < 0 else f"{ti.task_id}_{map_index}"
     run = (states or {}).get(ti.run_id) or {}
     if key not in run:
@@ -72,9 +77,16 @@ def try_is_over(ti: Any) -> bool | None:
 
 
 async def atry_is_over(ti: Any) -> bool | None:
-    """:func:`try_is_over` from the event loop: in a thread, bounded in time."""
+    """:func:`try_is_over` from the event loop: in a thread, bounded in time.
+
+    The thread is asgiref's: before Airflow 3.3 the triggerer's supervisor channel sends through
+    ``async_to_sync``, which reaches the triggerer's own loop (where the channel lives) only from a
+    ``sync_to_async`` thread; from a plain thread it would start a loop of its own and fail.
+    """
+    from asgiref.sync import sync_to_async
+
     try:
-        return await asyncio.wait_for(asyncio.to_thread(try_is_over, ti), _READ_TIMEOUT)
+        return await asyncio.wait_for(sync_to_async(try_is_over, thread_sensitive=False)(ti), _READ_TIMEOUT)
     except asyncio.TimeoutError:
         log.warning("Reading the task's state took over %.0fs: aborting nothing", _READ_TIMEOUT)
         return None

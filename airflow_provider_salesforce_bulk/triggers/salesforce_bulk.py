@@ -19,6 +19,7 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+from airflow_provider_salesforce_bulk.version_compat import AIRFLOW_V_3_3_PLUS
 
 __all__ = ["JOB_KINDS", "SalesforceBulkJobTrigger", "job_summary"]
 
@@ -100,6 +101,9 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     resumes polling without side effects. ``on_kill`` aborts the unfinished jobs only once Airflow
     says the task is no longer deferred or running (a user marked or cleared it); a trigger
     cancelled because it moved to another triggerer finds the task still deferred and aborts nothing.
+    Before Airflow 3.3 the triggerer never calls ``on_kill`` and cancels a trigger the same way for a
+    user's action and a shutdown, so ``run`` calls ``on_kill`` itself when it is cancelled: the
+    task's state tells the two apart there as well.
     """
 
     def __init__(
@@ -162,7 +166,14 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # The event is yielded after the client is released: a generator suspended inside the
         # pool's context would keep the pool open until the triggerer closes the generator.
-        payload = await self._wait()
+        try:
+            payload = await self._wait()
+        except asyncio.CancelledError:
+            if not AIRFLOW_V_3_3_PLUS and getattr(self, "task_instance", None) is not None:
+                # No on_kill from the triggerer before 3.3; without a task instance (``dag.test``,
+                # or polling in the worker) there is nothing to ask, and nothing is aborted.
+                await self.on_kill()
+            raise
         payload.update(
             instance_url=self.instance_url, record_counts=dict(self.record_counts), history=list(self.history)
         )
@@ -311,7 +322,10 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         return ended
 
     async def on_kill(self) -> None:
-        """Abort the unfinished jobs, only if the user ended this try (Airflow 3.3+). Idempotent."""
+        """Abort the unfinished jobs, only if the user ended this try. Idempotent.
+
+        Called by the triggerer on a user's action (Airflow 3.3+), by :meth:`run` on any cancel before.
+        """
         from airflow_provider_salesforce_bulk.operators.task_state import atry_is_over
 
         if await atry_is_over(getattr(self, "task_instance", None)) is not True:

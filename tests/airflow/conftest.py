@@ -7,6 +7,7 @@ AIRFLOW_HOME with a SQLite metadata database is created once per test session.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 import types
@@ -103,6 +104,26 @@ TI = types.SimpleNamespace(
     context_carrier=None,
 )
 """A task instance as a trigger or an operator sees it (the fields Airflow's code reads)."""
+
+
+class DictStore:
+    """``task_state_store``'s get/set/delete in memory, JSON round-tripped as a real store does.
+
+    Tests that call ``execute`` with a stub ``ti`` pass one: without it the operator would keep its
+    plan in an Airflow Variable (before 3.3), which needs a running task.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(json.dumps(self.data.get(key, default)))
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
 
 
 class SupervisorComms:

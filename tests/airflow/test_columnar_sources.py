@@ -22,7 +22,7 @@ from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from tests.airflow.conftest import conn_uri_json
+from tests.airflow.conftest import DictStore, conn_uri_json
 
 LIMITS: dict[str, Any] = {
     "max_size_bytes": 20_000,
@@ -377,7 +377,7 @@ def test_parquet_and_table_load_every_record_once(sf: RunningEmulator, tmp_path:
             results_path=str(tmp_path / f"res_{name}"),
             **kwargs,
         )
-        summary = op.execute({"ti": _TI(), "task_state_store": None})
+        summary = op.execute({"ti": _TI(), "task_state_store": DictStore()})
         assert summary["totals"]["succeeded"] == count
     stored = sorted((r["External_Id__c"], r["LastName"]) for r in sf.records("Contact"))
     expected = [(f"P{i}", f"P, {i}") for i in range(40)] + [(f"T{i}", f'T"{i}') for i in range(15)]

@@ -310,7 +310,10 @@ def test_the_hook_masks_every_token_including_refreshed_ones(
 ) -> None:
     import asyncio
 
-    from airflow.sdk.log import _secrets_masker
+    try:
+        from airflow.sdk.log import _secrets_masker
+    except ImportError:  # before Airflow 3.3
+        from airflow.sdk._shared.secrets_masker.secrets_masker import _secrets_masker
 
     from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.conftest import conn_uri_json, load_dag_file
+from tests.airflow.conftest import DictStore, conn_uri_json, load_dag_file
 
 N = 30
 BAD = {3, 11, 17, 25}  # invalid e-mail addresses: Salesforce fails these records
@@ -259,7 +259,7 @@ def test_csv_and_ndjson_sources_stream_from_files(sf: RunningEmulator, tmp_path:
             max_records_per_job=10,
             results_path=str(tmp_path / f"res_{path.suffix[1:]}"),
         )
-        summary = op.execute({"ti": ti, "task_state_store": None})
+        summary = op.execute({"ti": ti, "task_state_store": DictStore()})
         assert summary["totals"]["succeeded"] == count
         assert ti.pushed["return_value"] == summary
     assert len(sf.records("Contact")) == 37

@@ -171,7 +171,7 @@ def test_lost_close_answer_then_503s_never_aborts_and_the_retry_loads_every_reco
 # processing it, as a triggerer that lost its lease used to do. The trigger then sees it Aborted.
 _ABORTS_SECOND_JOB = """
 import asyncio
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.providers.common.compat.sdk import TaskDeferred
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 
 class AbortedMidway(SalesforceBulkOperator):
@@ -259,7 +259,7 @@ async def client(emulator: RunningEmulator) -> AsyncIterator[BulkIngestClient]:
 async def test_aborted_job_whose_unprocessed_records_cannot_be_read_fails_naming_it(
     emulator: RunningEmulator, client: BulkIngestClient
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     from airflow_provider_salesforce_bulk.operators.submit import JobOptions, JobPlan, reconcile
 

@@ -14,7 +14,7 @@ import pytest
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink
 from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
-from tests.airflow.conftest import conn_uri_json, load_dag_file
+from tests.airflow.conftest import DictStore, conn_uri_json, load_dag_file
 
 _OL_MODULES = (
     "airflow.providers.openlineage",
@@ -82,7 +82,7 @@ def _operator(tmp_path: Path, **kwargs: Any) -> SalesforceBulkOperator:
 def _complete(op: SalesforceBulkOperator, instance_url: str) -> None:
     """The operator's own completion path with no job: it records the instance URL lineage uses."""
     op.execute_complete(
-        {"ti": _TI(), "task_state_store": None},
+        {"ti": _TI(), "task_state_store": DictStore()},
         {"status": "success", "jobs": {}},
         record_counts={},
         instance_url=instance_url,
@@ -110,7 +110,7 @@ def test_lineage_after_a_load_from_a_local_file(sf: RunningEmulator, tmp_path: P
     path = tmp_path / "contacts.csv"
     path.write_text("LastName\n" + "".join(f"Lineage {i}\n" for i in range(5)))
     op = _operator(tmp_path, source=str(path))
-    summary = op.execute({"ti": _TI(), "task_state_store": None})
+    summary = op.execute({"ti": _TI(), "task_state_store": DictStore()})
     assert summary["totals"]["succeeded"] == 5
     lineage = op.get_openlineage_facets_on_complete(None)
     assert isinstance(lineage, OperatorLineage)

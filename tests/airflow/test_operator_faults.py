@@ -103,7 +103,7 @@ def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
     sigterm_calls_on_kill: list[Any],
     state: str,
 ) -> None:
-    from airflow.sdk.exceptions import AirflowException
+    from airflow.providers.common.compat.sdk import AirflowException
 
     # "failed": the user marked the task failed, the supervisor terminates the process. "running":
     # the worker is shutting down (pod eviction): the jobs must go on for the retry to reattach.
@@ -125,9 +125,9 @@ def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
     try:
         if state == "failed":
             with pytest.raises(AirflowException, match="Aborted"):
-                op.execute({"ti": ti, "task_state_store": None})
+                op.execute({"ti": ti, "task_state_store": DictStore()})
         else:
-            summary = op.execute({"ti": ti, "task_state_store": None})
+            summary = op.execute({"ti": ti, "task_state_store": DictStore()})
             assert summary["totals"]["succeeded"] == 60
     finally:
         killer.join()
@@ -191,18 +191,50 @@ async def test_reattached_task_whose_jobs_all_ended_finishes_without_deferring(
         "jobs": 2,
     }
     assert list(summary["jobs"]) == ids
-    assert store.data == {}  # done: a clear loads again
+    # Kept, marked done by this try with its summary (not deleted: see the next test).
+    assert store.data["salesforce_bulk"]["done"] == {"try_number": 1, "summary": summary}
     assert len(_jobs(emulator)) == 2
+
+
+@pytest.mark.parametrize("reload_on_clear", [False, True])
+async def test_a_later_try_after_a_done_try_loads_nothing_unless_told_to_reload(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, reload_on_clear: bool
+) -> None:
+    # Try 1 succeeds; Airflow then fails it anyway (a late stale report) or a user clears it: try 2
+    # cannot tell which, so it loads nothing again and returns try 1's summary, unless the operator
+    # says a clear reloads.
+    store = DictStore()
+    records = [{"LastName": f"Done{i}", "External_Id__c": f"D{i}"} for i in range(30)]
+    upsert = {"operation": "upsert", "external_id_field": "External_Id__c", "max_records_per_job": 10}
+    first = _operator(tmp_path, records=records, **upsert)
+    summary = await asyncio.to_thread(first.execute, {"ti": _TI(), "task_state_store": store})
+    assert summary["totals"]["succeeded"] == 30
+    assert len(_jobs(emulator)) == 3
+
+    class _Retry(_TI):
+        try_number = 2
+
+    again = _operator(tmp_path, records=records, reload_on_clear=reload_on_clear, **upsert)
+    second = await asyncio.to_thread(again.execute, {"ti": _Retry(), "task_state_store": store})
+    if reload_on_clear:
+        assert len(_jobs(emulator)) == 6
+        assert set(second["jobs"]).isdisjoint(summary["jobs"])
+        assert store.data["salesforce_bulk"]["done"]["try_number"] == 2
+        assert second["totals"]["succeeded"] == 30
+    else:
+        assert len(_jobs(emulator)) == 3
+        assert second == summary
+        assert len(emulator.records("Contact")) == 30
 
 
 # -- events -------------------------------------------------------------------------------------------
 
 
 def test_execute_complete_without_or_with_a_malformed_event_is_a_clear_error(tmp_path: Path) -> None:
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
     op = _operator(tmp_path)
-    context = {"ti": _TI(), "task_state_store": None}
+    context = {"ti": _TI(), "task_state_store": DictStore()}
     with pytest.raises(AirflowException, match="no trigger event"):
         op.execute_complete(context)
     with pytest.raises(AirflowException, match="no trigger event"):
@@ -236,7 +268,9 @@ async def test_the_event_alone_is_enough_to_finish(
     )
     event = (await trigger.run().__anext__()).payload
     op = _operator(tmp_path)
-    summary = await asyncio.to_thread(op.execute_complete, {"ti": _TI(), "task_state_store": None}, event)
+    summary = await asyncio.to_thread(
+        op.execute_complete, {"ti": _TI(), "task_state_store": DictStore()}, event
+    )
     assert summary["instance_url"] == emulator.base_url
     assert summary["totals"]["records"] == summary["totals"]["succeeded"] == 80
     assert all(job["records"] == 40 and job["accounted"] for job in summary["jobs"].values())
@@ -340,8 +374,8 @@ async def test_result_download_gives_up_after_bounded_attempts(
     "job_id", ["../../x", "750/../../etc", "7505e0000000001AA", "7505e0000000001AAA/..", "", 750]
 )
 def test_only_salesforce_job_ids_become_paths(job_id: Any, tmp_path: Path) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
 
@@ -374,10 +408,72 @@ def test_only_salesforce_job_ids_become_paths(job_id: Any, tmp_path: Path) -> No
 def test_bad_settings_fail_without_retry_naming_the_setting(
     emulator: RunningEmulator, conn: str, tmp_path: Path, kwargs: dict[str, Any], expected: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
     op = _operator(tmp_path, **kwargs)
     with pytest.raises(AirflowFailException, match=expected):
         op.execute({"ti": _TI(), "task_state_store": DictStore()})
     # A wrong object is only known to Salesforce: its job creation is refused, nothing else sent.
     assert _jobs(emulator) == []
+
+
+# -- a lost close answer: one rule with the client ---------------------------------------------------
+
+
+async def test_a_close_whose_outcome_stays_unknown_is_retried_by_airflow_and_never_aborted() -> None:
+    # The operator closes with the client's rule (close_uploaded_job): the close fails, the job's
+    # state cannot be read, so the job is left as it is and the try fails for a retry to reconcile.
+    from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+    from airflow_provider_salesforce_bulk.client import ServerError
+    from airflow_provider_salesforce_bulk.operators.submit import _close
+
+    calls: list[str] = []
+
+    class Unreachable:
+        async def close_job(self, job_id: str) -> Any:
+            calls.append("close")
+            raise ServerError("503 after the session's retries", status_code=503)
+
+        async def get_job(self, job_id: str) -> Any:
+            calls.append("get")
+            raise ServerError("503 after the session's retries", status_code=503)
+
+        async def abort_job(self, job_id: str) -> Any:  # pragma: no cover - must not happen
+            calls.append("abort")
+
+    with pytest.raises(AirflowException, match=r"7505e0000000001AAA.*a retry reads its state") as info:
+        await _close(Unreachable(), "7505e0000000001AAA")  # type: ignore[arg-type]
+    assert not isinstance(info.value, AirflowFailException)
+    assert calls == ["close", "get"]
+
+
+async def test_a_summary_too_big_for_the_store_still_marks_the_plan_done(
+    emulator: RunningEmulator, conn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store with a value size limit (a Variable on MySQL holds 64 KB): the plan fits, the summary
+    # does not. The plan is marked done without it; a later try reattaches to the finished jobs,
+    # sends nothing and counts the results again.
+    class SmallStore(DictStore):
+        def set(self, key: str, value: Any) -> None:
+            done = value.get("done") or {}
+            if done.get("summary") is not None:
+                raise ValueError("value too long for the column")
+            super().set(key, value)
+
+    store = SmallStore()
+    upsert = {"operation": "upsert", "external_id_field": "External_Id__c", "max_records_per_job": 10}
+    records = [{"LastName": f"Big{i}", "External_Id__c": f"B{i}"} for i in range(30)]
+    first = await asyncio.to_thread(
+        _operator(tmp_path, records=records, **upsert).execute, {"ti": _TI(), "task_state_store": store}
+    )
+    assert store.data["salesforce_bulk"]["done"] == {"try_number": 1, "summary": None}
+    assert "value too long" in caplog.text
+
+    second = await asyncio.to_thread(
+        _operator(tmp_path, records=records, **upsert).execute, {"ti": _TI(), "task_state_store": store}
+    )
+    assert len(_jobs(emulator)) == 3
+    assert second["totals"] == first["totals"]
+    assert set(second["jobs"]) == set(first["jobs"])
+    assert len(emulator.records("Contact")) == 30

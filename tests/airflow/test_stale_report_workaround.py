@@ -2,10 +2,11 @@
 
 In the race, the scheduler takes the deferring try's late "success" report for the resumed try and
 fails it. Here the first try defers, its trigger fires, and the resumed try is then failed the same
-way (from outside the operator's own logic, before ``execute_complete`` did anything). With one retry
-the task reattaches to the jobs the first try submitted: no new job, and every record is stored
-exactly once, counted in the emulator's own database. ``insert`` is used so a chunk sent twice would
-show as duplicates.
+way (from outside the operator's own logic), either before ``execute_complete`` did anything or
+after it finished (the resumed try kept running until its next heartbeat and completed: its plan is
+marked done). With one retry the task reattaches to the jobs the first try submitted, or finds them
+done and returns their summary: no new job, and every record is stored exactly once, counted in the
+emulator's own database. ``insert`` is used so a chunk sent twice would show as duplicates.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class FailedOnResume(SalesforceBulkOperator):
 
     def execute_complete(self, context, event, **kwargs):
         FailedOnResume.resumed.append((context["ti"].try_number, event.get("status")))
+        if context["ti"].try_number == 1 and FAIL_AFTER:
+            super().execute_complete(context, event, **kwargs)
         if context["ti"].try_number == 1:
             raise RuntimeError(
                 "Executor reported that the task instance finished with state success, but the task "
@@ -48,21 +51,24 @@ def sf(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, airflow_db: o
     return emulator
 
 
+@pytest.mark.parametrize("fail_after", [False, True], ids=["before_execute_complete", "after_it"])
 def test_a_retry_after_the_stale_report_failure_reattaches_and_loads_nothing_twice(
-    sf: RunningEmulator, tmp_path: Path
+    sf: RunningEmulator, tmp_path: Path, fail_after: bool
 ) -> None:
     # No unique field: a record sent twice would be stored twice, not refused as DUPLICATE_VALUE.
     records = [{"LastName": f"Stale {i}"} for i in range(N)]
     source = tmp_path / "records.json"
     source.write_text(json.dumps(records))
+    dag_id = f"{DAG_ID}_{'after' if fail_after else 'before'}"
     dag = load_dag_file(
-        DAG_ID,
+        dag_id,
         f"""
         import datetime, json
         from airflow.sdk import DAG
         from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+        FAIL_AFTER = {fail_after!r}
 {textwrap.indent(_FAILED_ON_RESUME, " " * 8)}
-        with DAG({DAG_ID!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1)) as dag:
+        with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1)) as dag:
             FailedOnResume(
                 task_id="load", operation="insert", object_name="Contact", conn_id="sf_stale",
                 deferrable=True, poll_interval=0.2, max_records_per_job={PER_JOB},
@@ -90,14 +96,14 @@ def test_a_retry_after_the_stale_report_failure_reattaches_and_loads_nothing_twi
     assert [name for name, count in collections.Counter(stored).items() if count > 1] == []
     assert sorted(stored) == sorted(f"Stale {i}" for i in range(N))
 
-    summary = _summary()
+    summary = _summary(dag_id)
     assert summary["totals"]["records"] == N
     assert summary["totals"]["succeeded"] == N
     assert summary["totals"]["jobs"] == 5
     assert set(summary["jobs"]) == {job["id"] for job in jobs}
 
 
-def _summary() -> Any:
+def _summary(dag_id: str) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -105,7 +111,7 @@ def _summary() -> Any:
     with create_session() as session:
         row = session.scalars(
             select(XComModel.value).where(
-                XComModel.dag_id == DAG_ID, XComModel.task_id == "load", XComModel.key == "return_value"
+                XComModel.dag_id == dag_id, XComModel.task_id == "load", XComModel.key == "return_value"
             )
         ).first()
     value = json.loads(row) if isinstance(row, str) else row
