@@ -41,6 +41,7 @@ from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigEr
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
+from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
@@ -253,6 +254,7 @@ class SalesforceBulkOperator(BaseOperator):
         self._opened_source: ChunkSource | None = None
         self.reload_on_clear = reload_on_clear
         self._instance_url: str | None = None
+        self._succeeded: int | None = None
         self._active_job_ids: list[str] = []
 
     # -- validation -----------------------------------------------------------------------------
@@ -487,6 +489,7 @@ class SalesforceBulkOperator(BaseOperator):
             if total == 0:
                 summary = summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
                 self.log.info("No records: no job created")
+                self._succeeded = 0
                 return summary
         try:
             latest = run_sync(lambda: self._submit(hook, settings, source, plan))
@@ -545,9 +548,12 @@ class SalesforceBulkOperator(BaseOperator):
             ", ".join(plan.all_job_ids) or "none",
         )
         self._instance_url = plan.instance_url
+        summary = done.get("summary")
+        if isinstance(summary, Mapping):
+            self._succeeded = int(summary.get("totals", {}).get("succeeded", 0))
         if context.get("ti") is not None and plan.job_ids:
             context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
-        return done.get("summary")
+        return summary
 
     async def _submit(
         self, hook: SalesforceBulkHook, settings: ConnectionSettings, source: ChunkSource, plan: JobPlan
@@ -716,6 +722,7 @@ class SalesforceBulkOperator(BaseOperator):
         if resubmitted:
             summary["totals"]["resubmitted"] = resubmitted
             summary["rounds"] = state.round
+        self._succeeded = int(summary["totals"]["succeeded"])
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
             "results in %s",
@@ -851,22 +858,26 @@ class SalesforceBulkOperator(BaseOperator):
         """Output: the Salesforce object (namespace from the instance URL); input: ``source``.
 
         Returns ``None`` when the OpenLineage provider is not installed. The output dataset is
-        ``salesforce://<instance host>`` / ``object_name``; a ``source`` file is the input dataset
-        (a local path: namespace ``file``, its absolute path; ``s3://bucket/key``: ``s3://bucket``,
-        ``key``); records passed directly have no input dataset.
+        ``salesforce://<instance host>`` / ``object_name``, with an output statistics facet holding the
+        records that succeeded; a ``source`` file is the input dataset (a local path: namespace
+        ``file``, its absolute path; ``s3://bucket/key``: ``s3://bucket``, ``key``); records passed
+        directly have no input dataset.
         """
-        try:
-            from airflow.providers.openlineage.extractors import OperatorLineage
-            from openlineage.client.event_v2 import Dataset  # type: ignore[import-not-found]
-        except ImportError:
+        ol = lineage_classes()
+        if ol is None:
             return None
         host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
         inputs = []
         if self.source is not None:
             namespace, name = _source_dataset(self.source)
-            inputs.append(Dataset(namespace=namespace, name=name))
-        outputs = [Dataset(namespace=f"salesforce://{host}", name=self.object_name)]
-        return OperatorLineage(inputs=inputs, outputs=outputs)
+            inputs.append(ol.dataset(namespace=namespace, name=name))
+        facets = {}
+        if self._succeeded is not None:
+            facets["outputStatistics"] = ol.output_statistics(rowCount=self._succeeded)
+        outputs = [
+            ol.output_dataset(namespace=f"salesforce://{host}", name=self.object_name, outputFacets=facets)
+        ]
+        return ol.operator_lineage(inputs=inputs, outputs=outputs)
 
 
 def _is_arrow_object(value: Any) -> bool:

@@ -29,6 +29,7 @@ from airflow_provider_salesforce_bulk.client.query import check_max_records, che
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
+from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import (
@@ -133,7 +134,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self.deferrable = deferrable
         self._instance_url: str | None = None
         self._object: str | None = None
-        self._files: list[str] = []
+        self._files: list[tuple[str, int, int]] = []
         self._active_job_id: str | None = None
 
     @property
@@ -327,7 +328,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
             if removed:
                 self.log.info("Removed %d part file(s) an earlier try left: %s", len(removed), removed)
             summary["files"] = files
-            self._files = [str(f["path"]) for f in files]
+            self._files = [(str(f["path"]), int(f["records"]), int(f["bytes"])) for f in files]
         if submitted_at is not None:
             summary["seconds"] = round(max(time.time() - float(submitted_at), 0.0), 3)
         self.log.info(
@@ -437,19 +438,24 @@ class SalesforceBulkQueryOperator(BaseOperator):
     # -- lineage ----------------------------------------------------------------------------------
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """Input: the Salesforce object (``salesforce://<instance host>``); outputs: the files written.
+        """Input: the Salesforce object (``salesforce://<instance host>``); outputs: the files written,
+        each with an output statistics facet (its records and bytes).
 
         Returns ``None`` when the OpenLineage provider is not installed.
         """
-        try:
-            from airflow.providers.openlineage.extractors import OperatorLineage
-            from openlineage.client.event_v2 import Dataset  # type: ignore[import-not-found]
-        except ImportError:
+        ol = lineage_classes()
+        if ol is None:
             return None
         host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
-        inputs = [Dataset(namespace=f"salesforce://{host}", name=self._object or "unknown")]
-        outputs = [Dataset(namespace=ns, name=name) for ns, name in map(path_dataset, self._files)]
-        return OperatorLineage(inputs=inputs, outputs=outputs)
+        inputs = [ol.dataset(namespace=f"salesforce://{host}", name=self._object or "unknown")]
+        outputs = []
+        for path, records, size in self._files:
+            namespace, name = path_dataset(path)
+            stats = ol.output_statistics(rowCount=records, size=size)
+            outputs.append(
+                ol.output_dataset(namespace=namespace, name=name, outputFacets={"outputStatistics": stats})
+            )
+        return ol.operator_lineage(inputs=inputs, outputs=outputs)
 
 
 def _check_event(event: Any) -> tuple[str, dict[str, Any]]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,45 +11,25 @@ import pytest
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink
 from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+from tests.airflow import lineage_standins
 from tests.airflow.conftest import DictStore, conn_uri_json, load_dag_file
-
-_OL_MODULES = (
-    "airflow.providers.openlineage",
-    "airflow.providers.openlineage.extractors",
-    "openlineage",
-    "openlineage.client",
-    "openlineage.client.event_v2",
+from tests.airflow.lineage_standins import (
+    Dataset,
+    OperatorLineage,
+    OutputDataset,
+    OutputStatisticsOutputDatasetFacet,
 )
-
-
-@dataclasses.dataclass
-class Dataset:
-    """Stand-in for ``openlineage.client.event_v2.Dataset``."""
-
-    namespace: str
-    name: str
-    facets: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class OperatorLineage:
-    """Stand-in for ``airflow.providers.openlineage.extractors.OperatorLineage``."""
-
-    inputs: list[Any] = dataclasses.field(default_factory=list)
-    outputs: list[Any] = dataclasses.field(default_factory=list)
-    run_facets: dict[str, Any] = dataclasses.field(default_factory=dict)
-    job_facets: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @pytest.fixture
 def openlineage(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Minimal stand-ins for the two OpenLineage modules the operator imports, for this test only."""
-    for name in _OL_MODULES:
-        module = types.ModuleType(name)
-        module.__path__ = []  # a package, so the submodule imports resolve
-        monkeypatch.setitem(sys.modules, name, module)
-    sys.modules["airflow.providers.openlineage.extractors"].OperatorLineage = OperatorLineage  # type: ignore[attr-defined]
-    sys.modules["openlineage.client.event_v2"].Dataset = Dataset  # type: ignore[attr-defined]
+    """Stand-ins for the OpenLineage classes the operator imports, for this test only."""
+    lineage_standins.install(monkeypatch)
+
+
+def _output(namespace: str, name: str, succeeded: int) -> OutputDataset:
+    stats = OutputStatisticsOutputDatasetFacet(rowCount=succeeded)
+    return OutputDataset(namespace=namespace, name=name, outputFacets={"outputStatistics": stats})
 
 
 class _TI:
@@ -92,8 +69,7 @@ def _complete(op: SalesforceBulkOperator, instance_url: str) -> None:
 def test_lineage_without_the_openlineage_provider_is_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in _OL_MODULES:
-        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
+    lineage_standins.uninstall(monkeypatch)
     op = _operator(tmp_path, source="s3://bucket/contacts.csv")
     _complete(op, "https://acme.my.salesforce.com")
     assert op.get_openlineage_facets_on_complete(None) is None
@@ -115,7 +91,7 @@ def test_lineage_after_a_load_from_a_local_file(sf: RunningEmulator, tmp_path: P
     lineage = op.get_openlineage_facets_on_complete(None)
     assert isinstance(lineage, OperatorLineage)
     host = sf.base_url.split("://", 1)[1]  # 127.0.0.1:<port>
-    assert lineage.outputs == [Dataset(namespace=f"salesforce://{host}", name="Contact")]
+    assert lineage.outputs == [_output(f"salesforce://{host}", "Contact", 5)]
     assert lineage.inputs == [Dataset(namespace="file", name=str(path))]
 
 
@@ -135,7 +111,7 @@ def test_lineage_input_dataset_from_source(tmp_path: Path, source: str, namespac
     _complete(op, "https://acme.my.salesforce.com/")
     lineage = op.get_openlineage_facets_on_complete(None)
     assert lineage.inputs == [Dataset(namespace=namespace, name=name)]
-    assert lineage.outputs == [Dataset(namespace="salesforce://acme.my.salesforce.com", name="Account")]
+    assert lineage.outputs == [_output("salesforce://acme.my.salesforce.com", "Account", 0)]
 
 
 @pytest.mark.usefixtures("openlineage")
@@ -146,7 +122,7 @@ def test_lineage_of_records_has_no_input(tmp_path: Path) -> None:
     _complete(op, "https://acme.my.salesforce.com")
     lineage = op.get_openlineage_facets_on_complete(None)
     assert lineage.inputs == []
-    assert lineage.outputs == [Dataset(namespace="salesforce://acme.my.salesforce.com", name="Contact")]
+    assert lineage.outputs == [_output("salesforce://acme.my.salesforce.com", "Contact", 0)]
     # An ObjectStoragePath source, as the operator accepts one.
     op = _operator(tmp_path, source=ObjectStoragePath("s3://bucket/k/x.csv", conn_id="aws"))
     _complete(op, "https://acme.my.salesforce.com")

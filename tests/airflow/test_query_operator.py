@@ -448,7 +448,8 @@ def test_lineage_names_the_object_and_the_files(
     sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import SalesforceBulkQueryOperator
-    from tests.airflow.test_lineage_and_link import _OL_MODULES, Dataset, OperatorLineage
+    from tests.airflow import lineage_standins
+    from tests.airflow.lineage_standins import Dataset, OutputDataset, OutputStatisticsOutputDatasetFacet
 
     _run(sf, "insert", _accounts(0, 3))
     op = SalesforceBulkQueryOperator(
@@ -461,19 +462,15 @@ def test_lineage_names_the_object_and_the_files(
     )
     op.execute({"ti": _TI(), "task_state_store": _DictStore()})
     assert op.get_openlineage_facets_on_complete(None) is None  # no OpenLineage provider here
-    import sys
-    import types
-
-    for name in _OL_MODULES:
-        module = types.ModuleType(name)
-        module.__path__ = []  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, name, module)
-    sys.modules["airflow.providers.openlineage.extractors"].OperatorLineage = OperatorLineage  # type: ignore[attr-defined]
-    sys.modules["openlineage.client.event_v2"].Dataset = Dataset  # type: ignore[attr-defined]
+    lineage_standins.install(monkeypatch)
     lineage = op.get_openlineage_facets_on_complete(None)
     host = sf.base_url.split("://", 1)[1]
     assert lineage.inputs == [Dataset(namespace=f"salesforce://{host}", name="Account")]
-    assert lineage.outputs == [Dataset(namespace="file", name=str(tmp_path / "part-00000.csv"))]
+    part = tmp_path / "part-00000.csv"
+    stats = OutputStatisticsOutputDatasetFacet(rowCount=3, size=part.stat().st_size)
+    assert lineage.outputs == [
+        OutputDataset(namespace="file", name=str(part), outputFacets={"outputStatistics": stats})
+    ]
 
 
 def test_example_extract_dag_round_trip(sf: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
