@@ -529,7 +529,11 @@ async def perform_chunks(
         ),
         on_job_created=on_job_created,
     )
-    async for result in run.results(first):
+    results = run.results(first)
+    # The operation owns the first chunk now. Kept here, it would stay in memory until the whole load ends,
+    # next to every later chunk being built (a second chunk's worth of peak memory).
+    del first
+    async for result in results:
         yield result
 
 
@@ -699,7 +703,7 @@ class _Operation:
         self.next_index = first.first_record_index
         await self.slots.acquire()
         producer = asyncio.create_task(self.produce(first))
-        del first  # the producer owns it now; the slot's memory goes when its job has it
+        del first  # the producer owns it now (the caller dropped its own); it goes when its job has it
         timed_out = False
         received = 0
         produced_all = False
