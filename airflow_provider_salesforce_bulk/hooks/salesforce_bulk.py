@@ -23,7 +23,7 @@ from airflow_provider_salesforce_bulk.hooks.connection import (
 from airflow_provider_salesforce_bulk.hooks.masking import amask, mask
 from airflow_provider_salesforce_bulk.hooks.pool import shared_pools
 
-__all__ = ["SalesforceBulkHook", "run_sync"]
+__all__ = ["SalesforceBulkHook", "resolve_conn_id", "run_sync"]
 
 T = TypeVar("T")
 
@@ -200,3 +200,20 @@ class SalesforceBulkHook(BaseHook):
         if remaining is not None:
             detail = f"; {remaining} of {daily.get('Max')} daily API requests left"
         return True, f"Connected to {instance} ({settings.auth_type}, API v{settings.api_version}){detail}"
+
+
+def resolve_conn_id(salesforce_bulk_conn_id: str | None, conn_id: str | None) -> str:
+    """The connection id an operator was given: ``salesforce_bulk_conn_id`` (the hook's name for it) or
+    ``conn_id`` (the name of the first releases, still accepted), the default when neither is set.
+
+    Raises
+    ------
+    ValueError
+        Both were given with different values, at DAG parse time.
+    """
+    if salesforce_bulk_conn_id and conn_id and salesforce_bulk_conn_id != conn_id:
+        raise ValueError(
+            f"salesforce_bulk_conn_id={salesforce_bulk_conn_id!r} and conn_id={conn_id!r} name two "
+            "connections: give one of them (conn_id is the older name of salesforce_bulk_conn_id)"
+        )
+    return salesforce_bulk_conn_id or conn_id or SalesforceBulkHook.default_conn_name

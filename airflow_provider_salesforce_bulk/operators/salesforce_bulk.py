@@ -38,7 +38,11 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
 )
 from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
-from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
+    SalesforceBulkHook,
+    resolve_conn_id,
+    run_sync,
+)
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes
@@ -135,8 +139,9 @@ class SalesforceBulkOperator(BaseOperator):
         Longest wait between two polls of the jobs, in seconds.
     timeout : float or timedelta
         Deadline for the jobs to finish after they are submitted; they are aborted when it passes.
-    conn_id : str
-        A ``salesforce_bulk`` (or ``salesforce``) connection.
+    salesforce_bulk_conn_id : str
+        A ``salesforce_bulk`` (or ``salesforce``) connection, as the hook names it. ``conn_id``, the name
+        of the first releases, is still accepted; default ``salesforce_bulk_default``.
     deferrable : bool
         Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
     reload_on_clear : bool
@@ -201,7 +206,8 @@ class SalesforceBulkOperator(BaseOperator):
         max_failed_ratio: float | None = None,
         poll_interval: float = 5.0,
         timeout: float | datetime.timedelta = datetime.timedelta(hours=24),
-        conn_id: str = SalesforceBulkHook.default_conn_name,
+        salesforce_bulk_conn_id: str | None = None,
+        conn_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         sql: str | None = None,
         sql_conn_id: str | None = None,
@@ -237,7 +243,7 @@ class SalesforceBulkOperator(BaseOperator):
         self.poll_interval = poll_interval
         # Checked when the task runs (an AirflowFailException there), not when the DAG file is parsed.
         self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
-        self.conn_id = conn_id
+        self.conn_id = resolve_conn_id(salesforce_bulk_conn_id, conn_id)
         self.deferrable = deferrable
         self.sql = sql
         self.sql_conn_id = sql_conn_id

@@ -28,7 +28,11 @@ from airflow_provider_salesforce_bulk.client import (
 from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
-from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
+    SalesforceBulkHook,
+    resolve_conn_id,
+    run_sync,
+)
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
@@ -85,8 +89,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
         Deadline for the query job to finish after it is submitted; it is aborted when it passes.
     poll_interval : float
         Longest wait between two polls of the job, in seconds.
-    conn_id : str
-        A ``salesforce_bulk`` (or ``salesforce``) connection.
+    salesforce_bulk_conn_id : str
+        A ``salesforce_bulk`` (or ``salesforce``) connection, as the hook names it. ``conn_id``, the name
+        of the first releases, is still accepted; default ``salesforce_bulk_default``.
     deferrable : bool
         Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
 
@@ -117,7 +122,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
         records_per_file: int | None = None,
         timeout: float | datetime.timedelta = datetime.timedelta(hours=24),
         poll_interval: float = 5.0,
-        conn_id: str = SalesforceBulkHook.default_conn_name,
+        salesforce_bulk_conn_id: str | None = None,
+        conn_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -130,7 +136,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         # Checked when the task runs (an AirflowFailException there), not when the DAG file is parsed.
         self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
         self.poll_interval = poll_interval
-        self.conn_id = conn_id
+        self.conn_id = resolve_conn_id(salesforce_bulk_conn_id, conn_id)
         self.deferrable = deferrable
         self._instance_url: str | None = None
         self._object: str | None = None
