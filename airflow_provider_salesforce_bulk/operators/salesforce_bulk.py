@@ -72,8 +72,6 @@ DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-# How long on_kill waits for its aborts: Airflow sends SIGKILL 5 s after the SIGTERM that calls it.
-_ON_KILL_WAIT = 4.0
 
 
 class SalesforceBulkOperator(BaseOperator):
@@ -587,7 +585,10 @@ class SalesforceBulkOperator(BaseOperator):
         A worker shut down or evicted also lands here: the task is still running then, and its jobs
         go on; a retry reattaches to them. Airflow calls this from a signal handler, which may have
         interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
-        runs in a thread of its own, with its own session, and this waits for it only a few seconds.
+        runs in a thread of its own, with its own session, and this returns at once, so the task
+        releases those locks (waiting here, the thread's first log line waited for the handler's lock).
+        The thread is not a daemon: a task that ends normally waits for it; Airflow's SIGKILL, 5 s
+        after the SIGTERM, bounds it.
         """
         job_ids = list(self._active_job_ids)
         plan: JobPlan | None = getattr(self, "_plan", None)
@@ -598,14 +599,10 @@ class SalesforceBulkOperator(BaseOperator):
             return
         ti = getattr(self, "_ti", None)
         worker = threading.Thread(
-            target=self._kill_jobs, args=(ti, settings, job_ids), name="salesforce-bulk-on-kill", daemon=True
+            target=self._kill_jobs, args=(ti, settings, job_ids), name="salesforce-bulk-on-kill", daemon=False
         )
         worker.start()
-        worker.join(_ON_KILL_WAIT)
-        if worker.is_alive():
-            self.log.warning(
-                "Still aborting the jobs after %.0fs; carrying on in the background", _ON_KILL_WAIT
-            )
+        self._kill_thread = worker
 
     def _kill_jobs(self, ti: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
         if try_is_over(ti) is not True:

@@ -58,9 +58,6 @@ __all__ = ["QUERY_STATE_KEY", "SalesforceBulkQueryOperator"]
 QUERY_STATE_KEY = "salesforce_bulk_query"
 """The plan store key holding the task's query job (next to the ingest operator's own key)."""
 
-# How long on_kill waits for its abort: Airflow sends SIGKILL 5 s after the SIGTERM that calls it.
-_ON_KILL_WAIT = 4.0
-
 
 def _fingerprint(operation: str, soql: str) -> str:
     # The plan keeps a digest, not the SOQL: a long query would bloat a Variable for nothing.
@@ -402,7 +399,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
 
         A worker shut down or evicted also lands here: the task is still running then, and the job
         goes on; a retry reattaches to it. The abort runs in a thread of its own with its own
-        session (Airflow calls this from a signal handler), and this waits for it only a few seconds.
+        session (Airflow calls this from a signal handler), and this returns at once so the task
+        releases the locks the signal may have caught it holding (a log handler's, for one); the
+        thread is not a daemon, and Airflow's SIGKILL, 5 s after the SIGTERM, bounds it.
         """
         job_id = self._active_job_id
         settings: ConnectionSettings | None = getattr(self, "_settings", None)
@@ -412,14 +411,10 @@ class SalesforceBulkQueryOperator(BaseOperator):
             target=self._kill_job,
             args=(getattr(self, "_ti", None), settings, job_id),
             name="salesforce-bulk-query-on-kill",
-            daemon=True,
+            daemon=False,
         )
         worker.start()
-        worker.join(_ON_KILL_WAIT)
-        if worker.is_alive():
-            self.log.warning(
-                "Still aborting the query job after %.0fs; carrying on in the background", _ON_KILL_WAIT
-            )
+        self._kill_thread = worker
 
     def _kill_job(self, ti: Any, settings: ConnectionSettings, job_id: str) -> None:
         if try_is_over(ti) is not True:

@@ -578,9 +578,11 @@ def test_operator_kill_aborts_its_query_job_only_when_the_try_is_over(
     op._ti = TI
     comms.state = "deferred"
     op.on_kill()
+    op._kill_thread.join(30)  # on_kill returns at once; its thread asks and aborts
     assert asyncio.run(_query_state(sf, job_id)) in ("UploadComplete", "InProgress")
     comms.state = "failed"
     op.on_kill()
+    op._kill_thread.join(30)
     assert asyncio.run(_query_state(sf, job_id)) == "Aborted"
 
 
