@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
-__all__ = ["LineageClasses", "lineage_classes"]
+__all__ = ["LineageClasses", "lineage_classes", "path_dataset"]
 
 
 class LineageClasses(NamedTuple):
@@ -30,3 +31,22 @@ def lineage_classes() -> LineageClasses | None:
     except ImportError:
         return None
     return LineageClasses(OperatorLineage, Dataset, OutputDataset, OutputStatisticsOutputDatasetFacet)
+
+
+def path_dataset(path: Any) -> tuple[str, str]:
+    """OpenLineage namespace and name of a file path or URL, parsed as ``ObjectStoragePath`` opens it:
+    a local path is ``file`` and its absolute path; ``s3://bucket/key`` is ``s3://bucket`` and ``key``."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if not isinstance(path, ObjectStoragePath):
+        text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+        if "://" not in text:
+            return "file", os.path.abspath(text)
+        # A conn id in the URL (s3://conn@bucket/key) is not the bucket.
+        path = ObjectStoragePath(text)
+    if path.protocol in ("", "file", "local"):
+        return "file", str(path.path)
+    # Not ``path.namespace``: before Airflow 3.2 it keeps the conn id (s3://conn@bucket).
+    bucket = str(path.bucket).rpartition("@")[2]
+    namespace = f"{path.protocol}://{bucket}" if bucket else str(path.protocol)
+    return namespace, str(path.key) or "/"

@@ -15,7 +15,6 @@ __all__ = [
     "OffLoopSinks",
     "display_path",
     "part_name",
-    "path_dataset",
     "remove_stale_parts",
     "resolve_output_dir",
 ]
@@ -124,20 +123,3 @@ def remove_stale_parts(directory: Any, written: Iterable[str]) -> list[str]:
             child.unlink()
             removed.append(name)
     return sorted(removed)
-
-
-def path_dataset(path: Any) -> tuple[str, str]:
-    """OpenLineage namespace and name of a file (``file`` and its absolute path; ``s3://bucket``, key)."""
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    if not isinstance(path, ObjectStoragePath):
-        text = str(path)
-        if "://" not in text:
-            return "file", os.path.abspath(text)
-        path = ObjectStoragePath(text)
-    if path.protocol in ("", "file", "local"):
-        return "file", str(path.path)
-    # Not ``path.namespace``: before Airflow 3.2 it keeps the conn id (s3://conn@bucket).
-    bucket = str(path.bucket).rpartition("@")[2]
-    namespace = f"{path.protocol}://{bucket}" if bucket else str(path.protocol)
-    return namespace, str(path.key) or "/"

@@ -44,8 +44,9 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     run_sync,
 )
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
+from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
-from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes
+from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
@@ -526,17 +527,14 @@ class SalesforceBulkOperator(BaseOperator):
             }
             return self.execute_complete(context, event)
         self._active_job_ids = active
-        if self.deferrable:
-            # The trigger aborts at its own deadline; this backstop only fires if the trigger cannot.
-            self.defer(
-                trigger=trigger,
-                method_name="execute_complete",
-                kwargs=kwargs,
-                timeout=datetime.timedelta(
-                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
-                ),
-            )
-        event = run_sync(lambda: _first_event(trigger, settings))
+        event = defer_or_wait(
+            self,
+            trigger,
+            settings,
+            timeout=float(self.timeout),
+            poll_interval=float(self.poll_interval),
+            kwargs=kwargs,
+        )
         self._active_job_ids = []
         return self.execute_complete(context, event)
 
@@ -815,16 +813,14 @@ class SalesforceBulkOperator(BaseOperator):
             resubmit=payload,
         )
         self._active_job_ids = list(counts)
-        if self.deferrable:
-            self.defer(
-                trigger=trigger,
-                method_name="execute_complete",
-                kwargs={"record_counts": counts, "instance_url": instance_url, "resubmit": payload},
-                timeout=datetime.timedelta(
-                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
-                ),
-            )
-        event = run_sync(lambda: _first_event(trigger, settings))
+        event = defer_or_wait(
+            self,
+            trigger,
+            settings,
+            timeout=float(self.timeout),
+            poll_interval=float(self.poll_interval),
+            kwargs={"record_counts": counts, "instance_url": instance_url, "resubmit": payload},
+        )
         self._active_job_ids = []
         return self.execute_complete(context, event)
 
@@ -872,7 +868,7 @@ class SalesforceBulkOperator(BaseOperator):
         host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
         inputs = []
         if self.source is not None:
-            namespace, name = _source_dataset(self.source)
+            namespace, name = path_dataset(self.source)
             inputs.append(ol.dataset(namespace=namespace, name=name))
         facets = {}
         if self._succeeded is not None:
@@ -938,24 +934,6 @@ class _RoundState:
         }
 
 
-def _source_dataset(source: Any) -> tuple[str, str]:
-    """OpenLineage namespace and name of a ``source`` path or URL (``ObjectStoragePath`` rules)."""
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    if not isinstance(source, ObjectStoragePath):
-        text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
-        if "://" not in text:
-            return "file", os.path.abspath(text)
-        # Parsed as the operator opens it: a conn id in the URL (s3://conn@bucket/key) is not the bucket.
-        source = ObjectStoragePath(text)
-    if source.protocol in ("", "file", "local"):
-        return "file", str(source.path)
-    # Not ``source.namespace``: before Airflow 3.2 it keeps the conn id (s3://conn@bucket).
-    bucket = str(source.bucket).rpartition("@")[2]
-    namespace = f"{source.protocol}://{bucket}" if bucket else str(source.protocol)
-    return namespace, str(source.key) or "/"
-
-
 def _check_event(event: Any) -> tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """The event's status, jobs and history, or a clear error naming what is wrong with it."""
     if not isinstance(event, Mapping):
@@ -979,10 +957,3 @@ def _check_event(event: Any) -> tuple[str, dict[str, dict[str, Any]], list[dict[
     for old in history:
         check_job_id(old["id"])
     return str(status), {j: dict(job) for j, job in jobs.items()}, [dict(h) for h in history]
-
-
-async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:
-    trigger.settings = settings
-    async for event in trigger.run():
-        return dict(event.payload)
-    raise AirflowException("the trigger ended without an event")

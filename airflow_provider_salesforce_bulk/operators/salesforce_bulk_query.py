@@ -33,7 +33,8 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     resolve_conn_id,
     run_sync,
 )
-from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes
+from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import (
@@ -41,7 +42,6 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     OffLoopSinks,
     display_path,
     part_name,
-    path_dataset,
     remove_stale_parts,
     resolve_output_dir,
 )
@@ -223,17 +223,14 @@ class SalesforceBulkQueryOperator(BaseOperator):
             job_kind="query",
         )
         self._active_job_id = job.id
-        if self.deferrable:
-            # The trigger aborts at its own deadline; this backstop only fires if the trigger cannot.
-            self.defer(
-                trigger=trigger,
-                method_name="execute_complete",
-                kwargs=kwargs,
-                timeout=datetime.timedelta(
-                    seconds=float(self.timeout) + 10 * float(self.poll_interval) + 300
-                ),
-            )
-        event = run_sync(lambda: _first_event(trigger, settings))
+        event = defer_or_wait(
+            self,
+            trigger,
+            settings,
+            timeout=float(self.timeout),
+            poll_interval=float(self.poll_interval),
+            kwargs=kwargs,
+        )
         self._active_job_id = None
         return self.execute_complete(context, event, **kwargs)
 
@@ -481,10 +478,3 @@ def _check_event(event: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(job, Mapping) or job.get("id") != job_id:
         raise AirflowException(f"malformed trigger event: job {job_id}: {str(job)[:300]}")
     return str(status), dict(job)
-
-
-async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:
-    trigger.settings = settings
-    async for event in trigger.run():
-        return dict(event.payload)
-    raise AirflowException("the trigger ended without an event")

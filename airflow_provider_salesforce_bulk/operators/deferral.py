@@ -1,0 +1,46 @@
+"""Waiting for the trigger: deferred to the triggerer or polled in the worker, one path for both operators."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
+
+from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import run_sync
+from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
+
+__all__ = ["defer_or_wait"]
+
+# The trigger aborts at its own deadline; defer()'s timeout is only a backstop for a trigger that cannot
+# (a triggerer down for long), so it leaves room for the last polls and the abort.
+_BACKSTOP_SECONDS = 300
+
+
+def defer_or_wait(
+    operator: BaseOperator,
+    trigger: SalesforceBulkJobTrigger,
+    settings: ConnectionSettings,
+    *,
+    timeout: float,
+    poll_interval: float,
+    kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Defer to ``trigger`` (resuming in ``execute_complete``) when the operator is deferrable, which
+    raises ``TaskDeferred``; otherwise run the trigger's poll loop in the worker and return its event."""
+    if getattr(operator, "deferrable", False):
+        operator.defer(
+            trigger=trigger,
+            method_name="execute_complete",
+            kwargs=kwargs,
+            timeout=datetime.timedelta(seconds=timeout + 10 * poll_interval + _BACKSTOP_SECONDS),
+        )
+    return run_sync(lambda: _first_event(trigger, settings))
+
+
+async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:
+    trigger.settings = settings
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AirflowException("the trigger ended without an event")
