@@ -24,6 +24,13 @@ class SalesforceBulkJobLink(BaseOperatorLink):
 
     name = "Salesforce Bulk Job"
 
+    @property
+    def xcom_key(self) -> str:
+        """The key the operator writes the URL under as soon as the jobs exist: Airflow stores the link
+        under this key again when the task ends, so it is one XCom row, not two with the same URL, and
+        the UI shows the link while the task is still deferred."""
+        return LINK_XCOM_KEY
+
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         from airflow.providers.common.compat.sdk import XCom
 

@@ -204,3 +204,17 @@ def test_extra_link_for_one_and_several_jobs(
     assert _xcom(name, LINK_XCOM_KEY) == expected
     assert _xcom(name, SalesforceBulkJobLink().xcom_key) == expected
     assert _ui_link(dag, dr) == expected
+    # One row carries the URL: the link's key is the one the operator writes.
+    assert _rows_holding(name, expected) == 1
+
+
+def _rows_holding(dag_id: str, value: str) -> int:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(XComModel.value).where(XComModel.dag_id == dag_id, XComModel.task_id == "load")
+        ).all()
+    return sum(1 for row in rows if row == value or (isinstance(row, str) and row == json.dumps(value)))
