@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import re
 import zlib
 from email.message import EmailMessage
 from typing import Any
@@ -41,7 +40,6 @@ _RESULT_KINDS = {
     "unprocessedrecords": UNPROCESSED,
 }
 _LOCATOR_PREFIX = "01gR0000000opRT"
-_LOCATOR = re.compile(_LOCATOR_PREFIX + r"-([0-9]{1,9})")
 
 
 # -- bodies ---------------------------------------------------------------------------------------
@@ -341,19 +339,12 @@ async def get_job(request: Request) -> Response:
     return await job_info_answer(request, emulator_of(request).store.get_job, job_body)
 
 
-def _list_offset(locator: str | None) -> int | None:
-    if locator is None:
-        return 0
-    found = _LOCATOR.fullmatch(locator)
-    return None if found is None else int(found.group(1))
-
-
 async def list_jobs(request: Request) -> Response:
     """``GET /jobs/ingest``: one page of jobs; ``nextRecordsUrl`` leads to the next."""
     return await job_list_answer(
         request,
         list_jobs=emulator_of(request).store.list_jobs,
-        list_offset=_list_offset,
+        locator_prefix=_LOCATOR_PREFIX,
         job_type="V2Ingest",
         render=job_body,
         next_url=f"/services/data/v{version_of(request)}/jobs/ingest?queryLocator={_LOCATOR_PREFIX}-",

@@ -8,6 +8,7 @@ same words; keeping that here keeps the two endpoints answering as one Salesforc
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -98,20 +99,20 @@ async def job_list_answer(
     request: Request,
     *,
     list_jobs: Callable[[int, int], list[dict[str, Any]]],
-    list_offset: Callable[[str | None], int | None],
+    locator_prefix: str,
     job_type: str,
     render: Callable[[dict[str, Any], str], dict[str, Any]],
     next_url: str,
 ) -> Response:
-    """``GET /jobs/...``: one page of jobs from the ``queryLocator`` offset (``list_offset`` reads it, None
-    for one this org did not hand out: a 400).
+    """``GET /jobs/...``: one page of jobs from the ``queryLocator`` offset (``<locator_prefix>-<offset>``,
+    as ``next_url`` hands them out; any other locator is a 400).
 
     A ``jobType`` or ``concurrencyMode`` filter that no job of this kind matches empties the page;
     ``next_url`` is the next page's address up to the record offset it ends with.
     """
     page_size = max(1, emulator_of(request).settings.job_page_size)
     locator = request.query_params.get("queryLocator")
-    offset = list_offset(locator)
+    offset = _list_offset(locator, locator_prefix)
     if offset is None:
         return error_response(400, "INVALIDQUERYLOCATOR", f"Invalid query locator: {locator}")
     rows = await run_in_threadpool(list_jobs, offset, page_size + 1)
@@ -128,6 +129,16 @@ async def job_list_answer(
             "nextRecordsUrl": None if done else f"{next_url}{offset + page_size}",
         }
     )
+
+
+def _list_offset(locator: str | None, prefix: str) -> int | None:
+    """The record offset in a job list locator; None for one this org did not hand out. ASCII digits
+    only, at most 9 of them: ``str.isdigit()`` also takes other scripts' digits, and a huge number
+    would overflow SQLite's integer."""
+    if locator is None:
+        return 0
+    found = re.fullmatch(re.escape(prefix) + r"-([0-9]{1,9})", locator)
+    return None if found is None else int(found.group(1))
 
 
 async def delete_answer(

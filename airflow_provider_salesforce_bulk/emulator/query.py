@@ -143,21 +143,12 @@ async def get_job(request: Request) -> Response:
     return await job_info_answer(request, emulator_of(request).query_jobs.get_job, job_body)
 
 
-def _list_offset(locator: str | None) -> int | None:
-    if not locator:
-        return 0
-    _, _, number = locator.rpartition("-")
-    if not locator.startswith(_LIST_LOCATOR_PREFIX) or not number.isdigit():
-        return None
-    return int(number)
-
-
 async def list_jobs(request: Request) -> Response:
     """``GET /jobs/query``: one page of query jobs; ``nextRecordsUrl`` leads to the next."""
     return await job_list_answer(
         request,
         list_jobs=emulator_of(request).query_jobs.list_jobs,
-        list_offset=_list_offset,
+        locator_prefix=_LIST_LOCATOR_PREFIX,
         job_type="V2Query",
         render=job_body,
         next_url=f"/services/data/v{version_of(request)}/jobs/query?queryLocator={_LIST_LOCATOR_PREFIX}-",

@@ -258,8 +258,12 @@ def test_media_type_is_checked_after_the_session(emulator: RunningEmulator) -> N
         "01gR0000000opRT-99999999999999999999999999",  # would overflow SQLite's integer
     ],
 )
-def test_malformed_query_locator_is_a_400(api: httpx.Client, locator: str) -> None:
-    refused = api.get("/jobs/ingest", params={"queryLocator": locator})
+@pytest.mark.parametrize(
+    ("path", "prefix"), [("/jobs/ingest", "01gR0000000opRT"), ("/jobs/query", "01gR0000000opRU")]
+)
+def test_malformed_query_locator_is_a_400(api: httpx.Client, locator: str, path: str, prefix: str) -> None:
+    # Each job list checks its locators alike, with its own prefix.
+    refused = api.get(path, params={"queryLocator": locator.replace("01gR0000000opRT", prefix)})
     assert refused.status_code == 400
     assert refused.json()[0]["errorCode"] == "INVALIDQUERYLOCATOR"
 
