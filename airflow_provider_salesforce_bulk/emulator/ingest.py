@@ -25,10 +25,10 @@ from .job_requests import (
     read_json,
     version_of,
 )
-from .processing import now_text
 from .responses import CSV_TYPE, error_response, json_response, not_found
 from .results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
 from .runtime import USER_ID, Emulator
+from .timestamps import now_text
 
 OPERATIONS = ("insert", "update", "upsert", "delete", "hardDelete")
 _UPLOAD_PIECE = 1 << 20

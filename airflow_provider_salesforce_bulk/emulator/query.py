@@ -24,11 +24,11 @@ from .job_requests import (
     read_json,
     version_of,
 )
-from .processing import now_text
 from .responses import CSV_TYPE, error_response, json_response, not_found
 from .runtime import USER_ID
 from .soql import SoqlError
 from .soql_compile import compile_query, object_name
+from .timestamps import now_text
 
 Handler = Callable[[Request], Awaitable[Response]]
 

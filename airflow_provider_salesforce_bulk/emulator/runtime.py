@@ -10,8 +10,8 @@ import time
 from .credentials import Credentials
 from .faults import FaultInjector
 from .ids import ORG_PREFIX, USER_PREFIX, make_id
+from .job_worker import JobProcessor
 from .limits import Limits
-from .processing import JobProcessor
 from .query_jobs import QueryJobs
 from .schema import Schema, load_schema
 from .settings import EmulatorSettings

@@ -10,6 +10,7 @@ from typing import Any
 
 from .ids import normalize_id
 from .schema import Field
+from .timestamps import format_datetime
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -47,12 +48,6 @@ def required_missing(names: list[str]) -> str:
     return error_text(
         "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(names)}]", ",".join(names)
     )
-
-
-def format_datetime(value: datetime.datetime) -> str:
-    """Format a datetime as Salesforce does in JSON: milliseconds and an offset without colon."""
-    value = value.astimezone(datetime.timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
 
 
 def is_double(field: Field) -> bool:
