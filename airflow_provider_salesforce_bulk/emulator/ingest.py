@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .ids import JOB_PREFIX, make_id, normalize_id
+from .ingest_results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
 from .job_requests import (
     abort_refused,
     csv_format,
@@ -26,7 +27,6 @@ from .job_requests import (
     version_of,
 )
 from .responses import CSV_TYPE, error_response, json_response, not_found
-from .results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
 from .runtime import USER_ID, Emulator
 from .timestamps import now_text
 
