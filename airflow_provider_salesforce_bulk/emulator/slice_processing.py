@@ -57,6 +57,13 @@ class _Lookup:
         self.raw = raw
 
 
+def _no_live_record(deleted: bool, field: str = "") -> str:
+    """The error for an id naming no record (``field``: the column holding it) or a deleted one."""
+    if deleted:
+        return error_text("ENTITY_IS_DELETED", "entity is deleted")
+    return error_text("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", field)
+
+
 class SliceProcessor:
     """Validates and applies one slice of rows of a job against the database."""
 
@@ -98,10 +105,14 @@ class SliceProcessor:
                 continue
             values[name] = None if raw == NULL_VALUE else _Lookup(relation, raw)
         if for_update:
-            missing = [name for name in self._required if name in values and values[name] is None]
-            if missing:
-                raise RecordError(required_missing(missing))
+            self._check_not_nulled(values)
         return values
+
+    def _check_not_nulled(self, values: dict[str, Any]) -> None:
+        # An update may leave a required field out, never set it to null.
+        missing = [name for name in self._required if name in values and values[name] is None]
+        if missing:
+            raise RecordError(required_missing(missing))
 
     def _complete_new(self, values: dict[str, Any]) -> None:
         for name, default in self._defaults:
@@ -193,14 +204,7 @@ class SliceProcessor:
                         del pending[row]
                         break
                     if hit is None or hit[1]:
-                        out.fail(
-                            row,
-                            error_text(
-                                "ENTITY_IS_DELETED" if hit else "INVALID_CROSS_REFERENCE_KEY",
-                                "entity is deleted" if hit else "invalid cross reference id",
-                                field.name if not hit else "",
-                            ),
-                        )
+                        out.fail(row, _no_live_record(hit is not None, field.name))
                         del pending[row]
                         break
 
@@ -412,12 +416,8 @@ class SliceProcessor:
         live: dict[int, str] = {}
         for n, record_id in ids.items():
             hit = found.get(record_id)
-            if hit is None:
-                out.fail(
-                    n, error_text("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id"), record_id
-                )
-            elif hit[1] and not allow_deleted:
-                out.fail(n, error_text("ENTITY_IS_DELETED", "entity is deleted"), record_id)
+            if hit is None or (hit[1] and not allow_deleted):
+                out.fail(n, _no_live_record(hit is not None), record_id)
             else:
                 live[n] = record_id
         return live
@@ -496,30 +496,13 @@ class SliceProcessor:
             values = values_of[n]
             try:
                 if hit is not None and not hit[1]:
-                    missing = [
-                        f.name
-                        for f in self.obj.fields
-                        if f.required and f.name in values and values[f.name] is None
-                    ]
-                    if missing:
-                        raise RecordError(
-                            error_text(
-                                "REQUIRED_FIELD_MISSING",
-                                f"Required fields are missing: [{', '.join(missing)}]",
-                                ",".join(missing),
-                            )
-                        )
+                    self._check_not_nulled(values)
                     # Matched on this value, so it is unchanged: leave it (and its index) alone.
                     values.pop(match_field, None)
                     updates[n] = values
                     update_ids[n] = hit[0]
                 elif match_field == "Id" and key is not None:
-                    raise RecordError(
-                        error_text(
-                            "ENTITY_IS_DELETED" if hit else "INVALID_CROSS_REFERENCE_KEY",
-                            "entity is deleted" if hit else "invalid cross reference id",
-                        )
-                    )
+                    raise RecordError(_no_live_record(hit is not None))
                 else:
                     self._complete_new(values)
                     inserts[n] = values
