@@ -26,7 +26,14 @@ from .job_requests import (
     read_json,
     version_of,
 )
-from .responses import CSV_TYPE, error_response, json_response, not_found
+from .responses import (
+    CSV_TYPE,
+    bad_encoding,
+    error_response,
+    json_response,
+    not_found,
+    upload_too_large,
+)
 from .runtime import USER_ID, Emulator
 from .timestamps import now_text
 
@@ -191,11 +198,7 @@ async def create_job(request: Request) -> Response:
         raw, csv_data = parts["job"], parts["content"]
         limit = emulator.settings.upload_limit_bytes
         if len(csv_data) > limit:
-            return error_response(
-                400,
-                "CLIENTINPUTERROR",
-                f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
-            )
+            return upload_too_large(limit)
     spec, problem = parse_json(raw)
     if problem is not None:
         return problem
@@ -284,17 +287,13 @@ async def upload(request: Request) -> Response:
                 raise zlib.error("truncated stream")
     except zlib.error:
         await run_in_threadpool(store.release_upload, job_id)
-        return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
+        return bad_encoding(encoding)
     except BaseException:
         await run_in_threadpool(store.release_upload, job_id)
         raise
     if too_large or size > limit:
         await run_in_threadpool(store.release_upload, job_id)
-        return error_response(
-            400,
-            "CLIENTINPUTERROR",
-            f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
-        )
+        return upload_too_large(limit)
     if piece:
         await run_in_threadpool(store.append_chunk, job_id, n, bytes(piece))
     await run_in_threadpool(store.finish_upload, job_id, size)
