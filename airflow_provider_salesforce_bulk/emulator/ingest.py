@@ -1,4 +1,9 @@
-"""Bulk API 2.0 ingest endpoints: create, upload, close/abort, info, list, delete and results."""
+"""Bulk API 2.0 ingest endpoints: create, upload, close/abort, info, list, delete and results.
+
+Only the HTTP side of an ingest job lives here: request checks and Salesforce's answers. Store
+calls leave the event loop for a worker thread; records are processed by :mod:`.job_worker` once a
+job is closed, and result files are built by :mod:`.ingest_results`.
+"""
 
 from __future__ import annotations
 

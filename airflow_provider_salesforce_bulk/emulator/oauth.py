@@ -1,4 +1,9 @@
-"""Login: the OAuth 2.0 token endpoint (four grants) and the SOAP ``login()`` call."""
+"""Login: the OAuth 2.0 token endpoint (four grants) and the SOAP ``login()`` call.
+
+Each grant checks what Salesforce checks and refuses with Salesforce's ``error`` and
+``error_description``, so a client's auth code can be tested end to end against these answers;
+secrets are compared in constant time.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Bulk API 2.0 query endpoints: create, info, list, abort, delete, results and parallel result pages."""
+"""Bulk API 2.0 query endpoints: create, info, list, abort, delete, results and parallel result pages.
+
+The HTTP side of a query job: the SOQL is compiled at creation so a bad query is refused there, as
+real orgs do; the query runs on :mod:`.query_jobs`' worker, and result pages are read back from it
+by their locators.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The live state of one emulator: settings, org, database, sessions, limits, faults and worker."""
+"""The live state of one emulator: settings, org, database, sessions, limits, faults and worker.
+
+The routes, the workers and the test handle all reach the state through one :class:`Emulator`
+(no module globals), so each emulator in a process (tests start many) keeps its own org, database,
+sessions and faults.
+"""
 
 from __future__ import annotations
 

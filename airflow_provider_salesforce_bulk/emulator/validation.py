@@ -1,4 +1,9 @@
-"""Per-field value checks and conversions, failing with Salesforce's ``sf__Error`` texts."""
+"""Per-field value checks and conversions, failing with Salesforce's ``sf__Error`` texts.
+
+One converter per column is built once per job (:func:`converter_for`) so the per-record loop of
+:mod:`.slice_processing` only calls it; the error texts are Salesforce's, so failed results read as
+a real org's.
+"""
 
 from __future__ import annotations
 
