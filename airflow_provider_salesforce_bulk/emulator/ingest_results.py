@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 
 from .csv_values import java_double_text, quoted
+from .field_types import is_double
 from .store import Store
 from .upload_csv import DELIMITERS, LINE_ENDINGS, UploadFormatError, raw_header, read_rows
-from .validation import is_double
 
 SUCCESSFUL = "successfulResults"
 FAILED = "failedResults"

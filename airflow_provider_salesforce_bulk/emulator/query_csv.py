@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .csv_values import java_double, quoted
+from .field_types import DOUBLE_TYPES
 from .soql_compile import Column
 
 Formatter = Callable[[Any], str]
@@ -45,7 +46,7 @@ def formatter(column_type: str) -> Formatter | None:
         return _boolean
     if column_type == "int":
         return _integer
-    if column_type in ("double", "currency", "percent"):
+    if column_type in DOUBLE_TYPES:
         return _double
     if column_type == "datetime":
         return _datetime

@@ -55,17 +55,6 @@ def required_missing(names: list[str]) -> str:
     )
 
 
-def is_double(field: Field) -> bool:
-    """Whether Salesforce holds the field as ``xsd:double`` (and echoes it as Java prints a double).
-
-    Currency and percent fields are doubles; so is every custom number field, even one without
-    decimals. Standard number fields without decimals (``NumberOfEmployees``) are ``xsd:int``.
-    """
-    if field.type in ("currency", "percent"):
-        return True
-    return field.type == "number" and (field.scale != 0 or field.name.lower().endswith("__c"))
-
-
 def converter_for(field: Field, column: int) -> Converter:
     """Build the function turning a CSV value of ``field`` (at 0-based ``column``) into what is stored.
 
