@@ -1,4 +1,9 @@
-"""The Starlette application: routes, the API guard (version, session, limits) and error handling."""
+"""The Starlette application: routes, the API guard (version, session, limits) and error handling.
+
+The one place that decides what stands between a request and its handler, in which order (host
+check, body limits, usage header, faults, then version, session and daily limit per API route), so
+every route is guarded alike and no handler repeats a check.
+"""
 
 from __future__ import annotations
 

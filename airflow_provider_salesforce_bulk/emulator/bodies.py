@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .responses import error_response
+from .responses import bad_encoding, error_response, upload_too_large
 from .settings import EmulatorSettings
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -34,17 +34,6 @@ def too_large(limit: int) -> Response:
     return error_response(
         413, "REQUEST_TOO_LARGE", f"The request body exceeds the limit of {limit} bytes for this resource"
     )
-
-
-def upload_too_large(limit: int) -> Response:
-    """An upload over the limit: 400 ClientInputError, the answer the upload handler gives too."""
-    return error_response(
-        400, "CLIENTINPUTERROR", f"ClientInputError : Exceeded max size limit of {limit} bytes for job data"
-    )
-
-
-def _bad_encoding(encoding: str) -> Response:
-    return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -181,7 +170,7 @@ class BodyLimitMiddleware:
             await too_large(limit)(scope, receive, send)
             return
         except zlib.error:
-            await _bad_encoding(encoding)(scope, receive, send)
+            await bad_encoding(encoding)(scope, receive, send)
             return
         if inflater is not None:
             headers = [

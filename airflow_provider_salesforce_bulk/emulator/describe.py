@@ -1,46 +1,21 @@
 """``GET /sobjects`` and ``GET /sobjects/{object}/describe`` from the schema, shaped as real orgs answer.
 
-Also the one place that says what type each field has in Salesforce's terms (``id``, ``int``,
-``double``, ``datetime``...), which the query engine uses to check filters and format values.
+Clients describe an object before loading it (field types, lengths, external ids); these answers
+carry the keys they read, with the types :mod:`.field_types` gives every other part of the emulator.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .field_types import DOUBLE_TYPES, TEXT_TYPES, FieldInfo, fields_of
 from .job_requests import emulator_of
 from .responses import json_response, not_found
-from .schema import Field, SObject
+from .schema import SObject
 
-if TYPE_CHECKING:
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class FieldInfo:
-    """A queryable field: its API name, its stored column and its describe type."""
-
-    name: str
-    column: str
-    type: str
-    field: Field | None = None
-
-
-_SYSTEM = (
-    FieldInfo("Id", "Id", "id"),
-    FieldInfo("IsDeleted", "IsDeleted", "boolean"),
-)
-# SystemModstamp is not stored apart: the emulator changes records only through the API, where
-# Salesforce moves it together with LastModifiedDate.
-_AUDIT = (
-    FieldInfo("CreatedDate", "CreatedDate", "datetime"),
-    FieldInfo("LastModifiedDate", "LastModifiedDate", "datetime"),
-    FieldInfo("SystemModstamp", "LastModifiedDate", "datetime"),
-)
 _SOAP_TYPES = {
     "id": "tns:ID",
     "reference": "tns:ID",
@@ -52,35 +27,6 @@ _SOAP_TYPES = {
     "date": "xsd:date",
     "datetime": "xsd:dateTime",
 }
-TEXT_TYPES = frozenset({"string", "textarea", "email", "phone", "url", "picklist"})
-NUMBER_TYPES = frozenset({"int", "double", "currency", "percent"})
-
-
-def describe_type(field: Field) -> str:
-    """Salesforce's describe type of a schema field.
-
-    Standard whole-number fields (NumberOfEmployees) are ``int``; custom number fields are
-    ``double`` in Salesforce whatever their scale.
-    """
-    if field.type == "number":
-        return "int" if field.scale == 0 and not field.name.endswith("__c") else "double"
-    return field.type
-
-
-def fields_of(obj: SObject) -> list[FieldInfo]:
-    """Every field of ``obj`` in describe order: Id, IsDeleted, the schema's, then the audit fields."""
-    own = [FieldInfo(f.name, f.name, describe_type(f), f) for f in obj.fields]
-    return [*_SYSTEM, *own, *_AUDIT]
-
-
-def field_info(obj: SObject, name: str) -> FieldInfo | None:
-    """The field called ``name`` (any case) on ``obj``, system fields included, or None."""
-    lower = name.lower()
-    for info in (*_SYSTEM, *_AUDIT):
-        if info.name.lower() == lower:
-            return info
-    field = obj.field(name)
-    return FieldInfo(field.name, field.name, describe_type(field), field) if field else None
 
 
 def _label(name: str) -> str:
@@ -120,8 +66,8 @@ def field_body(info: FieldInfo) -> dict[str, Any]:
         "length": length,
         "byteLength": length * 3,
         "digits": 9 if ftype == "int" else 0,
-        "precision": 18 if ftype in ("double", "currency", "percent") else 0,
-        "scale": (field.scale or 0) if field and ftype in ("double", "currency", "percent") else 0,
+        "precision": 18 if ftype in DOUBLE_TYPES else 0,
+        "scale": (field.scale or 0) if field and ftype in DOUBLE_TYPES else 0,
         "nillable": nillable,
         "custom": info.name.endswith("__c"),
         "externalId": bool(field and field.external_id),

@@ -1,4 +1,9 @@
-"""Bulk API 2.0 ingest endpoints: create, upload, close/abort, info, list, delete and results."""
+"""Bulk API 2.0 ingest endpoints: create, upload, close/abort, info, list, delete and results.
+
+Only the HTTP side of an ingest job lives here: request checks and Salesforce's answers. Store
+calls leave the event loop for a worker thread; records are processed by :mod:`.job_worker` once a
+job is closed, and result files are built by :mod:`.ingest_results`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .ids import JOB_PREFIX, make_id, normalize_id
+from .ingest_results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
 from .job_requests import (
     abort_refused,
     csv_format,
@@ -25,10 +31,16 @@ from .job_requests import (
     read_json,
     version_of,
 )
-from .processing import now_text
-from .responses import CSV_TYPE, error_response, json_response, not_found
-from .results import FAILED, SUCCESSFUL, UNPROCESSED, iter_result_csv
+from .responses import (
+    CSV_TYPE,
+    bad_encoding,
+    error_response,
+    json_response,
+    not_found,
+    upload_too_large,
+)
 from .runtime import USER_ID, Emulator
+from .timestamps import now_text
 
 OPERATIONS = ("insert", "update", "upsert", "delete", "hardDelete")
 _UPLOAD_PIECE = 1 << 20
@@ -191,11 +203,7 @@ async def create_job(request: Request) -> Response:
         raw, csv_data = parts["job"], parts["content"]
         limit = emulator.settings.upload_limit_bytes
         if len(csv_data) > limit:
-            return error_response(
-                400,
-                "CLIENTINPUTERROR",
-                f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
-            )
+            return upload_too_large(limit)
     spec, problem = parse_json(raw)
     if problem is not None:
         return problem
@@ -284,17 +292,13 @@ async def upload(request: Request) -> Response:
                 raise zlib.error("truncated stream")
     except zlib.error:
         await run_in_threadpool(store.release_upload, job_id)
-        return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
+        return bad_encoding(encoding)
     except BaseException:
         await run_in_threadpool(store.release_upload, job_id)
         raise
     if too_large or size > limit:
         await run_in_threadpool(store.release_upload, job_id)
-        return error_response(
-            400,
-            "CLIENTINPUTERROR",
-            f"ClientInputError : Exceeded max size limit of {limit} bytes for job data",
-        )
+        return upload_too_large(limit)
     if piece:
         await run_in_threadpool(store.append_chunk, job_id, n, bytes(piece))
     await run_in_threadpool(store.finish_upload, job_id, size)

@@ -11,17 +11,15 @@ import json
 import re
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .responses import error_response, json_response, not_found
+from .responses import bad_encoding, error_response, json_response, not_found
+from .runtime import Emulator
 from .upload_csv import DELIMITERS, LINE_ENDINGS
-
-if TYPE_CHECKING:  # the runtime imports the endpoints that import this module
-    from .runtime import Emulator
 
 
 def emulator_of(request: Request) -> Emulator:
@@ -57,7 +55,7 @@ async def read_body(request: Request) -> bytes | Response:
         try:
             return zlib.decompress(raw, 47 if encoding == "gzip" else 15)
         except zlib.error:
-            return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
+            return bad_encoding(encoding)
     return raw
 
 

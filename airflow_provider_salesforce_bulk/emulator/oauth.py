@@ -1,4 +1,9 @@
-"""Login: the OAuth 2.0 token endpoint (four grants) and the SOAP ``login()`` call."""
+"""Login: the OAuth 2.0 token endpoint (four grants) and the SOAP ``login()`` call.
+
+Each grant checks what Salesforce checks and refuses with Salesforce's ``error`` and
+``error_description``, so a client's auth code can be tested end to end against these answers;
+secrets are compared in constant time.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .credentials import Credentials
 from .responses import json_response
 from .runtime import ORG_ID, USER_ID, Emulator
 
@@ -39,6 +45,17 @@ def _bad_client() -> Response:
 
 def _same(a: str | None, b: str) -> bool:
     return a is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def _refused_client(
+    creds: Credentials, client_id: str | None, client_secret: str | None, secret_required: bool = True
+) -> Response | None:
+    """The answer to a client the org does not know, or to a wrong secret; None when the client is right."""
+    if not _same(client_id, creds.client_id):
+        return _bad_client()
+    if (secret_required or client_secret is not None) and not _same(client_secret, creds.client_secret):
+        return _oauth_error("invalid_client", "invalid client credentials")
+    return None
 
 
 async def _token_body(emulator: Emulator) -> dict[str, str]:
@@ -86,10 +103,8 @@ async def token(request: Request) -> Response:
     client_secret = form.get("client_secret") or basic_secret
 
     if grant == "password":
-        if not _same(client_id, creds.client_id):
-            return _bad_client()
-        if not _same(client_secret, creds.client_secret):
-            return _oauth_error("invalid_client", "invalid client credentials")
+        if (refused := _refused_client(creds, client_id, client_secret)) is not None:
+            return refused
         if not (
             _same(form.get("username"), creds.username)
             and _same(form.get("password"), creds.password + creds.security_token)
@@ -98,17 +113,14 @@ async def token(request: Request) -> Response:
         return json_response(await _token_body(emulator))
 
     if grant == "client_credentials":
-        if not _same(client_id, creds.client_id):
-            return _bad_client()
-        if not _same(client_secret, creds.client_secret):
-            return _oauth_error("invalid_client", "invalid client credentials")
+        if (refused := _refused_client(creds, client_id, client_secret)) is not None:
+            return refused
         return json_response(await _token_body(emulator))
 
     if grant == "refresh_token":
-        if not _same(client_id, creds.client_id):
-            return _bad_client()
-        if client_secret is not None and not _same(client_secret, creds.client_secret):
-            return _oauth_error("invalid_client", "invalid client credentials")
+        # A refresh may come from a public client, which holds no secret.
+        if (refused := _refused_client(creds, client_id, client_secret, secret_required=False)) is not None:
+            return refused
         if not _same(form.get("refresh_token"), creds.refresh_token):
             return _oauth_error("invalid_grant", "expired access/refresh token")
         return json_response(await _token_body(emulator))

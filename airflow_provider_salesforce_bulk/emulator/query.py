@@ -1,4 +1,9 @@
-"""Bulk API 2.0 query endpoints: create, info, list, abort, delete, results and parallel result pages."""
+"""Bulk API 2.0 query endpoints: create, info, list, abort, delete, results and parallel result pages.
+
+The HTTP side of a query job: the SOQL is compiled at creation so a bad query is refused there, as
+real orgs do; the query runs on :mod:`.query_jobs`' worker, and result pages are read back from it
+by their locators.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +29,11 @@ from .job_requests import (
     read_json,
     version_of,
 )
-from .processing import now_text
 from .responses import CSV_TYPE, error_response, json_response, not_found
 from .runtime import USER_ID
 from .soql import SoqlError
 from .soql_compile import compile_query, object_name
+from .timestamps import now_text
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -7,32 +7,14 @@ dates ``2024-01-02``, whole numbers as they are, doubles/currency/percent as Jav
 
 from __future__ import annotations
 
-import decimal
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .csv_values import java_double, quoted
+from .field_types import DOUBLE_TYPES
 from .soql_compile import Column
 
 Formatter = Callable[[Any], str]
-
-
-def java_double(value: float) -> str:
-    """``Double.toString``: plain between 10^-3 and 10^7, else ``d.dddE±n``; always a fraction digit."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value == 0:
-        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
-    if 1e-3 <= abs(value) < 1e7:
-        text = repr(value)
-        return text if "." in text else text + ".0"
-    number = decimal.Decimal(repr(value))
-    sign, digits, _ = number.as_tuple()
-    text = "".join(map(str, digits)).rstrip("0") or "0"
-    mantissa = text[0] + "." + (text[1:] or "0")
-    return f"{'-' if sign else ''}{mantissa}E{number.adjusted()}"
 
 
 def _boolean(value: Any) -> str:
@@ -64,20 +46,16 @@ def formatter(column_type: str) -> Formatter | None:
         return _boolean
     if column_type == "int":
         return _integer
-    if column_type in ("double", "currency", "percent"):
+    if column_type in DOUBLE_TYPES:
         return _double
     if column_type == "datetime":
         return _datetime
     return None
 
 
-def _quoted(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
-
-
 def header_line(columns: Sequence[Column], delimiter: str, eol: str) -> str:
     """The header row: the SELECT list as written."""
-    return delimiter.join(_quoted(c.header) for c in columns) + eol
+    return delimiter.join(quoted(c.header) for c in columns) + eol
 
 
 def line_writer(columns: Sequence[Column], delimiter: str, eol: str) -> Callable[[Sequence[Any]], str]:

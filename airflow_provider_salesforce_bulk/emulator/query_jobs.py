@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from .faults import FaultInjector
-from .processing import now_text
 from .query_csv import header_line, line_writer
 from .schema import Schema
 from .settings import EmulatorSettings
 from .soql import SoqlError
 from .soql_compile import compile_query
 from .store import Store
+from .timestamps import now_text
 from .upload_csv import DELIMITERS, LINE_ENDINGS
 
 logger = logging.getLogger(__name__)

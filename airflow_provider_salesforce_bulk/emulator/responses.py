@@ -1,4 +1,4 @@
-"""Response helpers: Salesforce's JSON bodies, error arrays and content types."""
+"""Response helpers: Salesforce's JSON bodies, error arrays, content types, errors several routes give."""
 
 from __future__ import annotations
 
@@ -24,6 +24,18 @@ def error_response(status: int, code: str, message: str) -> Response:
 def not_found() -> Response:
     """404 for an unknown job, path or resource."""
     return error_response(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+def upload_too_large(limit: int) -> Response:
+    """Job data over the limit, sent as an upload or inside a multipart create: 400 ClientInputError."""
+    return error_response(
+        400, "CLIENTINPUTERROR", f"ClientInputError : Exceeded max size limit of {limit} bytes for job data"
+    )
+
+
+def bad_encoding(encoding: str) -> Response:
+    """A body that does not inflate as its ``Content-Encoding`` (``gzip`` or ``deflate``) says."""
+    return error_response(400, "CLIENTINPUTERROR", f"The request body is not valid {encoding} data")
 
 
 def invalid_session() -> Response:

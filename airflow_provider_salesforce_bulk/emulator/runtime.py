@@ -1,4 +1,9 @@
-"""The live state of one emulator: settings, org, database, sessions, limits, faults and worker."""
+"""The live state of one emulator: settings, org, database, sessions, limits, faults and worker.
+
+The routes, the workers and the test handle all reach the state through one :class:`Emulator`
+(no module globals), so each emulator in a process (tests start many) keeps its own org, database,
+sessions and faults.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ import time
 from .credentials import Credentials
 from .faults import FaultInjector
 from .ids import ORG_PREFIX, USER_PREFIX, make_id
+from .job_worker import JobProcessor
 from .limits import Limits
-from .processing import JobProcessor
 from .query_jobs import QueryJobs
 from .schema import Schema, load_schema
 from .settings import EmulatorSettings

@@ -1,4 +1,8 @@
-"""Running the emulator: in a background thread for tests, or in the foreground for the CLI."""
+"""Running the emulator: in a background thread for tests, or in the foreground for the CLI.
+
+Tests get a real socket (``run_emulator``), so the client under test goes through its whole HTTP
+stack; the server binds loopback only because the credentials are fixed and public.
+"""
 
 from __future__ import annotations
 

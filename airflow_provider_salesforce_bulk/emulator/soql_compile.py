@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
-from .describe import NUMBER_TYPES, TEXT_TYPES, FieldInfo, field_info
+from .field_types import NUMBER_TYPES, TEXT_TYPES, FieldInfo, field_info
 from .ids import normalize_id
 from .schema import Schema, SObject
 from .soql import (

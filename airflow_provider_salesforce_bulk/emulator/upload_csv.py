@@ -1,4 +1,8 @@
-"""Reading an uploaded job CSV back out of the store, row by row, with the stdlib ``csv`` module."""
+"""Reading an uploaded job CSV back out of the store, row by row, with the stdlib ``csv`` module.
+
+Shared by the worker (which processes the rows) and the result files (which echo them), so both
+read the upload the same way; it streams from the stored chunks, never the whole upload at once.
+"""
 
 from __future__ import annotations
 

@@ -1,17 +1,23 @@
-"""Per-field value checks and conversions, failing with Salesforce's ``sf__Error`` texts."""
+"""Per-field value checks and conversions, failing with Salesforce's ``sf__Error`` texts.
+
+One converter per column is built once per job (:func:`converter_for`) so the per-record loop of
+:mod:`.slice_processing` only calls it; the error texts are Salesforce's, so failed results read as
+a real org's.
+"""
 
 from __future__ import annotations
 
 import datetime
 import re
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from .ids import normalize_id
 from .schema import Field
+from .timestamps import format_datetime
 
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+#: A number's text as Salesforce reads it in a CSV value.
+NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?"
@@ -49,44 +55,6 @@ def required_missing(names: list[str]) -> str:
     )
 
 
-def format_datetime(value: datetime.datetime) -> str:
-    """Format a datetime as Salesforce does in JSON: milliseconds and an offset without colon."""
-    value = value.astimezone(datetime.timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
-
-
-def is_double(field: Field) -> bool:
-    """Whether Salesforce holds the field as ``xsd:double`` (and echoes it as Java prints a double).
-
-    Currency and percent fields are doubles; so is every custom number field, even one without
-    decimals. Standard number fields without decimals (``NumberOfEmployees``) are ``xsd:int``.
-    """
-    if field.type in ("currency", "percent"):
-        return True
-    return field.type == "number" and (field.scale != 0 or field.name.lower().endswith("__c"))
-
-
-def java_double_text(value: str) -> str:
-    """A number's text as Java's ``Double.toString`` writes it, which is how results echo doubles.
-
-    ``912260031`` -> ``9.12260031E8``, ``100`` -> ``100.0``, ``0.0001`` -> ``1.0E-4``: plain notation
-    for magnitudes in [10^-3, 10^7), else one digit, a point, the other digits (at least one) and
-    ``E`` with the exponent; the digits are the shortest that read back as the same double. Text
-    that is not a number is returned as it is.
-    """
-    if _NUMBER.fullmatch(value) is None:
-        return value
-    number = float(value)
-    if number == 0:
-        return "-0.0" if str(number).startswith("-") else "0.0"
-    if 1e-3 <= abs(number) < 1e7:
-        return repr(number)  # Python's repr is plain in this range and has the same shortest digits
-    sign, digits, exponent = Decimal(repr(number)).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    text = "".join(map(str, digits))
-    return f"{'-' if sign else ''}{text[0]}.{text[1:] or '0'}E{len(text) - 1 + exponent}"
-
-
 def converter_for(field: Field, column: int) -> Converter:
     """Build the function turning a CSV value of ``field`` (at 0-based ``column``) into what is stored.
 
@@ -106,7 +74,7 @@ def converter_for(field: Field, column: int) -> Converter:
 
     if field.type in {"number", "currency", "percent"}:
         integral = field.scale == 0
-        match_number = _NUMBER.fullmatch
+        match_number = NUMBER.fullmatch
 
         def to_number(value: str) -> Any:
             if value.isdigit() and value.isascii():

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_salesforce_bulk.emulator.csv_values import java_double_text
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from airflow_provider_salesforce_bulk.emulator.validation import java_double_text
 
 from .helpers import run_job, start_job, wait_done
 
@@ -228,6 +228,9 @@ def test_double_fields_are_echoed_as_salesforce_prints_doubles(api: httpx.Client
         ("0", "0.0"),
         ("-0", "-0.0"),
         ("12.50", "12.5"),
+        # Beyond a double's range the text reads as infinity, which Java prints by name.
+        ("1e400", "Infinity"),
+        ("-1e400", "-Infinity"),
         ("not a number", "not a number"),
     ],
 )

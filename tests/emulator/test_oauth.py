@@ -93,6 +93,28 @@ def test_refresh_token_grant(emulator: RunningEmulator) -> None:
     assert bad.json()["error"] == "invalid_grant"
 
 
+@pytest.mark.parametrize("grant", ["password", "client_credentials", "refresh_token"])
+def test_every_client_grant_checks_the_client_alike(emulator: RunningEmulator, grant: str) -> None:
+    c = emulator.credentials
+    form = {"grant_type": grant, "username": c.username, "password": c.password + c.security_token}
+    form["refresh_token"] = c.refresh_token
+    bad_id = _token(emulator, **form, client_id="nope", client_secret=c.client_secret)
+    assert (bad_id.status_code, bad_id.json()) == (
+        400,
+        {"error": "invalid_client_id", "error_description": "client identifier invalid"},
+    )
+    bad_secret = _token(emulator, **form, client_id=c.client_id, client_secret="wrong")
+    assert (bad_secret.status_code, bad_secret.json()) == (
+        400,
+        {"error": "invalid_client", "error_description": "invalid client credentials"},
+    )
+    no_secret = _token(emulator, **form, client_id=c.client_id)
+    if grant == "refresh_token":  # a refresh may come from a public client, without a secret
+        _assert_token_body(emulator, no_secret)
+    else:
+        assert (no_secret.status_code, no_secret.json()["error"]) == (400, "invalid_client")
+
+
 def _assertion(emulator: RunningEmulator, **claims: object) -> str:
     c = emulator.credentials
     payload = {

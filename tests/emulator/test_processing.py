@@ -106,6 +106,41 @@ def test_upsert_update_and_nulls(emulator: RunningEmulator, api: httpx.Client) -
     assert "REQUIRED_FIELD_MISSING" in required["failedResults"]
 
 
+def test_no_record_and_deleted_record_read_alike_on_every_path(
+    emulator: RunningEmulator, api: httpx.Client
+) -> None:
+    """Ids naming no record or a deleted one (as reference, update or upsert key); a nulled required field."""
+    run_job(api, "Name\nLive\nGone\n", object="Account", operation="insert")
+    live, gone = (r["Id"] for r in emulator.records("Account"))
+    run_job(api, f"Id\n{gone}\n", object="Account", operation="delete")
+    run_job(api, "LastName\nKept\n", object="Contact", operation="insert")
+    contact = emulator.records("Contact")[0]["Id"]
+    run_job(api, "LastName\nDeleted\n", object="Contact", operation="insert")
+    deleted = next(r["Id"] for r in emulator.records("Contact") if r["Id"] != contact)
+    run_job(api, f"Id\n{deleted}\n", object="Contact", operation="delete")
+    absent_account, absent_contact = "001000000000999AAA", "003000000000999AAA"
+
+    def errors(data: str, operation: str, **spec: str) -> dict[str, str]:
+        info, results = run_job(api, data, object="Contact", operation=operation, **spec)
+        assert info["state"] == "JobComplete"
+        return {row["LastName"]: row["sf__Error"] for row in _rows(results["failedResults"])}
+
+    invalid_id = "INVALID_CROSS_REFERENCE_KEY:invalid cross reference id:"
+    is_deleted = "ENTITY_IS_DELETED:entity is deleted:--"
+    references = errors(f"LastName,AccountId\nabsent,{absent_account}\ngone,{gone}\nok,{live}\n", "insert")
+    assert references == {"absent": invalid_id + "AccountId --", "gone": is_deleted}
+    updates = errors(f"Id,LastName\n{absent_contact},absent\n{deleted},gone\n{contact},#N/A\n", "update")
+    required = "REQUIRED_FIELD_MISSING:Required fields are missing: [LastName]:LastName --"
+    assert updates == {"absent": invalid_id + "--", "gone": is_deleted, "#N/A": required}
+    upserts = errors(
+        f"Id,LastName\n{absent_contact},absent\n{deleted},gone\n{contact},#N/A\n",
+        "upsert",
+        externalIdFieldName="Id",
+    )
+    assert upserts == {"absent": invalid_id + "--", "gone": is_deleted, "#N/A": required}
+    assert [r["LastName"] for r in emulator.records("Contact")] == ["Kept", "ok"]
+
+
 def test_delete_and_hard_delete(emulator: RunningEmulator, api: httpx.Client) -> None:
     run_job(api, "Name\nA\nB\n", object="Account", operation="insert")
     a, b = (r["Id"] for r in emulator.records("Account"))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.emulator.query_csv import java_double
+from airflow_provider_salesforce_bulk.emulator.csv_values import java_double
 from airflow_provider_salesforce_bulk.emulator.schema import Schema, SObject, parse_schema
 from airflow_provider_salesforce_bulk.emulator.soql import SoqlError, parse
 from airflow_provider_salesforce_bulk.emulator.soql_compile import compile_query, date_range

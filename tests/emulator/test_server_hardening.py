@@ -392,3 +392,47 @@ def test_any_other_name_is_refused(labels: list[str], port: int | None) -> None:
     name = ".".join(labels)
     host = name if port is None else f"{name}:{port}"
     assert host_allowed(host, "127.0.0.1") == (name == "localhost")
+
+
+def test_refusals_read_alike_whichever_layer_gives_them(emulator: RunningEmulator, api: httpx.Client) -> None:
+    """Over-limit job data and undecodable bodies: the same words from the middleware and the handlers."""
+    emulator.update_settings(upload_limit_bytes=1000)
+    over = "ClientInputError : Exceeded max size limit of 1000 bytes for job data"
+    big = b"Name\n" + b"x" * 2000 + b"\n"
+    job = create_job(api, object="Account", operation="insert")
+    url = f"/jobs/ingest/{job['id']}/batches"
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield big
+
+    answers = {
+        "declared": api.put(url, content=big, headers={"Content-Type": "text/csv"}),
+        "streamed": api.put(url, content=streamed(), headers={"Content-Type": "text/csv"}),
+        "inflated": api.put(
+            url, content=gzip.compress(big), headers={"Content-Type": "text/csv", "Content-Encoding": "gzip"}
+        ),
+        "multipart": api.post(
+            "/jobs/ingest",
+            files={
+                "job": (None, '{"object": "Account", "operation": "insert"}', "application/json"),
+                "content": ("content", big, "text/csv"),
+            },
+        ),
+    }
+    for name, answer in answers.items():
+        assert (name, answer.status_code, answer.json()) == (
+            name,
+            400,
+            [{"errorCode": "CLIENTINPUTERROR", "message": over}],
+        )
+    not_gzip = [{"errorCode": "CLIENTINPUTERROR", "message": "The request body is not valid gzip data"}]
+    upload = api.put(
+        url, content=b"not gzip at all", headers={"Content-Type": "text/csv", "Content-Encoding": "gzip"}
+    )
+    create = api.post(
+        "/jobs/ingest",
+        content=b"not gzip at all",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert (upload.status_code, upload.json()) == (400, not_gzip)
+    assert (create.status_code, create.json()) == (400, not_gzip)
