@@ -216,34 +216,31 @@ def test_every_row_is_stored_once_with_its_values(
 
 
 @pytest.mark.parametrize(
-    ("case", "sql", "retries", "error"),
+    ("case", "sql", "error"),
     [
         # Refused by the server when the cursor is declared: the query's fault, never retried.
         (
             "query_error",
             'SELECT name AS "Name" FROM no_such_table',
-            2,
             "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query failed on "
             """'pg_warehouse': UndefinedTable: relation "no_such_table" does not exist""",
         ),
         (
             "empty_result",
             SELECT.replace(f"id < {N}", "id < 0"),
-            2,
             "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query on "
             "'pg_warehouse' returned no rows (pass allow_empty to load nothing instead)",
         ),
         # Fails only in the second batch, after 10,000 rows were read: still before any job, as the
-        # whole result is read and checked before the first job is created. A failed fetch may be
-        # the connection's, so the operator lets Airflow retry it (retries=0 here).
+        # whole result is read and checked before the first job is created; and the same query
+        # would fail again, so no retry.
         (
             "error_mid_stream",
             SELECT.replace('AS "Name"', 'AS "Name", 1 / (id - 15000) AS "Quantity__c"').replace(
                 'qty AS "Quantity__c", ', ""
             ),
-            0,
-            "Reading SQL query on connection 'pg_warehouse' failed: fetching rows from 'pg_warehouse' "
-            "failed after 10000 rows: DivisionByZero: division by zero",
+            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query failed on "
+            "'pg_warehouse' after 10000 rows: DivisionByZero: division by zero",
         ),
     ],
 )
@@ -254,15 +251,50 @@ def test_a_bad_query_fails_before_any_job(
     capsys: pytest.CaptureFixture[str],
     case: str,
     sql: str,
-    retries: int,
     error: str,
 ) -> None:
     log_start = len(warehouse.log())
-    dr = _run(f"pg_bad_{case}", tmp_path, sql, retries=retries)
+    dr = _run(f"pg_bad_{case}", tmp_path, sql, retries=2)
     assert dr.state == "failed"
-    assert dr.get_task_instance("load").try_number == 1
+    assert dr.get_task_instance("load").try_number == 1  # bad input: no retry
     assert _jobs(sf) == []
     assert sf.records(OBJECT) == []
     assert 'DECLARE "salesforce_bulk_source"' in warehouse.log()[log_start:]
     output = capsys.readouterr()
     assert error in output.out + output.err
+
+
+def test_a_connection_lost_mid_stream_is_retried_and_loads_once(
+    sf: RunningEmulator, warehouse: PostgresCluster, tmp_path: Path
+) -> None:
+    # The server ends the session while the 15,000th row is computed, on the first try only
+    # (a sequence is not rolled back with the session): a connection fault, worth a retry.
+    with psycopg.connect(
+        host=warehouse.host, port=warehouse.port, user=warehouse.user, dbname=warehouse.dbname
+    ) as conn:
+        conn.execute("DROP SEQUENCE IF EXISTS kill_seq")
+        conn.execute("CREATE SEQUENCE kill_seq")
+        conn.execute(
+            """CREATE OR REPLACE FUNCTION kill_once() RETURNS boolean AS $$
+            BEGIN
+                IF nextval('kill_seq') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                RETURN true;
+            END $$ LANGUAGE plpgsql"""
+        )
+    sql = SELECT.replace(
+        'notes AS "Notes__c"',
+        'CASE WHEN id = 15000 AND NOT kill_once() THEN NULL ELSE notes END AS "Notes__c"',
+    )
+    log_start = len(warehouse.log())
+    dr = _run("pg_lost_connection", tmp_path, sql, retries=1)
+    assert dr.state == "success"
+    assert dr.get_task_instance("load").try_number == 2
+    assert "terminating connection due to administrator command" in warehouse.log()[log_start:]
+    stored = sf.records(OBJECT)
+    assert sorted(record["External_Id__c"] for record in stored) == sorted(f"PG-{i}" for i in range(N))
+    assert {r["External_Id__c"]: r["Notes__c"] for r in stored} == {
+        f"PG-{i}": _expected(i)["Notes__c"] for i in range(N)
+    }
+    summary = _xcom("pg_lost_connection")
+    assert (summary["totals"]["records"], summary["totals"]["succeeded"]) == (N, N)
+    assert len(_jobs(sf)) == 3
