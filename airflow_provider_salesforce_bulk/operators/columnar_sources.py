@@ -470,6 +470,12 @@ def _fetch(
         try:
             rows = cursor.fetchmany(batch_rows)
         except Exception as exc:
+            if _is_query_fault(exc):
+                # A value the query cannot compute (division by zero, a bad cast) fails every try.
+                raise InputError(
+                    f"the query failed on {conn_id!r} after {base} rows: {type(exc).__name__}: {exc}",
+                    field="sql",
+                ) from None
             raise SqlSourceError(
                 f"fetching rows from {conn_id!r} failed after {base} rows: {type(exc).__name__}: {exc}"
             ) from None
@@ -490,6 +496,14 @@ def _fetch(
             f"the query on {conn_id!r} returned no rows (pass allow_empty to load nothing instead)",
             field="sql",
         )
+
+
+#: DB-API 2.0 (PEP 249) errors that are the query's or the data's fault, not the connection's.
+_QUERY_FAULTS = frozenset({"DataError", "ProgrammingError", "IntegrityError", "NotSupportedError"})
+
+
+def _is_query_fault(exc: BaseException) -> bool:
+    return any(cls.__name__ in _QUERY_FAULTS for cls in type(exc).__mro__)
 
 
 def _rows_to_batch(pa: Any, rows: Sequence[Sequence[Any]], names: list[str], base: int) -> Any:
