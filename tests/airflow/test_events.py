@@ -232,3 +232,17 @@ def test_a_trigger_deferred_by_the_previous_release_resumes() -> None:
         SalesforceBulkJobTrigger(
             **{**stored, "history": [{k: v for k, v in _history()[0].items() if k != "info"}]}
         )
+
+
+def test_the_poll_in_the_worker_checks_its_event_as_execute_complete_does() -> None:
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+
+    class BrokenTrigger(SalesforceBulkJobTrigger):
+        async def run(self) -> Any:
+            yield TriggerEvent({"status": "success", "jobs": {JOB: {"id": JOB, "numberRecordsFailed": -1}}})
+
+    operator = types.SimpleNamespace(deferrable=False)
+    with pytest.raises(AirflowException, match=f"job {JOB}: numberRecordsFailed must be a whole number"):
+        defer_or_wait(operator, BrokenTrigger("sf_events", [JOB]), timeout=10, poll_interval=1)  # type: ignore[arg-type]
