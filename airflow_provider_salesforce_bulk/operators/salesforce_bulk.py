@@ -644,8 +644,10 @@ class SalesforceBulkOperator(BaseOperator):
         """
         checked = validate_event(event)
         status, jobs, history = checked["status"], checked["jobs"], checked["history"]
-        raw_state = checked["resubmit"] if checked["resubmit"] is not None else resubmit
-        state = _RoundState.load(None if raw_state is None else check_resubmit_state(raw_state))
+        # The defer() kwargs are a fallback only: the event echoes the state.
+        state = _RoundState.load(
+            checked["resubmit"] or (check_resubmit_state(resubmit) if resubmit else None)
+        )
         instance_url = checked["instance_url"] or instance_url
         counts: dict[str, int] = dict(record_counts or {})
         counts.update(checked["record_counts"])
