@@ -7,8 +7,8 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
-from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import run_sync
+from airflow_provider_salesforce_bulk.triggers.events import JobsEvent, validate_event
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
 
 __all__ = ["defer_or_wait"]
@@ -21,14 +21,15 @@ _BACKSTOP_SECONDS = 300
 def defer_or_wait(
     operator: BaseOperator,
     trigger: SalesforceBulkJobTrigger,
-    settings: ConnectionSettings,
     *,
     timeout: float,
     poll_interval: float,
     kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> JobsEvent:
     """Defer to ``trigger`` (resuming in ``execute_complete``) when the operator is deferrable, which
-    raises ``TaskDeferred``; otherwise run the trigger's poll loop in the worker and return its event."""
+    raises ``TaskDeferred``; otherwise run the trigger's poll loop in the worker and return its event,
+    checked as ``execute_complete`` checks a deferred one. The trigger was given the connection's
+    settings when it was built, so the worker does not read the connection again."""
     if getattr(operator, "deferrable", False):
         operator.defer(
             trigger=trigger,
@@ -36,11 +37,10 @@ def defer_or_wait(
             kwargs=kwargs,
             timeout=datetime.timedelta(seconds=timeout + 10 * poll_interval + _BACKSTOP_SECONDS),
         )
-    return run_sync(lambda: _first_event(trigger, settings))
+    return validate_event(run_sync(lambda: _first_event(trigger)))
 
 
-async def _first_event(trigger: SalesforceBulkJobTrigger, settings: ConnectionSettings) -> dict[str, Any]:
-    trigger.settings = settings
+async def _first_event(trigger: SalesforceBulkJobTrigger) -> object:
     async for event in trigger.run():
-        return dict(event.payload)
+        return event.payload
     raise AirflowException("the trigger ended without an event")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from airflow_provider_salesforce_bulk.triggers.task_state import COMMS_GUARD
 
 __all__ = ["PLAN_VARIABLE_PREFIX", "PlanStore", "VariablePlanStore", "plan_store_for"]
 
@@ -25,10 +26,6 @@ PLAN_VARIABLE_PREFIX = "salesforce_bulk_plan."
 # Variable keys are at most 250 characters; ids are cut to keep the key readable, the digest keeps
 # it unique (it covers the full ids, the run id and the map index).
 _ID_CHARS = 80
-
-# Before Airflow 3.2 the task's channel to its supervisor has no lock, and the operator saves its
-# plan from worker threads: one request at a time, or two answers could be swapped.
-_COMMS_GUARD = threading.Lock()
 
 
 class PlanStore(Protocol):
@@ -76,7 +73,7 @@ class VariablePlanStore:
     def get(self, key: str, default: Any = None) -> Any:
         from airflow.providers.common.compat.sdk import Variable
 
-        with _COMMS_GUARD:
+        with COMMS_GUARD:
             return Variable.get(self.variable_key(key), default=default, deserialize_json=True)
 
     def set(self, key: str, value: Any) -> None:
@@ -89,13 +86,13 @@ class VariablePlanStore:
             f"Salesforce Bulk job plan of {self.dag_id} / {self.run_id} / {self.task_id}{mapped} ({key}): "
             "lets a retry reattach to its jobs; marked done when the task succeeds."
         )
-        with _COMMS_GUARD:
+        with COMMS_GUARD:
             Variable.set(self.variable_key(key), value, description=description, serialize_json=True)
 
     def delete(self, key: str) -> None:
         from airflow.providers.common.compat.sdk import Variable
 
-        with _COMMS_GUARD:
+        with COMMS_GUARD:
             Variable.delete(self.variable_key(key))
 
 

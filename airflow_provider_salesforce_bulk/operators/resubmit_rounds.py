@@ -28,8 +28,8 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
     RetryChunk,
     iter_retry_chunks,
 )
-from airflow_provider_salesforce_bulk.operators.results import check_job_id
 from airflow_provider_salesforce_bulk.operators.submit import CLOSED, CLOSING, CREATED, JobOptions, StateStore
+from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = ["ROUNDS_KEY", "RoundPlan", "submit_round"]
 

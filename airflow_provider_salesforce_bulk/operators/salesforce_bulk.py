@@ -50,7 +50,7 @@ from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, 
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
-from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
+from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.submit import (
     RESENT,
@@ -60,12 +60,19 @@ from airflow_provider_salesforce_bulk.operators.submit import (
     submit_chunks,
 )
 from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
-from airflow_provider_salesforce_bulk.operators.task_state import try_is_over
+from airflow_provider_salesforce_bulk.triggers.events import (
+    JobSummary,
+    ResubmitState,
+    check_resubmit_state,
+    job_summary,
+    jobs_event,
+    validate_event,
+)
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
     SalesforceBulkJobTrigger,
     check_positive_number,
-    job_summary,
 )
+from airflow_provider_salesforce_bulk.triggers.task_state import try_is_over
 
 __all__ = ["DEFAULT_RESULTS_FOLDER", "SalesforceBulkOperator"]
 
@@ -511,6 +518,7 @@ class SalesforceBulkOperator(BaseOperator):
             instance_url=instance_url,
             record_counts=plan.record_counts(),
             history=plan.history(),
+            settings=settings,
         )
         kwargs: dict[str, Any] = {"record_counts": plan.record_counts(), "instance_url": instance_url}
         active = plan.job_ids
@@ -518,19 +526,18 @@ class SalesforceBulkOperator(BaseOperator):
             # Every job already ended: finish here. Deferring now would fire the trigger within a
             # second, which meets Airflow's stale-report race (the scheduler can fail such a try).
             self.log.info("Every job already ended: finishing without deferring")
-            event = {
-                "status": "success",
-                "jobs": {job_id: job_summary(latest[job_id]) for job_id in active},
-                "instance_url": instance_url,
-                "record_counts": plan.record_counts(),
-                "history": plan.history(),
-            }
+            event = jobs_event(
+                "success",
+                {job_id: job_summary(latest[job_id]) for job_id in active},
+                instance_url=instance_url,
+                record_counts=trigger.record_counts,
+                history=trigger.history,
+            )
             return self.execute_complete(context, event)
         self._active_job_ids = active
         event = defer_or_wait(
             self,
             trigger,
-            settings,
             timeout=float(self.timeout),
             poll_interval=float(self.poll_interval),
             kwargs=kwargs,
@@ -629,18 +636,26 @@ class SalesforceBulkOperator(BaseOperator):
         resubmit: Mapping[str, Any] | None = None,
     ) -> Any:
         """Copy the result files; send transient failures again (and defer) while rounds are left;
-        then push the summary and apply the failure policy."""
-        status, jobs, history = _check_event(event)
-        assert event is not None
-        state = _RoundState.load(event.get("resubmit") or resubmit)
-        instance_url = event.get("instance_url") or instance_url
+        then push the summary and apply the failure policy.
+
+        ``event`` is checked first (:func:`~airflow_provider_salesforce_bulk.triggers.events.validate_event`):
+        none, or a malformed one, is an ``AirflowException`` naming what is wrong, before anything is
+        copied. The keyword arguments are the ones given to ``defer()``; the event echoes them.
+        """
+        checked = validate_event(event)
+        status, jobs, history = checked["status"], checked["jobs"], checked["history"]
+        # The defer() kwargs are a fallback only: the event echoes the state.
+        state = _RoundState.load(
+            checked["resubmit"] or (check_resubmit_state(resubmit) if resubmit else None)
+        )
+        instance_url = checked["instance_url"] or instance_url
         counts: dict[str, int] = dict(record_counts or {})
-        counts.update(event.get("record_counts") or {})
+        counts.update(checked["record_counts"])
         self._instance_url = instance_url
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
         # Every job that may hold processed records: the current ones that ended, and earlier tries'
         # jobs whose unprocessed records were resent. Replaced jobs never processed anything.
-        to_copy = {j: job for j, job in jobs.items() if job.get("state") in TERMINAL_STATES}
+        to_copy = {j: job for j, job in jobs.items() if job["state"] in TERMINAL_STATES}
         for old in history:
             if old["outcome"] == RESENT:
                 to_copy[old["id"]] = old["info"]
@@ -660,15 +675,13 @@ class SalesforceBulkOperator(BaseOperator):
                     samples.setdefault(code, sample)
         for old in history:
             uris, rows = copied[old["id"]][:2] if old["id"] in copied else ({}, {})
-            entries[old["id"]] = job_entry(
-                old["info"], old["count"], uris, rows, old["outcome"], old.get("next")
-            )
+            entries[old["id"]] = job_entry(old["info"], old["count"], uris, rows, old["outcome"], old["next"])
         for job_id, job in jobs.items():
             uris, rows = copied[job_id][:2] if job_id in copied else ({}, {})
             entries[job_id] = job_entry(job, counts.get(job_id), uris, rows)
         # The input: the records of each chunk's first job (no other job's successor); every
         # later job of a chunk holds records counted there already.
-        successors = {old["next"] for old in history if old.get("next")}
+        successors = {old["next"] for old in history if old["next"]}
         input_records: int | None = None
         if all(j in counts for j in jobs):
             input_records = sum(int(old["count"]) for old in history if old["id"] not in successors)
@@ -740,12 +753,12 @@ class SalesforceBulkOperator(BaseOperator):
             context["ti"].xcom_push(key="return_value", value=summary)
         if status == "error":
             raise AirflowException(
-                f"Waiting for the Salesforce jobs failed: {event.get('message')}; "
+                f"Waiting for the Salesforce jobs failed: {checked['message']}; "
                 "a retry reattaches to the same jobs"
             )
         problem = failure_message(summary, samples, self.max_failed_records, self.max_failed_ratio)
         if status == "timeout":
-            problem = f"{event.get('message')}; " + (problem or "")
+            problem = f"{checked['message']}; " + (problem or "")
         if problem:
             raise AirflowException(problem)
         store = plan_store_for(context)
@@ -801,8 +814,9 @@ class SalesforceBulkOperator(BaseOperator):
         payload = state.dump()
         if not counts:
             self.log.info("Round %d found nothing to send again", number)
-            event = {"status": "success", "jobs": {}, "instance_url": instance_url, "record_counts": {}}
-            return self.execute_complete(context, {**event, "history": [], "resubmit": payload})
+            return self.execute_complete(
+                context, jobs_event("success", {}, instance_url=instance_url, resubmit=payload)
+            )
         trigger = SalesforceBulkJobTrigger(
             conn_id=self.conn_id,
             job_ids=list(counts),
@@ -811,12 +825,12 @@ class SalesforceBulkOperator(BaseOperator):
             instance_url=instance_url,
             record_counts=counts,
             resubmit=payload,
+            settings=settings,
         )
         self._active_job_ids = list(counts)
         event = defer_or_wait(
             self,
             trigger,
-            settings,
             timeout=float(self.timeout),
             poll_interval=float(self.poll_interval),
             kwargs={"record_counts": counts, "instance_url": instance_url, "resubmit": payload},
@@ -828,13 +842,13 @@ class SalesforceBulkOperator(BaseOperator):
         self,
         hook: SalesforceBulkHook,
         settings: ConnectionSettings,
-        jobs: dict[str, dict[str, Any]],
+        jobs: dict[str, JobSummary],
         directory: Any,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with hook.client(settings) as client:
             for job_id, job in jobs.items():
-                out[job_id] = await copy_job_results(client, job, directory)
+                out[job_id] = await copy_job_results(client, job_id, directory, job["columnDelimiter"])
         return out
 
     def _results_dir(self, context: Any) -> Any:
@@ -905,25 +919,23 @@ class _RoundState:
         self.input_records: int | None = None
 
     @classmethod
-    def load(cls, raw: Any) -> _RoundState:
+    def load(cls, checked: ResubmitState | None) -> _RoundState:
+        """The state of round 2 or later from its checked event form; round 1 for ``None``."""
         state = cls()
-        if not raw:
+        if checked is None:
             return state
         try:
-            state.round = int(raw["round"])
-            state.ledger = ResubmitLedger.from_dict(raw["ledger"])
-            state.entries = {check_job_id(j): dict(e) for j, e in dict(raw["entries"]).items()}
-            state.by_code = {str(c): int(n) for c, n in dict(raw["by_code"]).items()}
-            state.samples = {str(c): str(t) for c, t in dict(raw["samples"]).items()}
-            records = raw.get("input_records")
-            state.input_records = None if records is None else int(records)
-        except (KeyError, TypeError, ValueError, InputError) as exc:
+            state.ledger = ResubmitLedger.from_dict(checked["ledger"])
+        except InputError as exc:
             raise AirflowException(f"malformed resubmission state in the trigger event: {exc}") from None
-        if state.round < 2:
-            raise AirflowException(f"malformed resubmission state: round {state.round}")
+        state.round = checked["round"]
+        state.entries = checked["entries"]
+        state.by_code = checked["by_code"]
+        state.samples = checked["samples"]
+        state.input_records = checked["input_records"]
         return state
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self) -> ResubmitState:
         return {
             "round": self.round,
             "ledger": self.ledger.to_dict(),
@@ -932,28 +944,3 @@ class _RoundState:
             "samples": self.samples,
             "input_records": self.input_records,
         }
-
-
-def _check_event(event: Any) -> tuple[str, dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """The event's status, jobs and history, or a clear error naming what is wrong with it."""
-    if not isinstance(event, Mapping):
-        raise AirflowException(
-            f"execute_complete got no trigger event ({type(event).__name__}); the jobs' outcome is "
-            "unknown here: a retry reattaches to them"
-        )
-    status = event.get("status")
-    jobs = event.get("jobs") if event.get("jobs") is not None else {}
-    history = event.get("history") or []
-    if status not in ("success", "timeout", "error") or not isinstance(jobs, Mapping):
-        raise AirflowException(f"malformed trigger event (status {status!r}): {str(event)[:300]}")
-    if not isinstance(history, list) or not all(
-        isinstance(h, Mapping) and {"id", "count", "outcome", "info"} <= set(h) for h in history
-    ):
-        raise AirflowException(f"malformed trigger event: bad history {str(history)[:300]}")
-    for job_id, job in jobs.items():
-        check_job_id(job_id)
-        if not isinstance(job, Mapping) or job.get("id") != job_id:
-            raise AirflowException(f"malformed trigger event: job {job_id}: {str(job)[:300]}")
-    for old in history:
-        check_job_id(old["id"])
-    return str(status), {j: dict(job) for j, job in jobs.items()}, [dict(h) for h in history]

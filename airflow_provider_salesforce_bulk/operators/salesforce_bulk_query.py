@@ -45,13 +45,19 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     remove_stale_parts,
     resolve_output_dir,
 )
-from airflow_provider_salesforce_bulk.operators.results import check_job_id
-from airflow_provider_salesforce_bulk.operators.task_state import try_is_over
+from airflow_provider_salesforce_bulk.triggers.events import (
+    JobsEvent,
+    JobSummary,
+    check_job_id,
+    job_summary,
+    jobs_event,
+    validate_event,
+)
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
     SalesforceBulkJobTrigger,
     check_positive_number,
-    job_summary,
 )
+from airflow_provider_salesforce_bulk.triggers.task_state import try_is_over
 
 __all__ = ["QUERY_STATE_KEY", "SalesforceBulkQueryOperator"]
 
@@ -136,7 +142,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self.conn_id = resolve_conn_id(salesforce_bulk_conn_id, conn_id)
         self.deferrable = deferrable
         self._instance_url: str | None = None
-        self._object: str | None = None
+        self._object_name: str | None = None
         self._files: list[tuple[str, int, int]] = []
         self._active_job_id: str | None = None
 
@@ -212,7 +218,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         kwargs: dict[str, Any] = {"instance_url": instance_url, "submitted_at": submitted_at}
         if job.is_terminal:
             # Deferring now would fire the trigger within a second: Airflow's stale-report race.
-            event = {"status": "success", "jobs": {job.id: job_summary(job)}, "instance_url": instance_url}
+            event = jobs_event("success", {job.id: job_summary(job)}, instance_url=instance_url)
             return self.execute_complete(context, event, **kwargs)
         trigger = SalesforceBulkJobTrigger(
             conn_id=self.conn_id,
@@ -221,12 +227,12 @@ class SalesforceBulkQueryOperator(BaseOperator):
             poll_interval=float(self.poll_interval),
             instance_url=instance_url,
             job_kind="query",
+            settings=settings,
         )
         self._active_job_id = job.id
         event = defer_or_wait(
             self,
             trigger,
-            settings,
             timeout=float(self.timeout),
             poll_interval=float(self.poll_interval),
             kwargs=kwargs,
@@ -283,33 +289,37 @@ class SalesforceBulkQueryOperator(BaseOperator):
         instance_url: str | None = None,
         submitted_at: float | None = None,
     ) -> Any:
-        """Write the files of a JobComplete job, push the summary, then fail if the job did not complete."""
-        status, job = _check_event(event)
-        assert event is not None
-        self._instance_url = event.get("instance_url") or instance_url
-        self._object = job.get("object")
+        """Write the files of a JobComplete job, push the summary, then fail if the job did not complete.
+
+        ``event`` is checked first: none, a malformed one, or one without exactly one query job is an
+        ``AirflowException`` naming what is wrong, before any file is written.
+        """
+        checked, job = _query_job(event)
+        status = checked["status"]
+        self._instance_url = checked["instance_url"] or instance_url
+        self._object_name = job["object"]
         job_id = job["id"]
         store = plan_store_for(context)
         if submitted_at is None and store is not None:
             submitted_at = (store.get(QUERY_STATE_KEY) or {}).get("submitted_at")
         summary: dict[str, Any] = {
             "job_id": job_id,
-            "operation": job.get("operation"),
-            "object": self._object,
-            "state": job.get("state"),
-            "records": int(job.get("numberRecordsProcessed") or 0),
+            "operation": job["operation"],
+            "object": self._object_name,
+            "state": job["state"],
+            "records": job["numberRecordsProcessed"],
             "output_format": self.output_format,
             "output_path": None,
             "files": [],
             "seconds": None,
-            "error_message": job.get("errorMessage"),
+            "error_message": job["errorMessage"],
             "instance_url": self._instance_url,
         }
         if status == "error":
             raise AirflowException(
-                f"Waiting for query job {job_id} failed: {event.get('message')}; a retry reattaches to it"
+                f"Waiting for query job {job_id} failed: {checked['message']}; a retry reattaches to it"
             )
-        if status == "success" and job.get("state") == "JobComplete":
+        if status == "success" and job["state"] == "JobComplete":
             directory = resolve_output_dir(self.output_path, context.get("ti"))
             summary["output_path"] = display_path(directory)
             try:
@@ -343,10 +353,10 @@ class SalesforceBulkQueryOperator(BaseOperator):
         if context.get("ti") is not None:
             context["ti"].xcom_push(key="return_value", value=summary)
         if status == "timeout":
-            raise AirflowException(f"{event.get('message')} (query job {job_id})")
-        if job.get("state") != "JobComplete":
-            message = job.get("errorMessage") or "no error message"
-            raise AirflowException(f"Query job {job_id} ended {job.get('state')}: {message}")
+            raise AirflowException(f"{checked['message']} (query job {job_id})")
+        if job["state"] != "JobComplete":
+            message = job["errorMessage"] or "no error message"
+            raise AirflowException(f"Query job {job_id} ended {job['state']}: {message}")
         if store is not None:
             # Done: a deliberate re-run (clear) of this task runs the query again instead of reattaching.
             store.delete(QUERY_STATE_KEY)
@@ -445,7 +455,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         if ol is None:
             return None
         host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
-        inputs = [ol.dataset(namespace=f"salesforce://{host}", name=self._object or "unknown")]
+        inputs = [ol.dataset(namespace=f"salesforce://{host}", name=self._object_name or "unknown")]
         outputs = []
         for path, records, size in self._files:
             namespace, name = path_dataset(path)
@@ -456,25 +466,15 @@ class SalesforceBulkQueryOperator(BaseOperator):
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
 
 
-def _check_event(event: Any) -> tuple[str, dict[str, Any]]:
-    """The event's status and its one query job, or a clear error naming what is wrong with it."""
-    if not isinstance(event, Mapping):
+def _query_job(event: object) -> tuple[JobsEvent, JobSummary]:
+    """The checked event and its one query job, or a clear error naming what is wrong with it."""
+    checked = validate_event(event)
+    jobs = checked["jobs"]
+    if checked["status"] == "error" and not jobs:
         raise AirflowException(
-            f"execute_complete got no trigger event ({type(event).__name__}); the query job's outcome is "
-            "unknown here: a retry reattaches to it"
-        )
-    status = event.get("status")
-    jobs = event.get("jobs") if event.get("jobs") is not None else {}
-    if status not in ("success", "timeout", "error") or not isinstance(jobs, Mapping):
-        raise AirflowException(f"malformed trigger event (status {status!r}): {str(event)[:300]}")
-    if status == "error" and not jobs:
-        raise AirflowException(
-            f"Waiting for the query job failed: {event.get('message')}; a retry reattaches to it"
+            f"Waiting for the query job failed: {checked['message']}; a retry reattaches to it"
         )
     if len(jobs) != 1:
         raise AirflowException(f"malformed trigger event: expected one query job, got {len(jobs)}")
-    ((job_id, job),) = jobs.items()
-    check_job_id(job_id)
-    if not isinstance(job, Mapping) or job.get("id") != job_id:
-        raise AirflowException(f"malformed trigger event: job {job_id}: {str(job)[:300]}")
-    return str(status), dict(job)
+    (job,) = jobs.values()
+    return checked, job

@@ -35,8 +35,8 @@ from airflow_provider_salesforce_bulk.client import (
 from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo, OperationType
 from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job
-from airflow_provider_salesforce_bulk.operators.results import check_job_id, download_with_retries
-from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import job_summary
+from airflow_provider_salesforce_bulk.operators.result_files import download_with_retries
+from airflow_provider_salesforce_bulk.triggers.events import check_job_id, job_summary
 
 __all__ = [
     "CLOSED",
@@ -232,12 +232,12 @@ class JobPlan:
         return entry is None or (entry.get("outcome") == REPLACED and entry.get("source") == CHUNK)
 
 
-def _settle(entry: dict[str, Any], outcome: str, info: dict[str, Any]) -> None:
+def _settle(entry: dict[str, Any], outcome: str, info: Mapping[str, Any]) -> None:
     entry["outcome"] = outcome
     entry["info"] = info
 
 
-async def _abort(client: BulkIngestClient, job_id: str) -> dict[str, Any]:
+async def _abort(client: BulkIngestClient, job_id: str) -> Mapping[str, Any]:
     """Abort a job that was never closed (so never processed); its last known state either way."""
     try:
         await client.abort_job(job_id)
@@ -256,7 +256,7 @@ async def _send(
     source: str,
     options: JobOptions,
     parent: dict[str, Any] | None = None,
-    parent_info: dict[str, Any] | None = None,
+    parent_info: Mapping[str, Any] | None = None,
 ) -> JobInfo:
     """Send ``count`` records of chunk ``first`` to a new job; every step recorded before it is taken.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from airflow_provider_salesforce_bulk.triggers.events import JobSummary
+
 __all__ = ["failure_message", "job_entry", "summarize"]
 
 
@@ -13,7 +15,7 @@ FINAL = "final"
 
 
 def job_entry(
-    job: dict[str, Any],
+    job: JobSummary,
     records: int | None,
     uris: dict[str, str],
     rows: dict[str, int],
@@ -25,19 +27,19 @@ def job_entry(
     ``outcome`` is ``final``, ``resent`` (its unprocessed records went to job ``next_job``) or
     ``replaced`` (never closed, nothing processed: all its records went to ``next_job``).
     """
-    processed_raw = 0 if outcome == "replaced" else int(job.get("numberRecordsProcessed") or 0)
+    processed_raw = 0 if outcome == "replaced" else job["numberRecordsProcessed"]
     if records is None:
         records = processed_raw + rows.get("unprocessed", 0)
     processed = min(processed_raw, records)
-    failed = min(int(job.get("numberRecordsFailed") or 0), processed)
+    failed = min(job["numberRecordsFailed"], processed)
     entry: dict[str, Any] = {
-        "state": job.get("state"),
+        "state": job["state"],
         "records": records,
         "processed": processed,
         "succeeded": processed - failed,
         "failed": failed,
         "unprocessed": records - processed,
-        "error_message": job.get("errorMessage"),
+        "error_message": job["errorMessage"],
         "result_files": uris,
         "outcome": outcome,
     }

@@ -19,9 +19,21 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+from airflow_provider_salesforce_bulk.triggers.events import (
+    EventStatus,
+    HistoryEntry,
+    JobsEvent,
+    JobSummary,
+    ResubmitState,
+    check_history,
+    check_resubmit_state,
+    job_summary,
+    jobs_event,
+)
+from airflow_provider_salesforce_bulk.triggers.task_state import atry_is_over
 from airflow_provider_salesforce_bulk.version_compat import AIRFLOW_V_3_3_PLUS
 
-__all__ = ["JOB_KINDS", "SalesforceBulkJobTrigger", "job_summary"]
+__all__ = ["JOB_KINDS", "SalesforceBulkJobTrigger"]
 
 JOB_KINDS = ("ingest", "query")
 """What a trigger's jobs are: ``/jobs/ingest`` (loads) or ``/jobs/query`` (extracts) jobs."""
@@ -34,24 +46,6 @@ _ABORT_BUDGET = 20.0
 _TOTAL_EVERY = 60.0
 # Up to this many jobs, every state change of every job is logged; above it, only finishes.
 _DETAIL_JOBS = 10
-
-
-def _event(payload: dict[str, Any]) -> TriggerEvent:
-    return TriggerEvent(payload)  # type: ignore[no-untyped-call]
-
-
-def job_summary(job: JobInfo) -> dict[str, Any]:
-    """The JSON-able part of a job the operator needs (no secrets, a few hundred bytes)."""
-    return {
-        "id": job.id,
-        "state": job.state,
-        "object": job.object,
-        "operation": job.operation,
-        "numberRecordsProcessed": job.number_records_processed,
-        "numberRecordsFailed": job.number_records_failed,
-        "errorMessage": job.error_message,
-        "columnDelimiter": job.column_delimiter,
-    }
 
 
 def check_positive_number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
@@ -93,14 +87,19 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     resubmit : dict, optional
         The operator's resubmission state (round number, ledger, earlier rounds' summary entries:
         plain JSON, no secret), echoed in the event.
+    settings : ConnectionSettings, optional
+        The connection, already read, when the operator runs the poll loop in the worker (where
+        reading it again would be a second sync round trip). Never serialized: it holds the
+        secrets; the triggerer reads the connection itself from ``conn_id``.
 
     Notes
     -----
-    Fires exactly one event: ``{"status": "success" | "timeout" | "error", "jobs": {...}, ...}`` with
-    the last known state of every job. ``cleanup`` aborts nothing, so a triggerer restart or move
-    resumes polling without side effects. ``on_kill`` aborts the unfinished jobs only once Airflow
-    says the task is no longer deferred or running (a user marked or cleared it); a trigger
-    cancelled because it moved to another triggerer finds the task still deferred and aborts nothing.
+    Fires exactly one event, a :class:`~airflow_provider_salesforce_bulk.triggers.events.JobsEvent`
+    (``status`` success, timeout or error, and the last known state of every job). ``cleanup``
+    aborts nothing, so a triggerer restart or move resumes polling without side effects.
+    ``on_kill`` aborts the unfinished jobs only once Airflow says the task is no longer deferred or
+    running (a user marked or cleared it); a trigger cancelled because it moved to another
+    triggerer finds the task still deferred and aborts nothing.
     Before Airflow 3.3 the triggerer never calls ``on_kill`` and cancels a trigger the same way for a
     user's action and a shutdown, so ``run`` calls ``on_kill`` itself when it is cancelled: the
     task's state tells the two apart there as well.
@@ -114,9 +113,10 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         instance_url: str | None = None,
         record_counts: Mapping[str, int] | None = None,
-        history: list[dict[str, Any]] | None = None,
+        history: Iterable[Mapping[str, Any]] | None = None,
         resubmit: Mapping[str, Any] | None = None,
         job_kind: str = "ingest",
+        settings: ConnectionSettings | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.conn_id = conn_id
@@ -125,16 +125,17 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         self.poll_interval = float(check_positive_number("poll_interval", poll_interval) or 0)
         self.instance_url = instance_url
         self.record_counts = {str(k): int(v) for k, v in (record_counts or {}).items()}
-        self.history = list(history or [])
-        self.resubmit = dict(resubmit) if resubmit else None
+        # Checked here, in the worker before deferring and in the triggerer when it resumes a
+        # trigger: the event echoes them, typed.
+        self.history: list[HistoryEntry] = check_history(list(history or []))
+        self.resubmit: ResubmitState | None = check_resubmit_state(resubmit) if resubmit else None
         if job_kind not in JOB_KINDS:
             raise ValueError(f"job_kind must be one of {', '.join(JOB_KINDS)}, not {job_kind!r}")
         self.job_kind = job_kind
-        self._final: dict[str, dict[str, Any]] = {}
+        self._final: dict[str, JobSummary] = {}
         self._last_total = -math.inf
         self._logged_totals: tuple[int, int, int] | None = None
-        self.settings: ConnectionSettings | None = None
-        """Set by the operator when it polls in the worker (sync connection read); None in the triggerer."""
+        self._settings = settings
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         kwargs: dict[str, Any] = {"resubmit": self.resubmit} if self.resubmit is not None else {}
@@ -167,25 +168,34 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         # The event is yielded after the client is released: a generator suspended inside the
         # pool's context would keep the pool open until the triggerer closes the generator.
         try:
-            payload = await self._wait()
+            event = await self._wait()
         except asyncio.CancelledError:
             if not AIRFLOW_V_3_3_PLUS and getattr(self, "task_instance", None) is not None:
                 # No on_kill from the triggerer before 3.3; without a task instance (``dag.test``,
                 # or polling in the worker) there is nothing to ask, and nothing is aborted.
                 await self.on_kill()
             raise
-        payload.update(
-            instance_url=self.instance_url, record_counts=dict(self.record_counts), history=list(self.history)
+        yield TriggerEvent(event)  # type: ignore[no-untyped-call]
+
+    def _event(
+        self, status: EventStatus, jobs: dict[str, JobSummary], message: str | None = None
+    ) -> JobsEvent:
+        """The one event of this trigger, echoing what the operator needs to finish."""
+        return jobs_event(
+            status,
+            self._ordered(jobs),
+            message=message,
+            instance_url=self.instance_url,
+            record_counts=self.record_counts,
+            history=self.history,
+            resubmit=self.resubmit,
         )
-        if self.resubmit is not None:
-            payload["resubmit"] = self.resubmit
-        yield _event(payload)
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
 
-    async def _wait(self) -> dict[str, Any]:
-        latest: dict[str, dict[str, Any]] = {}
+    async def _wait(self) -> JobsEvent:
+        latest: dict[str, JobSummary] = {}
         remaining = self._remaining()
         # Bounds even a login that never answers: the event fires a little after the deadline.
         overall = None if remaining is None else max(remaining, 0) + _ABORT_BUDGET + 10
@@ -194,11 +204,10 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         except asyncio.TimeoutError:
             return self._timeout_event(latest, "and Salesforce could not be reached to abort them")
         except (SalesforceBulkError, ConnectionConfigError) as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            return {"status": "error", "message": message, "jobs": self._ordered(latest)}
+            return self._event("error", latest, f"{type(exc).__name__}: {exc}")
 
-    async def _session(self, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        async with self._hook().client(self.settings) as client:
+    async def _session(self, latest: dict[str, JobSummary]) -> JobsEvent:
+        async with self._hook().client(self._settings) as client:
             remaining = self._remaining()
             try:
                 return await asyncio.wait_for(
@@ -211,15 +220,12 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             note = "aborted them" if aborted == len(unfinished) else f"aborted {aborted} of them"
             return self._timeout_event(latest, note)
 
-    def _timeout_event(self, latest: dict[str, dict[str, Any]], note: str) -> dict[str, Any]:
+    def _timeout_event(self, latest: dict[str, JobSummary], note: str) -> JobsEvent:
         unfinished = len(self.job_ids) - len(self._final)
-        return {
-            "status": "timeout",
-            "message": f"{unfinished} of {len(self.job_ids)} job(s) not finished by the deadline; {note}",
-            "jobs": self._ordered(latest),
-        }
+        message = f"{unfinished} of {len(self.job_ids)} job(s) not finished by the deadline; {note}"
+        return self._event("timeout", latest, message)
 
-    async def _poll(self, client: BulkIngestClient, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    async def _poll(self, client: BulkIngestClient, latest: dict[str, JobSummary]) -> JobsEvent:
         limit = asyncio.Semaphore(_POLL_CONCURRENCY)
         jobs = self._jobs(client)
 
@@ -242,14 +248,14 @@ class SalesforceBulkJobTrigger(BaseTrigger):
                     self._log_job(summary)
             self._log_total(latest, force=len(self._final) != finished_before)
             if len(self._final) == len(self.job_ids):
-                return {"status": "success", "jobs": self._ordered(self._final)}
+                return self._event("success", self._final)
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _ordered(self, jobs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _ordered(self, jobs: dict[str, JobSummary]) -> dict[str, JobSummary]:
         return {j: jobs[j] for j in self.job_ids if j in jobs}
 
-    def _log_job(self, job: dict[str, Any]) -> None:
+    def _log_job(self, job: JobSummary) -> None:
         self.log.info(
             "Job %s %s: %d processed, %d failed",
             job["id"],
@@ -258,7 +264,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             job["numberRecordsFailed"],
         )
 
-    def _log_total(self, latest: dict[str, dict[str, Any]], force: bool) -> None:
+    def _log_total(self, latest: dict[str, JobSummary], force: bool) -> None:
         """One line for all jobs: when a job finishes, else at most every ``_TOTAL_EVERY`` seconds."""
         now = time.monotonic()
         totals = (
@@ -278,7 +284,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         )
 
     async def _abort(
-        self, client: BulkIngestClient, job_ids: list[str], latest: dict[str, dict[str, Any]]
+        self, client: BulkIngestClient, job_ids: list[str], latest: dict[str, JobSummary]
     ) -> int:
         """Abort ``job_ids`` and read their counts again (an abort's answer has none), within a budget.
 
@@ -326,8 +332,6 @@ class SalesforceBulkJobTrigger(BaseTrigger):
 
         Called by the triggerer on a user's action (Airflow 3.3+), by :meth:`run` on any cancel before.
         """
-        from airflow_provider_salesforce_bulk.operators.task_state import atry_is_over
-
         if await atry_is_over(getattr(self, "task_instance", None)) is not True:
             return
         try:

@@ -319,7 +319,7 @@ async def test_result_download_starts_again_from_the_first_byte_after_a_dropped_
 ) -> None:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_salesforce_bulk.operators.results import copy_job_results
+    from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
 
     emulator.update_settings(records_per_second=None)
     bad = b"LastName,Email\n" + b"".join(
@@ -330,16 +330,15 @@ async def test_result_download_starts_again_from_the_first_byte_after_a_dropped_
     job = await client.create_job("insert", "Contact")
     await client.upload_job_data(job.id, bad)
     await client.wait_for_job(job.id, timeout=30)
-    info = {"id": job.id, "state": "JobComplete", "columnDelimiter": "COMMA"}
     clean = ObjectStoragePath(f"file://{tmp_path / 'clean'}")
-    expected = await copy_job_results(client, info, clean)
+    expected = await copy_job_results(client, job.id, clean, "COMMA")
 
     creds = emulator.credentials
     auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
     faulty = DropFirstResultStreams(drops)
     async with SalesforceSession(auth, transport=faulty) as session:
         target = ObjectStoragePath(f"file://{tmp_path / 'faulty'}")
-        got = await copy_job_results(BulkIngestClient(session), info, target)
+        got = await copy_job_results(BulkIngestClient(session), job.id, target, "COMMA")
     assert faulty.dropped == dict.fromkeys(
         ("successfulResults", "failedResults", "unprocessedrecords"), drops
     )
@@ -357,7 +356,7 @@ async def test_result_download_gives_up_after_bounded_attempts(
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_salesforce_bulk.client import TransportError
-    from airflow_provider_salesforce_bulk.operators.results import DOWNLOAD_ATTEMPTS, copy_job_results
+    from airflow_provider_salesforce_bulk.operators.result_files import DOWNLOAD_ATTEMPTS, copy_job_results
 
     (job_id,) = await _finished_jobs(client, 1)
     creds = emulator.credentials
@@ -365,9 +364,7 @@ async def test_result_download_gives_up_after_bounded_attempts(
     faulty = DropFirstResultStreams(1000)
     async with SalesforceSession(auth, transport=faulty) as session:
         with pytest.raises(TransportError):
-            await copy_job_results(
-                BulkIngestClient(session), {"id": job_id}, ObjectStoragePath(f"file://{tmp_path}")
-            )
+            await copy_job_results(BulkIngestClient(session), job_id, ObjectStoragePath(f"file://{tmp_path}"))
     assert faulty.dropped == {"successfulResults": DOWNLOAD_ATTEMPTS}
 
 
@@ -378,12 +375,13 @@ def test_only_salesforce_job_ids_become_paths(job_id: Any, tmp_path: Path) -> No
     from airflow.providers.common.compat.sdk import AirflowFailException
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_salesforce_bulk.operators.results import check_job_id, copy_job_results
+    from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
+    from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
     with pytest.raises(AirflowFailException, match="not a Salesforce Bulk API job id"):
         check_job_id(job_id)
     with pytest.raises(AirflowFailException):
-        asyncio.run(copy_job_results(None, {"id": job_id}, ObjectStoragePath(f"file://{tmp_path / 'r'}")))  # type: ignore[arg-type]
+        asyncio.run(copy_job_results(None, job_id, ObjectStoragePath(f"file://{tmp_path / 'r'}")))  # type: ignore[arg-type]
     assert not (tmp_path / "r").exists()
     assert check_job_id("7505e0000000001") == "7505e0000000001"
     assert check_job_id("7505e0000000001AAA") == "7505e0000000001AAA"

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import collections
 
+from airflow_provider_salesforce_bulk.client import JobInfo
 from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
+from airflow_provider_salesforce_bulk.triggers.events import JobSummary, job_summary
+
+
+def _job(job_id: str, state: str, processed: int, failed: int, error: str | None = None) -> JobSummary:
+    info = JobInfo(
+        id=job_id,
+        state=state,
+        number_records_processed=processed,
+        number_records_failed=failed,
+        error_message=error,
+    )
+    return job_summary(info)
 
 
 def _summary(state: str = "JobComplete", failed: int = 3, records: int = 100) -> dict[str, object]:
-    job = {
-        "id": "750A",
-        "state": state,
-        "numberRecordsProcessed": records,
-        "numberRecordsFailed": failed,
-        "errorMessage": "InvalidBatch : Field name not found : Foo" if state == "Failed" else None,
-    }
+    error = "InvalidBatch : Field name not found : Foo" if state == "Failed" else None
+    job = _job("750A", state, records, failed, error)
     rows = {"successful": records - failed, "failed": failed, "unprocessed": 0}
     entries = {"750A": job_entry(job, records, {}, rows)}
     return summarize(
@@ -51,7 +59,7 @@ def test_failed_job_always_fails_with_salesforce_message() -> None:
 
 
 def test_records_missing_from_result_files_fail_the_task() -> None:
-    job = {"id": "750B", "state": "JobComplete", "numberRecordsProcessed": 10, "numberRecordsFailed": 0}
+    job = _job("750B", "JobComplete", 10, 0)
     entry = job_entry(job, 10, {}, {"successful": 9, "failed": 0, "unprocessed": 0})
     summary = summarize("insert", "Contact", {"750B": entry}, collections.Counter(), "/r", None)
     assert "result files hold 9 rows for 10 records" in (failure_message(summary, {}, 1000, None) or "")
@@ -60,10 +68,10 @@ def test_records_missing_from_result_files_fail_the_task() -> None:
 def test_records_sent_again_count_once_at_their_final_outcome() -> None:
     # Chunk of 100: job A aborted after 60 (5 failed), its 40 unprocessed resent to job B, which
     # completed with 2 failed. Chunk of 50: job C never closed (replaced), its chunk sent to job D.
-    a = {"id": "A", "state": "Aborted", "numberRecordsProcessed": 60, "numberRecordsFailed": 5}
-    b = {"id": "B", "state": "JobComplete", "numberRecordsProcessed": 40, "numberRecordsFailed": 2}
-    c = {"id": "C", "state": "Aborted", "numberRecordsProcessed": 0, "numberRecordsFailed": 0}
-    d = {"id": "D", "state": "JobComplete", "numberRecordsProcessed": 50, "numberRecordsFailed": 0}
+    a = _job("A", "Aborted", 60, 5)
+    b = _job("B", "JobComplete", 40, 2)
+    c = _job("C", "Aborted", 0, 0)
+    d = _job("D", "JobComplete", 50, 0)
     entries = {
         "A": job_entry(a, 100, {}, {}, "resent", "B"),
         "B": job_entry(b, 40, {}, {}),
@@ -88,7 +96,7 @@ def test_records_sent_again_count_once_at_their_final_outcome() -> None:
 
 
 def test_totals_that_miss_input_records_fail_the_task() -> None:
-    job = {"id": "A", "state": "JobComplete", "numberRecordsProcessed": 90, "numberRecordsFailed": 0}
+    job = _job("A", "JobComplete", 90, 0)
     summary = summarize(
         "insert", "Contact", {"A": job_entry(job, 90, {}, {})}, collections.Counter(), "/r", None, 100
     )

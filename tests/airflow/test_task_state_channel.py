@@ -47,7 +47,7 @@ async def test_the_state_is_read_over_the_triggerers_channel(
     from airflow.jobs.triggerer_job_runner import TriggerCommsDecoder
     from airflow.sdk.execution_time import task_runner
 
-    from airflow_provider_salesforce_bulk.operators.task_state import atry_is_over
+    from airflow_provider_salesforce_bulk.triggers.task_state import atry_is_over
 
     ours, theirs = socket.socketpair()
     asked: list[Any] = []

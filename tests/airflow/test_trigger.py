@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -65,6 +66,34 @@ def test_serialize_round_trip_holds_no_secret(emulator: RunningEmulator) -> None
     assert emulator.credentials.client_secret not in text
     again = SalesforceBulkJobTrigger(**kwargs)
     assert again.serialize() == (classpath, kwargs)
+
+
+async def test_settings_given_to_the_trigger_are_used_and_never_serialized(
+    emulator: RunningEmulator, conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.providers.common.compat.sdk import AirflowNotFoundException
+
+    from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+    from airflow_provider_salesforce_bulk.triggers.events import validate_event
+
+    settings = SalesforceBulkHook(salesforce_bulk_conn_id=conn).get_settings()
+    # The connection is gone: only the settings given to the constructor can reach the org.
+    monkeypatch.delenv("AIRFLOW_CONN_SF_TRIGGER")
+    (job_id,) = await _submit(emulator)
+    trigger = SalesforceBulkJobTrigger(
+        conn, [job_id], deadline=time.time() + 60, poll_interval=0.2, settings=settings
+    )
+    _, kwargs = trigger.serialize()
+    assert "settings" not in kwargs
+    text = json.dumps(kwargs) + repr(trigger)
+    for secret in settings.secrets():
+        assert secret not in text
+    event = (await trigger.run().__anext__()).payload
+    assert validate_event(event)["jobs"][job_id]["numberRecordsProcessed"] == 50
+
+    resumed = SalesforceBulkJobTrigger(**kwargs)  # the triggerer's copy reads the connection itself
+    with pytest.raises(AirflowNotFoundException, match=conn):
+        await resumed.run().__anext__()
 
 
 async def test_polls_every_job_to_completion(emulator: RunningEmulator, conn: str) -> None:

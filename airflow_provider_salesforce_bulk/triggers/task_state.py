@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
-__all__ = ["STILL_GOING", "atry_is_over", "read_task_state", "try_is_over"]
+__all__ = ["COMMS_GUARD", "STILL_GOING", "atry_is_over", "read_task_state", "try_is_over"]
 
 log = logging.getLogger(__name__)
+
+COMMS_GUARD = threading.Lock()
+"""One request at a time on the task's channel to its supervisor (no lock of its own before
+Airflow 3.2): the operator saves its plan and reads the task's state from worker threads, and two
+requests in flight could get each other's answers."""
 
 STILL_GOING = frozenset({"deferred", "running"})
 _READ_TIMEOUT = 10.0
@@ -34,13 +40,11 @@ def read_task_state(ti: Any) -> str | None:
     """
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-    from airflow_provider_salesforce_bulk.operators.plan_store import _COMMS_GUARD
-
     map_index = getattr(ti, "map_index", -1)
     map_index = -1 if map_index is None else int(map_index)
     # The worker's channel has no lock before Airflow 3.2 and a plan save may be in flight in
     # another thread: one request at a time, as the plan store sends them.
-    with _COMMS_GUARD:
+    with COMMS_GUARD:
         states = RuntimeTaskInstance.get_task_states(
             dag_id=ti.dag_id,
             task_ids=[ti.task_id],

@@ -13,18 +13,15 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
-from airflow.providers.common.compat.sdk import AirflowFailException
-
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, TransportError
 from airflow_provider_salesforce_bulk.client.errors import ServerError
 from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, ResultKind
+from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = [
     "DOWNLOAD_ATTEMPTS",
-    "JOB_ID",
     "RESULT_FILES",
     "ResultCounter",
-    "check_job_id",
     "copy_job_results",
     "download_with_retries",
 ]
@@ -32,8 +29,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-JOB_ID = re.compile(r"750[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
-"""A Bulk API job id: key prefix ``750`` and 15 or 18 characters in all."""
 DOWNLOAD_ATTEMPTS = 4
 """Attempts per result file; each starts the file again from its first byte."""
 _BACKOFF = 0.5
@@ -119,13 +114,6 @@ class ResultCounter:
                 self.samples.setdefault(code, message[:_SAMPLE_CHARS])
 
 
-def check_job_id(job_id: object) -> str:
-    """Refuse anything but a Salesforce job id before it becomes part of a path or a URL."""
-    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise AirflowFailException(f"not a Salesforce Bulk API job id: {str(job_id)[:100]!r}")
-    return job_id
-
-
 async def _with_retries(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """Run ``attempt`` again from the start after a dropped stream or a server error, a few times."""
     for number in range(1, DOWNLOAD_ATTEMPTS + 1):
@@ -153,17 +141,19 @@ async def download_with_retries(client: BulkIngestClient, job_id: str, kind: Res
 
 
 async def copy_job_results(
-    client: BulkIngestClient, job: dict[str, Any], directory: Any
+    client: BulkIngestClient, job_id: str, directory: Any, column_delimiter: str | None = None
 ) -> tuple[dict[str, str], dict[str, int], collections.Counter[str], dict[str, str]]:
     """Copy the three result files of one job under ``directory`` (an ``ObjectStoragePath``).
+
+    ``column_delimiter`` is the job's (its ``columnDelimiter``, ``COMMA`` when not known).
 
     Returns
     -------
     tuple
         File URIs by kind, row counts by kind, failed records by error code, one sample message per code.
     """
-    job_id = check_job_id(job["id"])
-    delimiter = COLUMN_DELIMITERS.get(job.get("columnDelimiter") or "COMMA", ",")
+    check_job_id(job_id)
+    delimiter = COLUMN_DELIMITERS.get(column_delimiter or "COMMA", ",")
     job_dir = directory / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     uris: dict[str, str] = {}
