@@ -39,11 +39,12 @@ demo: $(STAMP)
 demo-extract: $(STAMP)
 	$(PY) scripts/demo_extract.py
 
-# The provider's tests on another supported Airflow and Python, e.g. `make test-airflow AIRFLOW=3.1.8
-# PYTHON=python3.10`, in .venv-airflow-<airflow>-py<python>. Pins: requirements/constraints-airflow-<airflow>.txt
-# for PINNED_PYTHON (python3 of CI's machine), requirements/constraints-airflow-<airflow>-py<python>.txt for
-# another Python. It runs mypy for that Python and every test but the real-stack one (separate Airflow
-# processes, in `make test`): the client and emulator tests prove the Python floor too. TESTS narrows it.
+# The provider's tests on another supported Airflow and Python, e.g.
+# `make test-airflow AIRFLOW=3.1.8 PYTHON=python3.10`, in .venv-airflow-<airflow>-py<python>. Pins:
+# requirements/constraints-airflow-<airflow>.txt for PINNED_PYTHON (python3 of CI's machine),
+# requirements/constraints-airflow-<airflow>-py<python>.txt for another Python. It runs mypy for that
+# Python and every test but the real-stack one (separate Airflow processes, in `make test`): the client
+# and emulator tests prove the Python floor too. TESTS narrows it: TESTS=tests/airflow.
 AIRFLOW ?= 3.1.8
 PINNED_PYTHON := 3.11
 TESTS ?= tests
@@ -71,7 +72,7 @@ $(AIRFLOW_STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS)
 
 test-airflow: $(AIRFLOW_STAMP)
 	$(AIRFLOW_PY) -c 'import airflow, sys; sys.exit(airflow.__version__ != "$(AIRFLOW)")'
-	$(AIRFLOW_VENV)/bin/mypy --python-version $(AIRFLOW_PYTHON_VERSION)
+	$(AIRFLOW_VENV)/bin/mypy --python-version $(AIRFLOW_PYTHON_VERSION) --cache-dir $(AIRFLOW_VENV)/.mypy_cache
 	$(AIRFLOW_PY) -m pytest $(TESTS) --ignore=tests/airflow/test_real_stack.py
 
 # Re-pin after changing dependencies in pyproject.toml.
