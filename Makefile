@@ -39,14 +39,30 @@ demo: $(STAMP)
 demo-extract: $(STAMP)
 	$(PY) scripts/demo_extract.py
 
-# The provider's Airflow tests on another supported Airflow, e.g. `make test-airflow AIRFLOW=3.1.8`, in
-# .venv-airflow-<version> pinned by requirements/constraints-airflow-<version>.txt. The real-stack test
-# (separate Airflow processes) and the client/emulator tests, which import no Airflow, run in `make test`.
+# The provider's tests on another supported Airflow and Python, e.g.
+# `make test-airflow AIRFLOW=3.1.8 PYTHON=python3.10`, in .venv-airflow-<airflow>-py<python>. Pins:
+# requirements/constraints-airflow-<airflow>.txt for PINNED_PYTHON (python3 of CI's machine),
+# requirements/constraints-airflow-<airflow>-py<python>.txt for another Python. It runs mypy for that
+# Python and every test but the real-stack one (separate Airflow processes, in `make test`): the client
+# and emulator tests prove the Python floor too. TESTS narrows it: TESTS=tests/airflow.
 AIRFLOW ?= 3.1.8
-AIRFLOW_VENV := .venv-airflow-$(AIRFLOW)
+PINNED_PYTHON := 3.11
+TESTS ?= tests
+
+ifneq ($(filter test-airflow lock-airflow,$(MAKECMDGOALS)),)
+AIRFLOW_PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(AIRFLOW_PYTHON_VERSION),)
+$(error PYTHON=$(PYTHON) does not run here; install that Python or pass its path, e.g. PYTHON=$$(pyenv root)/versions/3.10.13/bin/python3.10)
+endif
+endif
+
+AIRFLOW_VENV := .venv-airflow-$(AIRFLOW)-py$(AIRFLOW_PYTHON_VERSION)
 AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
-AIRFLOW_CONSTRAINTS := requirements/constraints-airflow-$(AIRFLOW).txt
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_CONSTRAINTS_PINNED := requirements/constraints-airflow-$(AIRFLOW).txt
+# The file `lock-airflow` writes for this Python; `test-airflow` falls back to the pinned Python's file.
+AIRFLOW_CONSTRAINTS_OWN := $(if $(filter $(PINNED_PYTHON),$(AIRFLOW_PYTHON_VERSION)),$(AIRFLOW_CONSTRAINTS_PINNED),requirements/constraints-airflow-$(AIRFLOW)-py$(AIRFLOW_PYTHON_VERSION).txt)
+AIRFLOW_CONSTRAINTS := $(or $(wildcard $(AIRFLOW_CONSTRAINTS_OWN)),$(AIRFLOW_CONSTRAINTS_PINNED))
 
 $(AIRFLOW_STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS)
 	test -x $(AIRFLOW_PY) || $(PYTHON) -m venv $(AIRFLOW_VENV)
@@ -56,20 +72,22 @@ $(AIRFLOW_STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS)
 
 test-airflow: $(AIRFLOW_STAMP)
 	$(AIRFLOW_PY) -c 'import airflow, sys; sys.exit(airflow.__version__ != "$(AIRFLOW)")'
-	$(AIRFLOW_PY) -m pytest tests/airflow --ignore=tests/airflow/test_real_stack.py
+	$(AIRFLOW_VENV)/bin/mypy --python-version $(AIRFLOW_PYTHON_VERSION) --cache-dir $(AIRFLOW_VENV)/.mypy_cache
+	$(AIRFLOW_PY) -m pytest $(TESTS) --ignore=tests/airflow/test_real_stack.py
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip freeze --python $(PY) --exclude-editable | grep -v '^airflow-provider-salesforce-bulk' > $(CONSTRAINTS)
 
 # Pin another Airflow from requirements/airflow-<version>.in (its version and any pins it needs) plus
-# this project's dependencies, resolved in a fresh venv: `make lock-airflow AIRFLOW=3.2.2`.
+# this project's dependencies, resolved in a fresh venv under PYTHON: `make lock-airflow AIRFLOW=3.2.2`,
+# `make lock-airflow AIRFLOW=3.1.8 PYTHON=python3.10`.
 lock-airflow:
 	rm -rf $(AIRFLOW_VENV)
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(AIRFLOW_VENV)/bin/uv pip install --python $(AIRFLOW_PY) --quiet -r requirements/airflow-$(AIRFLOW).in -e ".[test]"
-	$(AIRFLOW_VENV)/bin/uv pip freeze --python $(AIRFLOW_PY) --exclude-editable | grep -v '^airflow-provider-salesforce-bulk' > $(AIRFLOW_CONSTRAINTS)
+	$(AIRFLOW_VENV)/bin/uv pip freeze --python $(AIRFLOW_PY) --exclude-editable | grep -v '^airflow-provider-salesforce-bulk' > $(AIRFLOW_CONSTRAINTS_OWN)
 	touch $(AIRFLOW_STAMP)
 
 clean:

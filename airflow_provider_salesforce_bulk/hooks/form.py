@@ -8,6 +8,7 @@ imported at module level.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from airflow_provider_salesforce_bulk.get_provider_info import conn_fields, ui_field_behaviour
@@ -25,6 +26,14 @@ def connection_form_widgets() -> dict[str, Any]:
     from flask_babel import lazy_gettext
     from wtforms import PasswordField, StringField
     from wtforms.validators import Optional, any_of
+
+    if sys.version_info < (3, 11):  # pragma: no cover (Python 3.10)
+        import wtforms.validators
+
+        # Without WTForms the 3.1 API server stands in one mock per module and patches the validators
+        # through the attribute chain, as unittest.mock resolves a target on 3.10 (by import from 3.11):
+        # read them the same way, or the auth type loses its choices. With WTForms both are the same.
+        Optional, any_of = wtforms.validators.Optional, wtforms.validators.any_of
 
     widgets: dict[str, Any] = {}
     for name, field in conn_fields().items():

@@ -10,10 +10,10 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, SalesforceBulkError, SalesforceSession
+from airflow_provider_salesforce_bulk.hooks.async_connection import aget_connection, aget_extra_dejson
 from airflow_provider_salesforce_bulk.hooks.connection import (
     ConnectionConfigError,
     ConnectionFields,
@@ -146,8 +146,8 @@ class SalesforceBulkHook(BaseHook):
         """Read and parse the connection without blocking the event loop (triggerer)."""
         # Before Airflow 3.3.2 the async lookups mask secrets with a blocking call to the supervisor;
         # the compat helpers then run the sync ones in a worker thread instead of on the loop.
-        conn = await get_async_connection(self.salesforce_bulk_conn_id, hook=self)
-        extra = await get_async_extra_dejson(conn)
+        conn = await aget_connection(self.salesforce_bulk_conn_id, hook=self)
+        extra = await aget_extra_dejson(conn)
         fields = self._fields(conn, extra)
         settings = _cached_only(fields)
         if settings is None:
