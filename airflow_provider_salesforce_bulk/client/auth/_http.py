@@ -201,8 +201,8 @@ def parse_token_response(
     Raises
     ------
     AuthenticationError
-        The answer is a refusal (carrying Salesforce's ``error``, ``error_description`` and the status),
-        is not JSON, or lacks ``access_token`` or ``instance_url``.
+        The answer is a refusal (carrying Salesforce's ``error`` as ``error_code``, its
+        ``error_description`` and the status), is not JSON, or lacks ``access_token`` or ``instance_url``.
     ServerError, RequestLimitExceededError
         The answer is a 5xx or a 429: the server failed, the credentials were not judged.
     """
@@ -222,7 +222,7 @@ def parse_token_response(
             description = _optional_str(data, "error_description")
             raise AuthenticationError(
                 f"{flow} login refused by {url} (HTTP {status}): {error}: {description}",
-                error=error,
+                error_code=error,
                 error_description=description,
                 status_code=status,
             )

@@ -75,7 +75,7 @@ class TokenProvider(abc.ABC):
         Raises
         ------
         AuthenticationError
-            Salesforce refused the credentials; carries its ``error`` and ``error_description``.
+            Salesforce refused the credentials; carries its ``error_code`` and ``error_description``.
         ServerError
             The login endpoint answered 5xx (``ServerUnavailableError`` for 502-504), after retries.
         RequestLimitExceededError
