@@ -342,19 +342,7 @@ class SalesforceSession:
         it until its body is closed.
         """
         url = self._url(token, call.path)
-        request = self.http.build_request(
-            call.method,
-            url,
-            content=call.content,
-            json=call.json,
-            params=call.params,
-            headers={
-                "Authorization": token.authorization,
-                "Accept-Encoding": "gzip",
-                "User-Agent": USER_AGENT,
-                **(call.headers or {}),
-            },
-        )
+        request = self._build_request(call, url, token)
         limit = self.timeouts.download if call.stream else self.timeouts.exchange
         async with _RequestSlot(self.request_slots) as slot:
             expires = time.monotonic() + limit
@@ -368,7 +356,23 @@ class SalesforceSession:
                 response.stream = _StreamedBody(response.stream, expires, limit, slot.hand_over())
             return response
 
+    def _build_request(self, call: _Call, url: str, token: Token) -> httpx.Request:
+        return self.http.build_request(
+            call.method,
+            url,
+            content=call.content,
+            json=call.json,
+            params=call.params,
+            headers={
+                "Authorization": token.authorization,
+                "Accept-Encoding": "gzip",
+                "User-Agent": USER_AGENT,
+                **(call.headers or {}),
+            },
+        )
+
     async def _exchange(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Send ``request`` and read the body of any answer but a successful stream's."""
         response = await self.http.send(request, stream=True)
         try:
             self._note_limits(response)
@@ -430,12 +434,7 @@ class _RequestSlot:
         self._held = True
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         if not self._handed_over:
             self.release()
 

@@ -158,24 +158,22 @@ def _collect(fields: ConnectionFields) -> dict[str, str | None]:
     return values
 
 
+@dataclasses.dataclass(frozen=True)
 class _Reader:
     """The values of one connection read with one auth type: a missing required field is a
     :class:`ConnectionConfigError` naming it."""
 
-    def __init__(
-        self, conn_id: str, values: Mapping[str, str | None], auth_type: str, login_url: str, api_version: str
-    ) -> None:
-        self.conn_id = conn_id
-        self.auth_type = auth_type
-        self.login_url = login_url
-        self.api_version = api_version
-        self._values = values
+    conn_id: str
+    values: Mapping[str, str | None] = dataclasses.field(repr=False)
+    auth_type: str
+    login_url: str
+    api_version: str
 
     def get(self, name: str) -> str | None:
-        return self._values.get(name)
+        return self.values.get(name)
 
     def need(self, name: str, label: str | None = None) -> str:
-        value = self._values.get(name)
+        value = self.values.get(name)
         if not value:
             raise ConnectionConfigError(
                 self.conn_id, f"field {label or name!r} is required", field=name, auth_type=self.auth_type
