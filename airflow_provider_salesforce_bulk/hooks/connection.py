@@ -25,6 +25,7 @@ import orjson
 from airflow_provider_salesforce_bulk.client import (
     DEFAULT_API_VERSION,
     ClientCredentialsAuth,
+    HostPolicy,
     InputError,
     JwtBearerAuth,
     PasswordAuth,
@@ -32,9 +33,8 @@ from airflow_provider_salesforce_bulk.client import (
     SoapLoginAuth,
     StaticTokenAuth,
     TokenProvider,
+    fingerprint,
 )
-from airflow_provider_salesforce_bulk.client.auth import fingerprint
-from airflow_provider_salesforce_bulk.client.hosts import HostPolicy
 
 __all__ = [
     "AUTH_TYPES",
