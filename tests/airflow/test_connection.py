@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 
 from airflow_provider_salesforce_bulk.client import (
@@ -108,13 +111,17 @@ def test_auth_type_and_provider(fields: ConnectionFields, auth_type: str, cls: t
     assert isinstance(settings.auth, cls)
 
 
-def test_the_form_offers_exactly_the_auth_types_the_parser_reads() -> None:
+def test_the_form_and_the_guide_offer_exactly_the_auth_types_the_parser_reads() -> None:
     from airflow_provider_salesforce_bulk.get_provider_info import AUTH_TYPE_CHOICES, conn_fields
 
     schema = conn_fields()["auth_type"]["schema"]
     assert tuple(AUTH_TYPE_CHOICES) == AUTH_TYPES
     assert tuple(schema["enum"]) == AUTH_TYPES
     assert tuple(schema["values_display"]) == AUTH_TYPES
+    # And the user guide's table of what each auth type needs.
+    guide = (pathlib.Path(__file__).parents[2] / "docs" / "connection.md").read_text()
+    table = guide.split("| auth_type | needs |", 1)[1].split("\n\n", 1)[0]
+    assert tuple(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)) == AUTH_TYPES
 
 
 @pytest.mark.parametrize("auth_type", AUTH_TYPES)
