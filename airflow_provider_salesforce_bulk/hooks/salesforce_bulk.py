@@ -15,6 +15,7 @@ from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, SalesforceBulkError, SalesforceSession
 from airflow_provider_salesforce_bulk.hooks.connection import (
+    ConnectionConfigError,
     ConnectionFields,
     ConnectionSettings,
     parse_connection,
@@ -183,7 +184,7 @@ class SalesforceBulkHook(BaseHook):
         try:
             settings = self.get_settings()
             return run_sync(lambda: self._probe(settings))
-        except SalesforceBulkError as exc:  # ConnectionConfigError included
+        except (ConnectionConfigError, SalesforceBulkError) as exc:
             return False, str(exc)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
