@@ -26,6 +26,7 @@ from airflow_provider_salesforce_bulk.client.auth import (
     TokenCache,
     TokenProvider,
     default_token_cache,
+    fingerprint,
     normalize_login_url,
 )
 from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
@@ -64,6 +65,8 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UntrustedUrlError,
     UploadOutcomeUnknownError,
 )
+from airflow_provider_salesforce_bulk.client.hosts import HostPolicy
+from airflow_provider_salesforce_bulk.client.http_client import DEFAULT_MAX_CONNECTIONS, build_http_client
 from airflow_provider_salesforce_bulk.client.ingest import (
     DEFAULT_OPERATION_TIMEOUT,
     BulkIngestClient,
@@ -97,6 +100,7 @@ from airflow_provider_salesforce_bulk.client.operation import (
     perform_operation,
     submit_job,
 )
+from airflow_provider_salesforce_bulk.client.per_loop import PerLoop
 from airflow_provider_salesforce_bulk.client.query import BulkQueryClient, QueryOperation
 from airflow_provider_salesforce_bulk.client.query_pages import PageSink, PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.client.query_parquet import (
@@ -130,6 +134,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_OPERATION_TIMEOUT",
     "DEFAULT_RETRY_ERROR_CODES",
     "ApiDisabledError",
@@ -145,6 +150,7 @@ __all__ = [
     "CsvChunk",
     "DescribeCache",
     "FieldDescription",
+    "HostPolicy",
     "InputError",
     "InsufficientLimitsError",
     "InvalidJobError",
@@ -169,6 +175,7 @@ __all__ = [
     "PageSink",
     "PageSummary",
     "PasswordAuth",
+    "PerLoop",
     "PollPolicy",
     "QueryError",
     "QueryJobFailedError",
@@ -201,6 +208,7 @@ __all__ = [
     "UploadOutcomeUnknownError",
     "arrow_schema",
     "arrow_type",
+    "build_http_client",
     "check_limits_before_load",
     "check_limits_mode",
     "check_load_allowance",
@@ -212,6 +220,7 @@ __all__ = [
     "describe_sobject",
     "error_code",
     "estimate_load",
+    "fingerprint",
     "get_limits",
     "iter_arrow_chunks",
     "iter_csv_stream_chunks",

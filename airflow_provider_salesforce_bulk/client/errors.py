@@ -3,6 +3,40 @@
 Every failure a caller can see is a :class:`SalesforceBulkError`: Salesforce's
 ``[{"errorCode", "message"}]`` bodies and HTTP statuses are mapped onto the classes below, and
 transport failures are wrapped, so no bare ``httpx`` exception or ``ExceptionGroup`` escapes.
+Salesforce's own code is ``error_code`` on every class that carries one.
+
+The whole tree, as a child's indentation under its base class (``also`` names a second base,
+``[module]`` a class defined outside this module); ``tests/client/test_errors.py`` keeps it equal to
+the classes::
+
+    SalesforceBulkError
+        InputError (also ValueError) -- bad input or configuration, refused before sending; never retried
+            UntrustedUrlError -- a host that may not receive the token
+            ConnectionConfigError [hooks.connection] -- an Airflow connection field to fix
+        AuthenticationError -- the login was refused
+        TransportError -- no complete answer (retried when safe)
+            UploadOutcomeUnknownError -- an upload's answer was lost: never send it to that job again
+        UnexpectedResponseError -- an answer the API does not document
+        OperationTimeoutError (also TimeoutError) -- an overall deadline passed
+        SalesforceApiError -- an error answer, with its status and error_code
+            SessionExpiredError -- 401 INVALID_SESSION_ID (the session logs in again once)
+            RequestLimitExceededError -- 429, REQUEST_LIMIT_EXCEEDED
+            ApiDisabledError -- 403
+            NotFoundError -- 404
+            InvalidJobStateError -- 400 INVALIDJOBSTATE
+            InvalidJobError -- 400 INVALIDJOB
+            MalformedRequestError -- other 4xx
+                QueryError -- Salesforce refused the SOQL
+            ApiVersionError -- 409, 410
+            ServerError -- 5xx
+                ServerUnavailableError -- 502, 503, 504
+        BulkJobFailedError -- a job ended Failed or Aborted
+            QueryJobFailedError -- a query job did
+        JobOutcomeUnknownError -- a job's close was sent and its state is unknown
+        BulkOperationError -- a multi-job operation stopped; says what became of each chunk
+            BulkOperationTimeoutError (also OperationTimeoutError) -- its deadline passed
+        LimitsCheckError [client.limits] -- the limits check refused a load
+            InsufficientLimitsError [client.limits] -- the daily allowances left are too small
 """
 
 from __future__ import annotations
@@ -82,20 +116,36 @@ class UntrustedUrlError(InputError):
 
 
 class AuthenticationError(SalesforceBulkError):
-    """Getting a token failed; carries Salesforce's OAuth ``error`` and ``error_description``."""
+    """Getting a token failed.
+
+    Attributes
+    ----------
+    error_code : str | None
+        Salesforce's code for the refusal: the OAuth ``error`` (``invalid_grant``), the SOAP fault
+        code (``sf:INVALID_LOGIN``) or ``PASSWORD_EXPIRED``; named as on :class:`SalesforceApiError`.
+    error_description : str | None
+        The OAuth ``error_description`` or the SOAP fault string.
+    status_code : int | None
+        HTTP status of the answer, when there was one.
+    """
 
     def __init__(
         self,
         message: str,
         *,
-        error: str | None = None,
+        error_code: str | None = None,
         error_description: str | None = None,
         status_code: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.error = error
+        self.error_code = error_code
         self.error_description = error_description
         self.status_code = status_code
+
+    @property
+    def error(self) -> str | None:
+        """:attr:`error_code` under its first name (the OAuth field's)."""
+        return self.error_code
 
 
 class TransportError(SalesforceBulkError):

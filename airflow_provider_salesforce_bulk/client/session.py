@@ -1,4 +1,11 @@
-"""The HTTP layer: one connection pool, authentication, retries and error mapping for every request."""
+"""The HTTP layer: one connection pool, authentication, retries and error mapping for every request.
+
+A request goes through three layers, as httpx splits ``send``: the retry layer
+(:func:`~airflow_provider_salesforce_bulk.client.retry.call_with_retries`, the engine logins use too)
+repeats the session layer, which adds the token and logs in again once when Salesforce says the session
+expired, around one attempt: a request slot, the exchange under its deadline, and the answer mapped to
+a response or an error.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,10 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
-from airflow_provider_salesforce_bulk import __version__
 from airflow_provider_salesforce_bulk.client.auth.base import (
     Token,
     TokenCache,
@@ -30,6 +36,11 @@ from airflow_provider_salesforce_bulk.client.errors import (
     error_from_response,
 )
 from airflow_provider_salesforce_bulk.client.hosts import HostPolicy
+from airflow_provider_salesforce_bulk.client.http_client import (
+    DEFAULT_MAX_CONNECTIONS,
+    USER_AGENT,
+    build_http_client,
+)
 from airflow_provider_salesforce_bulk.client.retry import (
     RETRYABLE_STATUSES,
     Retryable,
@@ -38,11 +49,10 @@ from airflow_provider_salesforce_bulk.client.retry import (
     call_with_retries,
     parse_retry_after,
 )
-from airflow_provider_salesforce_bulk.client.timeouts import DEFAULT_TIMEOUTS, Timeouts, within
+from airflow_provider_salesforce_bulk.client.timeouts import DEFAULT_TIMEOUTS, Timeouts, no_answer, within
 
 __all__ = [
     "DEFAULT_API_VERSION",
-    "DEFAULT_TIMEOUT",
     "DEFAULT_TIMEOUTS",
     "ApiUsage",
     "SalesforceSession",
@@ -53,11 +63,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_VERSION = "64.0"
 """Supported by every org in 2026 and the last version SOAP login works with."""
-
-DEFAULT_TIMEOUT = DEFAULT_TIMEOUTS.as_httpx()
-"""The per-operation part of :data:`DEFAULT_TIMEOUTS`, for clients built elsewhere (a shared pool)."""
-
-USER_AGENT = f"airflow-provider-salesforce-bulk/{__version__} httpx/{httpx.__version__}"
 
 SecretCallback = Callable[[str], "Awaitable[None] | None"]
 """Called with every secret the session receives (access and refresh tokens), e.g. a log masker."""
@@ -134,7 +139,7 @@ class SalesforceSession:
         token_cache: TokenCache | None = None,
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 20,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         request_slots: asyncio.Semaphore | None = None,
         on_secret: SecretCallback | None = None,
         allowed_hosts: Iterable[str] | str = (),
@@ -150,11 +155,8 @@ class SalesforceSession:
         self.hosts = HostPolicy.build(auth.home_url, allowed_hosts)
         self.on_secret = on_secret
         self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(
-            timeout=self.timeouts.as_httpx(),
-            transport=transport,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False,
+        self.http = http or build_http_client(
+            self.timeouts, max_connections=max_connections, transport=transport
         )
         # httpcore's pool rescans every queued request against every connection on each change, so
         # hundreds of requests queued at once cost CPU quadratically; waiting here keeps its queue short.
@@ -275,18 +277,8 @@ class SalesforceSession:
         InputError
             ``path`` has a ``..`` segment, or (:class:`UntrustedUrlError`) a URL's host is not allowed.
         """
-        response, release = await self._send(
-            method,
-            path,
-            content=content,
-            json=json,
-            params=params,
-            headers=headers,
-            safety=safety,
-            stream=False,
-        )
-        release()
-        return response
+        call = _Call(method, path, content=content, json=json, params=params, headers=headers, safety=safety)
+        return await self._send(call)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -301,119 +293,86 @@ class SalesforceSession:
 
         Only the response head is covered by retries: a failure while reading the body raises
         :class:`TransportError` from ``aiter_bytes()``, as does a download (head and body) lasting
-        longer than ``timeouts.download``.
+        longer than ``timeouts.download``. The response holds one of :attr:`request_slots` until the
+        block ends.
         """
-        response, release = await self._send(
-            method, path, params=params, headers=headers, safety=RetrySafety.IDEMPOTENT, stream=True
-        )
+        response = await self._send(_Call(method, path, params=params, headers=headers, stream=True))
+        body = cast(_StreamedBody, response.stream)  # as _send_once sets it for every streamed call
         try:
             yield response
         finally:
             try:
                 await response.aclose()
-                _release_body(response)
             finally:
-                release()
+                # httpx skips closing the body of a response it holds as closed already (one built
+                # from bytes, as a mock transport does); closing it here frees the slot in every case.
+                await body.aclose()
+                _release_body(response)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        content: bytes | None = None,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        safety: RetrySafety,
-        stream: bool,
-    ) -> tuple[httpx.Response, Callable[[], None]]:
-        """Retries (:func:`call_with_retries`) around one attempt with its session refresh.
+    # The layers of a request, outermost first, as httpx splits ``send``: retries, then the session
+    # (token and its one refresh), then a single attempt.
 
-        Returns the successful response and the function releasing its request slot: at once for a
-        read body, when the caller is done for a stream.
+    async def _send(self, call: _Call) -> httpx.Response:
+        """The retry layer: the session layer again while :attr:`retry_policy` allows."""
+        refresh = _Once()
+        return await call_with_retries(
+            self.retry_policy, lambda: self._send_with_token(call, refresh), what=str(call)
+        )
+
+    async def _send_with_token(self, call: _Call, refresh: _Once) -> httpx.Response:
+        """The session layer: an attempt with the current token and, when Salesforce answers that the
+        session expired, one more with a new one.
+
+        The new login is not an attempt of the retry policy, and a call makes one at most, whatever
+        its retries; :class:`TokenCache` turns concurrent refreshes into a single login.
         """
-        refreshed = False
+        token = await self.token()
+        try:
+            return await self._send_once(call, token)
+        except SessionExpiredError:
+            if not refresh.take():
+                raise
+        return await self._send_once(call, await self._refresh(token))
 
-        async def attempt() -> tuple[httpx.Response, Callable[[], None]]:
-            nonlocal refreshed
-            token = await self.token()
-            while True:
-                try:
-                    return await self._attempt(
-                        token, method, path, content, json, params, headers, safety=safety, stream=stream
-                    )
-                except SessionExpiredError:
-                    if refreshed:
-                        raise
-                    # One refresh per request, not counted as an attempt; TokenCache makes concurrent
-                    # refreshes collapse into one login.
-                    refreshed = True
-                    token = await self._refresh(token)
+    async def _send_once(self, call: _Call, token: Token) -> httpx.Response:
+        """One attempt: a 2xx response, or a raised error (:class:`Retryable` when it may be repeated).
 
-        return await call_with_retries(self.retry_policy, attempt, what=f"{method} {_safe(path)}")
+        Bounded as a whole by ``timeouts.exchange`` (a streamed body: by ``timeouts.download`` from
+        here until its last byte). A read response gave its request slot back; a streamed one keeps
+        it until its body is closed.
+        """
+        url = self._url(token, call.path)
+        request = self._build_request(call, url, token)
+        limit = self.timeouts.download if call.stream else self.timeouts.exchange
+        async with _RequestSlot(self.request_slots) as slot:
+            expires = time.monotonic() + limit
+            try:
+                response = await within(self._exchange(request, stream=call.stream), limit)
+            except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+                raise _no_answer(call, url, exc, limit) from exc
+            if not response.is_success:
+                raise _error_answer(call, url, response)
+            if call.stream:
+                response.stream = _StreamedBody(response.stream, expires, limit, slot.hand_over())
+            return response
 
-    async def _attempt(
-        self,
-        token: Token,
-        method: str,
-        path: str,
-        content: bytes | None,
-        json: Any,
-        params: Mapping[str, Any] | None,
-        headers: Mapping[str, str] | None,
-        *,
-        safety: RetrySafety,
-        stream: bool,
-    ) -> tuple[httpx.Response, Callable[[], None]]:
-        """One exchange: a success, or a raised error (:class:`Retryable` when it may be repeated)."""
-        url = self._url(token, path)
-        request = self.http.build_request(
-            method,
+    def _build_request(self, call: _Call, url: str, token: Token) -> httpx.Request:
+        return self.http.build_request(
+            call.method,
             url,
-            content=content,
-            json=json,
-            params=params,
+            content=call.content,
+            json=call.json,
+            params=call.params,
             headers={
                 "Authorization": token.authorization,
                 "Accept-Encoding": "gzip",
                 "User-Agent": USER_AGENT,
-                **(headers or {}),
+                **(call.headers or {}),
             },
         )
-        limit = self.timeouts.download if stream else self.timeouts.exchange
-        expires = time.monotonic() + limit
-        await self.request_slots.acquire()
-        try:
-            response = await within(self._exchange(request, stream=stream), limit)
-        except (httpx.HTTPError, asyncio.TimeoutError) as exc:
-            self.request_slots.release()
-            if isinstance(exc, httpx.HTTPError):
-                detail = f"{type(exc).__name__}: {exc}"
-            else:
-                detail = f"no complete answer within {limit:g}s"
-            failure = TransportError(f"{method} {_safe(url)} failed: {detail}")
-            failure.__cause__ = exc
-            if safety is RetrySafety.IDEMPOTENT or isinstance(exc, _NOT_SENT):
-                raise Retryable(failure) from exc
-            raise failure from exc
-        except BaseException:
-            self.request_slots.release()
-            raise
-        if response.is_success:
-            if stream:
-                response.stream = _DeadlineStream(response.stream, expires, limit)
-                return response, self.request_slots.release
-            self.request_slots.release()
-            return response, _nothing
-        self.request_slots.release()
-        error = error_from_response(response.status_code, response.content, method=method, url=_safe(url))
-        if response.status_code in RETRYABLE_STATUSES and (
-            safety is RetrySafety.IDEMPOTENT or response.status_code == 429
-        ):
-            raise Retryable(error, parse_retry_after(response.headers.get("Retry-After")))
-        raise error
 
     async def _exchange(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """Send ``request`` and read the body of any answer but a successful stream's."""
         response = await self.http.send(request, stream=True)
         try:
             self._note_limits(response)
@@ -429,18 +388,108 @@ class SalesforceSession:
         return response
 
 
-class _DeadlineStream(httpx.AsyncByteStream):
-    """A response body that fails with ``httpx.ReadTimeout`` once its download deadline passes.
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A request as the caller made it: every attempt sends it unchanged."""
 
-    httpx bounds each read; a body trickling one byte per read timeout would never end without this.
+    method: str
+    path: str
+    content: bytes | None = None
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] | None = None
+    safety: RetrySafety = RetrySafety.IDEMPOTENT
+    stream: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.method} {_safe(self.path)}"
+
+
+class _Once:
+    """A permission that can be taken once (a call's one refresh, across all its retries)."""
+
+    def __init__(self) -> None:
+        self._taken = False
+
+    def take(self) -> bool:
+        """True the first time, False ever after."""
+        taken, self._taken = self._taken, True
+        return not taken
+
+
+class _RequestSlot:
+    """One of a session's request slots, held for one attempt.
+
+    Leaving the ``async with`` block frees it, unless :meth:`hand_over` gave it to a streamed body,
+    which frees it when closed. Either way :meth:`release` is the one way back, and frees it once.
     """
 
-    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, expires: float, limit: float):
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+        self._handed_over = False
+
+    async def __aenter__(self) -> _RequestSlot:
+        await self._slots.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if not self._handed_over:
+            self.release()
+
+    def hand_over(self) -> Callable[[], None]:
+        """Keep the slot past the block; the returned function frees it."""
+        self._handed_over = True
+        return self.release
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
+def _no_answer(call: _Call, url: str, exc: BaseException, limit: float) -> Exception:
+    """The error for an attempt that got no complete answer: retryable unless the request may have
+    reached Salesforce and must not be repeated."""
+    failure = TransportError(f"{call.method} {_safe(url)} failed: {no_answer(exc, limit)}")
+    if call.safety is RetrySafety.IDEMPOTENT or isinstance(exc, _NOT_SENT):
+        failure.__cause__ = exc
+        return Retryable(failure)
+    return failure
+
+
+def _error_answer(call: _Call, url: str, response: httpx.Response) -> Exception:
+    """The error for an error answer: retryable when temporary and safe to repeat (a 429 always is:
+    Salesforce refused the request before reading it)."""
+    error = error_from_response(response.status_code, response.content, method=call.method, url=_safe(url))
+    status = response.status_code
+    if status in RETRYABLE_STATUSES and (call.safety is RetrySafety.IDEMPOTENT or status == 429):
+        return Retryable(error, parse_retry_after(response.headers.get("Retry-After")))
+    return error
+
+
+class _StreamedBody(httpx.AsyncByteStream):
+    """A streamed response body bounded by its download deadline, holding a request slot until closed.
+
+    httpx bounds each read; a body trickling one byte per read timeout would never end without the
+    deadline, which fails it with ``httpx.ReadTimeout``.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream | httpx.AsyncByteStream,
+        expires: float,
+        limit: float,
+        release: Callable[[], None],
+    ) -> None:
         if not isinstance(inner, httpx.AsyncByteStream):
             raise TypeError("a streamed response of an async client has an async body")
         self._inner = inner
         self._expires = expires
         self._limit = limit
+        self._release = release
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = self._inner.__aiter__()
@@ -457,11 +506,14 @@ class _DeadlineStream(httpx.AsyncByteStream):
             yield chunk
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _nothing() -> None:
-    """The slot release of a response whose slot is already free."""
+        """Close the body once and give the request slot back (later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
 
 
 def _release_body(response: httpx.Response) -> None:

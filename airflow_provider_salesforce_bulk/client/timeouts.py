@@ -13,7 +13,7 @@ import httpx
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
 
-__all__ = ["DEFAULT_TIMEOUTS", "Timeouts", "within"]
+__all__ = ["DEFAULT_TIMEOUTS", "Timeouts", "no_answer", "within"]
 
 T = TypeVar("T")
 
@@ -98,3 +98,10 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
         async with asyncio.timeout(seconds):
             return await awaitable
     return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover (Python 3.10)
+
+
+def no_answer(exc: BaseException, seconds: float) -> str:
+    """Why an exchange bounded by :func:`within` got no usable answer, for a ``TransportError``."""
+    if isinstance(exc, httpx.HTTPError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"no complete answer within {seconds:g}s"

@@ -25,6 +25,7 @@ import orjson
 from airflow_provider_salesforce_bulk.client import (
     DEFAULT_API_VERSION,
     ClientCredentialsAuth,
+    HostPolicy,
     InputError,
     JwtBearerAuth,
     PasswordAuth,
@@ -32,9 +33,8 @@ from airflow_provider_salesforce_bulk.client import (
     SoapLoginAuth,
     StaticTokenAuth,
     TokenProvider,
+    fingerprint,
 )
-from airflow_provider_salesforce_bulk.client.auth import fingerprint
-from airflow_provider_salesforce_bulk.client.hosts import HostPolicy
 
 __all__ = [
     "AUTH_TYPES",
@@ -43,8 +43,6 @@ __all__ = [
     "ConnectionSettings",
     "parse_connection",
 ]
-
-AUTH_TYPES = ("client_credentials", "jwt_bearer", "refresh_token", "password", "soap_login", "access_token")
 
 # The official provider's extra names, mapped onto ours.
 _ALIASES = {
@@ -55,19 +53,28 @@ _ALIASES = {
 }
 
 
-class ConnectionConfigError(ValueError):
+class ConnectionConfigError(InputError):
     """A connection field is missing, unknown or contradicts another; names the field and auth type.
 
-    Never carries a secret value: only field names and non-secret values appear in the message.
+    An :class:`~airflow_provider_salesforce_bulk.client.errors.InputError` (so a ``ValueError``): only
+    the connection's owner can fix it, and it is never retried. Never carries a secret value: only
+    field names and non-secret values appear in the message.
+
+    Attributes
+    ----------
+    conn_id : str
+    field : str | None
+        The connection field to fix (``login``, ``client_id``, ``private_key_file_path``...).
+    auth_type : str | None
+        The auth type the connection was read with, when known.
     """
 
     def __init__(self, conn_id: str, message: str, *, field: str | None, auth_type: str | None) -> None:
         where = f"connection {conn_id!r}"
         if auth_type:
             where += f" (auth type {auth_type})"
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message}", field=field)
         self.conn_id = conn_id
-        self.field = field
         self.auth_type = auth_type
 
 
@@ -151,26 +158,89 @@ def _collect(fields: ConnectionFields) -> dict[str, str | None]:
     return values
 
 
-def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
-    """Build the token provider a connection describes.
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """The values of one connection read with one auth type: a missing required field is a
+    :class:`ConnectionConfigError` naming it."""
 
-    Parameters
-    ----------
-    fields : ConnectionFields
-        The connection's type, host, login, password and decoded extras.
+    conn_id: str
+    values: Mapping[str, str | None] = dataclasses.field(repr=False)
+    auth_type: str
+    login_url: str
+    api_version: str
 
-    Returns
-    -------
-    ConnectionSettings
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
 
-    Raises
-    ------
-    ConnectionConfigError
-        A required field is missing, the auth type is unknown, or a value is malformed; the message
-        names the connection field and the auth type, never a secret value.
-    """
-    conn_id = fields.conn_id
-    values = _collect(fields)
+    def need(self, name: str, label: str | None = None) -> str:
+        value = self.values.get(name)
+        if not value:
+            raise ConnectionConfigError(
+                self.conn_id, f"field {label or name!r} is required", field=name, auth_type=self.auth_type
+            )
+        return value
+
+
+def _jwt_bearer(r: _Reader) -> TokenProvider:
+    if r.get("private_key") and r.get("private_key_file_path"):
+        raise ConnectionConfigError(
+            r.conn_id,
+            "set either private_key or private_key_file_path, not both",
+            field="private_key_file_path",
+            auth_type=r.auth_type,
+        )
+    if not (r.get("private_key") or r.get("private_key_file_path")):
+        raise ConnectionConfigError(
+            r.conn_id,
+            "field 'private_key' or 'private_key_file_path' is required",
+            field="private_key",
+            auth_type=r.auth_type,
+        )
+    return JwtBearerAuth(
+        r.need("client_id"),
+        r.need("login", "login (username)"),
+        private_key=r.get("private_key"),
+        private_key_file=r.get("private_key_file_path"),
+        private_key_passphrase=r.get("private_key_passphrase"),
+        login_url=r.login_url,
+    )
+
+
+_PROVIDERS: dict[str, Callable[[_Reader], TokenProvider]] = {
+    "client_credentials": lambda r: ClientCredentialsAuth(
+        r.need("client_id"), r.need("client_secret"), r.login_url
+    ),
+    "jwt_bearer": _jwt_bearer,
+    "refresh_token": lambda r: RefreshTokenAuth(
+        r.need("client_id"),
+        r.need("refresh_token"),
+        client_secret=r.get("client_secret"),
+        login_url=r.login_url,
+    ),
+    "password": lambda r: PasswordAuth(
+        r.need("client_id"),
+        r.need("client_secret"),
+        r.need("login", "login (username)"),
+        r.need("password"),
+        security_token=r.get("security_token") or "",
+        login_url=r.login_url,
+    ),
+    "soap_login": lambda r: SoapLoginAuth(
+        r.need("login", "login (username)"),
+        r.need("password"),
+        security_token=r.get("security_token") or "",
+        login_url=r.login_url,
+        api_version=r.api_version,
+    ),
+    "access_token": lambda r: StaticTokenAuth(r.need("access_token"), r.need("instance_url")),
+}
+"""How each auth type builds its token provider from the connection's fields."""
+
+AUTH_TYPES: tuple[str, ...] = tuple(_PROVIDERS)
+"""Every auth type a connection may name (the form's dropdown lists the same, in this order)."""
+
+
+def _auth_type(conn_id: str, values: Mapping[str, str | None]) -> str:
     explicit = values.get("auth_type")
     if explicit is not None:
         explicit = explicit.lower().replace("-", "_").replace(" ", "_")
@@ -191,85 +261,56 @@ def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
             field="auth_type",
             auth_type=None,
         )
+    return auth_type
 
-    def need(name: str, label: str | None = None) -> str:
-        value = values.get(name)
-        if not value:
-            raise ConnectionConfigError(
-                conn_id, f"field {label or name!r} is required", field=name, auth_type=auth_type
-            )
-        return value
 
+def _login_url(fields: ConnectionFields, values: Mapping[str, str | None], auth_type: str) -> tuple[str, str]:
+    """The login URL and the connection field it came from (``host`` or ``domain``)."""
     host = values.get("host")
     domain = values.get("domain")
     if host and domain and fields.conn_type == "salesforce_bulk":
         raise ConnectionConfigError(
-            conn_id,
+            fields.conn_id,
             "set either Host (login URL) or the domain extra, not both",
             field="domain",
             auth_type=auth_type,
         )
-    login_url_source = "host"
     if fields.conn_type == "salesforce" and not domain and values.get("instance_url"):
         # The official provider logs in on the instance's My Domain when no domain is given.
         host = host or values.get("instance_url")
     if not host and domain:
-        host, login_url_source = _login_url_from_domain(domain), "domain"
-    login_url = host or "login"
+        return _login_url_from_domain(domain), "domain"
+    return host or "login", "host"
 
+
+def parse_connection(fields: ConnectionFields) -> ConnectionSettings:
+    """Build the token provider a connection describes.
+
+    Parameters
+    ----------
+    fields : ConnectionFields
+        The connection's type, host, login, password and decoded extras.
+
+    Returns
+    -------
+    ConnectionSettings
+
+    Raises
+    ------
+    ConnectionConfigError
+        A required field is missing, the auth type is unknown, or a value is malformed; the message
+        names the connection field and the auth type, never a secret value.
+    """
+    conn_id = fields.conn_id
+    values = _collect(fields)
+    auth_type = _auth_type(conn_id, values)
+    login_url, login_url_source = _login_url(fields, values, auth_type)
     api_version = (values.get("api_version") or DEFAULT_API_VERSION).lstrip("vV")
-
-    builders: dict[str, Callable[[], TokenProvider]] = {
-        "client_credentials": lambda: ClientCredentialsAuth(
-            need("client_id"), need("client_secret"), login_url
-        ),
-        "jwt_bearer": lambda: JwtBearerAuth(
-            need("client_id"),
-            need("login", "login (username)"),
-            private_key=values.get("private_key"),
-            private_key_file=values.get("private_key_file_path"),
-            private_key_passphrase=values.get("private_key_passphrase"),
-            login_url=login_url,
-        ),
-        "refresh_token": lambda: RefreshTokenAuth(
-            need("client_id"),
-            need("refresh_token"),
-            client_secret=values.get("client_secret"),
-            login_url=login_url,
-        ),
-        "password": lambda: PasswordAuth(
-            need("client_id"),
-            need("client_secret"),
-            need("login", "login (username)"),
-            need("password"),
-            security_token=values.get("security_token") or "",
-            login_url=login_url,
-        ),
-        "soap_login": lambda: SoapLoginAuth(
-            need("login", "login (username)"),
-            need("password"),
-            security_token=values.get("security_token") or "",
-            login_url=login_url,
-            api_version=api_version,
-        ),
-        "access_token": lambda: StaticTokenAuth(need("access_token"), need("instance_url")),
-    }
-    if auth_type == "jwt_bearer" and values.get("private_key") and values.get("private_key_file_path"):
-        raise ConnectionConfigError(
-            conn_id,
-            "set either private_key or private_key_file_path, not both",
-            field="private_key_file_path",
-            auth_type=auth_type,
-        )
-    if auth_type == "jwt_bearer" and not (values.get("private_key") or values.get("private_key_file_path")):
-        raise ConnectionConfigError(
-            conn_id,
-            "field 'private_key' or 'private_key_file_path' is required",
-            field="private_key",
-            auth_type=auth_type,
-        )
+    reader = _Reader(conn_id, values, auth_type, login_url, api_version)
     try:
-        auth = builders[auth_type]()
+        auth = _PROVIDERS[auth_type](reader)
+    except ConnectionConfigError:
+        raise
     except InputError as exc:
         field = _CLIENT_FIELDS.get(exc.field or "", exc.field)
         if field == "login_url":

@@ -10,39 +10,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from airflow_provider_salesforce_bulk.client.session import DEFAULT_TIMEOUT
+from airflow_provider_salesforce_bulk.client import DEFAULT_MAX_CONNECTIONS, PerLoop, build_http_client
 
 __all__ = ["SharedPools", "shared_pools"]
 
 
 class _Pool:
-    def __init__(self, max_connections: int) -> None:
-        self.http = httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False,
-        )
+    def __init__(self, http: httpx.AsyncClient, max_connections: int) -> None:
+        self.http = http
         self.slots = asyncio.Semaphore(max_connections)
         self.users = 0
 
 
 class SharedPools:
-    """Reference-counted ``httpx.AsyncClient`` objects keyed by event loop and connection fingerprint."""
+    """Reference-counted ``httpx.AsyncClient`` objects keyed by event loop and connection fingerprint.
 
-    def __init__(self, max_connections: int = 20) -> None:
+    Parameters
+    ----------
+    max_connections : int
+        Size of each pool, and of its request slots.
+    transport : Callable[[], httpx.AsyncBaseTransport], optional
+        Makes the transport of each new pool (tests wrap the real one to lose or hold answers).
+    """
+
+    def __init__(
+        self,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: Callable[[], httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
         self.max_connections = max_connections
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pool]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._guard = threading.Lock()
+        self.transport = transport
+        self._pools: PerLoop[_Pool] = PerLoop()
         self.created = 0
         """Pools created so far (the benchmark checks that 500 triggers make one)."""
+
+    def _open(self) -> _Pool:
+        # Runs under the registry's lock, so the count stays exact across threads.
+        self.created += 1
+        transport = self.transport() if self.transport is not None else None
+        http = build_http_client(max_connections=self.max_connections, transport=transport)
+        return _Pool(http, self.max_connections)
 
     @contextlib.asynccontextmanager
     async def acquire(self, key: str) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Semaphore]]:
@@ -50,30 +61,21 @@ class SharedPools:
 
         Yields the client and the request slots every user of the pool must share.
         """
-        loop = asyncio.get_running_loop()
-        with self._guard:
-            per_loop = self._pools.setdefault(loop, {})
-            pool = per_loop.get(key)
-            if pool is None:
-                pool = per_loop[key] = _Pool(self.max_connections)
-                self.created += 1
-            pool.users += 1
+        pool = self._pools.get(key, self._open)
+        # Only this loop's thread touches its pools, and nothing is awaited between the lookup and
+        # the count: no other user can see the pool closing.
+        pool.users += 1
         try:
             yield pool.http, pool.slots
         finally:
-            with self._guard:
-                pool.users -= 1
-                last = pool.users == 0
-                if last and per_loop.get(key) is pool:
-                    del per_loop[key]
-            if last:
+            pool.users -= 1
+            if pool.users == 0:
+                self._pools.discard(key, pool)
                 await asyncio.shield(pool.http.aclose())
 
     def open_pools(self) -> int:
         """Pools in use in the running loop."""
-        loop = asyncio.get_running_loop()
-        with self._guard:
-            return len(self._pools.get(loop, {}))
+        return self._pools.count()
 
 
 shared_pools = SharedPools()

@@ -6,7 +6,6 @@ AIRFLOW_HOME with a SQLite metadata database is created once per test session.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
@@ -78,20 +77,9 @@ def wrap_pool_transport(
     The real transport still talks to the emulator over its socket; the wrapper can lose answers,
     refuse requests or hold them, as a network or an overloaded org would.
     """
-    from airflow_provider_salesforce_bulk.client.session import DEFAULT_TIMEOUT
-    from airflow_provider_salesforce_bulk.hooks import pool
+    from airflow_provider_salesforce_bulk.hooks.pool import shared_pools
 
-    def init(self: Any, max_connections: int) -> None:
-        self.http = httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT,
-            transport=wrap(httpx.AsyncHTTPTransport()),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            follow_redirects=False,
-        )
-        self.slots = asyncio.Semaphore(max_connections)
-        self.users = 0
-
-    monkeypatch.setattr(pool._Pool, "__init__", init)
+    monkeypatch.setattr(shared_pools, "transport", lambda: wrap(httpx.AsyncHTTPTransport()))
 
 
 TI = types.SimpleNamespace(

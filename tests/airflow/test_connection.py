@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 
 from airflow_provider_salesforce_bulk.client import (
     ClientCredentialsAuth,
+    InputError,
     JwtBearerAuth,
     PasswordAuth,
     RefreshTokenAuth,
+    SalesforceBulkError,
     SoapLoginAuth,
     StaticTokenAuth,
 )
 from airflow_provider_salesforce_bulk.emulator.credentials import Credentials
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.hooks.connection import (
+    AUTH_TYPES,
     ConnectionConfigError,
     ConnectionFields,
     parse_connection,
@@ -103,6 +109,46 @@ def test_auth_type_and_provider(fields: ConnectionFields, auth_type: str, cls: t
     settings = parse_connection(fields)
     assert settings.auth_type == auth_type
     assert isinstance(settings.auth, cls)
+
+
+def test_the_form_and_the_guide_offer_exactly_the_auth_types_the_parser_reads() -> None:
+    from airflow_provider_salesforce_bulk.get_provider_info import AUTH_TYPE_CHOICES, conn_fields
+
+    schema = conn_fields()["auth_type"]["schema"]
+    assert tuple(AUTH_TYPE_CHOICES) == AUTH_TYPES
+    assert tuple(schema["enum"]) == AUTH_TYPES
+    assert tuple(schema["values_display"]) == AUTH_TYPES
+    # And the user guide's table of what each auth type needs.
+    guide = (pathlib.Path(__file__).parents[2] / "docs" / "connection.md").read_text()
+    table = guide.split("| auth_type | needs |", 1)[1].split("\n\n", 1)[0]
+    assert tuple(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)) == AUTH_TYPES
+
+
+@pytest.mark.parametrize("auth_type", AUTH_TYPES)
+def test_every_auth_type_can_be_named_explicitly(auth_type: str) -> None:
+    everything = {
+        "auth_type": auth_type.replace("_", "-").upper(),
+        "client_id": "id",
+        "client_secret": "s",
+        "private_key": KEY,
+        "refresh_token": "r",
+        "access_token": "t",
+        "instance_url": "https://acme.my.salesforce.com",
+    }
+    fields = ConnectionFields("c", "salesforce_bulk", "acme.my.salesforce.com", "u", "p", extra=everything)
+    settings = parse_connection(fields)
+    assert settings.auth_type == auth_type
+
+
+def test_a_connection_error_is_an_input_error_and_a_value_error() -> None:
+    with pytest.raises(ConnectionConfigError) as info:
+        parse_connection(ConnectionFields("c", "salesforce_bulk", None, extra={"auth_type": "kerberos"}))
+    # Callers catching the client's InputError (never retried), its base class or ValueError all see it.
+    assert isinstance(info.value, InputError)
+    assert isinstance(info.value, SalesforceBulkError)
+    assert isinstance(info.value, ValueError)
+    assert (info.value.field, info.value.auth_type, info.value.conn_id) == ("auth_type", None, "c")
+    assert "kerberos" in str(info.value)
 
 
 def test_official_extras_map_onto_ours() -> None:

@@ -100,6 +100,25 @@ async def test_equal_credentials_share_a_token_across_provider_instances(
     assert {t.access_token for t in tokens} == {"token-1"}
 
 
+def test_each_event_loop_has_its_own_token_and_clear_forgets_them_all() -> None:
+    # An asyncio.Lock serves one loop only: a triggerer's loop and a worker thread's asyncio.run
+    # each log in once, and share nothing that belongs to the other's loop.
+    server = TokenServer()
+    cache = TokenCache()
+    provider = ClientCredentialsAuth("cid", "csecret", MY_DOMAIN)
+
+    async def two_gets() -> tuple[Token, Token]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+            return await cache.get(provider, http), await cache.get(provider, http)
+
+    first, again = asyncio.run(two_gets())
+    second, _ = asyncio.run(two_gets())
+    assert first is again
+    assert (first.access_token, second.access_token) == ("token-1", "token-2")
+    cache.clear()
+    assert asyncio.run(two_gets())[0].access_token == "token-3"
+
+
 def _variants(pem: str, other_pem: str) -> dict[str, Callable[[], TokenProvider]]:
     return {
         "cc": lambda: ClientCredentialsAuth("cid", "csecret", MY_DOMAIN),

@@ -286,7 +286,7 @@ async def test_invalid_grant_from_salesforce(pem: str) -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         with pytest.raises(AuthenticationError) as info:
             await provider.fetch_token(http)
-    assert info.value.error == "invalid_grant"
+    assert info.value.error_code == "invalid_grant"
     assert info.value.error_description == "user hasn't approved this consumer"
     assert info.value.status_code == 400
     assert _key_body(pem) not in str(info.value)

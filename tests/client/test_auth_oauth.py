@@ -234,7 +234,7 @@ async def test_token_errors_carry_salesforce_error(status: int, error: str, desc
     recorder = Recorder(httpx.Response(status, json={"error": error, "error_description": description}))
     with pytest.raises(AuthenticationError) as info:
         await fetch(PasswordAuth("cid", "csecret", "user@acme.com", "pw"), recorder)
-    assert info.value.error == error
+    assert info.value.error_code == error
     assert info.value.error_description == description
     assert info.value.status_code == status
     assert error in str(info.value)

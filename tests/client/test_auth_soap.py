@@ -104,7 +104,7 @@ async def test_invalid_login_fault() -> None:
     seen: list[httpx.Request] = []
     with pytest.raises(AuthenticationError) as info:
         await login(provider, xml_ok(INVALID_LOGIN, status=500), seen=seen)
-    assert info.value.error == "sf:INVALID_LOGIN"
+    assert info.value.error_code == "sf:INVALID_LOGIN"
     assert info.value.error_description is not None
     assert info.value.error_description.startswith("INVALID_LOGIN: Invalid username, password")
     assert info.value.status_code == 500
@@ -169,7 +169,7 @@ async def test_expired_password() -> None:
     body = LOGIN_RESPONSE.replace("<passwordExpired>false", "<passwordExpired>true")
     with pytest.raises(AuthenticationError, match="expired") as info:
         await login(make(), xml_ok(body))
-    assert info.value.error == "PASSWORD_EXPIRED"
+    assert info.value.error_code == "PASSWORD_EXPIRED"
     assert SESSION_ID not in str(info.value)
 
 

@@ -722,3 +722,49 @@ async def test_15_and_18_character_job_ids_are_accepted():
         await client.get_job("7505e000000AbCd")
         await client.get_job("7505e000000AbCdAAK")
     assert [c.url.path.rsplit("/", 1)[1] for c in server.calls] == ["7505e000000AbCd", "7505e000000AbCdAAK"]
+
+
+# --- request slots: each attempt takes one and gives it back exactly once -------------------------
+
+
+async def test_every_outcome_gives_its_request_slot_back_exactly_once():
+    # A BoundedSemaphore raises on a second release, and one slot would deadlock on a lost one.
+    slots = asyncio.BoundedSemaphore(1)
+    body = b"Name\n" + b"A\n" * 2000
+
+    def answer(request: httpx.Request, n: int) -> httpx.Response | Exception:
+        path = request.url.path
+        if path.endswith("/expired") and request.headers["Authorization"] == "Bearer token-1":
+            return httpx.Response(401, json=[{"errorCode": "INVALID_SESSION_ID", "message": "expired"}])
+        if path.endswith("/busy") and n % 2:
+            return httpx.Response(503)
+        if path.endswith("/dropped"):
+            return httpx.ReadError("reset by peer")
+        if path.endswith("/refused"):
+            return httpx.Response(400, json=[{"errorCode": "INVALIDJOB", "message": "no"}])
+        return httpx.Response(200, content=body)
+
+    server = Server(answer)
+    async with session_for(server, request_slots=slots) as session:
+
+        async def outcomes() -> None:
+            await session.request("GET", "jobs/ingest/expired")
+            await session.request("GET", "jobs/ingest/busy")
+            with pytest.raises(TransportError):
+                await session.request("GET", "jobs/ingest/dropped")
+            with pytest.raises(InvalidJobError):
+                await session.request("GET", "jobs/ingest/refused")
+            async with session.stream("GET", "jobs/ingest/read") as response:
+                assert slots.locked()  # the streamed body holds the slot...
+                assert b"".join([chunk async for chunk in response.aiter_bytes()]) == body
+            async with session.stream("GET", "jobs/ingest/abandoned") as response:
+                await response.aiter_bytes().__anext__()
+            with pytest.raises(InvalidJobError):
+                async with session.stream("GET", "jobs/ingest/refused"):
+                    pass
+            with pytest.raises(RuntimeError, match="caller"):
+                async with session.stream("GET", "jobs/ingest/failed"):
+                    raise RuntimeError("the caller failed")
+
+        await asyncio.wait_for(outcomes(), 30)
+        assert not slots.locked()  # ...until it is closed, and every path gave its slot back

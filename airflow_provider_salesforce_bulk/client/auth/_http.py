@@ -26,7 +26,7 @@ from ..errors import (
     TransportError,
 )
 from ..retry import Retryable, RetryPolicy, call_with_retries, parse_retry_after
-from ..timeouts import DEFAULT_TIMEOUTS, Timeouts, within
+from ..timeouts import DEFAULT_TIMEOUTS, Timeouts, no_answer, within
 from .base import Token
 
 __all__ = [
@@ -151,12 +151,7 @@ async def send_login_request(
         try:
             response = await within(http.post(url, data=data, content=content, headers=headers), limit)
         except (httpx.TransportError, asyncio.TimeoutError) as exc:
-            detail = (
-                f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, httpx.HTTPError)
-                else f"no answer within {limit:g}s"
-            )
-            failure = TransportError(f"{flow} login request to {url} got no answer: {detail}")
+            failure = TransportError(f"{flow} login request to {url} got no answer: {no_answer(exc, limit)}")
             failure.__cause__ = exc
             log.warning("%s login request to %s failed (%s)", flow, url, type(exc).__name__)
             raise Retryable(failure) from exc
@@ -206,8 +201,8 @@ def parse_token_response(
     Raises
     ------
     AuthenticationError
-        The answer is a refusal (carrying Salesforce's ``error``, ``error_description`` and the status),
-        is not JSON, or lacks ``access_token`` or ``instance_url``.
+        The answer is a refusal (carrying Salesforce's ``error`` as ``error_code``, its
+        ``error_description`` and the status), is not JSON, or lacks ``access_token`` or ``instance_url``.
     ServerError, RequestLimitExceededError
         The answer is a 5xx or a 429: the server failed, the credentials were not judged.
     """
@@ -227,7 +222,7 @@ def parse_token_response(
             description = _optional_str(data, "error_description")
             raise AuthenticationError(
                 f"{flow} login refused by {url} (HTTP {status}): {error}: {description}",
-                error=error,
+                error_code=error,
                 error_description=description,
                 status_code=status,
             )

@@ -71,7 +71,7 @@ class OAuthTokenProvider(TokenProvider):
         Raises
         ------
         AuthenticationError
-            Salesforce refused the request; carries its ``error``, ``error_description`` and the status.
+            Salesforce refused the request; carries its ``error_code``, ``error_description`` and the status.
         ServerError, RequestLimitExceededError
             The endpoint answered 5xx or 429 after the retries.
         TransportError

@@ -6,13 +6,12 @@ import abc
 import asyncio
 import dataclasses
 import hashlib
-import threading
-import weakref
 from typing import TYPE_CHECKING
 
 import httpx
 
 from ..errors import AuthenticationError, InputError
+from ..per_loop import PerLoop
 
 if TYPE_CHECKING:
     from ..retry import RetryPolicy
@@ -76,7 +75,7 @@ class TokenProvider(abc.ABC):
         Raises
         ------
         AuthenticationError
-            Salesforce refused the credentials; carries its ``error`` and ``error_description``.
+            Salesforce refused the credentials; carries its ``error_code`` and ``error_description``.
         ServerError
             The login endpoint answered 5xx (``ServerUnavailableError`` for 502-504), after retries.
         RequestLimitExceededError
@@ -140,19 +139,10 @@ class TokenCache:
 
     def __init__(self) -> None:
         # asyncio.Lock belongs to one loop; several loops (threads, test runs) each get their own entries.
-        self._entries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Entry]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._guard = threading.Lock()
+        self._entries: PerLoop[_Entry] = PerLoop()
 
     def _entry(self, key: str) -> _Entry:
-        loop = asyncio.get_running_loop()
-        with self._guard:
-            per_loop = self._entries.setdefault(loop, {})
-            entry = per_loop.get(key)
-            if entry is None:
-                entry = per_loop[key] = _Entry()
-            return entry
+        return self._entries.get(key, _Entry)
 
     async def get(
         self,
@@ -202,8 +192,7 @@ class TokenCache:
 
     def clear(self) -> None:
         """Forget every token (tests, or after credentials were rotated)."""
-        with self._guard:
-            self._entries.clear()
+        self._entries.clear()
 
 
 default_token_cache = TokenCache()

@@ -202,7 +202,7 @@ class SoapLoginAuth(TokenProvider):
             fault_string = _find_text(root, "faultstring")
             raise AuthenticationError(
                 f"SOAP login refused by {self.soap_url} (HTTP {status}): {fault_code}: {fault_string}",
-                error=fault_code,
+                error_code=fault_code,
                 error_description=fault_string,
                 status_code=status,
             )
@@ -224,7 +224,7 @@ class SoapLoginAuth(TokenProvider):
             # The session would only be allowed to set a new password: every API call would fail.
             raise AuthenticationError(
                 f"SOAP login at {self.soap_url}: the password of the user has expired and must be changed",
-                error="PASSWORD_EXPIRED",
+                error_code="PASSWORD_EXPIRED",
                 status_code=status,
             )
         parts = urllib.parse.urlsplit(server_url)
