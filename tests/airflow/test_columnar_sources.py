@@ -22,7 +22,7 @@ from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from tests.airflow.conftest import DictStore, conn_uri_json
+from tests.airflow.helpers import DictStore, conn_uri_json
 
 LIMITS: dict[str, Any] = {
     "max_size_bytes": 20_000,

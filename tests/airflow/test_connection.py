@@ -25,7 +25,7 @@ from airflow_provider_salesforce_bulk.hooks.connection import (
     ConnectionFields,
     parse_connection,
 )
-from tests.airflow.conftest import conn_uri_json
+from tests.airflow.helpers import conn_uri_json
 
 KEY = Credentials().private_key_pem
 

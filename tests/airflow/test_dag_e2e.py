@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.conftest import DictStore, conn_uri_json, load_dag_file
+from tests.airflow.helpers import DictStore, conn_uri_json, load_dag_file
 
 N = 30
 BAD = {3, 11, 17, 25}  # invalid e-mail addresses: Salesforce fails these records

@@ -18,7 +18,7 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.triggers.events import job_summary, jobs_event, validate_event
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
-from tests.airflow.conftest import TI, DictStore
+from tests.airflow.helpers import TI, DictStore
 
 JOB = "7505e0000000001AAA"
 NEXT = "7505e0000000002AAA"

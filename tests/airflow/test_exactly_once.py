@@ -30,7 +30,7 @@ from airflow_provider_salesforce_bulk.client import (
     SalesforceSession,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.conftest import conn_uri_json, load_dag_file, wrap_pool_transport
+from tests.airflow.helpers import conn_uri_json, load_dag_file, wrap_pool_transport
 
 PER_JOB = 250
 N = 4 * PER_JOB

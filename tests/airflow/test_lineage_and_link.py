@@ -12,7 +12,7 @@ from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink
 from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
 from tests.airflow import lineage_standins
-from tests.airflow.conftest import DictStore, conn_uri_json, load_dag_file
+from tests.airflow.helpers import DictStore, conn_uri_json, load_dag_file
 from tests.airflow.lineage_standins import (
     Dataset,
     OperatorLineage,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.conftest import conn_uri_json, load_dag_file
+from tests.airflow.helpers import conn_uri_json, load_dag_file
 from tests.airflow.test_dag_e2e import _jobs, _xcom
 
 pa = pytest.importorskip("pyarrow")

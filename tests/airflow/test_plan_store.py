@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_salesforce_bulk.operators.plan_store import PLAN_VARIABLE_PREFIX, VariablePlanStore
-from tests.airflow.conftest import load_dag_file
+from tests.airflow.helpers import load_dag_file
 
 
 def _has_task_state_store() -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
-from tests.airflow.conftest import conn_uri_json, load_dag_file
+from tests.airflow.helpers import conn_uri_json, load_dag_file
 from tests.airflow.postgres_cluster import PostgresCluster, PostgresUnavailable, postgres_cluster
 from tests.airflow.test_dag_e2e import _jobs, _xcom
 

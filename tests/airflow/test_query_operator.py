@@ -21,7 +21,7 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
-from tests.airflow.conftest import TI, SupervisorComms, conn_uri_json, load_dag_file
+from tests.airflow.helpers import TI, SupervisorComms, conn_uri_json, load_dag_file
 
 FIELDS = ["Id", "External_Id__c", "Name", "NumberOfEmployees", "AnnualRevenue", "Description"]
 SOQL = "SELECT Id, External_Id__c, Name, NumberOfEmployees, AnnualRevenue, Description FROM Account"

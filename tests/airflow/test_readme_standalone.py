@@ -25,7 +25,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.emulator.cli import build_parser
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
-from tests.airflow.conftest import load_dag_file
+from tests.airflow.helpers import load_dag_file
 from tests.emulator.helpers import API, start_job, wait_done
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from airflow_provider_salesforce_bulk.operators.submit import (
     reconcile,
     submit_chunks,
 )
-from tests.airflow.conftest import conn_uri_json, load_dag_file
+from tests.airflow.helpers import conn_uri_json, load_dag_file
 
 N = 40
 PER_JOB = 10

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.conftest import conn_uri_json, load_dag_file
+from tests.airflow.helpers import conn_uri_json, load_dag_file
 
 N = 45
 PER_JOB = 10

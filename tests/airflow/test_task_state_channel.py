@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.airflow.conftest import TI
+from tests.airflow.helpers import TI
 
 
 def _supervisor(sock: socket.socket, state: str, asked: list[Any]) -> None:

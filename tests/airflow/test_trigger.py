@@ -15,7 +15,7 @@ import pytest
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
-from tests.airflow.conftest import TI, SupervisorComms, conn_uri_json, wrap_pool_transport
+from tests.airflow.helpers import TI, SupervisorComms, conn_uri_json, wrap_pool_transport
 
 CSV = b"LastName,External_Id__c\n" + b"".join(b"Name%d,T%d\n" % (i, i) for i in range(50))
 

@@ -31,7 +31,7 @@ import pytest
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.version_compat import AIRFLOW_V_3_3_PLUS
-from tests.airflow.conftest import TI, SupervisorComms, conn_uri_json
+from tests.airflow.helpers import TI, SupervisorComms, conn_uri_json
 
 CSV = b"LastName,External_Id__c\n" + b"".join(b"Runner%d,TR%d\n" % (i, i) for i in range(50))
 TRIGGER_ID = 7
