@@ -174,7 +174,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Salesforce Bulk API 2.0",
-                "python-modules": ["airflow_provider_salesforce_bulk.triggers.salesforce_bulk"],
+                "python-modules": [
+                    "airflow_provider_salesforce_bulk.triggers.salesforce_bulk",
+                    "airflow_provider_salesforce_bulk.triggers.round_backoff",
+                ],
             }
         ],
         "extra-links": ["airflow_provider_salesforce_bulk.operators.links.SalesforceBulkJobLink"],

@@ -63,11 +63,13 @@ from airflow_provider_salesforce_bulk.operators.summary import failure_message, 
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobSummary,
     ResubmitState,
+    check_job_id,
     check_resubmit_state,
     job_summary,
     jobs_event,
     validate_event,
 )
+from airflow_provider_salesforce_bulk.triggers.round_backoff import ResubmitBackoffTrigger
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
     SalesforceBulkJobTrigger,
     check_positive_number,
@@ -80,6 +82,12 @@ DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+
+# A shorter backoff between resubmission rounds is slept in the worker: deferring costs a round trip
+# through the triggerer of a few seconds, more than the wait itself.
+_DEFER_BACKOFF_FROM = 5.0
+# defer()'s timeout is a backstop for a triggerer down for long; the trigger itself fires on time.
+_BACKOFF_BACKSTOP_SECONDS = 3600
 
 
 class SalesforceBulkOperator(BaseOperator):
@@ -120,7 +128,8 @@ class SalesforceBulkOperator(BaseOperator):
         Records that failed with one of ``retry_error_codes`` (default ``UNABLE_TO_LOCK_ROW``; empty:
         never) are sent again in new jobs once their round of jobs has ended, up to
         ``resubmit_rounds`` rounds in all (the load included; 1: never), waiting ``resubmit_backoff``
-        seconds in the worker before the second round (doubling after). Each record is counted once in
+        seconds before the second round (doubling after): deferred to the triggerer from 5 seconds
+        when ``deferrable``, slept in the worker otherwise. Each record is counted once in
         the summary, at its final outcome; the failure policy applies to final failures only.
     fieldnames : list of str, optional
         Columns for ``records`` or NDJSON; inferred from the data when omitted.
@@ -789,7 +798,45 @@ class SalesforceBulkOperator(BaseOperator):
             policy.max_rounds,
             delay,
         )
+        if self.deferrable and delay >= _DEFER_BACKOFF_FROM:
+            # The wait frees the worker slot; the round's state travels in the trigger's event, so any
+            # worker can send the round after it.
+            self.defer(
+                trigger=ResubmitBackoffTrigger(time.time() + delay, state.dump(), retry_from, instance_url),
+                method_name="send_next_round",
+                timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
+            )
         time.sleep(delay)
+        return self._send_round(context, hook, state, policy, retry_from, instance_url)
+
+    def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
+        """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
+
+        ``event`` is :class:`ResubmitBackoffTrigger`'s, echoing the round's state.
+        """
+        if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
+            raise AirflowException(
+                f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
+            )
+        state = _RoundState.load(check_resubmit_state(event.get("resubmit"), first_round=1))
+        instance_url = event.get("instance_url")
+        if not isinstance(instance_url, str):
+            raise AirflowException("malformed backoff event: instance_url is not a string")
+        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+        jobs = [check_job_id(job_id) for job_id in event["retry_from"]]
+        return self._send_round(context, hook, state, self._policy(), jobs, instance_url)
+
+    def _send_round(
+        self,
+        context: Any,
+        hook: SalesforceBulkHook,
+        state: _RoundState,
+        policy: ResubmitPolicy,
+        retry_from: list[str],
+        instance_url: str,
+    ) -> Any:
+        """Send round ``state.round + 1``'s jobs and wait for them (deferred or in the worker)."""
+        number = state.round + 1
         plan: JobPlan | None = getattr(self, "_plan", None)
         store = plan.store if plan is not None else plan_store_for(context)
         rounds = RoundPlan(store)

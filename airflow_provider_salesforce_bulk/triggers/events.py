@@ -210,15 +210,17 @@ def check_history(raw: object) -> list[HistoryEntry]:
     return out
 
 
-def check_resubmit_state(raw: object) -> ResubmitState:
-    """The resubmission state of round 2 or later, or an ``AirflowException`` naming what is wrong."""
+def check_resubmit_state(raw: object, *, first_round: int = 2) -> ResubmitState:
+    """The resubmission state of round ``first_round`` (2: the round being waited for) or later, or an
+    ``AirflowException`` naming what is wrong. Between two rounds the state is of the round that ended
+    (``first_round=1``)."""
     state = _mapping(raw, "resubmit")
     missing = sorted(ResubmitState.__required_keys__ - set(state))
     if missing:
         raise _malformed(f"resubmit has no {', '.join(missing)}")
     number = _count(state["round"], "resubmit: round")
-    if number < 2:
-        raise _malformed(f"resubmit: round must be 2 or more, not {number}")
+    if number < first_round:
+        raise _malformed(f"resubmit: round must be {first_round} or more, not {number}")
     entries = _mapping(state["entries"], "resubmit: entries")
     by_code = _mapping(state["by_code"], "resubmit: by_code")
     samples = _mapping(state["samples"], "resubmit: samples")

@@ -255,6 +255,47 @@ def test_one_round_leaves_lock_failures_failed_and_counted_once(sf: RunningEmula
     assert len(_jobs(sf)) == 5
 
 
+def test_a_long_backoff_waits_in_the_triggerer_not_in_the_worker(
+    sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from airflow_provider_salesforce_bulk.operators import salesforce_bulk as module
+
+    timers: list[float] = []
+    real_timer = module.ResubmitBackoffTrigger
+
+    def timer(moment: float, *args: Any) -> Any:
+        timers.append(round(moment - time.time(), 1))
+        return real_timer(moment, *args)
+
+    class NoLongSleep:
+        """The operator module's ``time``, refusing to hold the worker for a backoff it could defer."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            assert seconds < 0.2, f"the worker slept {seconds}s between rounds instead of deferring"
+            time.sleep(seconds)
+
+    monkeypatch.setattr(module, "_DEFER_BACKOFF_FROM", 0.2)
+    monkeypatch.setattr(module, "ResubmitBackoffTrigger", timer)
+    monkeypatch.setattr(module, "time", NoLongSleep())
+    sf.update_settings(lock_failure_rate=0.05, seed=5)
+    args = _lock_args(6).replace("resubmit_backoff=0.1", "resubmit_backoff=0.3")
+    dr = _run("i10_lock_deferred_backoff", tmp_path, args)
+    assert dr.state == "success"
+    stored = _stored_once(sf)
+    assert sorted(stored) == sorted(f"LK-{i}" for i in range(N_LOCK))
+    summary = _xcom("i10_lock_deferred_backoff")
+    assert summary["totals"]["succeeded"] == N_LOCK
+    assert len(_jobs(sf)) == len(summary["jobs"])
+    # One timer per round after the first, doubling: round 2 waits 0.3 s, round 3 0.6 s, ...
+    assert len(timers) == summary["rounds"] - 1 >= 1
+    assert timers == [0.3 * 2**i for i in range(len(timers))]
+
+
 def test_a_retry_during_a_round_reattaches_to_its_jobs(sf: RunningEmulator, tmp_path: Path) -> None:
     # The worker is lost right after round 2 was sent (its jobs deferred on), on the first try only.
     prelude = """
