@@ -28,6 +28,17 @@ from airflow_provider_salesforce_bulk.client.auth import (
     default_token_cache,
     normalize_login_url,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    COLUMN_DELIMITERS,
+    LINE_ENDINGS,
+    MAX_RECORDS,
+    MAX_SIZE_BYTES,
+    CsvChunk,
+    CsvSource,
+    RecordScan,
+    check_column_delimiter,
+    check_line_ending,
+)
 from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
 from airflow_provider_salesforce_bulk.client.describe import (
     DescribeCache,
@@ -64,10 +75,14 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UntrustedUrlError,
     UploadOutcomeUnknownError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import (
+from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
+from airflow_provider_salesforce_bulk.client.ingest_jobs import RESULT_KINDS, IngestJobApi
+from airflow_provider_salesforce_bulk.client.job_spec import (
     DEFAULT_OPERATION_TIMEOUT,
-    BulkIngestClient,
+    ChunkLimits,
+    JobSpec,
     PollPolicy,
+    validate_operation_fields,
 )
 from airflow_provider_salesforce_bulk.client.limits import (
     InsufficientLimitsError,
@@ -84,26 +99,36 @@ from airflow_provider_salesforce_bulk.client.limits import (
     get_limits,
 )
 from airflow_provider_salesforce_bulk.client.models import (
+    TERMINAL_STATES,
+    ColumnDelimiter,
     JobInfo,
     JobState,
+    LineEnding,
     OperationType,
     ResultKind,
 )
 from airflow_provider_salesforce_bulk.client.operation import (
     JobResult,
+    RunOptions,
     close_uploaded_job,
     perform_chunks,
     perform_csv_operation,
     perform_operation,
     submit_job,
 )
-from airflow_provider_salesforce_bulk.client.query import BulkQueryClient, QueryOperation
+from airflow_provider_salesforce_bulk.client.query import (
+    BulkQueryClient,
+    QueryOperation,
+    check_max_records,
+    check_query_options,
+)
 from airflow_provider_salesforce_bulk.client.query_pages import PageSink, PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.client.query_parquet import (
     arrow_schema,
     arrow_type,
     copy_results_to_parquet,
     csv_to_parquet,
+    require_parquet,
 )
 from airflow_provider_salesforce_bulk.client.resubmit import (
     DEFAULT_RETRY_ERROR_CODES,
@@ -118,20 +143,27 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
 )
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
-    CsvChunk,
+    NoneAs,
     iter_record_chunks,
     serialize_ingest_data,
+    value_text,
 )
 from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION, ApiUsage, SalesforceSession
 from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
 
 if TYPE_CHECKING:
-    from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
+    from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks, require_pyarrow
 
 __all__ = [
+    "COLUMN_DELIMITERS",
     "DEFAULT_API_VERSION",
     "DEFAULT_OPERATION_TIMEOUT",
     "DEFAULT_RETRY_ERROR_CODES",
+    "LINE_ENDINGS",
+    "MAX_RECORDS",
+    "MAX_SIZE_BYTES",
+    "RESULT_KINDS",
+    "TERMINAL_STATES",
     "ApiDisabledError",
     "ApiUsage",
     "ApiVersionError",
@@ -141,10 +173,14 @@ __all__ = [
     "BulkOperationError",
     "BulkOperationTimeoutError",
     "BulkQueryClient",
+    "ChunkLimits",
     "ClientCredentialsAuth",
+    "ColumnDelimiter",
     "CsvChunk",
+    "CsvSource",
     "DescribeCache",
     "FieldDescription",
+    "IngestJobApi",
     "InputError",
     "InsufficientLimitsError",
     "InvalidJobError",
@@ -153,6 +189,7 @@ __all__ = [
     "JobOutcomeUnknownError",
     "JobReport",
     "JobResult",
+    "JobSpec",
     "JobState",
     "JwtBearerAuth",
     "LedgerJob",
@@ -160,8 +197,10 @@ __all__ = [
     "LimitsCheck",
     "LimitsCheckError",
     "LimitsVerdict",
+    "LineEnding",
     "LoadEstimate",
     "MalformedRequestError",
+    "NoneAs",
     "NotFoundError",
     "OperationTimeoutError",
     "OperationType",
@@ -173,6 +212,7 @@ __all__ = [
     "QueryError",
     "QueryJobFailedError",
     "QueryOperation",
+    "RecordScan",
     "RefreshTokenAuth",
     "RequestLimitExceededError",
     "ResubmitLedger",
@@ -182,6 +222,7 @@ __all__ = [
     "RetryChunk",
     "RetryJob",
     "RetryPolicy",
+    "RunOptions",
     "SObjectDescription",
     "SalesforceApiError",
     "SalesforceBulkError",
@@ -201,9 +242,13 @@ __all__ = [
     "UploadOutcomeUnknownError",
     "arrow_schema",
     "arrow_type",
+    "check_column_delimiter",
     "check_limits_before_load",
     "check_limits_mode",
+    "check_line_ending",
     "check_load_allowance",
+    "check_max_records",
+    "check_query_options",
     "close_uploaded_job",
     "copy_results_to_parquet",
     "csv_to_parquet",
@@ -221,17 +266,21 @@ __all__ = [
     "perform_chunks",
     "perform_csv_operation",
     "perform_operation",
+    "require_parquet",
+    "require_pyarrow",
     "serialize_ingest_data",
     "split_csv_stream",
     "submit_job",
     "submit_retry_round",
+    "validate_operation_fields",
+    "value_text",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # The Arrow path is loaded on first use: importing the client must not need pyarrow (an extra).
-    if name == "iter_arrow_chunks":
-        from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
+    if name in ("iter_arrow_chunks", "require_pyarrow"):
+        from airflow_provider_salesforce_bulk.client import arrow_chunks
 
-        return iter_arrow_chunks
+        return getattr(arrow_chunks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,14 +25,16 @@ import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
-from airflow_provider_salesforce_bulk.client import InputError
-from airflow_provider_salesforce_bulk.client.csv_split import (
+from airflow_provider_salesforce_bulk.client import (
+    ChunkLimits,
+    ColumnDelimiter,
     CsvChunk,
+    InputError,
+    LineEnding,
     check_column_delimiter,
-    check_limits,
     check_line_ending,
 )
-from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
+from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
 __all__ = ["GroupedChunk", "GroupedSource", "group_by_parent"]
 
@@ -69,8 +71,8 @@ class GroupedSource(ChunkSource):
         *,
         max_size_bytes: int,
         max_records: int,
-        column_delimiter: str,
-        line_ending: str,
+        column_delimiter: ColumnDelimiter,
+        line_ending: LineEnding,
         spool_dir: str | None = None,
     ) -> None:
         super().__init__(self._open, f"{source.description}, grouped by {parent_field}", uri=source.uri)
@@ -263,8 +265,8 @@ def group_by_parent(
     *,
     max_size_bytes: int,
     max_records: int,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
     spool_dir: str | None = None,
 ) -> GroupedSource:
     """Wrap ``source`` so its records come ordered by ``parent_field`` (e.g. ``"AccountId"``).
@@ -286,7 +288,7 @@ def group_by_parent(
         raise InputError(
             f"group_by_parent must be a field name, got {parent_field!r}", field="group_by_parent"
         )
-    check_limits(max_size_bytes, max_records)
+    ChunkLimits(max_size_bytes, max_records)
     return GroupedSource(
         source,
         parent_field,

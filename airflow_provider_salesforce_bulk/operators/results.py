@@ -15,9 +15,13 @@ from typing import IO, Any, TypeVar
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_provider_salesforce_bulk.client import BulkIngestClient, TransportError
-from airflow_provider_salesforce_bulk.client.errors import ServerError
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, ResultKind
+from airflow_provider_salesforce_bulk.client import (
+    COLUMN_DELIMITERS,
+    BulkIngestClient,
+    ResultKind,
+    ServerError,
+    TransportError,
+)
 
 __all__ = [
     "DOWNLOAD_ATTEMPTS",

@@ -18,7 +18,7 @@ from airflow_provider_salesforce_bulk.client import (
     TokenCache,
     TransportError,
 )
-from airflow_provider_salesforce_bulk.client.results import iter_csv_records, iter_csv_rows, parse_results
+from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records, iter_csv_rows, parse_results
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from tests.client.helpers import mock_session
 
