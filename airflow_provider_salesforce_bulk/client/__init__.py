@@ -105,6 +105,7 @@ from airflow_provider_salesforce_bulk.client.models import (
     JobState,
     LineEnding,
     OperationType,
+    RecordCounts,
     ResultKind,
 )
 from airflow_provider_salesforce_bulk.client.operation import (
@@ -212,6 +213,7 @@ __all__ = [
     "QueryError",
     "QueryJobFailedError",
     "QueryOperation",
+    "RecordCounts",
     "RecordScan",
     "RefreshTokenAuth",
     "RequestLimitExceededError",

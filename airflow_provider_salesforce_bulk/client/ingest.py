@@ -36,30 +36,11 @@ class BulkIngestClient(IngestJobApi):
         column_delimiter: ColumnDelimiter = "COMMA",
         line_ending: LineEnding = "LF",
     ) -> JobInfo:
-        """Create an ingest job (state Open).
+        """Create an ingest job (state Open), with the reference client's parameters.
 
-        Parameters
-        ----------
-        operation : {"insert", "delete", "hardDelete", "update", "upsert"}
-            Operation to perform.
-        sobject : str
-            Salesforce object name.
-        external_id_field : str, optional
-            External ID field; required for ``upsert``, refused otherwise.
-        assignment_rule_id : str, optional
-            Assignment rule to run for a Case or a Lead.
-        column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}
-        line_ending : {"LF", "CRLF"}
-
-        Returns
-        -------
-        JobInfo
-            The new job.
-
-        Raises
-        ------
-        InputError
-            An option Salesforce would refuse (see :class:`.JobSpec`), before any request.
+        The parameters are those of :class:`.JobSpec` (``sobject`` is its ``object``), which checks
+        them: an option Salesforce would refuse is an ``InputError`` before any request. Returns the
+        new job's :class:`JobInfo`.
         """
         spec = JobSpec(
             operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending

@@ -17,6 +17,7 @@ __all__ = [
     "JobState",
     "LineEnding",
     "OperationType",
+    "RecordCounts",
     "ResultKind",
     "parse_salesforce_datetime",
 ]
@@ -59,7 +60,6 @@ _FIELDS: dict[str, str] = {
 }
 # Fields typed with a Literal: a value outside it (a state a newer API adds) is kept in JobInfo.extra
 # instead, so the typed field never holds what its type does not name.
-_JSON_NAMES = {name: key for key, name in _FIELDS.items()}
 _LITERALS: dict[str, tuple[str, ...]] = {
     "state": get_args(JobState),
     "column_delimiter": get_args(ColumnDelimiter),
@@ -74,6 +74,34 @@ _INTS = (
     "api_active_processing_time",
     "apex_processing_time",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordCounts:
+    """Where the ``records`` given to one job went, from Salesforce's counters.
+
+    Built with :meth:`of`, which keeps the counters within the records the job was given: a
+    counter above them (a job read while its counters catch up, a server that counts otherwise)
+    never makes records appear twice. ``succeeded + failed + unprocessed == records`` always.
+    """
+
+    records: int
+    processed: int
+    failed: int
+
+    @classmethod
+    def of(cls, records: int, processed: int, failed: int) -> RecordCounts:
+        processed = min(processed, records)
+        return cls(records, processed, min(failed, processed))
+
+    @property
+    def succeeded(self) -> int:
+        return self.processed - self.failed
+
+    @property
+    def unprocessed(self) -> int:
+        """Records the job never processed (a Failed or Aborted job's ``unprocessedrecords``)."""
+        return self.records - self.processed
 
 
 def parse_salesforce_datetime(value: str) -> datetime.datetime:
@@ -97,7 +125,8 @@ class JobInfo:
     Counters default to 0 where Salesforce leaves them out (the create and close answers), fields a
     newer API version adds are kept in :attr:`extra`, and ``api_version`` is a number. A ``state``,
     ``columnDelimiter`` or ``lineEnding`` value this client does not know is kept in :attr:`extra`
-    under its JSON name (the typed field is then None): it never fails the parse.
+    under the field's name (the typed field is then None), as an unreadable date is: it never fails
+    the parse, and :meth:`to_dict` still reports it.
     """
 
     id: str
@@ -141,7 +170,7 @@ class JobInfo:
                 values[name] = value
         for name, known in _LITERALS.items():
             if name in values and values[name] is not None and values[name] not in known:
-                extra[_JSON_NAMES[name]] = values.pop(name)
+                extra[name] = values.pop(name)
         for name in _DATETIMES:
             if isinstance(values.get(name), str):
                 try:
@@ -172,7 +201,7 @@ class JobInfo:
         for key, name in _FIELDS.items():
             value = getattr(self, name)
             if value is None and name in _LITERALS:
-                value = self.extra.get(key)
+                value = self.extra.get(name)
             if isinstance(value, datetime.datetime):
                 value = value.isoformat()
             if value is not None:

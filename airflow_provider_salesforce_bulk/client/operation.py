@@ -31,7 +31,13 @@ from airflow_provider_salesforce_bulk.client.errors import (
 )
 from airflow_provider_salesforce_bulk.client.ingest_jobs import IngestJobApi
 from airflow_provider_salesforce_bulk.client.job_spec import DEFAULT_OPERATION_TIMEOUT, JobSpec, PollPolicy
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, LineEnding, OperationType
+from airflow_provider_salesforce_bulk.client.models import (
+    ColumnDelimiter,
+    JobInfo,
+    LineEnding,
+    OperationType,
+    RecordCounts,
+)
 from airflow_provider_salesforce_bulk.client.retry import check_count, check_seconds
 from airflow_provider_salesforce_bulk.client.serialize import NoneAs, iter_record_chunks
 
@@ -88,20 +94,26 @@ class JobResult:
         return self.job_info.id
 
     @property
+    def counts(self) -> RecordCounts:
+        """The job's counters, kept within its :attr:`record_count`."""
+        info = self.job_info
+        return RecordCounts.of(self.record_count, info.number_records_processed, info.number_records_failed)
+
+    @property
     def number_records_processed(self) -> int:
-        return min(self.job_info.number_records_processed, self.record_count)
+        return self.counts.processed
 
     @property
     def number_records_failed(self) -> int:
-        return min(self.job_info.number_records_failed, self.number_records_processed)
+        return self.counts.failed
 
     @property
     def number_records_succeeded(self) -> int:
-        return self.number_records_processed - self.number_records_failed
+        return self.counts.succeeded
 
     @property
     def number_records_unprocessed(self) -> int:
-        return self.record_count - self.number_records_processed
+        return self.counts.unprocessed
 
     @property
     def is_success(self) -> bool:
@@ -360,15 +372,9 @@ async def perform_operation(
             allow_na_marker=allow_na_marker,
         )
 
-    if validate_first and isinstance(data, (list, tuple)):
-        await _validate_all(chunks, spec, options.get("serialize_in_thread", True))
-    async for result in perform_chunks(
-        client,
-        spec,
-        chunks(),
-        polling_interval=polling_interval,
-        timeout=_remaining(timeout, started),
-        **options,
+    validate_all = validate_first and isinstance(data, (list, tuple))
+    async for result in _load(
+        client, spec, chunks, validate_all, polling_interval, timeout, started, options
     ):
         yield result
 
@@ -407,15 +413,30 @@ async def perform_csv_operation(
             source, max_size_bytes, max_records, line_ending=line_ending, column_delimiter=column_delimiter
         )
 
-    if validate_first and isinstance(source, (str, os.PathLike)):
+    validate_all = validate_first and isinstance(source, (str, os.PathLike))
+    async for result in _load(
+        client, spec, chunks, validate_all, polling_interval, timeout, started, options
+    ):
+        yield result
+
+
+async def _load(
+    client: IngestJobApi,
+    spec: JobSpec,
+    chunks: Callable[[], Iterator[CsvChunk]],
+    validate_all: bool,
+    polling_interval: float,
+    timeout: float,
+    started: float,
+    options: RunOptions,
+) -> AsyncIterator[JobResult]:
+    """The chunks as jobs, after one pass over all of them when ``validate_all``, within ``timeout``
+    counted from ``started``."""
+    if validate_all:
         await _validate_all(chunks, spec, options.get("serialize_in_thread", True))
+    remaining = _remaining(timeout, started)
     async for result in perform_chunks(
-        client,
-        spec,
-        chunks(),
-        polling_interval=polling_interval,
-        timeout=_remaining(timeout, started),
-        **options,
+        client, spec, chunks(), polling_interval=polling_interval, timeout=remaining, **options
     ):
         yield result
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from airflow_provider_salesforce_bulk.client import RecordCounts
+
 __all__ = ["failure_message", "job_entry", "summarize"]
 
 
@@ -28,15 +30,14 @@ def job_entry(
     processed_raw = 0 if outcome == "replaced" else int(job.get("numberRecordsProcessed") or 0)
     if records is None:
         records = processed_raw + rows.get("unprocessed", 0)
-    processed = min(processed_raw, records)
-    failed = min(int(job.get("numberRecordsFailed") or 0), processed)
+    counts = RecordCounts.of(records, processed_raw, int(job.get("numberRecordsFailed") or 0))
     entry: dict[str, Any] = {
         "state": job.get("state"),
         "records": records,
-        "processed": processed,
-        "succeeded": processed - failed,
-        "failed": failed,
-        "unprocessed": records - processed,
+        "processed": counts.processed,
+        "succeeded": counts.succeeded,
+        "failed": counts.failed,
+        "unprocessed": counts.unprocessed,
         "error_message": job.get("errorMessage"),
         "result_files": uris,
         "outcome": outcome,

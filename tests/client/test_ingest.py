@@ -270,6 +270,19 @@ def test_job_info_keeps_an_unparseable_date_instead_of_failing():
     assert info.is_terminal
 
 
+def test_job_info_keeps_a_state_it_does_not_know_without_failing():
+    body = {"id": "750x", "state": "Paused", "columnDelimiter": "COLON", "lineEnding": "LF"}
+    info = JobInfo.from_json(body)
+    assert info.state is None
+    assert info.column_delimiter is None
+    assert info.extra == {"state": "Paused", "column_delimiter": "COLON"}
+    assert info.line_ending == "LF"
+    assert not info.is_terminal
+    assert info.to_dict()["state"] == "Paused"
+    assert info.to_dict()["columnDelimiter"] == "COLON"
+    assert JobInfo.from_json({"id": "750x", "state": "Failed"}).state == "Failed"
+
+
 def test_job_info_rejects_a_body_without_id():
     with pytest.raises(ValueError, match="not a Bulk API job body"):
         JobInfo.from_json(b"[]")
