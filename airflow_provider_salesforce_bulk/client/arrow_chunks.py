@@ -178,7 +178,7 @@ def _generate_peeked(
     max_records: int,
     delimiter: str,
     eol: str,
-    none_as: str,
+    none_as: NoneAs,
     allow_na_marker: bool,
 ) -> Iterator[CsvChunk]:
     first = next(batches, None)
@@ -211,7 +211,7 @@ class _Plan:
         names: list[str] | None,
         delimiter: str,
         eol: str,
-        none_as: str,
+        none_as: NoneAs,
         allow_na_marker: bool = False,
     ) -> None:
         self.pa = pa

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import IO, AnyStr, Union
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
 
 __all__ = [
     "COLUMN_DELIMITERS",
@@ -68,7 +69,7 @@ class CsvChunk:
     first_record_index: int
     record_count: int
 
-    def fieldnames(self, column_delimiter: str = "COMMA") -> list[str]:
+    def fieldnames(self, column_delimiter: ColumnDelimiter = "COMMA") -> list[str]:
         """The column names of the header row."""
         end = self.data.find(b"\n")
         try:

@@ -41,6 +41,7 @@ from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobI
 from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records
 from airflow_provider_salesforce_bulk.client.retry import RetrySafety, check_seconds
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
+from airflow_provider_salesforce_bulk.client.timeouts import within
 
 __all__ = ["RESULT_KINDS", "AsyncWritable", "IngestJobApi"]
 
@@ -227,7 +228,9 @@ class IngestJobApi:
         last: JobInfo | None = None
         for wait in (poll or PollPolicy()).intervals():
             try:
-                job = await asyncio.wait_for(self.get_job(job_id), max(deadline - time.monotonic(), 0))
+                # within(), not asyncio.wait_for: 3.11's wait_for drops a cancellation arriving with the
+                # answer, and the cancelled load then polled on until this wait's own deadline.
+                job = await within(self.get_job(job_id), max(deadline - time.monotonic(), 0))
             except asyncio.TimeoutError:
                 if time.monotonic() < deadline:
                     raise  # a timeout of the request itself, not of this wait

@@ -40,6 +40,7 @@ from airflow_provider_salesforce_bulk.client.models import (
 )
 from airflow_provider_salesforce_bulk.client.retry import check_count, check_seconds
 from airflow_provider_salesforce_bulk.client.serialize import NoneAs, iter_record_chunks
+from airflow_provider_salesforce_bulk.client.timeouts import within
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -498,7 +499,7 @@ async def perform_chunks(
 
     # The first chunk is built before any job exists, so its input errors cost nothing.
     try:
-        first = await asyncio.wait_for(next_chunk(), timeout)
+        first = await within(next_chunk(), timeout)
     except asyncio.TimeoutError:
         if time.monotonic() < deadline:
             raise
@@ -705,7 +706,7 @@ class _Operation:
         try:
             while not (produced_all and received == len(self.entries)):
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), max(self.deadline - time.monotonic(), 0))
+                    item = await within(self.queue.get(), max(self.deadline - time.monotonic(), 0))
                 except asyncio.TimeoutError:
                     timed_out = True
                     break

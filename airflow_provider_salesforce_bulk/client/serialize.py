@@ -165,7 +165,12 @@ class _Writer:
     """Per-call state: the columns, their dialect and the converters chosen so far."""
 
     def __init__(
-        self, fieldnames: Sequence[str], delimiter: str, eol: str, none_as: str, allow_na_marker: bool = False
+        self,
+        fieldnames: Sequence[str],
+        delimiter: str,
+        eol: str,
+        none_as: NoneAs,
+        allow_na_marker: bool = False,
     ) -> None:
         self.fieldnames = list(fieldnames)
         self.allow_na_marker = allow_na_marker
@@ -546,7 +551,7 @@ def _generate_inferred(
     max_records: int,
     delimiter: str,
     eol: str,
-    none_as: str,
+    none_as: NoneAs,
     allow_na_marker: bool,
 ) -> Iterator[CsvChunk]:
     records = list(data)
