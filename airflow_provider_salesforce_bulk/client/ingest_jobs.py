@@ -227,10 +227,15 @@ class IngestJobApi:
         deadline = time.monotonic() + timeout
         last: JobInfo | None = None
         for wait in (poll or PollPolicy()).intervals():
+            remaining = deadline - time.monotonic()
             try:
+                # A poll that never waits (an answer already there) would outrun an expired within():
+                # the deadline is checked first.
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
                 # within(), not asyncio.wait_for: 3.11's wait_for drops a cancellation arriving with the
                 # answer, and the cancelled load then polled on until this wait's own deadline.
-                job = await within(self.get_job(job_id), max(deadline - time.monotonic(), 0))
+                job = await within(self.get_job(job_id), remaining)
             except asyncio.TimeoutError:
                 if time.monotonic() < deadline:
                     raise  # a timeout of the request itself, not of this wait

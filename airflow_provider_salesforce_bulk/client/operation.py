@@ -705,8 +705,11 @@ class _Operation:
         produced_all = False
         try:
             while not (produced_all and received == len(self.entries)):
+                remaining = self.deadline - time.monotonic()
                 try:
-                    item = await within(self.queue.get(), max(self.deadline - time.monotonic(), 0))
+                    if remaining <= 0:  # within() would hand out an item already queued
+                        raise asyncio.TimeoutError
+                    item = await within(self.queue.get(), remaining)
                 except asyncio.TimeoutError:
                     timed_out = True
                     break
