@@ -7,7 +7,7 @@ import ast
 import pathlib
 import textwrap
 
-import pytest
+from mypy import api as mypy_api
 
 import airflow_provider_salesforce_bulk
 
@@ -120,9 +120,6 @@ def test_the_airflow_layers_import_only_what_the_client_exports() -> None:
                     if node.module != f"{NAME}.client" or any(n not in client.__all__ for n in names):
                         offenders.append(f"{path.name}:{node.lineno} {node.module} {names}")
     assert offenders == []
-
-
-mypy_api = pytest.importorskip("mypy.api")
 
 
 def mypy_errors(tmp_path: pathlib.Path, body: str) -> list[str]:
