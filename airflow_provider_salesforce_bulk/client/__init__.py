@@ -29,6 +29,17 @@ from airflow_provider_salesforce_bulk.client.auth import (
     fingerprint,
     normalize_login_url,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    COLUMN_DELIMITERS,
+    LINE_ENDINGS,
+    MAX_RECORDS,
+    MAX_SIZE_BYTES,
+    CsvChunk,
+    CsvSource,
+    RecordScan,
+    check_column_delimiter,
+    check_line_ending,
+)
 from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
 from airflow_provider_salesforce_bulk.client.describe import (
     DescribeCache,
@@ -67,10 +78,14 @@ from airflow_provider_salesforce_bulk.client.errors import (
 )
 from airflow_provider_salesforce_bulk.client.hosts import HostPolicy
 from airflow_provider_salesforce_bulk.client.http_client import DEFAULT_MAX_CONNECTIONS, build_http_client
-from airflow_provider_salesforce_bulk.client.ingest import (
+from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
+from airflow_provider_salesforce_bulk.client.ingest_jobs import RESULT_KINDS, IngestJobApi
+from airflow_provider_salesforce_bulk.client.job_spec import (
     DEFAULT_OPERATION_TIMEOUT,
-    BulkIngestClient,
+    ChunkLimits,
+    JobSpec,
     PollPolicy,
+    validate_operation_fields,
 )
 from airflow_provider_salesforce_bulk.client.limits import (
     InsufficientLimitsError,
@@ -87,13 +102,18 @@ from airflow_provider_salesforce_bulk.client.limits import (
     get_limits,
 )
 from airflow_provider_salesforce_bulk.client.models import (
+    TERMINAL_STATES,
+    ColumnDelimiter,
     JobInfo,
     JobState,
+    LineEnding,
     OperationType,
+    RecordCounts,
     ResultKind,
 )
 from airflow_provider_salesforce_bulk.client.operation import (
     JobResult,
+    RunOptions,
     close_uploaded_job,
     perform_chunks,
     perform_csv_operation,
@@ -101,13 +121,19 @@ from airflow_provider_salesforce_bulk.client.operation import (
     submit_job,
 )
 from airflow_provider_salesforce_bulk.client.per_loop import PerLoop
-from airflow_provider_salesforce_bulk.client.query import BulkQueryClient, QueryOperation
+from airflow_provider_salesforce_bulk.client.query import (
+    BulkQueryClient,
+    QueryOperation,
+    check_max_records,
+    check_query_options,
+)
 from airflow_provider_salesforce_bulk.client.query_pages import PageSink, PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.client.query_parquet import (
     arrow_schema,
     arrow_type,
     copy_results_to_parquet,
     csv_to_parquet,
+    require_parquet,
 )
 from airflow_provider_salesforce_bulk.client.resubmit import (
     DEFAULT_RETRY_ERROR_CODES,
@@ -122,21 +148,28 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
 )
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
-    CsvChunk,
+    NoneAs,
     iter_record_chunks,
     serialize_ingest_data,
+    value_text,
 )
 from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION, ApiUsage, SalesforceSession
 from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
 
 if TYPE_CHECKING:
-    from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
+    from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks, require_pyarrow
 
 __all__ = [
+    "COLUMN_DELIMITERS",
     "DEFAULT_API_VERSION",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_OPERATION_TIMEOUT",
     "DEFAULT_RETRY_ERROR_CODES",
+    "LINE_ENDINGS",
+    "MAX_RECORDS",
+    "MAX_SIZE_BYTES",
+    "RESULT_KINDS",
+    "TERMINAL_STATES",
     "ApiDisabledError",
     "ApiUsage",
     "ApiVersionError",
@@ -146,11 +179,15 @@ __all__ = [
     "BulkOperationError",
     "BulkOperationTimeoutError",
     "BulkQueryClient",
+    "ChunkLimits",
     "ClientCredentialsAuth",
+    "ColumnDelimiter",
     "CsvChunk",
+    "CsvSource",
     "DescribeCache",
     "FieldDescription",
     "HostPolicy",
+    "IngestJobApi",
     "InputError",
     "InsufficientLimitsError",
     "InvalidJobError",
@@ -159,6 +196,7 @@ __all__ = [
     "JobOutcomeUnknownError",
     "JobReport",
     "JobResult",
+    "JobSpec",
     "JobState",
     "JwtBearerAuth",
     "LedgerJob",
@@ -166,8 +204,10 @@ __all__ = [
     "LimitsCheck",
     "LimitsCheckError",
     "LimitsVerdict",
+    "LineEnding",
     "LoadEstimate",
     "MalformedRequestError",
+    "NoneAs",
     "NotFoundError",
     "OperationTimeoutError",
     "OperationType",
@@ -180,6 +220,8 @@ __all__ = [
     "QueryError",
     "QueryJobFailedError",
     "QueryOperation",
+    "RecordCounts",
+    "RecordScan",
     "RefreshTokenAuth",
     "RequestLimitExceededError",
     "ResubmitLedger",
@@ -189,6 +231,7 @@ __all__ = [
     "RetryChunk",
     "RetryJob",
     "RetryPolicy",
+    "RunOptions",
     "SObjectDescription",
     "SalesforceApiError",
     "SalesforceBulkError",
@@ -209,9 +252,13 @@ __all__ = [
     "arrow_schema",
     "arrow_type",
     "build_http_client",
+    "check_column_delimiter",
     "check_limits_before_load",
     "check_limits_mode",
+    "check_line_ending",
     "check_load_allowance",
+    "check_max_records",
+    "check_query_options",
     "close_uploaded_job",
     "copy_results_to_parquet",
     "csv_to_parquet",
@@ -230,17 +277,21 @@ __all__ = [
     "perform_chunks",
     "perform_csv_operation",
     "perform_operation",
+    "require_parquet",
+    "require_pyarrow",
     "serialize_ingest_data",
     "split_csv_stream",
     "submit_job",
     "submit_retry_round",
+    "validate_operation_fields",
+    "value_text",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # The Arrow path is loaded on first use: importing the client must not need pyarrow (an extra).
-    if name == "iter_arrow_chunks":
-        from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks
+    if name in ("iter_arrow_chunks", "require_pyarrow"):
+        from airflow_provider_salesforce_bulk.client import arrow_chunks
 
-        return iter_arrow_chunks
+        return getattr(arrow_chunks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,15 +23,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_salesforce_bulk.client.csv_split import (
-    MAX_SIZE_BYTES,
-    CsvChunk,
-)
+from airflow_provider_salesforce_bulk.client.csv_format import MAX_RECORDS, MAX_SIZE_BYTES, CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, LineEnding
 from airflow_provider_salesforce_bulk.client.serialize import (
     _NA_MARKER,
     _NONE_TEXT,
     ChunkPacker,
+    NoneAs,
     _check_fieldnames,
     _check_header,
     _decimal_text,
@@ -79,11 +78,11 @@ def iter_arrow_chunks(
     source: ArrowSource,
     fieldnames: Collection[str] | None = None,
     max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = 150_000_000,
+    max_records: int = MAX_RECORDS,
     *,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
-    none_as: str = "empty",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
+    none_as: NoneAs = "empty",
     allow_na_marker: bool = False,
 ) -> Iterator[CsvChunk]:
     """Serialize Arrow data into Bulk API 2.0 ingest CSV chunks.
@@ -179,7 +178,7 @@ def _generate_peeked(
     max_records: int,
     delimiter: str,
     eol: str,
-    none_as: str,
+    none_as: NoneAs,
     allow_na_marker: bool,
 ) -> Iterator[CsvChunk]:
     first = next(batches, None)
@@ -212,7 +211,7 @@ class _Plan:
         names: list[str] | None,
         delimiter: str,
         eol: str,
-        none_as: str,
+        none_as: NoneAs,
         allow_na_marker: bool = False,
     ) -> None:
         self.pa = pa

@@ -7,122 +7,33 @@ ending outside double quotes; the scan works on whole lines with ``bytes.find`` 
 does a few operations per line, not per byte. The input is read in blocks and at most one chunk (plus
 one block) is held in memory.
 
-This module also holds what both paths share: :class:`CsvChunk`, the format names and the limit checks.
+What both paths share (:class:`CsvChunk`, the format names, the limit checks) is in :mod:`.csv_format`.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import IO, Union
+from collections.abc import Iterator
+from typing import IO
 
-from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.models import (
-    COLUMN_DELIMITERS,
-    LINE_ENDINGS,
-    ColumnDelimiter,
-    LineEnding,
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    MAX_RECORDS,
+    MAX_SIZE_BYTES,
+    CsvChunk,
+    CsvSource,
+    check_column_delimiter,
+    check_header_fits,
+    check_line_ending,
 )
+from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.job_spec import ChunkLimits
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, LineEnding
 
-__all__ = [
-    "COLUMN_DELIMITERS",
-    "LINE_ENDINGS",
-    "MAX_SIZE_BYTES",
-    "ColumnDelimiter",
-    "CsvChunk",
-    "LineEnding",
-    "iter_csv_stream_chunks",
-    "split_csv_stream",
-]
-
-#: Salesforce takes at most 100 MB of raw CSV per job.
-MAX_SIZE_BYTES = 100_000_000
+__all__ = ["iter_csv_stream_chunks", "split_csv_stream"]
 
 _BLOCK_SIZE = 1 << 20
 _UTF8_BOM = b"\xef\xbb\xbf"
-
-CsvSource = Union[IO[bytes], str, "os.PathLike[str]"]
-
-
-@dataclass(frozen=True)
-class CsvChunk:
-    """One job's worth of CSV and which input records it holds.
-
-    Attributes
-    ----------
-    data : bytes
-        UTF-8 CSV: the header row, then ``record_count`` records, each ended by the job's line ending.
-    first_record_index : int
-        0-based index, in the input, of the first record in ``data`` (the header is not a record).
-    record_count : int
-        Number of records in ``data``; the chunk holds input records
-        ``first_record_index`` to ``first_record_index + record_count - 1``.
-    """
-
-    data: bytes
-    first_record_index: int
-    record_count: int
-
-    def fieldnames(self, column_delimiter: str = "COMMA") -> list[str]:
-        """The column names of the header row."""
-        end = self.data.find(b"\n")
-        try:
-            header = self.data[: end if end >= 0 else len(self.data)].decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"the header row is not UTF-8 (byte {exc.start}): the CSV must be UTF-8", field="fieldnames"
-            ) from None
-        return next(csv.reader([header], delimiter=check_column_delimiter(column_delimiter)), [])
-
-
-def check_line_ending(line_ending: str) -> str:
-    """The characters of a ``lineEnding`` name; an :class:`InputError` for an unknown one."""
-    return _named(LINE_ENDINGS, line_ending, "line_ending")
-
-
-def check_column_delimiter(column_delimiter: str) -> str:
-    """The character of a ``columnDelimiter`` name; an :class:`InputError` for an unknown one."""
-    return _named(COLUMN_DELIMITERS, column_delimiter, "column_delimiter")
-
-
-def _named(table: Mapping[str, str], name: str, field: str) -> str:
-    """``table[name]``, or an :class:`InputError` naming ``field`` and the names it may be."""
-    try:
-        return table[name]
-    except (KeyError, TypeError):
-        raise InputError(f"{field} must be one of {', '.join(table)}, got {name!r}", field=field) from None
-
-
-def check_limits(max_size_bytes: int, max_records: int) -> None:
-    """Raise :class:`InputError` unless both chunk limits are integers in range."""
-    # bool is an int, but True as a byte limit is a mistake, not a request for 1.
-    if isinstance(max_size_bytes, bool) or not isinstance(max_size_bytes, int):
-        raise InputError(
-            f"max_size_bytes must be an int, got {type(max_size_bytes).__name__}", field="max_size_bytes"
-        )
-    if not 0 < max_size_bytes <= MAX_SIZE_BYTES:
-        raise InputError(
-            f"max_size_bytes must be between 1 and {MAX_SIZE_BYTES:_} (Salesforce's limit per job), "
-            f"got {max_size_bytes:_}",
-            field="max_size_bytes",
-        )
-    if isinstance(max_records, bool) or not isinstance(max_records, int):
-        raise InputError(f"max_records must be an int, got {type(max_records).__name__}", field="max_records")
-    if max_records < 1:
-        raise InputError(f"max_records must be at least 1, got {max_records}", field="max_records")
-
-
-def check_header_fits(header_size: int, max_size_bytes: int) -> None:
-    """Raise :class:`InputError` when no record fits next to a header of ``header_size`` bytes."""
-    if header_size >= max_size_bytes:
-        raise InputError(
-            f"max_size_bytes={max_size_bytes:_} leaves no room for records: "
-            f"the header row alone is {header_size:_} bytes",
-            field="max_size_bytes",
-        )
 
 
 def _oversize(
@@ -389,10 +300,10 @@ def _iter_records(
 def iter_csv_stream_chunks(
     source: CsvSource,
     max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = 150_000_000,
+    max_records: int = MAX_RECORDS,
     *,
-    line_ending: str = "LF",
-    column_delimiter: str = "COMMA",
+    line_ending: LineEnding = "LF",
+    column_delimiter: ColumnDelimiter = "COMMA",
     block_size: int = _BLOCK_SIZE,
 ) -> Iterator[CsvChunk]:
     """Split CSV that is already in the job's format into :class:`CsvChunk` objects.
@@ -439,7 +350,7 @@ def iter_csv_stream_chunks(
         message names the line (1-based, the header is line 1, lines inside quoted values count)
         and ``record_index`` is set for a data record.
     """
-    check_limits(max_size_bytes, max_records)
+    ChunkLimits(max_size_bytes, max_records)
     eol = check_line_ending(line_ending).encode()
     delimiter = check_column_delimiter(column_delimiter)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -501,10 +412,10 @@ def _iter_chunks(
 def split_csv_stream(
     source: CsvSource,
     max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = 150_000_000,
+    max_records: int = MAX_RECORDS,
     *,
-    line_ending: str = "LF",
-    column_delimiter: str = "COMMA",
+    line_ending: LineEnding = "LF",
+    column_delimiter: ColumnDelimiter = "COMMA",
     block_size: int = _BLOCK_SIZE,
 ) -> Iterator[bytes]:
     """Split CSV that is already in the job's format into job-sized CSV payloads.

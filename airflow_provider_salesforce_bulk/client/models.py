@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 
 __all__ = [
-    "COLUMN_DELIMITERS",
-    "LINE_ENDINGS",
     "OPERATIONS",
     "TERMINAL_STATES",
     "ColumnDelimiter",
@@ -19,6 +17,7 @@ __all__ = [
     "JobState",
     "LineEnding",
     "OperationType",
+    "RecordCounts",
     "ResultKind",
     "parse_salesforce_datetime",
 ]
@@ -31,18 +30,7 @@ ResultKind = Literal["successfulResults", "failedResults", "unprocessedrecords"]
 
 #: The ingest operations of Bulk API 2.0, in the order error messages list them.
 OPERATIONS: tuple[str, ...] = ("insert", "update", "upsert", "delete", "hardDelete")
-TERMINAL_STATES: frozenset[str] = frozenset({"JobComplete", "Aborted", "Failed"})
-#: The ``columnDelimiter`` values of a job and the character each stands for.
-COLUMN_DELIMITERS: dict[str, str] = {
-    "BACKQUOTE": "`",
-    "CARET": "^",
-    "COMMA": ",",
-    "PIPE": "|",
-    "SEMICOLON": ";",
-    "TAB": "\t",
-}
-#: The ``lineEnding`` values of a job and the characters each stands for.
-LINE_ENDINGS: dict[str, str] = {"LF": "\n", "CRLF": "\r\n"}
+TERMINAL_STATES: frozenset[JobState] = frozenset({"JobComplete", "Aborted", "Failed"})
 
 # JSON name -> attribute name, for every documented field. Anything else lands in JobInfo.extra.
 _FIELDS: dict[str, str] = {
@@ -70,6 +58,13 @@ _FIELDS: dict[str, str] = {
     "apexProcessingTime": "apex_processing_time",
     "errorMessage": "error_message",
 }
+# Fields typed with a Literal: a value outside it (a state a newer API adds) is kept in JobInfo.extra
+# instead, so the typed field never holds what its type does not name.
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "state": get_args(JobState),
+    "column_delimiter": get_args(ColumnDelimiter),
+    "line_ending": get_args(LineEnding),
+}
 _DATETIMES = ("created_date", "system_modstamp")
 _INTS = (
     "number_records_processed",
@@ -79,6 +74,34 @@ _INTS = (
     "api_active_processing_time",
     "apex_processing_time",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordCounts:
+    """Where the ``records`` given to one job went, from Salesforce's counters.
+
+    Built with :meth:`of`, which keeps the counters within the records the job was given: a
+    counter above them (a job read while its counters catch up, a server that counts otherwise)
+    never makes records appear twice. ``succeeded + failed + unprocessed == records`` always.
+    """
+
+    records: int
+    processed: int
+    failed: int
+
+    @classmethod
+    def of(cls, records: int, processed: int, failed: int) -> RecordCounts:
+        processed = min(processed, records)
+        return cls(records, processed, min(failed, processed))
+
+    @property
+    def succeeded(self) -> int:
+        return self.processed - self.failed
+
+    @property
+    def unprocessed(self) -> int:
+        """Records the job never processed (a Failed or Aborted job's ``unprocessedrecords``)."""
+        return self.records - self.processed
 
 
 def parse_salesforce_datetime(value: str) -> datetime.datetime:
@@ -100,13 +123,16 @@ class JobInfo:
     """Bulk API 2.0 ingest job information, with every documented field.
 
     Counters default to 0 where Salesforce leaves them out (the create and close answers), fields a
-    newer API version adds are kept in :attr:`extra`, and ``api_version`` is a number.
+    newer API version adds are kept in :attr:`extra`, and ``api_version`` is a number. A ``state``,
+    ``columnDelimiter`` or ``lineEnding`` value this client does not know is kept in :attr:`extra`
+    under the field's name (the typed field is then None), as an unreadable date is: it never fails
+    the parse, and :meth:`to_dict` still reports it.
     """
 
     id: str
     operation: str | None = None
     object: str | None = None
-    state: str | None = None
+    state: JobState | None = None
     created_by_id: str | None = None
     created_date: datetime.datetime | None = None
     system_modstamp: datetime.datetime | None = None
@@ -117,8 +143,8 @@ class JobInfo:
     api_version: float | None = None
     job_type: str | None = None
     content_url: str | None = None
-    line_ending: str | None = None
-    column_delimiter: str | None = None
+    line_ending: LineEnding | None = None
+    column_delimiter: ColumnDelimiter | None = None
     number_records_processed: int = 0
     number_records_failed: int = 0
     retries: int = 0
@@ -142,6 +168,9 @@ class JobInfo:
                 extra[key] = value
             else:
                 values[name] = value
+        for name, known in _LITERALS.items():
+            if name in values and values[name] is not None and values[name] not in known:
+                extra[name] = values.pop(name)
         for name in _DATETIMES:
             if isinstance(values.get(name), str):
                 try:
@@ -167,10 +196,12 @@ class JobInfo:
         return max(self.number_records_processed - self.number_records_failed, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary in Salesforce's field names."""
+        """A JSON-serialisable summary in Salesforce's field names (an unknown state included)."""
         out: dict[str, Any] = {}
         for key, name in _FIELDS.items():
             value = getattr(self, name)
+            if value is None and name in _LITERALS:
+                value = self.extra.get(name)
             if isinstance(value, datetime.datetime):
                 value = value.isoformat()
             if value is not None:

@@ -9,9 +9,15 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk, CsvSource, iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    MAX_RECORDS,
+    MAX_SIZE_BYTES,
+    CsvChunk,
+    CsvSource,
+)
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
 from airflow_provider_salesforce_bulk.client.errors import (
     BulkJobFailedError,
     BulkOperationError,
@@ -23,20 +29,25 @@ from airflow_provider_salesforce_bulk.client.errors import (
     SalesforceBulkError,
     UploadOutcomeUnknownError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import (
-    DEFAULT_OPERATION_TIMEOUT,
-    PollPolicy,
-    check_job_options,
+from airflow_provider_salesforce_bulk.client.ingest_jobs import IngestJobApi
+from airflow_provider_salesforce_bulk.client.job_spec import DEFAULT_OPERATION_TIMEOUT, JobSpec, PollPolicy
+from airflow_provider_salesforce_bulk.client.models import (
+    ColumnDelimiter,
+    JobInfo,
+    LineEnding,
+    OperationType,
+    RecordCounts,
 )
-from airflow_provider_salesforce_bulk.client.models import JobInfo, OperationType
 from airflow_provider_salesforce_bulk.client.retry import check_count, check_seconds
-from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks, validate_operation_fields
+from airflow_provider_salesforce_bulk.client.serialize import NoneAs, iter_record_chunks
+from airflow_provider_salesforce_bulk.client.timeouts import within
 
 if TYPE_CHECKING:
-    from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
+    from typing_extensions import Unpack
 
 __all__ = [
     "JobResult",
+    "RunOptions",
     "close_uploaded_job",
     "perform_chunks",
     "perform_csv_operation",
@@ -47,6 +58,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JobCreatedCallback = Callable[[JobInfo], Awaitable[None]]
+
+
+class RunOptions(TypedDict, total=False):
+    """How a load runs its jobs: the keyword options :func:`perform_operation` and
+    :func:`perform_csv_operation` pass on to :func:`perform_chunks`, which documents their defaults."""
+
+    max_concurrent_jobs: int
+    compress: bool
+    raise_on_failed_job: bool
+    max_upload_attempts: int
+    serialize_in_thread: bool
+    on_job_created: JobCreatedCallback | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,34 +88,40 @@ class JobResult:
     record_count: int
     replaced_job_ids: tuple[str, ...] = ()
     """Jobs aborted, without their data ever being processed, because an upload's answer was lost."""
-    client: BulkIngestClient | None = dataclasses.field(default=None, repr=False, compare=False)
+    client: IngestJobApi | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def job_id(self) -> str:
         return self.job_info.id
 
     @property
+    def counts(self) -> RecordCounts:
+        """The job's counters, kept within its :attr:`record_count`."""
+        info = self.job_info
+        return RecordCounts.of(self.record_count, info.number_records_processed, info.number_records_failed)
+
+    @property
     def number_records_processed(self) -> int:
-        return min(self.job_info.number_records_processed, self.record_count)
+        return self.counts.processed
 
     @property
     def number_records_failed(self) -> int:
-        return min(self.job_info.number_records_failed, self.number_records_processed)
+        return self.counts.failed
 
     @property
     def number_records_succeeded(self) -> int:
-        return self.number_records_processed - self.number_records_failed
+        return self.counts.succeeded
 
     @property
     def number_records_unprocessed(self) -> int:
-        return self.record_count - self.number_records_processed
+        return self.counts.unprocessed
 
     @property
     def is_success(self) -> bool:
         """The job completed and every record in it succeeded."""
         return self.job_info.state == "JobComplete" and self.number_records_succeeded == self.record_count
 
-    def _client(self) -> BulkIngestClient:
+    def _client(self) -> IngestJobApi:
         if self.client is None:
             raise RuntimeError("this JobResult is not bound to a client")
         return self.client
@@ -114,22 +143,18 @@ class JobResult:
 
 
 async def submit_job(
-    client: BulkIngestClient,
-    operation: OperationType,
-    sobject: str,
+    client: IngestJobApi,
+    spec: JobSpec,
     data: bytes,
     *,
-    external_id_field: str | None = None,
-    assignment_rule_id: str | None = None,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
     compress: bool = False,
     max_upload_attempts: int = 3,
     on_job_created: JobCreatedCallback | None = None,
     on_job_closing: JobCreatedCallback | None = None,
     max_close_attempts: int = 3,
 ) -> tuple[JobInfo, tuple[str, ...]]:
-    """Create a job, upload one CSV chunk to it and close it, without ever loading the chunk twice.
+    """Create a job as ``spec`` says, upload one CSV chunk to it and close it, without ever loading the
+    chunk twice.
 
     Two rules decide what happens when an answer is lost:
 
@@ -171,14 +196,7 @@ async def submit_job(
     check_count("max_close_attempts", max_close_attempts)
     replaced: list[str] = []
     for attempt in range(1, max_upload_attempts + 1):
-        job = await client.create_job(
-            operation,
-            sobject,
-            external_id_field,
-            assignment_rule_id,
-            column_delimiter=column_delimiter,
-            line_ending=line_ending,
-        )
+        job = await client.create_job_from_spec(spec)
         try:
             if on_job_created is not None:
                 await on_job_created(job)
@@ -200,7 +218,7 @@ async def submit_job(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def close_uploaded_job(client: BulkIngestClient, job: JobInfo, *, max_attempts: int = 3) -> JobInfo:
+async def close_uploaded_job(client: IngestJobApi, job: JobInfo, *, max_attempts: int = 3) -> JobInfo:
     """Close a job whose data is uploaded; on any failure ask Salesforce, never abort.
 
     The rules are those of :func:`submit_job`, which uses it.
@@ -246,7 +264,7 @@ async def close_uploaded_job(client: BulkIngestClient, job: JobInfo, *, max_atte
     ) from failure
 
 
-async def abort_quietly(client: BulkIngestClient, job_id: str) -> None:
+async def abort_quietly(client: IngestJobApi, job_id: str) -> None:
     """Abort a job, logging instead of raising: used on paths that are already failing."""
     try:
         await asyncio.shield(client.abort_job(job_id))
@@ -255,41 +273,37 @@ async def abort_quietly(client: BulkIngestClient, job_id: str) -> None:
 
 
 async def perform_operation(
-    client: BulkIngestClient,
+    client: IngestJobApi,
     operation: OperationType,
     sobject: str,
     data: Iterable[dict[str, Any]],
     fieldnames: Collection[str] | None = None,
-    max_size_bytes: int = 100_000_000,
-    max_records: int = 150_000_000,
+    max_size_bytes: int = MAX_SIZE_BYTES,
+    max_records: int = MAX_RECORDS,
     external_id_field: str | None = None,
     assignment_rule_id: str | None = None,
     polling_interval: float = 5.0,
     *,
-    max_concurrent_jobs: int = 5,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
-    none_as: str = "empty",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
+    none_as: NoneAs = "empty",
     allow_na_marker: bool = False,
-    compress: bool = False,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
-    raise_on_failed_job: bool = False,
-    max_upload_attempts: int = 3,
-    serialize_in_thread: bool = True,
-    on_job_created: JobCreatedCallback | None = None,
     validate_first: bool = True,
+    **options: Unpack[RunOptions],
 ) -> AsyncIterator[JobResult]:
     """Load records into Salesforce and yield a :class:`JobResult` per job as each job finishes.
 
     Parameters
     ----------
-    client : BulkIngestClient
+    client : IngestJobApi
+        A :class:`BulkIngestClient` (this is also its method ``perform_operation``).
     operation, sobject, data, fieldnames, max_size_bytes, max_records, external_id_field, assignment_rule_id
         As in the reference client; see :func:`serialize_ingest_data` for the data rules.
     polling_interval : float
         Longest wait between two polls of a job; polling starts at 0.5 s and backs off to it.
     max_concurrent_jobs : int
-        Jobs in flight at once. A chunk is serialized only when a slot is free, so at most this
+        Jobs in flight at once (5). A chunk is serialized only when a slot is free, so at most this
         many chunks are in memory.
     column_delimiter, line_ending
         The job's CSV dialect.
@@ -299,7 +313,7 @@ async def perform_operation(
         Let a value that is the text ``#N/A`` through (Salesforce then sets the field to null);
         by default it is refused as bad input, since it is usually data, not a request to null.
     compress : bool
-        gzip the uploads.
+        gzip the uploads (off).
     timeout : float
         Deadline in seconds of the whole operation, validation, submission and waiting included;
         24 hours by default (a finite number above 0 is required). On expiry, jobs never closed are
@@ -308,7 +322,7 @@ async def perform_operation(
         Treat a Failed or Aborted job as a failure of the operation (a :class:`BulkJobFailedError`
         as the cause of the :class:`BulkOperationError`) instead of yielding it.
     max_upload_attempts : int
-        Fresh jobs tried for one chunk whose upload answer is lost.
+        Fresh jobs tried for one chunk whose upload answer is lost (3).
     serialize_in_thread : bool
         Serialize chunks in a worker thread so polling goes on meanwhile. Turn off for inputs
         bound to the creating thread (a ``sqlite3`` cursor, for example).
@@ -342,10 +356,10 @@ async def perform_operation(
         On cancellation, jobs never closed are aborted and closed ones are left running (logged).
     """
     started = time.monotonic()
-    check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
+    spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
     check_seconds("timeout", timeout)
     if fieldnames is not None:
-        validate_operation_fields(operation, list(fieldnames), external_id_field)
+        spec.check_fieldnames(list(fieldnames))
 
     def chunks() -> Iterator[CsvChunk]:
         return iter_record_chunks(
@@ -359,45 +373,29 @@ async def perform_operation(
             allow_na_marker=allow_na_marker,
         )
 
-    if validate_first and isinstance(data, (list, tuple)):
-        await _validate_all(chunks, operation, external_id_field, column_delimiter, serialize_in_thread)
-    async for result in perform_chunks(
-        client,
-        operation,
-        sobject,
-        chunks(),
-        external_id_field=external_id_field,
-        assignment_rule_id=assignment_rule_id,
-        polling_interval=polling_interval,
-        max_concurrent_jobs=max_concurrent_jobs,
-        column_delimiter=column_delimiter,
-        line_ending=line_ending,
-        compress=compress,
-        timeout=_remaining(timeout, started),
-        raise_on_failed_job=raise_on_failed_job,
-        max_upload_attempts=max_upload_attempts,
-        serialize_in_thread=serialize_in_thread,
-        on_job_created=on_job_created,
+    validate_all = validate_first and isinstance(data, (list, tuple))
+    async for result in _load(
+        client, spec, chunks, validate_all, polling_interval, timeout, started, options
     ):
         yield result
 
 
 async def perform_csv_operation(
-    client: BulkIngestClient,
+    client: IngestJobApi,
     operation: OperationType,
     sobject: str,
     source: CsvSource,
-    max_size_bytes: int = 100_000_000,
-    max_records: int = 150_000_000,
+    max_size_bytes: int = MAX_SIZE_BYTES,
+    max_records: int = MAX_RECORDS,
     external_id_field: str | None = None,
     assignment_rule_id: str | None = None,
     polling_interval: float = 5.0,
     *,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
     validate_first: bool = True,
-    **options: Any,
+    **options: Unpack[RunOptions],
 ) -> AsyncIterator[JobResult]:
     """Load an existing CSV file or binary stream, split into jobs without re-encoding its values.
 
@@ -408,7 +406,7 @@ async def perform_csv_operation(
     ``timeout`` as :func:`perform_operation`.
     """
     started = time.monotonic()
-    check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
+    spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
     check_seconds("timeout", timeout)
 
     def chunks() -> Iterator[CsvChunk]:
@@ -416,37 +414,45 @@ async def perform_csv_operation(
             source, max_size_bytes, max_records, line_ending=line_ending, column_delimiter=column_delimiter
         )
 
-    if validate_first and isinstance(source, (str, os.PathLike)):
-        in_thread = bool(options.get("serialize_in_thread", True))
-        await _validate_all(chunks, operation, external_id_field, column_delimiter, in_thread)
+    validate_all = validate_first and isinstance(source, (str, os.PathLike))
+    async for result in _load(
+        client, spec, chunks, validate_all, polling_interval, timeout, started, options
+    ):
+        yield result
+
+
+async def _load(
+    client: IngestJobApi,
+    spec: JobSpec,
+    chunks: Callable[[], Iterator[CsvChunk]],
+    validate_all: bool,
+    polling_interval: float,
+    timeout: float,
+    started: float,
+    options: RunOptions,
+) -> AsyncIterator[JobResult]:
+    """The chunks as jobs, after one pass over all of them when ``validate_all``, within ``timeout``
+    counted from ``started``."""
+    if validate_all:
+        await _validate_all(chunks, spec, options.get("serialize_in_thread", True))
+    remaining = _remaining(timeout, started)
     async for result in perform_chunks(
-        client,
-        operation,
-        sobject,
-        chunks(),
-        external_id_field=external_id_field,
-        assignment_rule_id=assignment_rule_id,
-        polling_interval=polling_interval,
-        column_delimiter=column_delimiter,
-        line_ending=line_ending,
-        timeout=_remaining(timeout, started),
-        **options,
+        client, spec, chunks(), polling_interval=polling_interval, timeout=remaining, **options
     ):
         yield result
 
 
 async def _validate_all(
-    make_chunks: Callable[[], Iterator[CsvChunk]],
-    operation: str,
-    external_id_field: str | None,
-    column_delimiter: str,
-    in_thread: bool,
+    make_chunks: Callable[[], Iterator[CsvChunk]], spec: JobSpec, in_thread: bool
 ) -> None:
     """Build every chunk once and drop it, so bad input is found before any job; memory holds one chunk."""
 
     def run() -> None:
+        header_checked = False
         for chunk in make_chunks():
-            validate_operation_fields(operation, chunk.fieldnames(column_delimiter), external_id_field)
+            if not header_checked:  # every chunk repeats the first one's header
+                spec.check_fieldnames(chunk.fieldnames(spec.column_delimiter))
+                header_checked = True
             del chunk
 
     if in_thread:
@@ -465,32 +471,27 @@ def _remaining(timeout: float, started: float) -> float:
 
 
 async def perform_chunks(
-    client: BulkIngestClient,
-    operation: OperationType,
-    sobject: str,
+    client: IngestJobApi,
+    spec: JobSpec,
     chunks: Iterator[CsvChunk],
     *,
-    external_id_field: str | None = None,
-    assignment_rule_id: str | None = None,
     polling_interval: float = 5.0,
-    max_concurrent_jobs: int = 5,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
-    compress: bool = False,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    max_concurrent_jobs: int = 5,
+    compress: bool = False,
     raise_on_failed_job: bool = False,
     max_upload_attempts: int = 3,
     serialize_in_thread: bool = True,
     on_job_created: JobCreatedCallback | None = None,
 ) -> AsyncIterator[JobResult]:
-    """The engine of :func:`perform_operation`: one job per chunk, as chunks are produced.
+    """The engine of :func:`perform_operation`: one job per chunk, each created as ``spec`` says.
 
-    ``chunks`` is pulled only when a job slot is free; only its first chunk is checked before the
-    first job. Parameters, failure rules and errors as :func:`perform_operation`.
+    ``chunks`` is pulled only when a job slot is free; only its first chunk's header is checked
+    against the operation before the first job. Parameters, failure rules and errors as
+    :func:`perform_operation`.
     """
-    check_job_options(operation, sobject, external_id_field, column_delimiter, line_ending)
     check_count("max_concurrent_jobs", max_concurrent_jobs)
-    check_seconds("polling_interval", polling_interval)
+    poll = PollPolicy.up_to(polling_interval)
     check_seconds("timeout", timeout)
     check_count("max_upload_attempts", max_upload_attempts)
     deadline = time.monotonic() + timeout
@@ -498,14 +499,14 @@ async def perform_chunks(
 
     # The first chunk is built before any job exists, so its input errors cost nothing.
     try:
-        first = await asyncio.wait_for(next_chunk(), timeout)
+        first = await within(next_chunk(), timeout)
     except asyncio.TimeoutError:
         if time.monotonic() < deadline:
             raise
         raise OperationTimeoutError(f"reading the first chunk took longer than timeout={timeout}s") from None
     if first is None:
         return
-    validate_operation_fields(operation, first.fieldnames(column_delimiter), external_id_field)
+    spec.check_fieldnames(first.fieldnames(spec.column_delimiter))
 
     run = _Operation(
         client,
@@ -513,17 +514,12 @@ async def perform_chunks(
         deadline=deadline,
         timeout=timeout,
         max_concurrent_jobs=max_concurrent_jobs,
-        poll=PollPolicy(initial=min(0.5, polling_interval), maximum=polling_interval),
+        poll=poll,
         raise_on_failed_job=raise_on_failed_job,
         submit=functools.partial(
             submit_job,
             client,
-            operation,
-            sobject,
-            external_id_field=external_id_field,
-            assignment_rule_id=assignment_rule_id,
-            column_delimiter=column_delimiter,
-            line_ending=line_ending,
+            spec,
             compress=compress,
             max_upload_attempts=max_upload_attempts,
         ),
@@ -592,7 +588,7 @@ class _Operation:
 
     def __init__(
         self,
-        client: BulkIngestClient,
+        client: IngestJobApi,
         next_chunk: Callable[[], Awaitable[CsvChunk | None]],
         *,
         deadline: float,
@@ -709,8 +705,11 @@ class _Operation:
         produced_all = False
         try:
             while not (produced_all and received == len(self.entries)):
+                remaining = self.deadline - time.monotonic()
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), max(self.deadline - time.monotonic(), 0))
+                    if remaining <= 0:  # within() would hand out an item already queued
+                        raise asyncio.TimeoutError
+                    item = await within(self.queue.get(), remaining)
                 except asyncio.TimeoutError:
                     timed_out = True
                     break

@@ -22,7 +22,11 @@ from typing import Any, Literal, TypeVar
 import httpx
 import orjson
 
-from airflow_provider_salesforce_bulk.client.csv_split import check_column_delimiter, check_line_ending
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    COLUMN_DELIMITERS,
+    check_column_delimiter,
+    check_line_ending,
+)
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
     InvalidJobStateError,
@@ -33,7 +37,7 @@ from airflow_provider_salesforce_bulk.client.errors import (
     QueryJobFailedError,
     UnexpectedResponseError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import PollPolicy
+from airflow_provider_salesforce_bulk.client.job_spec import PollPolicy
 from airflow_provider_salesforce_bulk.client.jobs_common import (
     JSON_HEADERS,
     check_job_id,
@@ -42,7 +46,7 @@ from airflow_provider_salesforce_bulk.client.jobs_common import (
     json_object,
     list_params,
 )
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, LineEnding
 from airflow_provider_salesforce_bulk.client.query_pages import (
     PageRunner,
     PageSink,
@@ -51,7 +55,7 @@ from airflow_provider_salesforce_bulk.client.query_pages import (
     copy_page_in_thread,
     read_csv_header,
 )
-from airflow_provider_salesforce_bulk.client.results import iter_csv_records
+from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 __all__ = [
@@ -113,8 +117,8 @@ class BulkQueryClient:
         soql: str,
         *,
         operation: QueryOperation = "query",
-        column_delimiter: str = "COMMA",
-        line_ending: str = "LF",
+        column_delimiter: ColumnDelimiter = "COMMA",
+        line_ending: LineEnding = "LF",
     ) -> JobInfo:
         """Create a query job (state UploadComplete: Salesforce starts at once).
 
@@ -263,8 +267,8 @@ class BulkQueryClient:
         soql: str,
         *,
         include_deleted: bool = False,
-        column_delimiter: str = "COMMA",
-        line_ending: str = "LF",
+        column_delimiter: ColumnDelimiter = "COMMA",
+        line_ending: LineEnding = "LF",
         poll: PollPolicy | None = None,
         timeout: float | None = None,
     ) -> JobInfo:

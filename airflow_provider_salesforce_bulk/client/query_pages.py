@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
+from airflow_provider_salesforce_bulk.client.csv_format import RecordScan
 from airflow_provider_salesforce_bulk.client.errors import InputError, TransportError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
@@ -330,9 +331,10 @@ async def read_csv_header(chunks: AsyncIterator[bytes], delimiter: str) -> tuple
     None for an empty body. Reads no further than the chunk ending the header row."""
     buffered = b""
     end: int | None = None
+    scan = RecordScan()
     async for chunk in chunks:
         buffered += chunk
-        end = _first_record_end(buffered)
+        end = scan.first_end(buffered)
         if end is not None:
             break
     if not buffered.strip(b"\r\n"):
@@ -340,15 +342,3 @@ async def read_csv_header(chunks: AsyncIterator[bytes], delimiter: str) -> tuple
     line = buffered[: end if end is not None else len(buffered)].decode("utf-8-sig", "replace")
     row = next(csv.reader(io.StringIO(line, newline=""), delimiter=delimiter), [])
     return row, buffered
-
-
-def _first_record_end(data: bytes) -> int | None:
-    """Index after the first line feed outside quotes, or None."""
-    position = 0
-    while True:
-        newline = data.find(b"\n", position)
-        if newline < 0:
-            return None
-        if data.count(b'"', 0, newline) % 2 == 0:
-            return newline + 1
-        position = newline + 1

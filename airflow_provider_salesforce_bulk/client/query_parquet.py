@@ -37,9 +37,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import IO, Any
 
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, FieldDescription, describe_columns
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo
 from airflow_provider_salesforce_bulk.client.query import BulkQueryClient
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage, read_csv_header
 
@@ -77,7 +78,9 @@ _TEXT = frozenset(
 _COLUMN_NUMBER = re.compile(r"In CSV column #(\d+)")
 
 
-def _pyarrow() -> Any:
+def require_parquet() -> Any:
+    """The ``pyarrow`` module with its CSV and Parquet parts; an :class:`InputError` naming
+    ``output_format`` when it is missing (checked before any query job)."""
     # importlib keeps pyarrow optional and out of mypy's view (it ships no type information).
     try:
         for name in ("pyarrow.compute", "pyarrow.csv", "pyarrow.parquet"):
@@ -93,7 +96,7 @@ def _pyarrow() -> Any:
 
 def arrow_type(field: FieldDescription | None) -> ArrowType:
     """The Arrow type of a Salesforce field (``string`` for None and for any type not listed)."""
-    pa = _pyarrow()
+    pa = require_parquet()
     ftype = field.type.lower() if field is not None else "string"
     if ftype == "boolean":
         return pa.bool_()
@@ -112,7 +115,7 @@ def arrow_type(field: FieldDescription | None) -> ArrowType:
 
 def arrow_schema(columns: Sequence[str], fields: Mapping[str, FieldDescription | None]) -> ArrowSchema:
     """The Parquet schema of result columns (the CSV header, as written) given their fields."""
-    pa = _pyarrow()
+    pa = require_parquet()
     return pa.schema([pa.field(name, arrow_type(fields.get(name)), nullable=True) for name in columns])
 
 
@@ -145,7 +148,7 @@ def csv_to_parquet(
     sink: IO[bytes],
     schema: ArrowSchema,
     *,
-    column_delimiter: str = "COMMA",
+    column_delimiter: ColumnDelimiter = "COMMA",
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str = "snappy",
     where: str = "result CSV",
@@ -161,7 +164,7 @@ def csv_to_parquet(
         The header differs from ``schema``, or a value does not parse as its column's type
         (the message names the column and the value).
     """
-    pa = _pyarrow()
+    pa = require_parquet()
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1024:
         raise InputError(f"block_size must be at least 1024 bytes, got {block_size!r}", field="block_size")
     delimiter = COLUMN_DELIMITERS.get(column_delimiter)
@@ -217,7 +220,7 @@ def csv_to_parquet(
 
 def _with_times(batch: Any, times: list[int], schema: ArrowSchema) -> Any:
     """Salesforce writes times as ``13:30:00.000Z``; Arrow's CSV reader has no time parser."""
-    pa = _pyarrow()
+    pa = require_parquet()
     columns = list(batch.columns)
     for i in times:
         stamped = pa.compute.binary_join_element_wise("1970-01-01T", columns[i], "")
@@ -298,7 +301,7 @@ async def page_to_parquet(
     open_sink: Callable[[ResultPage], contextlib.AbstractContextManager[IO[bytes]]],
     schema_for: Callable[[list[str]], Awaitable[ArrowSchema]],
     *,
-    column_delimiter: str = "COMMA",
+    column_delimiter: ColumnDelimiter = "COMMA",
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str = "snappy",
 ) -> PageSummary:
@@ -374,7 +377,7 @@ async def copy_results_to_parquet(
     page streams, for the columns of a one-record page. Memory holds about ``concurrency`` x
     ``block_size`` x a small factor, whatever the number of records.
     """
-    _pyarrow()
+    require_parquet()
     job = await client.finished_job(job_id)
     if not job.object:
         raise UnexpectedResponseError(f"query job {job.id} names no object; its columns cannot be typed")

@@ -17,20 +17,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_salesforce_bulk.client.csv_split import (
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    MAX_RECORDS,
+    MAX_SIZE_BYTES,
     CsvChunk,
     check_column_delimiter,
-    check_limits,
     check_line_ending,
 )
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
     UnexpectedResponseError,
 )
-from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
-from airflow_provider_salesforce_bulk.client.models import JobInfo, OperationType
+from airflow_provider_salesforce_bulk.client.ingest_jobs import IngestJobApi
+from airflow_provider_salesforce_bulk.client.job_spec import ChunkLimits, JobSpec
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, LineEnding
 from airflow_provider_salesforce_bulk.client.operation import submit_job
-from airflow_provider_salesforce_bulk.client.results import EXTRA_KEY_PREFIX
+from airflow_provider_salesforce_bulk.client.result_csv import EXTRA_KEY_PREFIX
 
 __all__ = [
     "DEFAULT_RETRY_ERROR_CODES",
@@ -279,14 +281,14 @@ class _Builder:
 
 
 async def iter_retry_chunks(
-    client: BulkIngestClient,
+    client: IngestJobApi,
     job_ids: Iterable[str],
     policy: ResubmitPolicy | None = None,
     *,
-    max_size_bytes: int = 100_000_000,
-    max_records: int = 150_000_000,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
+    max_size_bytes: int = MAX_SIZE_BYTES,
+    max_records: int = MAX_RECORDS,
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
 ) -> AsyncIterator[RetryChunk]:
     """New job-sized chunks of the records that failed with one of ``policy.codes`` in ended jobs.
 
@@ -313,7 +315,7 @@ async def iter_retry_chunks(
         A failed results file without ``sf__Error``, with rows that do not match its header, or a
         record too large for ``max_size_bytes``.
     """
-    check_limits(max_size_bytes, max_records)
+    ChunkLimits(max_size_bytes, max_records)
     delimiter = check_column_delimiter(column_delimiter)
     eol = check_line_ending(line_ending)
     policy = policy or ResubmitPolicy()
@@ -382,23 +384,19 @@ class RetryJob:
 
 
 async def submit_retry_round(
-    client: BulkIngestClient,
+    client: IngestJobApi,
     job_ids: Iterable[str],
     policy: ResubmitPolicy,
     ledger: ResubmitLedger,
+    spec: JobSpec,
     *,
-    operation: OperationType,
-    sobject: str,
-    external_id_field: str | None = None,
-    assignment_rule_id: str | None = None,
-    max_size_bytes: int = 100_000_000,
-    max_records: int = 150_000_000,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
+    max_size_bytes: int = MAX_SIZE_BYTES,
+    max_records: int = MAX_RECORDS,
     compress: bool = False,
     on_job_created: Callable[[JobInfo, RetryChunk], Awaitable[None]] | None = None,
 ) -> list[RetryJob]:
-    """Send the transient failures of ended jobs ``job_ids`` again, one new job per retry chunk.
+    """Send the transient failures of ended jobs ``job_ids`` again, one new job per retry chunk, each
+    created as ``spec`` says (its CSV in ``spec``'s delimiter and line ending).
 
     Each chunk of :func:`iter_retry_chunks` goes through :func:`submit_job` (no job is ever
     aborted once its close may have been sent); ``on_job_created(job, chunk)`` is awaited before
@@ -418,8 +416,8 @@ async def submit_retry_round(
         policy,
         max_size_bytes=max_size_bytes,
         max_records=max_records,
-        column_delimiter=column_delimiter,
-        line_ending=line_ending,
+        column_delimiter=spec.column_delimiter,
+        line_ending=spec.line_ending,
     ):
 
         async def created(job: JobInfo, chunk: RetryChunk = chunk) -> None:
@@ -431,13 +429,8 @@ async def submit_retry_round(
 
         job, _ = await submit_job(
             client,
-            operation,
-            sobject,
+            spec,
             chunk.data,
-            external_id_field=external_id_field,
-            assignment_rule_id=assignment_rule_id,
-            column_delimiter=column_delimiter,
-            line_ending=line_ending,
             compress=compress,
             on_job_created=created,
             on_job_closing=closing,

@@ -27,37 +27,23 @@ from decimal import Decimal
 from itertools import accumulate, compress, islice, repeat
 from typing import Any, Literal
 
-from airflow_provider_salesforce_bulk.client.csv_split import (
-    COLUMN_DELIMITERS,
-    LINE_ENDINGS,
+from airflow_provider_salesforce_bulk.client.csv_format import (
+    MAX_RECORDS,
     MAX_SIZE_BYTES,
-    ColumnDelimiter,
     CsvChunk,
-    LineEnding,
     check_column_delimiter,
     check_header_fits,
-    check_limits,
     check_line_ending,
-    iter_csv_stream_chunks,
-    split_csv_stream,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.models import OPERATIONS
+from airflow_provider_salesforce_bulk.client.job_spec import ChunkLimits
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, LineEnding
 
 __all__ = [
-    "COLUMN_DELIMITERS",
-    "LINE_ENDINGS",
-    "MAX_SIZE_BYTES",
-    "OPERATIONS",
-    "ColumnDelimiter",
-    "CsvChunk",
-    "LineEnding",
     "NoneAs",
-    "iter_csv_stream_chunks",
     "iter_record_chunks",
     "serialize_ingest_data",
-    "split_csv_stream",
-    "validate_operation_fields",
+    "value_text",
 ]
 
 NoneAs = Literal["empty", "null"]
@@ -78,7 +64,7 @@ _int_repr: Callable[[int], str] = int.__repr__
 _match_start = operator.methodcaller("start")
 
 
-class _BadValue(Exception):
+class _BadValue(ValueError):
     """A value that cannot be written; the caller adds the record index and the field."""
 
 
@@ -113,6 +99,17 @@ def _integral_text(value: Any) -> str:
 def _str_text(value: str) -> str:
     # str() of a str subclass may be anything (an Enum's name, say); the data is the string itself.
     return str.__str__(value)
+
+
+def value_text(value: Any) -> str:
+    """The CSV text of one value that is not None, as the serializer writes it (before quoting).
+
+    Raises
+    ------
+    ValueError
+        A value the serializer refuses (an unsupported type, a float that is not finite, ...).
+    """
+    return _str_text(value) if isinstance(value, str) else _resolve_converter(type(value))(value)
 
 
 def _datetime_text(value: datetime) -> str:
@@ -168,7 +165,12 @@ class _Writer:
     """Per-call state: the columns, their dialect and the converters chosen so far."""
 
     def __init__(
-        self, fieldnames: Sequence[str], delimiter: str, eol: str, none_as: str, allow_na_marker: bool = False
+        self,
+        fieldnames: Sequence[str],
+        delimiter: str,
+        eol: str,
+        none_as: NoneAs,
+        allow_na_marker: bool = False,
     ) -> None:
         self.fieldnames = list(fieldnames)
         self.allow_na_marker = allow_na_marker
@@ -471,7 +473,7 @@ def check_writer_options(
 ) -> tuple[str, str]:
     """Refuse bad serializer options before any record is read; returns the delimiter and line ending
     characters. Serves :func:`iter_record_chunks` and :func:`.arrow_chunks.iter_arrow_chunks`."""
-    check_limits(max_size_bytes, max_records)
+    ChunkLimits(max_size_bytes, max_records)
     delimiter = check_column_delimiter(column_delimiter)
     eol = check_line_ending(line_ending)
     if none_as not in _NONE_TEXT:
@@ -487,11 +489,11 @@ def iter_record_chunks(
     data: Iterable[Mapping[str, Any]],
     fieldnames: Collection[str] | None = None,
     max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = 150_000_000,
+    max_records: int = MAX_RECORDS,
     *,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
-    none_as: str = "empty",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
+    none_as: NoneAs = "empty",
     allow_na_marker: bool = False,
 ) -> Iterator[CsvChunk]:
     """Serialize records into Bulk API 2.0 ingest CSV chunks, with each chunk's record accounting.
@@ -549,7 +551,7 @@ def _generate_inferred(
     max_records: int,
     delimiter: str,
     eol: str,
-    none_as: str,
+    none_as: NoneAs,
     allow_na_marker: bool,
 ) -> Iterator[CsvChunk]:
     records = list(data)
@@ -641,11 +643,11 @@ def serialize_ingest_data(
     data: Iterable[Mapping[str, Any]],
     fieldnames: Collection[str] | None = None,
     max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = 150_000_000,
+    max_records: int = MAX_RECORDS,
     *,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
-    none_as: str = "empty",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
+    none_as: NoneAs = "empty",
     allow_na_marker: bool = False,
 ) -> Iterator[bytes]:
     """Serialize records into CSV payloads for Bulk API 2.0 ingest jobs.
@@ -731,64 +733,3 @@ def serialize_ingest_data(
         allow_na_marker=allow_na_marker,
     )
     return (chunk.data for chunk in chunks)
-
-
-def validate_operation_fields(
-    operation: str, fieldnames: Collection[str] | None, external_id_field: str | None = None
-) -> None:
-    """Check an operation against the CSV columns before any job is created.
-
-    Parameters
-    ----------
-    operation : str
-        One of ``insert``, ``update``, ``upsert``, ``delete``, ``hardDelete``.
-    fieldnames : Collection[str] or None
-        The CSV columns; ``None`` checks the operation and the external ID field only.
-    external_id_field : str, optional
-        The external ID field; required for ``upsert`` and refused for the other operations.
-
-    Raises
-    ------
-    InputError
-        With ``field`` set: an unknown operation (``field="operation"``); upsert without an external
-        ID field or with one missing from the columns; an external ID field for another operation;
-        delete or hardDelete with a column other than ``Id`` or without ``Id``; update without ``Id``.
-        Column names are compared case-insensitively, as Salesforce does.
-    """
-    if operation not in OPERATIONS:
-        raise InputError(
-            f"unknown operation {operation!r}; Bulk API 2.0 ingest offers {', '.join(OPERATIONS)}",
-            field="operation",
-        )
-    if operation == "upsert":
-        if not external_id_field:
-            raise InputError(
-                "upsert needs external_id_field, the field that matches records to existing ones",
-                field="external_id_field",
-            )
-    elif external_id_field is not None:
-        raise InputError(
-            f"external_id_field={external_id_field!r} is for upsert only, not for {operation}",
-            field="external_id_field",
-        )
-    if fieldnames is None:
-        return
-    lowered = {name.lower(): name for name in fieldnames}
-    if operation == "upsert" and external_id_field is not None and external_id_field.lower() not in lowered:
-        raise InputError(
-            f"upsert on external ID field {external_id_field!r}, but the columns {list(fieldnames)!r} "
-            "do not include it",
-            field=external_id_field,
-        )
-    if operation in ("delete", "hardDelete"):
-        for name in fieldnames:
-            if name.lower() != "id":
-                raise InputError(
-                    f"{operation} takes only the Id column, but the columns include {name!r}", field=name
-                )
-    if operation in ("update", "delete", "hardDelete") and "id" not in lowered:
-        raise InputError(
-            f"{operation} needs an Id column to say which records to change; the columns are "
-            f"{list(fieldnames)!r}",
-            field="Id",
-        )

@@ -20,11 +20,16 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks, require_pyarrow
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
-from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.serialize import _resolve_converter, _str_text
-from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, _path_opener
+from airflow_provider_salesforce_bulk import client
+from airflow_provider_salesforce_bulk.client import (
+    ColumnDelimiter,
+    CsvChunk,
+    InputError,
+    LineEnding,
+    NoneAs,
+    value_text,
+)
+from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, path_opener
 
 __all__ = ["COLUMNAR_FORMATS", "SqlSourceError", "columnar_format", "is_arrow_data", "make_columnar_source"]
 
@@ -78,9 +83,9 @@ def make_columnar_source(
     fieldnames: Sequence[str] | None = None,
     max_size_bytes: int,
     max_records: int,
-    column_delimiter: str,
-    line_ending: str,
-    none_as: str,
+    column_delimiter: ColumnDelimiter,
+    line_ending: LineEnding,
+    none_as: NoneAs,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_empty: bool = False,
     allow_na_marker: bool = False,
@@ -132,7 +137,7 @@ def make_columnar_source(
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise InputError(f"batch_rows must be an int >= 1, got {batch_rows!r}", field="batch_rows")
     mapping = _check_mapping(field_mapping)
-    pa = require_pyarrow()
+    pa = client.require_pyarrow()
     if source is not None:
         batches, description, uri = _file_batches(pa, source, source_format, batch_rows)
     elif table is not None:
@@ -150,7 +155,7 @@ def make_columnar_source(
     def chunks() -> Iterator[Iterator[CsvChunk]]:
         with batches() as stream:
             renamed = _mapped(pa, stream, mapping) if mapping else stream
-            yield iter_arrow_chunks(
+            yield client.iter_arrow_chunks(
                 renamed,
                 fields,
                 max_size_bytes,
@@ -218,7 +223,7 @@ def _mapped(pa: Any, batches: Iterator[Any], mapping: dict[str, str]) -> Iterato
 def _file_batches(
     pa: Any, source: Any, source_format: str | None, batch_rows: int
 ) -> tuple[Batches, str, str]:
-    opener, name = _path_opener(source)
+    opener, name = path_opener(source)
     fmt = columnar_format(name, source_format)
     if fmt is None:
         raise InputError(
@@ -526,9 +531,7 @@ def _as_text(values: Sequence[Any], name: str, base: int) -> list[str | None]:
             texts.append(None)
             continue
         try:
-            texts.append(
-                _str_text(value) if isinstance(value, str) else _resolve_converter(type(value))(value)
-            )
+            texts.append(value_text(value))
         except Exception as exc:
             raise InputError(
                 f"record {base + offset}, field {name!r}: {exc}", record_index=base + offset, field=name

@@ -17,6 +17,7 @@ import array
 import contextlib
 import csv
 import io
+import itertools
 import os
 import sqlite3
 import tempfile
@@ -25,14 +26,17 @@ import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
-from airflow_provider_salesforce_bulk.client import InputError
-from airflow_provider_salesforce_bulk.client.csv_split import (
+from airflow_provider_salesforce_bulk.client import (
+    ChunkLimits,
+    ColumnDelimiter,
     CsvChunk,
+    InputError,
+    LineEnding,
+    RecordScan,
     check_column_delimiter,
-    check_limits,
     check_line_ending,
 )
-from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
+from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
 __all__ = ["GroupedChunk", "GroupedSource", "group_by_parent"]
 
@@ -69,8 +73,8 @@ class GroupedSource(ChunkSource):
         *,
         max_size_bytes: int,
         max_records: int,
-        column_delimiter: str,
-        line_ending: str,
+        column_delimiter: ColumnDelimiter,
+        line_ending: LineEnding,
         spool_dir: str | None = None,
     ) -> None:
         super().__init__(self._open, f"{source.description}, grouped by {parent_field}", uri=source.uri)
@@ -80,7 +84,7 @@ class GroupedSource(ChunkSource):
         self.max_records = max_records
         self.column_delimiter = column_delimiter
         self.delimiter = check_column_delimiter(column_delimiter)
-        self.eol = check_line_ending(line_ending).encode()
+        check_line_ending(line_ending)  # records are cut where the chunker ended them, in any ending
         self.spool_dir = spool_dir
         self._path: str | None = None
         self._header = b""
@@ -138,7 +142,7 @@ class GroupedSource(ChunkSource):
             )
             with self.source.open() as chunks:
                 for chunk in chunks:
-                    chunk_header, records = _split(chunk, self.eol)
+                    chunk_header, records = _split(chunk)
                     if not header:
                         header = chunk_header
                         column = self._parent_column(chunk)
@@ -263,8 +267,8 @@ def group_by_parent(
     *,
     max_size_bytes: int,
     max_records: int,
-    column_delimiter: str = "COMMA",
-    line_ending: str = "LF",
+    column_delimiter: ColumnDelimiter = "COMMA",
+    line_ending: LineEnding = "LF",
     spool_dir: str | None = None,
 ) -> GroupedSource:
     """Wrap ``source`` so its records come ordered by ``parent_field`` (e.g. ``"AccountId"``).
@@ -286,7 +290,7 @@ def group_by_parent(
         raise InputError(
             f"group_by_parent must be a field name, got {parent_field!r}", field="group_by_parent"
         )
-    check_limits(max_size_bytes, max_records)
+    ChunkLimits(max_size_bytes, max_records)
     return GroupedSource(
         source,
         parent_field,
@@ -314,21 +318,19 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _split(chunk: CsvChunk, eol: bytes) -> tuple[bytes, list[bytes]]:
+def _split(chunk: CsvChunk) -> tuple[bytes, list[bytes]]:
     """The header and each record of a chunk, as bytes, without re-encoding anything.
 
     The chunk was written (and its quoting checked) by the source's chunker in the job's format, so
     a record ends at the first line ending after an even number of quotes.
     """
     data = chunk.data
-    end = _record_end(data, 0, eol)
-    header = data[:end]
-    records: list[bytes] = []
-    start = end
-    while start < len(data):
-        end = _record_end(data, start, eol)
-        records.append(data[start:end])
-        start = end
+    scan = RecordScan()
+    ends = list(iter(lambda: scan.first_end(data), None))
+    if not ends or ends[-1] < len(data):
+        ends.append(len(data))  # the last record without its line ending
+    header = data[: ends[0]]
+    records = [data[start:end] for start, end in itertools.pairwise(ends)]
     if len(records) != chunk.record_count:
         raise InputError(
             f"records {chunk.first_record_index}.. of the source: the chunk says {chunk.record_count} "
@@ -336,20 +338,6 @@ def _split(chunk: CsvChunk, eol: bytes) -> tuple[bytes, list[bytes]]:
             record_index=chunk.first_record_index,
         )
     return header, records
-
-
-def _record_end(data: bytes, start: int, eol: bytes) -> int:
-    """Offset after the record starting at ``start`` (its line ending outside quotes)."""
-    position = start
-    quotes = 0
-    while True:
-        newline = data.find(eol, position)
-        if newline < 0:
-            return len(data)
-        quotes += data.count(b'"', position, newline)
-        position = newline + len(eol)
-        if quotes % 2 == 0:
-            return position
 
 
 def _column(chunk: CsvChunk, column: int, delimiter: str, expected: int) -> list[str]:

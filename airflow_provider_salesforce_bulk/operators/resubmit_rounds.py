@@ -19,16 +19,19 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
-from airflow_provider_salesforce_bulk.client import BulkIngestClient, SalesforceBulkError
-from airflow_provider_salesforce_bulk.client.models import JobInfo
-from airflow_provider_salesforce_bulk.client.operation import submit_job
-from airflow_provider_salesforce_bulk.client.resubmit import (
+from airflow_provider_salesforce_bulk.client import (
+    BulkIngestClient,
+    ChunkLimits,
+    JobInfo,
+    JobSpec,
     ResubmitLedger,
     ResubmitPolicy,
     RetryChunk,
+    SalesforceBulkError,
     iter_retry_chunks,
+    submit_job,
 )
-from airflow_provider_salesforce_bulk.operators.submit import CLOSED, CLOSING, CREATED, JobOptions, StateStore
+from airflow_provider_salesforce_bulk.operators.submit import CLOSED, CLOSING, CREATED, StateStore
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = ["ROUNDS_KEY", "RoundPlan", "submit_round"]
@@ -76,12 +79,11 @@ async def submit_round(
     source_job_ids: Sequence[str],
     policy: ResubmitPolicy,
     ledger: ResubmitLedger,
-    options: JobOptions,
-    *,
-    max_size_bytes: int,
-    max_records: int,
+    spec: JobSpec,
+    limits: ChunkLimits,
 ) -> dict[str, int]:
-    """Send round ``number``: the transient failures of ``source_job_ids`` (ended jobs of the round before).
+    """Send round ``number``: the transient failures of ``source_job_ids`` (ended jobs of the round before),
+    in jobs created as ``spec`` says and chunks within ``limits``.
 
     Every chunk whose job may process it is added to ``ledger``. Returns every job of the round
     (sent now or by an earlier try) with the records it was given.
@@ -106,10 +108,10 @@ async def submit_round(
         client,
         sources,
         policy,
-        max_size_bytes=max_size_bytes,
-        max_records=max_records,
-        column_delimiter=options.column_delimiter,
-        line_ending=options.line_ending,
+        max_size_bytes=limits.max_size_bytes,
+        max_records=limits.max_records,
+        column_delimiter=spec.column_delimiter,
+        line_ending=spec.line_ending,
     ):
         key = str(chunk.first_record_index)
         known = jobs.get(key)
@@ -146,18 +148,7 @@ async def submit_round(
             await plan.save()
             ledger.add_resubmitted(chunk)  # from here on the new job may process these records
 
-        job, _ = await submit_job(
-            client,
-            options.operation,
-            options.sobject,
-            chunk.data,
-            external_id_field=options.external_id_field,
-            assignment_rule_id=options.assignment_rule_id,
-            column_delimiter=options.column_delimiter,
-            line_ending=options.line_ending,
-            on_job_created=created,
-            on_job_closing=closing,
-        )
+        job, _ = await submit_job(client, spec, chunk.data, on_job_created=created, on_job_closing=closing)
         record["phase"] = CLOSED
         await plan.save()
         log.info(

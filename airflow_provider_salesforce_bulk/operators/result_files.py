@@ -13,9 +13,14 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
-from airflow_provider_salesforce_bulk.client import BulkIngestClient, TransportError
-from airflow_provider_salesforce_bulk.client.errors import ServerError
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, ResultKind
+from airflow_provider_salesforce_bulk.client import (
+    COLUMN_DELIMITERS,
+    BulkIngestClient,
+    RecordScan,
+    ResultKind,
+    ServerError,
+    TransportError,
+)
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = [
@@ -46,7 +51,7 @@ class ResultCounter:
     """A tee for ``copy_results``: writes the raw bytes to ``sink`` and parses them incrementally.
 
     Memory holds one network chunk plus one partial record. A record ends at a line feed outside
-    quotes (quote parity per scanned segment), so quoted newlines never split a record.
+    quotes (the client's :class:`RecordScan`), so quoted newlines never split a record.
     """
 
     def __init__(self, sink: IO[bytes], delimiter: str, count_errors: bool) -> None:
@@ -55,8 +60,7 @@ class ResultCounter:
         self._count_errors = count_errors
         self._utf8 = codecs.getincrementaldecoder("utf-8-sig")()
         self._pending = ""
-        self._quotes = 0
-        self._scanned = 0
+        self._scan = RecordScan()
         self._header: list[str] | None = None
         self._error_column: int | None = None
         self.rows = 0
@@ -77,24 +81,11 @@ class ResultCounter:
         if not text:
             return
         self._pending += text
-        end = 0
-        position = self._scanned
-        quotes = self._quotes
-        while True:
-            newline = self._pending.find("\n", position)
-            if newline < 0:
-                break
-            quotes += self._pending.count('"', position, newline)
-            position = newline + 1
-            if quotes % 2 == 0:
-                end = position
+        end = self._scan.last_end(self._pending)
         if end:
             self._parse(self._pending[:end])
             self._pending = self._pending[end:]
-            quotes = self._pending.count('"', 0, position - end)
-            position -= end
-        self._scanned = position
-        self._quotes = quotes
+            self._scan.consumed(end)
 
     def _parse(self, text: str) -> None:
         for row in csv.reader(io.StringIO(text, newline=""), delimiter=self._delimiter):

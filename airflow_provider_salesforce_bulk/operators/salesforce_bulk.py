@@ -17,26 +17,21 @@ from typing import Any, ClassVar
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
 from airflow_provider_salesforce_bulk.client import (
+    DEFAULT_RETRY_ERROR_CODES,
+    TERMINAL_STATES,
     BulkIngestClient,
+    ChunkLimits,
     InputError,
     JobInfo,
-    OperationType,
+    JobSpec,
+    LimitsCheckError,
+    ResubmitLedger,
+    ResubmitPolicy,
     SalesforceSession,
     TokenCache,
-)
-from airflow_provider_salesforce_bulk.client.ingest import check_job_options
-from airflow_provider_salesforce_bulk.client.limits import (
-    LimitsCheckError,
     check_limits_before_load,
     check_limits_mode,
 )
-from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
-from airflow_provider_salesforce_bulk.client.resubmit import (
-    DEFAULT_RETRY_ERROR_CODES,
-    ResubmitLedger,
-    ResubmitPolicy,
-)
-from airflow_provider_salesforce_bulk.client.serialize import validate_operation_fields
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,
@@ -54,7 +49,6 @@ from airflow_provider_salesforce_bulk.operators.result_files import copy_job_res
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.submit import (
     RESENT,
-    JobOptions,
     JobPlan,
     reconcile,
     submit_chunks,
@@ -281,9 +275,7 @@ class SalesforceBulkOperator(BaseOperator):
     # -- validation -----------------------------------------------------------------------------
 
     def _check_settings(self) -> None:
-        check_job_options(
-            self.operation, self.object_name, self.external_id_field, self.column_delimiter, self.line_ending
-        )
+        self._job_spec()
         if self.max_failed_records is not None and (
             isinstance(self.max_failed_records, bool)
             or not isinstance(self.max_failed_records, int)
@@ -383,11 +375,12 @@ class SalesforceBulkOperator(BaseOperator):
             and not _is_arrow_object(records)
         ):
             records = list(records)  # a resolved XComArg may arrive as a lazy sequence
+        spec = self._job_spec()
         limits: dict[str, Any] = {
             "max_size_bytes": self.max_bytes_per_job,
             "max_records": self.max_records_per_job,
-            "column_delimiter": self.column_delimiter,
-            "line_ending": self.line_ending,
+            "column_delimiter": spec.column_delimiter,
+            "line_ending": spec.line_ending,
             "none_as": self.none_as,
         }
         if (
@@ -429,8 +422,8 @@ class SalesforceBulkOperator(BaseOperator):
                 self.group_by_parent,
                 max_size_bytes=self.max_bytes_per_job,
                 max_records=self.max_records_per_job,
-                column_delimiter=self.column_delimiter,
-                line_ending=self.line_ending,
+                column_delimiter=spec.column_delimiter,
+                line_ending=spec.line_ending,
             )
         self._opened_source = source
         return source
@@ -439,26 +432,31 @@ class SalesforceBulkOperator(BaseOperator):
         """Serialize the whole input once without sending it: bad data fails before any job exists."""
         total = 0
         counts: list[int] = []
+        spec = self._job_spec()
         with source.open() as chunks:
             for chunk in chunks:
                 if not counts:
-                    names = chunk.fieldnames(self.column_delimiter)
-                    validate_operation_fields(self.operation, names, self.external_id_field)
+                    spec.check_fieldnames(chunk.fieldnames(spec.column_delimiter))
                 total += chunk.record_count
                 counts.append(chunk.record_count)
         self._chunk_counts = counts
         return total
 
-    def _options(self) -> JobOptions:
-        operation: OperationType = self.operation  # type: ignore[assignment]
-        return JobOptions(
-            operation,
-            self.object_name,
-            self.external_id_field,
-            self.assignment_rule_id,
-            self.column_delimiter,
-            self.line_ending,
-        )
+    def _job_spec(self) -> JobSpec:
+        """What every job of this task is created with, checked the first time it is asked for (an
+        ``InputError`` naming the bad option); the operator's arguments are untyped DAG input, so the
+        check, not the annotation, makes them a job's options."""
+        spec: JobSpec | None = getattr(self, "_spec", None)
+        if spec is None:
+            spec = self._spec = JobSpec(
+                self.operation,  # type: ignore[arg-type]
+                self.object_name,
+                self.external_id_field,
+                self.assignment_rule_id,
+                self.column_delimiter,  # type: ignore[arg-type]
+                self.line_ending,  # type: ignore[arg-type]
+            )
+        return spec
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -576,12 +574,12 @@ class SalesforceBulkOperator(BaseOperator):
     async def _submit(
         self, hook: SalesforceBulkHook, settings: ConnectionSettings, source: ChunkSource, plan: JobPlan
     ) -> dict[str, JobInfo]:
-        options = self._options()
+        spec = self._job_spec()
         async with hook.client(settings) as client:
             plan.instance_url = await client.session.instance_url()
             latest: dict[str, JobInfo] = {}
             if plan.chunks:
-                latest.update(await reconcile(client, plan, options))
+                latest.update(await reconcile(client, plan, spec))
             if plan.complete:
                 return latest
             if not plan.chunks:
@@ -590,7 +588,7 @@ class SalesforceBulkOperator(BaseOperator):
                 except LimitsCheckError as exc:
                     raise AirflowFailException(f"Limits check before the load: {exc}") from None
             with source.open() as chunks:
-                latest.update(await submit_chunks(client, plan, chunks, options))
+                latest.update(await submit_chunks(client, plan, chunks, spec))
             return latest
 
     def on_kill(self) -> None:
@@ -851,9 +849,8 @@ class SalesforceBulkOperator(BaseOperator):
                     retry_from,
                     policy,
                     state.ledger,
-                    self._options(),
-                    max_size_bytes=self.max_bytes_per_job,
-                    max_records=self.max_records_per_job,
+                    self._job_spec(),
+                    ChunkLimits(self.max_bytes_per_job, self.max_records_per_job),
                 )
 
         counts = run_sync(send)

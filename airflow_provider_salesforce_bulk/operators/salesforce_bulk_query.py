@@ -20,13 +20,17 @@ from airflow_provider_salesforce_bulk.client import (
     InputError,
     JobInfo,
     NotFoundError,
+    PageSummary,
     QueryError,
+    ResultPage,
     SalesforceBulkError,
     SalesforceSession,
     TokenCache,
+    check_max_records,
+    check_query_options,
+    copy_results_to_parquet,
+    require_parquet,
 )
-from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
-from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,
@@ -173,9 +177,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
             except ValueError as exc:
                 raise InputError(str(exc), field=name) from None
         if self.output_format == "parquet":
-            from airflow_provider_salesforce_bulk.client.query_parquet import _pyarrow
-
-            _pyarrow()  # before any job: a missing pyarrow is the DAG's problem, not the org's
+            require_parquet()  # before any job: a missing pyarrow is the DAG's problem, not the org's
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -380,8 +382,6 @@ class SalesforceBulkQueryOperator(BaseOperator):
             job = await client.finished_job(job_id)
             pages: list[PageSummary]
             if self.output_format == "parquet":
-                from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
-
                 try:
                     pages = await copy_results_to_parquet(
                         client, job, sink, max_records=self.records_per_file

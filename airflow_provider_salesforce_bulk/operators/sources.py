@@ -8,38 +8,26 @@ validate all of the input before any job exists.
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import orjson
 
-from airflow_provider_salesforce_bulk.client import InputError, iter_record_chunks
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk, iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client import (
+    ColumnDelimiter,
+    CsvChunk,
+    InputError,
+    LineEnding,
+    NoneAs,
+    iter_csv_stream_chunks,
+    iter_record_chunks,
+)
+from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
+from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, Opener, path_opener
 
 __all__ = ["ChunkSource", "make_source"]
 
-Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
-
 _UTF8_BOM = b"\xef\xbb\xbf"
-
-
-class ChunkSource:
-    """Input that can be cut into chunks any number of times, identically each time."""
-
-    def __init__(
-        self,
-        chunks: Callable[[], contextlib.AbstractContextManager[Iterator[CsvChunk]]],
-        description: str,
-        uri: str | None = None,
-    ) -> None:
-        self._chunks = chunks
-        self.description = description
-        self.uri = uri
-
-    def open(self) -> contextlib.AbstractContextManager[Iterator[CsvChunk]]:
-        """A fresh pass over the chunks, in input order."""
-        return self._chunks()
 
 
 def _detect_format(name: str, declared: str | None) -> str:
@@ -61,41 +49,6 @@ def _detect_format(name: str, declared: str | None) -> str:
         "'parquet' or 'arrow'",
         field="source_format",
     )
-
-
-def _reason(exc: OSError) -> str:
-    """An OS error's reason without its repr noise (``[Errno 21] Is a directory: 'x'``)."""
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _path_opener(source: Any) -> tuple[Opener, str]:
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    try:
-        path = source if isinstance(source, ObjectStoragePath) else ObjectStoragePath(os.fspath(source))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"source {source!r} is not a path or URL: {exc}", field="source") from None
-    try:
-        exists = path.exists()
-        is_dir = exists and path.is_dir()
-    except OSError as exc:
-        raise InputError(f"cannot read source {path}: {_reason(exc)}", field="source") from None
-    if not exists:
-        raise InputError(f"source {path} does not exist", field="source")
-    if is_dir:
-        raise InputError(f"source {path} is a directory, not a file", field="source")
-
-    @contextlib.contextmanager
-    def opener() -> Iterator[IO[bytes]]:
-        try:
-            stream: IO[bytes] = path.open("rb")  # type: ignore[no-untyped-call]
-        except OSError as exc:
-            # Deleted, made a directory or unreadable since the check above.
-            raise InputError(f"cannot open source {path}: {_reason(exc)}", field="source") from None
-        with stream:
-            yield stream
-
-    return opener, str(path)
 
 
 def _iter_ndjson(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
@@ -149,9 +102,9 @@ def make_source(
     fieldnames: Sequence[str] | None,
     max_size_bytes: int,
     max_records: int,
-    column_delimiter: str,
-    line_ending: str,
-    none_as: str,
+    column_delimiter: ColumnDelimiter,
+    line_ending: LineEnding,
+    none_as: NoneAs,
     allow_na_marker: bool = False,
 ) -> ChunkSource:
     """Build the chunk source for exactly one of ``records`` and ``source``.
@@ -168,9 +121,6 @@ def make_source(
     """
     if (records is None) == (source is None):
         raise InputError("give exactly one of records and source", field="records" if records else "source")
-    # Imported here: columnar_sources builds on this module.
-    from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
-
     if columnar.is_arrow_data(records) or columnar.columnar_format(source, source_format):
         # A DataFrame or Arrow table as records, or a Parquet/Arrow file: the Arrow path.
         return columnar.make_columnar_source(
@@ -211,7 +161,7 @@ def make_source(
 
         return ChunkSource(from_records, f"{len(records)} records")
 
-    opener, name = _path_opener(source)
+    opener, name = path_opener(source)
     fmt = _detect_format(name, source_format)
     if fmt == "csv":
         if fields is not None:

@@ -24,17 +24,20 @@ from typing import Any, Protocol
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
+    COLUMN_DELIMITERS,
     BulkIngestClient,
+    ColumnDelimiter,
+    CsvChunk,
     InputError,
     InvalidJobError,
+    JobInfo,
     JobOutcomeUnknownError,
+    JobSpec,
     NotFoundError,
     SalesforceBulkError,
     UploadOutcomeUnknownError,
+    close_uploaded_job,
 )
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS, JobInfo, OperationType
-from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job
 from airflow_provider_salesforce_bulk.operators.result_files import download_with_retries
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id, job_summary
 
@@ -45,7 +48,6 @@ __all__ = [
     "REPLACED",
     "RESENT",
     "STATE_KEY",
-    "JobOptions",
     "JobPlan",
     "StateStore",
     "reconcile",
@@ -86,26 +88,6 @@ class StateStore(Protocol):
     def set(self, key: str, value: Any) -> None: ...
 
     def delete(self, key: str) -> None: ...
-
-
-class JobOptions:
-    """What every job of one task is created with."""
-
-    def __init__(
-        self,
-        operation: OperationType,
-        sobject: str,
-        external_id_field: str | None = None,
-        assignment_rule_id: str | None = None,
-        column_delimiter: str = "COMMA",
-        line_ending: str = "LF",
-    ) -> None:
-        self.operation = operation
-        self.sobject = sobject
-        self.external_id_field = external_id_field
-        self.assignment_rule_id = assignment_rule_id
-        self.column_delimiter = column_delimiter
-        self.line_ending = line_ending
 
 
 class JobPlan:
@@ -254,7 +236,7 @@ async def _send(
     data: bytes,
     count: int,
     source: str,
-    options: JobOptions,
+    spec: JobSpec,
     parent: dict[str, Any] | None = None,
     parent_info: Mapping[str, Any] | None = None,
 ) -> JobInfo:
@@ -268,17 +250,10 @@ async def _send(
     chunk = plan.chunks.setdefault(first, {"count": count, "jobs": []})
     for attempt in range(1, MAX_UPLOAD_ATTEMPTS + 1):
         try:
-            job = await client.create_job(
-                options.operation,
-                options.sobject,
-                options.external_id_field,
-                options.assignment_rule_id,
-                column_delimiter=options.column_delimiter,
-                line_ending=options.line_ending,
-            )
+            job = await client.create_job_from_spec(spec)
         except (InvalidJobError, NotFoundError) as exc:
             raise InputError(
-                f"Salesforce refused a {options.operation} job on object {options.sobject!r}: {exc}",
+                f"Salesforce refused a {spec.operation} job on object {spec.object!r}: {exc}",
                 field="object_name",
             ) from None
         check_job_id(job.id)
@@ -327,7 +302,7 @@ async def _close(client: BulkIngestClient, job_id: str) -> JobInfo:
 
 
 async def _unprocessed(
-    client: BulkIngestClient, entry: dict[str, Any], info: JobInfo, column_delimiter: str
+    client: BulkIngestClient, entry: dict[str, Any], info: JobInfo, column_delimiter: ColumnDelimiter
 ) -> tuple[bytes, int]:
     """Download a job's unprocessed records; the task fails naming the job when they cannot be read."""
     job_id = entry["job"]
@@ -358,7 +333,7 @@ async def _unprocessed(
     return data, count
 
 
-async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions) -> dict[str, JobInfo]:
+async def reconcile(client: BulkIngestClient, plan: JobPlan, spec: JobSpec) -> dict[str, JobInfo]:
     """Read every chunk's current job and settle it (see the module docstring).
 
     Chunks whose records must come from the input again are left without a current job and
@@ -381,14 +356,14 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 # Its records were another job's unprocessed records: read them again.
                 source = _find(plan, entry["source"])
                 data, count = await _unprocessed(
-                    client, source, JobInfo(id=source["job"]), options.column_delimiter
+                    client, source, JobInfo(id=source["job"]), spec.column_delimiter
                 )
                 if count != int(entry["count"]):
                     raise AirflowFailException(
                         f"job {source['job']}'s unprocessed records file now holds {count} records, not "
                         f"the {entry['count']} read before: load them by hand"
                     )
-                await _send(client, plan, first, data, count, entry["source"], options)
+                await _send(client, plan, first, data, count, entry["source"], spec)
                 continue
             try:
                 job = await client.get_job(entry["job"])
@@ -421,7 +396,7 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
                 break
             if job.state not in _ENDED:
-                raise AirflowException(f"job {job.id} is in an unknown state {job.state!r}")
+                raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
             if entry["phase"] == CREATED and job.number_records_processed == 0:
                 _settle(entry, REPLACED, job_summary(job))
                 log.warning(
@@ -435,7 +410,7 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 latest[job.id] = job
                 log.warning("Job %s failed on its data (%s): not sent again", job.id, job.error_message)
                 break
-            data, count = await _unprocessed(client, entry, job, options.column_delimiter)
+            data, count = await _unprocessed(client, entry, job, spec.column_delimiter)
             expected = int(entry["count"]) - min(job.number_records_processed, int(entry["count"]))
             if count != expected:
                 job = await client.get_job(job.id)  # counters can trail an abort by a moment
@@ -465,7 +440,7 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, options: JobOptions
                 data,
                 count,
                 entry["job"],
-                options,
+                spec,
                 parent=entry,
                 parent_info=job_summary(job),
             )
@@ -487,7 +462,7 @@ async def submit_chunks(
     client: BulkIngestClient,
     plan: JobPlan,
     chunks: Iterator[CsvChunk],
-    options: JobOptions,
+    spec: JobSpec,
 ) -> dict[str, JobInfo]:
     """Send every chunk that has no job yet (or whose job was replaced), in input order.
 
@@ -520,7 +495,7 @@ async def submit_chunks(
                     "the input or the chunk limits changed between tries",
                     record_index=start,
                 )
-        job = await _send(client, plan, start, chunk.data, chunk.record_count, CHUNK, options)
+        job = await _send(client, plan, start, chunk.data, chunk.record_count, CHUNK, spec)
         sent[job.id] = job
         log.info("Job %s: records %d..%d uploaded (%s)", job.id, start, last - 1, job.state)
     missing = [f for f, c in plan.chunks.items() if plan._waiting_for_input(c)]

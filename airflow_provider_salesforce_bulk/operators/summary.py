@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from airflow_provider_salesforce_bulk.client import RecordCounts
 from airflow_provider_salesforce_bulk.triggers.events import JobSummary
 
 __all__ = ["failure_message", "job_entry", "summarize"]
@@ -30,15 +31,14 @@ def job_entry(
     processed_raw = 0 if outcome == "replaced" else job["numberRecordsProcessed"]
     if records is None:
         records = processed_raw + rows.get("unprocessed", 0)
-    processed = min(processed_raw, records)
-    failed = min(job["numberRecordsFailed"], processed)
+    counts = RecordCounts.of(records, processed_raw, job["numberRecordsFailed"])
     entry: dict[str, Any] = {
         "state": job["state"],
         "records": records,
-        "processed": processed,
-        "succeeded": processed - failed,
-        "failed": failed,
-        "unprocessed": records - processed,
+        "processed": counts.processed,
+        "succeeded": counts.succeeded,
+        "failed": counts.failed,
+        "unprocessed": counts.unprocessed,
         "error_message": job["errorMessage"],
         "result_files": uris,
         "outcome": outcome,

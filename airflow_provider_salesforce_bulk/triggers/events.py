@@ -97,7 +97,8 @@ def job_summary(job: JobInfo) -> JobSummary:
     """The summary of ``job`` that travels in events and plans."""
     return {
         "id": job.id,
-        "state": job.state,
+        # A state this client does not know (a newer API's) is kept in extra: it travels as received.
+        "state": job.state if job.state is not None else job.extra.get("state"),
         "object": job.object,
         "operation": job.operation,
         "numberRecordsProcessed": job.number_records_processed,

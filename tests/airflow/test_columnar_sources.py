@@ -16,8 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_salesforce_bulk.client import iter_arrow_chunks, iter_record_chunks
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
+from airflow_provider_salesforce_bulk.client import CsvChunk, iter_arrow_chunks, iter_record_chunks
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source

@@ -21,14 +21,15 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ClientCredentialsAuth,
+    CsvChunk,
     InputError,
+    JobSpec,
     SalesforceSession,
     TokenCache,
     iter_record_chunks,
     perform_chunks,
     perform_operation,
 )
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedChunk, group_by_parent
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
@@ -181,8 +182,7 @@ async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, l
                 r
                 async for r in perform_chunks(
                     client,
-                    "insert",
-                    "Contact",
+                    JobSpec("insert", "Contact"),
                     remember(chunks),
                     polling_interval=0.02,
                     max_concurrent_jobs=3,

@@ -21,14 +21,14 @@ import pytest
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ClientCredentialsAuth,
+    CsvChunk,
+    JobSpec,
     SalesforceSession,
     iter_record_chunks,
 )
-from airflow_provider_salesforce_bulk.client.csv_split import CsvChunk
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.submit import (
     STATE_KEY,
-    JobOptions,
     JobPlan,
     reconcile,
     submit_chunks,
@@ -116,7 +116,7 @@ async def test_reconcile_aborts_open_keeps_closed_and_resends_unknown(
         return await original_get_job(job_id)
 
     client.get_job = get_job  # type: ignore[method-assign]
-    options = JobOptions("insert", "Contact")
+    options = JobSpec("insert", "Contact")
     latest = await reconcile(client, plan, options)
     client.get_job = original_get_job  # type: ignore[method-assign]
 

@@ -16,9 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client import iter_arrow_chunks
+from airflow_provider_salesforce_bulk.client import (
+    COLUMN_DELIMITERS,
+    CsvChunk,
+    iter_arrow_chunks,
+    iter_record_chunks,
+)
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.serialize import COLUMN_DELIMITERS, CsvChunk, iter_record_chunks
 
 UTC = datetime.timezone.utc
 

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client.csv_split import (
+from airflow_provider_salesforce_bulk.client import (
     CsvChunk,
+    InputError,
     iter_csv_stream_chunks,
     split_csv_stream,
 )
-from airflow_provider_salesforce_bulk.client.errors import InputError
 
 
 def chunks_of(data: bytes, *args: int, **kwargs: object) -> list[CsvChunk]:

@@ -250,6 +250,27 @@ async def test_unknown_result_kind(client):
         await client.get_results("750000000000000001", "everything")  # type: ignore[arg-type]
 
 
+async def test_a_cancellation_arriving_with_a_poll_answer_stops_the_wait(client):
+    """The poll's answer and the task's cancellation land in the same step: the wait must end
+    cancelled, not take the answer and poll on (3.11's asyncio.wait_for dropped such a cancellation)."""
+    waiting = asyncio.current_task()
+    polls = 0
+
+    async def get_job(job_id: str) -> JobInfo:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            assert waiting is not None
+            waiting.cancel()
+            return JobInfo(id=job_id, state="InProgress")
+        return JobInfo(id=job_id, state="JobComplete")
+
+    client.get_job = get_job
+    with pytest.raises(asyncio.CancelledError):
+        await client.wait_for_job("750000000000000001", poll=PollPolicy(initial=0.001))
+    assert polls == 1
+
+
 def test_job_info_tolerates_missing_and_unknown_fields():
     info = JobInfo.from_json(
         b'{"id":"750x","state":"Open","apiVersion":"59.0","newThing":{"a":1},'
@@ -268,6 +289,19 @@ def test_job_info_keeps_an_unparseable_date_instead_of_failing():
     assert info.created_date is None
     assert info.extra["created_date"] == "yesterday"
     assert info.is_terminal
+
+
+def test_job_info_keeps_a_state_it_does_not_know_without_failing():
+    body = {"id": "750x", "state": "Paused", "columnDelimiter": "COLON", "lineEnding": "LF"}
+    info = JobInfo.from_json(body)
+    assert info.state is None
+    assert info.column_delimiter is None
+    assert info.extra == {"state": "Paused", "column_delimiter": "COLON"}
+    assert info.line_ending == "LF"
+    assert not info.is_terminal
+    assert info.to_dict()["state"] == "Paused"
+    assert info.to_dict()["columnDelimiter"] == "COLON"
+    assert JobInfo.from_json({"id": "750x", "state": "Failed"}).state == "Failed"
 
 
 def test_job_info_rejects_a_body_without_id():

@@ -23,6 +23,7 @@ from airflow_provider_salesforce_bulk.client import (
     BulkOperationTimeoutError,
     InputError,
     JobOutcomeUnknownError,
+    JobSpec,
     OperationTimeoutError,
     PollPolicy,
     RetryPolicy,
@@ -34,6 +35,7 @@ from tests.client.fake_bulk import INSTANCE, FakeBulkApi, is_abort, is_close, jo
 from tests.client.helpers import mock_session
 
 FAST_POLL = 0.001
+INSERT_ACCOUNT = JobSpec("insert", "Account")
 
 
 @pytest.fixture
@@ -101,6 +103,29 @@ async def test_every_record_lands_in_exactly_one_job(client, api):
     assert [f["Name"] for f in failed] == ["FAIL 0"]
     assert [o["Name"] for o in ok] == [f"Name {i}" for i in range(1, 10)]
     assert ok[0]["Description"] == 'line one\nline "two" 1'
+
+
+@pytest.mark.parametrize("csv_file", [False, True])
+async def test_a_load_of_three_jobs_checks_its_job_options_once(client, api, monkeypatch, tmp_path, csv_file):
+    checked: list[JobSpec] = []
+    check = JobSpec.__post_init__
+
+    def counted(spec: JobSpec) -> None:
+        checked.append(spec)
+        check(spec)
+
+    monkeypatch.setattr(JobSpec, "__post_init__", counted)
+    if csv_file:
+        path = tmp_path / "accounts.csv"
+        path.write_bytes(b"Name\n" + b"".join(b"A%d\n" % i for i in range(30)))
+        load = client.perform_csv_operation(
+            "insert", "Account", path, max_records=10, polling_interval=FAST_POLL
+        )
+    else:
+        load = insert_records(client, 30, max_records=10)
+    results = await collect(load)
+    assert len(results) == len(api.jobs) == 3
+    assert [spec.object for spec in checked] == ["Account"]
 
 
 async def test_concurrent_jobs_are_bounded(client, api):
@@ -449,7 +474,7 @@ async def test_close_answer_lost_and_its_retries_refused_is_not_aborted(client, 
         return None
 
     api.intercept = lose_first_close_then_503
-    job, replaced = await submit_job(client, "insert", "Account", b"Name\nA\nB\n")
+    job, replaced = await submit_job(client, INSERT_ACCOUNT, b"Name\nA\nB\n")
     assert job.state in ("UploadComplete", "InProgress", "JobComplete")
     assert replaced == ()
     assert not any(is_abort(r) for r in api.requests)
@@ -470,7 +495,7 @@ async def test_close_outcome_unknown_when_the_state_cannot_be_read_either(client
 
     api.intercept = lose_close_and_reads
     with pytest.raises(JobOutcomeUnknownError) as info:
-        await submit_job(client, "insert", "Account", b"Name\nA\n")
+        await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n")
     (job,) = api.jobs.values()
     assert info.value.job_id == job.id
     assert job.state == "UploadComplete"  # processing, never aborted
@@ -488,7 +513,7 @@ async def test_a_close_that_did_not_take_is_sent_again(client, api):
         return None
 
     api.intercept = refuse_first_closes
-    job, _ = await submit_job(client, "insert", "Account", b"Name\nA\n")
+    job, _ = await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n")
     assert job.state == "UploadComplete"
     assert sum(1 for r in api.requests if is_close(r)) == 4
     assert not any(is_abort(r) for r in api.requests)
@@ -501,7 +526,7 @@ async def test_a_job_that_stays_open_after_every_close_is_reported_not_aborted(c
         else None
     )
     with pytest.raises(JobOutcomeUnknownError, match="still Open") as info:
-        await submit_job(client, "insert", "Account", b"Name\nA\n", max_close_attempts=2)
+        await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n", max_close_attempts=2)
     assert info.value.job_info.state == "Open"
     assert sum(1 for r in api.requests if is_close(r)) == 2 * 3
     assert not any(is_abort(r) for r in api.requests)
@@ -511,7 +536,7 @@ async def test_a_job_aborted_by_someone_else_before_the_close_is_returned_as_it_
     async def someone_aborts(job):
         api.jobs[job.id].state = "Aborted"
 
-    job, _ = await submit_job(client, "insert", "Account", b"Name\nA\n", on_job_closing=someone_aborts)
+    job, _ = await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n", on_job_closing=someone_aborts)
     assert job.state == "Aborted"
 
 
@@ -523,7 +548,7 @@ async def test_on_job_closing_runs_after_the_upload_and_its_failure_aborts_the_u
         raise RuntimeError("state store unavailable")
 
     with pytest.raises(RuntimeError):
-        await submit_job(client, "insert", "Account", b"Name\nA\n", on_job_closing=refuse)
+        await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n", on_job_closing=refuse)
     assert seen == [1]
     assert not any(is_close(r) for r in api.requests)
     assert [j.state for j in api.jobs.values()] == ["Aborted"]

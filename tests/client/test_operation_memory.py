@@ -18,6 +18,7 @@ import pytest
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     CsvChunk,
+    JobSpec,
     SalesforceSession,
     StaticTokenAuth,
     TokenCache,
@@ -96,8 +97,7 @@ async def test_a_loaded_chunk_is_freed_before_the_next_is_built(in_thread: bool)
         loaded = 0
         async for result in perform_chunks(
             client,
-            "insert",
-            "Account",
+            JobSpec("insert", "Account"),
             iter(watched),
             polling_interval=0.001,
             max_concurrent_jobs=1,

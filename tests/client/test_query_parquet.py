@@ -34,7 +34,7 @@ from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     describe_columns,
     describe_sobject,
 )
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS  # noqa: E402
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS  # noqa: E402
 from tests.client.helpers import mock_session, query_api_session  # noqa: E402
 
 UTC = datetime.timezone.utc

@@ -20,6 +20,7 @@ from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     InputError,
     JobInfo,
+    JobSpec,
     PollPolicy,
     ResubmitLedger,
     ResubmitPolicy,
@@ -88,8 +89,7 @@ async def load_in_rounds(
             ended,
             policy,
             ledger,
-            operation="insert",
-            sobject="Account",
+            JobSpec("insert", "Account"),
             on_job_created=remember,
             **chunk_options,
         )
@@ -209,9 +209,8 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
         for chunk in chunks:
             assert rows_of(chunk, "|")[0] == ["Name", "External_Id__c", "Description"]
             assert chunk.data.endswith(b"\r\n")
-            job, _ = await submit_job(
-                client, "insert", "Account", chunk.data, column_delimiter="PIPE", line_ending="CRLF"
-            )
+            spec = JobSpec("insert", "Account", column_delimiter="PIPE", line_ending="CRLF")
+            job, _ = await submit_job(client, spec, chunk.data)
             done = await client.wait_for_job(job.id, poll=POLL, timeout=60)
             # A record without a name may have hit the lock first: now it fails for good.
             nameless = sum(1 for row in rows_of(chunk, "|")[1:] if not row[0])

@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ClientCredentialsAuth,
+    RecordScan,
     RetryPolicy,
     SalesforceSession,
     TokenCache,
     TransportError,
 )
-from airflow_provider_salesforce_bulk.client.results import iter_csv_records, iter_csv_rows, parse_results
+from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records, iter_csv_rows, parse_results
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from tests.client.helpers import mock_session
 
@@ -60,6 +61,31 @@ async def test_streamed_rows_equal_a_whole_parse_for_any_split(rows, delimiter, 
     assert parsed == whole
     if quote_all:  # as Salesforce writes results: every value quoted, so every value survives
         assert parsed == [["sf__Id", "sf__Error", "Name"], *rows]
+
+
+@given(
+    rows=st.lists(st.lists(values, min_size=1, max_size=3), min_size=1, max_size=6),
+    quote_all=st.booleans(),
+    as_bytes=st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_record_scan_finds_every_record_end_and_only_those(rows, quote_all, as_bytes):
+    text = to_csv(rows, ",", quote_all).decode()
+    ends, total = [], 0
+    for row in rows:  # each row written alone ends where the scan must find a record end
+        total += len(to_csv([row], ",", quote_all).decode())
+        ends.append(total)
+    data = text.encode() if as_bytes else text
+    if as_bytes:
+        ends = [len(text[:end].encode()) for end in ends]
+    scan = RecordScan()
+    assert list(iter(lambda: scan.first_end(data), None)) == ends
+    assert RecordScan().last_end(data) == ends[-1]
+    # Fed piece by piece (the buffer growing), the last end found is always a real record end.
+    grown = RecordScan()
+    for cut in range(1, len(data) + 1):
+        end = grown.last_end(data[:cut])
+        assert end == 0 or end in ends
 
 
 async def test_records_with_crlf_quotes_and_multibyte_split_mid_character():

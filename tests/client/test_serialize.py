@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
-from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.serialize import (
+from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
     LINE_ENDINGS,
     CsvChunk,
+    InputError,
+    iter_csv_stream_chunks,
     iter_record_chunks,
     serialize_ingest_data,
     validate_operation_fields,

@@ -1,4 +1,5 @@
-"""Reading result files as a stream: a real CSV parse that never splits a quoted value."""
+"""Reading the CSV files Salesforce returns (job results, query results) as a stream: a real CSV parse
+that never splits a quoted value, one dict per record."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
-from airflow_provider_salesforce_bulk.client.models import COLUMN_DELIMITERS
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, RecordScan
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
 
 __all__ = ["EXTRA_KEY_PREFIX", "iter_csv_records", "iter_csv_rows", "parse_results"]
 
@@ -24,41 +26,21 @@ async def iter_csv_rows(chunks: AsyncIterable[bytes], *, delimiter: str = ",") -
     """
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     pending = ""  # text after the last complete record
-    quotes_open = False  # parity of quotes in ``pending`` up to ``scanned``
-    scanned = 0
+    scan = RecordScan()
     async for chunk in chunks:
         pending += decoder.decode(chunk)
-        end, scanned, quotes_open = _last_record_end(pending, scanned, quotes_open)
+        end = scan.last_end(pending)
         if end:
             for row in csv.reader(io.StringIO(pending[:end], newline=""), delimiter=delimiter, strict=True):
                 yield row
             pending = pending[end:]
-            scanned -= end
+            scan.consumed(end)
     pending += decoder.decode(b"", final=True)
     if pending.strip("\r\n"):
-        if quotes_open or pending.count('"') % 2:
+        if scan.quotes_open or pending.count('"') % 2:
             raise csv.Error("result CSV ends inside a quoted value")
         for row in csv.reader(io.StringIO(pending, newline=""), delimiter=delimiter, strict=True):
             yield row
-
-
-def _last_record_end(text: str, start: int, quotes_open: bool) -> tuple[int, int, bool]:
-    """Index after the last line feed outside quotes in ``text``, scanning from ``start``.
-
-    Returns ``(end, scanned, quotes_open)``: ``end`` is 0 if no complete record, ``scanned`` where
-    the scan stopped (the last line feed seen) and the quote parity at that point.
-    """
-    end = 0
-    position = start
-    while True:
-        newline = text.find("\n", position)
-        if newline < 0:
-            return end, position, quotes_open
-        if text.count('"', position, newline) % 2:
-            quotes_open = not quotes_open
-        position = newline + 1
-        if not quotes_open:
-            end = position
 
 
 EXTRA_KEY_PREFIX = "_extra_"
@@ -111,7 +93,7 @@ async def iter_csv_records(
         yield _record(header, row)
 
 
-def parse_results(data: bytes, *, column_delimiter: str = "COMMA") -> list[dict[str, str]]:
+def parse_results(data: bytes, *, column_delimiter: ColumnDelimiter = "COMMA") -> list[dict[str, str]]:
     """Parse a whole result file held in memory (small results, tests); ragged rows as in
     :func:`iter_csv_records`."""
     text = data.decode("utf-8-sig")

@@ -1,0 +1,171 @@
+"""What every CSV path of the client shares: the job's format names, the chunk type, the limit checks and
+the quote-aware scan for where a record ends.
+
+The serializer (:mod:`.serialize`), the CSV splitter (:mod:`.csv_split`), the Arrow path, the result
+readers and the operator's sources all build or read the same Bulk API CSV; one definition of each
+piece keeps them agreeing on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import IO, AnyStr, Union
+
+from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
+
+__all__ = [
+    "COLUMN_DELIMITERS",
+    "LINE_ENDINGS",
+    "MAX_RECORDS",
+    "MAX_SIZE_BYTES",
+    "CsvChunk",
+    "CsvSource",
+    "RecordScan",
+    "check_column_delimiter",
+    "check_header_fits",
+    "check_line_ending",
+]
+
+#: The ``columnDelimiter`` values of a job and the character each stands for.
+COLUMN_DELIMITERS: dict[str, str] = {
+    "BACKQUOTE": "`",
+    "CARET": "^",
+    "COMMA": ",",
+    "PIPE": "|",
+    "SEMICOLON": ";",
+    "TAB": "\t",
+}
+#: The ``lineEnding`` values of a job and the characters each stands for.
+LINE_ENDINGS: dict[str, str] = {"LF": "\n", "CRLF": "\r\n"}
+
+#: Salesforce takes at most 100 MB of raw CSV per job.
+MAX_SIZE_BYTES = 100_000_000
+#: The reference client's default record limit per job (Salesforce's own is 150 million a day).
+MAX_RECORDS = 150_000_000
+
+CsvSource = Union[IO[bytes], str, "os.PathLike[str]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvChunk:
+    """One job's worth of CSV and which input records it holds.
+
+    Attributes
+    ----------
+    data : bytes
+        UTF-8 CSV: the header row, then ``record_count`` records, each ended by the job's line ending.
+    first_record_index : int
+        0-based index, in the input, of the first record in ``data`` (the header is not a record).
+    record_count : int
+        Number of records in ``data``; the chunk holds input records
+        ``first_record_index`` to ``first_record_index + record_count - 1``.
+    """
+
+    data: bytes
+    first_record_index: int
+    record_count: int
+
+    def fieldnames(self, column_delimiter: ColumnDelimiter = "COMMA") -> list[str]:
+        """The column names of the header row."""
+        end = self.data.find(b"\n")
+        try:
+            header = self.data[: end if end >= 0 else len(self.data)].decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"the header row is not UTF-8 (byte {exc.start}): the CSV must be UTF-8", field="fieldnames"
+            ) from None
+        return next(csv.reader([header], delimiter=check_column_delimiter(column_delimiter)), [])
+
+
+def check_line_ending(line_ending: str) -> str:
+    """The characters of a ``lineEnding`` name; an :class:`InputError` for an unknown one."""
+    return _named(LINE_ENDINGS, line_ending, "line_ending")
+
+
+def check_column_delimiter(column_delimiter: str) -> str:
+    """The character of a ``columnDelimiter`` name; an :class:`InputError` for an unknown one."""
+    return _named(COLUMN_DELIMITERS, column_delimiter, "column_delimiter")
+
+
+def _named(table: Mapping[str, str], name: str, field: str) -> str:
+    """``table[name]``, or an :class:`InputError` naming ``field`` and the names it may be."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise InputError(f"{field} must be one of {', '.join(table)}, got {name!r}", field=field) from None
+
+
+def check_header_fits(header_size: int, max_size_bytes: int) -> None:
+    """Raise :class:`InputError` when no record fits next to a header of ``header_size`` bytes."""
+    if header_size >= max_size_bytes:
+        raise InputError(
+            f"max_size_bytes={max_size_bytes:_} leaves no room for records: "
+            f"the header row alone is {header_size:_} bytes",
+            field="max_size_bytes",
+        )
+
+
+@dataclasses.dataclass
+class RecordScan:
+    """Where records end in CSV arriving piece by piece: at a line feed outside double quotes.
+
+    A line with an odd number of quotes opens (or closes) a quoted value, so counting quotes line
+    by line (``str.count``/``bytes.count``, C-level) finds record ends without parsing values. The
+    scan resumes where it stopped: text already scanned is never counted twice.
+
+    Attributes
+    ----------
+    scanned : int
+        Offset, in the text given to :meth:`last_end`, up to which the quotes were counted.
+    quotes_open : bool
+        Whether a quoted value is open at ``scanned``.
+    """
+
+    scanned: int = 0
+    quotes_open: bool = False
+
+    def last_end(self, text: AnyStr) -> int:
+        """The offset after the last line feed outside quotes in ``text`` (0 if none), scanning on
+        from :attr:`scanned`; ``text`` is the same buffer as before, grown at its end."""
+        lf, quote = _marks(text)
+        end = 0
+        position = self.scanned
+        while True:
+            newline = text.find(lf, position)
+            if newline < 0:
+                self.scanned = position
+                return end
+            if text.count(quote, position, newline) % 2:
+                self.quotes_open = not self.quotes_open
+            position = newline + 1
+            if not self.quotes_open:
+                end = position
+
+    def first_end(self, text: AnyStr) -> int | None:
+        """The offset after the first line feed outside quotes in ``text`` from :attr:`scanned` on
+        (None if the record goes on past ``text``), leaving the scan just after it."""
+        lf, quote = _marks(text)
+        position = self.scanned
+        while True:
+            newline = text.find(lf, position)
+            if newline < 0:
+                return None
+            if text.count(quote, position, newline) % 2:
+                self.quotes_open = not self.quotes_open
+            position = self.scanned = newline + 1
+            if not self.quotes_open:
+                return position
+
+    def consumed(self, end: int) -> None:
+        """The caller dropped ``text[:end]``: offsets now count from there."""
+        self.scanned -= end
+
+
+def _marks(text: AnyStr) -> tuple[AnyStr, AnyStr]:
+    if isinstance(text, str):
+        return "\n", '"'
+    return b"\n", b'"'

@@ -1,0 +1,69 @@
+"""What every source of the operator's input is: :class:`ChunkSource`, and how a file source is opened."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from airflow_provider_salesforce_bulk.client import CsvChunk, InputError
+
+__all__ = ["ChunkSource", "Opener", "path_opener"]
+
+Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
+
+
+class ChunkSource:
+    """Input that can be cut into chunks any number of times, identically each time."""
+
+    def __init__(
+        self,
+        chunks: Callable[[], contextlib.AbstractContextManager[Iterator[CsvChunk]]],
+        description: str,
+        uri: str | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self.description = description
+        self.uri = uri
+
+    def open(self) -> contextlib.AbstractContextManager[Iterator[CsvChunk]]:
+        """A fresh pass over the chunks, in input order."""
+        return self._chunks()
+
+
+def _reason(exc: OSError) -> str:
+    """An OS error's reason without its repr noise (``[Errno 21] Is a directory: 'x'``)."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def path_opener(source: Any) -> tuple[Opener, str]:
+    """A checked file path or URL (``ObjectStoragePath``): a function opening it for reading in binary,
+    and its name. A missing file, a directory or an unreadable path is an :class:`InputError` now."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    try:
+        path = source if isinstance(source, ObjectStoragePath) else ObjectStoragePath(os.fspath(source))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"source {source!r} is not a path or URL: {exc}", field="source") from None
+    try:
+        exists = path.exists()
+        is_dir = exists and path.is_dir()
+    except OSError as exc:
+        raise InputError(f"cannot read source {path}: {_reason(exc)}", field="source") from None
+    if not exists:
+        raise InputError(f"source {path} does not exist", field="source")
+    if is_dir:
+        raise InputError(f"source {path} is a directory, not a file", field="source")
+
+    @contextlib.contextmanager
+    def opener() -> Iterator[IO[bytes]]:
+        try:
+            stream: IO[bytes] = path.open("rb")  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            # Deleted, made a directory or unreadable since the check above.
+            raise InputError(f"cannot open source {path}: {_reason(exc)}", field="source") from None
+        with stream:
+            yield stream
+
+    return opener, str(path)

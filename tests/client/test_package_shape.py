@@ -1,0 +1,158 @@
+"""The package's shape: modules depend one way (no import cycle, not even inside a function), and the
+client's facade is typed as strictly as the functions behind it."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import textwrap
+
+from mypy import api as mypy_api
+
+import airflow_provider_salesforce_bulk
+
+PACKAGE = pathlib.Path(airflow_provider_salesforce_bulk.__file__).parent
+NAME = PACKAGE.name
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: pathlib.Path, modules: set[str]) -> set[str]:
+    """The package's modules ``path`` imports anywhere in it (functions and TYPE_CHECKING blocks
+    included), each resolved to the module that defines the name."""
+    this = module_name(path)
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # ``from pkg import mod`` imports the module pkg.mod; ``from mod import name`` imports mod.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != this:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(paths)
+    return {name: imported_modules(path, modules) for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path of modules, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    graph = import_graph()
+    assert f"{NAME}.client.ingest" in graph[f"{NAME}.client"]
+    assert f"{NAME}.client.ingest_jobs" in graph[f"{NAME}.client.operation"]
+    assert len(graph) > 100
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_graph_holds_imports_inside_functions_and_the_check_finds_a_cycle() -> None:
+    graph = import_graph()
+    # The lazy Arrow export of the client package is an import inside a function.
+    assert f"{NAME}.client.arrow_chunks" in imported_modules(PACKAGE / "client" / "__init__.py", set(graph))
+    # ingest imports operation; operation importing ingest back, even inside a function, is a cycle.
+    graph[f"{NAME}.client.operation"] = graph[f"{NAME}.client.operation"] | {f"{NAME}.client.ingest"}
+    assert find_cycle(graph) == [f"{NAME}.client.ingest", f"{NAME}.client.operation", f"{NAME}.client.ingest"]
+
+
+def test_the_airflow_layers_import_only_what_the_client_exports() -> None:
+    """Operators, hooks and triggers use the client through its package's exports, never a private name."""
+    import airflow_provider_salesforce_bulk.client as client
+
+    offenders = []
+    for layer in ("operators", "hooks", "triggers"):
+        for path in sorted((PACKAGE / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{NAME}.client"):
+                    names = [a.name for a in node.names]
+                    if node.module != f"{NAME}.client" or any(n not in client.__all__ for n in names):
+                        offenders.append(f"{path.name}:{node.lineno} {node.module} {names}")
+    assert offenders == []
+
+
+def mypy_errors(tmp_path: pathlib.Path, body: str) -> list[str]:
+    source = tmp_path / "snippet.py"
+    source.write_text(
+        "from airflow_provider_salesforce_bulk.client import BulkIngestClient\n\n\n"
+        "async def load(client: BulkIngestClient) -> None:\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    )
+    stdout, _, _ = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy_cache"), str(source)]
+    )
+    return [line for line in stdout.splitlines() if ": error:" in line]
+
+
+def test_mypy_rejects_a_misspelt_option_and_an_unknown_delimiter_through_the_facade(
+    tmp_path: pathlib.Path,
+) -> None:
+    correct = mypy_errors(
+        tmp_path,
+        """
+        records = [{"Name": "A"}]
+        async for result in client.perform_operation(
+            "insert", "Account", records, max_concurrent_jobs=2, column_delimiter="PIPE"
+        ):
+            print(result.job_info.state)
+        async for result in client.perform_csv_operation("insert", "Account", "a.csv", compress=True):
+            print(result.number_records_failed)
+        await client.create_job("upsert", "Contact", "Ext__c", line_ending="CRLF")
+        """,
+    )
+    assert correct == []
+    wrong = mypy_errors(
+        tmp_path,
+        """
+        async for _ in client.perform_operation("insert", "Account", [], max_concurent_jobs=5):
+            pass
+        async for _ in client.perform_csv_operation("insert", "Account", "a.csv", column_delimiter="COLON"):
+            pass
+        await client.create_job("insert", "Account", line_ending="CR")
+        """,
+    )
+    assert len(wrong) == 3, wrong
+    assert '"max_concurent_jobs"' in wrong[0]
+    assert "COLON" in wrong[1]
+    assert "'CR'" in wrong[2] or '"CR"' in wrong[2]
