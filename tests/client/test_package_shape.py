@@ -89,6 +89,44 @@ def test_the_package_has_no_import_cycle() -> None:
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
+# Each layer may import only the layers after it; the emulator stands apart from all of them.
+LAYERS = ("operators", "triggers", "hooks", "client")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    def layer(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    found = []
+    for name, imports in sorted(graph.items()):
+        here = layer(name)
+        for target in sorted(imports):
+            there = layer(target)
+            if here == there or (there not in LAYERS and there != "emulator"):
+                continue
+            if here == "emulator" or there == "emulator":
+                # Airflow code may start the emulator (tests, demo); the emulator imports none of them.
+                if here == "emulator":
+                    found.append(f"{name} -> {target}")
+                continue
+            if here in LAYERS and LAYERS.index(there) < LAYERS.index(here):
+                found.append(f"{name} -> {target}")
+    return found
+
+
+def test_layers_depend_one_way() -> None:
+    graph = import_graph()
+    assert layer_violations(graph) == []
+    # The check sees a client module importing a hook, and the emulator importing the client.
+    graph[f"{NAME}.client.operation"] = graph[f"{NAME}.client.operation"] | {f"{NAME}.hooks.connection"}
+    graph[f"{NAME}.emulator.app"] = graph[f"{NAME}.emulator.app"] | {f"{NAME}.client.csv_format"}
+    assert layer_violations(graph) == [
+        f"{NAME}.client.operation -> {NAME}.hooks.connection",
+        f"{NAME}.emulator.app -> {NAME}.client.csv_format",
+    ]
+
+
 def test_the_graph_holds_imports_inside_functions_and_the_check_finds_a_cycle() -> None:
     graph = import_graph()
     # The lazy Arrow export of the client package is an import inside a function.
