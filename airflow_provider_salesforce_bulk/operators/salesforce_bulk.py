@@ -776,6 +776,23 @@ class SalesforceBulkOperator(BaseOperator):
             JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
         return summary
 
+    def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
+        """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
+
+        ``event`` is :class:`ResubmitBackoffTrigger`'s, echoing the round's state.
+        """
+        if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
+            raise AirflowException(
+                f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
+            )
+        state = _RoundState.load(check_resubmit_state(event.get("resubmit"), first_round=1))
+        instance_url = event.get("instance_url")
+        if not isinstance(instance_url, str):
+            raise AirflowException("malformed backoff event: instance_url is not a string")
+        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+        jobs = [check_job_id(job_id) for job_id in event["retry_from"]]
+        return self._next_round(context, hook, state, self._policy(), jobs, instance_url, waited=True)
+
     def _next_round(
         self,
         context: Any,
@@ -784,10 +801,13 @@ class SalesforceBulkOperator(BaseOperator):
         policy: ResubmitPolicy,
         retry_from: list[str],
         instance_url: str,
+        *,
+        waited: bool = False,
     ) -> Any:
-        """Send the transient failures of ``retry_from`` to round ``state.round + 1``'s jobs and wait."""
+        """Send the transient failures of ``retry_from`` to round ``state.round + 1``'s jobs and wait,
+        after the backoff (unless ``waited``: resumed from the backoff trigger)."""
         number = state.round + 1
-        delay = policy.delay_before(number)
+        delay = 0.0 if waited else policy.delay_before(number)
         self.log.info(
             "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
             len(retry_from),
@@ -805,36 +825,6 @@ class SalesforceBulkOperator(BaseOperator):
                 timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
             )
         time.sleep(delay)
-        return self._send_round(context, hook, state, policy, retry_from, instance_url)
-
-    def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
-        """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
-
-        ``event`` is :class:`ResubmitBackoffTrigger`'s, echoing the round's state.
-        """
-        if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
-            raise AirflowException(
-                f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
-            )
-        state = _RoundState.load(check_resubmit_state(event.get("resubmit"), first_round=1))
-        instance_url = event.get("instance_url")
-        if not isinstance(instance_url, str):
-            raise AirflowException("malformed backoff event: instance_url is not a string")
-        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        jobs = [check_job_id(job_id) for job_id in event["retry_from"]]
-        return self._send_round(context, hook, state, self._policy(), jobs, instance_url)
-
-    def _send_round(
-        self,
-        context: Any,
-        hook: SalesforceBulkHook,
-        state: _RoundState,
-        policy: ResubmitPolicy,
-        retry_from: list[str],
-        instance_url: str,
-    ) -> Any:
-        """Send round ``state.round + 1``'s jobs and wait for them (deferred or in the worker)."""
-        number = state.round + 1
         plan: JobPlan | None = getattr(self, "_plan", None)
         store = plan.store if plan is not None else plan_store_for(context)
         rounds = RoundPlan(store)

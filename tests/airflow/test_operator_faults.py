@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
+from tests.airflow import helpers
 from tests.airflow.helpers import TI, SupervisorComms, conn_uri_json
 
 CSV = b"LastName,External_Id__c\n" + b"".join(b"Fault%d,F%d\n" % (i, i) for i in range(40))
@@ -31,18 +31,13 @@ class _TI:
         self.pushed[key] = value
 
 
-class DictStore:
+class DictStore(helpers.DictStore):
+    """The in-memory store, holding a plan under the operator's key from the start when given one."""
+
     def __init__(self, value: Any = None) -> None:
-        self.data: dict[str, Any] = {} if value is None else {"salesforce_bulk": value}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return json.loads(json.dumps(self.data.get(key, default)))
-
-    def set(self, key: str, value: Any) -> None:
-        self.data[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
+        super().__init__()
+        if value is not None:
+            self.data["salesforce_bulk"] = value
 
 
 @pytest.fixture
