@@ -383,6 +383,87 @@ def test_a_dataframe_like_object_is_not_turned_into_a_list() -> None:
         assert [chunk.data for chunk in chunks] == [b"LastName\na\nb\n"]
 
 
+PANDAS_PRELUDE = """
+        import pandas as pd
+
+        def frame():
+            n = 30
+            return pd.DataFrame(
+                {
+                    "External_Id__c": [f"PD-{i}" for i in range(n)],
+                    "Name": [None if i % 7 == 0 else f'Item {i}, "boxed"' for i in range(n)],
+                    "Quantity__c": pd.array([None if i % 5 == 0 else i * 3 for i in range(n)], dtype="Int64"),
+                    "Unit_Price__c": [float("nan") if i % 6 == 0 else i + 0.25 for i in range(n)],
+                    "Active__c": [i % 2 == 0 for i in range(n)],
+                    "Last_Counted__c": pd.to_datetime(
+                        [None if i % 4 == 0 else f"2024-03-{i % 28 + 1:02d}T10:{i:02d}:05.250Z"
+                         for i in range(n)],
+                        utc=True,
+                    ),
+                    "Category__c": pd.Categorical(["Hardware" if i % 3 else "Spare Part" for i in range(n)]),
+                }
+            )
+        """
+
+
+def _pandas_expected(i: int) -> dict[str, Any]:
+    """What the org stores for row ``i`` of ``frame()``, typed as the emulator returns records."""
+    return {
+        "Name": None if i % 7 == 0 else f'Item {i}, "boxed"',
+        "Quantity__c": None if i % 5 == 0 else i * 3,
+        "Unit_Price__c": None if i % 6 == 0 else i + 0.25,
+        "Active__c": i % 2 == 0,
+        "Last_Counted__c": None if i % 4 == 0 else f"2024-03-{i % 28 + 1:02d}T10:{i:02d}:05.250+0000",
+        "Category__c": "Hardware" if i % 3 else "Spare Part",
+    }
+
+
+def test_a_pandas_dataframe_loads_directly_and_through_xcom(sf: RunningEmulator, tmp_path: Path) -> None:
+    # A real pandas DataFrame (nullable Int64, NaN, NaT, tz-aware timestamps, a categorical), handed
+    # over directly and, as most DAGs do, returned by an upstream task through XCom.
+    dr = _run(
+        "i10_pandas",
+        tmp_path,
+        'operation="insert", object_name="Warehouse_Item__c", max_records_per_job=8, records=frame()',
+        prelude=PANDAS_PRELUDE,
+    )
+    assert dr.state == "success"
+    assert _xcom("i10_pandas")["totals"]["succeeded"] == 30
+    stored = {r["External_Id__c"]: r for r in sf.records("Warehouse_Item__c")}
+    assert sorted(stored) == sorted(f"PD-{i}" for i in range(30))
+    for i in range(30):
+        record = stored[f"PD-{i}"]
+        assert {name: record[name] for name in _pandas_expected(i)} == _pandas_expected(i), f"row {i}"
+    assert len(_jobs(sf)) == 4
+
+    sf.reset()
+    dag = load_dag_file(
+        "i10_pandas_xcom",
+        f"""
+        import datetime
+        from airflow.sdk import DAG, task
+        from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+        {PANDAS_PRELUDE}
+        with DAG("i10_pandas_xcom", schedule=None, start_date=datetime.datetime(2024, 1, 1)) as dag:
+            @task
+            def extract():
+                return frame()
+
+            SalesforceBulkOperator(
+                task_id="load", conn_id="sf_e2e", deferrable=True, poll_interval=0.2,
+                results_path={str(tmp_path / "xcom")!r}, operation="upsert", object_name="Warehouse_Item__c",
+                external_id_field="External_Id__c", records=extract(),
+            )
+        """,
+    )
+    dr = dag.test()  # type: ignore[attr-defined]
+    assert dr.state == "success"
+    assert _xcom("i10_pandas_xcom")["totals"]["succeeded"] == 30
+    stored = {r["External_Id__c"]: r for r in sf.records("Warehouse_Item__c")}
+    assert len(stored) == 30
+    assert {name: stored["PD-9"][name] for name in _pandas_expected(9)} == _pandas_expected(9)
+
+
 def test_the_sql_example_dag_upserts_the_query_result(
     emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, airflow_db: object, tmp_path: Path
 ) -> None:
