@@ -88,16 +88,41 @@ DEFAULT_TIMEOUTS = Timeouts()
 
 
 async def within(awaitable: Awaitable[T], seconds: float) -> T:
-    """Await ``awaitable``, raising ``TimeoutError`` once ``seconds`` have passed.
+    """Await ``awaitable`` in the calling task, raising ``TimeoutError`` once ``seconds`` have passed.
 
-    On Python 3.11+ this is ``asyncio.timeout``: no extra task, and a cancellation of the caller
-    arriving as the awaitable finishes is never lost (3.11's ``asyncio.wait_for`` can swallow it, which
-    would make a cancelled or timed-out load run on).
+    No extra task is made (``asyncio.wait_for`` makes one, and can swallow a cancellation of the caller
+    that arrives as the awaitable finishes, which would make a cancelled or timed-out load run on): a
+    cancellation always reaches the caller, at the latest at its next ``await``. Python 3.11+ uses
+    ``asyncio.timeout``; 3.10 cancels the calling task itself at the deadline.
     """
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(seconds):
             return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover (Python 3.10)
+    return await _within_by_cancelling(awaitable, seconds)
+
+
+async def _within_by_cancelling(awaitable: Awaitable[T], seconds: float) -> T:
+    """``asyncio.timeout`` for Python 3.10, as the async-timeout backport does it: the deadline cancels
+    this task, and a cancellation once the deadline fired becomes ``TimeoutError`` (a caller's cancel
+    landing in that same instant ends the wait as a timeout: either way the wait ends)."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("within() must be awaited inside a task")
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = task.cancel(f"no answer within {seconds:g}s")
+
+    handle = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if expired:
+            raise TimeoutError(f"no answer within {seconds:g}s") from None
+        raise
+    finally:
+        handle.cancel()
 
 
 def no_answer(exc: BaseException, seconds: float) -> str:
