@@ -88,7 +88,8 @@ DEFAULT_TIMEOUTS = Timeouts()
 
 
 async def within(awaitable: Awaitable[T], seconds: float) -> T:
-    """Await ``awaitable`` in the calling task, raising ``TimeoutError`` once ``seconds`` have passed.
+    """Await ``awaitable`` in the calling task, raising ``asyncio.TimeoutError`` once ``seconds`` have
+    passed.
 
     No extra task is made (``asyncio.wait_for`` makes one, and can swallow a cancellation of the caller
     that arrives as the awaitable finishes, which would make a cancelled or timed-out load run on): a
@@ -103,8 +104,9 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
 
 async def _within_by_cancelling(awaitable: Awaitable[T], seconds: float) -> T:
     """``asyncio.timeout`` for Python 3.10, as the async-timeout backport does it: the deadline cancels
-    this task, and a cancellation once the deadline fired becomes ``TimeoutError`` (a caller's cancel
-    landing in that same instant ends the wait as a timeout: either way the wait ends)."""
+    this task, and a cancellation once the deadline fired becomes ``asyncio.TimeoutError`` (on 3.10 not
+    yet the builtin ``TimeoutError``, which is what callers catch; a caller's cancel landing in that same
+    instant ends the wait as a timeout: either way the wait ends)."""
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("within() must be awaited inside a task")
@@ -119,7 +121,7 @@ async def _within_by_cancelling(awaitable: Awaitable[T], seconds: float) -> T:
         return await awaitable
     except asyncio.CancelledError:
         if expired:
-            raise TimeoutError(f"no answer within {seconds:g}s") from None
+            raise asyncio.TimeoutError(f"no answer within {seconds:g}s") from None
         raise
     finally:
         handle.cancel()
