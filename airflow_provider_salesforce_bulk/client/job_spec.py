@@ -97,6 +97,11 @@ class JobSpec:
         """
         _check_columns(self.operation, fieldnames, self.external_id_field)
 
+    def chunk_format(self, none_as: NoneAs = "empty", allow_na_marker: bool = False) -> ChunkFormat:
+        """The format of this job's CSV: its delimiter and line ending, with how records write
+        ``None`` and ``#N/A`` (checked as :class:`ChunkFormat` checks them)."""
+        return ChunkFormat(self.column_delimiter, self.line_ending, none_as, allow_na_marker)
+
     def create_body(self) -> dict[str, str]:
         """The JSON body of ``POST /jobs/ingest`` for this job."""
         body = {

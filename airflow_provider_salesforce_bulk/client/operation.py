@@ -32,7 +32,6 @@ from airflow_provider_salesforce_bulk.client.errors import (
 from airflow_provider_salesforce_bulk.client.ingest_jobs import IngestJobApi
 from airflow_provider_salesforce_bulk.client.job_spec import (
     DEFAULT_OPERATION_TIMEOUT,
-    ChunkFormat,
     ChunkLimits,
     JobSpec,
     PollPolicy,
@@ -365,7 +364,7 @@ async def perform_operation(
     started = time.monotonic()
     spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
     limits = ChunkLimits(max_size_bytes, max_records)
-    chunk_format = ChunkFormat(column_delimiter, line_ending, none_as, allow_na_marker)
+    chunk_format = spec.chunk_format(none_as, allow_na_marker)
     check_seconds("timeout", timeout)
     if fieldnames is not None:
         spec.check_fieldnames(list(fieldnames))
@@ -406,10 +405,9 @@ async def perform_csv_operation(
     started = time.monotonic()
     spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
     limits = ChunkLimits(max_size_bytes, max_records)
-    # The values are copied as they are: only the dialect of the format applies.
-    chunk_format = ChunkFormat(column_delimiter, line_ending)
     check_seconds("timeout", timeout)
-    chunks = functools.partial(iter_csv_stream_chunks, source, limits, chunk_format)
+    # The values are copied as they are: only the job's dialect of the format applies.
+    chunks = functools.partial(iter_csv_stream_chunks, source, limits, spec.chunk_format())
 
     validate_all = validate_first and isinstance(source, (str, os.PathLike))
     async for result in _load(

@@ -20,7 +20,6 @@ from airflow_provider_salesforce_bulk.client import (
     DEFAULT_RETRY_ERROR_CODES,
     TERMINAL_STATES,
     BulkIngestClient,
-    ChunkFormat,
     ChunkLimits,
     InputError,
     JobInfo,
@@ -379,12 +378,7 @@ class SalesforceBulkOperator(BaseOperator):
         spec = self._job_spec()
         limits = self._chunk_limits()
         # The operator's arguments are untyped DAG input: ChunkFormat's check makes none_as one of its values.
-        chunk_format = ChunkFormat(
-            spec.column_delimiter,
-            spec.line_ending,
-            self.none_as,  # type: ignore[arg-type]
-            self.allow_na_marker,
-        )
+        chunk_format = spec.chunk_format(self.none_as, self.allow_na_marker)  # type: ignore[arg-type]
         if (
             self.sql is not None
             or _is_arrow_object(records)
