@@ -406,7 +406,7 @@ async def perform_csv_operation(
     spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
     limits = ChunkLimits(max_size_bytes, max_records)
     check_seconds("timeout", timeout)
-    # The values are copied as they are: only the job's dialect of the format applies.
+    # The CSV is copied as it is: of the format, only the job's delimiter and line ending apply.
     chunks = functools.partial(iter_csv_stream_chunks, source, limits, spec.chunk_format())
 
     validate_all = validate_first and isinstance(source, (str, os.PathLike))
