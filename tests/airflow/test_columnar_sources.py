@@ -187,6 +187,17 @@ def test_tables_as_records_give_the_dict_paths_chunks_on_every_pass(make: Any) -
     assert _chunks(source) == _expected(table)
 
 
+def test_a_table_given_as_records_is_written_in_the_whole_format() -> None:
+    # allow_na_marker travels in the format with the rest: a table given as records honours it.
+    table = pa.table({"Name": ["#N/A", "x"]})
+    allowed = {"limits": CHUNK_LIMITS, "chunk_format": ChunkFormat(allow_na_marker=True)}
+    source = make_source(records=table, source=None, source_format=None, fieldnames=None, **allowed)
+    assert [chunk.data for chunk in _chunks(source)] == [b"Name\n#N/A\nx\n"]
+    refused = make_source(records=table, source=None, source_format=None, fieldnames=None, **LIMITS)
+    with pytest.raises(InputError, match="#N/A"):
+        _chunks(refused)
+
+
 def test_field_mapping_selects_and_renames_columns() -> None:
     table = _table(20)
     source = make_columnar_source(
