@@ -38,13 +38,7 @@ TARGET_VS_WRITE_CSV = 0.5
 SQL_SIZES = (200_000, 500_000, 1_000_000)
 TARGET_RSS_RATIO = 1.1
 CONN_ID = "bench_arrow_sqlite"
-LIMITS: dict[str, Any] = {
-    "max_size_bytes": 10_000_000,
-    "max_records": 150_000_000,
-    "column_delimiter": "COMMA",
-    "line_ending": "LF",
-    "none_as": "empty",
-}
+MAX_SIZE_BYTES = 10_000_000
 
 
 def make_table(n: int = ROWS) -> Any:
@@ -77,7 +71,7 @@ def make_table(n: int = ROWS) -> Any:
 def speed() -> bool:
     import pyarrow.csv as pa_csv
 
-    from airflow_provider_salesforce_bulk.client import iter_arrow_chunks, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkLimits, iter_arrow_chunks, iter_record_chunks
 
     started = time.perf_counter()
     table = make_table()
@@ -87,10 +81,11 @@ def speed() -> bool:
     )
 
     def arrow() -> int:
-        return sum(len(chunk.data) for chunk in iter_arrow_chunks(table, **LIMITS))
+        return sum(len(chunk.data) for chunk in iter_arrow_chunks(table, max_size_bytes=MAX_SIZE_BYTES))
 
     def dicts() -> int:
-        return sum(len(chunk.data) for chunk in iter_record_chunks(rows, **LIMITS))
+        limits = ChunkLimits(max_size_bytes=MAX_SIZE_BYTES)
+        return sum(len(chunk.data) for chunk in iter_record_chunks(rows, limits=limits))
 
     def write_csv() -> int:
         out = io.BytesIO()
@@ -140,6 +135,7 @@ def make_database(path: Path, n: int) -> None:
 
 
 def child(rows: int) -> None:
+    from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits
     from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
     from benchmarks._support import peak_rss_mb
 
@@ -148,7 +144,8 @@ def child(rows: int) -> None:
             sql="SELECT name, ext, employees, revenue, active, founded, note FROM accounts LIMIT ?",
             parameters=(limit,),
             sql_conn_id=CONN_ID,
-            **LIMITS,
+            limits=ChunkLimits(max_size_bytes=MAX_SIZE_BYTES),
+            chunk_format=ChunkFormat(),
         )
         totals = []
         for _ in range(2):  # the operator's validation pass, then its submission pass (from the spool)

@@ -82,6 +82,8 @@ from airflow_provider_salesforce_bulk.client.ingest import BulkIngestClient
 from airflow_provider_salesforce_bulk.client.ingest_jobs import RESULT_KINDS, IngestJobApi
 from airflow_provider_salesforce_bulk.client.job_spec import (
     DEFAULT_OPERATION_TIMEOUT,
+    ChunkFormat,
+    ChunkFormatOptions,
     ChunkLimits,
     JobSpec,
     PollPolicy,
@@ -107,6 +109,7 @@ from airflow_provider_salesforce_bulk.client.models import (
     JobInfo,
     JobState,
     LineEnding,
+    NoneAs,
     OperationType,
     RecordCounts,
     ResultKind,
@@ -148,7 +151,6 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
 )
 from airflow_provider_salesforce_bulk.client.retry import RetryPolicy
 from airflow_provider_salesforce_bulk.client.serialize import (
-    NoneAs,
     iter_record_chunks,
     serialize_ingest_data,
     value_text,
@@ -157,7 +159,11 @@ from airflow_provider_salesforce_bulk.client.session import DEFAULT_API_VERSION,
 from airflow_provider_salesforce_bulk.client.timeouts import Timeouts
 
 if TYPE_CHECKING:
-    from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_chunks, require_pyarrow
+    from airflow_provider_salesforce_bulk.client.arrow_chunks import (
+        iter_arrow_chunks,
+        iter_arrow_source_chunks,
+        require_pyarrow,
+    )
 
 __all__ = [
     "COLUMN_DELIMITERS",
@@ -179,6 +185,8 @@ __all__ = [
     "BulkOperationError",
     "BulkOperationTimeoutError",
     "BulkQueryClient",
+    "ChunkFormat",
+    "ChunkFormatOptions",
     "ChunkLimits",
     "ClientCredentialsAuth",
     "ColumnDelimiter",
@@ -270,6 +278,7 @@ __all__ = [
     "fingerprint",
     "get_limits",
     "iter_arrow_chunks",
+    "iter_arrow_source_chunks",
     "iter_csv_stream_chunks",
     "iter_record_chunks",
     "iter_retry_chunks",
@@ -290,7 +299,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The Arrow path is loaded on first use: importing the client must not need pyarrow (an extra).
-    if name in ("iter_arrow_chunks", "require_pyarrow"):
+    if name in ("iter_arrow_chunks", "iter_arrow_source_chunks", "require_pyarrow"):
         from airflow_provider_salesforce_bulk.client import arrow_chunks
 
         return getattr(arrow_chunks, name)

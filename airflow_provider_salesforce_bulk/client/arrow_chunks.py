@@ -25,24 +25,23 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_salesforce_bulk.client.csv_format import MAX_RECORDS, MAX_SIZE_BYTES, CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, LineEnding
+from airflow_provider_salesforce_bulk.client.job_spec import ChunkFormat, ChunkFormatOptions, ChunkLimits
 from airflow_provider_salesforce_bulk.client.serialize import (
     _NA_MARKER,
     _NONE_TEXT,
     ChunkPacker,
-    NoneAs,
     _check_fieldnames,
     _check_header,
     _decimal_text,
     _float_text,
     _Writer,
-    check_writer_options,
 )
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from typing_extensions import Unpack
 
-__all__ = ["ArrowSource", "iter_arrow_chunks", "require_pyarrow"]
+__all__ = ["ArrowSource", "iter_arrow_chunks", "iter_arrow_source_chunks", "require_pyarrow"]
 
 #: A pyarrow Table, RecordBatch, RecordBatchReader, an iterable of RecordBatches, or any object with
 #: ``__arrow_c_stream__`` (a pandas or polars DataFrame, for one).
@@ -79,11 +78,7 @@ def iter_arrow_chunks(
     fieldnames: Collection[str] | None = None,
     max_size_bytes: int = MAX_SIZE_BYTES,
     max_records: int = MAX_RECORDS,
-    *,
-    column_delimiter: ColumnDelimiter = "COMMA",
-    line_ending: LineEnding = "LF",
-    none_as: NoneAs = "empty",
-    allow_na_marker: bool = False,
+    **options: Unpack[ChunkFormatOptions],
 ) -> Iterator[CsvChunk]:
     """Serialize Arrow data into Bulk API 2.0 ingest CSV chunks.
 
@@ -135,19 +130,23 @@ def iter_arrow_chunks(
     ImportError
         pyarrow is not installed.
     """
-    delimiter, eol = check_writer_options(
-        max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
-    )
+    limits = ChunkLimits(max_size_bytes, max_records)
+    return iter_arrow_source_chunks(source, fieldnames, limits, ChunkFormat.of(**options))
+
+
+def iter_arrow_source_chunks(
+    source: ArrowSource, fieldnames: Collection[str] | None, limits: ChunkLimits, chunk_format: ChunkFormat
+) -> Iterator[CsvChunk]:
+    """:func:`iter_arrow_chunks` taking the limits and the format as the objects that checked them,
+    as :func:`~.serialize.iter_record_chunks` does for records."""
     pa = require_pyarrow()
     names = _check_fieldnames(fieldnames) if fieldnames is not None else None
     schema, batches = _open(pa, source)
     if schema is None:
-        return _generate_peeked(
-            pa, batches, names, max_size_bytes, max_records, delimiter, eol, none_as, allow_na_marker
-        )
-    plan = _Plan(pa, schema, names, delimiter, eol, none_as, allow_na_marker)
-    _check_header(plan.writer, max_size_bytes)
-    return _generate(plan, batches, max_size_bytes, max_records)
+        return _generate_peeked(pa, batches, names, limits, chunk_format)
+    plan = _Plan(pa, schema, names, chunk_format)
+    _check_header(plan.writer, limits.max_size_bytes)
+    return _generate(plan, batches, limits)
 
 
 def _open(pa: Any, source: ArrowSource) -> tuple[pa.Schema | None, Iterator[pa.RecordBatch]]:
@@ -174,12 +173,8 @@ def _generate_peeked(
     pa: Any,
     batches: Iterator[Any],
     names: list[str] | None,
-    max_size_bytes: int,
-    max_records: int,
-    delimiter: str,
-    eol: str,
-    none_as: NoneAs,
-    allow_na_marker: bool,
+    limits: ChunkLimits,
+    chunk_format: ChunkFormat,
 ) -> Iterator[CsvChunk]:
     first = next(batches, None)
     if first is None:
@@ -188,14 +183,14 @@ def _generate_peeked(
         raise InputError(
             f"the source yielded a {type(first).__name__}, expected pyarrow RecordBatches", field="source"
         )
-    plan = _Plan(pa, first.schema, names, delimiter, eol, none_as, allow_na_marker)
-    _check_header(plan.writer, max_size_bytes)
+    plan = _Plan(pa, first.schema, names, chunk_format)
+    _check_header(plan.writer, limits.max_size_bytes)
 
     def chained() -> Iterator[Any]:
         yield first
         yield from batches
 
-    yield from _generate(plan, chained(), max_size_bytes, max_records)
+    yield from _generate(plan, chained(), limits)
 
 
 Formatter = Callable[["pa.Array", str, int], "pa.Array"]
@@ -209,10 +204,7 @@ class _Plan:
         pa: Any,
         schema: pa.Schema,
         names: list[str] | None,
-        delimiter: str,
-        eol: str,
-        none_as: NoneAs,
-        allow_na_marker: bool = False,
+        chunk_format: ChunkFormat,
     ) -> None:
         self.pa = pa
         self.pc = pa.compute
@@ -230,13 +222,13 @@ class _Plan:
                         record_index=0,
                         field=name,
                     )
-        self.writer = _Writer(names, delimiter, eol, none_as, allow_na_marker)
-        self.allow_na_marker = allow_na_marker
+        self.writer = _Writer(names, chunk_format)
+        self.allow_na_marker = chunk_format.allow_na_marker
         self.names = names
-        self.eol = eol
-        self.delimiter = delimiter
-        self.none_text = _NONE_TEXT[none_as]
-        self.specials = ("\x00", '"', "\r", "\n", delimiter)
+        self.eol = chunk_format.eol
+        self.delimiter = chunk_format.delimiter
+        self.none_text = _NONE_TEXT[chunk_format.none_as]
+        self.specials = ("\x00", '"', "\r", "\n", self.delimiter)
         self.schema = schema
         self.formatters = self._formatters(schema)
 
@@ -468,11 +460,9 @@ def _slices(batch: Any) -> Iterator[Any]:
         yield batch.slice(start, step)
 
 
-def _generate(
-    plan: _Plan, batches: Iterator[Any], max_size_bytes: int, max_records: int
-) -> Iterator[CsvChunk]:
+def _generate(plan: _Plan, batches: Iterator[Any], limits: ChunkLimits) -> Iterator[CsvChunk]:
     pa = plan.pa
-    packer = ChunkPacker(plan.writer.header.encode(), max_size_bytes, max_records)
+    packer = ChunkPacker(plan.writer.header.encode(), limits)
     base = 0
     for batch in batches:
         if not isinstance(batch, pa.RecordBatch):

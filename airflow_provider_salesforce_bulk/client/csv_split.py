@@ -22,12 +22,15 @@ from airflow_provider_salesforce_bulk.client.csv_format import (
     MAX_SIZE_BYTES,
     CsvChunk,
     CsvSource,
-    check_column_delimiter,
     check_header_fits,
-    check_line_ending,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.job_spec import ChunkLimits
+from airflow_provider_salesforce_bulk.client.job_spec import (
+    DEFAULT_FORMAT,
+    DEFAULT_LIMITS,
+    ChunkFormat,
+    ChunkLimits,
+)
 from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, LineEnding
 
 __all__ = ["iter_csv_stream_chunks", "split_csv_stream"]
@@ -299,11 +302,9 @@ def _iter_records(
 
 def iter_csv_stream_chunks(
     source: CsvSource,
-    max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = MAX_RECORDS,
+    limits: ChunkLimits = DEFAULT_LIMITS,
+    chunk_format: ChunkFormat = DEFAULT_FORMAT,
     *,
-    line_ending: LineEnding = "LF",
-    column_delimiter: ColumnDelimiter = "COMMA",
     block_size: int = _BLOCK_SIZE,
 ) -> Iterator[CsvChunk]:
     """Split CSV that is already in the job's format into :class:`CsvChunk` objects.
@@ -320,16 +321,14 @@ def iter_csv_stream_chunks(
     ----------
     source : binary file object, str or os.PathLike
         An open binary stream (read from its current position, not closed) or a file path.
-    max_size_bytes : int, optional
-        Largest chunk in bytes, header and line endings included; at most 100,000,000.
-    max_records : int, optional
-        Most records per chunk (the header is not counted); at least 1.
-    line_ending : {"LF", "CRLF"}, optional
-        The job's line ending. Every record of the input must end with it: a file with the other
-        line ending is an :class:`InputError` rather than silently converted, because converting
-        would rewrite the data. Line endings inside quoted values are data and are left alone.
-    column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}, optional
-        The job's column delimiter, which the quoting check needs to know where values begin and end.
+    limits : ChunkLimits, optional
+        How large a chunk may be (Salesforce's limits by default).
+    chunk_format : ChunkFormat, optional
+        The job's dialect; the values are copied, not written, so only two of its options apply.
+        ``line_ending``: every record of the input must end with it: a file with the other line
+        ending is an :class:`InputError` rather than silently converted, because converting would
+        rewrite the data (line endings inside quoted values are data and are left alone).
+        ``column_delimiter``: the quoting check needs it to know where values begin and end.
     block_size : int, optional
         Bytes read from the stream at a time.
 
@@ -343,16 +342,16 @@ def iter_csv_stream_chunks(
     Raises
     ------
     InputError
-        For arguments out of range or a file that cannot be opened; while iterating, before the chunk
+        For a ``block_size`` out of range or a file that cannot be opened; while iterating, before the chunk
         holding the problem is yielded: a header too large for ``max_size_bytes``, a line ending that
         does not match ``line_ending``, malformed quoting, a NUL byte, bytes that are not UTF-8, a
         quoted value left open at the end of the input, or a record too large for a chunk. The
         message names the line (1-based, the header is line 1, lines inside quoted values count)
         and ``record_index`` is set for a data record.
     """
-    ChunkLimits(max_size_bytes, max_records)
-    eol = check_line_ending(line_ending).encode()
-    delimiter = check_column_delimiter(column_delimiter)
+    max_size_bytes, max_records = limits.max_size_bytes, limits.max_records
+    eol = chunk_format.eol.encode()
+    delimiter = chunk_format.delimiter
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise InputError(f"block_size must be an int of at least 1, got {block_size!r}", field="block_size")
     if isinstance(source, (str, os.PathLike)):
@@ -420,20 +419,21 @@ def split_csv_stream(
 ) -> Iterator[bytes]:
     """Split CSV that is already in the job's format into job-sized CSV payloads.
 
-    The same as :func:`iter_csv_stream_chunks` (see there for the parameters and rules), yielding
-    only each chunk's bytes.
+    The same as :func:`iter_csv_stream_chunks` (see there for the rules), with the limits, the
+    line ending and the column delimiter given one by one, yielding only each chunk's bytes.
+
+    Raises
+    ------
+    InputError
+        Arguments out of range (at once), or as :func:`iter_csv_stream_chunks` while iterating.
 
     Yields
     ------
     bytes
         UTF-8 CSV, the header first, within both limits.
     """
-    chunks = iter_csv_stream_chunks(
-        source,
-        max_size_bytes,
-        max_records,
-        line_ending=line_ending,
-        column_delimiter=column_delimiter,
-        block_size=block_size,
+    limits = ChunkLimits(max_size_bytes, max_records)
+    chunk_format = ChunkFormat(column_delimiter=column_delimiter, line_ending=line_ending)
+    return (
+        chunk.data for chunk in iter_csv_stream_chunks(source, limits, chunk_format, block_size=block_size)
     )
-    return (chunk.data for chunk in chunks)

@@ -1,5 +1,6 @@
 """What a load is made of, each checked once where it is built: the job (:class:`JobSpec`), the chunk
-limits (:class:`ChunkLimits`) and how often a job is polled (:class:`PollPolicy`).
+limits (:class:`ChunkLimits`), how records are written as CSV (:class:`ChunkFormat`) and how often a
+job is polled (:class:`PollPolicy`).
 
 Like httpx's ``Timeout`` and ``Limits``, these are small frozen values: a function taking one knows it
 is valid, so the options are never checked again on their way from the caller to the request.
@@ -10,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, TypedDict, get_args
 
 from airflow_provider_salesforce_bulk.client.csv_format import (
+    COLUMN_DELIMITERS,
+    LINE_ENDINGS,
     MAX_RECORDS,
     MAX_SIZE_BYTES,
     check_column_delimiter,
@@ -22,12 +26,20 @@ from airflow_provider_salesforce_bulk.client.models import (
     OPERATIONS,
     ColumnDelimiter,
     LineEnding,
+    NoneAs,
     OperationType,
 )
 from airflow_provider_salesforce_bulk.client.retry import check_seconds
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
+    "DEFAULT_FORMAT",
+    "DEFAULT_LIMITS",
     "DEFAULT_OPERATION_TIMEOUT",
+    "ChunkFormat",
+    "ChunkFormatOptions",
     "ChunkLimits",
     "JobSpec",
     "PollPolicy",
@@ -85,6 +97,11 @@ class JobSpec:
         """
         _check_columns(self.operation, fieldnames, self.external_id_field)
 
+    def chunk_format(self, none_as: NoneAs = "empty", allow_na_marker: bool = False) -> ChunkFormat:
+        """The format of this job's CSV: its delimiter and line ending, with how records write
+        ``None`` and ``#N/A`` (checked as :class:`ChunkFormat` checks them)."""
+        return ChunkFormat(self.column_delimiter, self.line_ending, none_as, allow_na_marker)
+
     def create_body(self) -> dict[str, str]:
         """The JSON body of ``POST /jobs/ingest`` for this job."""
         body = {
@@ -139,6 +156,79 @@ class ChunkLimits:
             )
         if max_records < 1:
             raise InputError(f"max_records must be at least 1, got {max_records}", field="max_records")
+
+
+class ChunkFormatOptions(TypedDict, total=False):
+    """The keyword options of :class:`ChunkFormat`, for the public functions that take them one by one
+    (:func:`.serialize.serialize_ingest_data`, :func:`.arrow_chunks.iter_arrow_chunks`): typed so
+    that mypy checks each keyword, written out once."""
+
+    column_delimiter: ColumnDelimiter
+    line_ending: LineEnding
+    none_as: NoneAs
+    allow_na_marker: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkFormat:
+    """How records are written as a job's CSV.
+
+    Parameters
+    ----------
+    column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}
+        The job's ``columnDelimiter`` (``COMMA``).
+    line_ending : {"LF", "CRLF"}
+        The job's ``lineEnding`` (``LF``).
+    none_as : {"empty", "null"}
+        ``None`` written as an empty value, which leaves the field as it is (``empty``), or as
+        ``#N/A``, which sets it to null.
+    allow_na_marker : bool
+        Let a value that is the text ``#N/A`` through (Salesforce then sets the field to null); by
+        default it is refused as bad input (False).
+
+    Raises
+    ------
+    InputError
+        An option out of its choices (``field`` names it: ``column_delimiter``, ``line_ending``,
+        ``none_as``, ``allow_na_marker``).
+    """
+
+    column_delimiter: ColumnDelimiter = "COMMA"
+    line_ending: LineEnding = "LF"
+    none_as: NoneAs = "empty"
+    allow_na_marker: bool = False
+
+    def __post_init__(self) -> None:
+        check_column_delimiter(self.column_delimiter)
+        check_line_ending(self.line_ending)
+        if self.none_as not in get_args(NoneAs):
+            raise InputError(f"none_as must be 'empty' or 'null', got {self.none_as!r}", field="none_as")
+        if not isinstance(self.allow_na_marker, bool):
+            raise InputError(
+                f"allow_na_marker must be True or False, got {self.allow_na_marker!r}",
+                field="allow_na_marker",
+            )
+
+    @classmethod
+    def of(cls, **options: Unpack[ChunkFormatOptions]) -> ChunkFormat:
+        """The format the keyword options of a public function name (the defaults for those not given)."""
+        return cls(**options)
+
+    @property
+    def delimiter(self) -> str:
+        """The column delimiter's character."""
+        return COLUMN_DELIMITERS[self.column_delimiter]
+
+    @property
+    def eol(self) -> str:
+        """The line ending's characters."""
+        return LINE_ENDINGS[self.line_ending]
+
+
+#: Salesforce's limits and the default format: the defaults of the functions taking these objects
+#: (frozen, so one instance serves every call).
+DEFAULT_LIMITS = ChunkLimits()
+DEFAULT_FORMAT = ChunkFormat()
 
 
 @dataclasses.dataclass(frozen=True)

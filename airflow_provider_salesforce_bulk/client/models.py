@@ -16,6 +16,7 @@ __all__ = [
     "JobInfo",
     "JobState",
     "LineEnding",
+    "NoneAs",
     "OperationType",
     "RecordCounts",
     "ResultKind",
@@ -26,6 +27,8 @@ OperationType = Literal["insert", "delete", "hardDelete", "update", "upsert"]
 JobState = Literal["Open", "UploadComplete", "InProgress", "JobComplete", "Aborted", "Failed"]
 ColumnDelimiter = Literal["BACKQUOTE", "CARET", "COMMA", "PIPE", "SEMICOLON", "TAB"]
 LineEnding = Literal["LF", "CRLF"]
+#: How ``None`` is written: an empty value (the field is left as it is) or ``#N/A`` (set to null).
+NoneAs = Literal["empty", "null"]
 ResultKind = Literal["successfulResults", "failedResults", "unprocessedrecords"]
 
 #: The ingest operations of Bulk API 2.0, in the order error messages list them.

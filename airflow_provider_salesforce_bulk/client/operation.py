@@ -30,16 +30,22 @@ from airflow_provider_salesforce_bulk.client.errors import (
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.ingest_jobs import IngestJobApi
-from airflow_provider_salesforce_bulk.client.job_spec import DEFAULT_OPERATION_TIMEOUT, JobSpec, PollPolicy
+from airflow_provider_salesforce_bulk.client.job_spec import (
+    DEFAULT_OPERATION_TIMEOUT,
+    ChunkLimits,
+    JobSpec,
+    PollPolicy,
+)
 from airflow_provider_salesforce_bulk.client.models import (
     ColumnDelimiter,
     JobInfo,
     LineEnding,
+    NoneAs,
     OperationType,
     RecordCounts,
 )
 from airflow_provider_salesforce_bulk.client.retry import check_count, check_seconds
-from airflow_provider_salesforce_bulk.client.serialize import NoneAs, iter_record_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.client.timeouts import within
 
 if TYPE_CHECKING:
@@ -357,21 +363,12 @@ async def perform_operation(
     """
     started = time.monotonic()
     spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
+    limits = ChunkLimits(max_size_bytes, max_records)
+    chunk_format = spec.chunk_format(none_as, allow_na_marker)
     check_seconds("timeout", timeout)
     if fieldnames is not None:
         spec.check_fieldnames(list(fieldnames))
-
-    def chunks() -> Iterator[CsvChunk]:
-        return iter_record_chunks(
-            data,
-            fieldnames=fieldnames,
-            max_size_bytes=max_size_bytes,
-            max_records=max_records,
-            column_delimiter=column_delimiter,
-            line_ending=line_ending,
-            none_as=none_as,
-            allow_na_marker=allow_na_marker,
-        )
+    chunks = functools.partial(iter_record_chunks, data, fieldnames, limits, chunk_format)
 
     validate_all = validate_first and isinstance(data, (list, tuple))
     async for result in _load(
@@ -407,12 +404,10 @@ async def perform_csv_operation(
     """
     started = time.monotonic()
     spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
+    limits = ChunkLimits(max_size_bytes, max_records)
     check_seconds("timeout", timeout)
-
-    def chunks() -> Iterator[CsvChunk]:
-        return iter_csv_stream_chunks(
-            source, max_size_bytes, max_records, line_ending=line_ending, column_delimiter=column_delimiter
-        )
+    # The CSV is copied as it is: of the format, only the job's delimiter and line ending apply.
+    chunks = functools.partial(iter_csv_stream_chunks, source, limits, spec.chunk_format())
 
     validate_all = validate_first and isinstance(source, (str, os.PathLike))
     async for result in _load(

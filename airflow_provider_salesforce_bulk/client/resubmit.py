@@ -17,20 +17,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_salesforce_bulk.client.csv_format import (
-    MAX_RECORDS,
-    MAX_SIZE_BYTES,
-    CsvChunk,
-    check_column_delimiter,
-    check_line_ending,
-)
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
     UnexpectedResponseError,
 )
 from airflow_provider_salesforce_bulk.client.ingest_jobs import IngestJobApi
-from airflow_provider_salesforce_bulk.client.job_spec import ChunkLimits, JobSpec
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, LineEnding
+from airflow_provider_salesforce_bulk.client.job_spec import (
+    DEFAULT_FORMAT,
+    DEFAULT_LIMITS,
+    ChunkFormat,
+    ChunkLimits,
+    JobSpec,
+)
+from airflow_provider_salesforce_bulk.client.models import JobInfo
 from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.result_csv import EXTRA_KEY_PREFIX
 
@@ -285,19 +285,18 @@ async def iter_retry_chunks(
     job_ids: Iterable[str],
     policy: ResubmitPolicy | None = None,
     *,
-    max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = MAX_RECORDS,
-    column_delimiter: ColumnDelimiter = "COMMA",
-    line_ending: LineEnding = "LF",
+    limits: ChunkLimits = DEFAULT_LIMITS,
+    chunk_format: ChunkFormat = DEFAULT_FORMAT,
 ) -> AsyncIterator[RetryChunk]:
     """New job-sized chunks of the records that failed with one of ``policy.codes`` in ended jobs.
 
     Each job's state is read first: a job that has not ended (JobComplete, Failed or Aborted) is
     an :class:`InputError`, since its failed results are not final. Its failed results are
     streamed (memory holds one chunk; a job named twice is read once), the ``sf__Id`` and
-    ``sf__Error`` columns dropped, and the uploaded columns written again with ``column_delimiter``
-    and ``line_ending`` (quoting values holding a quote, CR, LF or the delimiter). Jobs with
-    different headers never share a chunk.
+    ``sf__Error`` columns dropped, and the uploaded columns written again, in chunks within
+    ``limits``, with ``chunk_format``'s delimiter and line ending (quoting values holding a quote,
+    CR, LF or the delimiter; the values are Salesforce's text, so its other options do not apply).
+    Jobs with different headers never share a chunk.
 
     Values are those Salesforce echoes in its failed results, which it may have normalized (a number
     ``912260031`` can come back as ``9.12260031E8``); Salesforce reads those back as the same value.
@@ -309,15 +308,13 @@ async def iter_retry_chunks(
     Raises
     ------
     InputError
-        Limits, delimiter or line ending out of range, or a job that has not ended (JobComplete,
-        Failed or Aborted).
+        A job that has not ended (JobComplete, Failed or Aborted).
     UnexpectedResponseError
         A failed results file without ``sf__Error``, with rows that do not match its header, or a
         record too large for ``max_size_bytes``.
     """
-    ChunkLimits(max_size_bytes, max_records)
-    delimiter = check_column_delimiter(column_delimiter)
-    eol = check_line_ending(line_ending)
+    max_size_bytes, max_records = limits.max_size_bytes, limits.max_records
+    delimiter, eol = chunk_format.delimiter, chunk_format.eol
     policy = policy or ResubmitPolicy()
     builder: _Builder | None = None
     first = 0
@@ -390,13 +387,13 @@ async def submit_retry_round(
     ledger: ResubmitLedger,
     spec: JobSpec,
     *,
-    max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = MAX_RECORDS,
+    limits: ChunkLimits = DEFAULT_LIMITS,
     compress: bool = False,
     on_job_created: Callable[[JobInfo, RetryChunk], Awaitable[None]] | None = None,
 ) -> list[RetryJob]:
     """Send the transient failures of ended jobs ``job_ids`` again, one new job per retry chunk, each
-    created as ``spec`` says (its CSV in ``spec``'s delimiter and line ending).
+    created as ``spec`` says (its CSV in ``spec``'s delimiter and line ending, in chunks within
+    ``limits``).
 
     Each chunk of :func:`iter_retry_chunks` goes through :func:`submit_job` (no job is ever
     aborted once its close may have been sent); ``on_job_created(job, chunk)`` is awaited before
@@ -411,13 +408,7 @@ async def submit_retry_round(
     """
     made: list[RetryJob] = []
     async for chunk in iter_retry_chunks(
-        client,
-        job_ids,
-        policy,
-        max_size_bytes=max_size_bytes,
-        max_records=max_records,
-        column_delimiter=spec.column_delimiter,
-        line_ending=spec.line_ending,
+        client, job_ids, policy, limits=limits, chunk_format=spec.chunk_format()
     ):
 
         async def created(job: JobInfo, chunk: RetryChunk = chunk) -> None:

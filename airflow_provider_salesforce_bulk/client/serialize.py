@@ -25,19 +25,26 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from itertools import accumulate, compress, islice, repeat
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_salesforce_bulk.client.csv_format import (
     MAX_RECORDS,
     MAX_SIZE_BYTES,
     CsvChunk,
-    check_column_delimiter,
     check_header_fits,
-    check_line_ending,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.job_spec import ChunkLimits
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, LineEnding
+from airflow_provider_salesforce_bulk.client.job_spec import (
+    DEFAULT_FORMAT,
+    DEFAULT_LIMITS,
+    ChunkFormat,
+    ChunkFormatOptions,
+    ChunkLimits,
+)
+from airflow_provider_salesforce_bulk.client.models import NoneAs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "NoneAs",
@@ -45,8 +52,6 @@ __all__ = [
     "serialize_ingest_data",
     "value_text",
 ]
-
-NoneAs = Literal["empty", "null"]
 
 #: The text Salesforce takes as "set this field to null".
 _NA_MARKER = "#N/A"
@@ -164,20 +169,13 @@ def _resolve_converter(kind: type) -> Callable[[Any], str]:
 class _Writer:
     """Per-call state: the columns, their dialect and the converters chosen so far."""
 
-    def __init__(
-        self,
-        fieldnames: Sequence[str],
-        delimiter: str,
-        eol: str,
-        none_as: NoneAs,
-        allow_na_marker: bool = False,
-    ) -> None:
+    def __init__(self, fieldnames: Sequence[str], chunk_format: ChunkFormat) -> None:
         self.fieldnames = list(fieldnames)
-        self.allow_na_marker = allow_na_marker
+        self.allow_na_marker = chunk_format.allow_na_marker
         self.positions = {name: i for i, name in enumerate(self.fieldnames)}
-        self.delimiter = delimiter
-        self.eol = eol
-        self.none_text = _NONE_TEXT[none_as]
+        self.delimiter = delimiter = chunk_format.delimiter
+        self.eol = eol = chunk_format.eol
+        self.none_text = _NONE_TEXT[chunk_format.none_as]
         self.getters = [operator.itemgetter(name) for name in self.fieldnames]
         self.needs_quotes = re.compile(f'["\r\n{re.escape(delimiter)}]')
         self.converters: dict[type, Callable[[Any], str]] = {type(None): self._none}
@@ -448,7 +446,7 @@ def _infer_fieldnames(records: list[Any], warned: set[str]) -> list[str]:
         values = (value for record in records for value in record.values())
         if not any(isinstance(value, Mapping) for value in values):
             return list(names)
-    probe = _Writer(["_"], ",", "\n", "empty")
+    probe = _Writer(["_"], DEFAULT_FORMAT)
     probe.warned = warned
     columns: dict[str, None] = {}
     for index, record in enumerate(records):
@@ -463,50 +461,28 @@ def _infer_fieldnames(records: list[Any], warned: set[str]) -> list[str]:
     return list(columns)
 
 
-def check_writer_options(
-    max_size_bytes: int,
-    max_records: int,
-    column_delimiter: str,
-    line_ending: str,
-    none_as: str,
-    allow_na_marker: bool,
-) -> tuple[str, str]:
-    """Refuse bad serializer options before any record is read; returns the delimiter and line ending
-    characters. Serves :func:`iter_record_chunks` and :func:`.arrow_chunks.iter_arrow_chunks`."""
-    ChunkLimits(max_size_bytes, max_records)
-    delimiter = check_column_delimiter(column_delimiter)
-    eol = check_line_ending(line_ending)
-    if none_as not in _NONE_TEXT:
-        raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
-    if not isinstance(allow_na_marker, bool):
-        raise InputError(
-            f"allow_na_marker must be True or False, got {allow_na_marker!r}", field="allow_na_marker"
-        )
-    return delimiter, eol
-
-
 def iter_record_chunks(
     data: Iterable[Mapping[str, Any]],
     fieldnames: Collection[str] | None = None,
-    max_size_bytes: int = MAX_SIZE_BYTES,
-    max_records: int = MAX_RECORDS,
-    *,
-    column_delimiter: ColumnDelimiter = "COMMA",
-    line_ending: LineEnding = "LF",
-    none_as: NoneAs = "empty",
-    allow_na_marker: bool = False,
+    limits: ChunkLimits = DEFAULT_LIMITS,
+    chunk_format: ChunkFormat = DEFAULT_FORMAT,
 ) -> Iterator[CsvChunk]:
     """Serialize records into Bulk API 2.0 ingest CSV chunks, with each chunk's record accounting.
 
     The same as :func:`serialize_ingest_data` (see there for the rules on data and values), yielding
-    :class:`CsvChunk` objects that say which input records each chunk holds. The arguments are checked
-    when this is called; problems in the data are raised while iterating, before the chunk holding the
-    bad record is yielded.
+    :class:`CsvChunk` objects that say which input records each chunk holds, and taking the limits
+    and the format as the objects that checked them. The field names are checked when this is
+    called; problems in the data are raised while iterating, before the chunk holding the bad record
+    is yielded.
 
     Parameters
     ----------
-    data, fieldnames, max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
+    data, fieldnames
         As for :func:`serialize_ingest_data`.
+    limits : ChunkLimits
+        How large a chunk may be (Salesforce's limits by default).
+    chunk_format : ChunkFormat
+        The CSV dialect and how ``None`` and ``#N/A`` are written (comma, LF, ``None`` empty).
 
     Yields
     ------
@@ -518,9 +494,6 @@ def iter_record_chunks(
     InputError
         Bad arguments (raised at once) or bad data (raised while iterating).
     """
-    delimiter, eol = check_writer_options(
-        max_size_bytes, max_records, column_delimiter, line_ending, none_as, allow_na_marker
-    )
     if fieldnames is None:
         if isinstance(data, Iterator):
             warnings.warn(
@@ -529,10 +502,10 @@ def iter_record_chunks(
                 UserWarning,
                 stacklevel=2,
             )
-        return _generate_inferred(data, max_size_bytes, max_records, delimiter, eol, none_as, allow_na_marker)
-    writer = _Writer(_check_fieldnames(fieldnames), delimiter, eol, none_as, allow_na_marker)
-    _check_header(writer, max_size_bytes)
-    return _generate(writer, iter(data), max_size_bytes, max_records)
+        return _generate_inferred(data, limits, chunk_format)
+    writer = _Writer(_check_fieldnames(fieldnames), chunk_format)
+    _check_header(writer, limits.max_size_bytes)
+    return _generate(writer, iter(data), limits)
 
 
 def _check_header(writer: _Writer, max_size_bytes: int) -> None:
@@ -546,13 +519,7 @@ def _check_header(writer: _Writer, max_size_bytes: int) -> None:
 
 
 def _generate_inferred(
-    data: Iterable[Mapping[str, Any]],
-    max_size_bytes: int,
-    max_records: int,
-    delimiter: str,
-    eol: str,
-    none_as: NoneAs,
-    allow_na_marker: bool,
+    data: Iterable[Mapping[str, Any]], limits: ChunkLimits, chunk_format: ChunkFormat
 ) -> Iterator[CsvChunk]:
     records = list(data)
     if not records:
@@ -561,10 +528,10 @@ def _generate_inferred(
     inferred = _infer_fieldnames(records, warned)
     if not inferred:
         raise InputError("the records hold no fields: a CSV needs at least one column", field="fieldnames")
-    writer = _Writer(_check_fieldnames(inferred), delimiter, eol, none_as, allow_na_marker)
+    writer = _Writer(_check_fieldnames(inferred), chunk_format)
     writer.warned = warned  # one warning per key, not one from inferring and one from writing
-    _check_header(writer, max_size_bytes)
-    yield from _generate(writer, iter(records), max_size_bytes, max_records)
+    _check_header(writer, limits.max_size_bytes)
+    yield from _generate(writer, iter(records), limits)
 
 
 class ChunkPacker:
@@ -575,10 +542,10 @@ class ChunkPacker:
     yields each chunk it fills, :meth:`rest` the last partly filled one.
     """
 
-    def __init__(self, header: bytes, max_size_bytes: int, max_records: int) -> None:
+    def __init__(self, header: bytes, limits: ChunkLimits) -> None:
         self.header = header
-        self.max_size_bytes = max_size_bytes
-        self.max_records = max_records
+        self.max_size_bytes = limits.max_size_bytes
+        self.max_records = limits.max_records
         self.parts: list[bytes | memoryview] = [header]
         self.size = len(header)  # bytes in the chunk so far
         self.count = 0  # records in the chunk so far
@@ -619,10 +586,9 @@ class ChunkPacker:
             yield CsvChunk(b"".join(self.parts), self.first, self.count)
 
 
-def _generate(
-    writer: _Writer, records: Iterator[Any], max_size_bytes: int, max_records: int
-) -> Iterator[CsvChunk]:
-    packer = ChunkPacker(writer.header.encode(), max_size_bytes, max_records)
+def _generate(writer: _Writer, records: Iterator[Any], limits: ChunkLimits) -> Iterator[CsvChunk]:
+    max_size_bytes, max_records = limits.max_size_bytes, limits.max_records
+    packer = ChunkPacker(writer.header.encode(), limits)
     base = 0  # input index of the batch's first record
     largest = 0  # largest row seen, in bytes
     while True:
@@ -644,11 +610,7 @@ def serialize_ingest_data(
     fieldnames: Collection[str] | None = None,
     max_size_bytes: int = MAX_SIZE_BYTES,
     max_records: int = MAX_RECORDS,
-    *,
-    column_delimiter: ColumnDelimiter = "COMMA",
-    line_ending: LineEnding = "LF",
-    none_as: NoneAs = "empty",
-    allow_na_marker: bool = False,
+    **options: Unpack[ChunkFormatOptions],
 ) -> Iterator[bytes]:
     """Serialize records into CSV payloads for Bulk API 2.0 ingest jobs.
 
@@ -722,14 +684,6 @@ def serialize_ingest_data(
         NaN or infinity, a NUL character, the text ``#N/A`` (see ``allow_na_marker``), a malformed
         relationship, or a record too large for a payload on its own.
     """
-    chunks = iter_record_chunks(
-        data,
-        fieldnames,
-        max_size_bytes,
-        max_records,
-        column_delimiter=column_delimiter,
-        line_ending=line_ending,
-        none_as=none_as,
-        allow_na_marker=allow_na_marker,
-    )
+    limits = ChunkLimits(max_size_bytes, max_records)
+    chunks = iter_record_chunks(data, fieldnames, limits, ChunkFormat.of(**options))
     return (chunk.data for chunk in chunks)

@@ -22,11 +22,10 @@ from typing import IO, Any
 
 from airflow_provider_salesforce_bulk import client
 from airflow_provider_salesforce_bulk.client import (
-    ColumnDelimiter,
+    ChunkFormat,
+    ChunkLimits,
     CsvChunk,
     InputError,
-    LineEnding,
-    NoneAs,
     value_text,
 )
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, path_opener
@@ -81,14 +80,10 @@ def make_columnar_source(
     parameters: Mapping[str, Any] | Sequence[Any] | None = None,
     field_mapping: Mapping[str, str] | None = None,
     fieldnames: Sequence[str] | None = None,
-    max_size_bytes: int,
-    max_records: int,
-    column_delimiter: ColumnDelimiter,
-    line_ending: LineEnding,
-    none_as: NoneAs,
+    limits: ChunkLimits,
+    chunk_format: ChunkFormat,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_empty: bool = False,
-    allow_na_marker: bool = False,
 ) -> ChunkSource:
     """The chunk source for exactly one of a file, a table and a SQL query.
 
@@ -107,16 +102,17 @@ def make_columnar_source(
     field_mapping : Mapping[str, str], optional
         Source column to Salesforce field: only these columns are loaded, renamed and in this order.
         A source column it names that the data lacks is an :class:`InputError` before any job.
-    fieldnames, max_size_bytes, max_records, column_delimiter, line_ending, none_as
+    fieldnames : Sequence[str], optional
         As for :func:`~airflow_provider_salesforce_bulk.client.iter_arrow_chunks`.
+    limits : ChunkLimits
+        How large a chunk may be.
+    chunk_format : ChunkFormat
+        How the values are written (``allow_na_marker`` lets a text value be the literal ``#N/A``).
     batch_rows : int
         Rows per record batch read from a file or fetched from the database.
     allow_empty : bool
         Without it, a query that returns no row is an :class:`InputError` (usually a wrong query or a
         missed upstream load); with it the load is simply empty. Files and tables may always be empty.
-    allow_na_marker : bool
-        Let a text value be the literal ``#N/A`` (Salesforce sets the field to null), as for
-        :func:`~airflow_provider_salesforce_bulk.client.iter_arrow_chunks`.
 
     Raises
     ------
@@ -155,16 +151,7 @@ def make_columnar_source(
     def chunks() -> Iterator[Iterator[CsvChunk]]:
         with batches() as stream:
             renamed = _mapped(pa, stream, mapping) if mapping else stream
-            yield client.iter_arrow_chunks(
-                renamed,
-                fields,
-                max_size_bytes,
-                max_records,
-                column_delimiter=column_delimiter,
-                line_ending=line_ending,
-                none_as=none_as,
-                allow_na_marker=allow_na_marker,
-            )
+            yield client.iter_arrow_source_chunks(renamed, fields, limits, chunk_format)
 
     return ChunkSource(chunks, description, uri=uri)
 

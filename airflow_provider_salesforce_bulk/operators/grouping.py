@@ -27,14 +27,11 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from airflow_provider_salesforce_bulk.client import (
+    ChunkFormat,
     ChunkLimits,
-    ColumnDelimiter,
     CsvChunk,
     InputError,
-    LineEnding,
     RecordScan,
-    check_column_delimiter,
-    check_line_ending,
 )
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
@@ -71,20 +68,18 @@ class GroupedSource(ChunkSource):
         source: ChunkSource,
         parent_field: str,
         *,
-        max_size_bytes: int,
-        max_records: int,
-        column_delimiter: ColumnDelimiter,
-        line_ending: LineEnding,
+        limits: ChunkLimits,
+        chunk_format: ChunkFormat,
         spool_dir: str | None = None,
     ) -> None:
         super().__init__(self._open, f"{source.description}, grouped by {parent_field}", uri=source.uri)
         self.source = source
         self.parent_field = parent_field
-        self.max_size_bytes = max_size_bytes
-        self.max_records = max_records
-        self.column_delimiter = column_delimiter
-        self.delimiter = check_column_delimiter(column_delimiter)
-        check_line_ending(line_ending)  # records are cut where the chunker ended them, in any ending
+        self.max_size_bytes = limits.max_size_bytes
+        self.max_records = limits.max_records
+        # Records are cut where the chunker ended them, in any line ending: only the delimiter matters.
+        self.column_delimiter = chunk_format.column_delimiter
+        self.delimiter = chunk_format.delimiter
         self.spool_dir = spool_dir
         self._path: str | None = None
         self._header = b""
@@ -265,41 +260,30 @@ def group_by_parent(
     source: ChunkSource,
     parent_field: str,
     *,
-    max_size_bytes: int,
-    max_records: int,
-    column_delimiter: ColumnDelimiter = "COMMA",
-    line_ending: LineEnding = "LF",
+    limits: ChunkLimits,
+    chunk_format: ChunkFormat,
     spool_dir: str | None = None,
 ) -> GroupedSource:
     """Wrap ``source`` so its records come ordered by ``parent_field`` (e.g. ``"AccountId"``).
 
     Records with the same non-empty value are adjacent and in one chunk whenever they fit in one
-    (``max_size_bytes``, ``max_records``: the limits ``source`` was cut with); a larger group starts
-    a fresh chunk and fills as few as it can. Within a group, and among records with an empty value
-    (which are not grouped), the source's order is kept. Each record's bytes are those the source
-    wrote. ``spool_dir`` is where the temporary SQLite file goes (default: the system's temp dir);
+    (``limits``: those ``source`` was cut with; ``chunk_format``: the one it was written in); a larger
+    group starts a fresh chunk and fills as few as it can. Within a group, and among records with an
+    empty value (which are not grouped), the source's order is kept. Each record's bytes are those
+    the source wrote. ``spool_dir`` is where the temporary SQLite file goes (default: the system's temp dir);
     it holds about the whole input.
 
     Raises
     ------
     InputError
-        ``parent_field`` empty or not a string, or limits out of range; while reading the first
-        pass, ``parent_field`` not a column, or chunks of the source with different headers.
+        ``parent_field`` empty or not a string; while reading the first pass, ``parent_field`` not a
+        column, or chunks of the source with different headers.
     """
     if not isinstance(parent_field, str) or not parent_field:
         raise InputError(
             f"group_by_parent must be a field name, got {parent_field!r}", field="group_by_parent"
         )
-    ChunkLimits(max_size_bytes, max_records)
-    return GroupedSource(
-        source,
-        parent_field,
-        max_size_bytes=max_size_bytes,
-        max_records=max_records,
-        column_delimiter=column_delimiter,
-        line_ending=line_ending,
-        spool_dir=spool_dir,
-    )
+    return GroupedSource(source, parent_field, limits=limits, chunk_format=chunk_format, spool_dir=spool_dir)
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -105,13 +105,7 @@ async def submit_round(
         return {known_job["job"]: int(known_job["count"]) for known_job in jobs.values()}
     await plan.save()
     async for chunk in iter_retry_chunks(
-        client,
-        sources,
-        policy,
-        max_size_bytes=limits.max_size_bytes,
-        max_records=limits.max_records,
-        column_delimiter=spec.column_delimiter,
-        line_ending=spec.line_ending,
+        client, sources, policy, limits=limits, chunk_format=spec.chunk_format()
     ):
         key = str(chunk.first_record_index)
         known = jobs.get(key)

@@ -376,13 +376,9 @@ class SalesforceBulkOperator(BaseOperator):
         ):
             records = list(records)  # a resolved XComArg may arrive as a lazy sequence
         spec = self._job_spec()
-        limits: dict[str, Any] = {
-            "max_size_bytes": self.max_bytes_per_job,
-            "max_records": self.max_records_per_job,
-            "column_delimiter": spec.column_delimiter,
-            "line_ending": spec.line_ending,
-            "none_as": self.none_as,
-        }
+        limits = self._chunk_limits()
+        # The operator's arguments are untyped DAG input: ChunkFormat's check makes none_as one of its values.
+        chunk_format = spec.chunk_format(self.none_as, self.allow_na_marker)  # type: ignore[arg-type]
         if (
             self.sql is not None
             or _is_arrow_object(records)
@@ -398,8 +394,8 @@ class SalesforceBulkOperator(BaseOperator):
                 field_mapping=self.field_mapping,
                 fieldnames=self.fieldnames,
                 allow_empty=self.allow_empty,
-                allow_na_marker=self.allow_na_marker,
-                **limits,
+                limits=limits,
+                chunk_format=chunk_format,
             )
         else:
             if self.field_mapping is not None:
@@ -413,18 +409,11 @@ class SalesforceBulkOperator(BaseOperator):
                 source=self.source,
                 source_format=self.source_format,
                 fieldnames=self.fieldnames,
-                allow_na_marker=self.allow_na_marker,
-                **limits,
+                limits=limits,
+                chunk_format=chunk_format,
             )
         if self.group_by_parent is not None:
-            source = group_by_parent(
-                source,
-                self.group_by_parent,
-                max_size_bytes=self.max_bytes_per_job,
-                max_records=self.max_records_per_job,
-                column_delimiter=spec.column_delimiter,
-                line_ending=spec.line_ending,
-            )
+            source = group_by_parent(source, self.group_by_parent, limits=limits, chunk_format=chunk_format)
         self._opened_source = source
         return source
 
@@ -457,6 +446,10 @@ class SalesforceBulkOperator(BaseOperator):
                 self.line_ending,  # type: ignore[arg-type]
             )
         return spec
+
+    def _chunk_limits(self) -> ChunkLimits:
+        """How large each job's CSV may be (an ``InputError`` naming a limit out of range)."""
+        return ChunkLimits(self.max_bytes_per_job, self.max_records_per_job)
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -840,7 +833,7 @@ class SalesforceBulkOperator(BaseOperator):
                     policy,
                     state.ledger,
                     self._job_spec(),
-                    ChunkLimits(self.max_bytes_per_job, self.max_records_per_job),
+                    self._chunk_limits(),
                 )
 
         counts = run_sync(send)

@@ -14,11 +14,10 @@ from typing import IO, Any
 import orjson
 
 from airflow_provider_salesforce_bulk.client import (
-    ColumnDelimiter,
+    ChunkFormat,
+    ChunkLimits,
     CsvChunk,
     InputError,
-    LineEnding,
-    NoneAs,
     iter_csv_stream_chunks,
     iter_record_chunks,
 )
@@ -100,17 +99,13 @@ def make_source(
     source: Any,
     source_format: str | None,
     fieldnames: Sequence[str] | None,
-    max_size_bytes: int,
-    max_records: int,
-    column_delimiter: ColumnDelimiter,
-    line_ending: LineEnding,
-    none_as: NoneAs,
-    allow_na_marker: bool = False,
+    limits: ChunkLimits,
+    chunk_format: ChunkFormat,
 ) -> ChunkSource:
-    """Build the chunk source for exactly one of ``records`` and ``source``.
+    """Build the chunk source for exactly one of ``records`` and ``source``, cut within ``limits``.
 
-    ``allow_na_marker`` is passed to :func:`iter_record_chunks` (records and NDJSON; a CSV file is
-    sent as it is).
+    Records, NDJSON and columnar data are written as ``chunk_format`` says; a CSV file is sent as it
+    is, so only the format's delimiter and line ending apply to it (the file must already use them).
 
     Raises
     ------
@@ -128,25 +123,13 @@ def make_source(
             source_format=source_format,
             table=records,
             fieldnames=fieldnames,
-            max_size_bytes=max_size_bytes,
-            max_records=max_records,
-            column_delimiter=column_delimiter,
-            line_ending=line_ending,
-            none_as=none_as,
+            limits=limits,
+            chunk_format=chunk_format,
         )
     fields = list(fieldnames) if fieldnames is not None else None
 
     def record_chunks(data: Any, names: list[str] | None) -> Iterator[CsvChunk]:
-        return iter_record_chunks(
-            data,
-            names,
-            max_size_bytes,
-            max_records,
-            column_delimiter=column_delimiter,
-            line_ending=line_ending,
-            none_as=none_as,
-            allow_na_marker=allow_na_marker,
-        )
+        return iter_record_chunks(data, names, limits, chunk_format)
 
     if records is not None:
         if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
@@ -172,13 +155,7 @@ def make_source(
         @contextlib.contextmanager
         def from_csv() -> Iterator[Iterator[CsvChunk]]:
             with opener() as stream:
-                yield iter_csv_stream_chunks(
-                    stream,
-                    max_size_bytes,
-                    max_records,
-                    line_ending=line_ending,
-                    column_delimiter=column_delimiter,
-                )
+                yield iter_csv_stream_chunks(stream, limits, chunk_format)
 
         return ChunkSource(from_csv, f"CSV file {name}", uri=name)
 

@@ -16,20 +16,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_salesforce_bulk.client import CsvChunk, iter_arrow_chunks, iter_record_chunks
+from airflow_provider_salesforce_bulk.client import (
+    ChunkFormat,
+    ChunkLimits,
+    CsvChunk,
+    iter_arrow_chunks,
+    iter_record_chunks,
+)
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from tests.airflow.helpers import DictStore, conn_uri_json
 
-LIMITS: dict[str, Any] = {
-    "max_size_bytes": 20_000,
-    "max_records": 700,
-    "column_delimiter": "COMMA",
-    "line_ending": "LF",
-    "none_as": "empty",
-}
+CHUNK_LIMITS = ChunkLimits(max_size_bytes=20_000, max_records=700)
+LIMITS: dict[str, Any] = {"limits": CHUNK_LIMITS, "chunk_format": ChunkFormat()}
 ROWS = 5_000
 
 
@@ -57,7 +58,7 @@ def _chunks(source: ChunkSource) -> list[CsvChunk]:
 
 
 def _expected(table: pa.Table) -> list[CsvChunk]:
-    return list(iter_record_chunks(table.to_pylist(), **LIMITS))
+    return list(iter_record_chunks(table.to_pylist(), None, **LIMITS))
 
 
 def _parse(chunks: list[CsvChunk]) -> list[list[str]]:
@@ -71,8 +72,8 @@ def _check_accounting(chunks: list[CsvChunk], total: int) -> None:
     first = 0
     for chunk in chunks:
         assert chunk.first_record_index == first
-        assert len(chunk.data) <= LIMITS["max_size_bytes"]
-        assert 0 < chunk.record_count <= LIMITS["max_records"]
+        assert len(chunk.data) <= CHUNK_LIMITS.max_size_bytes
+        assert 0 < chunk.record_count <= CHUNK_LIMITS.max_records
         first += chunk.record_count
     assert first == total
 
@@ -186,6 +187,17 @@ def test_tables_as_records_give_the_dict_paths_chunks_on_every_pass(make: Any) -
     assert _chunks(source) == _expected(table)
 
 
+def test_a_table_given_as_records_is_written_in_the_whole_format() -> None:
+    # allow_na_marker travels in the format with the rest: a table given as records honours it.
+    table = pa.table({"Name": ["#N/A", "x"]})
+    allowed = {"limits": CHUNK_LIMITS, "chunk_format": ChunkFormat(allow_na_marker=True)}
+    source = make_source(records=table, source=None, source_format=None, fieldnames=None, **allowed)
+    assert [chunk.data for chunk in _chunks(source)] == [b"Name\n#N/A\nx\n"]
+    refused = make_source(records=table, source=None, source_format=None, fieldnames=None, **LIMITS)
+    with pytest.raises(InputError, match="#N/A"):
+        _chunks(refused)
+
+
 def test_field_mapping_selects_and_renames_columns() -> None:
     table = _table(20)
     source = make_columnar_source(
@@ -267,7 +279,7 @@ def test_sql_rows_become_the_dict_paths_chunks(database: Path) -> None:
     source = _sql_source(sql, batch_rows=1_000)
     assert source.description == "SQL query on connection 'warehouse'"
     chunks = _chunks(source)
-    assert chunks == list(iter_record_chunks(_query_as_dicts(database, sql), **LIMITS))
+    assert chunks == list(iter_record_chunks(_query_as_dicts(database, sql), None, **LIMITS))
     _check_accounting(chunks, ROWS)
     rows = _parse(chunks)
     assert rows[0] == ["Last, 0", "EXT-0", "0.0", "", "line\nbreak 0"]
@@ -299,7 +311,8 @@ def test_sqlite_mixed_type_columns_are_written_value_by_value(database: Path) ->
     with sqlite3.connect(database) as db:
         db.execute("CREATE TABLE mixed (v)")
         db.executemany("INSERT INTO mixed VALUES (?)", [(1,), ("two, 2",), (3.5,), (None,), (-7,)])
-    chunks = _chunks(_sql_source("SELECT v FROM mixed ORDER BY rowid", none_as="null"))
+    null_format = ChunkFormat(none_as="null")
+    chunks = _chunks(_sql_source("SELECT v FROM mixed ORDER BY rowid", chunk_format=null_format))
     assert _parse(chunks) == [["1"], ["two, 2"], ["3.5"], ["#N/A"], ["-7"]]
 
 
@@ -331,7 +344,8 @@ def test_a_connection_that_is_not_sql_is_refused(monkeypatch: pytest.MonkeyPatch
 
 def test_the_arrow_path_matches_on_the_same_table() -> None:
     table = _table()
-    assert list(iter_arrow_chunks(table, **LIMITS)) == _expected(table)
+    limits = CHUNK_LIMITS
+    assert list(iter_arrow_chunks(table, None, limits.max_size_bytes, limits.max_records)) == _expected(table)
 
 
 # -- through the operator, against the emulator --------------------------------------------------------------

@@ -282,7 +282,7 @@ async def test_aborted_job_whose_unprocessed_records_cannot_be_read_fails_naming
 async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
     emulator: RunningEmulator,
 ) -> None:
-    from airflow_provider_salesforce_bulk.client import JobSpec, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkLimits, JobSpec, iter_record_chunks
     from airflow_provider_salesforce_bulk.operators.submit import JobPlan, submit_chunks
 
     # The first upload reaches Salesforce, its answer is lost: that job is never closed (so never
@@ -306,7 +306,7 @@ async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
     async with SalesforceSession(auth, transport=LoseFirstUploadAnswer()) as session:
         client = BulkIngestClient(session)
         plan = JobPlan(None)
-        chunks = iter_record_chunks(records, ["LastName", "External_Id__c"], max_records=PER_JOB)
+        chunks = iter_record_chunks(records, ["LastName", "External_Id__c"], ChunkLimits(max_records=PER_JOB))
         await submit_chunks(client, plan, chunks, JobSpec("insert", "Contact"))
         (new_job,) = plan.job_ids
         await client.wait_for_job(new_job, timeout=30)

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
+    ChunkFormat,
+    ChunkLimits,
     ClientCredentialsAuth,
     CsvChunk,
     InputError,
@@ -40,15 +42,18 @@ FIELDS = ["LastName", "AccountId", "Title"]
 def record_source(records: list[dict[str, str]], max_size: int, max_records: int, **fmt: str) -> ChunkSource:
     @contextlib.contextmanager
     def chunks() -> Iterator[Iterator[CsvChunk]]:
-        yield iter_record_chunks(records, FIELDS, max_size, max_records, **fmt)
+        yield iter_record_chunks(records, FIELDS, ChunkLimits(max_size, max_records), ChunkFormat(**fmt))
 
     return ChunkSource(chunks, f"{len(records)} records")
 
 
 def record_bytes(records: list[dict[str, str]], **fmt: str) -> list[bytes]:
     """Each record's CSV bytes as the record serializer writes it on its own."""
-    header_len = len(next(iter_record_chunks(records[:1], FIELDS, **fmt)).data.split(b"\n", 1)[0]) + 1
-    return [c.data[header_len:] for c in iter_record_chunks(records, FIELDS, max_records=1, **fmt)]
+    chunk_format = ChunkFormat(**fmt)
+    first = next(iter_record_chunks(records[:1], FIELDS, chunk_format=chunk_format))
+    header_len = len(first.data.split(b"\n", 1)[0]) + 1
+    one_each = iter_record_chunks(records, FIELDS, ChunkLimits(max_records=1), chunk_format)
+    return [c.data[header_len:] for c in one_each]
 
 
 def read(source: ChunkSource) -> list[GroupedChunk]:
@@ -81,10 +86,9 @@ def test_groups_stay_in_one_chunk_and_every_record_once(
     grouped = group_by_parent(
         source,
         "AccountId",
-        max_size_bytes=max_size,
-        max_records=max_records,
+        limits=ChunkLimits(max_size, max_records),
+        chunk_format=ChunkFormat(**fmt),
         spool_dir=str(tmp_path_factory.mktemp("spool")),
-        **fmt,
     )
     with grouped:
         chunks = read(grouped)
@@ -135,10 +139,8 @@ def test_a_csv_file_keeps_its_bytes_and_the_spool_file_is_removed(tmp_path):
     path.write_bytes(b"LastName,AccountId,Title\r\n" + b"".join(rows))
     spool = tmp_path / "spool"
     spool.mkdir()
-    kwargs = {"max_size_bytes": 10_000, "max_records": 3, "column_delimiter": "COMMA", "line_ending": "CRLF"}
-    source = make_source(
-        records=None, source=str(path), source_format=None, fieldnames=None, none_as="empty", **kwargs
-    )
+    kwargs = {"limits": ChunkLimits(10_000, 3), "chunk_format": ChunkFormat(line_ending="CRLF")}
+    source = make_source(records=None, source=str(path), source_format=None, fieldnames=None, **kwargs)
     grouped = group_by_parent(source, "AccountId", spool_dir=str(spool), **kwargs)
     chunks = read(grouped)
     assert len(list(spool.iterdir())) == 1
@@ -152,13 +154,17 @@ def test_a_csv_file_keeps_its_bytes_and_the_spool_file_is_removed(tmp_path):
 def test_an_unknown_parent_field_is_an_input_error_naming_it(tmp_path):
     source = record_source([{"LastName": "x", "AccountId": "1", "Title": ""}], 1000, 10)
     grouped = group_by_parent(
-        source, "Account.Id", max_size_bytes=1000, max_records=10, spool_dir=str(tmp_path)
+        source,
+        "Account.Id",
+        limits=ChunkLimits(1000, 10),
+        chunk_format=ChunkFormat(),
+        spool_dir=str(tmp_path),
     )
     with pytest.raises(InputError, match=r"'Account\.Id' is not a column .*LastName, AccountId, Title"):
         read(grouped)
     assert list(tmp_path.iterdir()) == []  # the half-made spool is gone too
     with pytest.raises(InputError, match="group_by_parent"):
-        group_by_parent(source, "", max_size_bytes=1000, max_records=10)
+        group_by_parent(source, "", limits=ChunkLimits(1000, 10), chunk_format=ChunkFormat())
 
 
 async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, list[int]]]:
@@ -174,7 +180,9 @@ async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, l
 
     source = record_source(contacts, 100_000, 150)
     if grouped:
-        source = group_by_parent(source, "AccountId", max_size_bytes=100_000, max_records=150)
+        source = group_by_parent(
+            source, "AccountId", limits=ChunkLimits(100_000, 150), chunk_format=ChunkFormat()
+        )
     async with SalesforceSession(auth, token_cache=TokenCache()) as session:
         client = BulkIngestClient(session)
         with source.open() as chunks:
@@ -229,7 +237,7 @@ async def test_a_grouped_load_puts_each_accounts_contacts_in_one_job_and_meets_n
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import contextlib, sys
-    from airflow_provider_salesforce_bulk.client import iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, iter_record_chunks
     from airflow_provider_salesforce_bulk.operators.grouping import group_by_parent
     from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
 
@@ -252,11 +260,11 @@ MEMORY_SCRIPT = textwrap.dedent(
 
     @contextlib.contextmanager
     def chunks():
-        yield iter_record_chunks(records(), fields, 2_000_000, 10_000)
+        yield iter_record_chunks(records(), fields, ChunkLimits(2_000_000, 10_000))
 
     total = 0
-    with group_by_parent(ChunkSource(chunks, "gen"), "AccountId", max_size_bytes=2_000_000,
-                         max_records=10_000, spool_dir=spool) as grouped:
+    with group_by_parent(ChunkSource(chunks, "gen"), "AccountId", limits=ChunkLimits(2_000_000, 10_000),
+                         chunk_format=ChunkFormat(), spool_dir=spool) as grouped:
         with grouped.open() as out:
             for chunk in out:
                 total += chunk.record_count
@@ -301,7 +309,7 @@ def test_a_spool_dir_that_does_not_exist_is_a_clear_error(tmp_path):
     source = record_source([{"LastName": "x", "AccountId": "1", "Title": ""}], 1000, 10)
     missing = tmp_path / "nowhere"
     grouped = group_by_parent(
-        source, "AccountId", max_size_bytes=1000, max_records=10, spool_dir=str(missing)
+        source, "AccountId", limits=ChunkLimits(1000, 10), chunk_format=ChunkFormat(), spool_dir=str(missing)
     )
     with pytest.raises(InputError, match=r"spool file in .*nowhere"):
         read(grouped)

@@ -20,6 +20,7 @@ import pytest
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
+    ChunkLimits,
     ClientCredentialsAuth,
     CsvChunk,
     JobSpec,
@@ -60,7 +61,7 @@ def _records(n: int = N) -> list[dict[str, Any]]:
 
 
 def _chunks() -> Iterator[CsvChunk]:
-    return iter_record_chunks(_records(), ["LastName", "External_Id__c"], max_records=PER_JOB)
+    return iter_record_chunks(_records(), ["LastName", "External_Id__c"], ChunkLimits(max_records=PER_JOB))
 
 
 @pytest.fixture

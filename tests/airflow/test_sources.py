@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_salesforce_bulk.client import InputError
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, ColumnDelimiter, InputError
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 
 
@@ -17,7 +17,7 @@ def source_of(
     *,
     records: Sequence[dict[str, Any]] | None = None,
     fieldnames: Sequence[str] | None = None,
-    column_delimiter: str = "COMMA",
+    column_delimiter: ColumnDelimiter = "COMMA",
     allow_na_marker: bool = False,
 ) -> ChunkSource:
     return make_source(
@@ -25,12 +25,8 @@ def source_of(
         source=source,
         source_format=None,
         fieldnames=fieldnames,
-        max_size_bytes=10_000,
-        max_records=2,
-        column_delimiter=column_delimiter,
-        line_ending="LF",
-        none_as="empty",
-        allow_na_marker=allow_na_marker,
+        limits=ChunkLimits(max_size_bytes=10_000, max_records=2),
+        chunk_format=ChunkFormat(column_delimiter=column_delimiter, allow_na_marker=allow_na_marker),
     )
 
 

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
+    ChunkFormat,
+    ChunkLimits,
     CsvChunk,
     iter_arrow_chunks,
     iter_record_chunks,
@@ -31,8 +33,11 @@ def arrow_chunks(source: Any, **kwargs: Any) -> list[CsvChunk]:
     return list(iter_arrow_chunks(source, **kwargs))
 
 
-def dict_chunks(table: pa.Table, **kwargs: Any) -> list[CsvChunk]:
-    return list(iter_record_chunks(table.to_pylist(), **kwargs))
+def dict_chunks(table: pa.Table, fieldnames: list[str] | None = None, **kwargs: Any) -> list[CsvChunk]:
+    """The dict path given the same keywords as :func:`iter_arrow_chunks`."""
+    sizes = {name: kwargs.pop(name) for name in ("max_size_bytes", "max_records") if name in kwargs}
+    limits = ChunkLimits(**sizes)
+    return list(iter_record_chunks(table.to_pylist(), fieldnames, limits, ChunkFormat(**kwargs)))
 
 
 def outcome(produce: Any) -> list[CsvChunk] | tuple[str, int | None, str | None]:

@@ -6,12 +6,15 @@ import csv
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
+    ChunkFormat,
+    ChunkLimits,
     CsvChunk,
     InputError,
     iter_csv_stream_chunks,
@@ -19,8 +22,10 @@ from airflow_provider_salesforce_bulk.client import (
 )
 
 
-def chunks_of(data: bytes, *args: int, **kwargs: object) -> list[CsvChunk]:
-    return list(iter_csv_stream_chunks(io.BytesIO(data), *args, **kwargs))  # type: ignore[arg-type]
+def chunks_of(data: bytes, *limits: int, block_size: int | None = None, **fmt: Any) -> list[CsvChunk]:
+    """The chunks of ``data`` within ``ChunkLimits(*limits)`` in the format ``ChunkFormat(**fmt)``."""
+    blocks = {} if block_size is None else {"block_size": block_size}
+    return list(iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(*limits), ChunkFormat(**fmt), **blocks))
 
 
 def test_quoted_line_endings_stay_inside_their_record() -> None:
@@ -94,7 +99,7 @@ def test_record_too_large_is_found_without_reading_it_all() -> None:
 
     stream = Endless()
     with pytest.raises(InputError, match=r"record 0 \(from line 2\) is at least") as info:
-        list(iter_csv_stream_chunks(io.BufferedReader(stream), 1_000, block_size=64))
+        list(iter_csv_stream_chunks(io.BufferedReader(stream), ChunkLimits(1_000), block_size=64))
     assert info.value.record_index == 0
     assert stream.reads < 100
 
@@ -123,7 +128,7 @@ def test_header_too_large() -> None:
 )
 def test_bad_arguments_are_raised_at_call_time(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(InputError) as info:
-        iter_csv_stream_chunks(io.BytesIO(b""), **kwargs)  # type: ignore[arg-type]
+        split_csv_stream(io.BytesIO(b""), **kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
 
 
@@ -137,7 +142,7 @@ def test_reads_a_file_path(tmp_path: Path) -> None:
 def test_stream_is_read_lazily() -> None:
     data = b"Id\n" + b"".join(b"%05d\n" % i for i in range(10_000))
     stream = io.BytesIO(data)
-    chunks = iter_csv_stream_chunks(stream, 100_000, 10, block_size=256)
+    chunks = iter_csv_stream_chunks(stream, ChunkLimits(100_000, 10), block_size=256)
     assert next(chunks).record_count == 10
     assert stream.tell() <= 512
 
@@ -165,9 +170,9 @@ def test_split_keeps_every_record_once_in_order(
     source = io.BytesIO(header + b"".join(records))
     if any(len(r) > extra for r in records):
         with pytest.raises(InputError, match="does not fit"):
-            list(iter_csv_stream_chunks(source, max_size, max_records, block_size=block_size))
+            list(iter_csv_stream_chunks(source, ChunkLimits(max_size, max_records), block_size=block_size))
         return
-    chunks = list(iter_csv_stream_chunks(source, max_size, max_records, block_size=block_size))
+    chunks = list(iter_csv_stream_chunks(source, ChunkLimits(max_size, max_records), block_size=block_size))
     position = 0
     for chunk in chunks:
         assert chunk.first_record_index == position
@@ -255,7 +260,7 @@ def test_quoting_is_checked_with_the_jobs_delimiter() -> None:
 
 def test_no_chunk_holding_a_bad_record_is_yielded() -> None:
     data = b"Id\n" + b"".join(b"%d\n" % i for i in range(50)) + b'5" screen\n'
-    chunks = iter_csv_stream_chunks(io.BytesIO(data), 1000, 10, block_size=16)
+    chunks = iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(1000, 10), block_size=16)
     seen = [next(chunks).record_count for _ in range(5)]
     with pytest.raises(InputError, match=r"line 52 \(record 50\)"):
         next(chunks)
@@ -271,7 +276,7 @@ def test_unreadable_path_is_an_input_error(tmp_path: Path) -> None:
 
 def test_unknown_delimiter_is_refused_at_call_time() -> None:
     with pytest.raises(InputError) as info:
-        iter_csv_stream_chunks(io.BytesIO(b""), column_delimiter="SPACE")
+        split_csv_stream(io.BytesIO(b""), column_delimiter="SPACE")  # type: ignore[arg-type]
     assert info.value.field == "column_delimiter"
 
 
@@ -305,10 +310,8 @@ def test_valid_csv_splits_into_the_records_pythons_csv_reads(
     chunks = list(
         iter_csv_stream_chunks(
             io.BytesIO(data),
-            1000,
-            3,
-            line_ending="CRLF" if crlf else "LF",
-            column_delimiter=delimiter,
+            ChunkLimits(1000, 3),
+            ChunkFormat(column_delimiter=delimiter, line_ending="CRLF" if crlf else "LF"),  # type: ignore[arg-type]
             block_size=block_size,
         )
     )
@@ -356,7 +359,7 @@ def test_malformed_quoting_is_refused_at_its_line(
     with pytest.raises(
         InputError, match=rf"^line {line} \(record {target}\): malformed quoting: {what}"
     ) as info:
-        list(iter_csv_stream_chunks(io.BytesIO(data), 10_000, block_size=block_size))
+        list(iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(10_000), block_size=block_size))
     assert info.value.record_index == target
 
 
@@ -367,7 +370,7 @@ def test_any_input_is_split_as_pythons_strict_csv_reads_it_or_refused_with_a_lin
 ) -> None:
     data = ("A,B\n" + text).encode()
     try:
-        chunks = list(iter_csv_stream_chunks(io.BytesIO(data), 1000, 2, block_size=block_size))
+        chunks = list(iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(1000, 2), block_size=block_size))
     except InputError as exc:
         error = str(exc)
     else:

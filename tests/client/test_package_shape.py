@@ -166,6 +166,12 @@ def mypy_errors(tmp_path: pathlib.Path, body: str) -> list[str]:
 def test_mypy_rejects_a_misspelt_option_and_an_unknown_delimiter_through_the_facade(
     tmp_path: pathlib.Path,
 ) -> None:
+    # The serializers take the format's keywords through one TypedDict (ChunkFormatOptions): mypy
+    # still checks each keyword's name and value there.
+    serializers = (
+        "from airflow_provider_salesforce_bulk.client import ChunkFormat, iter_arrow_chunks, "
+        "serialize_ingest_data\n"
+    )
     correct = mypy_errors(
         tmp_path,
         """
@@ -177,6 +183,13 @@ def test_mypy_rejects_a_misspelt_option_and_an_unknown_delimiter_through_the_fac
         async for result in client.perform_csv_operation("insert", "Account", "a.csv", compress=True):
             print(result.number_records_failed)
         await client.create_job("upsert", "Contact", "Ext__c", line_ending="CRLF")
+        """
+        + serializers
+        + """
+        rows = [{"Name": "A"}]
+        print(list(serialize_ingest_data(rows, ["Name"], 1_000, column_delimiter="PIPE", none_as="null")))
+        print(list(iter_arrow_chunks(rows, line_ending="CRLF", allow_na_marker=True)))
+        print(ChunkFormat.of(column_delimiter="TAB", line_ending="LF"))
         """,
     )
     assert correct == []
@@ -188,9 +201,21 @@ def test_mypy_rejects_a_misspelt_option_and_an_unknown_delimiter_through_the_fac
         async for _ in client.perform_csv_operation("insert", "Account", "a.csv", column_delimiter="COLON"):
             pass
         await client.create_job("insert", "Account", line_ending="CR")
+        """
+        + serializers
+        + """
+        rows = [{"Name": "A"}]
+        serialize_ingest_data(rows, colum_delimiter="PIPE")
+        iter_arrow_chunks(rows, line_ending="CR")
+        serialize_ingest_data(rows, none_as="NULL")
+        ChunkFormat(column_delimiter="COLON")
         """,
     )
-    assert len(wrong) == 3, wrong
+    assert len(wrong) == 7, wrong
     assert '"max_concurent_jobs"' in wrong[0]
     assert "COLON" in wrong[1]
     assert "'CR'" in wrong[2] or '"CR"' in wrong[2]
+    assert '"colum_delimiter"' in wrong[3]
+    assert "'CR'" in wrong[4] or '"CR"' in wrong[4]
+    assert "NULL" in wrong[5]
+    assert "COLON" in wrong[6]

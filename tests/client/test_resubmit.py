@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
+    ChunkFormat,
+    ChunkLimits,
     InputError,
     JobInfo,
     JobSpec,
@@ -120,7 +122,7 @@ async def test_lock_failures_are_resubmitted_until_every_record_is_stored_once(o
             )
         ]
         assert sum(job.number_records_failed for job, _ in first) > 500
-        rounds = await load_in_rounds(client, first, policy, ledger, max_records=400)
+        rounds = await load_in_rounds(client, first, policy, ledger, limits=ChunkLimits(max_records=400))
     print(f"rounds {rounds}, totals {ledger.totals()}")
     stored = [rec["External_Id__c"] for rec in org.records("Account")]
     assert len(stored) == len(set(stored))  # an insert sent twice would show as a duplicate
@@ -199,7 +201,10 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
         chunks = [
             c
             async for c in iter_retry_chunks(
-                client, [first.job_id], max_records=50, column_delimiter="PIPE", line_ending="CRLF"
+                client,
+                [first.job_id],
+                limits=ChunkLimits(max_records=50),
+                chunk_format=ChunkFormat(column_delimiter="PIPE", line_ending="CRLF"),
             )
         ]
         assert sum(c.record_count for c in chunks) == locked
@@ -256,10 +261,10 @@ def mock_client(failed_csv: bytes, state: str = "JobComplete", failed: int = 1) 
     return BulkIngestClient(session)
 
 
-def retry_chunks(client: BulkIngestClient, **options: object) -> list[RetryChunk]:
+def retry_chunks(client: BulkIngestClient, **limits: int) -> list[RetryChunk]:
     async def run() -> list[RetryChunk]:
         async with client.session:
-            return [c async for c in iter_retry_chunks(client, [JOB], **options)]  # type: ignore[arg-type]
+            return [c async for c in iter_retry_chunks(client, [JOB], limits=ChunkLimits(**limits))]
 
     return asyncio.run(run())
 

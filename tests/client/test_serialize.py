@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
     LINE_ENDINGS,
+    ChunkFormat,
+    ChunkLimits,
     CsvChunk,
     InputError,
     iter_csv_stream_chunks,
@@ -151,7 +153,7 @@ def test_na_marker_only_as_a_whole_value_and_none_as_null_still_writes_it() -> N
 
 def test_allow_na_marker_must_be_a_bool() -> None:
     with pytest.raises(InputError) as info:
-        iter_record_chunks([], ["A"], allow_na_marker="yes")  # type: ignore[arg-type]
+        serialize_ingest_data([], ["A"], allow_na_marker="yes")  # type: ignore[arg-type]
     assert info.value.field == "allow_na_marker"
 
 
@@ -208,7 +210,7 @@ def test_empty_input_yields_nothing() -> None:
 
 
 def test_record_limit_and_accounting() -> None:
-    chunks = list(iter_record_chunks([{"Id": str(i)} for i in range(5)], ["Id"], max_records=2))
+    chunks = list(iter_record_chunks([{"Id": str(i)} for i in range(5)], ["Id"], ChunkLimits(max_records=2)))
     assert chunks == [
         CsvChunk(b"Id\n0\n1\n", 0, 2),
         CsvChunk(b"Id\n2\n3\n", 2, 2),
@@ -257,7 +259,7 @@ def test_generator_is_read_lazily() -> None:
 
 def test_lazy_chunks_hold_one_chunk_of_many() -> None:
     many = ({"Id": str(i), "Name": "n" * 10} for i in range(50_000))
-    chunks = iter_record_chunks(many, ["Id", "Name"], max_records=1_000)
+    chunks = iter_record_chunks(many, ["Id", "Name"], ChunkLimits(max_records=1_000))
     first = next(chunks)
     assert first.record_count == 1_000
     rest = list(chunks)
@@ -453,15 +455,16 @@ def test_round_trip_and_chunk_invariants(
     header = (COLUMN_DELIMITERS[delimiter].join(fieldnames)).encode() + eol
     max_size_bytes = len(header) + extra_bytes
     options: dict[str, Any] = {"column_delimiter": delimiter, "line_ending": line_ending}
+    limits, chunk_format = ChunkLimits(max_size_bytes, max_records), ChunkFormat(**options)
     # A record too large for any chunk on its own stops the run, with its index, and only that.
     sizes = [len(next(serialize_ingest_data([r], fieldnames, **options))) for r in records]
     too_large = next((i for i, size in enumerate(sizes) if size > max_size_bytes), None)
     if too_large is not None:
         with pytest.raises(InputError, match="does not fit") as info:
-            list(iter_record_chunks(records, fieldnames, max_size_bytes, max_records, **options))
+            list(iter_record_chunks(records, fieldnames, limits, chunk_format))
         assert info.value.record_index == too_large
         return
-    chunks = list(iter_record_chunks(records, fieldnames, max_size_bytes, max_records, **options))
+    chunks = list(iter_record_chunks(records, fieldnames, limits, chunk_format))
     rows: list[list[str]] = []
     expected_first = 0
     for chunk in chunks:
@@ -481,16 +484,7 @@ def test_round_trip_and_chunk_invariants(
     # the quoting is well formed in the job's dialect.
     if chunks:
         whole = b"".join(serialize_ingest_data(records, fieldnames, **options))
-        split = list(
-            iter_csv_stream_chunks(
-                io.BytesIO(whole),
-                max_size_bytes,
-                max_records,
-                line_ending=line_ending,
-                column_delimiter=delimiter,
-                block_size=7,
-            )
-        )
+        split = list(iter_csv_stream_chunks(io.BytesIO(whole), limits, chunk_format, block_size=7))
         assert split == chunks
 
 
