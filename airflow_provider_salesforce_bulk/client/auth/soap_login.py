@@ -157,7 +157,7 @@ class SoapLoginAuth(TokenProvider):
         Raises
         ------
         AuthenticationError
-            A SOAP fault (``error`` = faultcode such as ``sf:INVALID_LOGIN``, ``error_description`` =
+            A SOAP fault (``error_code`` = faultcode such as ``sf:INVALID_LOGIN``, ``error_description`` =
             faultstring), an expired password, or an answer that is not a login result.
         ServerError, RequestLimitExceededError
             The endpoint answered 429 or 5xx without a SOAP fault, after the retries.
