@@ -31,17 +31,11 @@ from airflow_provider_salesforce_bulk.client import (
     StaticTokenAuth,
     TokenProvider,
 )
-from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 from tests.client.fake_bulk import LOSE_ANSWER, FaultyTransport, is_abort, is_close, job_id_of
 
 FAST_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.01, max_delay=0.05, max_total=30)
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with run_emulator(db=":memory:", records_per_second=None) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)

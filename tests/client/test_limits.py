@@ -30,17 +30,11 @@ from airflow_provider_salesforce_bulk.client import (
     get_limits,
     perform_operation,
 )
-from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.02, max_total=30)
 INSTANCE = "https://example.my.salesforce.com"
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with run_emulator(db=":memory:", records_per_second=None) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from airflow_provider_salesforce_bulk.client import (
     copy_results_to_parquet,
     describe_sobject,
 )
-from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 
 FAST_RETRY = RetryPolicy(max_attempts=10, initial_delay=0.01, max_delay=0.05, max_total=60)
@@ -39,12 +39,6 @@ SOQL = (
 def pq() -> Any:
     """pyarrow.parquet; only the tests of typed output need it."""
     return pytest.importorskip("pyarrow.parquet")
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with run_emulator(db=":memory:", records_per_second=None) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)

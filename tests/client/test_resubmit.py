@@ -36,19 +36,13 @@ from airflow_provider_salesforce_bulk.client import (
     submit_job,
     submit_retry_round,
 )
-from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
+from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.02, max_total=30)
 POLL = PollPolicy(initial=0.02, maximum=0.1)
 INSTANCE = "https://example.my.salesforce.com"
 JOB = "750000000000001AAA"
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[RunningEmulator]:
-    with run_emulator(db=":memory:", records_per_second=None) as running:
-        yield running
 
 
 @pytest.fixture
