@@ -4,6 +4,7 @@ of a few timed runs, a warehouse CSV to load and a wait for a job to end."""
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import socket
 import subprocess
@@ -97,3 +98,19 @@ def wait_for_job(client: httpx.Client, url: str, *, timeout: float, every: float
             return info
         time.sleep(every)
     raise RuntimeError(f"job {url} did not finish in {timeout:g}s")
+
+
+class TaskStateStore:
+    """The task state store's get/set/delete, JSON round-tripped as the real one is."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.data[key]) if key in self.data else default
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = json.dumps(value)
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)

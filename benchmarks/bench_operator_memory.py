@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks._support import emulator_process, peak_rss_mb
+from benchmarks._support import TaskStateStore, emulator_process, peak_rss_mb
 
 TARGET_RATIO = 1.1
 SIZES = (200_000, 1_000_000)
@@ -108,22 +108,6 @@ class _TI:
         self.pushed[key] = value
 
 
-class _Store:
-    """The task state store's get/set, JSON round-tripped like the real one."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return json.loads(self.data[key]) if key in self.data else default
-
-    def set(self, key: str, value: Any) -> None:
-        self.data[key] = json.dumps(value)
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
 def _rss_mb() -> float:
     return peak_rss_mb()
 
@@ -166,13 +150,13 @@ def child(fmt: str, path: str, n: int, results_dir: str | None) -> None:
     warm = Path(path).with_name(f"warm-up.{fmt}")
     write_inputs(warm.parent, 1_000, {fmt: warm})
     warm_op = operator(str(warm), f"{results_dir}-warm-up" if results_dir else None)
-    warm_context: dict[str, Any] = {"ti": _TI(), "task_state_store": _Store()}
+    warm_context: dict[str, Any] = {"ti": _TI(), "task_state_store": TaskStateStore()}
     warm_trigger, warm_kwargs = submit(warm_op, warm_context)
     if results_dir is not None:
         warm_op.execute_complete(warm_context, asyncio.run(wait(warm_trigger)), **warm_kwargs)
 
     op = operator(path, results_dir)
-    context: dict[str, Any] = {"ti": _TI(), "task_state_store": _Store()}
+    context: dict[str, Any] = {"ti": _TI(), "task_state_store": TaskStateStore()}
     out: dict[str, Any] = {"format": fmt, "n": n}
     tracemalloc.start()
     started = time.perf_counter()

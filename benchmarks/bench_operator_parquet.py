@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._support import emulator_process, peak_rss_mb
+from benchmarks._support import TaskStateStore, emulator_process, peak_rss_mb
 
 ROWS = int(os.environ.get("BENCH_PARQUET_ROWS", "1000000"))
 WARM_UP_ROWS = 1_000
@@ -91,22 +91,6 @@ class _TI:
         pass
 
 
-class _Store:
-    """The task state store's get/set/delete, JSON round-tripped like the real one."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return json.loads(self.data[key]) if key in self.data else default
-
-    def set(self, key: str, value: Any) -> None:
-        self.data[key] = json.dumps(value)
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
 def _load(path: str, records: list[dict[str, Any]] | None, results: Path, n: int) -> dict[str, float]:
     """One operator run; the worker's CPU and wall seconds of its two halves."""
     from airflow.providers.common.compat.sdk import TaskDeferred
@@ -124,7 +108,7 @@ def _load(path: str, records: list[dict[str, Any]] | None, results: Path, n: int
         results_path=str(results),
         **source,
     )
-    context: dict[str, Any] = {"ti": _TI(), "task_state_store": _Store()}
+    context: dict[str, Any] = {"ti": _TI(), "task_state_store": TaskStateStore()}
     cpu, wall = time.process_time(), time.perf_counter()
     try:
         op.execute(context)
