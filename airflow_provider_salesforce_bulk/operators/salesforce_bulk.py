@@ -32,7 +32,7 @@ from airflow_provider_salesforce_bulk.client import (
     check_limits_before_load,
     check_limits_mode,
 )
-from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
+from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,
     resolve_conn_id,
@@ -54,6 +54,7 @@ from airflow_provider_salesforce_bulk.operators.submit import (
     submit_chunks,
 )
 from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
+from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobSummary,
     ResubmitState,
@@ -463,17 +464,20 @@ class SalesforceBulkOperator(BaseOperator):
 
     def _execute(self, context: Any) -> Any:
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        try:
+
+        def checked_source() -> ChunkSource:
             self._check_settings()
-            source = self._source()
-            settings = hook.get_settings()
-        except (InputError, ConnectionConfigError) as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+            return self._source()
+
+        source, settings, store = start_task(
+            context,
+            hook,
+            checked_source,
+            warn=self.log.warning,
+            without_store="No task instance: a retry cannot reattach to submitted jobs",
+        )
         self._ti = context.get("ti")
         self._settings = settings
-        store = plan_store_for(context)
-        if store is None:
-            self.log.warning("No task instance: a retry cannot reattach to submitted jobs")
         plan = JobPlan.load(store)
         done = plan.done
         if done is not None:

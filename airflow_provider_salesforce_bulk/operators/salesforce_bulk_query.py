@@ -49,6 +49,7 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     remove_stale_parts,
     resolve_output_dir,
 )
+from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
     JobSummary,
@@ -183,16 +184,15 @@ class SalesforceBulkQueryOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        try:
-            self._check_settings()
-            settings = hook.get_settings()
-        except (InputError, ConnectionConfigError) as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+        _, settings, store = start_task(
+            context,
+            hook,
+            self._check_settings,
+            warn=self.log.warning,
+            without_store="No plan store (no task instance): a retry cannot reattach to the query job",
+        )
         self._ti = context.get("ti")
         self._settings = settings
-        store = plan_store_for(context)
-        if store is None:
-            self.log.warning("No plan store (no task instance): a retry cannot reattach to the query job")
         fingerprint = _fingerprint(self.operation, self.soql)
         earlier = self._earlier_job_id(store, fingerprint)
         try:
