@@ -49,7 +49,7 @@ def test_headers_spell_fields_as_the_org_does(api: httpx.Client) -> None:
     assert _header(api, "select id, lastname, owner.name, createdby.username from contact") == (
         '"Id","LastName","Owner.Name","CreatedBy.Username"'
     )
-    assert _header(api, "SELECT c.ACCOUNT.name, contact.email FROM Contact c") == '"Account.Name","Email"'
+    assert _header(api, "SELECT c.ACCOUNT.name, c.email FROM Contact c") == '"Account.Name","Email"'
 
 
 def test_owner_and_audit_fields_are_set_by_the_org(api: httpx.Client, emulator: RunningEmulator) -> None:
