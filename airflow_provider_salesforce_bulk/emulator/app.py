@@ -85,19 +85,22 @@ async def resources(request: Request) -> Response:
 
 
 async def limits(request: Request) -> Response:
-    """``GET /services/data/vXX.X/limits``: DailyApiRequests and DailyBulkApiBatches that count down."""
+    """``GET /services/data/vXX.X/limits``: DailyApiRequests, DailyBulkApiBatches and DailyBulkV2QueryJobs
+    that count down."""
     emulator: Emulator = request.app.state.emulator
     settings = emulator.settings
     api_max, batch_max = settings.daily_api_requests_max, settings.daily_bulk_batches_max
     api_left = max(0, api_max - emulator.limits.api_requests.used())
     batch_left = max(0, batch_max - emulator.limits.bulk_batches.used())
+    query_max = settings.daily_bulk_query_jobs_max
+    query_left = max(0, query_max - emulator.limits.query_jobs.used())
     return json_response(
         {
             "DailyApiRequests": {"Max": api_max, "Remaining": api_left},
             "DailyBulkApiBatches": {"Max": batch_max, "Remaining": batch_left},
             "DailyBulkApiRequests": {"Max": batch_max, "Remaining": batch_left},
             "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
-            "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+            "DailyBulkV2QueryJobs": {"Max": query_max, "Remaining": query_left},
         }
     )
 
@@ -192,5 +195,8 @@ def create_app(emulator: Emulator) -> Starlette:
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
     )
+    # Starlette would answer 307 to a path it can match once a slash is added or removed; Salesforce
+    # answers 404 NOT_FOUND to any path it does not serve, "jobs/query//" included.
+    app.router.redirect_slashes = False
     app.state.emulator = emulator
     return app

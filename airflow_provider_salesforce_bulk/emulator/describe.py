@@ -26,6 +26,7 @@ _SOAP_TYPES = {
     "percent": "xsd:double",
     "date": "xsd:date",
     "datetime": "xsd:dateTime",
+    "address": "urn:address",
 }
 
 
@@ -53,9 +54,12 @@ def field_body(info: FieldInfo) -> dict[str, Any]:
     """One entry of ``fields`` in a describe answer (a subset of Salesforce's keys, same names)."""
     field = info.field
     ftype = info.type
-    system = field is None
+    system = not info.writable
     text = ftype in TEXT_TYPES
     length = 18 if ftype in ("id", "reference") else (field.length if field and text else 0)
+    if info.expr is not None:
+        length = 121  # a person's Name: first and last name with the space between
+
     nillable = not system and ftype != "boolean" and not (field and field.required)
     default = field.default if field else None
     body: dict[str, Any] = {
@@ -75,8 +79,8 @@ def field_body(info: FieldInfo) -> dict[str, Any]:
         "idLookup": info.name == "Id" or bool(field and (field.external_id or field.unique)),
         "createable": not system,
         "updateable": not system,
-        "filterable": ftype != "textarea",
-        "sortable": ftype != "textarea",
+        "filterable": ftype not in ("textarea", "address"),
+        "sortable": ftype not in ("textarea", "address"),
         "calculated": False,
         "defaultedOnCreate": system or bool(field and field.default is not None) or ftype == "boolean",
         "defaultValue": field.default if field and ftype != "picklist" else None,

@@ -75,3 +75,7 @@ def normalize_id(value: str) -> str | None:
             return None
         return id15 + suffix
     return None
+
+
+#: The org's one user: every session acts as this user (``OwnerId``, ``CreatedById``... of what it writes).
+DEFAULT_USER_ID = make_id(USER_PREFIX, 42)

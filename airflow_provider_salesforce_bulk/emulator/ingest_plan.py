@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .field_types import field_info
 from .schema import Field, Schema, SObject
 from .validation import Converter, converter_for
 
@@ -39,6 +40,9 @@ class Plan:
     match_field: str | None  # upsert: the external id field, or "Id"
     match_column: int | None
     width: int
+    #: Columns naming fields only the org sets (``CreatedDate``, ``CreatedById``, a Contact's ``Name``):
+    #: a record giving one a value fails; an empty value is ignored.
+    read_only: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
 
 def make_plan(schema: Schema, job: dict[str, Any], header: list[str]) -> Plan:
@@ -55,13 +59,18 @@ def make_plan(schema: Schema, job: dict[str, Any], header: list[str]) -> Plan:
     id_column = None
     columns: list[tuple[int, Field, Converter]] = []
     relations: list[Relation] = []
+    read_only: list[tuple[int, str]] = []
     for index, name in enumerate(header):
         if name.lower() == "id":
             id_column = index
             continue
         field = obj.field(name)
-        if field is not None:
+        if field is not None and not field.read_only:
             columns.append((index, field, converter_for(field, index)))
+            continue
+        info = field_info(obj, name)
+        if info is not None:
+            read_only.append((index, info.name))
             continue
         relation = _relation(schema, obj, name, index)
         if relation is None:
@@ -76,7 +85,17 @@ def make_plan(schema: Schema, job: dict[str, Any], header: list[str]) -> Plan:
             for index, field, _ in columns:
                 if field.name.lower() == match_field.lower():
                     match_field, match_column = field.name, index
-    return Plan(obj, job["operation"], id_column, columns, relations, match_field, match_column, len(header))
+    return Plan(
+        obj,
+        job["operation"],
+        id_column,
+        columns,
+        relations,
+        match_field,
+        match_column,
+        len(header),
+        read_only,
+    )
 
 
 def _relation(schema: Schema, obj: SObject, name: str, index: int) -> Relation | None:

@@ -49,13 +49,15 @@ class RollingCounter:
 
 
 class Limits:
-    """The org's DailyApiRequests and DailyBulkApiBatches usage."""
+    """The org's DailyApiRequests, DailyBulkApiBatches and DailyBulkV2QueryJobs usage."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.api_requests = RollingCounter(clock)
         self.bulk_batches = RollingCounter(clock)
+        self.query_jobs = RollingCounter(clock)
 
     def clear(self) -> None:
-        """Reset both counters."""
+        """Reset every counter."""
         self.api_requests.clear()
         self.bulk_batches.clear()
+        self.query_jobs.clear()

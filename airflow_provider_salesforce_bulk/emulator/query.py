@@ -30,7 +30,7 @@ from .job_requests import (
     version_of,
 )
 from .responses import CSV_TYPE, error_response, json_response, not_found
-from .runtime import USER_ID
+from .runtime import USER_ID, Emulator
 from .soql import SoqlError
 from .soql_compile import compile_query, object_name
 from .timestamps import now_text
@@ -63,6 +63,8 @@ def job_body(job: dict[str, Any], kind: str) -> dict[str, Any]:
         "contentType": "CSV",
         "apiVersion": job["api_version"],
     }
+    if kind == "abort":
+        return body  # as Salesforce's guide shows it: no jobType, lineEnding or columnDelimiter
     if kind in ("info", "list"):
         body["jobType"] = "V2Query"
     body["lineEnding"] = job["line_ending"]
@@ -116,6 +118,9 @@ async def create_job(request: Request) -> Response:
     if isinstance(csv, Response):
         return csv
     delimiter, line_ending = csv
+    refused = _daily_limit_reached(emulator)
+    if refused is not None:
+        return refused
     try:
         compile_query(emulator.schema, soql, include_deleted=operation == "queryAll")
     except SoqlError as exc:
@@ -137,10 +142,28 @@ async def create_job(request: Request) -> Response:
     }
     jobs = emulator.query_jobs
     await run_in_threadpool(jobs.insert_job, job)
+    emulator.limits.query_jobs.add(1)
     stored = await run_in_threadpool(jobs.get_job, job["id"])
     assert stored is not None
     jobs.submit(job["id"])
     return json_response(job_body(stored, "create"))
+
+
+def _daily_limit_reached(emulator: Emulator) -> Response | None:
+    """Salesforce's 400 once the day's ``DailyBulkV2QueryJobs`` are used up, else None.
+
+    A refused attempt is counted, so the count in the message goes past the maximum, as in the real
+    answer "... has been reached (10021)"; a created job is counted by :func:`create_job`.
+    """
+    limit = emulator.settings.daily_bulk_query_jobs_max
+    counter = emulator.limits.query_jobs
+    if counter.used() < limit:
+        return None
+    counter.add(1)
+    used = counter.used()
+    return error_response(
+        400, "LIMIT_EXCEEDED", f"Max bulk v2 query jobs ({limit}) per 24 hrs has been reached ({used})"
+    )
 
 
 async def get_job(request: Request) -> Response:

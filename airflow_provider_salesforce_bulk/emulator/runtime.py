@@ -14,7 +14,7 @@ import time
 
 from .credentials import Credentials
 from .faults import FaultInjector
-from .ids import ORG_PREFIX, USER_PREFIX, make_id
+from .ids import DEFAULT_USER_ID, ORG_PREFIX, make_id
 from .job_worker import JobProcessor
 from .limits import Limits
 from .query_jobs import QueryJobs
@@ -23,7 +23,7 @@ from .settings import EmulatorSettings
 from .store import Store
 
 ORG_ID = make_id(ORG_PREFIX, 42)
-USER_ID = make_id(USER_PREFIX, 42)
+USER_ID = DEFAULT_USER_ID
 
 
 class Emulator:
@@ -47,6 +47,7 @@ class Emulator:
         self.base_url = base_url
         self.schema: Schema = load_schema(settings.schema_path)
         self.store = Store(settings.db, self.schema)
+        self.store.seed_user(self.credentials.username)
         self.faults = FaultInjector(settings)
         self.limits = Limits()
         self.processor = JobProcessor(self.store, settings, self.faults, self.limits)
@@ -75,6 +76,7 @@ class Emulator:
     def reset(self) -> None:
         """Forget every job and record and refill the limits; sessions stay valid."""
         self.store.reset()
+        self.store.seed_user(self.credentials.username)
         self.query_jobs.reset()
         self.limits.clear()
         self.faults.forget_parents()

@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .ids import DEFAULT_USER_ID, USER_PREFIX
+
 FIELD_TYPES = frozenset(
     {
         "string",
@@ -54,6 +56,9 @@ class Field:
         (``Account`` in ``Account.External_Id__c``).
     default
         Value given to a new record that does not set the field.
+    read_only
+        Set by the org only (``CreatedById``, ``LastModifiedById``): a load that gives it a value
+        fails that record with INVALID_FIELD_FOR_INSERT_UPDATE, as Salesforce does.
     """
 
     name: str
@@ -68,6 +73,7 @@ class Field:
     reference_to: str | None = None
     relationship_name: str | None = None
     default: Any = None
+    read_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +151,7 @@ def parse_schema(document: dict[str, Any]) -> Schema:
         prefixes.add(prefix)
         fields = []
         for field_name, fspec in spec["fields"].items():
-            if not field_name.replace("_", "").isalnum() or field_name.lower() in {
-                "id",
-                "isdeleted",
-                "createddate",
-                "lastmodifieddate",
-            }:
+            if not field_name.replace("_", "").isalnum() or field_name.lower() in _RESERVED:
                 raise SchemaError(f"{name}.{field_name}: invalid field name")
             ftype = fspec["type"]
             if ftype not in FIELD_TYPES:
@@ -174,9 +175,66 @@ def parse_schema(document: dict[str, Any]) -> Schema:
                 )
             )
         objects.append(SObject(name=name, key_prefix=prefix, fields=tuple(fields)))
-    schema = Schema(objects=tuple(objects))
+    if not any(o.name.lower() == "user" for o in objects):
+        if USER_PREFIX in prefixes:
+            raise SchemaError(f"keyPrefix {USER_PREFIX} is the User object's")
+        objects.append(SObject(name="User", key_prefix=USER_PREFIX, fields=_USER_FIELDS))
+    schema = Schema(objects=tuple(_with_system_references(o) for o in objects))
     for obj in schema.objects:
         for f in obj.fields:
             if f.reference_to and schema.get(f.reference_to) is None:
                 raise SchemaError(f"{obj.name}.{f.name}: unknown referenceTo {f.reference_to!r}")
     return schema
+
+
+#: Names only the org sets, refused in a schema file.
+_RESERVED = frozenset(
+    {
+        "id",
+        "isdeleted",
+        "createddate",
+        "lastmodifieddate",
+        "systemmodstamp",
+        "createdbyid",
+        "lastmodifiedbyid",
+    }
+)
+
+#: The User object every org has (when the schema file brings none): the emulator's one user lives here.
+_USER_FIELDS = (
+    Field("Username", "string", length=80, required=True, unique=True),
+    Field("LastName", "string", length=80, required=True),
+    Field("FirstName", "string", length=40),
+    Field("Email", "email", length=128, required=True),
+    Field("Alias", "string", length=8, required=True),
+    Field("IsActive", "boolean", default=True),
+)
+
+
+def _with_system_references(obj: SObject) -> SObject:
+    """``obj`` with the owner and audit references every Salesforce object has: ``OwnerId`` (writable,
+    the running user by default; not on User), ``CreatedById`` and ``LastModifiedById`` (read-only)."""
+    extra = []
+    if obj.name.lower() != "user" and obj.field("OwnerId") is None:
+        extra.append(
+            Field(
+                "OwnerId",
+                "reference",
+                length=18,
+                reference_to="User",
+                relationship_name="Owner",
+                default=DEFAULT_USER_ID,
+            )
+        )
+    for name, relationship in (("CreatedById", "CreatedBy"), ("LastModifiedById", "LastModifiedBy")):
+        extra.append(
+            Field(
+                name,
+                "reference",
+                length=18,
+                reference_to="User",
+                relationship_name=relationship,
+                read_only=True,
+            )
+        )
+    return SObject(name=obj.name, key_prefix=obj.key_prefix, fields=(*obj.fields, *extra))

@@ -18,6 +18,7 @@ RUNTIME_SETTINGS = frozenset(
         "records_per_second",
         "daily_api_requests_max",
         "daily_bulk_batches_max",
+        "daily_bulk_query_jobs_max",
         "min_api_version",
         "max_api_version",
         "error_503_rate",
@@ -63,6 +64,9 @@ class EmulatorSettings:
         Processing speed; None processes as fast as possible ("instant").
     daily_api_requests_max, daily_bulk_batches_max
         24-hour limits reported by ``/limits`` and enforced.
+    daily_bulk_query_jobs_max
+        Query jobs per rolling 24 hours (``DailyBulkV2QueryJobs``, 10,000 in Salesforce); a job
+        created past it is refused with 400 ``LIMIT_EXCEEDED``.
     min_api_version, max_api_version
         Accepted API versions; lower ones answer 410 (retired).
     error_503_rate, error_500_rate
@@ -104,6 +108,7 @@ class EmulatorSettings:
     records_per_second: float | None = None
     daily_api_requests_max: int = 100_000
     daily_bulk_batches_max: int = 15_000
+    daily_bulk_query_jobs_max: int = 10_000
     min_api_version: float = 41.0
     max_api_version: float = 68.0
     error_503_rate: float = 0.0

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from .faults import FaultInjector
-from .ids import make_id, normalize_id
+from .ids import DEFAULT_USER_ID, make_id, normalize_id
 from .ingest_plan import Plan, Relation
 from .schema import SObject
 from .store import Store, quote, record_table
@@ -62,6 +62,16 @@ def _no_live_record(deleted: bool, field: str = "") -> str:
     if deleted:
         return error_text("ENTITY_IS_DELETED", "entity is deleted")
     return error_text("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", field)
+
+
+def _not_writable(names: list[str]) -> str:
+    """The error of a record giving a value to fields only the org sets."""
+    return error_text(
+        "INVALID_FIELD_FOR_INSERT_UPDATE",
+        f"Unable to create/update fields: {', '.join(names)}. Please check the security settings of this "
+        "field and verify that it is read/write for your role or profile.",
+        ",".join(names),
+    )
 
 
 class SliceProcessor:
@@ -271,14 +281,16 @@ class SliceProcessor:
             return
         names = sorted({name for values in rows.values() for name in values})
         sql = (
-            f"INSERT INTO {self.table} (Id, IsDeleted, CreatedDate, LastModifiedDate"  # noqa: S608
-            f"{''.join(', ' + quote(n) for n in names)}) VALUES (?, 0, ?, ?{', ?' * len(names)})"
+            f"INSERT INTO {self.table} (Id, IsDeleted, CreatedDate, LastModifiedDate, CreatedById, "  # noqa: S608
+            f"LastModifiedById{''.join(', ' + quote(n) for n in names)}) "
+            f"VALUES (?, 0, ?, ?, ?, ?{', ?' * len(names)})"
         )
         params = []
         results = out.results
+        user = DEFAULT_USER_ID  # the session's user: the org has one
         for row, values in rows.items():
             record_id = ids[row]
-            params.append((record_id, now, now, *map(values.get, names)))
+            params.append((record_id, now, now, user, user, *map(values.get, names)))
             results[row] = [record_id, 1]
         conn.executemany(sql, params)
 
@@ -289,12 +301,13 @@ class SliceProcessor:
         results = out.results
         for row, values in rows.items():
             record_id = ids[row]
-            groups.setdefault(tuple(values), []).append((*values.values(), now, record_id))
+            groups.setdefault(tuple(values), []).append((*values.values(), now, DEFAULT_USER_ID, record_id))
             results[row] = [record_id, 0]
         for names, params in groups.items():
             assignments = "".join(f"{quote(n)} = ?, " for n in names)
             conn.executemany(
-                f"UPDATE {self.table} SET {assignments}LastModifiedDate = ? WHERE Id = ?",  # noqa: S608
+                f"UPDATE {self.table} SET {assignments}LastModifiedDate = ?, LastModifiedById = ? "  # noqa: S608
+                "WHERE Id = ?",
                 params,
             )
 
@@ -314,6 +327,7 @@ class SliceProcessor:
         parent_columns = (
             self.parent_columns if self.faults.settings.lock_contention_seconds is not None else []
         )
+        read_only = plan.read_only if plan.operation in ("insert", "update", "upsert") else []
         for n, row in enumerate(rows):
             if len(row) != plan.width:
                 out.fail(
@@ -324,6 +338,8 @@ class SliceProcessor:
                         f"row = {len(row)}",
                     ),
                 )
+            elif read_only and (given := [name for i, name in read_only if row[i] != ""]):
+                out.fail(n, _not_writable(given))
             elif self.faults.record_locked() or (
                 parent_columns
                 and self.faults.parent_locked(
@@ -446,8 +462,8 @@ class SliceProcessor:
             conn.executemany(f"DELETE FROM {self.table} WHERE Id = ?", params)  # noqa: S608
         else:
             conn.executemany(
-                f"UPDATE {self.table} SET IsDeleted = 1, LastModifiedDate = '{now}' "  # noqa: S608
-                "WHERE Id = ?",
+                f"UPDATE {self.table} SET IsDeleted = 1, LastModifiedDate = '{now}', "  # noqa: S608
+                f"LastModifiedById = '{DEFAULT_USER_ID}' WHERE Id = ?",
                 params,
             )
         for n, record_id in ids.items():

@@ -35,12 +35,24 @@ def located(soql: str, pos: int, text: str) -> str:
 
 
 def unsupported(what: str) -> SoqlError:
-    """What Bulk API 2.0 refuses in a query (nested queries, aggregates, OFFSET...).
+    """What Bulk API 2.0 refuses in a query (aggregates, OFFSET...): "X not supported in Bulk Query".
 
-    The two texts seen from real orgs are "Aggregate Relationships not supported in Bulk Query"
-    and "Selecting compound data not supported in Bulk Query"; the others follow their pattern.
+    Only the compound-field and subquery texts below were seen from real orgs; the others follow
+    their pattern (see docs/emulator.md).
     """
     return SoqlError("API_ERROR", f"{what} not supported in Bulk Query")
+
+
+def compound_refused() -> SoqlError:
+    """Selecting an address (``BillingAddress``, ``MailingAddress``...): Bulk API 2.0's own answer."""
+    return SoqlError("API_ERROR", "Selecting compound data not supported in Bulk Query")
+
+
+def subquery_refused() -> SoqlError:
+    """A parent-to-child subquery in the SELECT list, as a real org answers a CSV query job (API 59.0)."""
+    return SoqlError(
+        "API_ERROR", "Aggregate Relationships not supported in Bulk V2 Query with CSV content type"
+    )
 
 
 # -- tokens ---------------------------------------------------------------------------------------
@@ -145,7 +157,8 @@ def decode_string(soql: str, token: Token, like: bool = False) -> str:
 class Path:
     """A field reference as written: ``Name``, ``Account.Name``, ``Account.Parent.Name``.
 
-    In a condition it may be wrapped in a date function: ``CALENDAR_YEAR(CreatedDate)``.
+    In a condition it may be wrapped in a date function: ``CALENDAR_YEAR(CreatedDate)``. In the
+    SELECT list, ``FIELDS(STANDARD)`` is the path ``("STANDARD",)`` with function ``FIELDS``.
     """
 
     parts: tuple[str, ...]
@@ -397,14 +410,8 @@ class _Parser:
                     self.soql, start.pos, "A semi join subquery selects one Id or reference field, unordered"
                 ),
             )
-        seen: set[str] = set()
-        for path in fields:
-            key = path.text.lower()
-            if key in seen:
-                raise SoqlError(
-                    "MALFORMED_QUERY", located(self.soql, path.pos, f"duplicate field selected: {path.text}")
-                )
-            seen.add(key)
+        if nested and fields[0].function == "FIELDS":
+            raise self.unexpected(self.tokens[self.i - 1])
         return Query(tuple(fields), obj.text, obj.pos, alias, where, tuple(order), limit)
 
     def refuse_clause(self) -> None:
@@ -417,7 +424,7 @@ class _Parser:
     def select_item(self) -> Path:
         if self.tok.kind == "(":
             if self.word(self.peek()) == "SELECT":
-                raise unsupported("Aggregate Relationships")
+                raise subquery_refused()
             raise self.unexpected()
         word = self.word()
         if word == "TYPEOF":
@@ -426,9 +433,19 @@ class _Parser:
             if word in _AGGREGATES:
                 raise unsupported("Aggregate queries")
             if word == "FIELDS":
-                raise unsupported("Selecting compound data")
+                return self.fields_function()
             raise self.unexpected(self.peek())
         return self.path()
+
+    def fields_function(self) -> Path:
+        """``FIELDS(ALL|STANDARD|CUSTOM)``, kept as a path whose function is FIELDS (expanded later)."""
+        name = self.take()
+        self.expect("(")
+        group = self.expect("IDENT")
+        if group.text.upper() not in ("ALL", "STANDARD", "CUSTOM"):
+            raise self.unexpected(group)
+        self.expect(")")
+        return Path((group.text.upper(),), name.pos, "FIELDS")
 
     def path(self) -> Path:
         first = self.expect("IDENT")

@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
-from .field_types import NUMBER_TYPES, TEXT_TYPES, FieldInfo, field_info
+from .field_types import NUMBER_TYPES, TEXT_TYPES, FieldInfo, field_info, fields_of
 from .ids import normalize_id
 from .schema import Schema, SObject
 from .soql import (
@@ -27,6 +27,7 @@ from .soql import (
     Path,
     Query,
     SoqlError,
+    compound_refused,
     located,
     parse,
 )
@@ -155,6 +156,9 @@ def _family(info: FieldInfo) -> str:
     return info.type  # boolean, date, datetime
 
 
+#: The largest LIMIT of a query selecting FIELDS(ALL) or FIELDS(CUSTOM).
+_FIELDS_MAX_LIMIT = 200
+
 _NOT_FOUND_HINT = (
     "If you are attempting to use a custom {what}, be sure to append the '{suffix}' after the custom "
     "{what} name. Please reference your WSDL or the describe call for the appropriate names."
@@ -216,12 +220,22 @@ class _Compiler:
         return _date_function(path.function, expr), result
 
     def resolve_field(self, path: Path) -> tuple[str, FieldInfo]:
+        expr, info, _ = self.walk(path)
+        return expr, info
+
+    def walk(self, path: Path) -> tuple[str, FieldInfo, str]:
+        """The SQL expression, the field and the result header of a path, adding the joins it needs.
+
+        The header spells every name as the org does (``select owner.name`` gives ``Owner.Name``),
+        without the object name or alias a path may start with, as real orgs write it.
+        """
         parts = list(path.parts)
         prefixes = {self.root.name.lower(), (self.query.alias or "").lower()}
         if len(parts) > 1 and parts[0].lower() in prefixes and self.root.relationship(parts[0]) is None:
             parts = parts[1:]  # Account.Name FROM Account, or c.Name FROM Contact c
         obj, alias = self.root, self.aliases[()]
         key: tuple[str, ...] = ()
+        spelled: list[str] = []
         for part in parts[:-1]:
             ref = obj.relationship(part)
             target = self.schema.get(ref.reference_to) if ref and ref.reference_to else None
@@ -232,6 +246,7 @@ class _Compiler:
                     path.pos,
                     f"Didn't understand relationship '{part}' in field path. {hint}",
                 )
+            spelled.append(ref.relationship_name or part)
             key = (*key, ref.name.lower())
             if key not in self.aliases:
                 parent = f"{self.prefix}{len(self.aliases)}"
@@ -247,7 +262,12 @@ class _Compiler:
             raise self.fail(
                 "INVALID_FIELD", path.pos, f"No such column '{parts[-1]}' on entity '{obj.name}'. {hint}"
             )
-        return f"{alias}.{quote(info.column)}", info
+        if info.compound:
+            raise compound_refused()
+        header = ".".join([*spelled, info.name])
+        if info.expr is not None:
+            return info.expr.format(alias=alias), info, header
+        return f"{alias}.{quote(info.column)}", info, header
 
     # conditions
 
@@ -369,10 +389,19 @@ class _Compiler:
         root = self.aliases[()]
         selected = []
         columns = []
+        seen: set[str] = set()
         for path in query.fields:
-            expr, info = self.resolve(path)
-            selected.append(expr)
-            columns.append(Column(path.text, info.type))
+            for expr, info, header in self.select_item(path):
+                if header.lower() in seen:
+                    raise SoqlError("INVALID_FIELD", f"duplicate field selected: {header}")
+                seen.add(header.lower())
+                selected.append(expr)
+                columns.append(Column(header, info.type))
+        if not columns:
+            raise SoqlError(
+                "MALFORMED_QUERY",
+                "'FIELDS(...)' expansion function must result in at least one field being selected.",
+            )
         clauses = [] if self.include_deleted else [f"{root}.IsDeleted = 0"]
         if query.where is not None:
             clauses.append(self.condition(query.where))
@@ -382,6 +411,25 @@ class _Compiler:
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         return selected, columns, sql
+
+    def select_item(self, path: Path) -> list[tuple[str, FieldInfo, str]]:
+        """The columns one item of the SELECT list gives: one for a path, the group's for FIELDS(...).
+
+        FIELDS(ALL) and FIELDS(CUSTOM) are unbounded, so need LIMIT 200 or less; addresses are left
+        out of every group, as Bulk API 2.0 cannot select them.
+        """
+        if path.function != "FIELDS":
+            return [self.walk(path)]
+        group = path.parts[0]
+        limit = self.query.limit
+        if group != "STANDARD" and (limit is None or limit > _FIELDS_MAX_LIMIT):
+            raise SoqlError("MALFORMED_QUERY", "The SOQL FIELDS function must have a LIMIT of at most 200")
+        chosen = [
+            info
+            for info in fields_of(self.root)
+            if not info.compound and (group == "ALL" or (group == "CUSTOM") == info.name.endswith("__c"))
+        ]
+        return [self.walk(Path((info.name,), path.pos)) for info in chosen]
 
     def semi_join(self, expr: str, info: FieldInfo, node: InList) -> str:
         """``expr [NOT] IN (SELECT ...)``: both sides must be ids or references."""

@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .ids import DEFAULT_USER_ID, USER_PREFIX, make_id
 from .schema import Field, Schema, SObject
+from .timestamps import now_text
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS id_counters (prefix TEXT PRIMARY KEY, next INTEGER NOT NULL);
@@ -149,6 +151,39 @@ class Store:
                 if f.unique or f.external_id:
                     index = quote(f"idx_{obj.name}_{f.name}")
                     self._conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({quote(f.name)})")
+
+    def seed_user(self, username: str) -> None:
+        """Make sure the org's one user exists (the record every ``OwnerId``/``CreatedById`` names).
+
+        Only the User fields the schema has are filled; user numbers of later inserts start past it.
+        """
+        user = self.schema.get("User")
+        if user is None:
+            return
+        now = now_text()
+        wanted = {
+            "Username": username,
+            "LastName": "User",
+            "FirstName": "Integration",
+            "Email": username,
+            "Alias": "integ",
+            "IsActive": 1,
+            "CreatedById": DEFAULT_USER_ID,
+            "LastModifiedById": DEFAULT_USER_ID,
+        }
+        values = {user.field(k).name: v for k, v in wanted.items() if user.field(k) is not None}  # type: ignore[union-attr]
+        names = ["Id", "IsDeleted", "CreatedDate", "LastModifiedDate", *values]
+        marks = ", ".join("?" for _ in names)
+        sql = f"INSERT OR IGNORE INTO {record_table(user)} ({', '.join(map(quote, names))}) VALUES ({marks})"  # noqa: S608 - names from the schema
+        number = 42
+        assert make_id(USER_PREFIX, number) == DEFAULT_USER_ID
+        with self.transaction() as conn:
+            conn.execute(sql, (DEFAULT_USER_ID, 0, now, now, *values.values()))
+            conn.execute(
+                "INSERT INTO id_counters (prefix, next) VALUES (?, ?) "
+                "ON CONFLICT(prefix) DO UPDATE SET next = MAX(next, excluded.next)",
+                (USER_PREFIX, number + 1),
+            )
 
     # -- ids -------------------------------------------------------------------------------------
 

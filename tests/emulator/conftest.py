@@ -39,6 +39,7 @@ def emulator(emulator_server: RunningEmulator) -> RunningEmulator:
         "upload_limit_bytes": 100 * 1024 * 1024,
         "daily_api_requests_max": 100_000,
         "daily_bulk_batches_max": 15_000,
+        "daily_bulk_query_jobs_max": 10_000,
         "min_api_version": 41.0,
         "max_api_version": 68.0,
         "seed": 7,

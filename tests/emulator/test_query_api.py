@@ -163,7 +163,7 @@ def test_numbers_relationships_and_delimiters(api: httpx.Client) -> None:
     wait_query(api, job["id"])
     text = api.get(f"/jobs/query/{job['id']}/results").text
     assert text == (
-        '"Name"|"AnnualRevenue"|"NumberOfEmployees"|"Parent.Name"|"a.Parent.Parent.Name"\r\n'
+        '"Name"|"AnnualRevenue"|"NumberOfEmployees"|"Parent.Name"|"Parent.Parent.Name"\r\n'
         '"Child"|"1.5"|""|"Parent"|""\r\n'
         '"Parent"|"9.12260031E8"|"12"|""|""\r\n'
     )
@@ -256,7 +256,8 @@ def test_where_clauses_over_the_wire(api: httpx.Client) -> None:
             "must be of type dateTime",
         ),
         ("SELECT Id FROM Account WHERE Name = 'a' AND Id != null OR Name = 'b'", "MALFORMED_QUERY", "'OR'"),
-        ("SELECT Id, id FROM Account", "MALFORMED_QUERY", "duplicate field selected: id"),
+        # The SOQL guide's FIELDS() page: INVALID_FIELD, the field named as the org spells it.
+        ("SELECT Id, id FROM Account", "INVALID_FIELD", "duplicate field selected: Id"),
         (
             "SELECT Id FROM Account WHERE Description = 'x'",
             "INVALID_FIELD",

@@ -112,7 +112,6 @@ def test_malformed(soql: str, message: str) -> None:
     [
         ("SELECT Id FROM Account GROUP BY Name", "Aggregate queries"),
         ("SELECT MAX(Amount) FROM Opportunity", "Aggregate queries"),
-        ("SELECT FIELDS(ALL) FROM Account", "Selecting compound data"),
         ("SELECT TYPEOF What WHEN Account THEN Name END FROM Event", "TYPEOF"),
     ],
 )
