@@ -67,6 +67,7 @@ def _load(name: str, tmp_path: Path, args: str, *, operator: str = "SalesforceBu
             )"""
 
 
+SOQL = "SELECT Id FROM Account"
 KINDS = ["invalid_client", "invalid_client_id", "invalid_grant", "INVALID_LOGIN", "INVALID_SESSION_ID"]
 
 
@@ -95,7 +96,7 @@ def test_refused_credentials_fail_a_query_once_without_retries(
         sf.update_settings(session_timeout_seconds=1e-9)
     name = f"refused_query_{kind.lower()}"
     task = f"""SalesforceBulkQueryOperator(
-                task_id="load", conn_id="sf_refusals", soql="SELECT Id FROM Account", deferrable=True,
+                task_id="load", conn_id="sf_refusals", soql={SOQL!r}, deferrable=True,
                 poll_interval=0.2, retries=2, retry_delay=datetime.timedelta(0),
                 output_path={str(tmp_path / name)!r}
             )"""
@@ -166,7 +167,7 @@ def test_credentials_refused_in_the_trigger_fail_the_query_without_retries(
     sf.update_settings(hold_processing=True)
     name = "refused_query_in_trigger"
     task = f"""RefusedQueryInTrigger(
-                task_id="load", conn_id="sf_refusals", soql="SELECT Id FROM Account", deferrable=True,
+                task_id="load", conn_id="sf_refusals", soql={SOQL!r}, deferrable=True,
                 poll_interval=0.2, retries=2, retry_delay=datetime.timedelta(0),
                 output_path={str(tmp_path / name)!r}
             )"""

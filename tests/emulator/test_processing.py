@@ -247,7 +247,9 @@ def test_a_number_outside_the_field_range_fails_the_record_not_the_job(
 ) -> None:
     # An integer beyond 64 bits used to reach the database and leave the job InProgress forever.
     huge = str(2**70)
-    data = f"Name,NumberOfEmployees,AnnualRevenue\nbig,{huge},1\nrevenue,5,1e30\nnegative,-{huge},1\nok,7,2.5\n"
+    data = (
+        f"Name,NumberOfEmployees,AnnualRevenue\nbig,{huge},1\nrevenue,5,1e30\nnegative,-{huge},1\nok,7,2.5\n"
+    )
     info, results = run_job(api, data, object="Account", operation="insert")
     assert info["state"] == "JobComplete"
     assert (info["numberRecordsProcessed"], info["numberRecordsFailed"]) == (4, 3)
@@ -260,7 +262,8 @@ def test_a_number_outside_the_field_range_fails_the_record_not_the_job(
     assert errors["negative"].endswith(":NumberOfEmployees --")
     assert [r["Name"] for r in emulator.records("Account")] == ["ok"]
     # The largest value an 18-digit field holds is still stored.
-    info, _ = run_job(api, f"Name,NumberOfEmployees\nmax,{10**18 - 1}\n", object="Account", operation="insert")
+    largest = f"Name,NumberOfEmployees\nmax,{10**18 - 1}\n"
+    info, _ = run_job(api, largest, object="Account", operation="insert")
     assert (info["numberRecordsProcessed"], info["numberRecordsFailed"]) == (1, 0)
 
 
