@@ -41,6 +41,7 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
 )
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
@@ -274,6 +275,7 @@ class SalesforceBulkOperator(BaseOperator):
         self.resubmit_rounds = resubmit_rounds
         self.resubmit_backoff = resubmit_backoff
         self._chunk_counts: list[int] = []
+        self._fieldnames: list[str] = []
         self._opened_source: ChunkSource | None = None
         self.reload_on_clear = reload_on_clear
         self._instance_url: str | None = None
@@ -433,7 +435,8 @@ class SalesforceBulkOperator(BaseOperator):
         with source.open() as chunks:
             for chunk in chunks:
                 if not counts:
-                    spec.check_fieldnames(chunk.fieldnames(spec.column_delimiter))
+                    self._fieldnames = chunk.fieldnames(spec.column_delimiter)
+                    spec.check_fieldnames(self._fieldnames)
                 total += chunk.record_count
                 counts.append(chunk.record_count)
         self._chunk_counts = counts
@@ -625,6 +628,13 @@ class SalesforceBulkOperator(BaseOperator):
             if plan.complete:
                 return latest
             if not plan.chunks:
+                await check_columns_exist(
+                    client,
+                    spec.object,
+                    self._fieldnames,
+                    field_mapping=self.field_mapping,
+                    external_id_field=spec.external_id_field,
+                )
                 try:
                     await check_limits_before_load(client, self._chunk_counts, self.limits_check)
                 except LimitsCheckError as exc:

@@ -222,8 +222,9 @@ def test_every_row_is_stored_once_with_its_values(
         (
             "query_error",
             'SELECT name AS "Name" FROM no_such_table',
-            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query failed on "
-            """'pg_warehouse': UndefinedTable: relation "no_such_table" does not exist""",
+            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query "
+            """'SELECT name AS "Name" FROM no_such_table' failed on 'pg_warehouse': UndefinedTable: """
+            'relation "no_such_table" does not exist',
         ),
         (
             "empty_result",
@@ -239,8 +240,8 @@ def test_every_row_is_stored_once_with_its_values(
             SELECT.replace('AS "Name"', 'AS "Name", 1 / (id - 15000) AS "Quantity__c"').replace(
                 'qty AS "Quantity__c", ', ""
             ),
-            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query failed on "
-            "'pg_warehouse' after 10000 rows: DivisionByZero: division by zero",
+            # The query is named (cut to 200 characters), then how many rows were read.
+            "...' failed on 'pg_warehouse' after 10000 rows were read: DivisionByZero: division by zero",
         ),
     ],
 )
