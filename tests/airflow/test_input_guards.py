@@ -91,7 +91,8 @@ def test_a_dataframe_column_mixing_types_fails_the_task_before_any_job(
         ("records_column", """records=[{"Name": "a", "Nmber_Of_Employees": 3}]"""),
         (
             "external_id",
-            """operation="upsert", external_id_field="No_Such__c", records=[{"Name": "a", "No_Such__c": "x"}]""",
+            """operation="upsert", external_id_field="No_Such__c",
+            records=[{"Name": "a", "No_Such__c": "x"}]""",
         ),
     ],
 )
@@ -161,7 +162,10 @@ def test_a_sql_error_while_fetching_names_the_query_and_the_rows_read(
         db.executemany("INSERT INTO people VALUES (?, ?)", [(i, f"S{i}") for i in range(25)])
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
     # SQLite computes rows as they are fetched: row 15 overflows, in the second batch of 10.
-    sql = "SELECT surname AS LastName, CASE WHEN id = 15 THEN abs(-9223372036854775807 - 1) END AS n FROM people ORDER BY id"
+    sql = (
+        "SELECT surname AS LastName, CASE WHEN id = 15 THEN abs(-9223372036854775807 - 1) END AS n "
+        "FROM people ORDER BY id"
+    )
     with pytest.raises((InputError, SqlSourceError)) as info:
         _chunks(sql=sql, sql_conn_id="warehouse", batch_rows=10)
     message = str(info.value)
@@ -189,7 +193,7 @@ def test_a_parquet_page_whose_checksum_fails_is_refused(tmp_path: Path) -> None:
     _flipped_parquet(path)
     # Without verification the flipped value reads back as good data.
     assert "CHECKSUMMED-000140" in pq.read_table(path).column("Name").to_pylist()[140:151]
-    with pytest.raises(InputError, match="flipped.parquet could not be read: .*CRC"):
+    with pytest.raises(InputError, match=r"flipped\.parquet could not be read: .*CRC"):
         _chunks(source=str(path))
 
 
