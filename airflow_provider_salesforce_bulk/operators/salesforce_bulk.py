@@ -744,8 +744,15 @@ class SalesforceBulkOperator(BaseOperator):
         copied: dict[str, Any] = {}
         if to_copy:
             settings = hook.get_settings()
-            with fail_on_refused_credentials():
-                copied = run_sync(lambda: self._copy(hook, settings, to_copy, directory))
+            try:
+                with fail_on_refused_credentials():
+                    copied = run_sync(lambda: self._copy(hook, settings, to_copy, directory))
+            except RequestLimitExceededError as exc:
+                raise AirflowException(
+                    f"Reading the results of the jobs met REQUEST_LIMIT_EXCEEDED: the org's "
+                    f"{limit_named(exc)} allowance is spent ({exc}); the jobs ended, a retry once it "
+                    "refilled reattaches to them and reads their results"
+                ) from None
             for uris_rows_codes_samples in copied.values():
                 by_code.update(uris_rows_codes_samples[2])
                 for code, sample in uris_rows_codes_samples[3].items():
