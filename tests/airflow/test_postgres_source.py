@@ -50,8 +50,11 @@ def _row(i: int) -> tuple[Any, ...]:
     name = SPECIAL if i % 1000 == 0 else f"Name, {i}" if i % 2 else f"Ñame «{i}»"
     qty = None if i % 7 == 0 else (i * 37) % 100_000 - 50_000
     price = None if i % 11 == 0 else decimal.Decimal(i * 13 % 1_000_000) / 100
-    # Exact binary fractions, a tiny one and a huge one: written without an exponent.
-    ratio = None if i % 9 == 0 else (1e-7 if i % 97 == 0 else 1.5e20 if i % 89 == 0 else i / 8 - 999.5)
+    # Exact binary fractions, a tiny one and the largest a Number(18, 8) field holds (a larger one is
+    # NUMBER_OUTSIDE_VALID_RANGE, as in a real org): written without an exponent.
+    ratio = (
+        None if i % 9 == 0 else (1e-7 if i % 97 == 0 else 9_999_999_999.5 if i % 89 == 0 else i / 8 - 999.5)
+    )
     due = None if i % 13 == 0 else datetime.date(1990, 1, 1) + datetime.timedelta(days=i)
     seen_at = (
         None

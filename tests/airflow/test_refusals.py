@@ -262,9 +262,9 @@ def test_a_request_limit_met_part_way_fails_naming_it_and_the_retry_loads_the_re
     sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_SF_REFUSALS", sf.airflow_connection())
-    # limits_check off: no /limits call. Each job takes create, upload and close: the seventh
-    # request (the third job's create) is refused.
-    sf.update_settings(daily_api_requests_max=6)
+    # limits_check off: no /limits call. The describe check takes one request and each job create,
+    # upload and close: the eighth request (the third job's create) is refused.
+    sf.update_settings(daily_api_requests_max=7)
     n = 12
     records = [{"Name": f"R{i}", "External_Id__c": f"RL-{i}"} for i in range(n)]
     name = "limit_part_way"
@@ -301,7 +301,7 @@ def test_a_request_limit_met_part_way_pushes_the_summary_and_names_the_limit(
             pushed[key] = value
 
     monkeypatch.setenv("AIRFLOW_CONN_SF_REFUSALS", sf.airflow_connection())
-    sf.update_settings(daily_api_requests_max=6)
+    sf.update_settings(daily_api_requests_max=7)  # the describe, then two jobs' create, upload, close
     op = SalesforceBulkOperator(
         task_id="load",
         conn_id="sf_refusals",
