@@ -216,6 +216,43 @@ def test_limits_check_fail_refuses_a_negative_remaining_before_any_job(
     assert len(sf.records("Account")) == 20
 
 
+class LimitsUnreadable(httpx.AsyncBaseTransport):
+    """/limits answers a proxy's HTML page or a 500; every other request reaches the emulator."""
+
+    status = 200
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith("/limits"):
+            cls = type(self)
+            page = b"<html><body>Service maintenance</body></html>"
+            return httpx.Response(
+                cls.status, content=page, headers={"Content-Type": "text/html"}, request=request
+            )
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_limits_check_warn_never_stops_a_load_when_limits_cannot_be_read(
+    sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SF_REFUSALS", sf.airflow_connection())
+    monkeypatch.setattr(LimitsUnreadable, "status", status)
+    wrap_pool_transport(monkeypatch, LimitsUnreadable)
+    records = [{"Name": f"W{i}"} for i in range(4)]
+    name = f"limits_unreadable_{status}"
+    args = f"""operation="insert", object_name="Account", records={records!r}, limits_check="warn" """
+    dr = _dag(name, tmp_path, _load(name, tmp_path, args)).test()
+    assert dr.state == "success"
+    assert dr.get_task_instance("load").try_number == 1
+    assert sorted(r["Name"] for r in sf.records("Account")) == [f"W{i}" for i in range(4)]
+
+
 def test_limits_check_fail_names_the_limit_what_the_load_needs_and_what_is_left(
     sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
