@@ -276,6 +276,7 @@ class SalesforceBulkOperator(BaseOperator):
         self.resubmit_backoff = resubmit_backoff
         self._chunk_counts: list[int] = []
         self._fieldnames: list[str] = []
+        self._latest: dict[str, JobInfo] = {}
         self._opened_source: ChunkSource | None = None
         self.reload_on_clear = reload_on_clear
         self._instance_url: str | None = None
@@ -517,7 +518,7 @@ class SalesforceBulkOperator(BaseOperator):
                 self.log.info("No records: no job created")
                 self._succeeded = 0
                 return summary
-        self._latest: dict[str, JobInfo] = {}
+        self._latest = {}
         try:
             with fail_on_refused_credentials():
                 latest = run_sync(lambda: self._submit(hook, settings, source, plan))
