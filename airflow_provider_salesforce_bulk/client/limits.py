@@ -9,6 +9,7 @@ of dying halfway with ``REQUEST_LIMIT_EXCEEDED`` or a job Failed for want of bat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
+    OperationTimeoutError,
     RequestLimitExceededError,
     SalesforceApiError,
     SalesforceBulkError,
@@ -47,6 +49,9 @@ BATCH_RECORDS = 10_000
 
 LimitsCheck = Literal["fail", "warn", "off"]
 LIMITS_CHECK_MODES: tuple[LimitsCheck, ...] = ("fail", "warn", "off")
+
+#: Longest wait for the ``/limits`` answer before the check counts as not made (seconds).
+LIMITS_READ_TIMEOUT = 60.0
 
 # API requests every ingest job makes besides polls: create, upload, close.
 _REQUESTS_TO_SUBMIT = 3
@@ -82,25 +87,37 @@ class OrgLimits:
     daily_bulk_v2_query_jobs: LimitUsage | None
     daily_bulk_v2_query_file_storage_mb: LimitUsage | None
     entries: Mapping[str, LimitUsage] = field(default_factory=dict, repr=False)
+    unreadable: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Entries whose ``Max`` or ``Remaining`` is missing, negative or not an integer, by name: what
+    was wrong. Such an allowance is unknown, never taken as enough."""
 
     @classmethod
     def from_json(cls, body: object) -> OrgLimits:
-        """Read the JSON body of ``GET /limits``; entries without two integer counts are skipped."""
+        """Read the JSON body of ``GET /limits``; an entry without two integer counts of at least 0
+        is not in :attr:`entries` but in :attr:`unreadable`, saying why."""
         if not isinstance(body, dict):
             raise UnexpectedResponseError(f"/limits answered a JSON {type(body).__name__}, not an object")
         entries: dict[str, LimitUsage] = {}
+        unreadable: dict[str, str] = {}
         for name, value in body.items():
             if not isinstance(value, dict):
+                unreadable[str(name)] = f"not an object: {value!r:.60}"
                 continue
             top, left = value.get("Max"), value.get("Remaining")
             if _count(top) and _count(left):
                 entries[str(name)] = LimitUsage(max=top, remaining=left)
+            else:
+                unreadable[str(name)] = f"Max {top!r:.30}, Remaining {left!r:.30}"
+        batches = "DailyBulkApiBatches"
+        if batches not in entries and batches not in unreadable and "DailyBulkApiRequests" in entries:
+            batches = "DailyBulkApiRequests"  # the same allowance's name in older orgs and API versions
         return cls(
             daily_api_requests=entries.get("DailyApiRequests"),
-            daily_bulk_api_batches=entries.get("DailyBulkApiBatches") or entries.get("DailyBulkApiRequests"),
+            daily_bulk_api_batches=entries.get(batches),
             daily_bulk_v2_query_jobs=entries.get("DailyBulkV2QueryJobs"),
             daily_bulk_v2_query_file_storage_mb=entries.get("DailyBulkV2QueryFileStorageMB"),
             entries=entries,
+            unreadable=unreadable,
         )
 
 
@@ -194,36 +211,31 @@ def check_load_allowance(limits: OrgLimits, estimate: LoadEstimate, *, margin: i
     """Compare a :class:`LoadEstimate` with the allowances left.
 
     ``margin`` API requests are kept in reserve on top of the estimate (for other integrations of
-    the org, or the operator's own extra calls). An allowance the org did not report is not a
-    shortfall; the message says it was not checked.
+    the org, or the operator's own extra calls). An allowance the org did not report, or reported
+    with a ``Remaining`` that is negative or not an integer, is unknown: a shortfall (the load could
+    not be shown to fit), never a reason to skip the check.
     """
     _check_count("margin", margin)
     shortfalls: list[str] = []
     notes: list[str] = []
-    batches = limits.daily_bulk_api_batches
-    if batches is None:
-        notes.append("DailyBulkApiBatches not reported by the org, not checked")
-    elif estimate.batches > batches.remaining:
-        shortfalls.append(
-            f"{estimate.batches:,} DailyBulkApiBatches needed ({estimate.records:,} records in "
-            f"{estimate.jobs:,} jobs, one batch per started {BATCH_RECORDS:,} records of a job) but "
-            f"{batches.remaining:,} of {batches.max:,} left"
-        )
-    else:
-        notes.append(
-            f"DailyBulkApiBatches {estimate.batches:,} needed, {batches.remaining:,} of {batches.max:,} left"
-        )
-    requests = limits.daily_api_requests
+    batches_needed = (
+        f"{estimate.batches:,} DailyBulkApiBatches needed ({estimate.records:,} records in "
+        f"{estimate.jobs:,} jobs, one batch per started {BATCH_RECORDS:,} records of a job)"
+    )
+    _compare(
+        "DailyBulkApiBatches",
+        limits.daily_bulk_api_batches,
+        estimate.batches,
+        batches_needed,
+        limits,
+        shortfalls,
+        notes,
+    )
     needed = estimate.api_requests + margin
     what = f"{needed:,} DailyApiRequests needed ({estimate.api_requests:,} for {estimate.jobs:,} jobs" + (
         f" + {margin:,} margin)" if margin else ")"
     )
-    if requests is None:
-        notes.append("DailyApiRequests not reported by the org, not checked")
-    elif needed > requests.remaining:
-        shortfalls.append(f"{what} but {requests.remaining:,} of {requests.max:,} left")
-    else:
-        notes.append(f"{what}, {requests.remaining:,} of {requests.max:,} left")
+    _compare("DailyApiRequests", limits.daily_api_requests, needed, what, limits, shortfalls, notes)
     if shortfalls:
         message = (
             "the org's daily allowances left do not cover this load: "
@@ -236,6 +248,28 @@ def check_load_allowance(limits: OrgLimits, estimate: LoadEstimate, *, margin: i
     return LimitsVerdict(
         ok=not shortfalls, message=message, estimate=estimate, limits=limits, shortfalls=tuple(shortfalls)
     )
+
+
+def _compare(
+    name: str,
+    usage: LimitUsage | None,
+    needed: int,
+    what: str,
+    limits: OrgLimits,
+    shortfalls: list[str],
+    notes: list[str],
+) -> None:
+    """One allowance against what the load needs: a shortfall when short or unknown, else a note."""
+    if usage is None:
+        bad = limits.unreadable.get(name)
+        if name == "DailyBulkApiBatches" and bad is None:
+            bad = limits.unreadable.get("DailyBulkApiRequests")
+        left = f"/limits gave {bad}" if bad is not None else f"the org did not report {name}"
+        shortfalls.append(f"{what} but what is left is unknown ({left}): taken as exhausted")
+    elif needed > usage.remaining:
+        shortfalls.append(f"{what} but {usage.remaining:,} of {usage.max:,} left")
+    else:
+        notes.append(f"{what}, {usage.remaining:,} of {usage.max:,} left")
 
 
 def check_limits_mode(value: object, name: str = "limits_check") -> LimitsCheck:
@@ -258,16 +292,19 @@ async def check_limits_before_load(
     polls_per_job: int = 20,
     downloads_per_job: int = 2,
     margin: int = 0,
+    timeout: float = LIMITS_READ_TIMEOUT,
 ) -> LimitsVerdict | None:
     """The whole check an operator runs before its first job, by its ``limits_check`` setting.
 
     ``"off"``: nothing is asked, None is returned. Otherwise ``/limits`` is read and compared with
     :func:`estimate_load` of ``job_record_counts`` (see :func:`check_load_allowance`); a shortfall
     raises :class:`InsufficientLimitsError` with ``"fail"`` and is logged as a warning with
-    ``"warn"``. ``/limits`` refused with 403 or 404 (the user lacks the *View Setup and
-    Configuration* permission, say) raises :class:`LimitsCheckError` with ``"fail"`` and is a
-    warning with ``"warn"`` (None returned). Transport failures are raised as they are: they are
-    worth a retry.
+    ``"warn"``; an allowance whose ``Remaining`` is missing, negative or not an integer is unknown,
+    a shortfall. ``/limits`` refused with 403 or 404 (the user lacks the *View Setup and
+    Configuration* permission, say) raises :class:`LimitsCheckError` with ``"fail"``. Any other
+    failure to read it (5xx, an answer that is not JSON, no answer within ``timeout`` seconds) is
+    raised as it is with ``"fail"`` (worth a retry). With ``"warn"`` none of them stops the load:
+    each is a warning and None is returned.
     """
     mode = check_limits_mode(mode)
     if mode == "off":
@@ -276,7 +313,7 @@ async def check_limits_before_load(
         job_record_counts, polls_per_job=polls_per_job, downloads_per_job=downloads_per_job
     )
     try:
-        limits = await get_limits(client)
+        limits = await asyncio.wait_for(get_limits(client), timeout)
     except RequestLimitExceededError as exc:
         message = (
             "the org has no DailyApiRequests left: /limits was refused with "
@@ -284,20 +321,36 @@ async def check_limits_before_load(
         )
         if mode == "fail":
             raise InsufficientLimitsError(message, verdict=None) from None
-        log.warning("%s", message)
+        log.warning("%s; loading anyway (limits_check='warn')", message)
         return None
     except SalesforceApiError as exc:
-        if exc.status_code not in (403, 404):
-            raise
-        message = (
-            f"cannot read the org's limits (/limits answered {exc.status_code} "
-            f"{exc.error_code or ''}: {exc}); "
-            "the user needs the View Setup and Configuration permission, or set limits_check to "
-            "'warn' or 'off' to load without this check"
-        )
+        if exc.status_code in (403, 404):
+            message = (
+                f"cannot read the org's limits (/limits answered {exc.status_code} "
+                f"{exc.error_code or ''}: {exc}); "
+                "the user needs the View Setup and Configuration permission, or set limits_check to "
+                "'warn' or 'off' to load without this check"
+            )
+            if mode == "fail":
+                raise LimitsCheckError(message) from None
+            log.warning("%s", message)
+            return None
         if mode == "fail":
-            raise LimitsCheckError(message) from None
-        log.warning("%s", message)
+            raise  # a server error: worth a retry
+        log.warning("cannot read the org's limits (%s); loading anyway (limits_check='warn')", exc)
+        return None
+    except (SalesforceBulkError, asyncio.TimeoutError) as exc:
+        # A transport failure, an answer that is not JSON (a proxy's HTML page), no answer in time:
+        # the check could not be made. "warn" never stops a load for it; "fail" is retried.
+        if isinstance(exc, asyncio.TimeoutError):
+            exc = OperationTimeoutError(f"/limits did not answer within {timeout:g}s")
+        if mode == "fail":
+            raise exc from None
+        log.warning(
+            "cannot read the org's limits (%s: %s); loading anyway (limits_check='warn')",
+            type(exc).__name__,
+            exc,
+        )
         return None
     verdict = check_load_allowance(limits, estimate, margin=margin)
     if not verdict.ok:

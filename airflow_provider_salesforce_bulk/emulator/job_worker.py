@@ -35,6 +35,11 @@ BATCH_SIZE = 10_000
 
 _HOLD_POLL_SECONDS = 0.05
 
+#: A job's errorMessage when processing it failed unexpectedly (Salesforce's words for an internal error).
+UNKNOWN_EXCEPTION = (
+    "UNKNOWN_EXCEPTION : An unexpected error occurred. Please include this ErrorId if you contact support"
+)
+
 
 class JobProcessor:
     """The worker thread: takes closed jobs and processes them, interleaving jobs slice by slice.
@@ -111,6 +116,15 @@ class JobProcessor:
     def _job(self, job_id: str) -> Iterator[float]:
         try:
             yield from self._process(job_id)
+        except Exception:
+            # A bug or a value the store cannot hold must not leave the job InProgress until the
+            # client's deadline: it ends Failed, as Salesforce ends a job its servers could not finish.
+            logger.exception("emulator worker failed on job %s", job_id)
+            self.store.transition_job(
+                job_id,
+                ("UploadComplete", "InProgress"),
+                {"state": "Failed", "system_modstamp": now_text(), "error_message": UNKNOWN_EXCEPTION},
+            )
         finally:
             with self._cond:
                 self._queued.discard(job_id)

@@ -36,6 +36,10 @@ _XSD = {
 #: The value that sets a field to null.
 NULL_VALUE = "#N/A"
 
+#: Total digits of a number field (Salesforce's largest, and the describe's ``precision``): a value
+#: with more digits before the point than ``precision - scale`` is outside the field's range.
+PRECISION = 18
+
 Converter = Callable[[str], Any]
 
 
@@ -75,13 +79,30 @@ def converter_for(field: Field, column: int) -> Converter:
     if field.type in {"number", "currency", "percent"}:
         integral = field.scale == 0
         match_number = NUMBER.fullmatch
+        # Salesforce refuses a value with more integer digits than the field holds; without this an
+        # integer beyond 64 bits reached the database and failed the whole job's worker.
+        bound = 10 ** (PRECISION - (field.scale or 0))
+
+        def out_of_range(value: str) -> RecordError:
+            return RecordError(
+                error_text(
+                    "NUMBER_OUTSIDE_VALID_RANGE",
+                    f"{name}: value outside of valid range on numeric field: {value}",
+                    name,
+                )
+            )
 
         def to_number(value: str) -> Any:
             if value.isdigit() and value.isascii():
-                return int(value) if integral else float(value)
+                whole = int(value)
+                if whole >= bound:
+                    raise out_of_range(value)
+                return whole if integral else float(value)
             if match_number(value) is None:
                 raise not_valid(value)
             number = float(value)
+            if not abs(number) < bound:  # also inf, from an exponent beyond a double's range
+                raise out_of_range(value)
             if integral:
                 return round(number)
             return number

@@ -235,7 +235,8 @@ def _parquet_batches(pa: Any, stream: IO[bytes], name: str, batch_rows: int) -> 
     import pyarrow.parquet as pq
 
     try:
-        reader = pq.ParquetFile(stream)
+        # Pages written with a CRC are checked on read: a flipped byte is refused, never loaded.
+        reader = pq.ParquetFile(stream, page_checksum_verification=True)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"source {name} is not a Parquet file: {exc}", field="source") from None
     # iter_batches decodes one row group at a time and hands it out in batches of batch_rows.
@@ -289,9 +290,32 @@ def _table_batches(pa: Any, table: Any, batch_rows: int) -> Batches:
             yield iter(table.to_batches(max_chunksize=batch_rows))
         else:
             # pandas and polars export a fresh stream on each call.
-            yield iter(pa.RecordBatchReader.from_stream(table))
+            try:
+                reader = pa.RecordBatchReader.from_stream(table)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise _conversion_error(pa, table, exc) from None
+            yield iter(reader)
 
     return batches
+
+
+def _conversion_error(pa: Any, table: Any, exc: Exception) -> InputError:
+    """An :class:`InputError` naming the column of a DataFrame that Arrow could not convert (one
+    mixing types, such as numbers and text), found by converting the columns one by one."""
+    columns = getattr(table, "columns", None)
+    for name in list(columns) if columns is not None else []:
+        try:
+            pa.array(table[name])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as column_exc:
+            return InputError(
+                f"column {str(name)!r} cannot be converted to one Arrow type (does it mix types, such "
+                f"as numbers and text?): {column_exc}; give the column one type, e.g. "
+                "df[column].astype(str)",
+                field=str(name),
+            )
+        except Exception:  # noqa: S112 - a column that cannot be selected alone: look at the next
+            continue
+    return InputError(f"the table cannot be converted to Arrow: {exc}", field="records")
 
 
 @contextlib.contextmanager
@@ -454,7 +478,7 @@ def _fetch(
     except Exception as exc:
         # The connection is up: a failing statement is the query's fault, not worth a retry.
         raise InputError(
-            f"the query failed on {conn_id!r}: {type(exc).__name__}: {exc}", field="sql"
+            f"the query {_shown_query(sql)} failed on {conn_id!r}: {type(exc).__name__}: {exc}", field="sql"
         ) from None
     names: list[str] | None = None
     base = 0
@@ -465,11 +489,13 @@ def _fetch(
             if _is_query_fault(exc):
                 # A value the query cannot compute (division by zero, a bad cast) fails every try.
                 raise InputError(
-                    f"the query failed on {conn_id!r} after {base} rows: {type(exc).__name__}: {exc}",
+                    f"the query {_shown_query(sql)} failed on {conn_id!r} after {base} rows were read: "
+                    f"{type(exc).__name__}: {exc}",
                     field="sql",
                 ) from None
             raise SqlSourceError(
-                f"fetching rows from {conn_id!r} failed after {base} rows: {type(exc).__name__}: {exc}"
+                f"fetching the rows of the query {_shown_query(sql)} from {conn_id!r} failed after {base} "
+                f"rows were read: {type(exc).__name__}: {exc}"
             ) from None
         if names is None:
             # Read after the first fetch: a server-side cursor describes its columns only then.
@@ -488,6 +514,12 @@ def _fetch(
             f"the query on {conn_id!r} returned no rows (pass allow_empty to load nothing instead)",
             field="sql",
         )
+
+
+def _shown_query(sql: str, limit: int = 200) -> str:
+    """The query on one line, cut to ``limit`` characters, quoted for a message."""
+    line = " ".join(sql.split())
+    return repr(line if len(line) <= limit else line[: limit - 3] + "...")
 
 
 #: DB-API 2.0 (PEP 249) errors that are the query's or the data's fault, not the connection's.

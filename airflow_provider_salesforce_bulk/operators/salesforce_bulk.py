@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
@@ -25,6 +25,7 @@ from airflow_provider_salesforce_bulk.client import (
     JobInfo,
     JobSpec,
     LimitsCheckError,
+    RequestLimitExceededError,
     ResubmitLedger,
     ResubmitPolicy,
     SalesforceSession,
@@ -40,10 +41,12 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
 )
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
+from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
 from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
@@ -53,7 +56,12 @@ from airflow_provider_salesforce_bulk.operators.submit import (
     reconcile,
     submit_chunks,
 )
-from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
+from airflow_provider_salesforce_bulk.operators.summary import (
+    failure_message,
+    job_entry,
+    summarize,
+    unfinished_summary,
+)
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobSummary,
@@ -267,6 +275,8 @@ class SalesforceBulkOperator(BaseOperator):
         self.resubmit_rounds = resubmit_rounds
         self.resubmit_backoff = resubmit_backoff
         self._chunk_counts: list[int] = []
+        self._fieldnames: list[str] = []
+        self._latest: dict[str, JobInfo] = {}
         self._opened_source: ChunkSource | None = None
         self.reload_on_clear = reload_on_clear
         self._instance_url: str | None = None
@@ -426,7 +436,8 @@ class SalesforceBulkOperator(BaseOperator):
         with source.open() as chunks:
             for chunk in chunks:
                 if not counts:
-                    spec.check_fieldnames(chunk.fieldnames(spec.column_delimiter))
+                    self._fieldnames = chunk.fieldnames(spec.column_delimiter)
+                    spec.check_fieldnames(self._fieldnames)
                 total += chunk.record_count
                 counts.append(chunk.record_count)
         self._chunk_counts = counts
@@ -507,10 +518,14 @@ class SalesforceBulkOperator(BaseOperator):
                 self.log.info("No records: no job created")
                 self._succeeded = 0
                 return summary
+        self._latest = {}
         try:
-            latest = run_sync(lambda: self._submit(hook, settings, source, plan))
+            with fail_on_refused_credentials():
+                latest = run_sync(lambda: self._submit(hook, settings, source, plan))
         except InputError as exc:
             raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
+        except RequestLimitExceededError as exc:
+            self._stop_on_limit(context, plan, exc)
         instance_url = plan.instance_url or ""
         if context.get("ti") is not None:
             context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(instance_url, plan.job_ids))
@@ -549,6 +564,40 @@ class SalesforceBulkOperator(BaseOperator):
         self._active_job_ids = []
         return self.execute_complete(context, event)
 
+    def _stop_on_limit(self, context: Any, plan: JobPlan, exc: RequestLimitExceededError) -> NoReturn:
+        """Salesforce refused a request for a daily limit part way: push what exists, then fail the try.
+
+        Airflow's retry reattaches to the jobs recorded so far and sends only the chunks that have
+        none, so it completes without duplicates once the allowance refilled.
+        """
+        limit = limit_named(exc)
+        counts: dict[str, int] = {}
+        for _, chunk in sorted(plan.chunks.items()):
+            current = JobPlan.current(chunk)
+            if current is not None and not current.get("outcome"):
+                counts[current["job"]] = int(chunk["count"])
+        total = sum(self._chunk_counts) if self._chunk_counts else None
+        sent = sum(counts.values())
+        message = (
+            f"Salesforce refused a request with REQUEST_LIMIT_EXCEEDED: the org's {limit} allowance is "
+            f"spent ({exc}). {sent:,} of {total if total is not None else '?'} records are in "
+            f"{len(counts)} job(s) ({', '.join(counts) or 'none'}); the rest were not sent. The "
+            "allowance refills over a rolling 24 hours: a retry reattaches to these jobs and sends only "
+            "the rest"
+        )
+        summary = unfinished_summary(
+            self.operation,
+            self.object_name,
+            {job_id: job_summary(self._latest[job_id]) for job_id in counts if job_id in self._latest},
+            counts,
+            total,
+            plan.instance_url,
+            message,
+        )
+        if context.get("ti") is not None:
+            context["ti"].xcom_push(key="return_value", value=summary)
+        raise AirflowException(message)
+
     def _done_before(self, context: Any, plan: JobPlan) -> Any:
         """An earlier try of this task instance succeeded: its summary again, nothing loaded."""
         done = plan.done or {}
@@ -574,12 +623,19 @@ class SalesforceBulkOperator(BaseOperator):
         spec = self._job_spec()
         async with hook.client(settings) as client:
             plan.instance_url = await client.session.instance_url()
-            latest: dict[str, JobInfo] = {}
+            latest = self._latest  # kept by the operator: a try stopped by a limit reports it
             if plan.chunks:
                 latest.update(await reconcile(client, plan, spec))
             if plan.complete:
                 return latest
             if not plan.chunks:
+                await check_columns_exist(
+                    client,
+                    spec.object,
+                    self._fieldnames,
+                    field_mapping=self.field_mapping,
+                    external_id_field=spec.external_id_field,
+                )
                 try:
                     await check_limits_before_load(client, self._chunk_counts, self.limits_check)
                 except LimitsCheckError as exc:
@@ -655,6 +711,23 @@ class SalesforceBulkOperator(BaseOperator):
         instance_url = checked["instance_url"] or instance_url
         counts: dict[str, int] = dict(record_counts or {})
         counts.update(checked["record_counts"])
+        if checked["credentials_refused"]:
+            # No result file can be read without credentials: the jobs as last seen, then no retry.
+            message = f"{checked['message']}; not retried, since retrying a wrong password locks the user"
+            summary = unfinished_summary(
+                self.operation,
+                self.object_name,
+                jobs,
+                {j: n for j, n in counts.items() if j not in {old["id"] for old in history}},
+                None,
+                instance_url,
+                message,
+            )
+            if context.get("ti") is not None:
+                context["ti"].xcom_push(key="return_value", value=summary)
+            raise AirflowFailException(
+                f"{message}: fix the connection, then clear the task (it reattaches to the jobs)"
+            )
         self._instance_url = instance_url
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
         # Every job that may hold processed records: the current ones that ended, and earlier tries'
@@ -672,7 +745,15 @@ class SalesforceBulkOperator(BaseOperator):
         copied: dict[str, Any] = {}
         if to_copy:
             settings = hook.get_settings()
-            copied = run_sync(lambda: self._copy(hook, settings, to_copy, directory))
+            try:
+                with fail_on_refused_credentials():
+                    copied = run_sync(lambda: self._copy(hook, settings, to_copy, directory))
+            except RequestLimitExceededError as exc:
+                raise AirflowException(
+                    f"Reading the results of the jobs met REQUEST_LIMIT_EXCEEDED: the org's "
+                    f"{limit_named(exc)} allowance is spent ({exc}); the jobs ended, a retry once it "
+                    "refilled reattaches to them and reads their results"
+                ) from None
             for uris_rows_codes_samples in copied.values():
                 by_code.update(uris_rows_codes_samples[2])
                 for code, sample in uris_rows_codes_samples[3].items():
@@ -840,7 +921,8 @@ class SalesforceBulkOperator(BaseOperator):
                     self._chunk_limits(),
                 )
 
-        counts = run_sync(send)
+        with fail_on_refused_credentials():
+            counts = run_sync(send)
         state.round = number
         payload = state.dump()
         if not counts:

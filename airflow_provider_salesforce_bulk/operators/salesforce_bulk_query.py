@@ -49,6 +49,7 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     remove_stale_parts,
     resolve_output_dir,
 )
+from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
@@ -196,7 +197,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
         fingerprint = _fingerprint(self.operation, self.soql)
         earlier = self._earlier_job_id(store, fingerprint)
         try:
-            job, instance_url, reattached = run_sync(lambda: self._start(hook, settings, earlier))
+            with fail_on_refused_credentials():
+                job, instance_url, reattached = run_sync(lambda: self._start(hook, settings, earlier))
         except (QueryError, InputError) as exc:
             raise AirflowFailException(f"Salesforce refused the query: {exc}") from None
         check_job_id(job.id)
@@ -317,6 +319,13 @@ class SalesforceBulkQueryOperator(BaseOperator):
             "error_message": job["errorMessage"],
             "instance_url": self._instance_url,
         }
+        if checked["credentials_refused"]:
+            if context.get("ti") is not None:
+                context["ti"].xcom_push(key="return_value", value=summary)
+            raise AirflowFailException(
+                f"Waiting for query job {job_id} failed: {checked['message']}; not retried, since "
+                "retrying a wrong password locks the user: fix the connection, then clear the task"
+            )
         if status == "error":
             raise AirflowException(
                 f"Waiting for query job {job_id} failed: {checked['message']}; a retry reattaches to it"
@@ -328,7 +337,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 directory.mkdir(parents=True, exist_ok=True)
                 hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
                 settings = hook.get_settings()
-                files = run_sync(lambda: self._write(hook, settings, job_id, directory))
+                with fail_on_refused_credentials():
+                    files = run_sync(lambda: self._write(hook, settings, job_id, directory))
             except ConnectionConfigError as exc:
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
             except (SalesforceBulkError, OSError) as exc:
@@ -471,6 +481,11 @@ def _query_job(event: object) -> tuple[JobsEvent, JobSummary]:
     checked = validate_event(event)
     jobs = checked["jobs"]
     if checked["status"] == "error" and not jobs:
+        if checked["credentials_refused"]:
+            raise AirflowFailException(
+                f"Waiting for the query job failed: {checked['message']}; not retried, since retrying a "
+                "wrong password locks the user: fix the connection, then clear the task"
+            )
         raise AirflowException(
             f"Waiting for the query job failed: {checked['message']}; a retry reattaches to it"
         )

@@ -128,3 +128,46 @@ def failure_message(
     if not problems:
         return None
     return f"{what} failed: " + "; ".join(problems) + f". Result files: {summary['results_path']}"
+
+
+def unfinished_summary(
+    operation: str,
+    object_name: str,
+    jobs: dict[str, JobSummary],
+    record_counts: dict[str, int],
+    input_records: int | None,
+    instance_url: str | None,
+    stopped: str,
+) -> dict[str, Any]:
+    """The summary of a try that stopped before its jobs could be waited for (credentials or a daily
+    limit refused): every job created so far at its last known state, no result files, and
+    ``stopped`` saying why. Records of jobs still running count as unprocessed until a retry, which
+    reattaches to them, reads their outcome."""
+    entries = {
+        job_id: job_entry(
+            jobs.get(job_id)
+            or {
+                "id": job_id,
+                "state": None,
+                "object": object_name,
+                "operation": operation,
+                "numberRecordsProcessed": 0,
+                "numberRecordsFailed": 0,
+                "errorMessage": None,
+                "columnDelimiter": None,
+            },
+            count,
+            {},
+            {},
+        )
+        for job_id, count in record_counts.items()
+    }
+    summary = summarize(
+        operation, object_name, entries, collections.Counter(), None, instance_url, input_records
+    )
+    sent = sum(record_counts.values())
+    summary["stopped"] = stopped
+    if input_records is not None:
+        summary["totals"]["not_sent"] = max(0, input_records - sent)
+    summary.pop("unaccounted", None)  # the records not sent: named above, not lost
+    return summary

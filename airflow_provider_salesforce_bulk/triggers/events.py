@@ -91,6 +91,9 @@ class JobsEvent(TypedDict):
     record_counts: dict[str, int]
     history: list[HistoryEntry]
     resubmit: ResubmitState | None
+    credentials_refused: bool
+    """``status`` is ``error`` because Salesforce refused the connection's credentials: the task
+    fails without retries (retrying a wrong password locks the user)."""
 
 
 def job_summary(job: JobInfo) -> JobSummary:
@@ -117,9 +120,11 @@ def jobs_event(
     record_counts: Mapping[str, int] | None = None,
     history: list[HistoryEntry] | None = None,
     resubmit: ResubmitState | None = None,
+    credentials_refused: bool = False,
 ) -> JobsEvent:
     """The event, with copies of the mutable parts (the trigger keeps its own)."""
     return {
+        "credentials_refused": credentials_refused,
         "status": status,
         "jobs": dict(jobs),
         "message": message,
@@ -265,4 +270,5 @@ def validate_event(event: object) -> JobsEvent:
         "record_counts": {str(j): _count(n, f"record_counts[{j}]") for j, n in counts.items()},
         "history": check_history(event.get("history") or []),
         "resubmit": None if resubmit is None else check_resubmit_state(resubmit),
+        "credentials_refused": event.get("credentials_refused") is True,
     }

@@ -11,11 +11,13 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_salesforce_bulk.client import (
+    AuthenticationError,
     BulkIngestClient,
     BulkQueryClient,
     JobInfo,
     PollPolicy,
     SalesforceBulkError,
+    SessionExpiredError,
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
@@ -178,7 +180,12 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         yield TriggerEvent(event)  # type: ignore[no-untyped-call]
 
     def _event(
-        self, status: EventStatus, jobs: dict[str, JobSummary], message: str | None = None
+        self,
+        status: EventStatus,
+        jobs: dict[str, JobSummary],
+        message: str | None = None,
+        *,
+        credentials_refused: bool = False,
     ) -> JobsEvent:
         """The one event of this trigger, echoing what the operator needs to finish."""
         return jobs_event(
@@ -189,6 +196,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             record_counts=self.record_counts,
             history=self.history,
             resubmit=self.resubmit,
+            credentials_refused=credentials_refused,
         )
 
     def _remaining(self) -> float | None:
@@ -203,6 +211,11 @@ class SalesforceBulkJobTrigger(BaseTrigger):
             return await asyncio.wait_for(self._session(latest), overall)
         except asyncio.TimeoutError:
             return self._timeout_event(latest, "and Salesforce could not be reached to abort them")
+        except (AuthenticationError, SessionExpiredError) as exc:
+            # A session refused right after a fresh login (it logs in again once per request) is a
+            # refusal too; the operator fails the task without retries.
+            message = f"Salesforce refused the connection's credentials: {type(exc).__name__}: {exc}"
+            return self._event("error", latest, message, credentials_refused=True)
         except (SalesforceBulkError, ConnectionConfigError) as exc:
             return self._event("error", latest, f"{type(exc).__name__}: {exc}")
 

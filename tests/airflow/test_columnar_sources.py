@@ -319,8 +319,11 @@ def test_sqlite_mixed_type_columns_are_written_value_by_value(database: Path) ->
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        ("SELECT nope FROM contacts", "the query failed on 'warehouse': OperationalError: no such column"),
-        ("SELEC 1", "the query failed"),
+        (
+            "SELECT nope FROM contacts",
+            "the query 'SELECT nope FROM contacts' failed on 'warehouse': OperationalError: no such column",
+        ),
+        ("SELEC 1", "the query 'SELEC 1' failed"),
         ("CREATE TABLE t2 (a)", "returns no columns"),
         ("SELECT ext FROM contacts WHERE id < 0", "returned no rows"),
         ("SELECT x'00' AS blob", "column 'blob' has the Arrow type binary"),

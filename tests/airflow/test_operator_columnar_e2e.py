@@ -336,7 +336,7 @@ def test_bad_input_messages_say_what_and_where(sf: RunningEmulator, warehouse: P
         ),
         (
             {"sql": "SELECT x FROM no_such_table", "sql_conn_id": "warehouse"},
-            "the query failed on 'warehouse'",
+            "the query 'SELECT x FROM no_such_table' failed on 'warehouse'",
         ),
         ({"sql": "SELECT surname FROM people WHERE id < 0", "sql_conn_id": "warehouse"}, "returned no rows"),
         ({"sql": "SELECT 1"}, "sql needs sql_conn_id"),

@@ -50,8 +50,11 @@ def _row(i: int) -> tuple[Any, ...]:
     name = SPECIAL if i % 1000 == 0 else f"Name, {i}" if i % 2 else f"Ñame «{i}»"
     qty = None if i % 7 == 0 else (i * 37) % 100_000 - 50_000
     price = None if i % 11 == 0 else decimal.Decimal(i * 13 % 1_000_000) / 100
-    # Exact binary fractions, a tiny one and a huge one: written without an exponent.
-    ratio = None if i % 9 == 0 else (1e-7 if i % 97 == 0 else 1.5e20 if i % 89 == 0 else i / 8 - 999.5)
+    # Exact binary fractions, a tiny one and the largest a Number(18, 8) field holds (a larger one is
+    # NUMBER_OUTSIDE_VALID_RANGE, as in a real org): written without an exponent.
+    ratio = (
+        None if i % 9 == 0 else (1e-7 if i % 97 == 0 else 9_999_999_999.5 if i % 89 == 0 else i / 8 - 999.5)
+    )
     due = None if i % 13 == 0 else datetime.date(1990, 1, 1) + datetime.timedelta(days=i)
     seen_at = (
         None
@@ -222,8 +225,9 @@ def test_every_row_is_stored_once_with_its_values(
         (
             "query_error",
             'SELECT name AS "Name" FROM no_such_table',
-            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query failed on "
-            """'pg_warehouse': UndefinedTable: relation "no_such_table" does not exist""",
+            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query "
+            """'SELECT name AS "Name" FROM no_such_table' failed on 'pg_warehouse': UndefinedTable: """
+            'relation "no_such_table" does not exist',
         ),
         (
             "empty_result",
@@ -239,8 +243,8 @@ def test_every_row_is_stored_once_with_its_values(
             SELECT.replace('AS "Name"', 'AS "Name", 1 / (id - 15000) AS "Quantity__c"').replace(
                 'qty AS "Quantity__c", ', ""
             ),
-            "AirflowFailException: Bad input (SQL query on connection 'pg_warehouse'): the query failed on "
-            "'pg_warehouse' after 10000 rows: DivisionByZero: division by zero",
+            # The query is named (cut to 200 characters), then how many rows were read.
+            "...' failed on 'pg_warehouse' after 10000 rows were read: DivisionByZero: division by zero",
         ),
     ],
 )

@@ -3,6 +3,7 @@ the counts a load really spends, MockTransport for the shapes single answers can
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 
@@ -18,10 +19,12 @@ from airflow_provider_salesforce_bulk.client import (
     InsufficientLimitsError,
     LimitsCheckError,
     LimitUsage,
+    OperationTimeoutError,
     OrgLimits,
     RequestLimitExceededError,
     RetryPolicy,
     SalesforceSession,
+    ServerError,
     UnexpectedResponseError,
     check_limits_before_load,
     check_limits_mode,
@@ -182,11 +185,75 @@ async def test_limit_exceeded_answer_is_raised_as_such():
             await get_limits(session)
 
 
-def test_allowances_the_org_does_not_report_are_not_shortfalls_and_say_so():
+def test_allowances_the_org_does_not_report_are_unknown_shortfalls_and_say_so():
     verdict = check_load_allowance(OrgLimits.from_json({}), estimate_load([10]))
-    assert verdict.ok
-    assert "DailyBulkApiBatches not reported" in verdict.message
-    assert "DailyApiRequests not reported" in verdict.message
+    assert not verdict.ok
+    assert "the org did not report DailyBulkApiBatches): taken as exhausted" in verdict.message
+    assert "the org did not report DailyApiRequests): taken as exhausted" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("remaining", "shown"),
+    [(-5, "-5"), (None, "None"), ("lots", "'lots'"), (2.5, "2.5"), (True, "True")],
+)
+def test_a_remaining_that_is_negative_missing_or_not_an_integer_is_exhausted_never_skipped(remaining, shown):
+    entry: dict[str, object] = {"Max": 15000}
+    if remaining is not None:
+        entry["Remaining"] = remaining
+    limits = OrgLimits.from_json(
+        {"DailyApiRequests": {"Max": 100_000, "Remaining": 100_000}, "DailyBulkApiBatches": entry}
+    )
+    assert limits.daily_bulk_api_batches is None
+    verdict = check_load_allowance(limits, estimate_load([50_000]))
+    assert not verdict.ok
+    assert verdict.shortfalls == (
+        "5 DailyBulkApiBatches needed (50,000 records in 1 jobs, one batch per started 10,000 records "
+        f"of a job) but what is left is unknown (/limits gave Max 15000, Remaining {shown}): "
+        "taken as exhausted",
+    )
+
+
+async def test_fail_refuses_a_negative_remaining_and_warn_loads_saying_so(caplog):
+    body = {
+        "DailyApiRequests": {"Max": 100_000, "Remaining": 99_000},
+        "DailyBulkApiBatches": {"Max": 15_000, "Remaining": -3},
+    }
+    async with mock_session(lambda r: httpx.Response(200, json=body)) as session:
+        with pytest.raises(InsufficientLimitsError, match="Remaining -3"):
+            await check_limits_before_load(session, [50_000], "fail")
+        with caplog.at_level("WARNING"):
+            verdict = await check_limits_before_load(session, [50_000], "warn")
+    assert verdict is not None
+    assert not verdict.ok
+    assert "loading anyway" in caplog.text
+
+
+def _html(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b"<html>maintenance</html>", headers={"Content-Type": "text/html"})
+
+
+def _server_error(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(500, json=[{"errorCode": "UNKNOWN_EXCEPTION", "message": "boom"}])
+
+
+async def _slow(request: httpx.Request) -> httpx.Response:
+    await asyncio.sleep(5)
+    return httpx.Response(200, json={})  # pragma: no cover - the check gives up first
+
+
+@pytest.mark.parametrize(
+    ("handler", "raised"),
+    [(_html, UnexpectedResponseError), (_server_error, ServerError), (_slow, OperationTimeoutError)],
+)
+async def test_warn_never_stops_a_load_when_limits_cannot_be_read(handler, raised, caplog):
+    async with mock_session(handler) as session:
+        with caplog.at_level("WARNING"):
+            assert await check_limits_before_load(session, [10], "warn", timeout=0.5) is None
+        assert "cannot read the org's limits" in caplog.text
+        assert "loading anyway" in caplog.text
+        # "fail" cannot show the load fits: it stops (a retry may read the limits).
+        with pytest.raises(raised):
+            await check_limits_before_load(session, [10], "fail", timeout=0.5)
 
 
 def test_margin_is_added_to_the_requests_needed():

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator, run_emulator
 
@@ -239,3 +240,48 @@ def test_malformed_csv_fails_the_job(api: httpx.Client) -> None:
     assert info["errorMessage"].startswith("ClientInputError")
     bad_quote, _ = run_job(api, 'Name,Phone\n"A"x,1\n', object="Account", operation="insert")
     assert bad_quote["state"] == "Failed"
+
+
+def test_a_number_outside_the_field_range_fails_the_record_not_the_job(
+    emulator: RunningEmulator, api: httpx.Client
+) -> None:
+    # An integer beyond 64 bits used to reach the database and leave the job InProgress forever.
+    huge = str(2**70)
+    data = (
+        f"Name,NumberOfEmployees,AnnualRevenue\nbig,{huge},1\nrevenue,5,1e30\nnegative,-{huge},1\nok,7,2.5\n"
+    )
+    info, results = run_job(api, data, object="Account", operation="insert")
+    assert info["state"] == "JobComplete"
+    assert (info["numberRecordsProcessed"], info["numberRecordsFailed"]) == (4, 3)
+    errors = {row["Name"]: row["sf__Error"] for row in _rows(results["failedResults"])}
+    assert errors["big"] == (
+        "NUMBER_OUTSIDE_VALID_RANGE:NumberOfEmployees: value outside of valid range on numeric field: "
+        f"{huge}:NumberOfEmployees --"
+    )
+    assert errors["revenue"].startswith("NUMBER_OUTSIDE_VALID_RANGE:AnnualRevenue:")
+    assert errors["negative"].endswith(":NumberOfEmployees --")
+    assert [r["Name"] for r in emulator.records("Account")] == ["ok"]
+    # The largest value an 18-digit field holds is still stored.
+    largest = f"Name,NumberOfEmployees\nmax,{10**18 - 1}\n"
+    info, _ = run_job(api, largest, object="Account", operation="insert")
+    assert (info["numberRecordsProcessed"], info["numberRecordsFailed"]) == (1, 0)
+
+
+def test_a_job_whose_processing_breaks_ends_failed_instead_of_staying_in_progress(
+    emulator: RunningEmulator, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_salesforce_bulk.emulator import slice_processing
+
+    def broken(self: object, *args: object) -> None:
+        raise RuntimeError("a bug in the worker")
+
+    # Any unexpected error in the worker thread (a bug, a value the store cannot hold) stands for one here.
+    monkeypatch.setattr(slice_processing.SliceProcessor, "process", broken)
+    job = start_job(api, "Name\nx\n", object="Account", operation="insert")
+    info = wait_done(api, job["id"])
+    assert info["state"] == "Failed"
+    assert info["errorMessage"].startswith("UNKNOWN_EXCEPTION : An unexpected error occurred")
+    monkeypatch.undo()
+    # The worker goes on with the next job.
+    info, _ = run_job(api, "Name\ny\n", object="Account", operation="insert")
+    assert info["state"] == "JobComplete"
