@@ -145,7 +145,8 @@ class AirflowStack:
         }
 
     def start_worker(self, name: str) -> None:
-        args = ["celery", "worker", "--concurrency", str(self.concurrency), "--celery-hostname", f"{name}@stack"]
+        args = ["celery", "worker", "--concurrency", str(self.concurrency)]
+        args += ["--celery-hostname", f"{name}@stack"]
         self._spawn(name, args, self.worker_env(name))
 
     def start(self) -> None:
@@ -226,7 +227,8 @@ class AirflowStack:
             if set(dag_ids) <= found:
                 return
             assert not self.exited(), f"processes exited: {self.exited()}"
-            assert time.monotonic() < deadline, f"DAGs {sorted(set(dag_ids) - found)} not parsed in {seconds} s"
+            missing = sorted(set(dag_ids) - found)
+            assert time.monotonic() < deadline, f"DAGs {missing} not parsed in {seconds} s"
             time.sleep(2)
 
     def trigger(self, dag_id: str, run_id: str) -> None:

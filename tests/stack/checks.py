@@ -86,7 +86,8 @@ def summary_problems(summary: dict[str, Any] | None, s3: MotoS3, stored: int, ex
             if kind == "successful":
                 succeeded_rows += len(rows)
                 if len(rows) != job["succeeded"]:
-                    problems.append(f"job {job_id}: {len(rows)} rows in {url}, summary says {job['succeeded']}")
+                    said = job["succeeded"]
+                    problems.append(f"job {job_id}: {len(rows)} rows in {url}, summary says {said}")
     if succeeded_rows != stored:
         problems.append(f"{succeeded_rows} rows in the successful result files, {stored} in the org")
     return problems

@@ -66,7 +66,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AirflowSta
             write_dags(airflow.dags)
             airflow.start()
             airflow.wait_parsed([MAIN, FROZEN_SUCCESS, FROZEN_WAITING], STARTUP_SECONDS)
-            print(f"\nstack up in {time.monotonic() - began:.0f} s (PostgreSQL, Redis, moto, emulator, Airflow)")
+            up = time.monotonic() - began
+            print(f"\nstack up in {up:.0f} s (PostgreSQL, Redis, moto, emulator, Airflow)")
             yield airflow, s3, emulator
         except BaseException:
             print(f"\n==== the stack did not start; its logs under {root}")

@@ -20,6 +20,8 @@ RECORDS = 2_000
 PER_JOB = 200
 #: Accounts in the org before the run: what both extracts must find.
 ACCOUNTS = 3_000
+#: What both extracts ask for: every Account.
+EXTRACT_SOQL = "SELECT Id, Name FROM Account"
 #: The frozen scenarios' single load: many small jobs, so the freeze lands mid-upload.
 FROZEN_RECORDS = 3_000
 FROZEN_PER_JOB = 100
@@ -71,10 +73,14 @@ def _load(dag_id: str, task_id: str, per_job: int, retries: int, retry_delay: in
 
 
 def _dag(dag_id: str, body: str) -> str:
-    return _HEADER + textwrap.dedent(f"""
+    return (
+        _HEADER
+        + textwrap.dedent(f"""
         with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1),
                  is_paused_upon_creation=False, max_active_tasks=32) as dag:
-        """) + textwrap.indent(textwrap.dedent(body), "    ")
+        """)
+        + textwrap.indent(textwrap.dedent(body), "    ")
+    )
 
 
 def main_dag() -> str:
@@ -83,7 +89,7 @@ def main_dag() -> str:
     extracts = "".join(
         f"""
     SalesforceBulkQueryOperator(
-        task_id="extract_{fmt}", conn_id="sf_stack", soql="SELECT Id, Name FROM Account",
+        task_id="extract_{fmt}", conn_id="sf_stack", soql={EXTRACT_SOQL!r},
         output_path="s3://aws_default@{BUCKET}/extracts/{MAIN}/{{{{ run_id }}}}/extract_{fmt}",
         output_format="{fmt}", records_per_file=700, deferrable=True, poll_interval=1.0,
         retries=6, retry_delay=datetime.timedelta(seconds=10),

@@ -68,10 +68,8 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -138,7 +136,7 @@ class MotoS3:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         self.proc = start(command, self.log, env)
-        wait_for("moto server", lambda: httpx.get(self.endpoint, timeout=5).status_code < 500, self.proc, self.log)
+        wait_for("moto", lambda: httpx.get(self.endpoint, timeout=5).status_code < 500, self.proc, self.log)
         self.client().create_bucket(Bucket=bucket)
 
     def client(self) -> Any:
@@ -190,7 +188,8 @@ class Emulator:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "emulator.log"
         cli = str(Path(sys.executable).with_name("salesforce-bulk-emulator"))
-        command = [cli, "--port", str(self.port), "--db", str(folder / "org.sqlite3"), "--log-level", "warning"]
+        command = [cli, "--port", str(self.port), "--db", str(folder / "org.sqlite3")]
+        command += ["--log-level", "warning"]
         self.proc = start(command, self.log)
         wait_for("emulator", lambda: self.admin("GET", "health")["status"] == "ok", self.proc, self.log)
         self.credentials = self.admin("GET", "credentials")

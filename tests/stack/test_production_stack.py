@@ -150,22 +150,28 @@ def test_ten_loads_and_two_extracts_through_kills_and_a_redis_restart(
         print("  task       state    try  stored  distinct  duplicated  missing  summary")
         for task_id in loads:
             c = counts[task_id]
+            state, try_number = tis[task_id]
+            verdict = problems[task_id] or "equal to the org"
             print(
-                f"  {task_id:<10} {tis[task_id][0]:<8} {tis[task_id][1]:>3}  {c['stored']:>6}  {c['distinct']:>8}"
-                f"  {c['duplicated']:>10}  {c['missing']:>7}  {'equal to the org' if not problems[task_id] else problems[task_id]}"
+                f"  {task_id:<10} {state:<8} {try_number:>3}  {c['stored']:>6}  {c['distinct']:>8}"
+                f"  {c['duplicated']:>10}  {c['missing']:>7}  {verdict}"
             )
-        total = {k: sum(c[k] for c in counts.values()) for k in ("stored", "duplicated", "missing", "unexpected")}
+        kinds = ("stored", "duplicated", "missing", "unexpected")
+        total = {k: sum(c[k] for c in counts.values()) for k in kinds}
         print(f"  all loads: {total} of {LOADS * RECORDS} sent")
         for task_id, summary in extracts.items():
             files = len(summary["files"]) if summary else 0
             records = summary["records"] if summary else None
+            state, try_number = tis[task_id]
             print(
-                f"  {task_id:<16} {tis[task_id][0]:<8} try {tis[task_id][1]}: {records} records in {files} files, "
+                f"  {task_id:<16} {state:<8} try {try_number}: {records} records in {files} files, "
                 f"org holds {len(org_ids)} Accounts: {problems[task_id] or 'complete'}"
             )
         print(f"  jobs aborted in the org: {len(aborted)}")
 
-        assert faults.killed_worker and faults.triggerer_killed and faults.redis_restarted, faults.done
+        assert faults.killed_worker, faults.done
+        assert faults.triggerer_killed, faults.done
+        assert faults.redis_restarted, faults.done
         assert all(state == "success" for state, _ in tis.values()), tis
         assert tis["load_0"][1] >= 2, "the killed try's task was not retried"
         assert faults.retry_worker not in (None, faults.killed_worker), faults.retry_worker

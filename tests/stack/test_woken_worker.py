@@ -17,15 +17,25 @@ Every finding is collected and printed before the test asserts, so a failing run
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.stack.airflow_stack import HEARTBEAT_TIMEOUT, AirflowStack, signal_tree
-from tests.stack.checks import aborted_jobs, contacts_by_name, load_counts, s3_key, summary_problems, wait_done
+from tests.stack.checks import (
+    aborted_jobs,
+    contacts_by_name,
+    load_counts,
+    s3_key,
+    summary_problems,
+    wait_done,
+)
 from tests.stack.scenario_dags import (
     FROZEN_PER_JOB,
     FROZEN_RECORDS,
@@ -72,7 +82,8 @@ def _freeze_mid_upload(airflow: AirflowStack, dag_id: str, run_id: str) -> Froze
     rows = airflow.query("SELECT pid FROM task_instance WHERE dag_id = %s AND run_id = %s", dag_id, run_id)
     task_pid = int(rows[0][0])
     # The try first (its supervisor and task process), then the rest of the worker.
-    supervisor = int(open(f"/proc/{task_pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    stat = Path(f"/proc/{task_pid}/stat").read_text()
+    supervisor = int(stat.rsplit(")", 1)[1].split()[1])
     signal_tree(supervisor, signal.SIGSTOP)
     airflow.consume(worker, on=False)
     pids = signal_tree(airflow.procs[worker].pid, signal.SIGSTOP)
@@ -84,12 +95,8 @@ def _thaw(airflow: AirflowStack, frozen: Frozen) -> float:
     """SIGCONT the worker; wait until the woken try's task process is gone. Returns how long it lived."""
     began = time.monotonic()
     for pid in frozen.pids:
-        try:
-            import os
-
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     airflow.consume(frozen.worker, on=True)
     deadline = began + WAKE_SECONDS
     while _running(frozen.task_pid):
@@ -102,7 +109,7 @@ def _thaw(airflow: AirflowStack, frozen: Frozen) -> float:
 
 def _running(pid: int) -> bool:
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
@@ -158,7 +165,8 @@ def test_a_worker_woken_after_its_retry_succeeded_changes_nothing(
         aborted = sorted(set(aborted_jobs(emulator)) - aborted_before)
         counts = load_counts(contacts_by_name(emulator), dag_id, "load", FROZEN_RECORDS)
         named = _files_named(summary)
-        changed = sorted(k for k in files_before.keys() & files_after.keys() if files_before[k] != files_after[k])
+        both = files_before.keys() & files_after.keys()
+        changed = sorted(k for k in both if files_before[k] != files_after[k])
         findings = {
             "frozen": f"{frozen.worker} with try 1 mid-upload ({frozen.uploaded} of "
             f"{FROZEN_RECORDS // FROZEN_PER_JOB} jobs uploaded), {len(frozen.pids)} processes stopped",
