@@ -83,7 +83,7 @@ $(STACK_STAMP): $(STAMP)
 	touch $(STACK_STAMP)
 
 test-stack: $(STACK_STAMP)
-	$(PY) -m pytest tests/stack -m stack -s -p no:cacheprovider $(STACK_ARGS)
+	$(PY) -u -m pytest tests/stack -m stack -s -p no:cacheprovider $(STACK_ARGS)
 
 # Re-pin after changing dependencies in pyproject.toml (the stack's extra included).
 lock: $(STACK_STAMP)

@@ -160,8 +160,14 @@ class AirflowStack:
             self.start_worker(name)
 
     def close(self) -> None:
+        """SIGTERM every component at once, then stop each (SIGKILL after a shared grace)."""
         for proc in self.procs.values():
-            stop(proc)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)  # a frozen one would never read its SIGTERM
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            stop(proc, grace=max(0.1, deadline - time.monotonic()))
 
     def exited(self) -> list[str]:
         """Names of the processes that exited (empty when all run)."""

@@ -117,10 +117,11 @@ def extract_problems(summary: dict[str, Any] | None, s3: MotoS3, prefix: str, or
     return problems
 
 
-def aborted_jobs(emulator: Emulator) -> list[str]:
-    return [
-        str(job["id"])
+def aborted_jobs(emulator: Emulator) -> dict[str, int]:
+    """Every Aborted job of the org: id to the records Salesforce had processed in it."""
+    return {
+        str(job["id"]): int(emulator.job(kind, str(job["id"])).get("numberRecordsProcessed") or 0)
         for kind in ("ingest", "query")
         for job in emulator.jobs(kind)
         if job.get("state") == "Aborted"
-    ]
+    }

@@ -226,6 +226,15 @@ class Emulator:
             url = f"{self.base_url}{following}" if following and not page.get("done", True) else None
         return found
 
+    def job(self, kind: str, job_id: str) -> dict[str, Any]:
+        answer = httpx.get(
+            f"{self.base_url}/services/data/v64.0/jobs/{kind}/{job_id}",
+            headers={"Authorization": f"Bearer {self._access_token()}"},
+            timeout=120,
+        )
+        answer.raise_for_status()
+        return dict(answer.json())
+
     def _access_token(self) -> str:
         if self._token is None:
             answer = httpx.post(

@@ -167,7 +167,13 @@ def test_ten_loads_and_two_extracts_through_kills_and_a_redis_restart(
                 f"  {task_id:<16} {state:<8} try {try_number}: {records} records in {files} files, "
                 f"org holds {len(org_ids)} Accounts: {problems[task_id] or 'complete'}"
             )
-        print(f"  jobs aborted in the org: {len(aborted)}")
+        # A job the killed try opened and never closed holds nothing Salesforce will process: the
+        # retry aborts it and sends its records in a new job (operators/submit.py). Any other abort
+        # would be a decision nobody made.
+        print(
+            f"  jobs aborted in the org: {len(aborted)} (records processed in them: {sum(aborted.values())};"
+            " never-closed jobs of killed tries, replaced by their retries)"
+        )
 
         assert faults.killed_worker, faults.done
         assert faults.triggerer_killed, faults.done
@@ -177,7 +183,7 @@ def test_ten_loads_and_two_extracts_through_kills_and_a_redis_restart(
         assert faults.retry_worker not in (None, faults.killed_worker), faults.retry_worker
         assert total == {"stored": LOADS * RECORDS, "duplicated": 0, "missing": 0, "unexpected": 0}, total
         assert not any(problems.values()), problems
-        assert aborted == [], aborted
+        assert sum(aborted.values()) == 0, aborted
     except BaseException:
         airflow.diagnose(MAIN, run_id)
         raise
