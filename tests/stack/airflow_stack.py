@@ -28,21 +28,30 @@ _WORKERS = ("worker-a", "worker-b")
 _TRIGGERERS = ("triggerer-a", "triggerer-b")
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (from /proc), parents first."""
-    children: dict[int, list[int]] = {}
+def _children_map() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
             stat = (entry / "stat").read_text()
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
+            found.setdefault(ppid, []).append(int(entry.name))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    return _children_map().get(pid, [])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc), parents first."""
+    tree = _children_map()
     found, queue = [], [pid]
     while queue:
         current = queue.pop(0)
         found.append(current)
-        queue.extend(children.get(current, []))
+        queue.extend(tree.get(current, []))
     return found
 
 

@@ -7,6 +7,9 @@ fails its try and the retry runs on the other worker; then the frozen worker wak
 - Woken while its retry is ``up_for_retry``: no job is aborted (the org holds the jobs UploadComplete
   until the check is done, so an abort would take); then the retry succeeds, every record once.
 
+In both, the woken try's log must hold no decision to abort: the abort itself reaches the org only
+when it beats the SIGKILL that follows the try's SIGTERM by 5 s, which it loses on a busy machine.
+
 The whole worker is stopped (SIGSTOP to its main process, pool, supervisors and task processes) and
 continued (SIGCONT). Before the freeze the worker stops consuming Airflow's queue (Celery's
 ``cancel_consumer``): a frozen worker blocked in its pop from Redis would be handed the retry's message
@@ -18,6 +21,7 @@ Every finding is collected and printed before the test asserts, so a failing run
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -27,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack.airflow_stack import HEARTBEAT_TIMEOUT, AirflowStack, signal_tree
+from tests.stack.airflow_stack import HEARTBEAT_TIMEOUT, AirflowStack, children, descendants, signal_tree
 from tests.stack.checks import (
     aborted_jobs,
     contacts_by_name,
@@ -60,7 +64,7 @@ WAKE_SECONDS = 120.0
 @dataclass
 class Frozen:
     worker: str
-    task_pid: int
+    try_pids: list[int]
     pids: list[int]
     uploaded: int
 
@@ -79,16 +83,18 @@ def _freeze_mid_upload(airflow: AirflowStack, dag_id: str, run_id: str) -> Froze
         assert time.monotonic() < deadline, f"try 1 not mid-upload within {UPLOAD_SECONDS:.0f} s: {state}"
         time.sleep(0.2)
     worker = found[0]
-    rows = airflow.query("SELECT pid FROM task_instance WHERE dag_id = %s AND run_id = %s", dag_id, run_id)
-    task_pid = int(rows[0][0])
-    # The try first (its supervisor and task process), then the rest of the worker.
-    stat = Path(f"/proc/{task_pid}/stat").read_text()
-    supervisor = int(stat.rsplit(")", 1)[1].split()[1])
-    signal_tree(supervisor, signal.SIGSTOP)
+    # The try first (the processes below the worker's pool: the try's task process and whatever it
+    # started; the worker runs nothing else), then the whole worker.
+    main = airflow.procs[worker].pid
+    pool = set(children(main))
+    try_pids = [pid for pid in descendants(main) if pid != main and pid not in pool]
+    for pid in try_pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     airflow.consume(worker, on=False)
-    pids = signal_tree(airflow.procs[worker].pid, signal.SIGSTOP)
+    pids = signal_tree(main, signal.SIGSTOP)
     uploaded = airflow.task_log(dag_id, run_id, "load", 1)[1].count(" uploaded (")  # type: ignore[index]
-    return Frozen(worker, task_pid, pids, uploaded)
+    return Frozen(worker, try_pids, pids, uploaded)
 
 
 def _thaw(airflow: AirflowStack, frozen: Frozen) -> float:
@@ -99,12 +105,30 @@ def _thaw(airflow: AirflowStack, frozen: Frozen) -> float:
             os.kill(pid, signal.SIGCONT)
     airflow.consume(frozen.worker, on=True)
     deadline = began + WAKE_SECONDS
-    while _running(frozen.task_pid):
-        assert time.monotonic() < deadline, f"the woken try (pid {frozen.task_pid}) still runs"
+    while any(_running(pid) for pid in frozen.try_pids):
+        assert time.monotonic() < deadline, f"the woken try (pids {frozen.try_pids}) still runs"
         time.sleep(0.5)
     lived = time.monotonic() - began
     time.sleep(10)  # anything the woken try started (an abort thread, a write) has ended or shows now
     return lived
+
+
+def _abort_decisions(airflow: AirflowStack, dag_id: str, run_id: str) -> list[str]:
+    """The woken try's own log lines deciding to abort jobs.
+
+    The org shows an abort only when it wins the race with the process's end (Airflow SIGKILLs the
+    try 5 s after its SIGTERM): on a busy machine it loses, so the decision itself is checked too.
+    """
+    found = airflow.task_log(dag_id, run_id, "load", 1)
+    if found is None:
+        return []
+    decisions = []
+    for line in found[1].splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            event = str(json.loads(line).get("event", ""))
+            if "aborting jobs" in event.lower():
+                decisions.append(event[:300])
+    return decisions
 
 
 def _running(pid: int) -> bool:
@@ -167,6 +191,7 @@ def test_a_worker_woken_after_its_retry_succeeded_changes_nothing(
         state_after = airflow.tis(dag_id, run_id)["load"]
         aborted = sorted(set(aborted_jobs(emulator)) - aborted_before)
         counts = load_counts(contacts_by_name(emulator), dag_id, "load", FROZEN_RECORDS)
+        decisions = _abort_decisions(airflow, dag_id, run_id)
         named = _files_named(summary)
         both = files_before.keys() & files_after.keys()
         changed = sorted(k for k in both if files_before[k] != files_after[k])
@@ -184,6 +209,7 @@ def test_a_worker_woken_after_its_retry_succeeded_changes_nothing(
                 aborted_before - aborted_at_start
             ),
             "jobs aborted after the wake": len(aborted),
+            "abort decisions in the woken try's log": decisions,
             "records in the org": counts,
         }
         problems = summary_problems(summary, s3, counts["stored"], FROZEN_RECORDS)
@@ -195,6 +221,8 @@ def test_a_worker_woken_after_its_retry_succeeded_changes_nothing(
             problems.append("a file the summary names is missing")
         if aborted:
             problems.append(f"jobs aborted: {aborted}")
+        if decisions:
+            problems.append("the woken try decided to abort its successor's jobs")
         if counts["duplicated"] or counts["missing"] or counts["unexpected"]:
             problems.append(f"records not exactly once: {counts}")
         if state_after[0] != "success":
@@ -221,6 +249,7 @@ def test_a_worker_woken_while_its_retry_waits_aborts_nothing(
         lived = _thaw(airflow, frozen)
         state_at_check = airflow.tis(dag_id, run_id)["load"]
         aborted = sorted(set(aborted_jobs(emulator)) - aborted_before)
+        decisions = _abort_decisions(airflow, dag_id, run_id)
         emulator.hold(False)
         tis = wait_done(airflow, dag_id, run_id, RETRY_SECONDS)
         final, final_try = tis["load"]
@@ -233,12 +262,15 @@ def test_a_worker_woken_while_its_retry_waits_aborts_nothing(
             "woken try lived after SIGCONT (s)": round(lived, 1),
             "task when checked": state_at_check,
             "jobs aborted after the wake": len(aborted),
+            "abort decisions in the woken try's log": decisions,
             "then": f"{final} on try {final_try}",
             "records in the org": counts,
         }
         problems = []
         if aborted:
             problems.append(f"jobs aborted by the woken try: {aborted}")
+        if decisions:
+            problems.append("the woken try decided to abort the jobs its retry reattaches to")
         if state_at_check[0] != "up_for_retry":
             problems.append(f"the retry did not wait until the check: {state_at_check}")
         if final != "success":
