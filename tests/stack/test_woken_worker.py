@@ -21,6 +21,7 @@ Every finding is collected and printed before the test asserts, so a failing run
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -97,8 +98,12 @@ def _freeze_mid_upload(airflow: AirflowStack, dag_id: str, run_id: str) -> Froze
     return Frozen(worker, try_pids, pids, uploaded)
 
 
-def _thaw(airflow: AirflowStack, frozen: Frozen) -> float:
-    """SIGCONT the worker; wait until the woken try's task process is gone. Returns how long it lived."""
+def _thaw(airflow: AirflowStack, frozen: Frozen, dag_id: str, run_id: str) -> float:
+    """SIGCONT the worker; wait until the woken try's processes are gone and its log is quiet.
+
+    Returns the seconds from the SIGCONT to the woken try's last log line.
+    """
+    woken_at = datetime.datetime.now(datetime.timezone.utc)
     began = time.monotonic()
     for pid in frozen.pids:
         with contextlib.suppress(ProcessLookupError):
@@ -108,9 +113,23 @@ def _thaw(airflow: AirflowStack, frozen: Frozen) -> float:
     while any(_running(pid) for pid in frozen.try_pids):
         assert time.monotonic() < deadline, f"the woken try (pids {frozen.try_pids}) still runs"
         time.sleep(0.5)
-    lived = time.monotonic() - began
-    time.sleep(10)  # anything the woken try started (an abort thread, a write) has ended or shows now
-    return lived
+    # Anything the woken try started (an abort thread, a write) has ended or shows by now.
+    last, quiet_since = "", time.monotonic()
+    while time.monotonic() - quiet_since < 10 and time.monotonic() < deadline:
+        found = airflow.task_log(dag_id, run_id, "load", 1)
+        text = found[1] if found else ""
+        if text != last:
+            last, quiet_since = text, time.monotonic()
+        time.sleep(1)
+    stamps = [_stamp(line) for line in last.splitlines()]
+    latest = max((s for s in stamps if s is not None), default=woken_at)
+    return max(0.0, (latest - woken_at).total_seconds())
+
+
+def _stamp(line: str) -> datetime.datetime | None:
+    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+        return datetime.datetime.fromisoformat(str(json.loads(line)["timestamp"]).replace("Z", "+00:00"))
+    return None
 
 
 def _abort_decisions(airflow: AirflowStack, dag_id: str, run_id: str) -> list[str]:
@@ -186,7 +205,7 @@ def test_a_worker_woken_after_its_retry_succeeded_changes_nothing(
         # The retry itself aborts a job the frozen try opened and never closed (its records go to a
         # new job): that is its decision. Only what changes after the wake is the woken try's doing.
         aborted_before = set(aborted_jobs(emulator))
-        lived = _thaw(airflow, frozen)
+        lived = _thaw(airflow, frozen, dag_id, run_id)
         files_after = s3.objects(prefix)
         state_after = airflow.tis(dag_id, run_id)["load"]
         aborted = sorted(set(aborted_jobs(emulator)) - aborted_before)
@@ -199,7 +218,7 @@ def test_a_worker_woken_after_its_retry_succeeded_changes_nothing(
             "frozen": f"{frozen.worker} with try 1 mid-upload ({frozen.uploaded} of "
             f"{FROZEN_RECORDS // FROZEN_PER_JOB} jobs uploaded), {len(frozen.pids)} processes stopped",
             "retry": f"try {try_number} {state} on {retry[0] if retry else '?'}",
-            "woken try lived after SIGCONT (s)": round(lived, 1),
+            "woken try's last log line after SIGCONT (s)": round(lived, 1),
             "task after the wake": state_after,
             "result files (before/after)": f"{len(files_before)}/{len(files_after)}, changed {len(changed)}, "
             f"added {len(files_after.keys() - files_before.keys())}, "
@@ -246,7 +265,7 @@ def test_a_worker_woken_while_its_retry_waits_aborts_nothing(
         frozen = _freeze_mid_upload(airflow, dag_id, run_id)
         state, try_number = _wait_state(airflow, dag_id, run_id, {"up_for_retry"})
         aborted_before = set(aborted_jobs(emulator))
-        lived = _thaw(airflow, frozen)
+        lived = _thaw(airflow, frozen, dag_id, run_id)
         state_at_check = airflow.tis(dag_id, run_id)["load"]
         aborted = sorted(set(aborted_jobs(emulator)) - aborted_before)
         decisions = _abort_decisions(airflow, dag_id, run_id)
@@ -259,7 +278,7 @@ def test_a_worker_woken_while_its_retry_waits_aborts_nothing(
             "frozen": f"{frozen.worker} with try 1 mid-upload ({frozen.uploaded} of "
             f"{FROZEN_RECORDS // FROZEN_PER_JOB} jobs uploaded), {len(frozen.pids)} processes stopped",
             "woken while": f"{state} (try {try_number}); heartbeat timeout {HEARTBEAT_TIMEOUT} s",
-            "woken try lived after SIGCONT (s)": round(lived, 1),
+            "woken try's last log line after SIGCONT (s)": round(lived, 1),
             "task when checked": state_at_check,
             "jobs aborted after the wake": len(aborted),
             "abort decisions in the woken try's log": decisions,
