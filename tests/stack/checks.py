@@ -35,7 +35,7 @@ def wait_done(
         dead = [name for name in airflow.exited() if not airflow.expected_down(name)]
         assert not dead, f"stack processes exited: {dead}"
         assert time.monotonic() < deadline, f"run not done within {seconds:.0f} s: {tis}"
-        time.sleep(1)
+        time.sleep(0.3)
 
 
 def contacts_by_name(emulator: Emulator) -> Counter[str]:

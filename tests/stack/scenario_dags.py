@@ -18,6 +18,9 @@ FROZEN_WAITING = "stack_frozen_while_up_for_retry"
 LOADS = 10
 RECORDS = 2_000
 PER_JOB = 200
+#: load_0, the one whose worker is killed mid-upload: many small jobs, so the kill lands mid-upload
+#: on a fast machine too.
+KILLED_PER_JOB = 50
 #: Accounts in the org before the run: what both extracts must find.
 ACCOUNTS = 3_000
 #: What both extracts ask for: every Account.
@@ -26,7 +29,7 @@ EXTRACT_SOQL = "SELECT Id, Name FROM Account"
 FROZEN_RECORDS = 3_000
 FROZEN_PER_JOB = 100
 #: While up_for_retry: the retry waits this long, longer than the freeze, the thaw and the checks.
-WAITING_RETRY_DELAY = 120
+WAITING_RETRY_DELAY = 90
 
 
 def source_key(dag_id: str, task_id: str) -> str:
@@ -85,7 +88,10 @@ def _dag(dag_id: str, body: str) -> str:
 
 def main_dag() -> str:
     # Broker restarts and lost workers each cost a try (issue 20): retries outlast them.
-    loads = "".join(_load(MAIN, f"load_{k}", PER_JOB, retries=6, retry_delay=10) for k in range(LOADS))
+    loads = "".join(
+        _load(MAIN, f"load_{k}", KILLED_PER_JOB if k == 0 else PER_JOB, retries=6, retry_delay=10)
+        for k in range(LOADS)
+    )
     extracts = "".join(
         f"""
     SalesforceBulkQueryOperator(

@@ -29,9 +29,9 @@ from tests.stack.checks import (
     wait_done,
 )
 from tests.stack.scenario_dags import (
+    KILLED_PER_JOB,
     LOADS,
     MAIN,
-    PER_JOB,
     RECORDS,
     extract_prefix,
     source_csv,
@@ -80,7 +80,7 @@ class _Faults:
             return
         worker, text = found
         uploaded = text.count(" uploaded (")
-        if not 0 < uploaded < RECORDS // PER_JOB:
+        if not 0 < uploaded < RECORDS // KILLED_PER_JOB:
             return
         self.airflow.kill(worker)
         self.killed_worker = worker
