@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-airflow lint typecheck bench demo demo-extract lock lock-airflow clean
+.PHONY: setup test test-stack test-airflow lint typecheck bench demo demo-extract lock lock-airflow clean
 
 setup: $(STAMP)
 
@@ -75,8 +75,22 @@ test-airflow: $(AIRFLOW_STAMP)
 	$(AIRFLOW_VENV)/bin/mypy --python-version $(AIRFLOW_PYTHON_VERSION) --cache-dir $(AIRFLOW_VENV)/.mypy_cache
 	$(AIRFLOW_PY) -m pytest $(TESTS) --ignore=tests/airflow/test_real_stack.py
 
-# Re-pin after changing dependencies in pyproject.toml.
-lock: $(STAMP)
+# The production stack (tests/stack): CeleryExecutor, Redis, PostgreSQL, S3 (moto), two workers and
+# two triggerers, faults injected. Needs Debian's redis-server and postgresql (.ci/run installs them).
+STACK_STAMP := $(VENV)/.installed-stack
+$(STACK_STAMP): $(STAMP)
+	$(VENV)/bin/uv pip install --python $(PY) --quiet -c $(CONSTRAINTS) -e ".[test,stack]"
+	touch $(STACK_STAMP)
+
+# STACK_WOKEN=0 leaves out the two woken-worker scenarios (issue 20, a few minutes); STACK_ARGS
+# passes pytest options (-x, -k ...).
+STACK_WOKEN ?= 1
+test-stack: $(STACK_STAMP)
+	$(PY) -u -m pytest tests/stack -m stack -s -p no:cacheprovider \
+		$(if $(filter 0,$(STACK_WOKEN)),-k "not woken") $(STACK_ARGS)
+
+# Re-pin after changing dependencies in pyproject.toml (the stack's extra included).
+lock: $(STACK_STAMP)
 	$(VENV)/bin/uv pip freeze --python $(PY) --exclude-editable | grep -v '^airflow-provider-salesforce-bulk' > $(CONSTRAINTS)
 
 # Pin another Airflow from requirements/airflow-<version>.in (its version and any pins it needs) plus
