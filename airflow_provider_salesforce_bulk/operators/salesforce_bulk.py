@@ -8,6 +8,7 @@ import datetime
 import math
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -55,6 +56,7 @@ from airflow_provider_salesforce_bulk.operators.submit import (
 )
 from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
+from airflow_provider_salesforce_bulk.operators.try_stop import check_stop, until_stopped
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobSummary,
     ResubmitState,
@@ -83,6 +85,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _DEFER_BACKOFF_FROM = 5.0
 # defer()'s timeout is a backstop for a triggerer down for long; the trigger itself fires on time.
 _BACKOFF_BACKSTOP_SECONDS = 3600
+# How long on_kill's abort waits for the stopped try to settle (see _kill_jobs).
+_SETTLE_SECONDS = 2.0
 
 
 class SalesforceBulkOperator(BaseOperator):
@@ -455,9 +459,12 @@ class SalesforceBulkOperator(BaseOperator):
     # -- execution --------------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
+        self._stop = threading.Event()  # set by on_kill (SIGTERM): this try writes nothing more
+        self._settled = threading.Event()
         try:
             return self._execute(context)
         finally:
+            self._settled.set()  # on_kill's abort now sees every job this try created
             opened, self._opened_source = self._opened_source, None
             if isinstance(opened, GroupedSource):
                 opened.close()  # its spool file
@@ -585,20 +592,26 @@ class SalesforceBulkOperator(BaseOperator):
                 except LimitsCheckError as exc:
                     raise AirflowFailException(f"Limits check before the load: {exc}") from None
             with source.open() as chunks:
-                latest.update(await submit_chunks(client, plan, chunks, spec))
+                stoppable = until_stopped(chunks, self._stop_event(), "chunk")
+                latest.update(await submit_chunks(client, plan, stoppable, spec))
             return latest
 
     def on_kill(self) -> None:
-        """Abort the jobs of this try, only if a user ended it (the task is no longer running).
+        """Stop this try at the next chunk or result file; abort its jobs only if a user ended it.
 
         A worker shut down or evicted also lands here: the task is still running then, and its jobs
-        go on; a retry reattaches to them. Airflow calls this from a signal handler, which may have
-        interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
+        go on; a retry reattaches to them. So does a try that froze past the heartbeat timeout and
+        woke up after Airflow started its retry: the task's plan store names the newer try, and
+        nothing is aborted (:func:`~airflow_provider_salesforce_bulk.triggers.task_state.try_is_over`).
+        Either way the try stops sending and writing at the next boundary (Airflow's task runner
+        calls this on SIGTERM and lets the task run on until its SIGKILL). Airflow calls this from a
+        signal handler, which may have interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
         runs in a thread of its own, with its own session, and this returns at once, so the task
         releases those locks (waiting here, the thread's first log line waited for the handler's lock).
         The thread is not a daemon: a task that ends normally waits for it; Airflow's SIGKILL, 5 s
         after the SIGTERM, bounds it.
         """
+        self._stop_event().set()
         job_ids = list(self._active_job_ids)
         plan: JobPlan | None = getattr(self, "_plan", None)
         if not job_ids and plan is not None:
@@ -607,15 +620,33 @@ class SalesforceBulkOperator(BaseOperator):
         if not job_ids or settings is None:
             return
         ti = getattr(self, "_ti", None)
+        store = plan.store if plan is not None else None
         worker = threading.Thread(
-            target=self._kill_jobs, args=(ti, settings, job_ids), name="salesforce-bulk-on-kill", daemon=False
+            target=self._kill_jobs,
+            args=(ti, store, settings, job_ids),
+            name="salesforce-bulk-on-kill",
+            daemon=False,
         )
         worker.start()
         self._kill_thread = worker
 
-    def _kill_jobs(self, ti: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
-        if try_is_over(ti) is not True:
+    def _stop_event(self) -> threading.Event:
+        stop: threading.Event | None = getattr(self, "_stop", None)
+        if stop is None:
+            stop = self._stop = threading.Event()
+        return stop
+
+    def _kill_jobs(self, ti: Any, store: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
+        if try_is_over(ti, store) is not True:
             return
+        # A job created while the signal arrived is in the plan once the try has stopped, at its
+        # next chunk: waited for briefly (Airflow's SIGKILL follows the SIGTERM by 5 s).
+        settled: threading.Event | None = getattr(self, "_settled", None)
+        if settled is not None:
+            settled.wait(_SETTLE_SECONDS)
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        if plan is not None:
+            job_ids = list(dict.fromkeys([*job_ids, *plan.job_ids]))
         self.log.warning("The task was ended by a user: aborting jobs %s", ", ".join(job_ids))
         trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=float(self.poll_interval))
 
@@ -647,6 +678,7 @@ class SalesforceBulkOperator(BaseOperator):
         copied. The keyword arguments are the ones given to ``defer()``; the event echoes them.
         """
         checked = validate_event(event)
+        self._ti = context.get("ti") or getattr(self, "_ti", None)
         status, jobs, history = checked["status"], checked["jobs"], checked["history"]
         # The defer() kwargs are a fallback only: the event echoes the state.
         state = _RoundState.load(
@@ -822,6 +854,7 @@ class SalesforceBulkOperator(BaseOperator):
                 timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
             )
         time.sleep(delay)
+        check_stop(self._stop_event(), f"sending round {number}")
         plan: JobPlan | None = getattr(self, "_plan", None)
         store = plan.store if plan is not None else plan_store_for(context)
         rounds = RoundPlan(store)
@@ -877,9 +910,13 @@ class SalesforceBulkOperator(BaseOperator):
         directory: Any,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        try_number = getattr(getattr(self, "_ti", None), "try_number", None)
+        token = f"try{try_number or 0}-{secrets.token_hex(4)}"  # this try's partial files
         async with hook.client(settings) as client:
             for job_id, job in jobs.items():
-                out[job_id] = await copy_job_results(client, job_id, directory, job["columnDelimiter"])
+                out[job_id] = await copy_job_results(
+                    client, job_id, directory, job["columnDelimiter"], stop=self._stop_event(), token=token
+                )
         return out
 
     def _results_dir(self, context: Any) -> Any:

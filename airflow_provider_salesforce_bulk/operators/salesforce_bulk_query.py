@@ -193,6 +193,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         )
         self._ti = context.get("ti")
         self._settings = settings
+        self._store = store
         fingerprint = _fingerprint(self.operation, self.soql)
         earlier = self._earlier_job_id(store, fingerprint)
         try:
@@ -410,21 +411,28 @@ class SalesforceBulkQueryOperator(BaseOperator):
         releases the locks the signal may have caught it holding (a log handler's, for one); the
         thread is not a daemon, and Airflow's SIGKILL, 5 s after the SIGTERM, bounds it.
         """
+        self._stop_event().set()  # no page is written after this one
         job_id = self._active_job_id
         settings: ConnectionSettings | None = getattr(self, "_settings", None)
         if job_id is None or settings is None:
             return
         worker = threading.Thread(
             target=self._kill_job,
-            args=(getattr(self, "_ti", None), settings, job_id),
+            args=(getattr(self, "_ti", None), getattr(self, "_store", None), settings, job_id),
             name="salesforce-bulk-query-on-kill",
             daemon=False,
         )
         worker.start()
         self._kill_thread = worker
 
-    def _kill_job(self, ti: Any, settings: ConnectionSettings, job_id: str) -> None:
-        if try_is_over(ti) is not True:
+    def _stop_event(self) -> threading.Event:
+        stop: threading.Event | None = getattr(self, "_stop", None)
+        if stop is None:
+            stop = self._stop = threading.Event()
+        return stop
+
+    def _kill_job(self, ti: Any, store: PlanStore | None, settings: ConnectionSettings, job_id: str) -> None:
+        if try_is_over(ti, store) is not True:
             return
         self.log.warning("The task was ended by a user: aborting query job %s", job_id)
         trigger = SalesforceBulkJobTrigger(
