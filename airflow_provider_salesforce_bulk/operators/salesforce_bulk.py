@@ -605,9 +605,9 @@ class SalesforceBulkOperator(BaseOperator):
         nothing is aborted (:func:`~airflow_provider_salesforce_bulk.triggers.task_state.try_is_over`).
         Either way the try stops sending and writing at the next boundary (Airflow's task runner
         calls this on SIGTERM and lets the task run on until its SIGKILL). Airflow calls this from a
-        signal handler, which may have interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
-        runs in a thread of its own, with its own session, and this returns at once, so the task
-        releases those locks (waiting here, the thread's first log line waited for the handler's lock).
+        signal handler, which may have interrupted the task while it held a lock (a pool, a token
+        cache, a log handler): the work runs in a thread of its own, with its own session, and this
+        returns at once, so the task releases those locks (waiting here, the thread's first log line waited for the handler's lock).
         The thread is not a daemon: a task that ends normally waits for it; Airflow's SIGKILL, 5 s
         after the SIGTERM, bounds it.
         """

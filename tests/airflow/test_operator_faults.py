@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path

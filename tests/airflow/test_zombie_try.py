@@ -234,14 +234,14 @@ def test_an_interrupted_copy_leaves_the_published_files_intact(
     from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
 
     job_id = asyncio.run(_ended_job(emulator, 3000))
-    uris, rows, _, _ = _copy(emulator, job_id, results_dir, None)
+    _, rows, _, _ = _copy(emulator, job_id, results_dir, None)
     assert rows == {"successful": 3000, "failed": 0, "unprocessed": 0}
     published = _files(results_dir)
     assert sorted(published) == ["failedResults.csv", "successfulResults.csv", "unprocessedrecords.csv"]
     assert published["successfulResults.csv"].count(b"\n") == 3001
     # Another try copies the same job again and is stopped part way through the first file.
     # (After its first piece is written: the next piece, or the publishing, finds the flag set.)
-    with pytest.raises(TryStopped, match="stopped before (writing more of a result file|publishing)"):
+    with pytest.raises(TryStopped, match=r"stopped before (writing more of a result file|publishing)"):
         _copy(emulator, job_id, results_dir, _SetAfter(2))
     assert _files(results_dir) == published, "every published file whole, no partial file left"
 
@@ -276,7 +276,8 @@ def test_publish_keeps_a_file_another_try_published(tmp_path: Path) -> None:
     target = ObjectStoragePath(f"file://{tmp_path}/successfulResults.csv")
     target.write_bytes(b"sf__Id,sf__Created\n001,true\n")
     partial = partial_name(target, "try1-abcd")
-    assert partial.name.startswith(".") and partial.name.endswith(".partial")
+    assert partial.name.startswith(".")
+    assert partial.name.endswith(".partial")
     partial.write_bytes(b"sf__Id,sf__Created\n001,true\n")
     assert publish(partial, target) is False
     assert not partial.exists()
