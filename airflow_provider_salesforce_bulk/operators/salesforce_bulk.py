@@ -607,7 +607,8 @@ class SalesforceBulkOperator(BaseOperator):
         calls this on SIGTERM and lets the task run on until its SIGKILL). Airflow calls this from a
         signal handler, which may have interrupted the task while it held a lock (a pool, a token
         cache, a log handler): the work runs in a thread of its own, with its own session, and this
-        returns at once, so the task releases those locks (waiting here, the thread's first log line waited for the handler's lock).
+        returns at once, so the task releases those locks (waiting here, the thread's first log line
+        waited for the handler's lock).
         The thread is not a daemon: a task that ends normally waits for it; Airflow's SIGKILL, 5 s
         after the SIGTERM, bounds it.
         """
