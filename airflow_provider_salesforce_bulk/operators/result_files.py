@@ -45,6 +45,7 @@ __all__ = [
     "download_with_retries",
     "partial_name",
     "publish",
+    "write_then_publish",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,11 @@ def publish(partial: Any, target: Any) -> bool:
     return True
 
 
-async def _write_then_publish(
+async def write_then_publish(
     target: Any, token: str, write: Callable[[IO[bytes]], Awaitable[T]], stop: threading.Event | None
 ) -> T:
+    """``write(sink)`` into ``target``'s partial file of ``token``, then publish it (not if ``stop``
+    is set by then); the partial file never stays behind."""
     partial = partial_name(target, token)
     try:
         with partial.open("wb") as sink:
@@ -227,7 +230,7 @@ async def copy_job_results(
 
         async def attempt(target: Any = target, write: Any = write) -> ResultCounter:
             # Each attempt writes its partial file from the start and counts from zero.
-            return await _write_then_publish(target, token, write, stop)
+            return await write_then_publish(target, token, write, stop)
 
         counter = await _with_retries(f"Copying {api_kind} of job {job_id}", attempt)
         uris[kind] = str(target)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
 from airflow_provider_salesforce_bulk.client import (
+    COLUMN_DELIMITERS,
     DEFAULT_RETRY_ERROR_CODES,
     TERMINAL_STATES,
     BulkIngestClient,
@@ -41,6 +42,7 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
 )
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.final_failures import write_final_failures
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
@@ -773,6 +775,8 @@ class SalesforceBulkOperator(BaseOperator):
         if resubmitted:
             summary["totals"]["resubmitted"] = resubmitted
             summary["rounds"] = state.round
+        if summary["results_path"] is not None:
+            summary.update(self._final_failures(context, entries, state.ledger, policy))
         self._succeeded = int(summary["totals"]["succeeded"])
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
@@ -805,6 +809,42 @@ class SalesforceBulkOperator(BaseOperator):
             ti = context.get("ti")
             JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
         return summary
+
+    def _final_failures(
+        self,
+        context: Any,
+        entries: dict[str, dict[str, Any]],
+        ledger: ResubmitLedger,
+        policy: ResubmitPolicy,
+    ) -> dict[str, Any]:
+        """The summary's ``failed_results`` (the task's final failed-results file) and its row count."""
+        files = {
+            j: e["result_files"]["failed"] for j, e in entries.items() if e["result_files"].get("failed")
+        }
+        missing = [j for j, uri in files.items() if not _exists(uri)]
+        if missing:
+            # Earlier rounds ran on another worker and the results path is local to each worker.
+            self.log.warning(
+                "No final failed-results file: the failed results of job(s) %s are not readable here "
+                "(results_path is not shared by the workers); each job's own files are named in the summary",
+                ", ".join(missing),
+            )
+            return {"failed_results": None}
+        delimiter = COLUMN_DELIMITERS[self._job_spec().column_delimiter]
+        token = f"try{getattr(self._ti, 'try_number', None) or 0}-{secrets.token_hex(4)}"
+        uri, rows = run_sync(
+            lambda: write_final_failures(
+                self._results_dir(context),
+                files,
+                ledger,
+                policy,
+                delimiter,
+                token=token,
+                stop=self._stop_event(),
+            )
+        )
+        self.log.info("Records whose final outcome is failed: %d, in %s", rows, uri)
+        return {"failed_results": uri, "failed_results_rows": rows}
 
     def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
         """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
@@ -960,6 +1000,15 @@ class SalesforceBulkOperator(BaseOperator):
             ol.output_dataset(namespace=f"salesforce://{host}", name=self.object_name, outputFacets=facets)
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
+
+
+def _exists(uri: str) -> bool:
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    try:
+        return bool(ObjectStoragePath(uri).exists())
+    except OSError:
+        return False
 
 
 def _is_arrow_object(value: Any) -> bool:
