@@ -204,8 +204,10 @@ def results_dir(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyt
     return ObjectStoragePath(f"memory://zombie-{uuid.uuid4().hex[:8]}/results")
 
 
-async def _ended_job(emulator: RunningEmulator, records: int) -> str:
-    body = b"LastName,External_Id__c\n" + b"".join(b"R%d,%s%d\n" % (i, b"X" * 100, i) for i in range(records))
+async def _ended_job(emulator: RunningEmulator, records: int, prefix: str = "") -> str:
+    body = b"LastName,External_Id__c\n" + b"".join(
+        b"R%d,%s%s%d\n" % (i, prefix.encode(), b"X" * 100, i) for i in range(records)
+    )
     async with _session(emulator) as session:
         client = BulkIngestClient(session)
         job = await client.create_job("insert", "Contact")
@@ -282,3 +284,132 @@ def test_publish_keeps_a_file_another_try_published(tmp_path: Path) -> None:
     assert publish(partial, target) is False
     assert not partial.exists()
     assert target.read_bytes() == b"sf__Id,sf__Created\n001,true\n"
+
+
+# -- SIGTERM to a real process copying result files -------------------------------------------------
+
+ZOMBIE_SCRIPT = r'''
+import asyncio, json, os, signal, sys, time
+import httpx
+conn, results, event_path, log_path = sys.argv[1:5]
+os.environ["AIRFLOW_CONN_SF_ZOMBIE_CHILD"] = conn
+from airflow_provider_salesforce_bulk.hooks.pool import shared_pools
+from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
+from tests.airflow.helpers import DictStore
+
+class Slow(httpx.AsyncBaseTransport):
+    """Result files arrive in 8 KiB pieces, 50 ms apart: a copy takes long enough to be cut."""
+    def __init__(self, inner):
+        self.inner = inner
+    async def handle_async_request(self, request):
+        response = await self.inner.handle_async_request(request)
+        path = request.url.path
+        if not path.endswith(("Results", "unprocessedrecords")):
+            return response
+        with open(log_path, "a") as log:
+            log.write(f"{time.time()} {path}\n")
+        body = await response.aread()
+        async def pieces():
+            for start in range(0, len(body), 8192):
+                await asyncio.sleep(0.05)
+                yield body[start:start + 8192]
+        headers = [(k, v) for k, v in response.headers.items()
+                   if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=pieces())
+
+shared_pools.transport = lambda: Slow(httpx.AsyncHTTPTransport())
+op = SalesforceBulkOperator(task_id="load", operation="insert", object_name="Contact",
+                            conn_id="sf_zombie_child", records=[{"LastName": "x"}], results_path=results)
+signal.signal(signal.SIGTERM, lambda signum, frame: op.on_kill())  # what Airflow's task runner does
+
+class TI:
+    dag_id, run_id, task_id, map_index, try_number = "sf_dag", "manual__1", "load", -1, 1
+    def xcom_push(self, key, value):
+        pass
+
+try:
+    op.execute_complete({"ti": TI(), "task_state_store": DictStore()}, json.load(open(event_path)))
+except TryStopped as exc:
+    print("STOPPED", exc, flush=True)
+    sys.exit(3)
+print("FINISHED", flush=True)
+'''
+
+
+async def _ended_jobs_event(emulator: RunningEmulator, count: int, records: int) -> dict[str, Any]:
+    from airflow_provider_salesforce_bulk.triggers.events import job_summary, jobs_event
+
+    ids = [await _ended_job(emulator, records, prefix=f"J{n}-") for n in range(count)]
+    async with _session(emulator) as session:
+        client = BulkIngestClient(session)
+        jobs = {job_id: job_summary(await client.get_job(job_id)) for job_id in ids}
+    return dict(jobs_event("success", jobs, instance_url=emulator.base_url))
+
+
+@pytest.mark.parametrize("successor_published", [True, False])
+def test_a_sigterm_mid_copy_stops_within_one_file_and_leaves_every_published_file_whole(
+    emulator: RunningEmulator, tmp_path: Path, successor_published: bool
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    event = asyncio.run(_ended_jobs_event(emulator, 3, 2000))
+    results = ObjectStoragePath(f"file://{tmp_path / 'results'}")
+    reference = ObjectStoragePath(f"file://{tmp_path / 'reference'}")
+    for job_id in event["jobs"]:
+        _copy(emulator, job_id, reference, None)
+        if successor_published:
+            _copy(emulator, job_id, results, None)  # the retry that took over, and succeeded
+    before = {str(p): p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    event_path, log_path = tmp_path / "event.json", tmp_path / "gets.log"
+    event_path.write_text(json.dumps(event))
+    log_path.touch()
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter and script
+        [
+            sys.executable,
+            "-c",
+            ZOMBIE_SCRIPT,
+            conn_uri_json(emulator),
+            str(results),
+            str(event_path),
+            str(log_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(log_path.read_text().splitlines()) < 2 and child.poll() is None:
+            assert time.monotonic() < deadline, "the woken try never reached its second result file"
+            time.sleep(0.02)
+        signalled = time.time()
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    gets = [float(line.split()[0]) for line in log_path.read_text().splitlines()]
+    assert child.returncode == 3, f"exit {child.returncode}\n{out}\n{err[-4000:]}"
+    assert "STOPPED" in out
+    assert [t for t in gets if t > signalled] == [], "no result file started after the SIGTERM"
+    assert len(gets) < 9
+    files = {str(p): p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    assert not [name for name in files if name.endswith(".partial")], "no partial file left"
+    if successor_published:
+        assert files == before, "every file the successor published is whole and unchanged"
+        return
+    # The files the stopped try published before the signal are complete; the one it was copying
+    # never appears under its name.
+    assert len(files) == len(gets) - 1
+    for name, data in files.items():
+        relative = name.split("/results/", 1)[1]
+        assert data == (reference / relative).read_bytes()
