@@ -59,6 +59,7 @@ from airflow_provider_salesforce_bulk.operators.submit import (
 from airflow_provider_salesforce_bulk.operators.summary import failure_message, job_entry, summarize
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop, until_stopped
+from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobSummary,
     ResubmitState,
@@ -972,6 +973,9 @@ class SalesforceBulkOperator(BaseOperator):
         if getattr(ti, "map_index", -1) not in (None, -1):
             parts.append(str(ti.map_index))
         local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
+        if not getattr(self, "_warned_local", False):
+            self._warned_local = True
+            warn_if_worker_local("results_path", local, self.log.warning)
         return ObjectStoragePath(f"file://{os.path.abspath(local)}")
 
     # -- lineage ----------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     resolve_output_dir,
 )
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
+from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
     JobSummary,
@@ -194,6 +195,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self._ti = context.get("ti")
         self._settings = settings
         self._store = store
+        if not self.output_path:
+            warn_if_worker_local("output_path", "a folder under $AIRFLOW_HOME", self.log.warning)
         fingerprint = _fingerprint(self.operation, self.soql)
         earlier = self._earlier_job_id(store, fingerprint)
         try:

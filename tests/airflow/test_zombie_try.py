@@ -413,3 +413,46 @@ def test_a_sigterm_mid_copy_stops_within_one_file_and_leaves_every_published_fil
     for name, data in files.items():
         relative = name.split("/results/", 1)[1]
         assert data == (reference / relative).read_bytes()
+
+
+# -- worker-local defaults with a remote executor --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("configured", "remote"),
+    [
+        ("LocalExecutor", []),
+        ("SequentialExecutor", []),
+        ("airflow.executors.local_executor.LocalExecutor", []),
+        ("CeleryExecutor", ["CeleryExecutor"]),
+        ("LocalExecutor,KubernetesExecutor", ["KubernetesExecutor"]),
+        ("LocalExecutor, fast:my_company.executors.EdgeExecutor", ["EdgeExecutor"]),
+    ],
+)
+def test_remote_executors_are_told_from_the_configured_ones(configured: str, remote: list[str]) -> None:
+    from airflow_provider_salesforce_bulk.operators.worker_local import remote_executors
+
+    assert remote_executors(configured) == remote
+
+
+@pytest.mark.parametrize("executor", ["CeleryExecutor", "LocalExecutor"])
+def test_the_default_results_path_is_named_in_a_warning_with_a_remote_executor(
+    monkeypatch: pytest.MonkeyPatch, executor: str
+) -> None:
+    from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
+    op = SalesforceBulkOperator(
+        task_id="load", operation="insert", object_name="Contact", conn_id="c", records=[{"A": 1}]
+    )
+    warnings: list[str] = []
+    monkeypatch.setattr(op.log, "warning", lambda msg, *args: warnings.append(msg % args))
+    op._results_dir({"ti": TI})
+    op._results_dir({"ti": TI})
+    if executor == "LocalExecutor":
+        assert warnings == []
+    else:
+        (warning,) = warnings  # once per task, not per file
+        assert "results_path is not set" in warning
+        assert "CeleryExecutor" in warning
+        assert "salesforce_bulk_results" in warning
