@@ -913,6 +913,7 @@ class SalesforceBulkOperator(BaseOperator):
                     state.ledger,
                     self._job_spec(),
                     self._chunk_limits(),
+                    stop=self._stop_event(),
                 )
 
         counts = run_sync(send)

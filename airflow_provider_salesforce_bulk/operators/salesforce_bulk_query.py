@@ -406,11 +406,14 @@ class SalesforceBulkQueryOperator(BaseOperator):
         ]
 
     def on_kill(self) -> None:
-        """Abort the query job, only if a user ended this try (the task is no longer running).
+        """Stop writing at the next page (``self._stop``); abort the query job only if a user ended
+        this try (an ended state while the plan store still names this try).
 
         A worker shut down or evicted also lands here: the task is still running then, and the job
-        goes on; a retry reattaches to it. The abort runs in a thread of its own with its own
-        session (Airflow calls this from a signal handler), and this returns at once so the task
+        goes on; a retry reattaches to it. So does a try that froze past the heartbeat timeout and
+        woke up after its retry started: the store names the newer try, and nothing is aborted.
+        The abort runs in a thread of its own with its own session (Airflow calls this from a
+        signal handler), and this returns at once so the task
         releases the locks the signal may have caught it holding (a log handler's, for one); the
         thread is not a daemon, and Airflow's SIGKILL, 5 s after the SIGTERM, bounds it.
         """
