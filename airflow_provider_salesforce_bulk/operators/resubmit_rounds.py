@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from airflow_provider_salesforce_bulk.client import (
     submit_job,
 )
 from airflow_provider_salesforce_bulk.operators.submit import CLOSED, CLOSING, CREATED, StateStore
+from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = ["ROUNDS_KEY", "RoundPlan", "submit_round"]
@@ -81,12 +83,14 @@ async def submit_round(
     ledger: ResubmitLedger,
     spec: JobSpec,
     limits: ChunkLimits,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Send round ``number``: the transient failures of ``source_job_ids`` (ended jobs of the round before),
     in jobs created as ``spec`` says and chunks within ``limits``.
 
     Every chunk whose job may process it is added to ``ledger``. Returns every job of the round
-    (sent now or by an earlier try) with the records it was given.
+    (sent now or by an earlier try) with the records it was given. A set ``stop`` (the try was
+    ended) stops the round before its next chunk; the plan keeps what was sent for the next try.
     """
     entry = plan.round(number)
     jobs: dict[str, dict[str, Any]] = entry["jobs"]
@@ -107,6 +111,7 @@ async def submit_round(
     async for chunk in iter_retry_chunks(
         client, sources, policy, limits=limits, chunk_format=spec.chunk_format()
     ):
+        check_stop(stop, f"retry chunk {chunk.first_record_index} of round {number}")
         key = str(chunk.first_record_index)
         known = jobs.get(key)
         if known is not None:

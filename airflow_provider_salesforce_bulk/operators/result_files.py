@@ -1,15 +1,28 @@
-"""Streaming each job's result files to storage while counting rows and failed records by error code."""
+"""Streaming each job's result files to storage while counting rows and failed records by error code.
+
+A file a summary names is never truncated or rewritten. Each file is written under a partial name
+of this try (``.<name>.<try>-<token>.partial``, which never looks complete) and published under its
+own name only once complete: by a rename on local disk (atomic), by the filesystem's move on object
+storage, where there is no rename: a server-side copy, which makes the named object appear whole or
+not at all, then the partial object's deletion. A name already published is kept (only complete
+files are ever published, and a job's results are the same for every try), so a try that woke up
+after its retry took over cannot replace what its successor reported; its partial files are its
+own. A try killed mid-copy leaves only a partial file behind.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
 import collections
+import contextlib
 import csv
 import io
 import logging
 import random
 import re
+import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
@@ -21,6 +34,7 @@ from airflow_provider_salesforce_bulk.client import (
     ServerError,
     TransportError,
 )
+from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = [
@@ -29,6 +43,9 @@ __all__ = [
     "ResultCounter",
     "copy_job_results",
     "download_with_retries",
+    "partial_name",
+    "publish",
+    "write_then_publish",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,8 +71,11 @@ class ResultCounter:
     quotes (the client's :class:`RecordScan`), so quoted newlines never split a record.
     """
 
-    def __init__(self, sink: IO[bytes], delimiter: str, count_errors: bool) -> None:
+    def __init__(
+        self, sink: IO[bytes], delimiter: str, count_errors: bool, stop: threading.Event | None = None
+    ) -> None:
         self._sink = sink
+        self._stop = stop
         self._delimiter = delimiter
         self._count_errors = count_errors
         self._utf8 = codecs.getincrementaldecoder("utf-8-sig")()
@@ -68,6 +88,7 @@ class ResultCounter:
         self.samples: dict[str, str] = {}
 
     async def write(self, data: bytes) -> None:
+        check_stop(self._stop, "writing more of a result file")
         self._sink.write(data)
         self._feed(self._utf8.decode(data))
 
@@ -131,12 +152,57 @@ async def download_with_retries(client: BulkIngestClient, job_id: str, kind: Res
     return await _with_retries(f"Downloading {kind} of job {job_id}", attempt)
 
 
+def partial_name(target: Any, token: str) -> Any:
+    """Where this try writes ``target`` until it is complete (beside it: a rename stays in one folder)."""
+    return target.parent / f".{target.name}.{token}.partial"
+
+
+def publish(partial: Any, target: Any) -> bool:
+    """Move a complete ``partial`` file to ``target``, unless ``target`` is published already.
+
+    Returns whether this call published it; otherwise ``partial`` is removed and ``target`` kept.
+    """
+    if target.exists():
+        partial.unlink(missing_ok=True)
+        return False
+    partial.rename(target)
+    return True
+
+
+async def write_then_publish(
+    target: Any, token: str, write: Callable[[IO[bytes]], Awaitable[T]], stop: threading.Event | None
+) -> T:
+    """``write(sink)`` into ``target``'s partial file of ``token``, then publish it (not if ``stop``
+    is set by then); the partial file never stays behind."""
+    partial = partial_name(target, token)
+    try:
+        with partial.open("wb") as sink:
+            result = await write(sink)
+        check_stop(stop, f"publishing {target}")
+        if not publish(partial, target):
+            log.info("%s was published by another try: kept as it is", target)
+        return result
+    except BaseException:
+        with contextlib.suppress(Exception):
+            partial.unlink(missing_ok=True)
+        raise
+
+
 async def copy_job_results(
-    client: BulkIngestClient, job_id: str, directory: Any, column_delimiter: str | None = None
+    client: BulkIngestClient,
+    job_id: str,
+    directory: Any,
+    column_delimiter: str | None = None,
+    *,
+    stop: threading.Event | None = None,
+    token: str | None = None,
 ) -> tuple[dict[str, str], dict[str, int], collections.Counter[str], dict[str, str]]:
     """Copy the three result files of one job under ``directory`` (an ``ObjectStoragePath``).
 
-    ``column_delimiter`` is the job's (its ``columnDelimiter``, ``COMMA`` when not known).
+    ``column_delimiter`` is the job's (its ``columnDelimiter``, ``COMMA`` when not known). Each file
+    is written under a partial name with ``token`` (this try's) and published when complete; a set
+    ``stop`` ends the copy at the next network piece with
+    :class:`~airflow_provider_salesforce_bulk.operators.try_stop.TryStopped`, leaving no partial file.
 
     Returns
     -------
@@ -144,6 +210,7 @@ async def copy_job_results(
         File URIs by kind, row counts by kind, failed records by error code, one sample message per code.
     """
     check_job_id(job_id)
+    token = token or secrets.token_hex(4)
     delimiter = COLUMN_DELIMITERS.get(column_delimiter or "COMMA", ",")
     job_dir = directory / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -153,14 +220,17 @@ async def copy_job_results(
     samples: dict[str, str] = {}
     for kind, (api_kind, filename) in RESULT_FILES.items():
         target = job_dir / filename
+        check_stop(stop, f"copying {target}")
 
-        async def attempt(target: Any = target, kind: str = kind, api_kind: str = api_kind) -> ResultCounter:
-            # Each attempt truncates the file and counts from zero: a dropped stream leaves nothing behind.
-            with target.open("wb") as sink:
-                counter = ResultCounter(sink, delimiter, count_errors=kind == "failed")
-                await client.copy_results(job_id, api_kind, counter)  # type: ignore[arg-type]
-                counter.finish()
+        async def write(sink: IO[bytes], kind: str = kind, api_kind: str = api_kind) -> ResultCounter:
+            counter = ResultCounter(sink, delimiter, count_errors=kind == "failed", stop=stop)
+            await client.copy_results(job_id, api_kind, counter)  # type: ignore[arg-type]
+            counter.finish()
             return counter
+
+        async def attempt(target: Any = target, write: Any = write) -> ResultCounter:
+            # Each attempt writes its partial file from the start and counts from zero.
+            return await write_then_publish(target, token, write, stop)
 
         counter = await _with_retries(f"Copying {api_kind} of job {job_id}", attempt)
         uris[kind] = str(target)

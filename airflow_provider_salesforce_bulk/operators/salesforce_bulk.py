@@ -8,6 +8,7 @@ import datetime
 import math
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -17,6 +18,7 @@ from typing import Any, ClassVar, NoReturn
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
 from airflow_provider_salesforce_bulk.client import (
+    COLUMN_DELIMITERS,
     DEFAULT_RETRY_ERROR_CODES,
     TERMINAL_STATES,
     BulkIngestClient,
@@ -42,6 +44,7 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
+from airflow_provider_salesforce_bulk.operators.final_failures import write_final_failures
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
@@ -63,6 +66,8 @@ from airflow_provider_salesforce_bulk.operators.summary import (
     unfinished_summary,
 )
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
+from airflow_provider_salesforce_bulk.operators.try_stop import check_stop, until_stopped
+from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobSummary,
     ResubmitState,
@@ -91,6 +96,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _DEFER_BACKOFF_FROM = 5.0
 # defer()'s timeout is a backstop for a triggerer down for long; the trigger itself fires on time.
 _BACKOFF_BACKSTOP_SECONDS = 3600
+# How long on_kill's abort waits for the stopped try to settle (see _kill_jobs).
+_SETTLE_SECONDS = 2.0
 
 
 class SalesforceBulkOperator(BaseOperator):
@@ -466,9 +473,12 @@ class SalesforceBulkOperator(BaseOperator):
     # -- execution --------------------------------------------------------------------------------
 
     def execute(self, context: Any) -> Any:
+        self._stop = threading.Event()  # set by on_kill (SIGTERM): this try writes nothing more
+        self._settled = threading.Event()
         try:
             return self._execute(context)
         finally:
+            self._settled.set()  # on_kill's abort now sees every job this try created
             opened, self._opened_source = self._opened_source, None
             if isinstance(opened, GroupedSource):
                 opened.close()  # its spool file
@@ -641,20 +651,27 @@ class SalesforceBulkOperator(BaseOperator):
                 except LimitsCheckError as exc:
                     raise AirflowFailException(f"Limits check before the load: {exc}") from None
             with source.open() as chunks:
-                latest.update(await submit_chunks(client, plan, chunks, spec))
+                stoppable = until_stopped(chunks, self._stop_event(), "chunk")
+                latest.update(await submit_chunks(client, plan, stoppable, spec))
             return latest
 
     def on_kill(self) -> None:
-        """Abort the jobs of this try, only if a user ended it (the task is no longer running).
+        """Stop this try at the next chunk or result file; abort its jobs only if a user ended it.
 
         A worker shut down or evicted also lands here: the task is still running then, and its jobs
-        go on; a retry reattaches to them. Airflow calls this from a signal handler, which may have
-        interrupted the task while it held a lock (a pool, a token cache, a log handler): the work
-        runs in a thread of its own, with its own session, and this returns at once, so the task
-        releases those locks (waiting here, the thread's first log line waited for the handler's lock).
+        go on; a retry reattaches to them. So does a try that froze past the heartbeat timeout and
+        woke up after Airflow started its retry: the task's plan store names the newer try, and
+        nothing is aborted (:func:`~airflow_provider_salesforce_bulk.triggers.task_state.try_is_over`).
+        Either way the try stops sending and writing at the next boundary (Airflow's task runner
+        calls this on SIGTERM and lets the task run on until its SIGKILL). Airflow calls this from a
+        signal handler, which may have interrupted the task while it held a lock (a pool, a token
+        cache, a log handler): the work runs in a thread of its own, with its own session, and this
+        returns at once, so the task releases those locks (waiting here, the thread's first log line
+        waited for the handler's lock).
         The thread is not a daemon: a task that ends normally waits for it; Airflow's SIGKILL, 5 s
         after the SIGTERM, bounds it.
         """
+        self._stop_event().set()
         job_ids = list(self._active_job_ids)
         plan: JobPlan | None = getattr(self, "_plan", None)
         if not job_ids and plan is not None:
@@ -663,15 +680,33 @@ class SalesforceBulkOperator(BaseOperator):
         if not job_ids or settings is None:
             return
         ti = getattr(self, "_ti", None)
+        store = plan.store if plan is not None else None
         worker = threading.Thread(
-            target=self._kill_jobs, args=(ti, settings, job_ids), name="salesforce-bulk-on-kill", daemon=False
+            target=self._kill_jobs,
+            args=(ti, store, settings, job_ids),
+            name="salesforce-bulk-on-kill",
+            daemon=False,
         )
         worker.start()
         self._kill_thread = worker
 
-    def _kill_jobs(self, ti: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
-        if try_is_over(ti) is not True:
+    def _stop_event(self) -> threading.Event:
+        stop: threading.Event | None = getattr(self, "_stop", None)
+        if stop is None:
+            stop = self._stop = threading.Event()
+        return stop
+
+    def _kill_jobs(self, ti: Any, store: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
+        if try_is_over(ti, store) is not True:
             return
+        # A job created while the signal arrived is in the plan once the try has stopped, at its
+        # next chunk: waited for briefly (Airflow's SIGKILL follows the SIGTERM by 5 s).
+        settled: threading.Event | None = getattr(self, "_settled", None)
+        if settled is not None:
+            settled.wait(_SETTLE_SECONDS)
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        if plan is not None:
+            job_ids = list(dict.fromkeys([*job_ids, *plan.job_ids]))
         self.log.warning("The task was ended by a user: aborting jobs %s", ", ".join(job_ids))
         trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=float(self.poll_interval))
 
@@ -703,6 +738,7 @@ class SalesforceBulkOperator(BaseOperator):
         copied. The keyword arguments are the ones given to ``defer()``; the event echoes them.
         """
         checked = validate_event(event)
+        self._ti = context.get("ti") or getattr(self, "_ti", None)
         status, jobs, history = checked["status"], checked["jobs"], checked["history"]
         # The defer() kwargs are a fallback only: the event echoes the state.
         state = _RoundState.load(
@@ -821,6 +857,8 @@ class SalesforceBulkOperator(BaseOperator):
         if resubmitted:
             summary["totals"]["resubmitted"] = resubmitted
             summary["rounds"] = state.round
+        if summary["results_path"] is not None:
+            summary.update(self._final_failures(context, entries, state.ledger, policy))
         self._succeeded = int(summary["totals"]["succeeded"])
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
@@ -853,6 +891,42 @@ class SalesforceBulkOperator(BaseOperator):
             ti = context.get("ti")
             JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
         return summary
+
+    def _final_failures(
+        self,
+        context: Any,
+        entries: dict[str, dict[str, Any]],
+        ledger: ResubmitLedger,
+        policy: ResubmitPolicy,
+    ) -> dict[str, Any]:
+        """The summary's ``failed_results`` (the task's final failed-results file) and its row count."""
+        files = {
+            j: e["result_files"]["failed"] for j, e in entries.items() if e["result_files"].get("failed")
+        }
+        missing = [j for j, uri in files.items() if not _exists(uri)]
+        if missing:
+            # Earlier rounds ran on another worker and the results path is local to each worker.
+            self.log.warning(
+                "No final failed-results file: the failed results of job(s) %s are not readable here "
+                "(results_path is not shared by the workers); each job's own files are named in the summary",
+                ", ".join(missing),
+            )
+            return {"failed_results": None}
+        delimiter = COLUMN_DELIMITERS[self._job_spec().column_delimiter]
+        token = f"try{getattr(self._ti, 'try_number', None) or 0}-{secrets.token_hex(4)}"
+        uri, rows = run_sync(
+            lambda: write_final_failures(
+                self._results_dir(context),
+                files,
+                ledger,
+                policy,
+                delimiter,
+                token=token,
+                stop=self._stop_event(),
+            )
+        )
+        self.log.info("Records whose final outcome is failed: %d, in %s", rows, uri)
+        return {"failed_results": uri, "failed_results_rows": rows}
 
     def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
         """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
@@ -903,6 +977,7 @@ class SalesforceBulkOperator(BaseOperator):
                 timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
             )
         time.sleep(delay)
+        check_stop(self._stop_event(), f"sending round {number}")
         plan: JobPlan | None = getattr(self, "_plan", None)
         store = plan.store if plan is not None else plan_store_for(context)
         rounds = RoundPlan(store)
@@ -919,6 +994,7 @@ class SalesforceBulkOperator(BaseOperator):
                     state.ledger,
                     self._job_spec(),
                     self._chunk_limits(),
+                    stop=self._stop_event(),
                 )
 
         with fail_on_refused_credentials():
@@ -959,9 +1035,13 @@ class SalesforceBulkOperator(BaseOperator):
         directory: Any,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        try_number = getattr(getattr(self, "_ti", None), "try_number", None)
+        token = f"try{try_number or 0}-{secrets.token_hex(4)}"  # this try's partial files
         async with hook.client(settings) as client:
             for job_id, job in jobs.items():
-                out[job_id] = await copy_job_results(client, job_id, directory, job["columnDelimiter"])
+                out[job_id] = await copy_job_results(
+                    client, job_id, directory, job["columnDelimiter"], stop=self._stop_event(), token=token
+                )
         return out
 
     def _results_dir(self, context: Any) -> Any:
@@ -976,6 +1056,9 @@ class SalesforceBulkOperator(BaseOperator):
         if getattr(ti, "map_index", -1) not in (None, -1):
             parts.append(str(ti.map_index))
         local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
+        if not getattr(self, "_warned_local", False):
+            self._warned_local = True
+            warn_if_worker_local("results_path", local, self.log.warning)
         return ObjectStoragePath(f"file://{os.path.abspath(local)}")
 
     # -- lineage ----------------------------------------------------------------------------------
@@ -1004,6 +1087,15 @@ class SalesforceBulkOperator(BaseOperator):
             ol.output_dataset(namespace=f"salesforce://{host}", name=self.object_name, outputFacets=facets)
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
+
+
+def _exists(uri: str) -> bool:
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    try:
+        return bool(ObjectStoragePath(uri).exists())
+    except OSError:
+        return False
 
 
 def _is_arrow_object(value: Any) -> bool:

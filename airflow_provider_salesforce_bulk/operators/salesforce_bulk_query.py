@@ -51,6 +51,7 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
 )
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
+from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
     JobSummary,
@@ -194,6 +195,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
         )
         self._ti = context.get("ti")
         self._settings = settings
+        self._store = store
+        if not self.output_path:
+            warn_if_worker_local("output_path", "a folder under $AIRFLOW_HOME", self.log.warning)
         fingerprint = _fingerprint(self.operation, self.soql)
         earlier = self._earlier_job_id(store, fingerprint)
         try:
@@ -412,29 +416,39 @@ class SalesforceBulkQueryOperator(BaseOperator):
         ]
 
     def on_kill(self) -> None:
-        """Abort the query job, only if a user ended this try (the task is no longer running).
+        """Stop writing at the next page (``self._stop``); abort the query job only if a user ended
+        this try (an ended state while the plan store still names this try).
 
         A worker shut down or evicted also lands here: the task is still running then, and the job
-        goes on; a retry reattaches to it. The abort runs in a thread of its own with its own
-        session (Airflow calls this from a signal handler), and this returns at once so the task
+        goes on; a retry reattaches to it. So does a try that froze past the heartbeat timeout and
+        woke up after its retry started: the store names the newer try, and nothing is aborted.
+        The abort runs in a thread of its own with its own session (Airflow calls this from a
+        signal handler), and this returns at once so the task
         releases the locks the signal may have caught it holding (a log handler's, for one); the
         thread is not a daemon, and Airflow's SIGKILL, 5 s after the SIGTERM, bounds it.
         """
+        self._stop_event().set()  # no page is written after this one
         job_id = self._active_job_id
         settings: ConnectionSettings | None = getattr(self, "_settings", None)
         if job_id is None or settings is None:
             return
         worker = threading.Thread(
             target=self._kill_job,
-            args=(getattr(self, "_ti", None), settings, job_id),
+            args=(getattr(self, "_ti", None), getattr(self, "_store", None), settings, job_id),
             name="salesforce-bulk-query-on-kill",
             daemon=False,
         )
         worker.start()
         self._kill_thread = worker
 
-    def _kill_job(self, ti: Any, settings: ConnectionSettings, job_id: str) -> None:
-        if try_is_over(ti) is not True:
+    def _stop_event(self) -> threading.Event:
+        stop: threading.Event | None = getattr(self, "_stop", None)
+        if stop is None:
+            stop = self._stop = threading.Event()
+        return stop
+
+    def _kill_job(self, ti: Any, store: PlanStore | None, settings: ConnectionSettings, job_id: str) -> None:
+        if try_is_over(ti, store) is not True:
             return
         self.log.warning("The task was ended by a user: aborting query job %s", job_id)
         trigger = SalesforceBulkJobTrigger(

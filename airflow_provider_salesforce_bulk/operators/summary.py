@@ -111,6 +111,12 @@ def failure_message(
                 f"job {job_id}: result files hold {sum(job['result_rows'].values())} rows for "
                 f"{job['records']} records sent"
             )
+    final_rows = summary.get("failed_results_rows")
+    if final_rows is not None and final_rows != summary["totals"]["failed"]:
+        problems.append(
+            f"the final failed-results file {summary['failed_results']} holds {final_rows} rows for "
+            f"{summary['totals']['failed']} failed records"
+        )
     totals = summary["totals"]
     failed, records = totals["failed"], totals["records"]
     limit = 0 if max_failed_records is None and max_failed_ratio is None else max_failed_records

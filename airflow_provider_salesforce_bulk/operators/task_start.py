@@ -11,6 +11,7 @@ from airflow_provider_salesforce_bulk.client import InputError
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
+from airflow_provider_salesforce_bulk.triggers.task_state import record_try
 
 __all__ = ["start_task"]
 
@@ -29,6 +30,8 @@ def start_task(
 
     Bad settings or a bad connection fail the task for good (``AirflowFailException``, no retry),
     before any request; ``warn(without_store)`` when there is no task instance to key a plan by.
+    The store then names this try as the task's current one: a kill of an older try (a worker that
+    froze past the heartbeat timeout and woke up) finds it there and aborts nothing.
     """
     try:
         checked = check()
@@ -38,4 +41,6 @@ def start_task(
     store = plan_store_for(context)
     if store is None:
         warn(without_store)
+    else:
+        record_try(store, context.get("ti"))
     return checked, settings, store

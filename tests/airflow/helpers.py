@@ -88,18 +88,36 @@ class DictStore:
 
 
 class SupervisorComms:
-    """Answers GetTaskStates as a task's or the triggerer's supervisor does, with a state set by the test."""
+    """Answers GetTaskStates as a task's or the triggerer's supervisor does, with a state set by the test,
+    and keeps Variables (what the plan store uses before Airflow 3.3) in ``variables``."""
 
     def __init__(self, state: str | None, *, broken: bool = False) -> None:
         self.state = state
         self.broken = broken
         self.asked: list[Any] = []
+        self.variables: dict[str, str | None] = {}
 
     def send(self, msg: Any) -> Any:
-        from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+        from airflow.sdk.execution_time import comms
 
-        assert isinstance(msg, GetTaskStates)
+        if isinstance(msg, (comms.GetVariable, comms.PutVariable, comms.DeleteVariable, comms.MaskSecret)):
+            return self._variable(msg)
+        assert isinstance(msg, comms.GetTaskStates)
         self.asked.append(msg)
         if self.broken:
             raise ConnectionResetError("supervisor went away")
-        return TaskStatesResult(task_states={TI.run_id: {TI.task_id: self.state}})
+        return comms.TaskStatesResult(task_states={TI.run_id: {TI.task_id: self.state}})
+
+    def _variable(self, msg: Any) -> Any:
+        from airflow.sdk.exceptions import ErrorType
+        from airflow.sdk.execution_time import comms
+
+        if isinstance(msg, comms.GetVariable):
+            if msg.key not in self.variables:
+                return comms.ErrorResponse(error=ErrorType.VARIABLE_NOT_FOUND, detail={"key": msg.key})
+            return comms.VariableResult(key=msg.key, value=self.variables[msg.key])
+        if isinstance(msg, comms.PutVariable):
+            self.variables[msg.key] = msg.value
+        elif isinstance(msg, comms.DeleteVariable):
+            self.variables.pop(msg.key, None)
+        return comms.OKResponse(ok=True)

@@ -255,6 +255,39 @@ def test_one_round_leaves_lock_failures_failed_and_counted_once(sf: RunningEmula
     assert len(_jobs(sf)) == 5
 
 
+def test_the_final_failed_results_file_holds_exactly_the_records_that_failed_for_good(
+    sf: RunningEmulator, tmp_path: Path
+) -> None:
+    # Lock failures of round 1 are sent again in round 2 (the last), where most succeed; every 100th
+    # record has no Name and fails for good in round 1. Round 1's own files keep what they held.
+    sf.update_settings(lock_failure_rate=0.05, seed=7)
+    args = f"""operation="insert", object_name="Account", max_records_per_job=1000,
+        records=[{{"Name": "" if i % 100 == 0 else f"Lock {{i}}", "External_Id__c": f"LK-{{i}}"}}
+                 for i in range({N_LOCK})],
+        resubmit_rounds=2, resubmit_backoff=0.1, max_failed_ratio=0.5"""
+    dr = _run("i20_final_failed", tmp_path, args)
+    assert dr.state == "success"
+    stored = set(_stored_once(sf))
+    summary = _xcom("i20_final_failed")
+    assert summary["rounds"] == 2
+    final = _rows(summary["failed_results"])
+    final_ids = [row["External_Id__c"] for row in final]
+    assert (
+        len(final_ids) == len(set(final_ids)) == summary["totals"]["failed"] == summary["failed_results_rows"]
+    )
+    assert set(final_ids) == {f"LK-{i}" for i in range(N_LOCK)} - stored, "exactly the records not stored"
+    assert {f"LK-{i}" for i in range(0, N_LOCK, 100)} <= set(final_ids)
+    round_one_locks = {
+        row["External_Id__c"]
+        for job in summary["jobs"].values()
+        if job["round"] == 1
+        for row in _rows(job["result_files"]["failed"])
+        if row["sf__Error"].startswith("UNABLE_TO_LOCK_ROW")
+    }
+    assert round_one_locks & stored, "some lock failures of round 1 succeeded in round 2"
+    assert not round_one_locks & stored & set(final_ids)
+
+
 def test_a_long_backoff_waits_in_the_triggerer_not_in_the_worker(
     sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -89,57 +88,63 @@ def sigterm_calls_on_kill() -> Iterator[list[Any]]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _SigtermAtSecondJob(httpx.AsyncBaseTransport):
+    """SIGTERMs this process as the second job is created, while the first one is processing."""
+
+    creates = 0
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/jobs/ingest"):
+            type(self).creates += 1
+            if type(self).creates == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread: on_kill
+        return await self.inner.handle_async_request(request)
+
+
 @pytest.mark.parametrize("state", ["failed", "running"])
-def test_on_kill_in_the_worker_aborts_only_when_a_user_ended_the_task(
+def test_on_kill_in_the_worker_stops_the_try_and_aborts_only_when_a_user_ended_it(
     emulator: RunningEmulator,
     conn: str,
     tmp_path: Path,
     comms: SupervisorComms,
     sigterm_calls_on_kill: list[Any],
     state: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from airflow.providers.common.compat.sdk import AirflowException
+    from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
 
     # "failed": the user marked the task failed, the supervisor terminates the process. "running":
     # the worker is shutting down (pod eviction): the jobs must go on for the retry to reattach.
+    # Either way the try stops sending at the next chunk (Airflow lets it run on until its SIGKILL).
     comms.state = state
     emulator.update_settings(records_per_second=10.0)
     op = _operator(tmp_path, deferrable=False)
     sigterm_calls_on_kill.append(op)
-
-    def kill_when_processing() -> None:
-        for _ in range(400):
-            if any(job["processed"] > 0 for job in _jobs(emulator)):
-                break
-            time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    killer = threading.Thread(target=kill_when_processing)
-    ti = _TI()
-    killer.start()
-    try:
-        if state == "failed":
-            with pytest.raises(AirflowException, match="Aborted"):
-                op.execute({"ti": ti, "task_state_store": DictStore()})
-        else:
-            summary = op.execute({"ti": ti, "task_state_store": DictStore()})
-            assert summary["totals"]["succeeded"] == 60
-    finally:
-        killer.join()
+    helpers.wrap_pool_transport(monkeypatch, _SigtermAtSecondJob)
+    _SigtermAtSecondJob.creates = 0
+    store = DictStore()
+    with pytest.raises(TryStopped, match="stopped before chunk 3"):
+        op.execute({"ti": _TI(), "task_state_store": store})
+    _SigtermAtSecondJob.creates = 10  # no more signals
     op._kill_thread.join(30)  # on_kill returns at once; its thread asks and aborts
-    jobs = {job["id"]: job for job in _jobs(emulator)}
     assert len(comms.asked) == 1
-    summary = ti.pushed["return_value"]
+    created = _jobs(emulator)
+    assert len(created) == 2, "the try sent no chunk after the SIGTERM"
     if state == "failed":
-        assert {job["state"] for job in jobs.values()} <= {"Aborted", "JobComplete"}
-        assert "Aborted" in {job["state"] for job in jobs.values()}
-    else:
-        assert {job["state"] for job in jobs.values()} == {"JobComplete"}
-    # The summary holds the real counts, also of the aborted jobs (read again after the abort).
-    for job_id, entry in summary["jobs"].items():
-        assert entry["state"] == jobs[job_id]["state"]
-        assert entry["processed"] == jobs[job_id]["processed"]
-    assert summary["totals"]["succeeded"] == len(emulator.records("Contact"))
+        assert {job["state"] for job in created} <= {"Aborted", "JobComplete"}
+        assert "Aborted" in {job["state"] for job in created}
+        return
+    assert not any(job["state"] == "Aborted" for job in created)
+    # The retry reattaches to the jobs the stopped try left running and sends the rest, once.
+    emulator.update_settings(records_per_second=0.0)
+    retry = _TI()
+    retry.try_number = 2
+    summary = _operator(tmp_path, deferrable=False).execute({"ti": retry, "task_state_store": store})
+    assert summary["totals"]["succeeded"] == 60
+    assert len(emulator.records("Contact")) == 60
 
 
 # -- reattached, every job already ended: no deferral ------------------------------------------------
