@@ -43,14 +43,25 @@ INSTALL_TIMEOUT = 1200
 AIRFLOW_TIMEOUT = 600
 
 
+def _explain(output: str) -> str:
+    """The lines that say why (errors, their tracebacks), then the tail: a failed task's cause is
+    often far above the last lines, which only report that the run failed."""
+    lines = output.splitlines()
+    why = [i for i, line in enumerate(lines) if "Traceback" in line or "Error" in line]
+    picked: list[str] = []
+    for i in why[:5]:
+        picked += [*lines[i : i + 25], "..."]
+    return "\n".join([*picked, "--- last lines ---", *lines[-60:]])
+
+
 def _run(argv: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run ``argv``; on failure the assertion carries the command's own output, which explains it."""
     proc = subprocess.run(  # noqa: S603
         argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
     assert proc.returncode == 0, (
-        f"{' '.join(argv)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-8000:]}"
-        f"\n--- stderr ---\n{proc.stderr[-8000:]}"
+        f"{' '.join(argv)} exited {proc.returncode}\n--- stdout ---\n{_explain(proc.stdout)}"
+        f"\n--- stderr ---\n{_explain(proc.stderr)}"
     )
     return proc
 
@@ -81,7 +92,7 @@ def test_make_dist_builds_an_sdist_and_a_wheel_with_the_metadata(dist: Path) -> 
     assert not [n for n in names if n.startswith("tests/")], "the wheel ships no tests"
     requires = meta.get_all("Requires-Dist") or []
     assert any(r.replace(" ", "").startswith("cryptography<51") for r in requires), requires
-    assert meta.get_all("Provides-Extra") and "arrow" in meta.get_all("Provides-Extra")
+    assert "arrow" in (meta.get_all("Provides-Extra") or [])
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
     for label in ("Homepage", "Source", "Documentation", "Changelog", "Issues"):
         assert urls.get(label, "").startswith("https://"), f"no {label} URL in {sorted(urls)}"
@@ -90,7 +101,9 @@ def test_make_dist_builds_an_sdist_and_a_wheel_with_the_metadata(dist: Path) -> 
     assert meta["Author-email"] or meta["Author"]
     with tarfile.open(sdist) as sd:
         members = {m.name.split("/", 1)[1] for m in sd.getmembers() if "/" in m.name}
-    assert {"pyproject.toml", "README.md", "LICENSE", "airflow_provider_salesforce_bulk/__init__.py"} <= members
+    assert {"pyproject.toml", "README.md", "LICENSE", "airflow_provider_salesforce_bulk/__init__.py"} <= (
+        members
+    )
 
 
 def _clean_env(home: Path, emulator: RunningEmulator, warehouse: Path) -> dict[str, str]:
