@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-stack test-airflow lint typecheck bench demo demo-extract lock lock-airflow clean
+.PHONY: setup test test-stack test-airflow lint typecheck bench demo demo-extract lock lock-airflow dist clean
 
 setup: $(STAMP)
 
@@ -73,7 +73,13 @@ $(AIRFLOW_STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS)
 test-airflow: $(AIRFLOW_STAMP)
 	$(AIRFLOW_PY) -c 'import airflow, sys; sys.exit(airflow.__version__ != "$(AIRFLOW)")'
 	$(AIRFLOW_VENV)/bin/mypy --python-version $(AIRFLOW_PYTHON_VERSION) --cache-dir $(AIRFLOW_VENV)/.mypy_cache
-	$(AIRFLOW_PY) -m pytest $(TESTS) --ignore=tests/airflow/test_real_stack.py
+	$(AIRFLOW_PY) -m pytest $(TESTS) --ignore=tests/airflow/test_real_stack.py --ignore=tests/packaging
+
+# The sdist and the wheel (hatchling, in uv's isolated build env) into DIST_DIR; tests/packaging
+# installs that wheel into a clean venv.
+DIST_DIR ?= dist
+dist: $(STAMP)
+	$(VENV)/bin/uv build --quiet --sdist --wheel --out-dir $(DIST_DIR) .
 
 # The production stack (tests/stack): CeleryExecutor, Redis, PostgreSQL, S3 (moto), two workers and
 # two triggerers, faults injected. Needs Debian's redis-server and postgresql (.ci/run installs them).

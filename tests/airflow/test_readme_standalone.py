@@ -241,3 +241,74 @@ def test_named_dag_defers_and_succeeds_with_the_readme_connection(
     assert len(triggers_run) == 1
     assert len(stored) == EXAMPLE_RECORDS - EXAMPLE_RECORDS // 25
     assert {j["state"] for j in jobs} == {"JobComplete"}
+
+
+def _xcom_summary(dag_id: str, task_id: str) -> dict[str, Any]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel.value)
+            .filter_by(dag_id=dag_id, task_id=task_id, key="return_value")
+            .order_by(XComModel.timestamp.desc())
+            .first()
+        )
+    assert row is not None, f"{dag_id}.{task_id} pushed no summary"
+    value = json.loads(row[0]) if isinstance(row[0], (str, bytes)) else row[0]
+    assert isinstance(value, dict)
+    return value
+
+
+def test_extract_walkthrough_runs_with_the_readme_connections(
+    airflow_db: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The section's second part: the SQL Dag fills the emulator with Accounts, the extract Dag
+    queries them to Parquet and loads a Contact per Account back, with the README's connections."""
+    section = _section()
+    unpaused = re.findall(r"unpause\s+(?:the\s+Dag\s+)?`(\w+)`", section)
+    assert unpaused == ["example_salesforce_bulk_sql", "example_salesforce_bulk_extract"], unpaused
+    said = re.search(r"upserts the\s+query's (\d+) Accounts \(in jobs of (\d+)", section)
+    assert said, "the section says how many Accounts the SQL Dag loads, in jobs of how many"
+    accounts, job_size = int(said[1]), int(said[2])
+    contacts = re.search(r"loads the (\d+) Contacts back", section)
+    assert contacts, "the section says how many Contacts come back"
+    folder = re.search(r"`airflow_home/salesforce_bulk_extracts/(\w+)/<run>/(\w+)/`", section)
+    assert folder, "the section says where the Parquet files land"
+    setup, _ = _blocks()
+    exports = _exports(setup)
+    warehouse = json.loads(exports["AIRFLOW_CONN_WAREHOUSE_SQLITE"])
+    assert warehouse["conn_type"] == "sqlite"
+    warehouse["host"] = str(tmp_path / "warehouse.db")  # the README's /tmp path, made private
+    dags = {
+        name: load_dag_file(name, (ROOT / "dags_examples" / f"{name}.py").read_text()) for name in unpaused
+    }
+    sql_dag: Any = dags["example_salesforce_bulk_sql"]
+    assert sql_dag.get_task("upsert_accounts").max_records_per_job == job_size
+    speed = _emulator_settings(_emulator_argv(setup))["records_per_second"]
+    scan = re.search(r"while the query job\s+scans the Accounts \(about (\d+) seconds\)", section)
+    assert scan, "the section says how long the query job takes"
+    assert int(scan[1]) == pytest.approx(accounts / speed, rel=0.25)
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - datetime.timedelta(
+        minutes=1
+    )
+    settings = _emulator_settings(_emulator_argv(setup)) | {"records_per_second": None}
+    with run_emulator(**settings) as running:
+        monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT", _readme_connection(running))
+        monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_SQLITE", json.dumps(warehouse))
+        assert sql_dag.test(logical_date=before).state == "success"
+        assert len(running.records("Account")) == accounts
+        extract_dag: Any = dags["example_salesforce_bulk_extract"]
+        assert extract_dag.test(logical_date=before).state == "success"
+        stored = {r["Id"] for r in running.records("Account")}
+        derived = [c for c in running.records("Contact") if str(c["External_Id__c"]).startswith("PRIMARY-")]
+    assert len(derived) == int(contacts[1]) == accounts
+    assert {c["AccountId"] for c in derived} == stored
+    summary = _xcom_summary(folder[1], folder[2])
+    assert summary["records"] == accounts
+    paths = [Path(f["path"]) for f in summary["files"]]
+    assert paths
+    assert all(p.suffix == ".parquet" for p in paths)
+    for path in paths:
+        assert path.parts[-5:-3] == ("salesforce_bulk_extracts", folder[1]), path
+        assert path.parts[-2] == folder[2], path
