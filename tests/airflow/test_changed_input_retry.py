@@ -274,6 +274,7 @@ def test_retry_without_the_staged_copy_fails_before_any_job_when_the_input_chang
     first_try = {job["id"] for job in jobs}
     assert len(first_try) == 3  # the retry created no job
     (message,) = operator_class.failures
+    print(message)  # shown with -s: the message a user reads
     assert "changed since the first try" in message
     assert "chunk " in message and "records " in message
     assert any(job_id in message for job_id in first_try), message
