@@ -18,11 +18,10 @@ the other tries' folders the plan does not name (left by a try that was killed).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import IO, Any
 
 from airflow_provider_salesforce_bulk.client import (
@@ -226,12 +225,3 @@ def _mismatch(
         "or skip some; restore the input the first try read (or its staged copy), or check the org and "
         "start a new run"
     )
-
-
-@contextlib.contextmanager
-def removed_on_error(area: StagingArea, prefix: str) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        area.remove(prefix)
-        raise
