@@ -160,7 +160,7 @@ class SalesforceBulkOperator(BaseOperator):
     deferrable : bool
         Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
     staging_path : str or ObjectStoragePath, optional
-        Where the chunks cut from the input are kept until the task instance succeeds, so that a
+        Where the chunks cut from the input are kept until every job of the load has ended, so that a
         retry sends exactly the bytes the first try read (see :mod:`.staging`). Default: next to the
         results, ``<results_path>/_staging/<dag>/<run>/<task>`` (or
         ``$AIRFLOW_HOME/salesforce_bulk_staging/...`` without ``results_path``): local to the worker
@@ -584,8 +584,13 @@ class SalesforceBulkOperator(BaseOperator):
 
     def _read_input(self, source: ChunkSource, area: StagingArea, try_number: int | None) -> Manifest:
         """Read the source once, writing its chunks to ``area``: bad input fails before any job."""
+        prefix = area.new_prefix(try_number)
+        local = area.local_folder(prefix)
+        if isinstance(source, GroupedSource) and local is not None:
+            # Its SQLite spool goes with the try's staged files: a killed try's is removed with them.
+            source.spool_dir = local
         try:
-            return stage(source, area, area.new_prefix(try_number), self._job_spec())
+            return stage(source, area, prefix, self._job_spec())
         except InputError as exc:
             raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
         except columnar.SqlSourceError as exc:
@@ -848,6 +853,10 @@ class SalesforceBulkOperator(BaseOperator):
         # Pushed before any failure, so a failed task still reports what happened.
         if context.get("ti") is not None:
             context["ti"].xcom_push(key="return_value", value=summary)
+        # Every job of the load was closed before this point, so no later try sends a chunk from the
+        # input again (a retry reattaches; Aborted or Failed jobs resend Salesforce's unprocessed
+        # records): the staged copy is of no more use, whether the failure policy passes or not.
+        self._staging_area(context).remove_all()
         if status == "error":
             raise AirflowException(
                 f"Waiting for the Salesforce jobs failed: {checked['message']}; "
@@ -864,8 +873,6 @@ class SalesforceBulkOperator(BaseOperator):
             # must not load again on its retry. A clear reloads only with ``reload_on_clear``.
             ti = context.get("ti")
             JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
-        # Succeeded: no try will send these chunks again.
-        self._staging_area(context).remove_all()
         return summary
 
     def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:

@@ -12,8 +12,10 @@ When the files are gone or corrupt (a local staging folder on another worker), t
 again from the live source and compared with the manifest, digest by digest: any difference fails
 the task before a job is created (see :func:`compare`).
 
-The staging folder of a task instance is removed when it succeeds; at its start each try removes
-the other tries' folders the plan does not name (left by a try that was killed).
+The staging folder of a task instance is removed once every job of the load has ended (the summary
+is pushed): every job was closed by then, so a retry only reattaches and never needs a chunk from the
+input again. At its start each try removes the other tries' folders the plan does not name (left by
+a try that was killed).
 """
 
 from __future__ import annotations
@@ -99,6 +101,14 @@ class StagingArea:
 
     def folder(self, prefix: str) -> Any:
         return self.root / prefix
+
+    def local_folder(self, prefix: str) -> str | None:
+        """The try's folder as a local path (created), when the staging area is on this machine."""
+        folder = self.folder(prefix)
+        if getattr(folder, "protocol", "file") not in ("file", "local", ""):
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder.path)
 
     def sink(self, prefix: str) -> FileSink:
         folder = self.folder(prefix)
