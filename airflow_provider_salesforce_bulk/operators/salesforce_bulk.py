@@ -77,9 +77,9 @@ from airflow_provider_salesforce_bulk.triggers.task_state import try_is_over
 __all__ = ["DEFAULT_RESULTS_FOLDER", "DEFAULT_STAGING_FOLDER", "SalesforceBulkOperator"]
 
 DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
+"""Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 DEFAULT_STAGING_FOLDER = "salesforce_bulk_staging"
 """Under ``$AIRFLOW_HOME`` when neither ``staging_path`` nor ``results_path`` is given."""
-"""Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
