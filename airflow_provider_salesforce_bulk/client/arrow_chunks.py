@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from airflow_provider_salesforce_bulk.client.csv_format import MAX_RECORDS, MAX_SIZE_BYTES, CsvChunk
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink
+from airflow_provider_salesforce_bulk.client.csv_format import MAX_RECORDS, MAX_SIZE_BYTES, Chunk, CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.client.job_spec import ChunkFormat, ChunkFormatOptions, ChunkLimits
 from airflow_provider_salesforce_bulk.client.serialize import (
@@ -131,22 +132,30 @@ def iter_arrow_chunks(
         pyarrow is not installed.
     """
     limits = ChunkLimits(max_size_bytes, max_records)
-    return iter_arrow_source_chunks(source, fieldnames, limits, ChunkFormat.of(**options))
+    # Without a sink every chunk is a CsvChunk in memory.
+    return cast(
+        "Iterator[CsvChunk]", iter_arrow_source_chunks(source, fieldnames, limits, ChunkFormat.of(**options))
+    )
 
 
 def iter_arrow_source_chunks(
-    source: ArrowSource, fieldnames: Collection[str] | None, limits: ChunkLimits, chunk_format: ChunkFormat
-) -> Iterator[CsvChunk]:
+    source: ArrowSource,
+    fieldnames: Collection[str] | None,
+    limits: ChunkLimits,
+    chunk_format: ChunkFormat,
+    *,
+    sink: ChunkSink | None = None,
+) -> Iterator[Chunk]:
     """:func:`iter_arrow_chunks` taking the limits and the format as the objects that checked them,
-    as :func:`~.serialize.iter_record_chunks` does for records."""
+    as :func:`~.serialize.iter_record_chunks` does for records (``sink`` as there)."""
     pa = require_pyarrow()
     names = _check_fieldnames(fieldnames) if fieldnames is not None else None
     schema, batches = _open(pa, source)
     if schema is None:
-        return _generate_peeked(pa, batches, names, limits, chunk_format)
+        return _generate_peeked(pa, batches, names, limits, chunk_format, sink)
     plan = _Plan(pa, schema, names, chunk_format)
     _check_header(plan.writer, limits.max_size_bytes)
-    return _generate(plan, batches, limits)
+    return _generate(plan, batches, limits, sink)
 
 
 def _open(pa: Any, source: ArrowSource) -> tuple[pa.Schema | None, Iterator[pa.RecordBatch]]:
@@ -175,7 +184,8 @@ def _generate_peeked(
     names: list[str] | None,
     limits: ChunkLimits,
     chunk_format: ChunkFormat,
-) -> Iterator[CsvChunk]:
+    sink: ChunkSink | None,
+) -> Iterator[Chunk]:
     first = next(batches, None)
     if first is None:
         return
@@ -190,7 +200,7 @@ def _generate_peeked(
         yield first
         yield from batches
 
-    yield from _generate(plan, chained(), limits)
+    yield from _generate(plan, chained(), limits, sink)
 
 
 Formatter = Callable[["pa.Array", str, int], "pa.Array"]
@@ -460,9 +470,11 @@ def _slices(batch: Any) -> Iterator[Any]:
         yield batch.slice(start, step)
 
 
-def _generate(plan: _Plan, batches: Iterator[Any], limits: ChunkLimits) -> Iterator[CsvChunk]:
+def _generate(
+    plan: _Plan, batches: Iterator[Any], limits: ChunkLimits, sink: ChunkSink | None
+) -> Iterator[Chunk]:
     pa = plan.pa
-    packer = ChunkPacker(plan.writer.header.encode(), limits)
+    packer = ChunkPacker(plan.writer.header.encode(), limits, sink)
     base = 0
     for batch in batches:
         if not isinstance(batch, pa.RecordBatch):

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import hashlib
+import io
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, AnyStr, Union
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
@@ -22,9 +25,11 @@ __all__ = [
     "LINE_ENDINGS",
     "MAX_RECORDS",
     "MAX_SIZE_BYTES",
+    "Chunk",
     "CsvChunk",
     "CsvSource",
     "RecordScan",
+    "StagedChunk",
     "check_column_delimiter",
     "check_header_fits",
     "check_line_ending",
@@ -69,16 +74,86 @@ class CsvChunk:
     first_record_index: int
     record_count: int
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """Hex SHA-256 of the exact bytes uploaded (``data``)."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def size(self) -> int:
+        """Bytes uploaded."""
+        return len(self.data)
+
+    def open(self) -> IO[bytes]:
+        """The bytes as a binary stream (a file-backed chunk opens its file: see :class:`StagedChunk`)."""
+        return io.BytesIO(self.data)
+
     def fieldnames(self, column_delimiter: ColumnDelimiter = "COMMA") -> list[str]:
         """The column names of the header row."""
-        end = self.data.find(b"\n")
-        try:
-            header = self.data[: end if end >= 0 else len(self.data)].decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                f"the header row is not UTF-8 (byte {exc.start}): the CSV must be UTF-8", field="fieldnames"
-            ) from None
-        return next(csv.reader([header], delimiter=check_column_delimiter(column_delimiter)), [])
+        return _header_names(self.data, column_delimiter)
+
+
+def _header_names(data: bytes, column_delimiter: ColumnDelimiter) -> list[str]:
+    end = data.find(b"\n")
+    try:
+        header = data[: end if end >= 0 else len(data)].decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"the header row is not UTF-8 (byte {exc.start}): the CSV must be UTF-8", field="fieldnames"
+        ) from None
+    return next(csv.reader([header], delimiter=check_column_delimiter(column_delimiter)), [])
+
+
+# A header row is at most 32,000 characters (Salesforce's limit): 4 bytes each at most.
+_HEADER_READ = 4 * 32_000 + 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedChunk:
+    """One job's CSV kept in a file (a staged copy) rather than in memory: what is uploaded is read
+    from the file in pieces, so memory never holds the chunk.
+
+    Attributes
+    ----------
+    path : str
+        Where the file is (a local path or an object storage URL), for messages.
+    first_record_index, record_count
+        As in :class:`CsvChunk`.
+    size : int
+        Bytes in the file.
+    digest : str
+        Hex SHA-256 of the file's bytes, computed while it was written.
+    reader : callable
+        Opens the file for reading in binary (every call a fresh stream, so an upload can be sent again).
+    """
+
+    path: str
+    first_record_index: int
+    record_count: int
+    size: int
+    digest: str
+    reader: Callable[[], IO[bytes]] = dataclasses.field(compare=False, repr=False)
+
+    def open(self) -> IO[bytes]:
+        """A fresh binary stream over the file, from its start."""
+        return self.reader()
+
+    @property
+    def data(self) -> bytes:
+        """The whole file (for callers that need bytes; an upload streams it instead)."""
+        with self.open() as stream:
+            return stream.read()
+
+    def fieldnames(self, column_delimiter: ColumnDelimiter = "COMMA") -> list[str]:
+        """The column names of the header row (read from the file's start)."""
+        with self.open() as stream:
+            head = stream.read(_HEADER_READ)
+        return _header_names(head, column_delimiter)
+
+
+Chunk = CsvChunk | StagedChunk
+"""A chunk in memory or in a file: both have ``first_record_index``, ``record_count``, ``size``,
+``digest``, ``open()`` and ``fieldnames()``."""
 
 
 def check_line_ending(line_ending: str) -> str:

@@ -17,10 +17,11 @@ import re
 from collections.abc import Iterator
 from typing import IO
 
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink, MemorySink
 from airflow_provider_salesforce_bulk.client.csv_format import (
     MAX_RECORDS,
     MAX_SIZE_BYTES,
-    CsvChunk,
+    Chunk,
     CsvSource,
     check_header_fits,
 )
@@ -306,7 +307,8 @@ def iter_csv_stream_chunks(
     chunk_format: ChunkFormat = DEFAULT_FORMAT,
     *,
     block_size: int = _BLOCK_SIZE,
-) -> Iterator[CsvChunk]:
+    sink: ChunkSink | None = None,
+) -> Iterator[Chunk]:
     """Split CSV that is already in the job's format into :class:`CsvChunk` objects.
 
     The first record is the header; it is repeated at the top of every chunk. Records are copied
@@ -331,6 +333,9 @@ def iter_csv_stream_chunks(
         ``column_delimiter``: the quoting check needs it to know where values begin and end.
     block_size : int, optional
         Bytes read from the stream at a time.
+    sink : ChunkSink, optional
+        Where each chunk's bytes go while it is cut (see :func:`~.serialize.iter_record_chunks`):
+        with a :class:`~.chunk_files.FileSink` memory holds one block, never a chunk.
 
     Yields
     ------
@@ -355,13 +360,21 @@ def iter_csv_stream_chunks(
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise InputError(f"block_size must be an int of at least 1, got {block_size!r}", field="block_size")
     if isinstance(source, (str, os.PathLike)):
-        return _iter_file_chunks(os.fspath(source), max_size_bytes, max_records, eol, delimiter, block_size)
-    return _iter_chunks(source, max_size_bytes, max_records, eol, delimiter, block_size)
+        return _iter_file_chunks(
+            os.fspath(source), max_size_bytes, max_records, eol, delimiter, block_size, sink
+        )
+    return _iter_chunks(source, max_size_bytes, max_records, eol, delimiter, block_size, sink)
 
 
 def _iter_file_chunks(
-    path: str, max_size_bytes: int, max_records: int, eol: bytes, delimiter: str, block_size: int
-) -> Iterator[CsvChunk]:
+    path: str,
+    max_size_bytes: int,
+    max_records: int,
+    eol: bytes,
+    delimiter: str,
+    block_size: int,
+    sink: ChunkSink | None,
+) -> Iterator[Chunk]:
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed by the with below, once it is open
     except OSError as exc:
@@ -369,14 +382,22 @@ def _iter_file_chunks(
             f"cannot read the CSV file {path!r}: {exc.strerror or exc}", field="source"
         ) from None
     with stream:
-        yield from _iter_chunks(stream, max_size_bytes, max_records, eol, delimiter, block_size)
+        yield from _iter_chunks(stream, max_size_bytes, max_records, eol, delimiter, block_size, sink)
 
 
 def _iter_chunks(
-    stream: IO[bytes], max_size_bytes: int, max_records: int, eol: bytes, delimiter: str, block_size: int
-) -> Iterator[CsvChunk]:
+    stream: IO[bytes],
+    max_size_bytes: int,
+    max_records: int,
+    eol: bytes,
+    delimiter: str,
+    block_size: int,
+    sink: ChunkSink | None = None,
+) -> Iterator[Chunk]:
+    out: ChunkSink = sink if sink is not None else MemorySink()
     header = b""
-    parts: list[bytes] = []
+    pending: list[bytes] = []  # records of this block not yet handed to the sink
+    started = False
     size = 0
     count = 0
     first = 0
@@ -384,28 +405,38 @@ def _iter_chunks(
     for batch in _iter_records(stream, eol, delimiter, block_size, max_size_bytes):
         if not header:
             header = batch[0]
-            parts = [header]
             size = len(header)
             batch = batch[1:]
         for record in batch:
             if size + len(record) > max_size_bytes:
-                yield CsvChunk(b"".join(parts), first, count)
-                parts = [header]
+                out.write_all(pending)
+                pending = []
+                yield out.end(count)
+                started = False
                 size = len(header)
                 first += count
                 count = 0
-            parts.append(record)
+            if not started:
+                out.begin(first)
+                out.write(header)
+                started = True
+            pending.append(record)
             size += len(record)
             count += 1
             if count == max_records:
                 # Yield as soon as the chunk is full so no further input is read for it.
-                yield CsvChunk(b"".join(parts), first, count)
-                parts = [header]
+                out.write_all(pending)
+                pending = []
+                yield out.end(count)
+                started = False
                 size = len(header)
                 first += count
                 count = 0
+        if pending:
+            out.write_all(pending)
+            pending = []
     if count:
-        yield CsvChunk(b"".join(parts), first, count)
+        yield out.end(count)
 
 
 def split_csv_stream(

@@ -12,13 +12,14 @@ import csv
 import gzip
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Any, Literal, Protocol
 
 import httpx
 import orjson
 
-from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk, CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import (
     InputError,
     InvalidJobStateError,
@@ -40,7 +41,7 @@ from airflow_provider_salesforce_bulk.client.limits import OrgLimits, get_limits
 from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, ResultKind
 from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records
 from airflow_provider_salesforce_bulk.client.retry import RetrySafety, check_seconds
-from airflow_provider_salesforce_bulk.client.session import SalesforceSession
+from airflow_provider_salesforce_bulk.client.session import BodyFactory, SalesforceSession
 from airflow_provider_salesforce_bulk.client.timeouts import within
 
 __all__ = ["RESULT_KINDS", "AsyncWritable", "IngestJobApi"]
@@ -147,7 +148,7 @@ class IngestJobApi:
     async def upload_job_data(
         self,
         job_id: str,
-        data: bytes,
+        data: bytes | Chunk,
         *,
         close: bool = True,
         compress: bool = False,
@@ -158,8 +159,9 @@ class IngestJobApi:
         ----------
         job_id : str
             An Open job.
-        data : bytes
-            The whole CSV, header included, at most 100 MB.
+        data : bytes, CsvChunk or StagedChunk
+            The whole CSV, header included, at most 100 MB. A chunk is streamed from its
+            ``open()`` in pieces (a file-backed one is never read whole into memory).
         close : bool
             Close the job after the upload (as the reference client does).
         compress : bool
@@ -173,10 +175,19 @@ class IngestJobApi:
             again: abort it and use a new job (``perform_operation`` does this for you).
         """
         headers = {"Content-Type": "text/csv"}
-        body = data
+        body: bytes | BodyFactory
+        if isinstance(data, CsvChunk):
+            data = data.data  # already in memory
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            body = bytes(data)
+            if compress:
+                # gzip of a large chunk takes long enough to stall other jobs' polling.
+                body = await asyncio.to_thread(gzip.compress, body, 6)
+        else:
+            body = _streamed(data, compress)
+            if not compress:
+                headers["Content-Length"] = str(data.size)
         if compress:
-            # gzip of a large chunk takes long enough to stall other jobs' polling.
-            body = await asyncio.to_thread(gzip.compress, data, 6)
             headers["Content-Encoding"] = "gzip"
         try:
             await self.session.request(
@@ -369,6 +380,34 @@ class IngestJobApi:
     async def get_results(self, job_id: str, kind: ResultKind) -> list[dict[str, str]]:
         """One result file as a list (for small jobs; prefer :meth:`iter_results`)."""
         return [record async for record in self.iter_results(job_id, kind)]
+
+
+_UPLOAD_PIECE = 1 << 20
+
+
+def _streamed(chunk: Chunk, compress: bool) -> BodyFactory:
+    """A body factory reading ``chunk`` in pieces, each read (and gzip step) in a thread so the
+    event loop keeps polling; every call opens the chunk again, so the session can resend it."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        stream = await asyncio.to_thread(chunk.open)
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if compress else None
+        try:
+            while True:
+                piece = await asyncio.to_thread(stream.read, _UPLOAD_PIECE)
+                if not piece:
+                    break
+                if packer is not None:
+                    piece = await asyncio.to_thread(packer.compress, piece)
+                    if not piece:
+                        continue
+                yield piece
+            if packer is not None:
+                yield packer.flush()
+        finally:
+            await asyncio.to_thread(stream.close)
+
+    return pieces
 
 
 def _next_list_page(page: dict[str, Any]) -> str | None:

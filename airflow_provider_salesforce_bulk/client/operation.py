@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from airflow_provider_salesforce_bulk.client.csv_format import (
     MAX_RECORDS,
     MAX_SIZE_BYTES,
-    CsvChunk,
+    Chunk,
     CsvSource,
 )
 from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
@@ -151,7 +151,7 @@ class JobResult:
 async def submit_job(
     client: IngestJobApi,
     spec: JobSpec,
-    data: bytes,
+    data: bytes | Chunk,
     *,
     compress: bool = False,
     max_upload_attempts: int = 3,
@@ -419,7 +419,7 @@ async def perform_csv_operation(
 async def _load(
     client: IngestJobApi,
     spec: JobSpec,
-    chunks: Callable[[], Iterator[CsvChunk]],
+    chunks: Callable[[], Iterator[Chunk]],
     validate_all: bool,
     polling_interval: float,
     timeout: float,
@@ -437,9 +437,7 @@ async def _load(
         yield result
 
 
-async def _validate_all(
-    make_chunks: Callable[[], Iterator[CsvChunk]], spec: JobSpec, in_thread: bool
-) -> None:
+async def _validate_all(make_chunks: Callable[[], Iterator[Chunk]], spec: JobSpec, in_thread: bool) -> None:
     """Build every chunk once and drop it, so bad input is found before any job; memory holds one chunk."""
 
     def run() -> None:
@@ -468,7 +466,7 @@ def _remaining(timeout: float, started: float) -> float:
 async def perform_chunks(
     client: IngestJobApi,
     spec: JobSpec,
-    chunks: Iterator[CsvChunk],
+    chunks: Iterator[Chunk],
     *,
     polling_interval: float = 5.0,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
@@ -584,7 +582,7 @@ class _Operation:
     def __init__(
         self,
         client: IngestJobApi,
-        next_chunk: Callable[[], Awaitable[CsvChunk | None]],
+        next_chunk: Callable[[], Awaitable[Chunk | None]],
         *,
         deadline: float,
         timeout: float,
@@ -610,7 +608,7 @@ class _Operation:
         self.failure: BaseException | None = None
         self.stopping = False
 
-    async def run_job(self, entry: _Entry, chunk: CsvChunk) -> None:
+    async def run_job(self, entry: _Entry, chunk: Chunk) -> None:
         async def created(job: JobInfo) -> None:
             if entry.job is not None:
                 entry.replaced += (entry.job.id,)
@@ -625,7 +623,8 @@ class _Operation:
             entry.job = job
 
         try:
-            job, replaced = await self.submit(chunk.data, on_job_created=created, on_job_closing=closing)
+            # The chunk itself: a file-backed one is streamed from its file, never read whole.
+            job, replaced = await self.submit(chunk, on_job_created=created, on_job_closing=closing)
             del chunk  # the data is on Salesforce now: free the slot's memory while polling
             entry.job, entry.replaced = job, replaced
             final = job
@@ -665,7 +664,7 @@ class _Operation:
         finally:
             self.slots.release()
 
-    async def produce(self, chunk: CsvChunk | None) -> None:
+    async def produce(self, chunk: Chunk | None) -> None:
         try:
             while chunk is not None:
                 if self.stopping:
@@ -690,7 +689,7 @@ class _Operation:
             self.queue.put_nowait(_Failed(exc, from_job=False))
         self.queue.put_nowait(_PRODUCED_ALL)
 
-    async def results(self, first: CsvChunk) -> AsyncIterator[JobResult]:
+    async def results(self, first: Chunk) -> AsyncIterator[JobResult]:
         self.next_index = first.first_record_index
         await self.slots.acquire()
         producer = asyncio.create_task(self.produce(first))
@@ -769,15 +768,15 @@ class _Operation:
         return "; ".join(parts)
 
 
-def _chunk_reader(chunks: Iterator[CsvChunk], in_thread: bool) -> Callable[[], Awaitable[CsvChunk | None]]:
+def _chunk_reader(chunks: Iterator[Chunk], in_thread: bool) -> Callable[[], Awaitable[Chunk | None]]:
     if in_thread:
 
-        async def read_in_thread() -> CsvChunk | None:
+        async def read_in_thread() -> Chunk | None:
             return await asyncio.to_thread(next, chunks, None)
 
         return read_in_thread
 
-    async def read_inline() -> CsvChunk | None:
+    async def read_inline() -> Chunk | None:
         return next(chunks, None)
 
     return read_inline

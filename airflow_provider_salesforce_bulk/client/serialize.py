@@ -27,10 +27,11 @@ from decimal import Decimal
 from itertools import accumulate, compress, islice, repeat
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink, MemorySink
 from airflow_provider_salesforce_bulk.client.csv_format import (
     MAX_RECORDS,
     MAX_SIZE_BYTES,
-    CsvChunk,
+    Chunk,
     check_header_fits,
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
@@ -466,7 +467,9 @@ def iter_record_chunks(
     fieldnames: Collection[str] | None = None,
     limits: ChunkLimits = DEFAULT_LIMITS,
     chunk_format: ChunkFormat = DEFAULT_FORMAT,
-) -> Iterator[CsvChunk]:
+    *,
+    sink: ChunkSink | None = None,
+) -> Iterator[Chunk]:
     """Serialize records into Bulk API 2.0 ingest CSV chunks, with each chunk's record accounting.
 
     The same as :func:`serialize_ingest_data` (see there for the rules on data and values), yielding
@@ -483,6 +486,10 @@ def iter_record_chunks(
         How large a chunk may be (Salesforce's limits by default).
     chunk_format : ChunkFormat
         The CSV dialect and how ``None`` and ``#N/A`` are written (comma, LF, ``None`` empty).
+    sink : ChunkSink, optional
+        Where each chunk's bytes are written while it is built; by default they are joined in memory
+        and each chunk is a :class:`CsvChunk`. A :class:`~.chunk_files.FileSink` gives
+        :class:`~.csv_format.StagedChunk` objects and never holds a chunk whole.
 
     Yields
     ------
@@ -502,10 +509,10 @@ def iter_record_chunks(
                 UserWarning,
                 stacklevel=2,
             )
-        return _generate_inferred(data, limits, chunk_format)
+        return _generate_inferred(data, limits, chunk_format, sink)
     writer = _Writer(_check_fieldnames(fieldnames), chunk_format)
     _check_header(writer, limits.max_size_bytes)
-    return _generate(writer, iter(data), limits)
+    return _generate(writer, iter(data), limits, sink)
 
 
 def _check_header(writer: _Writer, max_size_bytes: int) -> None:
@@ -519,8 +526,8 @@ def _check_header(writer: _Writer, max_size_bytes: int) -> None:
 
 
 def _generate_inferred(
-    data: Iterable[Mapping[str, Any]], limits: ChunkLimits, chunk_format: ChunkFormat
-) -> Iterator[CsvChunk]:
+    data: Iterable[Mapping[str, Any]], limits: ChunkLimits, chunk_format: ChunkFormat, sink: ChunkSink | None
+) -> Iterator[Chunk]:
     records = list(data)
     if not records:
         return
@@ -531,7 +538,7 @@ def _generate_inferred(
     writer = _Writer(_check_fieldnames(inferred), chunk_format)
     writer.warned = warned  # one warning per key, not one from inferring and one from writing
     _check_header(writer, limits.max_size_bytes)
-    yield from _generate(writer, iter(records), limits)
+    yield from _generate(writer, iter(records), limits, sink)
 
 
 class ChunkPacker:
@@ -539,19 +546,22 @@ class ChunkPacker:
 
     Serves every writer that turns records into row bytes and offsets a batch at a time (records as
     dicts here, pyarrow batches in :mod:`.arrow_chunks`): :meth:`pack` takes one batch's rows and
-    yields each chunk it fills, :meth:`rest` the last partly filled one.
+    yields each chunk it fills, :meth:`rest` the last partly filled one. The chunk's bytes go to
+    ``sink`` as they come (in memory by default; a :class:`~.chunk_files.FileSink` writes them to a
+    file, so no chunk is ever held whole).
     """
 
-    def __init__(self, header: bytes, limits: ChunkLimits) -> None:
+    def __init__(self, header: bytes, limits: ChunkLimits, sink: ChunkSink | None = None) -> None:
         self.header = header
         self.max_size_bytes = limits.max_size_bytes
         self.max_records = limits.max_records
-        self.parts: list[bytes | memoryview] = [header]
+        self.sink: ChunkSink = sink if sink is not None else MemorySink()
+        self.started = False
         self.size = len(header)  # bytes in the chunk so far
         self.count = 0  # records in the chunk so far
         self.first = 0  # input index of the chunk's first record
 
-    def pack(self, data: bytes | memoryview, offsets: Sequence[int], base: int) -> Iterator[CsvChunk]:
+    def pack(self, data: bytes | memoryview, offsets: Sequence[int], base: int) -> Iterator[Chunk]:
         """Add the rows ``data[offsets[i]:offsets[i + 1]]`` (input records ``base``..), yielding each
         chunk they fill."""
         n = len(offsets) - 1
@@ -561,7 +571,11 @@ class ChunkPacker:
             end = bisect_right(offsets, offsets[start] + self.max_size_bytes - self.size, lo=start) - 1
             end = min(end, start + self.max_records - self.count)
             if end > start:
-                self.parts.append(data[offsets[start] : offsets[end]])
+                if not self.started:
+                    self.sink.begin(self.first)
+                    self.sink.write(self.header)
+                    self.started = True
+                self.sink.write(data[offsets[start] : offsets[end]])
                 self.size += offsets[end] - offsets[start]
                 self.count += end - start
                 start = end
@@ -574,21 +588,27 @@ class ChunkPacker:
                         f"header it does not fit in max_size_bytes={self.max_size_bytes:_}",
                         record_index=index,
                     )
-                yield CsvChunk(b"".join(self.parts), self.first, self.count)
-                self.parts = [self.header]
-                self.size = len(self.header)
-                self.first += self.count
-                self.count = 0
+                yield self._end()
 
-    def rest(self) -> Iterator[CsvChunk]:
+    def _end(self) -> Chunk:
+        chunk = self.sink.end(self.count)
+        self.started = False
+        self.size = len(self.header)
+        self.first += self.count
+        self.count = 0
+        return chunk
+
+    def rest(self) -> Iterator[Chunk]:
         """The last chunk, when rows are left in it."""
         if self.count:
-            yield CsvChunk(b"".join(self.parts), self.first, self.count)
+            yield self._end()
 
 
-def _generate(writer: _Writer, records: Iterator[Any], limits: ChunkLimits) -> Iterator[CsvChunk]:
+def _generate(
+    writer: _Writer, records: Iterator[Any], limits: ChunkLimits, sink: ChunkSink | None = None
+) -> Iterator[Chunk]:
     max_size_bytes, max_records = limits.max_size_bytes, limits.max_records
-    packer = ChunkPacker(writer.header.encode(), limits)
+    packer = ChunkPacker(writer.header.encode(), limits, sink)
     base = 0  # input index of the batch's first record
     largest = 0  # largest row seen, in bytes
     while True:

@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_API_VERSION",
     "DEFAULT_TIMEOUTS",
     "ApiUsage",
+    "BodyFactory",
     "SalesforceSession",
     "SecretCallback",
 ]
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_VERSION = "64.0"
 """Supported by every org in 2026 and the last version SOAP login works with."""
+
+BodyFactory = Callable[[], AsyncIterator[bytes]]
+"""Makes a request body's pieces afresh for each attempt (a file opened again, read in pieces)."""
 
 SecretCallback = Callable[[str], "Awaitable[None] | None"]
 """Called with every secret the session receives (access and refresh tokens), e.g. a log masker."""
@@ -249,7 +253,7 @@ class SalesforceSession:
         method: str,
         path: str,
         *,
-        content: bytes | None = None,
+        content: bytes | BodyFactory | None = None,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -264,6 +268,9 @@ class SalesforceSession:
         path : str
             Relative to ``/services/data/vXX.X/`` (``"jobs/ingest"``), absolute on the instance
             (``"/services/data/..."``) or a full URL (checked against the allowed hosts).
+        content : bytes or callable, optional
+            The body; a callable returns a fresh async iterator of its pieces for each attempt
+            (streamed, never held whole: give its ``Content-Length`` in ``headers``).
         safety : RetrySafety
             Which failures may be retried (see :class:`RetrySafety`).
 
@@ -360,7 +367,8 @@ class SalesforceSession:
         return self.http.build_request(
             call.method,
             url,
-            content=call.content,
+            # A streamed body is made anew for each attempt: an iterator sent once cannot be resent.
+            content=call.content() if callable(call.content) else call.content,
             json=call.json,
             params=call.params,
             headers={
@@ -394,7 +402,7 @@ class _Call:
 
     method: str
     path: str
-    content: bytes | None = None
+    content: bytes | BodyFactory | None = None
     json: Any = None
     params: Mapping[str, Any] | None = None
     headers: Mapping[str, str] | None = None

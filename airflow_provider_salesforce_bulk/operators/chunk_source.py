@@ -7,29 +7,55 @@ import os
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client import CsvChunk, InputError
+from airflow_provider_salesforce_bulk.client import Chunk, ChunkSink, CsvChunk, InputError
 
 __all__ = ["ChunkSource", "Opener", "path_opener"]
 
 Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
+SinkPass = Callable[[ChunkSink], contextlib.AbstractContextManager[Iterator[Chunk]]]
 
 
 class ChunkSource:
-    """Input that can be cut into chunks any number of times, identically each time."""
+    """Input that can be cut into chunks, in input order.
+
+    ``chunks`` makes a pass with the chunks in memory; ``into_sink``, when the source's builder can
+    write a chunk piece by piece, a pass writing each chunk into a :class:`ChunkSink` (a file), so
+    that no chunk is ever held whole. A source without it is copied into the sink chunk by chunk.
+    """
 
     def __init__(
         self,
         chunks: Callable[[], contextlib.AbstractContextManager[Iterator[CsvChunk]]],
         description: str,
         uri: str | None = None,
+        *,
+        into_sink: SinkPass | None = None,
     ) -> None:
         self._chunks = chunks
+        self._into_sink = into_sink
         self.description = description
         self.uri = uri
 
     def open(self) -> contextlib.AbstractContextManager[Iterator[CsvChunk]]:
         """A fresh pass over the chunks, in input order."""
         return self._chunks()
+
+    @contextlib.contextmanager
+    def open_into(self, sink: ChunkSink) -> Iterator[Iterator[Chunk]]:
+        """A fresh pass whose chunks are written into ``sink`` (each yielded once ended there)."""
+        if self._into_sink is not None:
+            with self._into_sink(sink) as chunks:
+                yield chunks
+            return
+        with self.open() as chunks:
+            yield _copied(chunks, sink)
+
+
+def _copied(chunks: Iterator[CsvChunk], sink: ChunkSink) -> Iterator[Chunk]:
+    for chunk in chunks:
+        sink.begin(chunk.first_record_index)
+        sink.write(chunk.data)
+        yield sink.end(chunk.record_count)
 
 
 def _reason(exc: OSError) -> str:

@@ -24,7 +24,7 @@ from airflow_provider_salesforce_bulk import client
 from airflow_provider_salesforce_bulk.client import (
     ChunkFormat,
     ChunkLimits,
-    CsvChunk,
+    ChunkSink,
     InputError,
     value_text,
 )
@@ -84,6 +84,7 @@ def make_columnar_source(
     chunk_format: ChunkFormat,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     allow_empty: bool = False,
+    spool: bool = True,
 ) -> ChunkSource:
     """The chunk source for exactly one of a file, a table and a SQL query.
 
@@ -113,6 +114,10 @@ def make_columnar_source(
     allow_empty : bool
         Without it, a query that returns no row is an :class:`InputError` (usually a wrong query or a
         missed upstream load); with it the load is simply empty. Files and tables may always be empty.
+    spool : bool
+        Spool a query result (or a RecordBatchReader) to a temporary file on the first pass so a
+        second pass reads the same rows. A caller that reads the source once (the operator stages
+        its chunks instead) turns it off: every pass then runs the query again.
 
     Raises
     ------
@@ -137,23 +142,24 @@ def make_columnar_source(
     if source is not None:
         batches, description, uri = _file_batches(pa, source, source_format, batch_rows)
     elif table is not None:
-        batches, description, uri = _table_batches(pa, table, batch_rows), _describe(table), None
+        batches, description, uri = _table_batches(pa, table, batch_rows, spool), _describe(table), None
     else:
         if not sql_conn_id:
             raise InputError("sql needs sql_conn_id, the connection to run it on", field="sql_conn_id")
         if not isinstance(sql, str) or not sql.strip():
             raise InputError("sql must be a non-empty query", field="sql")
-        batches = _spooled(pa, _sql_batches(pa, sql, sql_conn_id, parameters, batch_rows, allow_empty))
+        produce = _sql_batches(pa, sql, sql_conn_id, parameters, batch_rows, allow_empty)
+        batches = _spooled(pa, produce) if spool else produce
         description, uri = f"SQL query on connection {sql_conn_id!r}", None
     fields = list(fieldnames) if fieldnames is not None else None
 
     @contextlib.contextmanager
-    def chunks() -> Iterator[Iterator[CsvChunk]]:
+    def chunks(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
         with batches() as stream:
             renamed = _mapped(pa, stream, mapping) if mapping else stream
-            yield client.iter_arrow_source_chunks(renamed, fields, limits, chunk_format)
+            yield client.iter_arrow_source_chunks(renamed, fields, limits, chunk_format, sink=sink)
 
-    return ChunkSource(chunks, description, uri=uri)
+    return ChunkSource(chunks, description, uri=uri, into_sink=chunks)
 
 
 def _describe(table: Any) -> str:
@@ -274,7 +280,7 @@ def _guarded(pa: Any, batches: Iterator[Any], name: str) -> Iterator[Any]:
 # -- tables in memory ----------------------------------------------------------------------------------
 
 
-def _table_batches(pa: Any, table: Any, batch_rows: int) -> Batches:
+def _table_batches(pa: Any, table: Any, batch_rows: int, spool: bool = True) -> Batches:
     if not is_arrow_data(table):
         raise InputError(
             f"table must be a pyarrow Table or a pandas/polars DataFrame, got {type(table).__name__}",
@@ -282,7 +288,8 @@ def _table_batches(pa: Any, table: Any, batch_rows: int) -> Batches:
         )
     if isinstance(table, pa.RecordBatchReader):
         # A reader gives its batches once: spooled on the first pass.
-        return _spooled(pa, lambda: _yielding(iter(table)))
+        produce: Batches = lambda: _yielding(iter(table))  # noqa: E731
+        return _spooled(pa, produce) if spool else produce
 
     @contextlib.contextmanager
     def batches() -> Iterator[Iterator[Any]]:

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
@@ -22,6 +23,7 @@ from airflow_provider_salesforce_bulk.client import (
     DEFAULT_RETRY_ERROR_CODES,
     TERMINAL_STATES,
     BulkIngestClient,
+    Chunk,
     ChunkLimits,
     InputError,
     JobInfo,
@@ -53,6 +55,7 @@ from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
 from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
+from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
 from airflow_provider_salesforce_bulk.operators.submit import (
     RESENT,
     JobPlan,
@@ -84,10 +87,12 @@ from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
 )
 from airflow_provider_salesforce_bulk.triggers.task_state import try_is_over
 
-__all__ = ["DEFAULT_RESULTS_FOLDER", "SalesforceBulkOperator"]
+__all__ = ["DEFAULT_RESULTS_FOLDER", "DEFAULT_STAGING_FOLDER", "SalesforceBulkOperator"]
 
 DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
+DEFAULT_STAGING_FOLDER = "salesforce_bulk_staging"
+"""Under ``$AIRFLOW_HOME`` when neither ``staging_path`` nor ``results_path`` is given."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
@@ -169,6 +174,13 @@ class SalesforceBulkOperator(BaseOperator):
         of the first releases, is still accepted; default ``salesforce_bulk_default``.
     deferrable : bool
         Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
+    staging_path : str or ObjectStoragePath, optional
+        Where the chunks cut from the input are kept until every job of the load has ended, so that a
+        retry sends exactly the bytes the first try read (see :mod:`.staging`). Default: next to the
+        results, ``<results_path>/_staging/<dag>/<run>/<task>`` (or
+        ``$AIRFLOW_HOME/salesforce_bulk_staging/...`` without ``results_path``): local to the worker
+        unless ``results_path`` is object storage, a single-machine setting; with several workers use
+        object storage, which every worker reads.
     reload_on_clear : bool
         A later try of a task instance whose earlier try succeeded (its plan is marked done) loads
         every record again when True. Default False: it finishes without loading and returns the
@@ -204,6 +216,7 @@ class SalesforceBulkOperator(BaseOperator):
         "external_id_field",
         "assignment_rule_id",
         "results_path",
+        "staging_path",
         "conn_id",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"records": "json", "sql": "sql"}
@@ -246,6 +259,7 @@ class SalesforceBulkOperator(BaseOperator):
         resubmit_rounds: int = 3,
         resubmit_backoff: float = 30.0,
         reload_on_clear: bool = False,
+        staging_path: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -286,6 +300,7 @@ class SalesforceBulkOperator(BaseOperator):
         self._latest: dict[str, JobInfo] = {}
         self._opened_source: ChunkSource | None = None
         self.reload_on_clear = reload_on_clear
+        self.staging_path = staging_path
         self._instance_url: str | None = None
         self._succeeded: int | None = None
         self._active_job_ids: list[str] = []
@@ -414,6 +429,8 @@ class SalesforceBulkOperator(BaseOperator):
                 allow_empty=self.allow_empty,
                 limits=limits,
                 chunk_format=chunk_format,
+                # Read once (staged): nothing to spool for a second pass.
+                spool=False,
             )
         else:
             if self.field_mapping is not None:
@@ -434,21 +451,6 @@ class SalesforceBulkOperator(BaseOperator):
             source = group_by_parent(source, self.group_by_parent, limits=limits, chunk_format=chunk_format)
         self._opened_source = source
         return source
-
-    def _validate_all(self, source: ChunkSource) -> int:
-        """Serialize the whole input once without sending it: bad data fails before any job exists."""
-        total = 0
-        counts: list[int] = []
-        spec = self._job_spec()
-        with source.open() as chunks:
-            for chunk in chunks:
-                if not counts:
-                    self._fieldnames = chunk.fieldnames(spec.column_delimiter)
-                    spec.check_fieldnames(self._fieldnames)
-                total += chunk.record_count
-                counts.append(chunk.record_count)
-        self._chunk_counts = counts
-        return total
 
     def _job_spec(self) -> JobSpec:
         """What every job of this task is created with, checked the first time it is asked for (an
@@ -512,26 +514,37 @@ class SalesforceBulkOperator(BaseOperator):
                 # is sent again) to count and copy their results once more.
                 self.log.info("An earlier try succeeded; reading its jobs again for the summary")
         self._plan = plan
+        area = self._staging_area(context)
+        try_number = getattr(context.get("ti"), "try_number", None)
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
         else:
             RoundPlan.reset(store)  # rounds of an earlier, finished run of this task
-            try:
-                total = self._validate_all(source)
-            except InputError as exc:
-                raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
-            except columnar.SqlSourceError as exc:
-                raise AirflowException(f"Reading {source.description} failed: {exc}") from None
-            self.log.info("Input checked: %d records from %s", total, source.description)
-            if total == 0:
+            # No job exists: what earlier tries staged was never sent; the source is read afresh.
+            area.remove_others(None)
+            manifest = self._read_input(source, area, try_number)
+            self.log.info(
+                "Input checked and staged: %d records in %d chunk(s) from %s, under %s",
+                manifest.total,
+                len(manifest.chunks),
+                source.description,
+                area.folder(manifest.prefix),
+            )
+            if manifest.total == 0:
+                area.remove_all()
                 summary = summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
                 self.log.info("No records: no job created")
                 self._succeeded = 0
                 return summary
+            self._chunk_counts = [entry.count for entry in manifest.chunks]
+            self._fieldnames = list(manifest.fieldnames)
+            # Recorded before the first job: every later try sends these bytes, never the live source.
+            plan.staged = manifest.dump()
+            plan.save_now()
         self._latest = {}
         try:
             with fail_on_refused_credentials():
-                latest = run_sync(lambda: self._submit(hook, settings, source, plan))
+                latest = run_sync(lambda: self._submit(hook, settings, source, plan, area, try_number))
         except InputError as exc:
             raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
         except RequestLimitExceededError as exc:
@@ -620,6 +633,7 @@ class SalesforceBulkOperator(BaseOperator):
             ", ".join(plan.all_job_ids) or "none",
         )
         self._instance_url = plan.instance_url
+        self._staging_area(context).remove_all()  # left by the done try if Airflow failed it after
         summary = done.get("summary")
         if isinstance(summary, Mapping):
             self._succeeded = int(summary.get("totals", {}).get("succeeded", 0))
@@ -627,8 +641,86 @@ class SalesforceBulkOperator(BaseOperator):
             context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
         return summary
 
+    def _read_input(self, source: ChunkSource, area: StagingArea, try_number: int | None) -> Manifest:
+        """Read the source once, writing its chunks to ``area``: bad input fails before any job."""
+        prefix = area.new_prefix(try_number)
+        local = area.local_folder(prefix)
+        if isinstance(source, GroupedSource) and local is not None:
+            # Its SQLite spool goes with the try's staged files: a killed try's is removed with them.
+            source.spool_dir = local
+        try:
+            return stage(source, area, prefix, self._job_spec())
+        except InputError as exc:
+            raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
+        except columnar.SqlSourceError as exc:
+            raise AirflowException(f"Reading {source.description} failed: {exc}") from None
+
+    def _replay(
+        self, source: ChunkSource, plan: JobPlan, area: StagingArea, try_number: int | None
+    ) -> list[Chunk]:
+        """The chunks of a retry: the staged files, checked against the plan's digests; when they are
+        gone or corrupt, the chunks cut again from the live source, if they are exactly those staged.
+        """
+        manifest = Manifest.load(plan.staged)
+        assert manifest is not None
+        area.remove_others(manifest.prefix)
+        needed = [
+            entry
+            for entry in manifest.chunks
+            if entry.first not in plan.chunks or plan._waiting_for_input(plan.chunks[entry.first])
+        ]
+        problems = [problem for entry in needed if (problem := area.check(manifest.prefix, entry))]
+        if not problems:
+            self.log.info("Sending the chunks staged by the first try from %s", area.folder(manifest.prefix))
+            return [area.chunk(manifest.prefix, entry) for entry in manifest.chunks]
+        self.log.warning(
+            "The staged copy cannot be used (%s%s): cutting the chunks again from %s to compare them",
+            problems[0],
+            f" and {len(problems) - 1} more" if len(problems) > 1 else "",
+            source.description,
+        )
+        rebuilt = self._read_input(source, area, try_number)
+        jobs_of = {first: [job["job"] for job in chunk["jobs"]] for first, chunk in plan.chunks.items()}
+        problem = compare(manifest, rebuilt, jobs_of, source.description)
+        if problem is not None:
+            area.remove(rebuilt.prefix)
+            raise AirflowFailException(problem)
+        self.log.info("The source gives exactly the staged chunks again: sending from %s", rebuilt.prefix)
+        plan.staged = rebuilt.dump()
+        plan.save_now()
+        area.remove(manifest.prefix)
+        return [area.chunk(rebuilt.prefix, entry) for entry in rebuilt.chunks]
+
+    def _staging_area(self, context: Any) -> StagingArea:
+        """The task instance's staging folder (see ``staging_path``)."""
+        from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+        ti = context.get("ti")
+        parts = [ti.dag_id, ti.run_id, ti.task_id] if ti is not None else ["_", uuid.uuid4().hex]
+        if ti is not None and getattr(ti, "map_index", -1) not in (None, -1):
+            parts.append(str(ti.map_index))
+        parts = [_UNSAFE.sub("_", part) for part in parts]
+        if self.staging_path:
+            path = self.staging_path
+            root = path if isinstance(path, ObjectStoragePath) else ObjectStoragePath(str(path))
+        elif self.results_path:
+            root = self._results_dir(context) / "_staging"
+        else:
+            home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+            local = os.path.join(home, DEFAULT_STAGING_FOLDER)
+            root = ObjectStoragePath(f"file://{os.path.abspath(local)}")
+        for part in parts:
+            root = root / part
+        return StagingArea(root)
+
     async def _submit(
-        self, hook: SalesforceBulkHook, settings: ConnectionSettings, source: ChunkSource, plan: JobPlan
+        self,
+        hook: SalesforceBulkHook,
+        settings: ConnectionSettings,
+        source: ChunkSource,
+        plan: JobPlan,
+        area: StagingArea,
+        try_number: int | None,
     ) -> dict[str, JobInfo]:
         spec = self._job_spec()
         async with hook.client(settings) as client:
@@ -650,9 +742,15 @@ class SalesforceBulkOperator(BaseOperator):
                     await check_limits_before_load(client, self._chunk_counts, self.limits_check)
                 except LimitsCheckError as exc:
                     raise AirflowFailException(f"Limits check before the load: {exc}") from None
-            with source.open() as chunks:
-                stoppable = until_stopped(chunks, self._stop_event(), "chunk")
-                latest.update(await submit_chunks(client, plan, stoppable, spec))
+            stop = self._stop_event()
+            if plan.staged is None:
+                # A plan written before staging existed: the live source, matched by position.
+                with source.open() as live:
+                    latest.update(await submit_chunks(client, plan, until_stopped(live, stop, "chunk"), spec))
+                return latest
+            # Files are read and hashed in a thread: the loop keeps serving the session meanwhile.
+            chunks = await asyncio.to_thread(self._replay, source, plan, area, try_number)
+            latest.update(await submit_chunks(client, plan, until_stopped(chunks, stop, "chunk"), spec))
             return latest
 
     def on_kill(self) -> None:
@@ -874,6 +972,10 @@ class SalesforceBulkOperator(BaseOperator):
         # Pushed before any failure, so a failed task still reports what happened.
         if context.get("ti") is not None:
             context["ti"].xcom_push(key="return_value", value=summary)
+        # Every job of the load was closed before this point, so no later try sends a chunk from the
+        # input again (a retry reattaches; Aborted or Failed jobs resend Salesforce's unprocessed
+        # records): the staged copy is of no more use, whether the failure policy passes or not.
+        self._staging_area(context).remove_all()
         if status == "error":
             raise AirflowException(
                 f"Waiting for the Salesforce jobs failed: {checked['message']}; "

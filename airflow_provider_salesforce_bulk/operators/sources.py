@@ -16,7 +16,7 @@ import orjson
 from airflow_provider_salesforce_bulk.client import (
     ChunkFormat,
     ChunkLimits,
-    CsvChunk,
+    ChunkSink,
     InputError,
     iter_csv_stream_chunks,
     iter_record_chunks,
@@ -128,8 +128,8 @@ def make_source(
         )
     fields = list(fieldnames) if fieldnames is not None else None
 
-    def record_chunks(data: Any, names: list[str] | None) -> Iterator[CsvChunk]:
-        return iter_record_chunks(data, names, limits, chunk_format)
+    def record_chunks(data: Any, names: list[str] | None, sink: ChunkSink | None = None) -> Iterator[Any]:
+        return iter_record_chunks(data, names, limits, chunk_format, sink=sink)
 
     if records is not None:
         if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
@@ -139,10 +139,10 @@ def make_source(
         materialized = records
 
         @contextlib.contextmanager
-        def from_records() -> Iterator[Iterator[CsvChunk]]:
-            yield record_chunks(materialized, fields)
+        def from_records(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
+            yield record_chunks(materialized, fields, sink)
 
-        return ChunkSource(from_records, f"{len(records)} records")
+        return ChunkSource(from_records, f"{len(records)} records", into_sink=from_records)
 
     opener, name = path_opener(source)
     fmt = _detect_format(name, source_format)
@@ -153,16 +153,16 @@ def make_source(
             )
 
         @contextlib.contextmanager
-        def from_csv() -> Iterator[Iterator[CsvChunk]]:
+        def from_csv(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
             with opener() as stream:
-                yield iter_csv_stream_chunks(stream, limits, chunk_format)
+                yield iter_csv_stream_chunks(stream, limits, chunk_format, sink=sink)
 
-        return ChunkSource(from_csv, f"CSV file {name}", uri=name)
+        return ChunkSource(from_csv, f"CSV file {name}", uri=name, into_sink=from_csv)
 
     names_cache: list[list[str]] = []
 
     @contextlib.contextmanager
-    def from_ndjson() -> Iterator[Iterator[CsvChunk]]:
+    def from_ndjson(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
         names = fields
         if names is None:
             # Inferring from a stream would hold it all in memory; one extra streamed pass instead.
@@ -172,6 +172,6 @@ def make_source(
             if not names:
                 raise InputError(f"source {name} holds no fields", field="source")
         with opener() as stream:
-            yield record_chunks(_iter_ndjson(stream, name), names)
+            yield record_chunks(_iter_ndjson(stream, name), names, sink)
 
-    return ChunkSource(from_ndjson, f"NDJSON file {name}", uri=name)
+    return ChunkSource(from_ndjson, f"NDJSON file {name}", uri=name, into_sink=from_ndjson)

@@ -26,8 +26,8 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
     BulkIngestClient,
+    Chunk,
     ColumnDelimiter,
-    CsvChunk,
     InputError,
     InvalidJobError,
     JobInfo,
@@ -107,6 +107,9 @@ class JobPlan:
                 }
             self.chunks[int(first)] = {"count": int(entry["count"]), "jobs": [dict(j) for j in entry["jobs"]]}
         self.complete = bool(raw.get("complete"))
+        staged = raw.get("staged")
+        self.staged: dict[str, Any] | None = dict(staged) if isinstance(staged, dict) else None
+        """The manifest of the staged chunks (see :mod:`.staging`), recorded before the first job."""
         self.instance_url: str | None = raw.get("instance_url")
         done = raw.get("done")
         self.done: dict[str, Any] | None = dict(done) if isinstance(done, dict) else None
@@ -123,6 +126,8 @@ class JobPlan:
             "complete": self.complete,
             "instance_url": self.instance_url,
         }
+        if self.staged is not None:
+            out["staged"] = self.staged
         if self.done is not None:
             out["done"] = self.done
         return out
@@ -157,6 +162,11 @@ class JobPlan:
         if self.store is not None:
             # A thread, so the sync round trip to the supervisor never runs on the event loop thread.
             await asyncio.to_thread(self.store.set, STATE_KEY, self.dump())
+
+    def save_now(self) -> None:
+        """:meth:`save` from the worker's own thread (outside the event loop)."""
+        if self.store is not None:
+            self.store.set(STATE_KEY, self.dump())
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -233,7 +243,7 @@ async def _send(
     client: BulkIngestClient,
     plan: JobPlan,
     first: int,
-    data: bytes,
+    data: bytes | Chunk,
     count: int,
     source: str,
     spec: JobSpec,
@@ -461,7 +471,7 @@ def _find(plan: JobPlan, job_id: str) -> dict[str, Any]:
 async def submit_chunks(
     client: BulkIngestClient,
     plan: JobPlan,
-    chunks: Iterator[CsvChunk],
+    chunks: Iterator[Chunk],
     spec: JobSpec,
 ) -> dict[str, JobInfo]:
     """Send every chunk that has no job yet (or whose job was replaced), in input order.
@@ -495,7 +505,8 @@ async def submit_chunks(
                     "the input or the chunk limits changed between tries",
                     record_index=start,
                 )
-        job = await _send(client, plan, start, chunk.data, chunk.record_count, CHUNK, spec)
+        # The chunk itself: a staged one is streamed from its file, never read whole.
+        job = await _send(client, plan, start, chunk, chunk.record_count, CHUNK, spec)
         sent[job.id] = job
         log.info("Job %s: records %d..%d uploaded (%s)", job.id, start, last - 1, job.state)
     missing = [f for f, c in plan.chunks.items() if plan._waiting_for_input(c)]
