@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import threading
 import time
@@ -22,10 +23,12 @@ from airflow_provider_salesforce_bulk.client import (
     NotFoundError,
     PageSummary,
     QueryError,
+    RequestLimitExceededError,
     ResultPage,
     SalesforceBulkError,
     SalesforceSession,
     TokenCache,
+    UnexpectedResponseError,
     check_max_records,
     check_query_options,
     copy_results_to_parquet,
@@ -38,6 +41,12 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     run_sync,
 )
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.extract_output import (
+    MANIFEST_NAME,
+    Staging,
+    check_output_dir,
+    manifest,
+)
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
@@ -46,10 +55,17 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     OffLoopSinks,
     display_path,
     part_name,
-    remove_stale_parts,
     resolve_output_dir,
 )
+from airflow_provider_salesforce_bulk.operators.soql_filter import add_condition, check_incremental_soql
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
+from airflow_provider_salesforce_bulk.operators.watermark import (
+    Watermark,
+    incremental_condition,
+    parse_datetime,
+    scan_marks,
+    watermark_store_for,
+)
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
     JobSummary,
@@ -81,10 +97,19 @@ class SalesforceBulkQueryOperator(BaseOperator):
     Parameters
     ----------
     soql : str
-        The query (templated), e.g. ``SELECT Id, Name FROM Account WHERE SystemModstamp >
-        {{ data_interval_start | ts }}`` for an incremental extract.
+        The query (templated), e.g. ``SELECT Id, Name, SystemModstamp FROM Account``.
+    incremental_field : str, optional
+        A datetime field (``SystemModstamp``): each run extracts only the records whose field is past
+        the task's mark, kept across DAG runs (see Notes). The query must select ``Id`` and this field,
+        and have no LIMIT, OFFSET, GROUP BY or HAVING.
+    initial_watermark : datetime or str, optional
+        With ``incremental_field``: the first run extracts from here (default: everything).
+    watermark_overlap : timedelta
+        With ``incremental_field``: how far before the mark each run looks again, for records
+        committed late with an earlier value (default 5 minutes); records the last run already
+        wrote are not written again.
     include_deleted : bool
-        Run ``queryAll``: deleted (and archived) records too.
+        Run ``queryAll``: deleted (and archived) records too (select ``IsDeleted`` to tell them).
     output_path : str or ObjectStoragePath, optional
         The folder of the files (templated; any ObjectStoragePath, e.g. ``s3://bucket/prefix``).
         Default: ``$AIRFLOW_HOME/salesforce_bulk_extracts/<dag>/<run>/<task>``, local to the worker.
@@ -105,14 +130,26 @@ class SalesforceBulkQueryOperator(BaseOperator):
 
     Notes
     -----
+    Output is atomic: pages are written under ``<output_path>/_staging/``, every page's records are
+    counted and checked (a page that fails is read again once, then the task fails), and only then
+    are the parts published under their ``part-NNNNN`` names, followed by ``_manifest.json`` and an
+    empty ``_SUCCESS`` written last. A folder without ``_SUCCESS`` is not a complete extract.
+
+    With ``incremental_field`` the task's mark lives in an Airflow Variable
+    (``salesforce_bulk_watermark.<dag>.<task>.<digest>``) and moves only when a run's output is
+    published; a run that fails leaves it, so the next run extracts from the same point. Any run
+    (scheduled, manual, back-dated, cleared, backfilled) extracts what changed since the last
+    published run of the task, whatever its logical date; ``max_active_tis_per_dag`` defaults to 1
+    so two runs never read the same mark.
+
     The job id is stored in the task's plan store (``task_state_store`` on Airflow 3.3+, a Variable
     before) before the task defers, so a retry reattaches to the same query job instead of running
     the query again; a stored job that ended Failed or Aborted, or a changed SOQL, runs a new one
-    (a query changes nothing in Salesforce). Files are named ``part-00000.csv``... by page, so a
-    retry overwrites them; parts an earlier try left beyond this result are deleted. The return
-    value (XCom) is a summary: job id, state, records, files with their record counts and bytes,
-    seconds. A Failed or Aborted job fails the task after the summary is pushed. The job is aborted
-    only on a user's decision: the ``timeout``, or a kill after which Airflow says the try is over.
+    (a query changes nothing in Salesforce). Files are named ``part-00000.csv``... by page. The
+    return value (XCom) is a summary: job id, state, records, files with their record counts and
+    bytes, the manifest, the watermark before and after, seconds. A Failed or Aborted job fails the
+    task after the summary is pushed. The job is aborted only on a user's decision: the
+    ``timeout``, or a kill after which Airflow says the try is over.
     """
 
     template_fields: Sequence[str] = ("soql", "output_path", "conn_id")
@@ -124,6 +161,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self,
         *,
         soql: str,
+        incremental_field: str | None = None,
+        initial_watermark: datetime.datetime | str | None = None,
+        watermark_overlap: datetime.timedelta = datetime.timedelta(minutes=5),
         include_deleted: bool = False,
         output_path: Any = None,
         output_format: str = "csv",
@@ -135,8 +175,14 @@ class SalesforceBulkQueryOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
+        if incremental_field is not None:
+            # Two runs of the task at once would read the same mark and extract the same records.
+            kwargs.setdefault("max_active_tis_per_dag", 1)
         super().__init__(**kwargs)
         self.soql = soql
+        self.incremental_field = incremental_field
+        self.initial_watermark = initial_watermark
+        self.watermark_overlap = watermark_overlap
         self.include_deleted = include_deleted
         self.output_path = output_path
         self.output_format = output_format
@@ -150,6 +196,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self._object_name: str | None = None
         self._files: list[tuple[str, int, int]] = []
         self._active_job_id: str | None = None
+        # Set (by on_kill) to stop at the next page boundary: nothing more is written or published.
+        self._stop = threading.Event()
 
     @property
     def operation(self) -> str:
@@ -179,6 +227,42 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 raise InputError(str(exc), field=name) from None
         if self.output_format == "parquet":
             require_parquet()  # before any job: a missing pyarrow is the DAG's problem, not the org's
+        if self.incremental_field is not None:
+            check_incremental_soql(self.soql, self.incremental_field)
+            overlap = self.watermark_overlap
+            if not isinstance(overlap, datetime.timedelta) or overlap < datetime.timedelta(0):
+                raise InputError(
+                    f"watermark_overlap must be a timedelta >= 0, got {overlap!r}", field="watermark_overlap"
+                )
+            if self.initial_watermark is not None:
+                try:
+                    parse_datetime(self.initial_watermark, what="initial_watermark")
+                except UnexpectedResponseError as exc:
+                    raise InputError(str(exc), field="initial_watermark") from None
+        elif self.initial_watermark is not None:
+            raise InputError("initial_watermark needs incremental_field", field="initial_watermark")
+
+    def _incremental(self, context: Any) -> tuple[str, Watermark | None]:
+        """The query to run (the SOQL with the incremental filter) and the mark it starts from."""
+        field = self.incremental_field
+        if field is None:
+            return self.soql, None
+        raw = watermark_store_for(context).get()
+        before = Watermark.from_json(raw)
+        if raw is not None and before is None:
+            raise AirflowFailException(
+                f"The stored watermark of this task is unreadable ({raw!r:.200}): delete the Variable "
+                f"{watermark_store_for(context).variable_key()} to extract everything again"
+            )
+        if before is not None and before.field != field:
+            self.log.warning(
+                "The stored mark is for %s, not %s: extracting from initial_watermark", before.field, field
+            )
+            before = None
+        initial = None if self.initial_watermark is None else parse_datetime(self.initial_watermark)
+        condition = incremental_condition(field, before, initial, self.watermark_overlap)
+        query = self.soql if condition is None else add_condition(self.soql, condition)
+        return query, before
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -193,12 +277,28 @@ class SalesforceBulkQueryOperator(BaseOperator):
         )
         self._ti = context.get("ti")
         self._settings = settings
-        fingerprint = _fingerprint(self.operation, self.soql)
+        try:
+            check_output_dir(resolve_output_dir(self.output_path, context.get("ti")))
+        except InputError as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+        query, before = self._incremental(context)
+        if self.incremental_field is not None:
+            mark = before.mark.isoformat() if before is not None else None
+            self.log.info("Incremental extract on %s from mark %s: %s", self.incremental_field, mark, query)
+        fingerprint = _fingerprint(self.operation, query)
         earlier = self._earlier_job_id(store, fingerprint)
         try:
-            job, instance_url, reattached = run_sync(lambda: self._start(hook, settings, earlier))
+            job, instance_url, reattached = run_sync(lambda: self._start(hook, settings, earlier, query))
         except (QueryError, InputError) as exc:
             raise AirflowFailException(f"Salesforce refused the query: {exc}") from None
+        except RequestLimitExceededError as exc:
+            # Not the query's fault: the org's allowance (DailyBulkV2QueryJobs for a daily limit) frees
+            # up with time, so the task fails for this try only and Airflow may retry it.
+            raise AirflowException(
+                f"Salesforce refused the query job because an org limit is reached: {exc}. "
+                "Bulk API 2.0 allows a fixed number of query jobs per 24 hours (DailyBulkV2QueryJobs in "
+                "/limits); a retry after the allowance frees up runs the query"
+            ) from None
         check_job_id(job.id)
         submitted_at = time.time()
         if reattached and store is not None:
@@ -259,7 +359,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
         return str(job_id)
 
     async def _start(
-        self, hook: SalesforceBulkHook, settings: ConnectionSettings, earlier: str | None
+        self, hook: SalesforceBulkHook, settings: ConnectionSettings, earlier: str | None, query: str
     ) -> tuple[JobInfo, str, bool]:
         """The earlier try's job if it may still give results, else a new query job."""
         async with hook.client(settings) as ingest:
@@ -279,9 +379,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
                         job.state,
                         job.error_message or "no error message",
                     )
-            job = await client.create_job(
-                self.soql, operation="queryAll" if self.include_deleted else "query"
-            )
+            job = await client.create_job(query, operation="queryAll" if self.include_deleted else "query")
             return job, instance_url, False
 
     def execute_complete(
@@ -316,31 +414,15 @@ class SalesforceBulkQueryOperator(BaseOperator):
             "seconds": None,
             "error_message": job["errorMessage"],
             "instance_url": self._instance_url,
+            "manifest": None,
+            "watermark": None,
         }
         if status == "error":
             raise AirflowException(
                 f"Waiting for query job {job_id} failed: {checked['message']}; a retry reattaches to it"
             )
         if status == "success" and job["state"] == "JobComplete":
-            directory = resolve_output_dir(self.output_path, context.get("ti"))
-            summary["output_path"] = display_path(directory)
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-                settings = hook.get_settings()
-                files = run_sync(lambda: self._write(hook, settings, job_id, directory))
-            except ConnectionConfigError as exc:
-                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
-            except (SalesforceBulkError, OSError) as exc:
-                raise AirflowException(
-                    f"Writing the results of query job {job_id} failed: {type(exc).__name__}: {exc}; "
-                    "a retry reattaches to the job and writes them again"
-                ) from None
-            removed = remove_stale_parts(directory, [str(f["path"]).rsplit("/", 1)[-1] for f in files])
-            if removed:
-                self.log.info("Removed %d part file(s) an earlier try left: %s", len(removed), removed)
-            summary["files"] = files
-            self._files = [(str(f["path"]), int(f["records"]), int(f["bytes"])) for f in files]
+            self._extract(context, job_id, summary)
         if submitted_at is not None:
             summary["seconds"] = round(max(time.time() - float(submitted_at), 0.0), 3)
         self.log.info(
@@ -364,14 +446,117 @@ class SalesforceBulkQueryOperator(BaseOperator):
             store.delete(QUERY_STATE_KEY)
         return summary
 
+    def _extract(self, context: Any, job_id: str, summary: dict[str, Any]) -> None:
+        """Stage every page, verified; read the next mark; publish; then advance the mark."""
+        directory = resolve_output_dir(self.output_path, context.get("ti"))
+        summary["output_path"] = display_path(directory)
+        query, before = self._incremental(context)
+        ti = context.get("ti")
+        label = f"try{getattr(ti, 'try_number', 0)}"
+        try:
+            hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+            settings = hook.get_settings()
+            staging, files = self._stage(hook, settings, job_id, directory, label)
+        except ConnectionConfigError as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
+        except (SalesforceBulkError, OSError) as exc:
+            raise AirflowException(
+                f"Writing the results of query job {job_id} failed: {type(exc).__name__}: {exc}; "
+                "nothing was published, a retry reattaches to the job and writes them again"
+            ) from None
+        try:
+            watermark = self._next_mark(staging, files, before, query)
+            if self._stop.is_set():
+                raise AirflowException(f"Stopped before publishing the results of query job {job_id}")
+            body = manifest(
+                files=files,
+                job_id=job_id,
+                soql=query,
+                operation=self.operation,
+                object_name=self._object_name,
+                output_format=self.output_format,
+                watermark=watermark,
+            )
+            published = staging.publish([f["name"] for f in files], body)
+        except BaseException:
+            staging.discard()
+            raise
+        summary["files"] = [
+            {"path": display_path(path), "records": f["records"], "bytes": f["bytes"]}
+            for path, f in zip(published, files, strict=True)
+        ]
+        summary["manifest"] = display_path(directory / MANIFEST_NAME)
+        summary["watermark"] = watermark
+        self._files = [(str(f["path"]), int(f["records"]), int(f["bytes"])) for f in summary["files"]]
+        if watermark is not None and watermark["after"] is not None:
+            # Only now: the run's output is published. A failure before leaves the mark where it was.
+            after = {k: watermark[k] for k in ("field", "boundary_ids")} | {"mark": watermark["after"]}
+            after["job_id"] = job_id
+            after["run_id"] = getattr(ti, "run_id", None)
+            watermark_store_for(context).set(after)
+            watermark["boundary_ids"] = len(watermark["boundary_ids"])
+
+    def _next_mark(
+        self, staging: Staging, files: list[dict[str, Any]], before: Watermark | None, query: str
+    ) -> dict[str, Any] | None:
+        field = self.incremental_field
+        if field is None:
+            return None
+        paths = [staging.part(f["name"]) for f in files]
+        after, dropped = scan_marks(paths, self.output_format, field, self.watermark_overlap, before)
+        if dropped:
+            self.log.warning(
+                "%d records share the overlap of the new mark beyond the %d Ids kept: the next run may "
+                "write them again",
+                dropped,
+                len(after.boundary_ids) if after is not None else 0,
+            )
+        result = {
+            "field": field,
+            "before": before.mark.isoformat() if before is not None else None,
+            "after": after.mark.isoformat() if after is not None else None,
+            "overlap_seconds": self.watermark_overlap.total_seconds(),
+            "boundary_ids": list(after.boundary_ids) if after is not None else [],
+            "query": query,
+        }
+        self.log.info("Watermark of %s: %s -> %s", field, result["before"], result["after"])
+        return result
+
+    def _stage(
+        self, hook: SalesforceBulkHook, settings: ConnectionSettings, job_id: str, directory: Any, label: str
+    ) -> tuple[Staging, list[dict[str, Any]]]:
+        """Every page into a staging folder of this try, verified; read again once if a check fails."""
+        for attempt in (1, 2):
+            staging = Staging(directory, label)
+            try:
+                staging.folder.mkdir(parents=True, exist_ok=True)
+                files = run_sync(functools.partial(self._write, hook, settings, job_id, staging))
+            except UnexpectedResponseError as exc:
+                staging.discard()
+                if attempt == 2:
+                    raise UnexpectedResponseError(
+                        f"the results of query job {job_id} failed their checks twice: {exc}"
+                    ) from None
+                self.log.warning(
+                    "The results of query job %s failed a check (%s): reading them again", job_id, exc
+                )
+                continue
+            except BaseException:
+                staging.discard()
+                raise
+            return staging, files
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _write(
-        self, hook: SalesforceBulkHook, settings: ConnectionSettings, job_id: str, directory: Any
+        self, hook: SalesforceBulkHook, settings: ConnectionSettings, job_id: str, staging: Staging
     ) -> list[dict[str, Any]]:
         paths: dict[int, Any] = {}
         off_loop = OffLoopSinks()
 
         def sink(page: ResultPage) -> Any:
-            path = directory / part_name(page.number, self.output_format)
+            if self._stop.is_set():
+                raise AirflowException(f"Stopped at page {page.number} of query job {job_id}")
+            path = staging.part(part_name(page.number, self.output_format))
             paths[page.number] = path
             if self.output_format == "parquet":
                 return off_loop.open(path)
@@ -395,8 +580,10 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 pages = await client.copy_results_to(
                     job, sink, max_records=self.records_per_file, write_in_thread=True
                 )
+        if self._stop.is_set():
+            raise AirflowException(f"Stopped after the last page of query job {job_id}")
         return [
-            {"path": display_path(paths[p.number]), "records": p.records, "bytes": p.bytes}
+            {"name": paths[p.number].name, "records": p.records, "bytes": p.bytes}
             for p in pages
             if p.number in paths  # an empty Parquet page writes no file
         ]

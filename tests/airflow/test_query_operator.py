@@ -384,7 +384,13 @@ def test_fewer_pages_on_a_rerun_leave_no_stale_parts(sf: RunningEmulator, tmp_pa
         output_path=tmp_path,
     )
     op.execute({"ti": _TI(), "task_state_store": _DictStore()})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "part-00000.csv"]
+    # Published: the earlier parts gone, this extract's part, its manifest and _SUCCESS; other files kept.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "_SUCCESS",
+        "_manifest.json",
+        "notes.txt",
+        "part-00000.csv",
+    ]
 
 
 @pytest.mark.parametrize("output_format", ["csv", "parquet"])
@@ -402,9 +408,10 @@ def test_object_storage_output(
     from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import SalesforceBulkQueryOperator
 
     class Recording(MemoryFileSystem):  # type: ignore[misc]
-        def open(self, *args: Any, **kwargs: Any) -> Any:
-            threads.append(threading.current_thread().name)
-            return super().open(*args, **kwargs)
+        def open(self, path: str, *args: Any, **kwargs: Any) -> Any:
+            if "/_staging/" in path:  # the pages (the probe and the markers are written off any loop)
+                threads.append(threading.current_thread().name)
+            return super().open(path, *args, **kwargs)
 
     threads: list[str] = []
     fs = Recording()
@@ -439,6 +446,8 @@ def test_object_storage_output(
         else:
             got += [r["External_Id__c"] for r in pq.read_table(io.BytesIO(data)).to_pylist()]
     assert got == names
+    listed = sorted(p.rsplit("/", 1)[1] for p in fs.find(f"/extracts/{output_format}"))
+    assert listed == ["_SUCCESS", "_manifest.json"] + [f"part-0000{n}.{output_format}" for n in range(3)]
     # Opened off the event loop's thread (the worker's main thread here).
     assert threads
     assert threading.main_thread().name not in threads
