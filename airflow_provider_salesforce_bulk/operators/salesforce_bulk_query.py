@@ -64,6 +64,7 @@ from airflow_provider_salesforce_bulk.operators.watermark import (
     incremental_condition,
     parse_datetime,
     scan_marks,
+    upper_bound,
     watermark_store_for,
 )
 from airflow_provider_salesforce_bulk.triggers.events import (
@@ -242,27 +243,34 @@ class SalesforceBulkQueryOperator(BaseOperator):
         elif self.initial_watermark is not None:
             raise InputError("initial_watermark needs incremental_field", field="initial_watermark")
 
-    def _incremental(self, context: Any) -> tuple[str, Watermark | None]:
-        """The query to run (the SOQL with the incremental filter) and the mark it starts from."""
+    def _incremental(self, context: Any, plan: Any) -> tuple[str, Watermark | None, str | None]:
+        """The query to run (the SOQL with the incremental filter), the mark it starts from, and the
+        upper bound it reads to (the earlier try's, in ``plan``, when it started from the same mark:
+        the retry then runs the same query and reattaches to its job)."""
         field = self.incremental_field
         if field is None:
-            return self.soql, None
-        raw = watermark_store_for(context).get()
+            return self.soql, None, None
+        store = watermark_store_for(context)
+        raw = store.get()
         before = Watermark.from_json(raw)
         if raw is not None and before is None:
             raise AirflowFailException(
                 f"The stored watermark of this task is unreadable ({raw!r:.200}): delete the Variable "
-                f"{watermark_store_for(context).variable_key()} to extract everything again"
+                f"{store.variable_key()} to extract everything again"
             )
         if before is not None and before.field != field:
             self.log.warning(
                 "The stored mark is for %s, not %s: extracting from initial_watermark", before.field, field
             )
             before = None
+        mark = before.mark.isoformat() if before is not None else None
+        upper = None
+        if isinstance(plan, Mapping) and plan.get("mark_before", "") == mark:
+            upper = plan.get("upper")
+        upper_at = parse_datetime(upper) if isinstance(upper, str) else upper_bound()
         initial = None if self.initial_watermark is None else parse_datetime(self.initial_watermark)
-        condition = incremental_condition(field, before, initial, self.watermark_overlap)
-        query = self.soql if condition is None else add_condition(self.soql, condition)
-        return query, before
+        condition = incremental_condition(field, before, initial, self.watermark_overlap, upper_at)
+        return add_condition(self.soql, condition), before, upper_at.isoformat()
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -281,10 +289,12 @@ class SalesforceBulkQueryOperator(BaseOperator):
             check_output_dir(resolve_output_dir(self.output_path, context.get("ti")))
         except InputError as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
-        query, before = self._incremental(context)
+        query, before, upper = self._incremental(context, store.get(QUERY_STATE_KEY) if store else None)
         if self.incremental_field is not None:
             mark = before.mark.isoformat() if before is not None else None
-            self.log.info("Incremental extract on %s from mark %s: %s", self.incremental_field, mark, query)
+            self.log.info(
+                "Incremental extract on %s from mark %s to %s: %s", self.incremental_field, mark, upper, query
+            )
         fingerprint = _fingerprint(self.operation, query)
         earlier = self._earlier_job_id(store, fingerprint)
         try:
@@ -314,6 +324,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 "instance_url": instance_url,
                 "submitted_at": submitted_at,
             }
+            if upper is not None:
+                plan["upper"] = upper
+                plan["mark_before"] = before.mark.isoformat() if before is not None else None
             store.set(QUERY_STATE_KEY, plan)
         if context.get("ti") is not None:
             context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(instance_url, [job.id]))
@@ -450,7 +463,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
         """Stage every page, verified; read the next mark; publish; then advance the mark."""
         directory = resolve_output_dir(self.output_path, context.get("ti"))
         summary["output_path"] = display_path(directory)
-        query, before = self._incremental(context)
+        store = plan_store_for(context)
+        query, before, upper = self._incremental(context, store.get(QUERY_STATE_KEY) if store else None)
         ti = context.get("ti")
         label = f"try{getattr(ti, 'try_number', 0)}"
         try:
@@ -465,7 +479,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 "nothing was published, a retry reattaches to the job and writes them again"
             ) from None
         try:
-            watermark = self._next_mark(staging, files, before, query)
+            watermark = self._next_mark(staging, files, before, query, upper)
             if self._stop.is_set():
                 raise AirflowException(f"Stopped before publishing the results of query job {job_id}")
             body = manifest(
@@ -488,35 +502,47 @@ class SalesforceBulkQueryOperator(BaseOperator):
         summary["manifest"] = display_path(directory / MANIFEST_NAME)
         summary["watermark"] = watermark
         self._files = [(str(f["path"]), int(f["records"]), int(f["bytes"])) for f in summary["files"]]
-        if watermark is not None and watermark["after"] is not None:
+        if watermark is not None:
             # Only now: the run's output is published. A failure before leaves the mark where it was.
-            after = {k: watermark[k] for k in ("field", "boundary_ids")} | {"mark": watermark["after"]}
+            after = {
+                "field": watermark["field"],
+                "mark": watermark["after"],
+                "boundary": watermark["boundary"],
+            }
             after["job_id"] = job_id
             after["run_id"] = getattr(ti, "run_id", None)
             watermark_store_for(context).set(after)
-            watermark["boundary_ids"] = len(watermark["boundary_ids"])
+            # The summary (XCom) counts the overlap's Ids rather than listing them.
+            watermark["boundary"] = len(watermark["boundary"])
 
     def _next_mark(
-        self, staging: Staging, files: list[dict[str, Any]], before: Watermark | None, query: str
+        self,
+        staging: Staging,
+        files: list[dict[str, Any]],
+        before: Watermark | None,
+        query: str,
+        upper: str | None,
     ) -> dict[str, Any] | None:
         field = self.incremental_field
-        if field is None:
+        if field is None or upper is None:
             return None
         paths = [staging.part(f["name"]) for f in files]
-        after, dropped = scan_marks(paths, self.output_format, field, self.watermark_overlap, before)
+        after, dropped = scan_marks(
+            paths, self.output_format, field, self.watermark_overlap, before, parse_datetime(upper)
+        )
         if dropped:
             self.log.warning(
                 "%d records share the overlap of the new mark beyond the %d Ids kept: the next run may "
                 "write them again",
                 dropped,
-                len(after.boundary_ids) if after is not None else 0,
+                len(after.boundary),
             )
         result = {
             "field": field,
             "before": before.mark.isoformat() if before is not None else None,
-            "after": after.mark.isoformat() if after is not None else None,
+            "after": after.mark.isoformat(),
             "overlap_seconds": self.watermark_overlap.total_seconds(),
-            "boundary_ids": list(after.boundary_ids) if after is not None else [],
+            "boundary": [list(b) for b in after.boundary],
             "query": query,
         }
         self.log.info("Watermark of %s: %s -> %s", field, result["before"], result["after"])

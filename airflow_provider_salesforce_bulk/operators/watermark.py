@@ -8,15 +8,18 @@ extracts nothing new). It lives in an Airflow Variable, in the metadata database
 every executor sees on Airflow 3.1-3.3 (``task_state_store`` is per task instance, so it cannot carry
 a value from one run to the next).
 
-The filter of a run after mark ``M`` with overlap ``O`` and boundary Ids ``B`` (the records the last
-run published whose value was at or after ``M - O``) is::
+Each run reads up to an upper bound ``U``, a whole second just before the run's start (by the
+worker's clock), and ``U`` becomes the mark once the run's output is published. The filter of a run
+after mark ``M`` with overlap ``O`` is::
 
-    field >= floor(M - O) AND (field > ceil(M) OR Id NOT IN (B))
+    field >= M - O AND field < U AND (field >= M OR Id NOT IN (B))
 
-Records committed late with a value before ``M`` (up to ``O`` earlier) are caught; records the last
-run already wrote are not written again unless they changed after ``M``. The one case this misses: a
-record of ``B`` changed again with a value of ``ceil(M)`` or before that committed after the last run
-read it (a second late commit of the same record inside the overlap).
+where ``B`` holds the Ids already published with a value in ``[M - O, M)``. Records committed late
+with a value up to ``O`` before ``M`` (and a worker clock up to ``O`` ahead of Salesforce's) are
+caught; records already written are not written again, and a record changed again gets a value at or
+after ``M``. The upper bound closes each run's last second, so no change is ever missed for sharing
+it. The one case not caught: a record of ``B`` changed again and committed late with a value before
+``M`` (a second late commit of the same record inside the overlap).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "incremental_condition",
     "parse_datetime",
     "scan_marks",
+    "upper_bound",
     "watermark_store_for",
 ]
 
@@ -78,15 +82,19 @@ def parse_datetime(value: Any, *, what: str = "value") -> datetime.datetime:
 
 @dataclasses.dataclass(frozen=True)
 class Watermark:
-    """A published run's mark: the greatest ``field`` value it wrote, and the Ids it wrote whose value
-    was within the overlap before that."""
+    """A published run's mark (its upper bound) and the Ids published with a value within the
+    overlap before it (with those values, to drop them once they are older than the overlap)."""
 
     field: str
     mark: datetime.datetime
-    boundary_ids: tuple[str, ...] = ()
+    boundary: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"field": self.field, "mark": self.mark.isoformat(), "boundary_ids": list(self.boundary_ids)}
+        return {
+            "field": self.field,
+            "mark": self.mark.isoformat(),
+            "boundary": [list(b) for b in self.boundary],
+        }
 
     @classmethod
     def from_json(cls, value: Any) -> Watermark | None:
@@ -96,21 +104,36 @@ class Watermark:
             mark = parse_datetime(value.get("mark"), what="stored watermark")
         except UnexpectedResponseError:
             return None
-        ids = value.get("boundary_ids") or ()
-        return cls(value["field"], mark, tuple(str(i) for i in ids if isinstance(i, str)))
+        pairs = value.get("boundary") or ()
+        boundary = tuple(
+            (str(p[0]), str(p[1])) for p in pairs if isinstance(p, (list, tuple)) and len(p) == 2
+        )
+        return cls(value["field"], mark, boundary)
+
+
+def upper_bound(now: datetime.datetime | None = None) -> datetime.datetime:
+    """The whole second before ``now`` (UTC): a run reads up to it, exclusive."""
+    moment = (now or datetime.datetime.now(datetime.timezone.utc)).astimezone(datetime.timezone.utc)
+    return moment.replace(microsecond=0) - datetime.timedelta(seconds=1)
 
 
 def incremental_condition(
-    field: str, before: Watermark | None, initial: datetime.datetime | None, overlap: datetime.timedelta
-) -> str | None:
-    """The SOQL condition of the next run (None: extract everything)."""
+    field: str,
+    before: Watermark | None,
+    initial: datetime.datetime | None,
+    overlap: datetime.timedelta,
+    upper: datetime.datetime,
+) -> str:
+    """The SOQL condition of a run reading up to ``upper`` (exclusive)."""
+    below = f"{field} < {soql_datetime(upper)}"
     if before is None:
-        return None if initial is None else f"{field} >= {soql_datetime(initial)}"
-    lower = f"{field} >= {soql_datetime(before.mark - overlap)}"
-    if not before.boundary_ids:
+        return below if initial is None else f"{field} >= {soql_datetime(initial)} AND {below}"
+    lower = f"{field} >= {soql_datetime(before.mark - overlap)} AND {below}"
+    ids = [record_id for record_id, _ in before.boundary]
+    if not ids:
         return lower
-    ids = ", ".join(f"'{i}'" for i in before.boundary_ids)
-    return f"{lower} AND ({field} > {soql_datetime(before.mark, round_up=True)} OR Id NOT IN ({ids}))"
+    listed = ", ".join(f"'{i}'" for i in ids)
+    return f"{lower} AND ({field} >= {soql_datetime(before.mark)} OR Id NOT IN ({listed}))"
 
 
 class WatermarkStore:
@@ -157,37 +180,21 @@ def watermark_store_for(context: Mapping[str, Any]) -> WatermarkStore:
 
 
 class _Marks:
-    """The greatest value seen, and the Ids whose value is within ``overlap`` of it (bounded)."""
+    """The Ids written with a value at or after ``start`` (the new mark minus the overlap)."""
 
-    def __init__(self, overlap: datetime.timedelta, floor: datetime.datetime | None) -> None:
-        self.overlap = overlap
-        self.top = floor
+    def __init__(self, start: datetime.datetime) -> None:
+        self.start = start
         self.near: dict[str, datetime.datetime] = {}
 
     def add(self, record_id: str, moment: datetime.datetime) -> None:
-        if self.top is None or moment > self.top:
-            self.top = moment
-            if len(self.near) > 4 * MAX_BOUNDARY_IDS:
-                self._prune()
-        if moment >= self.top - self.overlap:
+        if moment >= self.start:
             self.near[record_id] = max(moment, self.near.get(record_id, moment))
 
-    def _prune(self) -> None:
-        assert self.top is not None
-        cut = self.top - self.overlap
-        self.near = {k: v for k, v in self.near.items() if v >= cut}
-        if len(self.near) > 4 * MAX_BOUNDARY_IDS:
-            kept = sorted(self.near.items(), key=lambda item: item[1], reverse=True)[: 2 * MAX_BOUNDARY_IDS]
-            self.near = dict(kept)
-
-    def result(self, field: str) -> tuple[Watermark | None, int]:
-        """The mark and how many overlap Ids could not be kept."""
-        if self.top is None:
-            return None, 0
-        self._prune()
+    def result(self, field: str, upper: datetime.datetime) -> tuple[Watermark, int]:
+        """The new mark and how many overlap Ids could not be kept (those may be written again)."""
         ranked = sorted(self.near.items(), key=lambda item: (item[1], item[0]), reverse=True)
-        kept = tuple(sorted(k for k, _ in ranked[:MAX_BOUNDARY_IDS]))
-        return Watermark(field, self.top, kept), max(len(ranked) - MAX_BOUNDARY_IDS, 0)
+        kept = sorted((k, v.isoformat()) for k, v in ranked[:MAX_BOUNDARY_IDS])
+        return Watermark(field, upper, tuple(kept)), max(len(ranked) - MAX_BOUNDARY_IDS, 0)
 
 
 def _column(names: Iterable[str], wanted: str, where: str) -> str:
@@ -203,20 +210,21 @@ def scan_marks(
     field: str,
     overlap: datetime.timedelta,
     before: Watermark | None,
-) -> tuple[Watermark | None, int]:
-    """The mark after a run (never before ``before``'s) from its staged files, and how many overlap
-    Ids were dropped past :data:`MAX_BOUNDARY_IDS`. Reads only the ``Id`` and ``field`` columns."""
-    marks = _Marks(overlap, None)
+    upper: datetime.datetime,
+) -> tuple[Watermark, int]:
+    """The mark after a run that read up to ``upper`` from its staged files, with the Ids written
+    within the overlap before it (this run's and those of ``before`` still inside it), and how many
+    were dropped past :data:`MAX_BOUNDARY_IDS`. Reads only the ``Id`` and ``field`` columns."""
+    marks = _Marks(upper - overlap)
+    if before is not None and before.field == field:
+        for record_id, value in before.boundary:
+            marks.add(record_id, parse_datetime(value, what="stored boundary value"))
     for path in paths:
         if output_format == "parquet":
             _scan_parquet(path, field, marks)
         else:
             _scan_csv(path, field, marks)
-    after, dropped = marks.result(field)
-    if before is not None and before.field == field and (after is None or after.mark < before.mark):
-        # Nothing newer was written: the mark stays, and so do the Ids it keeps out.
-        return before, 0
-    return after, dropped
+    return marks.result(field, upper)
 
 
 def _scan_csv(path: Any, field: str, marks: _Marks) -> None:
