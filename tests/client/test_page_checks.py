@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,8 @@ SOQL = "SELECT Id, Name, Description FROM Account"
 
 
 @pytest.fixture(autouse=True)
-def clean(emulator: RunningEmulator) -> Iterator[None]:
+def clean(emulator: RunningEmulator) -> None:
     emulator.reset()
-    yield
 
 
 Tamper = Callable[[str, dict[str, bytes]], bytes | None]
@@ -149,7 +148,10 @@ async def test_a_page_answered_with_another_pages_body_is_caught(
 
 async def test_limit_exceeded_on_create_is_a_limit_error(emulator: RunningEmulator) -> None:
     """Salesforce's answer when the day's query jobs are used up: a limit error, not a refused query."""
-    answer = b'[{"errorCode":"LIMIT_EXCEEDED","message":"Max bulk v2 query jobs (10000) per 24 hrs has been reached"}]'
+    answer = (
+        b'[{"errorCode":"LIMIT_EXCEEDED",'
+        b'"message":"Max bulk v2 query jobs (10000) per 24 hrs has been reached"}]'
+    )
 
     class Refusing(httpx.AsyncBaseTransport):
         def __init__(self) -> None:
