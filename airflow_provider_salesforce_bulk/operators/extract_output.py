@@ -36,6 +36,8 @@ __all__ = [
     "SUCCESS_NAME",
     "Staging",
     "check_output_dir",
+    "manifest",
+    "published_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,10 +140,12 @@ def manifest(
     object_name: str | None,
     output_format: str,
     watermark: Mapping[str, Any] | None,
+    task: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``_manifest.json`` holds: readers check ``_SUCCESS``, then read exactly these files."""
     return {
         "manifest_version": MANIFEST_VERSION,
+        "task": dict(task) if task is not None else None,
         "job_id": job_id,
         "operation": operation,
         "object": object_name,
@@ -152,6 +156,18 @@ def manifest(
         "watermark": dict(watermark) if watermark is not None else None,
         "published_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
+
+
+def published_manifest(directory: Any) -> dict[str, Any] | None:
+    """The manifest of the complete extract in ``directory`` (``_SUCCESS`` present), else None."""
+    try:
+        if not (directory / SUCCESS_NAME).exists():
+            return None
+        with (directory / MANIFEST_NAME).open("rb") as file:
+            value = json.loads(file.read())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _unlink(path: Any) -> None:

@@ -46,6 +46,7 @@ from airflow_provider_salesforce_bulk.operators.extract_output import (
     Staging,
     check_output_dir,
     manifest,
+    published_manifest,
 )
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
@@ -263,12 +264,59 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 "The stored mark is for %s, not %s: extracting from initial_watermark", before.field, field
             )
             before = None
+        window = self._published_window(context, field)
+        if window is not None:
+            return window
+        self._rerun_window = False
         mark = before.mark.isoformat() if before is not None else None
         upper = None
         if isinstance(plan, Mapping) and plan.get("mark_before", "") == mark:
             upper = plan.get("upper")
         upper_at = parse_datetime(upper) if isinstance(upper, str) else upper_bound()
         initial = None if self.initial_watermark is None else parse_datetime(self.initial_watermark)
+        condition = incremental_condition(field, before, initial, self.watermark_overlap, upper_at)
+        return add_condition(self.soql, condition), before, upper_at.isoformat()
+
+    def _task_identity(self, context: Any) -> dict[str, Any]:
+        ti = context.get("ti")
+        map_index = getattr(ti, "map_index", -1)
+        return {
+            "dag_id": getattr(ti, "dag_id", None),
+            "task_id": getattr(ti, "task_id", None),
+            "map_index": -1 if map_index is None else map_index,
+        }
+
+    def _published_window(self, context: Any, field: str) -> tuple[str, Watermark | None, str] | None:
+        """When ``output_path`` already holds a complete incremental extract of this task (a cleared
+        run, a retry after publishing, or a second run sharing a ``{{ ds }}`` folder), the query that
+        reads that same window again: publishing another window there would drop its records from
+        the lake. The mark is then left alone."""
+        directory = resolve_output_dir(self.output_path, context.get("ti"))
+        published = published_manifest(directory)
+        marks = published.get("watermark") if published is not None else None
+        if not isinstance(marks, Mapping) or published is None:
+            return None
+        if published.get("task") != self._task_identity(context) or marks.get("field") != field:
+            return None
+        try:
+            upper_at = parse_datetime(marks.get("after"))
+            initial = None if marks.get("initial") is None else parse_datetime(marks["initial"])
+        except UnexpectedResponseError:
+            return None
+        before = None
+        if marks.get("before") is not None:
+            before = Watermark.from_json(
+                {"field": field, "mark": marks["before"], "boundary": marks.get("before_boundary") or []}
+            )
+        self._rerun_window = True
+        self.log.info(
+            "%s already holds this task's extract of %s from %s to %s: reading that window again "
+            "(the mark stays)",
+            display_path(directory),
+            field,
+            marks.get("before"),
+            marks.get("after"),
+        )
         condition = incremental_condition(field, before, initial, self.watermark_overlap, upper_at)
         return add_condition(self.soql, condition), before, upper_at.isoformat()
 
@@ -490,6 +538,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 object_name=self._object_name,
                 output_format=self.output_format,
                 watermark=watermark,
+                task=self._task_identity(context),
             )
             published = staging.publish([f["name"] for f in files], body)
         except BaseException:
@@ -502,7 +551,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
         summary["manifest"] = display_path(directory / MANIFEST_NAME)
         summary["watermark"] = watermark
         self._files = [(str(f["path"]), int(f["records"]), int(f["bytes"])) for f in summary["files"]]
-        if watermark is not None:
+        if watermark is not None and getattr(self, "_rerun_window", False):
+            watermark["mark_moved"] = False
+        elif watermark is not None:
             # Only now: the run's output is published. A failure before leaves the mark where it was.
             after = {
                 "field": watermark["field"],
@@ -512,8 +563,11 @@ class SalesforceBulkQueryOperator(BaseOperator):
             after["job_id"] = job_id
             after["run_id"] = getattr(ti, "run_id", None)
             watermark_store_for(context).set(after)
+            watermark["mark_moved"] = True
+        if watermark is not None:
             # The summary (XCom) counts the overlap's Ids rather than listing them.
             watermark["boundary"] = len(watermark["boundary"])
+            watermark["before_boundary"] = len(watermark["before_boundary"])
 
     def _next_mark(
         self,
@@ -543,6 +597,10 @@ class SalesforceBulkQueryOperator(BaseOperator):
             "after": after.mark.isoformat(),
             "overlap_seconds": self.watermark_overlap.total_seconds(),
             "boundary": [list(b) for b in after.boundary],
+            "before_boundary": [list(b) for b in before.boundary] if before is not None else [],
+            "initial": None
+            if self.initial_watermark is None
+            else parse_datetime(self.initial_watermark).isoformat(),
             "query": query,
         }
         self.log.info("Watermark of %s: %s -> %s", field, result["before"], result["after"])

@@ -430,3 +430,36 @@ def test_the_daily_query_job_limit_is_a_retryable_error_naming_the_limit(
     assert "Max bulk v2 query jobs (10000) per 24 hrs has been reached" in str(caught.value)
     assert "DailyBulkV2QueryJobs" in str(caught.value)
     assert not (tmp_path / "_SUCCESS").exists()
+
+
+def test_a_run_into_a_folder_holding_a_published_window_reads_that_window_again(
+    sf: RunningEmulator, tmp_path: Path
+) -> None:
+    """A cleared run, or a second run sharing a ``{{ ds }}`` folder: publishing a new window there
+    would drop the first window's records from the lake, so the run reads the same window again and
+    the mark stays; the next run in a folder of its own gets the changes."""
+    _run(sf, "insert", _accounts(0, 5))
+    time.sleep(SETTLE)
+    args = f"soql={SOQL!r}, incremental_field='SystemModstamp', deferrable=False"
+    fixed = tmp_path / "fixed"
+    dag = _dag("inc_same_folder", f"{args}, output_path={str(fixed)!r}")
+    assert dag.test().state == "success"
+    first, rows = _published(fixed)
+    first_ids = sorted(_by_id(rows))
+    assert len(first_ids) == 5
+
+    _run(sf, "insert", _accounts(100, 2))
+    time.sleep(SETTLE)
+    assert dag.test().state == "success"
+    again, rows = _published(fixed)
+    assert sorted(_by_id(rows)) == first_ids
+    assert (again["watermark"]["before"], again["watermark"]["after"]) == (None, first["watermark"]["after"])
+    assert again["soql"] == first["soql"]
+
+    per_run = _dag("inc_same_folder", f"{args}, output_path={str(tmp_path)!r} + '/{{{{ run_id }}}}'")
+    dr = per_run.test()
+    assert dr.state == "success"
+    third, rows = _published(tmp_path / dr.run_id)
+    new_ids = sorted(r["Id"] for r in sf.records("Account") if r["External_Id__c"] >= "ACC-0100")
+    assert sorted(_by_id(rows)) == new_ids
+    assert third["watermark"]["before"] == first["watermark"]["after"]
