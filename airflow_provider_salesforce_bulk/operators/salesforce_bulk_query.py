@@ -18,6 +18,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     BulkQueryClient,
+    DescribeCache,
     InputError,
     JobInfo,
     NotFoundError,
@@ -29,9 +30,11 @@ from airflow_provider_salesforce_bulk.client import (
     SalesforceSession,
     TokenCache,
     UnexpectedResponseError,
+    arrow_schema,
     check_max_records,
     check_query_options,
     copy_results_to_parquet,
+    describe_columns,
     require_parquet,
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
@@ -58,7 +61,11 @@ from airflow_provider_salesforce_bulk.operators.query_output import (
     part_name,
     resolve_output_dir,
 )
-from airflow_provider_salesforce_bulk.operators.soql_filter import add_condition, check_incremental_soql
+from airflow_provider_salesforce_bulk.operators.soql_filter import (
+    add_condition,
+    check_incremental_soql,
+    select_columns,
+)
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.operators.watermark import (
     Watermark,
@@ -527,6 +534,8 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 "nothing was published, a retry reattaches to the job and writes them again"
             ) from None
         try:
+            if sum(int(f["records"]) for f in files) == 0:
+                files = self._empty_part(staging, files, query)
             watermark = self._next_mark(staging, files, before, query, upper)
             if self._stop.is_set():
                 raise AirflowException(f"Stopped before publishing the results of query job {job_id}")
@@ -568,6 +577,37 @@ class SalesforceBulkQueryOperator(BaseOperator):
             # The summary (XCom) counts the overlap's Ids rather than listing them.
             watermark["boundary"] = len(watermark["boundary"])
             watermark["before_boundary"] = len(watermark["before_boundary"])
+
+    def _empty_part(self, staging: Staging, files: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:
+        """An empty extract still publishes one part with the columns: Salesforce may answer an empty
+        result with an empty body (no header), which leaves no file (Parquet) or an empty one (CSV)."""
+        if any(int(f["bytes"]) > 0 for f in files):
+            return files
+        columns = select_columns(query)
+        if columns is None:
+            self.log.warning("The result is empty and its columns are unknown: the part has no header")
+            return files
+        name = part_name(0, self.output_format)
+        with staging.part(name).open("wb") as file:
+            if self.output_format == "csv":
+                data = (",".join(f'"{c}"' for c in columns) + "\n").encode()
+                file.write(data)
+                size = len(data)
+            else:
+                size = run_sync(lambda: self._write_empty_parquet(file, columns))
+        return [{"name": name, "records": 0, "bytes": size}]
+
+    async def _write_empty_parquet(self, file: Any, columns: list[str]) -> int:
+        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+        async with hook.client(hook.get_settings()) as ingest:
+            fields = await describe_columns(DescribeCache(ingest.session), self._object_name or "", columns)
+        schema = arrow_schema(columns, fields)
+        pyarrow = require_parquet()
+        sink = pyarrow.BufferOutputStream()
+        pyarrow.parquet.write_table(schema.empty_table(), sink)
+        data = sink.getvalue().to_pybytes()
+        file.write(data)
+        return len(data)
 
     def _next_mark(
         self,

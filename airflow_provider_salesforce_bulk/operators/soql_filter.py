@@ -12,7 +12,7 @@ import re
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
 
-__all__ = ["add_condition", "check_incremental_soql", "soql_datetime"]
+__all__ = ["add_condition", "check_incremental_soql", "select_columns", "soql_datetime"]
 
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 _CLAUSE = re.compile(
@@ -131,3 +131,21 @@ def soql_datetime(moment: datetime.datetime, *, round_up: bool = False) -> str:
     else:
         utc = utc.replace(microsecond=0)
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def select_columns(soql: str) -> list[str] | None:
+    """The column names of the SELECT list as written (``Owner.Name`` stays dotted), or None when the
+    list holds anything but plain field paths (functions, ``FIELDS(...)``, subqueries)."""
+    try:
+        clauses = _clauses(soql)
+    except InputError:
+        return None
+    starts = [start for name, start, _ in clauses if name == "FROM"]
+    head = soql.lstrip()
+    if not starts or not head.upper().startswith("SELECT"):
+        return None
+    begin = soql.upper().index("SELECT") + len("SELECT")
+    items = [item.strip() for item in soql[begin : starts[0]].split(",")]
+    if not items or not all(_FIELD.match(item) for item in items):
+        return None
+    return items

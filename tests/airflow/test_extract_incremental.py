@@ -463,3 +463,55 @@ def test_a_run_into_a_folder_holding_a_published_window_reads_that_window_again(
     new_ids = sorted(r["Id"] for r in sf.records("Account") if r["External_Id__c"] >= "ACC-0100")
     assert sorted(_by_id(rows)) == new_ids
     assert third["watermark"]["before"] == first["watermark"]["after"]
+
+
+class _EmptyBodies(httpx.AsyncBaseTransport):
+    """Result pages answered with an empty body (no header), as an org may answer an empty result."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if not request.url.path.endswith("/results"):
+            return response
+        await httpx.Response(200, headers=response.headers, stream=response.stream).aread()
+        headers = [
+            (k, v)
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=b"")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_empty_result_without_a_header_still_publishes_the_columns(
+    sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    wrap_pool_transport(monkeypatch, _EmptyBodies)
+    summary = _execute(_operator(output_path=tmp_path, output_format=fmt))
+    assert summary["records"] == 0
+    assert [f["records"] for f in summary["files"]] == [0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_SUCCESS", "_manifest.json", f"part-00000.{fmt}"]
+    part = tmp_path / f"part-00000.{fmt}"
+    if fmt == "csv":
+        assert part.read_text() == '"Id","Name"\n'
+    else:
+        table = pq.read_table(part)
+        assert (table.num_rows, table.schema.names) == (0, ["Id", "Name"])
+        assert [str(t) for t in table.schema.types] == ["string", "string"]
+
+
+def test_a_stop_request_writes_and_publishes_nothing_more(sf: RunningEmulator, tmp_path: Path) -> None:
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    _run(sf, "insert", _accounts(0, 12))
+    _execute(_operator(output_path=tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    _run(sf, "insert", _accounts(100, 3))
+    op = _operator(output_path=tmp_path)
+    op._stop.set()  # what on_kill does: stop at the next page boundary
+    with pytest.raises(AirflowException, match="Stopped at page"):
+        _execute(op)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "_staging"} == before
