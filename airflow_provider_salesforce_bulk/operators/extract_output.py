@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client import InputError
 from airflow_provider_salesforce_bulk.operators.query_output import display_path
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import re
 
-from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client import InputError
 
 __all__ = ["add_condition", "check_incremental_soql", "select_columns", "soql_datetime"]
 

@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
+from airflow_provider_salesforce_bulk.client import InputError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.operators.soql_filter import soql_datetime
 from airflow_provider_salesforce_bulk.triggers.task_state import COMMS_GUARD
 
