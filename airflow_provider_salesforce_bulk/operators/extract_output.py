@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_salesforce_bulk.client import InputError
@@ -65,14 +65,17 @@ def _is_local(path: Any) -> bool:
     return getattr(path, "protocol", None) in ("", "file", "local")
 
 
-def check_output_dir(directory: Any) -> None:
-    """Before any query job: the folder's filesystem is installed, the folder can be created, and a
-    file can be written and deleted in it. An :class:`InputError` naming the path (and the package to
-    install) otherwise: a bad path is the DAG's to fix, not a reason to run the query."""
-    shown = display_path(directory)
-    protocol = str(getattr(directory, "protocol", "") or "")
-    probe = directory / f"_probe-{uuid.uuid4().hex}"
+def check_output_dir(resolve: Callable[[], Any], shown_path: str) -> None:
+    """Before any query job: the folder (``resolve()``) can be named on an installed filesystem,
+    created, and a file written and deleted in it. An :class:`InputError` naming the path (and the
+    package to install) otherwise: a bad path is the DAG's to fix, not a reason to run the query."""
+    shown = shown_path
+    protocol = shown_path.split("://", 1)[0] if "://" in shown_path else "file"
     try:
+        # Some Airflow versions look the filesystem up when the path is made, others when it is used.
+        directory = resolve()
+        shown = display_path(directory)
+        probe = directory / f"_probe-{uuid.uuid4().hex}"
         directory.mkdir(parents=True, exist_ok=True)
         with probe.open("wb") as file:
             file.write(b"")

@@ -341,7 +341,9 @@ class SalesforceBulkQueryOperator(BaseOperator):
         self._ti = context.get("ti")
         self._settings = settings
         try:
-            check_output_dir(resolve_output_dir(self.output_path, context.get("ti")))
+            check_output_dir(
+                lambda: resolve_output_dir(self.output_path, context.get("ti")), str(self.output_path or "")
+            )
         except InputError as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from None
         query, before, upper = self._incremental(context, store.get(QUERY_STATE_KEY) if store else None)
