@@ -80,13 +80,19 @@ def check_output_dir(resolve: Callable[[], Any], shown_path: str) -> None:
         with probe.open("wb") as file:
             file.write(b"")
         probe.unlink()
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:
+        # Airflow 3.1 says "No filesystem registered for scheme s3" (a ValueError), later ones raise
+        # fsspec's ImportError ("Install s3fs to access S3").
+        if not isinstance(exc, ImportError) and "no filesystem" not in str(exc).lower():
+            raise InputError(
+                f"output_path {shown} cannot be written: {type(exc).__name__}: {exc}", field="output_path"
+            ) from None
         package = _PACKAGES.get(protocol, f"the fsspec filesystem of {protocol!r}")
         raise InputError(
             f"output_path {shown}: the {protocol}:// filesystem is not installed; install {package} ({exc})",
             field="output_path",
         ) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise InputError(
             f"output_path {shown} cannot be written: {type(exc).__name__}: {exc}", field="output_path"
         ) from None
