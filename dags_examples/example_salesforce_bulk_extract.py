@@ -3,10 +3,16 @@ Contact for each, and upsert those Contacts back into Salesforce.
 
 Runs against whatever the ``salesforce_bulk_default`` connection points at: the local emulator in
 ``make demo-extract`` (which first loads some Accounts into it), a real org by changing only the
-connection. The extract is incremental: ``SystemModstamp > <data_interval_start>`` picks the records
-changed since the start of the run's data interval, and waits in the triggerer. The files
-land under ``$AIRFLOW_HOME/salesforce_bulk_extracts/<dag>/<run>/<task>`` (set ``output_path`` to any
-ObjectStoragePath, e.g. ``s3://bucket/salesforce/accounts/{{ ds }}``, for a warehouse).
+connection. The extract is incremental by watermark: ``incremental_field="SystemModstamp"`` keeps the
+task's mark across DAG runs and adds the filter to the SOQL, so each run (scheduled, manual, cleared or
+backfilled) extracts what changed since the last published extract; the first run extracts everything.
+A filter on ``data_interval_start`` would not do: on Airflow 3 a scheduled or manual run's data interval
+has zero length (start = end = the run's date), so it extracts nothing new, or everything again for a
+back-dated run. The files land under ``$AIRFLOW_HOME/salesforce_bulk_extracts/<dag>/<run>/<task>``
+with ``_manifest.json`` and ``_SUCCESS`` (set ``output_path`` to any ObjectStoragePath, e.g.
+``s3://bucket/salesforce/accounts/{{ run_id }}``, for a warehouse: one folder per run, since each run
+holds only its changes). A run with nothing new succeeds with an empty extract, and the load after it
+creates no job.
 """
 
 from __future__ import annotations
@@ -33,12 +39,8 @@ with DAG(
     extract_accounts = SalesforceBulkQueryOperator(
         task_id="extract_accounts",
         conn_id="salesforce_bulk_default",
-        soql=(
-            "SELECT Id, Name, Industry, NumberOfEmployees, AnnualRevenue, SystemModstamp FROM Account "
-            # Whole seconds: Salesforce refuses the microseconds ``| ts`` gives a manual run's date.
-            # Truncating moves the bound earlier, so a record at the edge is extracted twice, never missed.
-            "WHERE SystemModstamp > {{ data_interval_start.strftime('%Y-%m-%dT%H:%M:%SZ') }}"
-        ),
+        soql="SELECT Id, Name, Industry, NumberOfEmployees, AnnualRevenue, SystemModstamp FROM Account",
+        incremental_field="SystemModstamp",
         output_format="parquet",
         records_per_file=50_000,
         poll_interval=2,

@@ -3,17 +3,20 @@
 Starts the emulator, loads some Accounts into it (the org's data: the emulator starts empty), runs
 ``example_salesforce_bulk_extract`` with ``airflow dags test`` (an incremental query of the changed
 Accounts to Parquet, a primary Contact derived for each, upserted back), prints both summaries from
-XCom and what the emulator holds, and stops the emulator. Same private ``./airflow_home`` as ``make demo``.
+XCom and what the emulator holds, then runs it again with nothing new (an empty extract, no load job),
+and stops the emulator. Same private ``./airflow_home`` as ``make demo``; the task's watermark is
+deleted first, since every demo starts a fresh, empty org.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from demo import HOME, _airflow, _env
@@ -67,35 +70,56 @@ def _xcom(task_id: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _run_dag(env: dict[str, str]) -> bool:
+    try:
+        _airflow(env, "dags", "test", DAG_ID)
+    except subprocess.CalledProcessError as exc:
+        print(f"airflow dags test failed with exit code {exc.returncode}", file=sys.stderr)
+        return False
+    return True
+
+
 def main() -> int:
     from airflow_provider_salesforce_bulk.emulator.server import run_emulator
+    from airflow_provider_salesforce_bulk.operators.watermark import WatermarkStore
 
     HOME.mkdir(exist_ok=True)
     with run_emulator(records_per_second=200.0) as emulator:
         print(f"Salesforce emulator at {emulator.base_url}", flush=True)
-        # The run's data interval starts before the seed, so its incremental query finds those Accounts.
-        since = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-        since -= datetime.timedelta(seconds=1)
         asyncio.run(_seed(emulator))
+        # An incremental run reads up to the whole second before it starts.
+        time.sleep(2.1)
         env = _env(emulator.airflow_connection())
         _airflow(env, "db", "migrate")
-        try:
-            _airflow(env, "dags", "test", DAG_ID, since.isoformat())
-        except subprocess.CalledProcessError as exc:
-            print(f"airflow dags test failed with exit code {exc.returncode}", file=sys.stderr)
+        key = WatermarkStore(DAG_ID, "extract_accounts").variable_key()
+        subprocess.run(  # noqa: S603 - a fresh org: start without a mark (absent on a first demo)
+            [str(Path(sys.executable).with_name("airflow")), "variables", "delete", key], env=env, check=False
+        )
+        first = _run_dag(env)
         extract = _xcom("extract_accounts")
         load = _xcom("upsert_contacts")
         contacts = emulator.records("Contact")
+        jobs_before = len(emulator.emulator.store.list_jobs(0, 10_000))
+        print("\n=== A second run with nothing new ===", flush=True)
+        second = _run_dag(env)
+        empty = _xcom("extract_accounts")
+        jobs_after = len(emulator.emulator.store.list_jobs(0, 10_000))
     print("\n=== Summary pushed to XCom by extract_accounts ===")
     print(json.dumps(extract, indent=2))
     print("\n=== Summary pushed to XCom by upsert_contacts ===")
     print(json.dumps(load, indent=2))
-    if extract is None or load is None:
+    print("\n=== Summary of the second extract (nothing new) ===")
+    print(json.dumps(empty, indent=2))
+    if extract is None or load is None or empty is None or not (first and second):
         return 1
     primary = [c for c in contacts if str(c.get("External_Id__c") or "").startswith("PRIMARY-")]
     print(f"\nAccounts extracted: {extract['records']} into {len(extract['files'])} Parquet file(s)")
     print(f"Primary contacts now stored in the emulator: {len(primary)}")
-    return 0 if extract["records"] == ACCOUNTS == len(primary) else 1
+    print(
+        f"Second run: {empty['records']} Accounts extracted, {jobs_after - jobs_before} load job(s) created"
+    )
+    ok = extract["records"] == ACCOUNTS == len(primary)
+    return 0 if ok and empty["records"] == 0 and jobs_after == jobs_before else 1
 
 
 if __name__ == "__main__":

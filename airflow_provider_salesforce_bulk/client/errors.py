@@ -20,7 +20,7 @@ the classes::
         OperationTimeoutError (also TimeoutError) -- an overall deadline passed
         SalesforceApiError -- an error answer, with its status and error_code
             SessionExpiredError -- 401 INVALID_SESSION_ID (the session logs in again once)
-            RequestLimitExceededError -- 429, REQUEST_LIMIT_EXCEEDED
+            RequestLimitExceededError -- 429, REQUEST_LIMIT_EXCEEDED, LIMIT_EXCEEDED
             ApiDisabledError -- 403
             NotFoundError -- 404
             InvalidJobStateError -- 400 INVALIDJOBSTATE
@@ -209,7 +209,8 @@ class SessionExpiredError(SalesforceApiError):
 
 
 class RequestLimitExceededError(SalesforceApiError):
-    """403 ``REQUEST_LIMIT_EXCEEDED`` or 429: an org limit was reached."""
+    """403 ``REQUEST_LIMIT_EXCEEDED``, 429, or 400 ``LIMIT_EXCEEDED`` (e.g. "Max bulk v2 query jobs
+    (10000) per 24 hrs has been reached"): an org limit was reached; it frees up with time."""
 
 
 class ApiDisabledError(SalesforceApiError):
@@ -397,6 +398,8 @@ _BY_ERROR_CODE: dict[str, type[SalesforceApiError]] = {
     "INVALIDSESSIONID": SessionExpiredError,
     "REQUEST_LIMIT_EXCEEDED": RequestLimitExceededError,
     "EXCEEDEDQUOTA": RequestLimitExceededError,
+    # 400 with this code: a daily allowance is used up (DailyBulkV2QueryJobs for query jobs).
+    "LIMIT_EXCEEDED": RequestLimitExceededError,
     "API_DISABLED_FOR_ORG": ApiDisabledError,
     "API_CURRENTLY_DISABLED": ApiDisabledError,
     "NOT_FOUND": NotFoundError,

@@ -47,6 +47,7 @@ from airflow_provider_salesforce_bulk.client.jobs_common import (
     list_params,
 )
 from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, LineEnding
+from airflow_provider_salesforce_bulk.client.page_check import PageCheck, check_distinct_pages
 from airflow_provider_salesforce_bulk.client.query_pages import (
     PageRunner,
     PageSink,
@@ -449,6 +450,11 @@ class BulkQueryClient:
         in the same sink (see :meth:`ResultPage.iter_bytes`); if the copy fails, sinks written so
         far are incomplete and should be discarded. Memory holds ``concurrency`` network chunks.
 
+        Every page's records are counted from its bytes (quote-aware) and must equal its
+        ``Sforce-NumberOfRecords``, and no two pages may begin and end with the same records
+        (:mod:`.page_check`); either failure is an :class:`UnexpectedResponseError`, after which the
+        sinks should be discarded and the results read again.
+
         ``write_in_thread`` opens, writes and closes each sink in a worker thread, for sinks whose
         calls block (an object store uploading a part, or committing the file on close), so that
         other pages keep streaming meanwhile.
@@ -457,16 +463,17 @@ class BulkQueryClient:
         async def copy(page: ResultPage) -> PageSummary:
             if write_in_thread:
                 return await copy_page_in_thread(page, sink_factory)
-            written = 0
+            check = PageCheck()
             with sink_factory(page) as sink:
                 async for chunk in page.iter_bytes():
+                    check.feed(chunk)
                     result = sink.write(chunk)
                     if asyncio.iscoroutine(result):
                         await result
-                    written += len(chunk)
-            return PageSummary(page.number, page.locator, page.records, written)
+            check.verify(page.job_id, page.number, page.records)
+            return PageSummary(page.number, page.locator, check.records, check.bytes, check.fingerprint())
 
-        return await self.for_each_result_page(
+        pages = await self.for_each_result_page(
             job_id,
             copy,
             max_records=max_records,
@@ -474,6 +481,8 @@ class BulkQueryClient:
             parallel=parallel,
             compress=compress,
         )
+        check_distinct_pages(str(getattr(job_id, "id", job_id)), ((p.number, p.fingerprint) for p in pages))
+        return pages
 
     async def result_columns(self, job: str | JobInfo) -> list[str] | None:
         """The result's column names (its CSV header, the SELECT list as written), read from a

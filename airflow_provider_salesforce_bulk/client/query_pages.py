@@ -4,6 +4,7 @@ under bounded concurrency in a stable order."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import csv
 import dataclasses
@@ -17,6 +18,7 @@ import httpx
 
 from airflow_provider_salesforce_bulk.client.csv_format import RecordScan
 from airflow_provider_salesforce_bulk.client.errors import InputError, TransportError, UnexpectedResponseError
+from airflow_provider_salesforce_bulk.client.page_check import PageCheck
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 __all__ = ["PageRunner", "PageSink", "PageSummary", "ResultPage", "copy_page_in_thread", "read_csv_header"]
@@ -46,12 +48,16 @@ class PageSummary:
         Records in the page (``Sforce-NumberOfRecords``, or rows written for Parquet).
     bytes : int
         Bytes written to the page's sink.
+    fingerprint : bytes | None
+        A digest of the page's first record line and last line (see
+        :class:`~.page_check.PageCheck`); None for a page without records or not fingerprinted.
     """
 
     number: int
     locator: str | None
     records: int
     bytes: int
+    fingerprint: builtins.bytes | None = None
 
 
 class ResultPage:
@@ -224,18 +230,19 @@ async def copy_page_in_thread(
 ) -> PageSummary:
     manager = await in_thread(sink_factory, page)
     sink = await in_thread(manager.__enter__)
-    written = 0
+    check = PageCheck()
     try:
         async for chunk in page.iter_bytes():
+            check.feed(chunk)
             result = await in_thread(sink.write, chunk)
             if asyncio.iscoroutine(result):
                 await result
-            written += len(chunk)
     except BaseException as exc:
         await in_thread(manager.__exit__, type(exc), exc, exc.__traceback__)
         raise
     await in_thread(manager.__exit__, None, None, None)
-    return PageSummary(page.number, page.locator, page.records, written)
+    check.verify(page.job_id, page.number, page.records)
+    return PageSummary(page.number, page.locator, check.records, check.bytes, check.fingerprint())
 
 
 class PageRunner(Generic[_T]):

@@ -34,13 +34,14 @@ import functools
 import importlib
 import io
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import IO, Any
 
 from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, FieldDescription, describe_columns
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo
+from airflow_provider_salesforce_bulk.client.page_check import PageCheck, check_distinct_pages
 from airflow_provider_salesforce_bulk.client.query import BulkQueryClient
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage, read_csv_header
 
@@ -312,7 +313,8 @@ async def page_to_parquet(
     """
     delimiter = COLUMN_DELIMITERS.get(column_delimiter, ",")
     where = f"page {page.number} of query job {page.job_id}"
-    chunks = page.iter_bytes()
+    check = PageCheck()
+    chunks = _checked(page.iter_bytes(), check)
     try:
         columns, first = await read_csv_header(chunks, delimiter)
         if columns is None:
@@ -354,7 +356,17 @@ async def page_to_parquet(
         raise UnexpectedResponseError(
             f"{where} parsed into {rows} rows, but Salesforce counts {page.records} records"
         )
-    return PageSummary(page.number, page.locator, rows, written)
+    return PageSummary(page.number, page.locator, rows, written, check.fingerprint())
+
+
+async def _checked(chunks: AsyncGenerator[bytes, None], check: PageCheck) -> AsyncGenerator[bytes, None]:
+    """``chunks``, each fed to ``check`` on its way (for the page's fingerprint)."""
+    try:
+        async for chunk in chunks:
+            check.feed(chunk)
+            yield chunk
+    finally:
+        await chunks.aclose()
 
 
 async def copy_results_to_parquet(
@@ -407,6 +419,8 @@ async def copy_results_to_parquet(
             compression=compression,
         )
 
-    return await client.for_each_result_page(
+    pages = await client.for_each_result_page(
         job, convert, max_records=max_records, concurrency=concurrency, parallel=parallel
     )
+    check_distinct_pages(job.id, ((p.number, p.fingerprint) for p in pages))
+    return pages

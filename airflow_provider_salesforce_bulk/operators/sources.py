@@ -170,6 +170,11 @@ def make_source(
                 names_cache.append(_ndjson_fieldnames(opener, name))
             names = names_cache[0]
             if not names:
+                with opener() as stream:
+                    if next(_iter_ndjson(stream, name), None) is None:
+                        # No record at all (an empty extract upstream): zero records, no job.
+                        yield iter(())
+                        return
                 raise InputError(f"source {name} holds no fields", field="source")
         with opener() as stream:
             yield record_chunks(_iter_ndjson(stream, name), names, sink)

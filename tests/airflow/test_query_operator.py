@@ -188,7 +188,7 @@ def test_parquet_extract_holds_exactly_the_org_records(sf: RunningEmulator) -> N
     assert rows == [{name: record[name] for name in FIELDS} for record in sf.records("Account")]
 
 
-def test_incremental_extract_renders_the_data_interval(sf: RunningEmulator, tmp_path: Path) -> None:
+def test_a_templated_filter_still_renders(sf: RunningEmulator, tmp_path: Path) -> None:
     _run(sf, "insert", _accounts(0, 5))
     time.sleep(1.2)
     since = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -384,7 +384,13 @@ def test_fewer_pages_on_a_rerun_leave_no_stale_parts(sf: RunningEmulator, tmp_pa
         output_path=tmp_path,
     )
     op.execute({"ti": _TI(), "task_state_store": _DictStore()})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "part-00000.csv"]
+    # Published: the earlier parts gone, this extract's part, its manifest and _SUCCESS; other files kept.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "_SUCCESS",
+        "_manifest.json",
+        "notes.txt",
+        "part-00000.csv",
+    ]
 
 
 @pytest.mark.parametrize("output_format", ["csv", "parquet"])
@@ -402,9 +408,10 @@ def test_object_storage_output(
     from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import SalesforceBulkQueryOperator
 
     class Recording(MemoryFileSystem):  # type: ignore[misc]
-        def open(self, *args: Any, **kwargs: Any) -> Any:
-            threads.append(threading.current_thread().name)
-            return super().open(*args, **kwargs)
+        def open(self, path: str, *args: Any, **kwargs: Any) -> Any:
+            if "/_staging/" in path:  # the pages (the probe and the markers are written off any loop)
+                threads.append(threading.current_thread().name)
+            return super().open(path, *args, **kwargs)
 
     threads: list[str] = []
     fs = Recording()
@@ -439,6 +446,8 @@ def test_object_storage_output(
         else:
             got += [r["External_Id__c"] for r in pq.read_table(io.BytesIO(data)).to_pylist()]
     assert got == names
+    listed = sorted(p.rsplit("/", 1)[1] for p in fs.find(f"/extracts/{output_format}"))
+    assert listed == ["_SUCCESS", "_manifest.json"] + [f"part-0000{n}.{output_format}" for n in range(3)]
     # Opened off the event loop's thread (the worker's main thread here).
     assert threads
     assert threading.main_thread().name not in threads
@@ -474,20 +483,36 @@ def test_lineage_names_the_object_and_the_files(
 
 
 def test_example_extract_dag_round_trip(sf: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three runs of the example: everything, then nothing new (an empty extract and no load job),
+    then the two Accounts changed in between."""
     pytest.importorskip("pyarrow.parquet")
     monkeypatch.setenv("AIRFLOW_CONN_SALESFORCE_BULK_DEFAULT", conn_uri_json(sf))
-    _run(sf, "insert", _accounts(0, 3))
-    time.sleep(1.2)
-    since = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    time.sleep(1.2)
-    _run(sf, "insert", _accounts(10, 7))
+    _run(sf, "insert", _accounts(0, 10))
+    time.sleep(2.2)  # a run reads up to the whole second before it starts
     example = Path(__file__).resolve().parents[2] / "dags_examples" / "example_salesforce_bulk_extract.py"
     dag: Any = load_dag_file("example_salesforce_bulk_extract", example.read_text())
-    assert dag.test(logical_date=since).state == "success"
-    changed = {r["Id"]: r for r in sf.records("Account") if r["External_Id__c"] >= "ACC-0010"}
+    assert dag.test().state == "success"
+    accounts = {r["Id"]: r for r in sf.records("Account")}
     contacts = sf.records("Contact")
-    assert sorted(c["AccountId"] for c in contacts) == sorted(changed)
-    assert all(c["LastName"] == f"Primary contact of {changed[c['AccountId']]['Name']}" for c in contacts)
+    assert sorted(c["AccountId"] for c in contacts) == sorted(accounts)
+    assert all(c["LastName"] == f"Primary contact of {accounts[c['AccountId']]['Name']}" for c in contacts)
+    ingest_jobs = len(sf.emulator.store.list_jobs(0, 1000))
+
+    time.sleep(1.1)
+    assert dag.test().state == "success"  # nothing new: an empty extract, the load creates no job
+    assert len(sf.records("Contact")) == 10
+    assert len(sf.emulator.store.list_jobs(0, 1000)) == ingest_jobs
+
+    changed = list(accounts)[:2]
+    _run(sf, "update", [{"Id": i, "Name": f"Renamed {n}"} for n, i in enumerate(changed)])
+    time.sleep(2.2)
+    assert dag.test().state == "success"
+    by_account = {c["AccountId"]: c for c in sf.records("Contact")}
+    assert len(by_account) == 10
+    assert [by_account[i]["LastName"] for i in changed] == [
+        "Primary contact of Renamed 0",
+        "Primary contact of Renamed 1",
+    ]
 
 
 # -- the trigger with job_kind="query" ---------------------------------------------------------

@@ -125,3 +125,21 @@ def test_na_marker_in_records_is_refused_unless_allowed() -> None:
         read_all(source_of(records=records))
     assert info.value.record_index == 1
     assert read_all(source_of(records=records, allow_na_marker=True)) == [b"Name\na\n#N/A\n"]
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [("empty.ndjson", b""), ("blank.ndjson", b"\n\n"), ("header.csv", b"Id,Name\n"), ("nothing.csv", b"")],
+)
+def test_an_input_without_records_is_zero_chunks(tmp_path: Path, name: str, body: bytes) -> None:
+    """An empty extract upstream (an empty NDJSON, a CSV with only its header) loads nothing: no job."""
+    path = tmp_path / name
+    path.write_bytes(body)
+    assert read_all(source_of(str(path))) == []
+
+
+def test_ndjson_records_without_fields_are_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "blank_records.ndjson"
+    path.write_bytes(b"{}\n{}\n")
+    with pytest.raises(InputError, match="holds no fields"):
+        read_all(source_of(str(path)))
