@@ -332,6 +332,7 @@ def test_a_request_limit_met_part_way_pushes_the_summary_and_names_the_limit(
     pushed: dict[str, Any] = {}
 
     class Ti:
+        dag_id, run_id, task_id = "refusals", "run", "load"
         try_number = 1
 
         def xcom_push(self, key: str, value: Any) -> None:
