@@ -1,4 +1,5 @@
-"""Run a DAG file with ``dag.test()`` in a child process and read its outcome; the emulator's admin calls.
+"""Run a DAG file with ``dag.test()`` in a child process and read its outcome (its peak RSS included);
+the emulator's admin calls.
 
 The fault bench's runs share this: each DAG runs in a process of its own (Airflow's retries included),
 so one run's state and memory never leak into the next.
@@ -14,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from benchmarks._support import peak_rss_mb
 
 MARK = "BENCH_DAG_OUTCOME "
 
@@ -92,7 +95,14 @@ def child(dag_file: str, dag_id: str) -> None:
             )
         ).first()
     summary = json.loads(raw) if isinstance(raw, str) else raw
-    outcome = {"state": str(dr.state), "tries": ti.try_number, "summary": summary, "seconds": seconds}
+    outcome = {
+        "state": str(dr.state),
+        "tries": ti.try_number,
+        "summary": summary,
+        "seconds": seconds,
+        # The whole process's peak: Airflow, the operator's two halves and the trigger it ran inline.
+        "peak_rss_mb": peak_rss_mb(),
+    }
     print(MARK + json.dumps(outcome, default=str), flush=True)
 
 

@@ -32,8 +32,9 @@ class LoadCount:
         Stored records beyond the first of each key: records sent more than once.
     missing
         Keys of the input neither stored nor reported failed/unprocessed by the summary. When the
-        input changed between tries, the version of the input the org matches best (a task may load
-        what its first try read or what the source holds now, but all of one of them).
+        input changed between tries, counted against the version the task says it loaded (the one
+        with as many records as the summary's total; a task may load what its first try read or
+        what the source holds now, but all of one of them), else the version the org matches best.
     extra
         Stored keys found in no version of the input.
     version
@@ -48,14 +49,19 @@ class LoadCount:
 
 
 def count_load(
-    stored_keys: Iterable[str], inputs: Sequence[Collection[str]], reported_not_stored: int = 0
+    stored_keys: Iterable[str],
+    inputs: Sequence[Collection[str]],
+    reported_not_stored: int = 0,
+    claimed_records: int | None = None,
 ) -> LoadCount:
-    """Count ``stored_keys`` (one per record the org holds) against every version of the input."""
+    """Count ``stored_keys`` (one per record the org holds) against the versions of the input.
+
+    ``claimed_records`` is the summary's record total: it names the version the task loaded.
+    """
     counts = collections.Counter(stored_keys)
     held = set(counts)
-    missing, version = min(
-        (len(set(keys) - held) - reported_not_stored, index) for index, keys in enumerate(inputs)
-    )
+    candidates = [i for i, keys in enumerate(inputs) if len(keys) == claimed_records] or range(len(inputs))
+    missing, version = min((len(set(inputs[i]) - held) - reported_not_stored, i) for i in candidates)
     known: set[str] = set().union(*inputs)
     return LoadCount(
         stored=sum(counts.values()),

@@ -255,7 +255,8 @@ def run(env: dict[str, str], work: Path, base_url: str, conn_id: str, scenario: 
     totals = summary.get("totals") or {}
     reported_not_stored = int(totals.get("failed", 0)) + int(totals.get("unprocessed", 0))
     stored = stored_keys(admin(base_url, "records/Contact"), KEY_FIELD)
-    count = count_load(stored, [first_keys, keys(scenario, directory)], reported_not_stored)
+    claimed = int(totals["records"]) if "records" in totals else None
+    count = count_load(stored, [first_keys, keys(scenario, directory)], reported_not_stored, claimed)
     failure_file = directory / "failure.txt"
     failure = failure_file.read_text().strip().splitlines()[-1] if failure_file.exists() else None
     summary_vs_org = int(totals["succeeded"]) - count.stored if "succeeded" in totals else None
