@@ -159,14 +159,15 @@ def _faults(env: dict[str, str], work: Path, base_url: str) -> bool:
 
 
 def _kill_then_change(env: dict[str, str], work: Path, base_url: str) -> bool:
+    chosen = [name for name in changes.SCENARIOS if CHOSEN is None or name in CHOSEN]
+    if not chosen:
+        return True
     print(
         f"kill-then-change: {changes.ROWS:,} records, {changes.PER_JOB:,} a job, the first try killed "
         f"with {changes.KILL_AFTER_JOBS} jobs created, the input changed before the retry:"
     )
     ok = True
-    for name in changes.SCENARIOS:
-        if CHOSEN is not None and name not in CHOSEN:
-            continue
+    for name in chosen:
         r = changes.run(env, work, base_url, CONN_ID, name)
         c = r["count"]
         good = r["verdict"] in (EXACTLY_ONCE, FAILED_LOUDLY)
