@@ -53,8 +53,11 @@ def airflow_env(work: Path) -> dict[str, str]:
     return env
 
 
-def run_dag(env: dict[str, str], dag_file: Path, dag_id: str, log: Path) -> dict[str, Any]:
-    """``dag.test()`` of ``dag_file`` in a child; its state, tries, summary (XCom) and seconds."""
+def run_dag(
+    env: dict[str, str], dag_file: Path, dag_id: str, log: Path, timeout: float = 1800
+) -> dict[str, Any]:
+    """``dag.test()`` of ``dag_file`` in a child (at most ``timeout`` seconds); its state, tries,
+    summary (XCom), seconds and peak RSS."""
     with log.open("w") as output:
         out = subprocess.run(  # noqa: S603 - this module, in a child
             [sys.executable, "-m", "benchmarks._dag_runs", str(dag_file), dag_id],
@@ -62,7 +65,7 @@ def run_dag(env: dict[str, str], dag_file: Path, dag_id: str, log: Path) -> dict
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
-            timeout=1800,
+            timeout=timeout,
         )
     lines = [line[len(MARK) :] for line in log.read_text().splitlines() if line.startswith(MARK)]
     if out.returncode != 0 or not lines:
