@@ -1,30 +1,38 @@
-"""Fault suite: 100,000 records through the operator under every emulator fault, with Airflow's retries.
+"""Fault suite: records through the operator under every emulator fault, and after a kill with the input
+changed before the retry, with Airflow's retries.
 
-Each run loads the same records with ``insert`` (an upsert would hide a chunk loaded twice) through
-``SalesforceBulkOperator`` in ``dag.test()``: deferred, ``retries`` tries, the emulator in a process of
-its own with one kind of fault switched on and a seed. After the run it compares three things:
-the input, what the org holds (from the emulator's admin endpoint) and the task's summary (XCom).
+Each fault run loads the same 100,000 records with ``insert`` (an upsert would hide a chunk loaded
+twice) through ``SalesforceBulkOperator`` in ``dag.test()``: deferred, ``retries`` tries, the emulator
+in a process of its own with one kind of fault switched on and a seed. The records carry no unique
+field: ``LastName`` holds each record's own key and the org does not keep it unique, so a record sent
+twice is stored twice (with a unique ``External_Id__c`` the org would refuse the second copy with
+DUPLICATE_VALUE and the bench could never see it). After the run it compares three things: the input,
+what the org holds (from the emulator's admin endpoint), counted by that key, and the task's summary.
 
 Per run it prints: records in, stored, duplicated, missing (neither stored nor reported failed or
 unprocessed by the summary), the summary's own mismatch with the org, jobs and tries. The goal is 0
 duplicated and 0 unaccounted in every run; a task may end failed only loudly (a Failed job, or
 failures beyond the threshold), and then its summary must still equal the org.
+
+Then the kill-then-change runs of :mod:`benchmarks._kill_then_change` (issue 15 §1), with a verdict
+each: "exactly once", "failed loudly before any new job" (naming the chunk that changed), or
+DUPLICATED/MISSING. ``SF_BULK_FAULT_SCENARIOS`` picks scenarios by name (both kinds, comma-separated);
+``SF_BULK_FAULT_RECORDS`` and ``SF_BULK_CHANGE_ROWS`` set the sizes.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _kill_then_change as changes
+from benchmarks._dag_runs import admin, airflow_env, run_dag
+from benchmarks._fault_count import EXACTLY_ONCE, FAILED_LOUDLY, count_load, stored_keys
 from benchmarks._support import emulator_process
 
 RECORDS = int(os.environ.get("SF_BULK_FAULT_RECORDS", "100000"))
@@ -32,7 +40,7 @@ PER_JOB = RECORDS // 10
 SEEDS = tuple(int(s) for s in os.environ.get("SF_BULK_FAULT_SEEDS", "1,2,3").split(","))
 RETRIES = 5
 CONN_ID = "sf_faults"
-_MARK = "BENCH_FAULTS_OUTCOME "
+KEY_FIELD = "LastName"
 
 # One kind of fault per scenario, each strong enough to hit most runs many times.
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -45,25 +53,19 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "failing_jobs": {"job_failure_rate": 0.25},
     "lost_close_answers": {"lost_close_rate": 0.5},
 }
+_CHOSEN = os.environ.get("SF_BULK_FAULT_SCENARIOS")
+CHOSEN = None if not _CHOSEN else set(_CHOSEN.split(","))
 
 
-def _admin(base_url: str, path: str, payload: Any = None) -> Any:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(  # noqa: S310 - loopback emulator
-        f"{base_url}/__emulator__/{path}",
-        data=data,
-        method="GET" if data is None else "POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
-        body = response.read()
-    return json.loads(body) if body else None
+def _key(i: int) -> str:
+    return f"F-{i}"
 
 
 def write_input(path: Path, n: int) -> None:
+    """``n`` Contacts whose only key is ``LastName``, a field the org does not keep unique."""
     with path.open("w") as out:
         for i in range(n):
-            out.write(json.dumps({"LastName": f"Fault {i}", "External_Id__c": f"F-{i}"}) + "\n")
+            out.write(json.dumps({"LastName": _key(i), "FirstName": "Fault"}) + "\n")
 
 
 _DAG = """
@@ -81,39 +83,11 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1)) as
 """
 
 
-def child(dag_file: str, dag_id: str) -> None:
-    """Run one DAG with dag.test() and print its outcome as one JSON line."""
-    import importlib.util
-
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    spec = importlib.util.spec_from_file_location(f"bench_faults_{dag_id}", dag_file)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    started = time.perf_counter()
-    dr = module.dag.test()
-    seconds = time.perf_counter() - started
-    ti = dr.get_task_instance("load")
-    with create_session() as session:
-        raw = session.scalars(
-            select(XComModel.value).where(
-                XComModel.dag_id == dag_id, XComModel.task_id == "load", XComModel.key == "return_value"
-            )
-        ).first()
-    summary = json.loads(raw) if isinstance(raw, str) else raw
-    outcome = {"state": str(dr.state), "tries": ti.try_number, "summary": summary, "seconds": seconds}
-    print(_MARK + json.dumps(outcome, default=str), flush=True)
-
-
 def _run(
     env: dict[str, str], work: Path, base_url: str, name: str, seed: int, source: Path
 ) -> dict[str, Any]:
-    _admin(base_url, "reset", {})
-    _admin(base_url, "settings", {**{"seed": seed}, **SCENARIOS[name]})
+    admin(base_url, "reset", {})
+    admin(base_url, "settings", {**{"seed": seed}, **SCENARIOS[name]})
     dag_id = f"faults_{name}_{seed}"
     dag_file = work / "dags" / f"{dag_id}.py"
     dag_file.write_text(
@@ -129,37 +103,24 @@ def _run(
         )
     )
     log = work / f"{dag_id}.log"
-    with log.open("w") as output:
-        out = subprocess.run(  # noqa: S603 - this module, in a child
-            [sys.executable, "-m", "benchmarks.bench_faults", "--child", str(dag_file), dag_id],
-            check=False,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            timeout=1800,
-        )
-    # Faults off before reading the org, so the count itself cannot fail.
-    _admin(base_url, "settings", {key: _off(value) for key, value in SCENARIOS[name].items()})
-    lines = [line[len(_MARK) :] for line in log.read_text().splitlines() if line.startswith(_MARK)]
-    if out.returncode != 0 or not lines:
-        tail = log.read_text()[-4000:]
-        raise RuntimeError(f"{name} seed {seed}: the child failed ({out.returncode}):\n{tail}")
-    outcome = dict(json.loads(lines[-1]))
-    stored = [r.get("External_Id__c") for r in _admin(base_url, "records/Contact")]
-    counts = collections.Counter(stored)
+    try:
+        outcome = run_dag(env, dag_file, dag_id, log)
+    finally:
+        # Faults off before reading the org, so the count itself cannot fail.
+        admin(base_url, "settings", {key: _off(value) for key, value in SCENARIOS[name].items()})
     summary = outcome["summary"] or {}
     totals = summary.get("totals") or {}
-    unique = len(counts)
-    duplicated = sum(c - 1 for c in counts.values())
     reported_not_stored = int(totals.get("failed", 0)) + int(totals.get("unprocessed", 0))
+    stored = stored_keys(admin(base_url, "records/Contact"), KEY_FIELD)
+    count = count_load(stored, [{_key(i) for i in range(RECORDS)}], reported_not_stored)
     outcome.update(
         name=name,
         seed=seed,
         records=RECORDS,
-        stored=len(stored),
-        duplicated=duplicated,
-        missing=RECORDS - unique - reported_not_stored,
-        summary_vs_org=int(totals.get("succeeded", -1)) - len(stored),
+        stored=count.stored,
+        duplicated=count.duplicated,
+        missing=count.missing + count.extra,
+        summary_vs_org=int(totals.get("succeeded", -1)) - count.stored,
         summary_records=int(totals.get("records", -1)),
         jobs=int(totals.get("jobs", 0)),
         log=str(log),
@@ -175,51 +136,75 @@ def _off(value: Any) -> Any:
     return None
 
 
+def _faults(env: dict[str, str], work: Path, base_url: str) -> bool:
+    chosen = [name for name in SCENARIOS if CHOSEN is None or name in CHOSEN]
+    source = work / "records.ndjson"
+    if chosen:
+        write_input(source, RECORDS)
+    ok = True
+    for name in chosen:
+        for seed in SEEDS:
+            r = _run(env, work, base_url, name, seed, source)
+            good = r["duplicated"] == 0 and r["missing"] == 0 and r["summary_vs_org"] == 0
+            ok = ok and good
+            print(
+                f"{name:>20} seed {seed}: {r['records']:,} in, {r['stored']:,} stored, "
+                f"{r['duplicated']} duplicated, {r['missing']} missing, "
+                f"summary-org {r['summary_vs_org']:+d}, "
+                f"{r['jobs']} jobs, {r['tries']} tries, task {r['state']}, {r['seconds']:.0f}s"
+                + ("" if good else f"  <-- FAILS THE GOAL (log: {r['log']})"),
+                flush=True,
+            )
+    return ok
+
+
+def _kill_then_change(env: dict[str, str], work: Path, base_url: str) -> bool:
+    chosen = [name for name in changes.SCENARIOS if CHOSEN is None or name in CHOSEN]
+    if not chosen:
+        return True
+    print(
+        f"kill-then-change: {changes.ROWS:,} records, {changes.PER_JOB:,} a job, the first try killed "
+        f"with {changes.KILL_AFTER_JOBS} jobs created, the input changed before the retry:"
+    )
+    ok = True
+    for name in chosen:
+        r = changes.run(env, work, base_url, CONN_ID, name)
+        c = r["count"]
+        good = r["verdict"] in (EXACTLY_ONCE, FAILED_LOUDLY)
+        ok = ok and good
+        org = "-" if r["summary_vs_org"] is None else f"{r['summary_vs_org']:+d}"
+        print(
+            f"{name:>20}: {c.stored:,} stored, {c.duplicated:,} duplicated, {c.missing:,} missing"
+            f"{'' if not c.extra else f', {c.extra:,} not in the input'}, summary-org {org}, "
+            f"{r['new_jobs']} jobs after the kill, {r['tries']} tries, task {r['state']}, "
+            f"{r['seconds']:.0f}s: {r['verdict']}"
+            + ("" if good else f"  <-- FAILS THE GOAL (log: {r['log']})"),
+            flush=True,
+        )
+        if r["failure"] and (not good or r["verdict"] == FAILED_LOUDLY):
+            print(f"{'':>22}the retry said: {r['failure']}")
+    return ok
+
+
 def main() -> bool:
     from airflow_provider_salesforce_bulk.emulator.credentials import Credentials
 
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
-    (work / "dags").mkdir()
-    env = dict(os.environ)
-    env["AIRFLOW_HOME"] = str(work / "airflow_home")
-    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(work / "dags")
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{work / 'airflow.db'}"
-    env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
-    subprocess.run(  # noqa: S603
-        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    source = work / "records.ndjson"
-    write_input(source, RECORDS)
-    creds = Credentials()
-    ok = True
-    rows: list[dict[str, Any]] = []
+    env = airflow_env(work)
     with emulator_process() as base_url:
-        env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = creds.airflow_connection(base_url)
-        for name in SCENARIOS:
-            for seed in SEEDS:
-                r = _run(env, work, base_url, name, seed, source)
-                rows.append(r)
-                good = r["duplicated"] == 0 and r["missing"] == 0 and r["summary_vs_org"] == 0
-                ok = ok and good
-                print(
-                    f"{name:>20} seed {seed}: {r['records']:,} in, {r['stored']:,} stored, "
-                    f"{r['duplicated']} duplicated, {r['missing']} missing, "
-                    f"summary-org {r['summary_vs_org']:+d}, "
-                    f"{r['jobs']} jobs, {r['tries']} tries, task {r['state']}, {r['seconds']:.0f}s"
-                    + ("" if good else f"  <-- FAILS THE GOAL (log: {r['log']})"),
-                    flush=True,
-                )
-    verdict = "met" if ok else "NOT met"
-    print(f"goal: 0 duplicated, 0 missing, summary equal to the org in every run: {verdict}")
-    return ok
+        env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = Credentials().airflow_connection(base_url)
+        changed_ok = _kill_then_change(env, work, base_url)
+        faults_ok = _faults(env, work, base_url)
+    print(
+        "goal: 0 duplicated, 0 missing, summary equal to the org in every fault run: "
+        + ("met" if faults_ok else "NOT met")
+    )
+    print(
+        "goal: every kill-then-change run exactly once or failed loudly before any new job: "
+        + ("met" if changed_ok else "NOT met")
+    )
+    return faults_ok and changed_ok
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit(0 if main() else 1)
+    sys.exit(0 if main() else 1)

@@ -42,12 +42,12 @@ CONN_ID = "sf_bench_parquet"
 ROW_GROUP_ROWS = 100_000
 
 
-def make_table(n: int) -> Any:
-    """``n`` Warehouse_Item__c records as an Arrow table of eight typed columns."""
+def make_table(n: int, start: int = 0) -> Any:
+    """``n`` Warehouse_Item__c records (numbered from ``start``) as an Arrow table of eight typed columns."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    index = pa.array(range(n), pa.int64())
+    index = pa.array(range(start, start + n), pa.int64())
     text = index.cast(pa.string())
     names = pc.binary_join_element_wise("Item ", text, "")
     # Every 8th name needs quotes, as a name with a comma or a quote does.
