@@ -489,7 +489,27 @@ def _generate(
                 field="source",
             )
         for piece in _slices(batch):
-            data, offsets = _row_buffers(pa, plan.rows(piece, base))
+            rows, error = _valid_prefix(plan, piece, base)
+            data, offsets = _row_buffers(pa, rows)
             yield from packer.pack(data, offsets, base)
             base += len(offsets) - 1
+            if error is not None:
+                raise error
     yield from packer.rest()
+
+
+def _valid_prefix(plan: _Plan, piece: Any, base: int) -> tuple[Any, InputError | None]:
+    """The rows of ``piece`` before its first bad record, and that record's error (``None`` if none).
+
+    Columns are formatted one at a time, so the error raised first may name a later record than
+    another column's, or than a record of the piece that is too large to send: the rows before it are
+    formatted and packed first, so every path reports the first bad record, as the dict path does.
+    """
+    try:
+        return plan.rows(piece, base), None
+    except InputError as exc:
+        at = exc.record_index
+        if at is None or not base < at < base + piece.num_rows:
+            raise
+        rows, earlier = _valid_prefix(plan, piece.slice(0, at - base), base)
+        return rows, earlier or exc

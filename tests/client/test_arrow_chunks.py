@@ -424,3 +424,33 @@ def test_null_marker_text_refused_unless_allowed(kind: pa.DataType) -> None:
     assert str(caught.value) == str(from_dicts.value)
     (chunk,) = arrow_chunks(table, allow_na_marker=True)
     assert chunk.data == b"Name\na\n#N/A x\n#N/A\n"
+
+
+def test_the_first_bad_record_is_reported_whichever_column_is_formatted_first() -> None:
+    """A dictionary column holding '#N/A' on record 9 and record 0 too large to send: both paths name
+    record 0 (found by hypothesis; the Arrow path formats a column at a time and named record 9)."""
+    table = pa.table(
+        {
+            "F0_bool": pa.array([None] * 10, pa.bool_()),
+            "F1_bool": pa.array([None] * 10, pa.bool_()),
+            "F2_dictionary": pa.DictionaryArray.from_arrays(
+                pa.array([None] * 9 + [0], pa.int32()), pa.array(["#N/A"])
+            ),
+        }
+    )
+    header = len(",".join(table.column_names)) + 2
+    kwargs: dict[str, Any] = {
+        "column_delimiter": "BACKQUOTE",
+        "line_ending": "LF",
+        "none_as": "empty",
+        "max_records": 1,
+        "max_size_bytes": header + 1,
+    }
+    expected = outcome(lambda: dict_chunks(table, **kwargs))
+    assert expected[1:] == (0, None)
+    assert outcome(lambda: arrow_chunks(table, **kwargs)) == expected
+    # And with the size fitting, both name the '#N/A' of record 9.
+    kwargs["max_size_bytes"] = 10_000
+    expected = outcome(lambda: dict_chunks(table, **kwargs))
+    assert expected[1:] == (9, "F2_dictionary")
+    assert outcome(lambda: arrow_chunks(table, **kwargs)) == expected
