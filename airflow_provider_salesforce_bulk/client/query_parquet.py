@@ -51,6 +51,7 @@ __all__ = [
     "arrow_type",
     "copy_results_to_parquet",
     "csv_to_parquet",
+    "dictionary_columns",
     "page_to_parquet",
 ]
 
@@ -76,6 +77,7 @@ _TEXT = frozenset(
         "encryptedstring",
     }
 )
+_FEW_VALUES = frozenset({"picklist", "multipicklist", "combobox", "reference"})
 _COLUMN_NUMBER = re.compile(r"In CSV column #(\d+)")
 
 
@@ -84,7 +86,9 @@ def require_parquet() -> Any:
     ``output_format`` when it is missing (checked before any query job)."""
     # importlib keeps pyarrow optional and out of mypy's view (it ships no type information).
     try:
-        for name in ("pyarrow.compute", "pyarrow.csv", "pyarrow.parquet"):
+        # pyarrow.compute (only time columns need it) is imported when first needed: building its
+        # functions costs more CPU than converting a few thousand records.
+        for name in ("pyarrow.csv", "pyarrow.parquet"):
             importlib.import_module(name)
         pyarrow = importlib.import_module("pyarrow")
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -153,11 +157,13 @@ def csv_to_parquet(
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str = "snappy",
     where: str = "result CSV",
+    use_dictionary: bool | Sequence[str] = True,
 ) -> tuple[int, int]:
     """Convert one result CSV (header row first) to one Parquet file; returns ``(rows, bytes)``.
 
     ``schema`` names every column of the header in order (see :func:`arrow_schema`); ``where``
-    names the input in error messages.
+    names the input in error messages; ``use_dictionary``: dictionary-encode every column (True),
+    none, or the columns named (see :func:`dictionary_columns`).
 
     Raises
     ------
@@ -177,7 +183,10 @@ def csv_to_parquet(
         reader = pa.csv.open_csv(
             source,
             read_options=pa.csv.ReadOptions(block_size=block_size, use_threads=False),
-            parse_options=pa.csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            # An empty line is a record (one column, null): the rows parsed are the page's count.
+            parse_options=pa.csv.ParseOptions(
+                delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False
+            ),
             convert_options=pa.csv.ConvertOptions(
                 column_types=read_types,
                 null_values=[""],
@@ -195,7 +204,9 @@ def csv_to_parquet(
         )
     counting = _Counting(sink)
     rows = 0
-    writer = pa.parquet.ParquetWriter(counting, schema, compression=compression)
+    writer = pa.parquet.ParquetWriter(
+        counting, schema, compression=compression, use_dictionary=_dictionary_option(use_dictionary)
+    )
     try:
         while True:
             try:
@@ -219,9 +230,23 @@ def csv_to_parquet(
     return rows, counting.count
 
 
+def _dictionary_option(use_dictionary: bool | Sequence[str]) -> bool | list[str]:
+    if isinstance(use_dictionary, bool):
+        return use_dictionary
+    return list(use_dictionary)
+
+
+def dictionary_columns(columns: Sequence[str], fields: Mapping[str, FieldDescription | None]) -> list[str]:
+    """The columns worth dictionary-encoding: those whose values come from a short list (picklists,
+    references). Hashing every value of a column of unique values (ids, names, numbers) costs more
+    CPU than the rest of the Parquet writing and saves nothing."""
+    return [name for name in columns if (f := fields.get(name)) is not None and f.type.lower() in _FEW_VALUES]
+
+
 def _with_times(batch: Any, times: list[int], schema: ArrowSchema) -> Any:
     """Salesforce writes times as ``13:30:00.000Z``; Arrow's CSV reader has no time parser."""
     pa = require_parquet()
+    importlib.import_module("pyarrow.compute")
     columns = list(batch.columns)
     for i in times:
         stamped = pa.compute.binary_join_element_wise("1970-01-01T", columns[i], "")
@@ -305,15 +330,17 @@ async def page_to_parquet(
     column_delimiter: ColumnDelimiter = "COMMA",
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str = "snappy",
+    use_dictionary: bool | Sequence[str] = True,
 ) -> PageSummary:
     """Convert one page to one Parquet file in ``open_sink(page)`` (a sync binary writable).
 
     ``schema_for(header)`` is awaited for the page's Arrow schema. An empty body writes no file.
-    The rows written are checked against the page's ``Sforce-NumberOfRecords``.
+    The rows parsed (counted by the CSV parser, quote-aware: an empty line is a record) are
+    checked against the page's ``Sforce-NumberOfRecords``; the bytes are not scanned a second time.
     """
     delimiter = COLUMN_DELIMITERS.get(column_delimiter, ",")
     where = f"page {page.number} of query job {page.job_id}"
-    check = PageCheck()
+    check = PageCheck(count=False)
     chunks = _checked(page.iter_bytes(), check)
     try:
         columns, first = await read_csv_header(chunks, delimiter)
@@ -334,6 +361,7 @@ async def page_to_parquet(
                 block_size=block_size,
                 compression=compression,
                 where=where,
+                use_dictionary=use_dictionary,
             )
             converting = loop.run_in_executor(None, work)
             try:
@@ -356,7 +384,7 @@ async def page_to_parquet(
         raise UnexpectedResponseError(
             f"{where} parsed into {rows} rows, but Salesforce counts {page.records} records"
         )
-    return PageSummary(page.number, page.locator, rows, written, check.fingerprint())
+    return PageSummary(page.number, page.locator, rows, written, check.fingerprint(rows))
 
 
 async def _checked(chunks: AsyncGenerator[bytes, None], check: PageCheck) -> AsyncGenerator[bytes, None]:
@@ -398,8 +426,11 @@ async def copy_results_to_parquet(
     columns = await client.result_columns(job)
     cache = describe or DescribeCache(client.session)
     schema = None
+    dictionary: list[str] = []
     if columns is not None:
-        schema = arrow_schema(columns, await describe_columns(cache, job.object, columns))
+        fields = await describe_columns(cache, job.object, columns)
+        schema = arrow_schema(columns, fields)
+        dictionary = dictionary_columns(columns, fields)
     column_delimiter = job.column_delimiter or "COMMA"
 
     async def schema_for(header: list[str]) -> ArrowSchema:
@@ -417,6 +448,7 @@ async def copy_results_to_parquet(
             column_delimiter=column_delimiter,
             block_size=block_size,
             compression=compression,
+            use_dictionary=dictionary,
         )
 
     pages = await client.for_each_result_page(

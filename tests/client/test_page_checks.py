@@ -197,3 +197,23 @@ def test_the_counter_agrees_with_pythons_csv_module(rows: list[list[str]], cuts:
     check.feed(data[position:])
     assert check.records == len(rows)
     assert check.bytes == len(data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.lists(st.lists(_VALUES, min_size=2, max_size=2), max_size=12), cut=st.integers(1, 40))
+def test_a_check_that_does_not_count_fingerprints_as_one_that_does(rows: list[list[str]], cut: int) -> None:
+    # The Parquet path counts records while parsing them and keeps only the fingerprint from here.
+    out = io.StringIO()
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(["Id", "Name"])
+    writer.writerows(rows)
+    data = out.getvalue().encode()
+    counting, fingerprinting = PageCheck(), PageCheck(count=False)
+    for position in range(0, len(data), cut):
+        counting.feed(data[position : position + cut])
+        fingerprinting.feed(data[position : position + cut])
+    assert fingerprinting.fingerprint(len(rows)) == counting.fingerprint()
+    with pytest.raises(ValueError, match="does not count"):
+        _ = fingerprinting.records
+    with pytest.raises(ValueError, match="does not count"):
+        fingerprinting.fingerprint()

@@ -35,6 +35,7 @@ from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     describe_sobject,
 )
 from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS  # noqa: E402
+from airflow_provider_salesforce_bulk.client.query_parquet import dictionary_columns  # noqa: E402
 from tests.client.helpers import mock_session, query_api_session  # noqa: E402
 
 UTC = datetime.timezone.utc
@@ -172,6 +173,45 @@ def test_empty_values_are_nulls_quoted_or_not_and_crlf_is_read():
         {"Name": None, "Amount__c": None, "Active__c": None},
         {"Name": "a", "Amount__c": 1.5e8, "Active__c": True},
     ]
+
+
+def test_an_empty_line_is_a_record_of_nulls_so_the_parsed_rows_count_every_record():
+    # One column: a null value is an empty line. Skipping it would lose the record and make the page's
+    # own count (the parsed rows) disagree with what it holds.
+    data = b'"Description"\n"a"\n\n"b"\n\n'
+    sink = io.BytesIO()
+    rows, _ = csv_to_parquet(io.BytesIO(data), sink, arrow_schema(["Description"], {}))
+    assert rows == 4
+    assert pq.read_table(io.BytesIO(sink.getvalue())).column("Description").to_pylist() == [
+        "a",
+        None,
+        "b",
+        None,
+    ]
+
+
+def test_only_the_columns_named_are_dictionary_encoded():
+    names = ["Id", "Stage", "Amount__c"]
+    fields = {
+        "Id": FieldDescription("Id", "id"),
+        "Stage": FieldDescription("Stage", "picklist"),
+        "Amount__c": FieldDescription("Amount__c", "currency"),
+        "Owner.Id": FieldDescription("Id", "reference"),
+    }
+    assert dictionary_columns([*names, "Owner.Id", "Unknown"], fields) == ["Stage", "Owner.Id"]
+    data = b"Id,Stage,Amount__c\n" + b"".join(b"a%05d,Won,%d\n" % (i, i) for i in range(2_000))
+    sink = io.BytesIO()
+    csv_to_parquet(
+        io.BytesIO(data),
+        sink,
+        arrow_schema(names, fields),
+        use_dictionary=dictionary_columns(names, fields),
+    )
+    group = pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema: group.column(i).has_dictionary_page for i in range(len(names))
+    }
+    assert dictionary == {"Id": False, "Stage": True, "Amount__c": False}
 
 
 def test_a_value_of_the_wrong_type_names_its_column():
