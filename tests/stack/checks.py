@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -112,8 +113,20 @@ def extract_problems(summary: dict[str, Any] | None, s3: MotoS3, prefix: str, or
     if summary["records"] != len(org_ids) or summary["state"] != "JobComplete":
         problems.append(f"summary says {summary['records']} records, {summary['state']}")
     named = {s3_key(f["path"]) for f in summary["files"]}
-    if named != set(objects):
+    # A complete extract is its parts, the manifest listing exactly them and _SUCCESS, written last.
+    markers = {key for key in objects if key.rsplit("/", 1)[-1] in ("_SUCCESS", "_manifest.json")}
+    if named != set(objects) - markers:
         problems.append(f"summary names {sorted(named)}, S3 holds {sorted(objects)}")
+    by_name = {key.rsplit("/", 1)[-1]: key for key in markers}
+    if set(by_name) != {"_SUCCESS", "_manifest.json"}:
+        problems.append(f"the extract is not marked complete: S3 holds {sorted(objects)}")
+    else:
+        listed = json.loads(objects[by_name["_manifest.json"]])
+        listed_names = {str(f["name"]) for f in listed["files"]}
+        if listed_names != {key.rsplit("/", 1)[-1] for key in named}:
+            problems.append(f"the manifest lists {sorted(listed_names)}, the summary names {sorted(named)}")
+        if listed["records"] != len(org_ids):
+            problems.append(f"the manifest says {listed['records']} records, the org holds {len(org_ids)}")
     return problems
 
 
