@@ -371,8 +371,10 @@ def test_the_hook_masks_every_token_including_refreshed_ones(
         async with hook.client() as client:
             await client.session.request("GET", "limits")
             tokens.append((await client.session.token()).access_token)
-            emulator.update_settings(session_expiry_every_seconds=0.2)
-            await asyncio.sleep(0.5)  # every session older than 0.2 s is now expired
+            # Wide margins: the new session must outlive its login and the resent request on a busy
+            # machine (at 0.2 s it expired again before use, and the request failed after a re-login).
+            emulator.update_settings(session_expiry_every_seconds=3.0)
+            await asyncio.sleep(3.5)  # every session older than 3 s is now expired
             await client.session.request("GET", "limits")  # INVALID_SESSION_ID, then a new login
             tokens.append((await client.session.token()).access_token)
         emulator.update_settings(session_expiry_every_seconds=None)
