@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import pytest
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import SalesforceBulkJobTrigger
+from airflow_provider_salesforce_bulk.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.airflow.helpers import TI, SupervisorComms, conn_uri_json, wrap_pool_transport
 
 CSV = b"LastName,External_Id__c\n" + b"".join(b"Name%d,T%d\n" % (i, i) for i in range(50))
@@ -211,8 +213,17 @@ async def test_on_kill_aborts_idempotently_and_cleanup_does_not(
     task = asyncio.create_task(trigger.run().__anext__())
     await asyncio.sleep(0.5)
     task.cancel()
+    # The cancel is handled before anything is checked: before 3.3 the triggerer has no on_kill, so
+    # run() asks Airflow on any cancel and aborts for a try a user ended (the TI here is marked
+    # failed); a loaded machine finished that abort before the check, a quiet one after it.
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     await trigger.cleanup()
-    assert {await _state(emulator, j) for j in ids} <= {"UploadComplete", "InProgress"}
+    after_cancel = {await _state(emulator, j) for j in ids}
+    if AIRFLOW_V_3_3_PLUS:
+        assert after_cancel <= {"UploadComplete", "InProgress"}, "a cancel or cleanup aborted jobs"
+    else:
+        assert after_cancel == {"Aborted"}, "before 3.3 a cancel of a try a user ended aborts its jobs"
     await trigger.on_kill()
     await trigger.on_kill()  # a second kill on finished jobs must not fail
     assert [await _state(emulator, j) for j in ids] == ["Aborted", "Aborted"]
