@@ -35,6 +35,7 @@ import orjson
 
 from benchmarks._dag_runs import admin, airflow_env, run_dag
 from benchmarks._support import emulator_process
+from benchmarks.bench_operator_memory import FIELDS
 from benchmarks.bench_operator_parquet import make_table
 
 BASE_ROWS = 2_000
@@ -45,16 +46,8 @@ OBJECT = "Warehouse_Item__c"
 CONN_ID = "sf_bench_rss"
 SQL_CONN_ID = "bench_rss_warehouse"
 SLICE_ROWS = 250_000
-COLUMNS = (
-    "External_Id__c",
-    "Name",
-    "Quantity__c",
-    "Unit_Price__c",
-    "Active__c",
-    "Last_Counted__c",
-    "Category__c",
-    "Supplier_Email__c",
-)
+# The typed rows of the operator benches: one column list for all of them.
+COLUMNS = tuple(FIELDS)
 
 
 # -- the inputs, written slice by slice ---------------------------------------------------------------
