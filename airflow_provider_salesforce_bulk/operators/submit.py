@@ -262,127 +262,127 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, spec: JobSpec) -> d
     dict
         The latest state of every job to wait for.
     """
-    latest: dict[str, JobInfo] = {}
+    settling = _Reconcile(client, plan, spec)
     for first, chunk in sorted(plan.chunks.items()):
         # Each step settles the chunk's current job; one that hands the chunk to a new job goes on.
-        while not await _settle_current(client, plan, first, chunk, spec, latest):
+        while not await settling.step(first, chunk):
             pass
     await plan.save()
-    return latest
+    return settling.latest
 
 
-async def _settle_current(
-    client: BulkIngestClient,
-    plan: JobPlan,
-    first: int,
-    chunk: dict[str, Any],
-    spec: JobSpec,
-    latest: dict[str, JobInfo],
-) -> bool:
-    """Settle chunk ``first``'s current job; True once the chunk is settled, False to read it again."""
-    entry = plan.current(chunk)
-    if plan._waiting_for_input(chunk):
-        plan.complete = False
-        return True
-    assert entry is not None
-    if entry.get("outcome") == REPLACED:
-        await _send_again(client, plan, first, entry, spec)
-        return False
-    job = await _read(client, plan, first, entry)
-    if job is None:
-        return False
-    if job.state == "Open" and entry["phase"] == CREATED:
-        _settle(entry, REPLACED, await _abort(client, job.id))
-        log.warning(
-            "Job %s of records %d.. was never closed: aborted, its records go to a new job", job.id, first
+class _Reconcile:
+    """One reconcile: the plan's jobs settled chunk by chunk, ``latest`` the jobs to wait for."""
+
+    def __init__(self, client: BulkIngestClient, plan: JobPlan, spec: JobSpec) -> None:
+        self.client = client
+        self.plan = plan
+        self.spec = spec
+        self.latest: dict[str, JobInfo] = {}
+
+    async def step(self, first: int, chunk: dict[str, Any]) -> bool:
+        """Settle chunk ``first``'s current job; True once the chunk is settled, False to read it again."""
+        entry = self.plan.current(chunk)
+        if self.plan._waiting_for_input(chunk):
+            self.plan.complete = False
+            return True
+        assert entry is not None
+        if entry.get("outcome") == REPLACED:
+            await self._send_again(first, entry)
+            return False
+        job = await self._read(first, entry)
+        if job is None:
+            return False
+        if job.state == "Open" and entry["phase"] == CREATED:
+            _settle(entry, REPLACED, await _abort(self.client, job.id))
+            log.warning(
+                "Job %s of records %d.. was never closed: aborted, its records go to a new job", job.id, first
+            )
+            await self.plan.save()
+            return False
+        if job.state == "Open":
+            log.warning("Job %s holds its data but its close did not take: closing it", job.id)
+            job = await _close(self.client, job.id)
+        if job.state in _KEEP or job.state == "Open":
+            self._keep(entry, job)
+            log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
+            return True
+        if job.state not in _ENDED:
+            raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
+        return await self._settle_ended(first, entry, job)
+
+    def _keep(self, entry: dict[str, Any], job: JobInfo) -> None:
+        entry["phase"] = CLOSED
+        self.latest[job.id] = job
+
+    async def _send_again(self, first: int, entry: dict[str, Any]) -> None:
+        """A replaced job's records were another job's unprocessed records: read them again, send them."""
+        source = _find(self.plan, entry["source"])
+        data, count = await _unprocessed(
+            self.client, source, JobInfo(id=source["job"]), self.spec.column_delimiter
         )
-        await plan.save()
-        return False
-    if job.state == "Open":
-        log.warning("Job %s holds its data but its close did not take: closing it", job.id)
-        job = await _close(client, job.id)
-    if job.state in _KEEP or job.state == "Open":
-        _keep(entry, job, latest)
-        log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
-        return True
-    if job.state not in _ENDED:
-        raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
-    return await _settle_ended(client, plan, first, entry, job, spec, latest)
-
-
-def _keep(entry: dict[str, Any], job: JobInfo, latest: dict[str, JobInfo]) -> None:
-    entry["phase"] = CLOSED
-    latest[job.id] = job
-
-
-async def _send_again(
-    client: BulkIngestClient, plan: JobPlan, first: int, entry: dict[str, Any], spec: JobSpec
-) -> None:
-    """A replaced job's records were another job's unprocessed records: read them again and send them."""
-    source = _find(plan, entry["source"])
-    data, count = await _unprocessed(client, source, JobInfo(id=source["job"]), spec.column_delimiter)
-    if count != int(entry["count"]):
-        raise AirflowFailException(
-            f"job {source['job']}'s unprocessed records file now holds {count} records, not "
-            f"the {entry['count']} read before: load them by hand"
-        )
-    await _send(client, plan, first, data, count, entry["source"], spec)
-
-
-async def _read(client: BulkIngestClient, plan: JobPlan, first: int, entry: dict[str, Any]) -> JobInfo | None:
-    """The job's state; None when Salesforce does not know a job never closed (settled ``replaced``)."""
-    try:
-        return await client.get_job(entry["job"])
-    except NotFoundError:
-        if entry["phase"] != CREATED:
+        if count != int(entry["count"]):
             raise AirflowFailException(
-                f"job {entry['job']} of records {first}.. is unknown to Salesforce, but it may have "
-                "processed them: resending could load them twice; check the org and clear the "
-                "task's state by hand"
-            ) from None
-    _settle(entry, REPLACED, {"id": entry["job"], "state": "NotFound"})
-    log.warning("Job %s is unknown to Salesforce and was never closed: resending", entry["job"])
-    await plan.save()
-    return None
+                f"job {source['job']}'s unprocessed records file now holds {count} records, not "
+                f"the {entry['count']} read before: load them by hand"
+            )
+        await _send(self.client, self.plan, first, data, count, entry["source"], self.spec)
 
+    async def _read(self, first: int, entry: dict[str, Any]) -> JobInfo | None:
+        """The job's state; None when Salesforce does not know a job never closed (settled ``replaced``)."""
+        try:
+            return await self.client.get_job(entry["job"])
+        except NotFoundError:
+            if entry["phase"] != CREATED:
+                raise AirflowFailException(
+                    f"job {entry['job']} of records {first}.. is unknown to Salesforce, but it may have "
+                    "processed them: resending could load them twice; check the org and clear the "
+                    "task's state by hand"
+                ) from None
+        _settle(entry, REPLACED, {"id": entry["job"], "state": "NotFound"})
+        log.warning("Job %s is unknown to Salesforce and was never closed: resending", entry["job"])
+        await self.plan.save()
+        return None
 
-async def _settle_ended(
-    client: BulkIngestClient,
-    plan: JobPlan,
-    first: int,
-    entry: dict[str, Any],
-    job: JobInfo,
-    spec: JobSpec,
-    latest: dict[str, JobInfo],
-) -> bool:
-    """A job that ended Aborted or Failed: only its unprocessed records go to a new job."""
-    if entry["phase"] == CREATED and job.number_records_processed == 0:
-        _settle(entry, REPLACED, job_summary(job))
-        log.warning("Job %s was never closed and ended %s: its records go to a new job", job.id, job.state)
-        await plan.save()
-        return False
-    if job.state == "Failed" and (job.error_message or "").startswith(_INPUT_FAILURES):
-        # The data itself was refused: sending it again would fail the same way.
-        _keep(entry, job, latest)
-        log.warning("Job %s failed on its data (%s): not sent again", job.id, job.error_message)
+    async def _settle_ended(self, first: int, entry: dict[str, Any], job: JobInfo) -> bool:
+        """A job that ended Aborted or Failed: only its unprocessed records go to a new job."""
+        if entry["phase"] == CREATED and job.number_records_processed == 0:
+            _settle(entry, REPLACED, job_summary(job))
+            log.warning(
+                "Job %s was never closed and ended %s: its records go to a new job", job.id, job.state
+            )
+            await self.plan.save()
+            return False
+        if job.state == "Failed" and (job.error_message or "").startswith(_INPUT_FAILURES):
+            # The data itself was refused: sending it again would fail the same way.
+            self._keep(entry, job)
+            log.warning("Job %s failed on its data (%s): not sent again", job.id, job.error_message)
+            return True
+        job, data, count = await _counted_unprocessed(self.client, entry, job, self.spec.column_delimiter)
+        if count == 0:
+            self._keep(entry, job)
+            return True
+        log.warning(
+            "Job %s ended %s after processing %d of %d records: sending the %d unprocessed to a new job",
+            job.id,
+            job.state,
+            job.number_records_processed,
+            entry["count"],
+            count,
+        )
+        new = await _send(
+            self.client,
+            self.plan,
+            first,
+            data,
+            count,
+            entry["job"],
+            self.spec,
+            parent=entry,
+            parent_info=job_summary(job),
+        )
+        self.latest[new.id] = new
         return True
-    job, data, count = await _counted_unprocessed(client, entry, job, spec.column_delimiter)
-    if count == 0:
-        _keep(entry, job, latest)
-        return True
-    log.warning(
-        "Job %s ended %s after processing %d of %d records: sending the %d unprocessed to a new job",
-        job.id,
-        job.state,
-        job.number_records_processed,
-        entry["count"],
-        count,
-    )
-    new = await _send(
-        client, plan, first, data, count, entry["job"], spec, parent=entry, parent_info=job_summary(job)
-    )
-    latest[new.id] = new
-    return True
 
 
 async def _counted_unprocessed(
