@@ -390,6 +390,9 @@ class ResubmitJob:
     origins: tuple[tuple[str, int], ...]
 
 
+ChunkJobCallback = Callable[[JobInfo, ResubmitChunk], Awaitable[None]]
+
+
 async def resubmit_round(
     client: IngestJobApi,
     job_ids: Iterable[str],
@@ -399,7 +402,10 @@ async def resubmit_round(
     *,
     limits: ChunkLimits = DEFAULT_LIMITS,
     compress: bool = False,
-    on_job_created: Callable[[JobInfo, ResubmitChunk], Awaitable[None]] | None = None,
+    on_job_created: ChunkJobCallback | None = None,
+    sent_before: Callable[[ResubmitChunk], Awaitable[bool]] | None = None,
+    on_job_closing: ChunkJobCallback | None = None,
+    on_job_closed: ChunkJobCallback | None = None,
 ) -> list[ResubmitJob]:
     """Send the transient failures of ended jobs ``job_ids`` again, one new job per resubmit chunk, each
     created as ``spec`` says (its CSV in ``spec``'s delimiter and line ending, in chunks within
@@ -408,10 +414,15 @@ async def resubmit_round(
     Each chunk of :func:`iter_resubmit_chunks` goes through :func:`submit_job` (no job is ever
     aborted once its close may have been sent); ``on_job_created(job, chunk)`` is awaited before
     each upload, so a caller can record the new job durably first (a task retry must reattach to it,
-    never compute the round again). The chunk is added to ``ledger`` just before its job's close is
-    sent. The new jobs are returned closed, not waited for: wait or defer on them, then add them to
-    the ledger with the next round number. No wait happens here: sleep ``policy.delay_before(round)``
-    (or defer until then) before calling.
+    never compute the round again). ``on_job_closing(job, chunk)`` is awaited once the data is
+    uploaded, then the chunk is added to ``ledger``, just before its job's close is sent;
+    ``on_job_closed(job, chunk)`` once the close is confirmed. The new jobs are returned closed, not
+    waited for: wait or defer on them, then add them to the ledger with the next round number. No
+    wait happens here: sleep ``policy.delay_before(round)`` (or defer until then) before calling.
+
+    ``sent_before(chunk)``, awaited first for each chunk, lets a caller that replays a round
+    recorded by an earlier try skip a chunk already held by a job that may process it (True: not
+    sent, not added to the ledger here); it may raise to stop the round before the chunk.
 
     Raises what :func:`iter_resubmit_chunks` and :func:`submit_job` raise; the jobs submitted before
     the error are in the ledger and were passed to ``on_job_created``.
@@ -420,12 +431,16 @@ async def resubmit_round(
     async for chunk in iter_resubmit_chunks(
         client, job_ids, policy, limits=limits, chunk_format=spec.chunk_format()
     ):
+        if sent_before is not None and await sent_before(chunk):
+            continue
 
         async def created(job: JobInfo, chunk: ResubmitChunk = chunk) -> None:
             if on_job_created is not None:
                 await on_job_created(job, chunk)
 
-        async def closing(_job: JobInfo, chunk: ResubmitChunk = chunk) -> None:
+        async def closing(job: JobInfo, chunk: ResubmitChunk = chunk) -> None:
+            if on_job_closing is not None:
+                await on_job_closing(job, chunk)
             ledger.add_resubmitted(chunk)  # from here on the new job may process these records
 
         job, _ = await submit_job(
@@ -436,6 +451,8 @@ async def resubmit_round(
             on_job_created=created,
             on_job_closing=closing,
         )
+        if on_job_closed is not None:
+            await on_job_closed(job, chunk)
         made.append(ResubmitJob(job, chunk.first_record_index, chunk.record_count, chunk.origins))
     return made
 

@@ -32,8 +32,7 @@ from airflow_provider_salesforce_bulk.client import (
     ResubmitLedger,
     ResubmitPolicy,
     SalesforceBulkError,
-    iter_resubmit_chunks,
-    submit_job,
+    resubmit_round,
 )
 from airflow_provider_salesforce_bulk.operators.job_plan import CLOSED, CLOSING, CREATED
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
@@ -90,7 +89,8 @@ async def submit_round(
     stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Send round ``number``: the transient failures of ``source_job_ids`` (ended jobs of the round before),
-    in jobs created as ``spec`` says and chunks within ``limits``.
+    in jobs created as ``spec`` says and chunks within ``limits``, through the client's
+    :func:`resubmit_round` with each step recorded in ``plan`` before it is taken.
 
     Every chunk whose job may process it is added to ``ledger``. Returns every job of the round
     (sent now or by an earlier try) with the records it was given. A set ``stop`` (the try was
@@ -104,13 +104,19 @@ async def submit_round(
             ledger.add_resubmitted(_chunk_of(known_job, int(first)))
         return {known_job["job"]: int(known_job["count"]) for known_job in jobs.values()}
     await plan.save()
-    async for chunk in iter_resubmit_chunks(
-        client, entry["sources"], policy, limits=limits, chunk_format=spec.chunk_format()
-    ):
-        check_stop(stop, f"resubmit chunk {chunk.first_record_index} of round {number}")
-        if await _reattached(client, jobs, number, chunk, ledger):
-            continue
-        await _send_chunk(client, plan, jobs, number, chunk, spec, ledger)
+    hooks = _RoundHooks(client, plan, number, ledger, stop)
+    await resubmit_round(
+        client,
+        entry["sources"],
+        policy,
+        ledger,
+        spec,
+        limits=limits,
+        sent_before=hooks.sent_before,
+        on_job_created=hooks.created,
+        on_job_closing=hooks.closing,
+        on_job_closed=hooks.closed,
+    )
     entry["complete"] = True
     await plan.save()
     return {record["job"]: int(record["count"]) for record in jobs.values()}
@@ -129,70 +135,72 @@ def _round_entry(plan: RoundPlan, number: int, sources: list[str]) -> dict[str, 
     return entry
 
 
-async def _reattached(
-    client: BulkIngestClient,
-    jobs: dict[str, dict[str, Any]],
-    number: int,
-    chunk: ResubmitChunk,
-    ledger: ResubmitLedger,
-) -> bool:
-    """Whether an earlier try's job holds ``chunk`` and may process it; a never-closed one is aborted."""
-    key = str(chunk.first_record_index)
-    known = jobs.get(key)
-    if known is None:
+class _RoundHooks:
+    """``resubmit_round``'s callbacks for round ``number``: its jobs, by resubmit chunk, in the plan."""
+
+    def __init__(
+        self,
+        client: BulkIngestClient,
+        plan: RoundPlan,
+        number: int,
+        ledger: ResubmitLedger,
+        stop: threading.Event | None,
+    ) -> None:
+        self.client = client
+        self.plan = plan
+        self.number = number
+        self.jobs: dict[str, dict[str, Any]] = plan.round(number)["jobs"]
+        self.ledger = ledger
+        self.stop = stop
+
+    async def sent_before(self, chunk: ResubmitChunk) -> bool:
+        """Whether an earlier try's job holds ``chunk`` and may process it; a never-closed one is aborted."""
+        number = self.number
+        check_stop(self.stop, f"resubmit chunk {chunk.first_record_index} of round {number}")
+        key = str(chunk.first_record_index)
+        known = self.jobs.get(key)
+        if known is None:
+            return False
+        if int(known["count"]) != chunk.record_count:
+            raise AirflowFailException(
+                f"round {number}: job {known['job']} was given {known['count']} records from resubmit "
+                f"chunk {key}, but the failed results now give {chunk.record_count}: check the org and "
+                "clear the task's state by hand"
+            )
+        if known["phase"] != CREATED:
+            log.info("Round %d: reattaching to job %s (%d records)", number, known["job"], known["count"])
+            self.ledger.add_resubmitted(chunk)
+            return True
+        # Never closed, so it processes nothing: aborted (harmless if it is gone), chunk sent again.
+        with contextlib.suppress(SalesforceBulkError):
+            await self.client.abort_job(check_job_id(known["job"]))
         return False
-    if int(known["count"]) != chunk.record_count:
-        raise AirflowFailException(
-            f"round {number}: job {known['job']} was given {known['count']} records from resubmit chunk "
-            f"{key}, but the failed results now give {chunk.record_count}: check the org and clear "
-            "the task's state by hand"
-        )
-    if known["phase"] != CREATED:
-        log.info("Round %d: reattaching to job %s (%d records)", number, known["job"], known["count"])
-        ledger.add_resubmitted(chunk)
-        return True
-    # Never closed, so it processes nothing: aborted (harmless if it is gone), chunk sent again.
-    with contextlib.suppress(SalesforceBulkError):
-        await client.abort_job(check_job_id(known["job"]))
-    return False
 
-
-async def _send_chunk(
-    client: BulkIngestClient,
-    plan: RoundPlan,
-    jobs: dict[str, dict[str, Any]],
-    number: int,
-    chunk: ResubmitChunk,
-    spec: JobSpec,
-    ledger: ResubmitLedger,
-) -> None:
-    """Send one resubmit chunk through the client's ``submit_job``, each step recorded before it is taken."""
-    key = str(chunk.first_record_index)
-    record: dict[str, Any] = {
-        "job": None,
-        "count": chunk.record_count,
-        "origins": [[job_id, count] for job_id, count in chunk.origins],
-        "phase": CREATED,
-    }
-
-    async def created(job: JobInfo) -> None:
+    async def created(self, job: JobInfo, chunk: ResubmitChunk) -> None:
         check_job_id(job.id)
-        record["job"] = job.id
-        record["phase"] = CREATED
-        jobs[key] = record
-        await plan.save()
+        self.jobs[str(chunk.first_record_index)] = {
+            "job": job.id,
+            "count": chunk.record_count,
+            "origins": [[job_id, count] for job_id, count in chunk.origins],
+            "phase": CREATED,
+        }
+        await self.plan.save()
 
-    async def closing(_job: JobInfo) -> None:
-        record["phase"] = CLOSING
-        await plan.save()
-        ledger.add_resubmitted(chunk)  # from here on the new job may process these records
+    async def closing(self, _job: JobInfo, chunk: ResubmitChunk) -> None:
+        # Saved before resubmit_round adds the chunk to the ledger: from then on the job may process it.
+        self.jobs[str(chunk.first_record_index)]["phase"] = CLOSING
+        await self.plan.save()
 
-    job, _ = await submit_job(client, spec, chunk.data, on_job_created=created, on_job_closing=closing)
-    record["phase"] = CLOSED
-    await plan.save()
-    log.info(
-        "Round %d: job %s holds %d records sent again (%s)", number, job.id, chunk.record_count, job.state
-    )
+    async def closed(self, job: JobInfo, chunk: ResubmitChunk) -> None:
+        self.jobs[str(chunk.first_record_index)]["phase"] = CLOSED
+        await self.plan.save()
+        log.info(
+            "Round %d: job %s holds %d records sent again (%s)",
+            self.number,
+            job.id,
+            chunk.record_count,
+            job.state,
+        )
 
 
 def resubmit_codes(
