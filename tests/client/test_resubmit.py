@@ -393,3 +393,59 @@ def test_ledger_counts_a_resubmitted_record_once_and_refuses_a_bad_dump():
     ):
         with pytest.raises(InputError, match="ledger"):
             ResubmitLedger.from_dict(bad)
+
+
+async def test_resubmit_round_hooks_skip_a_chunk_sent_before_and_see_each_step_in_order(org):
+    # What the Airflow operator relies on to record a round in its plan: a chunk an earlier try sent is
+    # skipped (neither sent nor counted here), and each job is announced created, closing (before the
+    # ledger counts its records), then closed.
+    org.update_settings(lock_failure_rate=0.5, seed=5)
+    records = [{"Name": f"Hook {i}", "External_Id__c": f"H-{i}"} for i in range(120)]
+    async with emulator_session(org) as session:
+        client = BulkIngestClient(session)
+        first = [
+            r.job_info
+            async for r in perform_operation(client, "insert", "Account", records, polling_interval=0.02)
+        ]
+        ledger = ResubmitLedger()
+        steps: list[tuple[str, str, int]] = []
+        skipped: list[ResubmitChunk] = []
+
+        async def sent_before(chunk: ResubmitChunk) -> bool:
+            if chunk.first_record_index == 0:
+                skipped.append(chunk)
+                return True
+            return False
+
+        def hook(step: str) -> Any:
+            async def record(job: JobInfo, chunk: ResubmitChunk) -> None:
+                steps.append((step, job.id, sum(ledger.resubmitted.values())))
+
+            return record
+
+        made = await resubmit_round(
+            client,
+            [job.id for job in first],
+            ResubmitPolicy(),
+            ledger,
+            JobSpec("insert", "Account"),
+            limits=ChunkLimits(max_records=10),
+            sent_before=sent_before,
+            on_job_created=hook("created"),
+            on_job_closing=hook("closing"),
+            on_job_closed=hook("closed"),
+        )
+    failed = sum(job.number_records_failed for job in first)
+    assert failed > 20  # several chunks of 10
+    (first_chunk,) = skipped
+    assert first_chunk.record_count == 10
+    assert sum(m.record_count for m in made) == failed - 10  # the skipped chunk was not sent
+    assert sum(ledger.resubmitted.values()) == failed - 10  # nor counted here
+    counted = 0
+    for i, job in enumerate(made):
+        assert steps[3 * i : 3 * i + 3] == [
+            ("created", job.job_info.id, counted),
+            ("closing", job.job_info.id, counted),  # told before the ledger counts the chunk
+            ("closed", job.job_info.id, counted + job.record_count),
+        ]
+        counted += job.record_count
