@@ -1047,16 +1047,16 @@ class SalesforceBulkOperator(BaseOperator):
         hook: SalesforceBulkHook,
         state: _RoundState,
         policy: ResubmitPolicy,
-        retry_from: list[str],
+        resubmit_from: list[str],
         instance_url: str,
         *,
         waited: bool = False,
     ) -> Any:
-        """Send the transient failures of ``retry_from`` to round ``state.round + 1``'s jobs and wait,
+        """Send the transient failures of ``resubmit_from`` to round ``state.round + 1``'s jobs and wait,
         after the backoff (unless ``waited``: resumed from the backoff trigger)."""
         number = state.round + 1
         self._back_off(
-            number, 0.0 if waited else policy.delay_before(number), policy, state, retry_from, instance_url
+            number, 0.0 if waited else policy.delay_before(number), policy, state, resubmit_from, instance_url
         )
         check_stop(self._stop_event(), f"sending round {number}")
         plan: JobPlan | None = getattr(self, "_plan", None)
@@ -1070,7 +1070,7 @@ class SalesforceBulkOperator(BaseOperator):
                     client,
                     rounds,
                     number,
-                    retry_from,
+                    resubmit_from,
                     policy,
                     state.ledger,
                     self._job_spec(),
@@ -1089,13 +1089,13 @@ class SalesforceBulkOperator(BaseOperator):
         delay: float,
         policy: ResubmitPolicy,
         state: _RoundState,
-        retry_from: list[str],
+        resubmit_from: list[str],
         instance_url: str,
     ) -> None:
         """Wait ``delay`` before round ``number``: deferred to the triggerer when long enough, else here."""
         self.log.info(
             "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
-            len(retry_from),
+            len(resubmit_from),
             "/".join(policy.codes),
             number,
             policy.max_rounds,
@@ -1105,7 +1105,9 @@ class SalesforceBulkOperator(BaseOperator):
             # The wait frees the worker slot; the round's state travels in the trigger's event, so any
             # worker can send the round after it.
             self.defer(
-                trigger=ResubmitBackoffTrigger(time.time() + delay, state.dump(), retry_from, instance_url),
+                trigger=ResubmitBackoffTrigger(
+                    time.time() + delay, state.dump(), resubmit_from, instance_url
+                ),
                 method_name="send_next_round",
                 timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
             )
