@@ -64,6 +64,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JobCreatedCallback = Callable[[JobInfo], Awaitable[None]]
+JobAbortedCallback = Callable[[JobInfo, BaseException], Awaitable[None]]
 
 
 class RunOptions(TypedDict, total=False):
@@ -158,6 +159,7 @@ async def submit_job(
     on_job_created: JobCreatedCallback | None = None,
     on_job_closing: JobCreatedCallback | None = None,
     max_close_attempts: int = 3,
+    on_job_aborted: JobAbortedCallback | None = None,
 ) -> tuple[JobInfo, tuple[str, ...]]:
     """Create a job as ``spec`` says, upload one CSV chunk to it and close it, without ever loading the
     chunk twice.
@@ -180,6 +182,9 @@ async def submit_job(
     awaited with the job once its data is uploaded, just before the close is sent: from then on the
     job may process records and must never be aborted nor its chunk sent again without asking
     Salesforce. If either callback raises, the job (not yet closed) is aborted and the error raised.
+    ``on_job_aborted`` is awaited with a job aborted before its close and the error that made it so
+    (its upload's answer lost, a request or a callback failed; not a cancellation), so a caller that
+    recorded the job can mark it as never processed.
 
     Returns
     -------
@@ -211,17 +216,29 @@ async def submit_job(
                 await on_job_closing(job)
         except UploadOutcomeUnknownError as exc:
             replaced.append(job.id)
-            await abort_quietly(client, job.id)
+            await _abort_unclosed(client, job, exc, on_job_aborted)
             if attempt == max_upload_attempts:
                 raise
             log.warning("Upload to job %s got no answer (%s); sending the chunk to a new job", job.id, exc)
             continue
-        except BaseException:
+        except Exception as exc:
             # Not closed yet: Salesforce cannot have processed any of it, so aborting is safe.
+            await _abort_unclosed(client, job, exc, on_job_aborted)
+            raise
+        except BaseException:
             await abort_quietly(client, job.id)
             raise
         return await close_uploaded_job(client, job, max_attempts=max_close_attempts), tuple(replaced)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _abort_unclosed(
+    client: IngestJobApi, job: JobInfo, error: BaseException, on_job_aborted: JobAbortedCallback | None
+) -> None:
+    """Abort a job never closed (so never processing anything), then tell the caller why."""
+    await abort_quietly(client, job.id)
+    if on_job_aborted is not None:
+        await on_job_aborted(job, error)
 
 
 async def close_uploaded_job(client: IngestJobApi, job: JobInfo, *, max_attempts: int = 3) -> JobInfo:

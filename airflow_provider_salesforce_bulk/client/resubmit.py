@@ -1,6 +1,6 @@
 """Resubmitting records that failed for a transient reason (``UNABLE_TO_LOCK_ROW``) in new jobs.
 
-Once a round of jobs has ended, :func:`iter_retry_chunks` streams each job's ``failedResults``, keeps
+Once a round of jobs has ended, :func:`iter_resubmit_chunks` streams each job's ``failedResults``, keeps
 the rows whose ``sf__Error`` code is one of the policy's transient codes, drops the ``sf__Id`` and
 ``sf__Error`` columns and writes the rest as new job-sized CSV chunks under the uploaded header.
 Those records failed, so Salesforce stored nothing of them: sending them again cannot store one twice.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,18 +36,27 @@ from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.result_csv import EXTRA_KEY_PREFIX
 
 __all__ = [
-    "DEFAULT_RETRY_ERROR_CODES",
+    "DEFAULT_RESUBMIT_ERROR_CODES",
     "LedgerJob",
+    "ResubmitChunk",
+    "ResubmitJob",
     "ResubmitLedger",
     "ResubmitPolicy",
-    "RetryChunk",
-    "RetryJob",
     "error_code",
-    "iter_retry_chunks",
-    "submit_retry_round",
+    "iter_resubmit_chunks",
+    "resubmit_round",
 ]
 
-DEFAULT_RETRY_ERROR_CODES: tuple[str, ...] = ("UNABLE_TO_LOCK_ROW",)
+DEFAULT_RESUBMIT_ERROR_CODES: tuple[str, ...] = ("UNABLE_TO_LOCK_ROW",)
+# "Retry" names a request sent again; records sent again are "resubmitted". The old names still
+# import from this module, with a DeprecationWarning.
+_RENAMED = {
+    "DEFAULT_RETRY_ERROR_CODES": "DEFAULT_RESUBMIT_ERROR_CODES",
+    "RetryChunk": "ResubmitChunk",
+    "RetryJob": "ResubmitJob",
+    "iter_retry_chunks": "iter_resubmit_chunks",
+    "submit_retry_round": "resubmit_round",
+}
 _CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _MAX_ROUNDS = 10
 _MAX_BACKOFF = 3600.0
@@ -76,7 +86,7 @@ class ResubmitPolicy:
         so a pause gives it time to end.
     """
 
-    codes: tuple[str, ...] = DEFAULT_RETRY_ERROR_CODES
+    codes: tuple[str, ...] = DEFAULT_RESUBMIT_ERROR_CODES
     max_rounds: int = 3
     backoff: float = 30.0
     backoff_factor: float = 2.0
@@ -86,15 +96,15 @@ class ResubmitPolicy:
         codes = self.codes
         if isinstance(codes, str) or not isinstance(codes, Iterable):
             raise InputError(
-                f"retry_error_codes must be a list of Salesforce status codes, got {codes!r}",
-                field="retry_error_codes",
+                f"codes must be a list of Salesforce status codes, got {codes!r}",
+                field="codes",
             )
         normalized = tuple(dict.fromkeys(codes))
         for code in normalized:
             if not isinstance(code, str) or not _CODE.fullmatch(code):
                 raise InputError(
-                    f"retry_error_codes holds {code!r}, not a status code like 'UNABLE_TO_LOCK_ROW'",
-                    field="retry_error_codes",
+                    f"codes holds {code!r}, not a status code like 'UNABLE_TO_LOCK_ROW'",
+                    field="codes",
                 )
         object.__setattr__(self, "codes", normalized)
         rounds = self.max_rounds
@@ -131,10 +141,10 @@ class ResubmitPolicy:
 
 
 @dataclass(frozen=True)
-class RetryChunk(CsvChunk):
+class ResubmitChunk(CsvChunk):
     """A :class:`CsvChunk` of records taken from earlier jobs' failed results.
 
-    ``first_record_index`` counts records across the chunks of one :func:`iter_retry_chunks` call
+    ``first_record_index`` counts records across the chunks of one :func:`iter_resubmit_chunks` call
     (a failed results file has no defined row order, so a record's place in the original input is not
     known). ``origins`` says how many of the chunk's records came from each earlier job, in order:
     ``(("750...A", 12), ("750...B", 3))``.
@@ -158,7 +168,7 @@ class ResubmitLedger:
     """Counts each record once, at its final outcome, across rounds of jobs.
 
     Feed it every ended job with :meth:`add_job` (its round and how many records were uploaded to
-    it) and every retry chunk once its job may process it with :meth:`add_resubmitted`. A job's
+    it) and every resubmit chunk once its job may process it with :meth:`add_resubmitted`. A job's
     records then count as: successful ``processed - failed``, failed ``failed - resubmitted`` (the
     rest are counted in a later round's job), unprocessed ``uploaded - processed``.
 
@@ -174,7 +184,7 @@ class ResubmitLedger:
             round_number, records_uploaded, job.number_records_processed, job.number_records_failed
         )
 
-    def add_resubmitted(self, chunk: RetryChunk) -> None:
+    def add_resubmitted(self, chunk: ResubmitChunk) -> None:
         """Record that ``chunk``'s records left their jobs' failed count for a new job."""
         for job_id, count in chunk.origins:
             self.resubmitted[job_id] = self.resubmitted.get(job_id, 0) + count
@@ -270,8 +280,8 @@ class _Builder:
         self.size += len(record)
         self.origins[job_id] = self.origins.get(job_id, 0) + 1
 
-    def take(self, first: int) -> RetryChunk:
-        chunk = RetryChunk(
+    def take(self, first: int) -> ResubmitChunk:
+        chunk = ResubmitChunk(
             self.header + b"".join(self.parts), first, len(self.parts), origins=tuple(self.origins.items())
         )
         self.parts = []
@@ -280,14 +290,14 @@ class _Builder:
         return chunk
 
 
-async def iter_retry_chunks(
+async def iter_resubmit_chunks(
     client: IngestJobApi,
     job_ids: Iterable[str],
     policy: ResubmitPolicy | None = None,
     *,
     limits: ChunkLimits = DEFAULT_LIMITS,
     chunk_format: ChunkFormat = DEFAULT_FORMAT,
-) -> AsyncIterator[RetryChunk]:
+) -> AsyncIterator[ResubmitChunk]:
     """New job-sized chunks of the records that failed with one of ``policy.codes`` in ended jobs.
 
     Each job's state is read first: a job that has not ended (JobComplete, Failed or Aborted) is
@@ -371,8 +381,8 @@ def _uploaded_columns(row: Mapping[str, str], job_id: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class RetryJob:
-    """A job made by :func:`submit_retry_round`: the closed job and the chunk's accounting."""
+class ResubmitJob:
+    """A job made by :func:`resubmit_round`: the closed job and the chunk's accounting."""
 
     job_info: JobInfo
     first_record_index: int
@@ -380,7 +390,10 @@ class RetryJob:
     origins: tuple[tuple[str, int], ...]
 
 
-async def submit_retry_round(
+ChunkJobCallback = Callable[[JobInfo, ResubmitChunk], Awaitable[None]]
+
+
+async def resubmit_round(
     client: IngestJobApi,
     job_ids: Iterable[str],
     policy: ResubmitPolicy,
@@ -389,33 +402,45 @@ async def submit_retry_round(
     *,
     limits: ChunkLimits = DEFAULT_LIMITS,
     compress: bool = False,
-    on_job_created: Callable[[JobInfo, RetryChunk], Awaitable[None]] | None = None,
-) -> list[RetryJob]:
-    """Send the transient failures of ended jobs ``job_ids`` again, one new job per retry chunk, each
+    on_job_created: ChunkJobCallback | None = None,
+    sent_before: Callable[[ResubmitChunk], Awaitable[bool]] | None = None,
+    on_job_closing: ChunkJobCallback | None = None,
+    on_job_closed: ChunkJobCallback | None = None,
+) -> list[ResubmitJob]:
+    """Send the transient failures of ended jobs ``job_ids`` again, one new job per resubmit chunk, each
     created as ``spec`` says (its CSV in ``spec``'s delimiter and line ending, in chunks within
     ``limits``).
 
-    Each chunk of :func:`iter_retry_chunks` goes through :func:`submit_job` (no job is ever
+    Each chunk of :func:`iter_resubmit_chunks` goes through :func:`submit_job` (no job is ever
     aborted once its close may have been sent); ``on_job_created(job, chunk)`` is awaited before
     each upload, so a caller can record the new job durably first (a task retry must reattach to it,
-    never compute the round again). The chunk is added to ``ledger`` just before its job's close is
-    sent. The new jobs are returned closed, not waited for: wait or defer on them, then add them to
-    the ledger with the next round number. No wait happens here: sleep ``policy.delay_before(round)``
-    (or defer until then) before calling.
+    never compute the round again). ``on_job_closing(job, chunk)`` is awaited once the data is
+    uploaded, then the chunk is added to ``ledger``, just before its job's close is sent;
+    ``on_job_closed(job, chunk)`` once the close is confirmed. The new jobs are returned closed, not
+    waited for: wait or defer on them, then add them to the ledger with the next round number. No
+    wait happens here: sleep ``policy.delay_before(round)`` (or defer until then) before calling.
 
-    Raises what :func:`iter_retry_chunks` and :func:`submit_job` raise; the jobs submitted before
+    ``sent_before(chunk)``, awaited first for each chunk, lets a caller that replays a round
+    recorded by an earlier try skip a chunk already held by a job that may process it (True: not
+    sent, not added to the ledger here); it may raise to stop the round before the chunk.
+
+    Raises what :func:`iter_resubmit_chunks` and :func:`submit_job` raise; the jobs submitted before
     the error are in the ledger and were passed to ``on_job_created``.
     """
-    made: list[RetryJob] = []
-    async for chunk in iter_retry_chunks(
+    made: list[ResubmitJob] = []
+    async for chunk in iter_resubmit_chunks(
         client, job_ids, policy, limits=limits, chunk_format=spec.chunk_format()
     ):
+        if sent_before is not None and await sent_before(chunk):
+            continue
 
-        async def created(job: JobInfo, chunk: RetryChunk = chunk) -> None:
+        async def created(job: JobInfo, chunk: ResubmitChunk = chunk) -> None:
             if on_job_created is not None:
                 await on_job_created(job, chunk)
 
-        async def closing(_job: JobInfo, chunk: RetryChunk = chunk) -> None:
+        async def closing(job: JobInfo, chunk: ResubmitChunk = chunk) -> None:
+            if on_job_closing is not None:
+                await on_job_closing(job, chunk)
             ledger.add_resubmitted(chunk)  # from here on the new job may process these records
 
         job, _ = await submit_job(
@@ -426,5 +451,15 @@ async def submit_retry_round(
             on_job_created=created,
             on_job_closing=closing,
         )
-        made.append(RetryJob(job, chunk.first_record_index, chunk.record_count, chunk.origins))
+        if on_job_closed is not None:
+            await on_job_closed(job, chunk)
+        made.append(ResubmitJob(job, chunk.first_record_index, chunk.record_count, chunk.origins))
     return made
+
+
+def __getattr__(name: str) -> Any:
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{name} is renamed {new}", DeprecationWarning, stacklevel=2)
+    return globals()[new]

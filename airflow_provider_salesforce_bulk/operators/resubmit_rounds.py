@@ -2,7 +2,7 @@
 
 After a round of jobs has ended, the records that failed with one of the policy's codes
 (``UNABLE_TO_LOCK_ROW``) go to new jobs: round 2, 3, ... Each new job is recorded in the task's plan
-store under its round and the ``first_record_index`` of its retry chunk *before* its upload, and
+store under its round and the ``first_record_index`` of its resubmit chunk *before* its upload, and
 marked before its close. A task retry replays the rounds: a round already recorded is reattached to,
 never computed and sent again (its records could be stored twice); within a round left half done,
 the chunks already given to a job whose close may have been sent are kept, and only the others are
@@ -15,28 +15,31 @@ import asyncio
 import contextlib
 import logging
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
+    DEFAULT_RESUBMIT_ERROR_CODES,
     BulkIngestClient,
     ChunkLimits,
+    InputError,
     JobInfo,
     JobSpec,
+    ResubmitChunk,
     ResubmitLedger,
     ResubmitPolicy,
-    RetryChunk,
     SalesforceBulkError,
-    iter_retry_chunks,
-    submit_job,
+    resubmit_round,
 )
-from airflow_provider_salesforce_bulk.operators.submit import CLOSED, CLOSING, CREATED, StateStore
+from airflow_provider_salesforce_bulk.operators.job_plan import CLOSED, CLOSING, CREATED
+from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
-__all__ = ["ROUNDS_KEY", "RoundPlan", "submit_round"]
+__all__ = ["ROUNDS_KEY", "RoundPlan", "resubmit_codes", "resubmit_policy", "submit_round"]
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +49,16 @@ _VERSION = 1
 
 
 class RoundPlan:
-    """Per round (2, 3, ...): the jobs it was given to, by retry chunk, and whether it was all sent."""
+    """Per round (2, 3, ...): the jobs it was given to, by resubmit chunk, and whether it was all sent."""
 
-    def __init__(self, store: StateStore | None) -> None:
+    def __init__(self, store: PlanStore | None) -> None:
         self.store = store
         raw = store.get(ROUNDS_KEY) if store is not None else None
         rounds = raw.get("rounds") if isinstance(raw, dict) else None
         self.rounds: dict[str, dict[str, Any]] = dict(rounds) if isinstance(rounds, dict) else {}
 
     @staticmethod
-    def reset(store: StateStore | None) -> None:
+    def reset(store: PlanStore | None) -> None:
         """Forget every round: a fresh load (nothing of the first round submitted yet) starts here."""
         if store is not None and store.get(ROUNDS_KEY) is not None:
             store.delete(ROUNDS_KEY)
@@ -69,9 +72,9 @@ class RoundPlan:
             await asyncio.to_thread(self.store.set, ROUNDS_KEY, {"version": _VERSION, "rounds": self.rounds})
 
 
-def _chunk_of(record: dict[str, Any], first: int) -> RetryChunk:
+def _chunk_of(record: dict[str, Any], first: int) -> ResubmitChunk:
     origins = tuple((str(job_id), int(count)) for job_id, count in record["origins"])
-    return RetryChunk(b"", first, int(record["count"]), origins=origins)
+    return ResubmitChunk(b"", first, int(record["count"]), origins=origins)
 
 
 async def submit_round(
@@ -86,15 +89,42 @@ async def submit_round(
     stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Send round ``number``: the transient failures of ``source_job_ids`` (ended jobs of the round before),
-    in jobs created as ``spec`` says and chunks within ``limits``.
+    in jobs created as ``spec`` says and chunks within ``limits``, through the client's
+    :func:`resubmit_round` with each step recorded in ``plan`` before it is taken.
 
     Every chunk whose job may process it is added to ``ledger``. Returns every job of the round
     (sent now or by an earlier try) with the records it was given. A set ``stop`` (the try was
     ended) stops the round before its next chunk; the plan keeps what was sent for the next try.
     """
-    entry = plan.round(number)
+    entry = _round_entry(plan, number, list(source_job_ids))
     jobs: dict[str, dict[str, Any]] = entry["jobs"]
-    sources = list(source_job_ids)
+    if entry["complete"]:
+        log.info("Round %d was sent by an earlier try: reattaching to its %d job(s)", number, len(jobs))
+        for first, known_job in jobs.items():
+            ledger.add_resubmitted(_chunk_of(known_job, int(first)))
+        return {known_job["job"]: int(known_job["count"]) for known_job in jobs.values()}
+    await plan.save()
+    hooks = _RoundHooks(client, plan, number, ledger, stop)
+    await resubmit_round(
+        client,
+        entry["sources"],
+        policy,
+        ledger,
+        spec,
+        limits=limits,
+        sent_before=hooks.sent_before,
+        on_job_created=hooks.created,
+        on_job_closing=hooks.closing,
+        on_job_closed=hooks.closed,
+    )
+    entry["complete"] = True
+    await plan.save()
+    return {record["job"]: int(record["count"]) for record in jobs.values()}
+
+
+def _round_entry(plan: RoundPlan, number: int, sources: list[str]) -> dict[str, Any]:
+    """Round ``number``'s record, checked to be computed from ``sources`` if an earlier try began it."""
+    entry = plan.round(number)
     if entry["sources"] is not None and sorted(entry["sources"]) != sorted(sources):
         raise AirflowFailException(
             f"round {number} of resubmission was computed by an earlier try from jobs {entry['sources']}, "
@@ -102,57 +132,121 @@ async def submit_round(
             "the org and clear the task's state by hand"
         )
     entry["sources"] = sources
-    if entry["complete"]:
-        log.info("Round %d was sent by an earlier try: reattaching to its %d job(s)", number, len(jobs))
-        for first, known_job in jobs.items():
-            ledger.add_resubmitted(_chunk_of(known_job, int(first)))
-        return {known_job["job"]: int(known_job["count"]) for known_job in jobs.values()}
-    await plan.save()
-    async for chunk in iter_retry_chunks(
-        client, sources, policy, limits=limits, chunk_format=spec.chunk_format()
-    ):
-        check_stop(stop, f"retry chunk {chunk.first_record_index} of round {number}")
+    return entry
+
+
+class _RoundHooks:
+    """``resubmit_round``'s callbacks for round ``number``: its jobs, by resubmit chunk, in the plan."""
+
+    def __init__(
+        self,
+        client: BulkIngestClient,
+        plan: RoundPlan,
+        number: int,
+        ledger: ResubmitLedger,
+        stop: threading.Event | None,
+    ) -> None:
+        self.client = client
+        self.plan = plan
+        self.number = number
+        self.jobs: dict[str, dict[str, Any]] = plan.round(number)["jobs"]
+        self.ledger = ledger
+        self.stop = stop
+
+    async def sent_before(self, chunk: ResubmitChunk) -> bool:
+        """Whether an earlier try's job holds ``chunk`` and may process it; a never-closed one is aborted."""
+        number = self.number
+        check_stop(self.stop, f"resubmit chunk {chunk.first_record_index} of round {number}")
         key = str(chunk.first_record_index)
-        known = jobs.get(key)
-        if known is not None:
-            if int(known["count"]) != chunk.record_count:
-                raise AirflowFailException(
-                    f"round {number}: job {known['job']} was given {known['count']} records from retry chunk "
-                    f"{key}, but the failed results now give {chunk.record_count}: check the org and clear "
-                    "the task's state by hand"
-                )
-            if known["phase"] != CREATED:
-                log.info("Round %d: reattaching to job %s (%d records)", number, known["job"], known["count"])
-                ledger.add_resubmitted(chunk)
-                continue
-            # Never closed, so it processes nothing: aborted (harmless if it is gone), chunk sent again.
-            with contextlib.suppress(SalesforceBulkError):
-                await client.abort_job(check_job_id(known["job"]))
-        record: dict[str, Any] = {
-            "job": None,
+        known = self.jobs.get(key)
+        if known is None:
+            return False
+        if int(known["count"]) != chunk.record_count:
+            raise AirflowFailException(
+                f"round {number}: job {known['job']} was given {known['count']} records from resubmit "
+                f"chunk {key}, but the failed results now give {chunk.record_count}: check the org and "
+                "clear the task's state by hand"
+            )
+        if known["phase"] != CREATED:
+            log.info("Round %d: reattaching to job %s (%d records)", number, known["job"], known["count"])
+            self.ledger.add_resubmitted(chunk)
+            return True
+        # Never closed, so it processes nothing: aborted (harmless if it is gone), chunk sent again.
+        with contextlib.suppress(SalesforceBulkError):
+            await self.client.abort_job(check_job_id(known["job"]))
+        return False
+
+    async def created(self, job: JobInfo, chunk: ResubmitChunk) -> None:
+        check_job_id(job.id)
+        self.jobs[str(chunk.first_record_index)] = {
+            "job": job.id,
             "count": chunk.record_count,
             "origins": [[job_id, count] for job_id, count in chunk.origins],
             "phase": CREATED,
         }
+        await self.plan.save()
 
-        async def created(job: JobInfo, record: dict[str, Any] = record, key: str = key) -> None:
-            check_job_id(job.id)
-            record["job"] = job.id
-            record["phase"] = CREATED
-            jobs[key] = record
-            await plan.save()
+    async def closing(self, _job: JobInfo, chunk: ResubmitChunk) -> None:
+        # Saved before resubmit_round adds the chunk to the ledger: from then on the job may process it.
+        self.jobs[str(chunk.first_record_index)]["phase"] = CLOSING
+        await self.plan.save()
 
-        async def closing(_job: JobInfo, record: dict[str, Any] = record, chunk: RetryChunk = chunk) -> None:
-            record["phase"] = CLOSING
-            await plan.save()
-            ledger.add_resubmitted(chunk)  # from here on the new job may process these records
-
-        job, _ = await submit_job(client, spec, chunk.data, on_job_created=created, on_job_closing=closing)
-        record["phase"] = CLOSED
-        await plan.save()
+    async def closed(self, job: JobInfo, chunk: ResubmitChunk) -> None:
+        self.jobs[str(chunk.first_record_index)]["phase"] = CLOSED
+        await self.plan.save()
         log.info(
-            "Round %d: job %s holds %d records sent again (%s)", number, job.id, chunk.record_count, job.state
+            "Round %d: job %s holds %d records sent again (%s)",
+            self.number,
+            job.id,
+            chunk.record_count,
+            job.state,
         )
-    entry["complete"] = True
-    await plan.save()
-    return {record["job"]: int(record["count"]) for record in jobs.values()}
+
+
+def resubmit_codes(
+    resubmit_error_codes: Sequence[str] | None, retry_error_codes: Sequence[str] | None
+) -> tuple[Sequence[str], str]:
+    """The operator's resubmit codes and the name of the parameter they came by (for its errors).
+
+    ``retry_error_codes`` is the first releases' name of ``resubmit_error_codes`` ("retry" now
+    names only requests sent again): still accepted, with a DeprecationWarning.
+    """
+    if retry_error_codes is None:
+        codes = DEFAULT_RESUBMIT_ERROR_CODES if resubmit_error_codes is None else resubmit_error_codes
+        return codes, "resubmit_error_codes"
+    warnings.warn(
+        "retry_error_codes is deprecated: use resubmit_error_codes (records sent again are resubmitted)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if resubmit_error_codes is not None:
+        raise ValueError(
+            "give resubmit_error_codes or retry_error_codes (its older name), not both: got "
+            f"{resubmit_error_codes!r} and {retry_error_codes!r}"
+        )
+    return retry_error_codes, "retry_error_codes"
+
+
+def resubmit_policy(codes: Any, codes_name: str, rounds: Any, backoff: Any) -> ResubmitPolicy:
+    """The operator's resubmission settings checked once, errors naming the operator's parameters."""
+    if codes is None or isinstance(codes, str):
+        raise InputError(
+            f"{codes_name} must be a list of status codes (empty: no resubmission), got {codes!r}",
+            field=codes_name,
+        )
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 10:
+        raise InputError(
+            f"resubmit_rounds must be an int from 1 to 10, got {rounds!r}", field="resubmit_rounds"
+        )
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 3600:
+        raise InputError(
+            f"resubmit_backoff must be a number of seconds from 0 to 3600, got {backoff!r}",
+            field="resubmit_backoff",
+        )
+    try:
+        return ResubmitPolicy(codes=tuple(codes), max_rounds=rounds, backoff=float(backoff))
+    except InputError as exc:
+        if exc.field != "codes":
+            raise
+        # The policy names its own field; the operator's user knows the parameter they set.
+        raise InputError(f"{codes_name}{str(exc)[len('codes') :]}", field=codes_name) from None

@@ -20,7 +20,6 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
-    DEFAULT_RETRY_ERROR_CODES,
     TERMINAL_STATES,
     BulkIngestClient,
     Chunk,
@@ -52,7 +51,12 @@ from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, 
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
-from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
+from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
+    RoundPlan,
+    resubmit_codes,
+    resubmit_policy,
+    submit_round,
+)
 from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
@@ -139,13 +143,15 @@ class SalesforceBulkOperator(BaseOperator):
     limits_check : {"fail", "warn", "off"}
         Before the first job, compare the org's daily allowances left (``/limits``) with what the
         load needs: fail the task, warn, or skip the check.
-    retry_error_codes, resubmit_rounds, resubmit_backoff
-        Records that failed with one of ``retry_error_codes`` (default ``UNABLE_TO_LOCK_ROW``; empty:
-        never) are sent again in new jobs once their round of jobs has ended, up to
+    resubmit_error_codes, resubmit_rounds, resubmit_backoff
+        Records that failed with one of ``resubmit_error_codes`` (default ``UNABLE_TO_LOCK_ROW``;
+        empty: never) are sent again in new jobs once their round of jobs has ended, up to
         ``resubmit_rounds`` rounds in all (the load included; 1: never), waiting ``resubmit_backoff``
         seconds before the second round (doubling after): deferred to the triggerer from 5 seconds
         when ``deferrable``, slept in the worker otherwise. Each record is counted once in
         the summary, at its final outcome; the failure policy applies to final failures only.
+    retry_error_codes
+        Deprecated name of ``resubmit_error_codes`` (warns; "retry" names requests sent again).
     fieldnames : list of str, optional
         Columns for ``records`` or NDJSON; inferred from the data when omitted.
     external_id_field : str, optional
@@ -255,7 +261,8 @@ class SalesforceBulkOperator(BaseOperator):
         allow_na_marker: bool = False,
         group_by_parent: str | None = None,
         limits_check: str = "warn",
-        retry_error_codes: Sequence[str] = DEFAULT_RETRY_ERROR_CODES,
+        resubmit_error_codes: Sequence[str] | None = None,
+        retry_error_codes: Sequence[str] | None = None,
         resubmit_rounds: int = 3,
         resubmit_backoff: float = 30.0,
         reload_on_clear: bool = False,
@@ -292,7 +299,9 @@ class SalesforceBulkOperator(BaseOperator):
         self.allow_na_marker = allow_na_marker
         self.group_by_parent = group_by_parent
         self.limits_check = limits_check
-        self.retry_error_codes = retry_error_codes
+        self.resubmit_error_codes, self._resubmit_codes_name = resubmit_codes(
+            resubmit_error_codes, retry_error_codes
+        )
         self.resubmit_rounds = resubmit_rounds
         self.resubmit_backoff = resubmit_backoff
         self._chunk_counts: list[int] = []
@@ -379,24 +388,9 @@ class SalesforceBulkOperator(BaseOperator):
             )
 
     def _policy(self) -> ResubmitPolicy:
-        codes = self.retry_error_codes
-        if codes is None or isinstance(codes, str):
-            raise InputError(
-                f"retry_error_codes must be a list of status codes (empty: no resubmission), got {codes!r}",
-                field="retry_error_codes",
-            )
-        rounds = self.resubmit_rounds
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 10:
-            raise InputError(
-                f"resubmit_rounds must be an int from 1 to 10, got {rounds!r}", field="resubmit_rounds"
-            )
-        backoff = self.resubmit_backoff
-        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 3600:
-            raise InputError(
-                f"resubmit_backoff must be a number of seconds from 0 to 3600, got {backoff!r}",
-                field="resubmit_backoff",
-            )
-        return ResubmitPolicy(codes=tuple(codes), max_rounds=rounds, backoff=float(backoff))
+        return resubmit_policy(
+            self.resubmit_error_codes, self._resubmit_codes_name, self.resubmit_rounds, self.resubmit_backoff
+        )
 
     def _source(self) -> ChunkSource:
         records = self.records
@@ -1053,32 +1047,17 @@ class SalesforceBulkOperator(BaseOperator):
         hook: SalesforceBulkHook,
         state: _RoundState,
         policy: ResubmitPolicy,
-        retry_from: list[str],
+        resubmit_from: list[str],
         instance_url: str,
         *,
         waited: bool = False,
     ) -> Any:
-        """Send the transient failures of ``retry_from`` to round ``state.round + 1``'s jobs and wait,
+        """Send the transient failures of ``resubmit_from`` to round ``state.round + 1``'s jobs and wait,
         after the backoff (unless ``waited``: resumed from the backoff trigger)."""
         number = state.round + 1
-        delay = 0.0 if waited else policy.delay_before(number)
-        self.log.info(
-            "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
-            len(retry_from),
-            "/".join(policy.codes),
-            number,
-            policy.max_rounds,
-            delay,
+        self._back_off(
+            number, 0.0 if waited else policy.delay_before(number), policy, state, resubmit_from, instance_url
         )
-        if self.deferrable and delay >= _DEFER_BACKOFF_FROM:
-            # The wait frees the worker slot; the round's state travels in the trigger's event, so any
-            # worker can send the round after it.
-            self.defer(
-                trigger=ResubmitBackoffTrigger(time.time() + delay, state.dump(), retry_from, instance_url),
-                method_name="send_next_round",
-                timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
-            )
-        time.sleep(delay)
         check_stop(self._stop_event(), f"sending round {number}")
         plan: JobPlan | None = getattr(self, "_plan", None)
         store = plan.store if plan is not None else plan_store_for(context)
@@ -1091,7 +1070,7 @@ class SalesforceBulkOperator(BaseOperator):
                     client,
                     rounds,
                     number,
-                    retry_from,
+                    resubmit_from,
                     policy,
                     state.ledger,
                     self._job_spec(),
@@ -1102,9 +1081,50 @@ class SalesforceBulkOperator(BaseOperator):
         with fail_on_refused_credentials():
             counts = run_sync(send)
         state.round = number
+        return self._wait_for_round(context, counts, state, instance_url, settings)
+
+    def _back_off(
+        self,
+        number: int,
+        delay: float,
+        policy: ResubmitPolicy,
+        state: _RoundState,
+        resubmit_from: list[str],
+        instance_url: str,
+    ) -> None:
+        """Wait ``delay`` before round ``number``: deferred to the triggerer when long enough, else here."""
+        self.log.info(
+            "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
+            len(resubmit_from),
+            "/".join(policy.codes),
+            number,
+            policy.max_rounds,
+            delay,
+        )
+        if self.deferrable and delay >= _DEFER_BACKOFF_FROM:
+            # The wait frees the worker slot; the round's state travels in the trigger's event, so any
+            # worker can send the round after it.
+            self.defer(
+                trigger=ResubmitBackoffTrigger(
+                    time.time() + delay, state.dump(), resubmit_from, instance_url
+                ),
+                method_name="send_next_round",
+                timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
+            )
+        time.sleep(delay)
+
+    def _wait_for_round(
+        self,
+        context: Any,
+        counts: dict[str, int],
+        state: _RoundState,
+        instance_url: str,
+        settings: ConnectionSettings,
+    ) -> Any:
+        """Wait for the jobs of the round just sent (``counts``: records each was given), then account."""
         payload = state.dump()
         if not counts:
-            self.log.info("Round %d found nothing to send again", number)
+            self.log.info("Round %d found nothing to send again", state.round)
             return self.execute_complete(
                 context, jobs_event("success", {}, instance_url=instance_url, resubmit=payload)
             )

@@ -1,5 +1,8 @@
 """Submitting chunks as jobs and settling an earlier try's jobs, every step recorded before it is taken.
 
+Every job is sent by the client's :func:`submit_job` (create, upload, a new job when an upload's
+answer is lost, close by rule); this module only hooks the plan (:mod:`.job_plan`) into its callbacks.
+
 The task state store holds a plan: per chunk of input (by its first record index) every job that was
 ever given its records, in order, with how far each got. A job is recorded before its upload and
 marked ``closing`` before its close request, so a later try knows which jobs Salesforce may be
@@ -14,12 +17,11 @@ processing. ``reconcile()`` reads the state of each chunk's current job before d
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
@@ -35,8 +37,18 @@ from airflow_provider_salesforce_bulk.client import (
     JobSpec,
     NotFoundError,
     SalesforceBulkError,
-    UploadOutcomeUnknownError,
     close_uploaded_job,
+    submit_job,
+)
+from airflow_provider_salesforce_bulk.operators.job_plan import (
+    CHUNK,
+    CLOSED,
+    CLOSING,
+    CREATED,
+    REPLACED,
+    RESENT,
+    STATE_KEY,
+    JobPlan,
 )
 from airflow_provider_salesforce_bulk.operators.result_files import download_with_retries
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id, job_summary
@@ -49,179 +61,17 @@ __all__ = [
     "RESENT",
     "STATE_KEY",
     "JobPlan",
-    "StateStore",
     "reconcile",
     "submit_chunks",
 ]
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "salesforce_bulk"
-_VERSION = 2
 MAX_UPLOAD_ATTEMPTS = 3
-
-# How far a job got (its "phase").
-CREATED = "created"
-"""Created, upload not confirmed, close never sent: Salesforce never processes it."""
-CLOSING = "closing"
-"""Its data is uploaded and the close request may have been sent: it may be processing."""
-CLOSED = "closed"
-"""Salesforce confirmed it left Open."""
-
-# Why a job is no longer the current one of its chunk (its "outcome").
-REPLACED = "replaced"
-"""Never closed, so nothing processed: all its records went to the next job."""
-RESENT = "resent"
-"""Ended Aborted or Failed: its unprocessed records (only those) went to the next job."""
-
 _KEEP = frozenset({"UploadComplete", "InProgress", "JobComplete"})
 # Whole-job failures caused by the data or the job's settings: a new job would fail the same way.
 _INPUT_FAILURES = ("InvalidBatch", "ClientInputError")
 _ENDED = frozenset({"Aborted", "Failed"})
-CHUNK = "chunk"
-"""``source`` of a job given its chunk from the input (otherwise the id of the job it resends)."""
-
-
-class StateStore(Protocol):
-    def get(self, key: str, default: Any = None) -> Any: ...
-
-    def set(self, key: str, value: Any) -> None: ...
-
-    def delete(self, key: str) -> None: ...
-
-
-class JobPlan:
-    """What the state store holds: per chunk, its record count and every job it was given to."""
-
-    def __init__(self, store: StateStore | None, raw: Any = None) -> None:
-        self.store = store
-        raw = raw if isinstance(raw, dict) else {}
-        self.chunks: dict[int, dict[str, Any]] = {}
-        for first, entry in (raw.get("chunks") or {}).items():
-            entry = dict(entry)
-            if "jobs" not in entry:  # written by the first version: one job per chunk
-                phase = CLOSED if entry.get("closed") else CREATED
-                entry = {
-                    "count": entry["count"],
-                    "jobs": [{"job": entry["job"], "count": entry["count"], "phase": phase, "source": CHUNK}],
-                }
-            self.chunks[int(first)] = {"count": int(entry["count"]), "jobs": [dict(j) for j in entry["jobs"]]}
-        self.complete = bool(raw.get("complete"))
-        staged = raw.get("staged")
-        self.staged: dict[str, Any] | None = dict(staged) if isinstance(staged, dict) else None
-        """The manifest of the staged chunks (see :mod:`.staging`), recorded before the first job."""
-        self.instance_url: str | None = raw.get("instance_url")
-        done = raw.get("done")
-        self.done: dict[str, Any] | None = dict(done) if isinstance(done, dict) else None
-        """Set once a try succeeded: its ``try_number`` and ``summary`` (see :meth:`mark_done`)."""
-
-    @classmethod
-    def load(cls, store: StateStore | None) -> JobPlan:
-        return cls(store, store.get(STATE_KEY) if store is not None else None)
-
-    def dump(self) -> dict[str, Any]:
-        out = {
-            "version": _VERSION,
-            "chunks": {str(first): entry for first, entry in sorted(self.chunks.items())},
-            "complete": self.complete,
-            "instance_url": self.instance_url,
-        }
-        if self.staged is not None:
-            out["staged"] = self.staged
-        if self.done is not None:
-            out["done"] = self.done
-        return out
-
-    @staticmethod
-    def mark_done(store: StateStore, try_number: int | None, summary: Mapping[str, Any]) -> None:
-        """Keep the plan, marked done by ``try_number`` with its summary, instead of deleting it.
-
-        Airflow can fail a try after it succeeded (a late stale report): its retry then finds this
-        mark and finishes without loading anything again. Called from the worker, never the loop.
-        """
-        try:
-            raw = store.get(STATE_KEY)
-        except Exception as exc:
-            log.warning("Could not read the plan to mark it done (%s: %s)", type(exc).__name__, exc)
-            return
-        raw = dict(raw) if isinstance(raw, dict) else {"version": _VERSION, "chunks": {}, "complete": True}
-        raw["done"] = {"try_number": try_number, "summary": dict(summary)}
-        try:
-            store.set(STATE_KEY, raw)
-            return
-        except Exception as exc:  # e.g. a summary of many jobs beyond the store's value size
-            log.warning("Could not keep the summary with the plan (%s: %s)", type(exc).__name__, exc)
-        raw["done"] = {"try_number": try_number, "summary": None}
-        try:
-            store.set(STATE_KEY, raw)
-        except Exception as exc:
-            # The plan stays as it was: a later try reattaches to the finished jobs, loads nothing.
-            log.warning("Could not mark the plan done (%s: %s)", type(exc).__name__, exc)
-
-    async def save(self) -> None:
-        if self.store is not None:
-            # A thread, so the sync round trip to the supervisor never runs on the event loop thread.
-            await asyncio.to_thread(self.store.set, STATE_KEY, self.dump())
-
-    def save_now(self) -> None:
-        """:meth:`save` from the worker's own thread (outside the event loop)."""
-        if self.store is not None:
-            self.store.set(STATE_KEY, self.dump())
-
-    # -- views ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def current(chunk: dict[str, Any]) -> dict[str, Any] | None:
-        jobs = chunk["jobs"]
-        return jobs[-1] if jobs else None
-
-    def active(self) -> list[dict[str, Any]]:
-        """Each chunk's current job, unless it was replaced (its chunk waits for a new job)."""
-        out = []
-        for _, chunk in sorted(self.chunks.items()):
-            entry = self.current(chunk)
-            if entry is not None and not entry.get("outcome"):
-                out.append(entry)
-        return out
-
-    @property
-    def job_ids(self) -> list[str]:
-        """The jobs to wait for: every chunk's current job."""
-        return [entry["job"] for entry in self.active()]
-
-    @property
-    def all_job_ids(self) -> list[str]:
-        return [job["job"] for _, chunk in sorted(self.chunks.items()) for job in chunk["jobs"]]
-
-    @property
-    def records(self) -> int:
-        return sum(int(chunk["count"]) for chunk in self.chunks.values())
-
-    def record_counts(self) -> dict[str, int]:
-        """Records given to each job, every job of every try."""
-        return {job["job"]: int(job["count"]) for chunk in self.chunks.values() for job in chunk["jobs"]}
-
-    def history(self) -> list[dict[str, Any]]:
-        """The jobs settled by a reconcile (replaced or resent), with their last known state."""
-        out = []
-        for first, chunk in sorted(self.chunks.items()):
-            for job in chunk["jobs"]:
-                if job.get("outcome"):
-                    out.append(
-                        {
-                            "id": job["job"],
-                            "chunk": first,
-                            "count": int(job["count"]),
-                            "outcome": job["outcome"],
-                            "next": job.get("next"),
-                            "info": job.get("info") or {"id": job["job"], "state": None},
-                        }
-                    )
-        return out
-
-    def _waiting_for_input(self, chunk: dict[str, Any]) -> bool:
-        entry = self.current(chunk)
-        return entry is None or (entry.get("outcome") == REPLACED and entry.get("source") == CHUNK)
 
 
 def _settle(entry: dict[str, Any], outcome: str, info: Mapping[str, Any]) -> None:
@@ -233,10 +83,86 @@ async def _abort(client: BulkIngestClient, job_id: str) -> Mapping[str, Any]:
     """Abort a job that was never closed (so never processed); its last known state either way."""
     try:
         await client.abort_job(job_id)
-        return job_summary(await client.get_job(job_id))
     except SalesforceBulkError as exc:
         log.warning("Could not abort job %s (it was never closed, so it processes nothing): %s", job_id, exc)
-        return {"id": job_id, "state": "Open", "numberRecordsProcessed": 0, "numberRecordsFailed": 0}
+        return _never_closed(job_id)
+    return await _state_of_aborted(client, job_id)
+
+
+async def _state_of_aborted(client: BulkIngestClient, job_id: str) -> Mapping[str, Any]:
+    try:
+        return job_summary(await client.get_job(job_id))
+    except SalesforceBulkError as exc:
+        log.warning(
+            "Could not read the state of job %s (never closed, so it processes nothing): %s", job_id, exc
+        )
+        return _never_closed(job_id)
+
+
+def _never_closed(job_id: str) -> dict[str, Any]:
+    return {"id": job_id, "state": "Open", "numberRecordsProcessed": 0, "numberRecordsFailed": 0}
+
+
+class _PlanHooks:
+    """``submit_job``'s callbacks for one chunk: each of its steps written to the plan before it is taken.
+
+    ``parent`` is the job whose unprocessed records are sent (settled ``resent`` with
+    ``parent_info`` once its successor exists). A job whose upload's answer was lost, or whose upload
+    was refused, is aborted by ``submit_job`` and settled ``replaced`` here.
+    """
+
+    def __init__(
+        self,
+        client: BulkIngestClient,
+        plan: JobPlan,
+        first: int,
+        count: int,
+        source: str,
+        parent: dict[str, Any] | None,
+        parent_info: Mapping[str, Any] | None,
+    ) -> None:
+        self.client = client
+        self.plan = plan
+        self.chunk = plan.chunks.setdefault(first, {"count": count, "jobs": []})
+        self.count = count
+        self.source = source
+        self.parent = parent
+        self.parent_info = parent_info
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.upload_errors: list[BaseException] = []  # why each job made was aborted
+
+    async def created(self, job: JobInfo) -> None:
+        check_job_id(job.id)
+        entry = {"job": job.id, "count": self.count, "phase": CREATED, "source": self.source}
+        parent = self.parent
+        if parent is not None and not parent.get("outcome"):
+            _settle(parent, RESENT, self.parent_info or {"id": parent["job"], "state": None})
+        if parent is not None:
+            parent["next"] = job.id
+        previous = self.plan.current(self.chunk)
+        if previous is not None and previous.get("outcome") == REPLACED and previous is not parent:
+            previous["next"] = job.id
+        self.chunk["jobs"].append(entry)
+        self.entries[job.id] = entry
+        await self.plan.save()
+
+    async def aborted(self, job: JobInfo, error: BaseException) -> None:
+        self.upload_errors.append(error)
+        entry = self.entries.get(job.id)
+        if entry is None:  # refused before it was recorded: nothing in the plan names it
+            return
+        _settle(entry, REPLACED, await _state_of_aborted(self.client, job.id))
+        await self.plan.save()
+
+    async def closing(self, job: JobInfo) -> None:
+        self.entries[job.id]["phase"] = CLOSING
+        await self.plan.save()
+
+    def refused_create(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is Salesforce refusing to create the job (a bad object or operation)."""
+        return isinstance(exc, (InvalidJobError, NotFoundError)) and not any(
+            exc is seen for seen in self.upload_errors
+        )
 
 
 async def _send(
@@ -250,54 +176,36 @@ async def _send(
     parent: dict[str, Any] | None = None,
     parent_info: Mapping[str, Any] | None = None,
 ) -> JobInfo:
-    """Send ``count`` records of chunk ``first`` to a new job; every step recorded before it is taken.
+    """Send ``count`` records of chunk ``first`` to a new job through the client's :func:`submit_job`.
 
-    An upload whose answer is lost goes to another new job (the first is never closed, so it never
-    processes anything). A close whose answer is lost is never followed by an abort: the job's state
-    is read instead, and if even that fails the error is raised with the job recorded as ``closing``,
-    for the next try's ``reconcile()`` to read.
+    Its rules hold: an upload whose answer is lost goes to another new job (the first is aborted,
+    never closed, so it never processes anything); a close whose answer is lost is never followed by
+    an abort: the job's state is read instead, and if even that fails the error is raised with the
+    job recorded as ``closing``, for the next try's ``reconcile()`` to read.
     """
-    chunk = plan.chunks.setdefault(first, {"count": count, "jobs": []})
-    for attempt in range(1, MAX_UPLOAD_ATTEMPTS + 1):
-        try:
-            job = await client.create_job_from_spec(spec)
-        except (InvalidJobError, NotFoundError) as exc:
-            raise InputError(
-                f"Salesforce refused a {spec.operation} job on object {spec.object!r}: {exc}",
-                field="object_name",
-            ) from None
-        check_job_id(job.id)
-        entry = {"job": job.id, "count": count, "phase": CREATED, "source": source}
-        if parent is not None and not parent.get("outcome"):
-            _settle(parent, RESENT, parent_info or {"id": parent["job"], "state": None})
-        if parent is not None:
-            parent["next"] = job.id
-        previous = plan.current(chunk)
-        if previous is not None and previous.get("outcome") == REPLACED and previous is not parent:
-            previous["next"] = job.id
-        chunk["jobs"].append(entry)
-        await plan.save()
-        try:
-            await client.upload_job_data(job.id, data, close=False)
-        except UploadOutcomeUnknownError as exc:
-            _settle(entry, REPLACED, await _abort(client, job.id))
-            await plan.save()
-            if attempt == MAX_UPLOAD_ATTEMPTS:
-                raise
-            log.warning("Upload to job %s got no answer (%s); sending its records to a new job", job.id, exc)
-            continue
-        except SalesforceBulkError:
-            # Refused: the job holds no data and was never closed.
-            _settle(entry, REPLACED, await _abort(client, job.id))
-            await plan.save()
+    hooks = _PlanHooks(client, plan, first, count, source, parent, parent_info)
+    try:
+        closed, _ = await submit_job(
+            client,
+            spec,
+            data,
+            max_upload_attempts=MAX_UPLOAD_ATTEMPTS,
+            on_job_created=hooks.created,
+            on_job_closing=hooks.closing,
+            on_job_aborted=hooks.aborted,
+        )
+    except JobOutcomeUnknownError as exc:
+        raise AirflowException(f"{exc}; a retry reads its state and carries on") from exc
+    except (InvalidJobError, NotFoundError) as exc:
+        if not hooks.refused_create(exc):
             raise
-        entry["phase"] = CLOSING
-        await plan.save()
-        closed = await _close(client, job.id)
-        entry["phase"] = CLOSED
-        await plan.save()
-        return closed
-    raise AssertionError("unreachable")  # pragma: no cover
+        raise InputError(
+            f"Salesforce refused a {spec.operation} job on object {spec.object!r}: {exc}",
+            field="object_name",
+        ) from None
+    hooks.entries[closed.id]["phase"] = CLOSED
+    await plan.save()
+    return closed
 
 
 async def _close(client: BulkIngestClient, job_id: str) -> JobInfo:
@@ -354,110 +262,145 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, spec: JobSpec) -> d
     dict
         The latest state of every job to wait for.
     """
-    latest: dict[str, JobInfo] = {}
+    settling = _Reconcile(client, plan, spec)
     for first, chunk in sorted(plan.chunks.items()):
-        while True:
-            entry = plan.current(chunk)
-            if plan._waiting_for_input(chunk):
-                plan.complete = False
-                break
-            assert entry is not None
-            if entry.get("outcome") == REPLACED:
-                # Its records were another job's unprocessed records: read them again.
-                source = _find(plan, entry["source"])
-                data, count = await _unprocessed(
-                    client, source, JobInfo(id=source["job"]), spec.column_delimiter
-                )
-                if count != int(entry["count"]):
-                    raise AirflowFailException(
-                        f"job {source['job']}'s unprocessed records file now holds {count} records, not "
-                        f"the {entry['count']} read before: load them by hand"
-                    )
-                await _send(client, plan, first, data, count, entry["source"], spec)
-                continue
-            try:
-                job = await client.get_job(entry["job"])
-            except NotFoundError:
-                if entry["phase"] != CREATED:
-                    raise AirflowFailException(
-                        f"job {entry['job']} of records {first}.. is unknown to Salesforce, but it may have "
-                        "processed them: resending could load them twice; check the org and clear the "
-                        "task's state by hand"
-                    ) from None
-                _settle(entry, REPLACED, {"id": entry["job"], "state": "NotFound"})
-                log.warning("Job %s is unknown to Salesforce and was never closed: resending", entry["job"])
-                await plan.save()
-                continue
-            if job.state == "Open" and entry["phase"] == CREATED:
-                _settle(entry, REPLACED, await _abort(client, job.id))
-                log.warning(
-                    "Job %s of records %d.. was never closed: aborted, its records go to a new job",
-                    job.id,
-                    first,
-                )
-                await plan.save()
-                continue
-            if job.state == "Open":
-                log.warning("Job %s holds its data but its close did not take: closing it", job.id)
-                job = await _close(client, job.id)
-            if job.state in _KEEP or job.state == "Open":
-                entry["phase"] = CLOSED
-                latest[job.id] = job
-                log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
-                break
-            if job.state not in _ENDED:
-                raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
-            if entry["phase"] == CREATED and job.number_records_processed == 0:
-                _settle(entry, REPLACED, job_summary(job))
-                log.warning(
-                    "Job %s was never closed and ended %s: its records go to a new job", job.id, job.state
-                )
-                await plan.save()
-                continue
-            if job.state == "Failed" and (job.error_message or "").startswith(_INPUT_FAILURES):
-                # The data itself was refused: sending it again would fail the same way.
-                entry["phase"] = CLOSED
-                latest[job.id] = job
-                log.warning("Job %s failed on its data (%s): not sent again", job.id, job.error_message)
-                break
-            data, count = await _unprocessed(client, entry, job, spec.column_delimiter)
-            expected = int(entry["count"]) - min(job.number_records_processed, int(entry["count"]))
-            if count != expected:
-                job = await client.get_job(job.id)  # counters can trail an abort by a moment
-                expected = int(entry["count"]) - min(job.number_records_processed, int(entry["count"]))
-            if count != expected:
-                raise AirflowFailException(
-                    f"job {job.id} ended {job.state} having processed {job.number_records_processed} of "
-                    f"{entry['count']} records, but its unprocessed records file holds {count}: resending "
-                    "could load records twice or lose some; load them by hand"
-                )
-            if count == 0:
-                entry["phase"] = CLOSED
-                latest[job.id] = job
-                break
-            log.warning(
-                "Job %s ended %s after processing %d of %d records: sending the %d unprocessed to a new job",
-                job.id,
-                job.state,
-                job.number_records_processed,
-                entry["count"],
-                count,
-            )
-            new = await _send(
-                client,
-                plan,
-                first,
-                data,
-                count,
-                entry["job"],
-                spec,
-                parent=entry,
-                parent_info=job_summary(job),
-            )
-            latest[new.id] = new
-            break
+        # Each step settles the chunk's current job; one that hands the chunk to a new job goes on.
+        while not await settling.step(first, chunk):
+            pass
     await plan.save()
-    return latest
+    return settling.latest
+
+
+class _Reconcile:
+    """One reconcile: the plan's jobs settled chunk by chunk, ``latest`` the jobs to wait for."""
+
+    def __init__(self, client: BulkIngestClient, plan: JobPlan, spec: JobSpec) -> None:
+        self.client = client
+        self.plan = plan
+        self.spec = spec
+        self.latest: dict[str, JobInfo] = {}
+
+    async def step(self, first: int, chunk: dict[str, Any]) -> bool:
+        """Settle chunk ``first``'s current job; True once the chunk is settled, False to read it again."""
+        entry = self.plan.current(chunk)
+        if self.plan._waiting_for_input(chunk):
+            self.plan.complete = False
+            return True
+        assert entry is not None
+        if entry.get("outcome") == REPLACED:
+            await self._send_again(first, entry)
+            return False
+        job = await self._read(first, entry)
+        if job is None:
+            return False
+        if job.state == "Open" and entry["phase"] == CREATED:
+            _settle(entry, REPLACED, await _abort(self.client, job.id))
+            log.warning(
+                "Job %s of records %d.. was never closed: aborted, its records go to a new job", job.id, first
+            )
+            await self.plan.save()
+            return False
+        if job.state == "Open":
+            log.warning("Job %s holds its data but its close did not take: closing it", job.id)
+            job = await _close(self.client, job.id)
+        if job.state in _KEEP or job.state == "Open":
+            self._keep(entry, job)
+            log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
+            return True
+        if job.state not in _ENDED:
+            raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
+        return await self._settle_ended(first, entry, job)
+
+    def _keep(self, entry: dict[str, Any], job: JobInfo) -> None:
+        entry["phase"] = CLOSED
+        self.latest[job.id] = job
+
+    async def _send_again(self, first: int, entry: dict[str, Any]) -> None:
+        """A replaced job's records were another job's unprocessed records: read them again, send them."""
+        source = _find(self.plan, entry["source"])
+        data, count = await _unprocessed(
+            self.client, source, JobInfo(id=source["job"]), self.spec.column_delimiter
+        )
+        if count != int(entry["count"]):
+            raise AirflowFailException(
+                f"job {source['job']}'s unprocessed records file now holds {count} records, not "
+                f"the {entry['count']} read before: load them by hand"
+            )
+        await _send(self.client, self.plan, first, data, count, entry["source"], self.spec)
+
+    async def _read(self, first: int, entry: dict[str, Any]) -> JobInfo | None:
+        """The job's state; None when Salesforce does not know a job never closed (settled ``replaced``)."""
+        try:
+            return await self.client.get_job(entry["job"])
+        except NotFoundError:
+            if entry["phase"] != CREATED:
+                raise AirflowFailException(
+                    f"job {entry['job']} of records {first}.. is unknown to Salesforce, but it may have "
+                    "processed them: resending could load them twice; check the org and clear the "
+                    "task's state by hand"
+                ) from None
+        _settle(entry, REPLACED, {"id": entry["job"], "state": "NotFound"})
+        log.warning("Job %s is unknown to Salesforce and was never closed: resending", entry["job"])
+        await self.plan.save()
+        return None
+
+    async def _settle_ended(self, first: int, entry: dict[str, Any], job: JobInfo) -> bool:
+        """A job that ended Aborted or Failed: only its unprocessed records go to a new job."""
+        if entry["phase"] == CREATED and job.number_records_processed == 0:
+            _settle(entry, REPLACED, job_summary(job))
+            log.warning(
+                "Job %s was never closed and ended %s: its records go to a new job", job.id, job.state
+            )
+            await self.plan.save()
+            return False
+        if job.state == "Failed" and (job.error_message or "").startswith(_INPUT_FAILURES):
+            # The data itself was refused: sending it again would fail the same way.
+            self._keep(entry, job)
+            log.warning("Job %s failed on its data (%s): not sent again", job.id, job.error_message)
+            return True
+        job, data, count = await _counted_unprocessed(self.client, entry, job, self.spec.column_delimiter)
+        if count == 0:
+            self._keep(entry, job)
+            return True
+        log.warning(
+            "Job %s ended %s after processing %d of %d records: sending the %d unprocessed to a new job",
+            job.id,
+            job.state,
+            job.number_records_processed,
+            entry["count"],
+            count,
+        )
+        new = await _send(
+            self.client,
+            self.plan,
+            first,
+            data,
+            count,
+            entry["job"],
+            self.spec,
+            parent=entry,
+            parent_info=job_summary(job),
+        )
+        self.latest[new.id] = new
+        return True
+
+
+async def _counted_unprocessed(
+    client: BulkIngestClient, entry: dict[str, Any], job: JobInfo, column_delimiter: ColumnDelimiter
+) -> tuple[JobInfo, bytes, int]:
+    """An ended job's unprocessed records, their count checked against the job's counters."""
+    data, count = await _unprocessed(client, entry, job, column_delimiter)
+    expected = int(entry["count"]) - min(job.number_records_processed, int(entry["count"]))
+    if count != expected:
+        job = await client.get_job(job.id)  # counters can trail an abort by a moment
+        expected = int(entry["count"]) - min(job.number_records_processed, int(entry["count"]))
+    if count != expected:
+        raise AirflowFailException(
+            f"job {job.id} ended {job.state} having processed {job.number_records_processed} of "
+            f"{entry['count']} records, but its unprocessed records file holds {count}: resending "
+            "could load records twice or lose some; load them by hand"
+        )
+    return job, data, count
 
 
 def _find(plan: JobPlan, job_id: str) -> dict[str, Any]:

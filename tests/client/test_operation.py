@@ -554,6 +554,36 @@ async def test_on_job_closing_runs_after_the_upload_and_its_failure_aborts_the_u
     assert [j.state for j in api.jobs.values()] == ["Aborted"]
 
 
+async def test_on_job_aborted_hears_of_each_never_closed_job_aborted_and_why(client, api):
+    # A caller that recorded each job (the Airflow operator's plan) learns which never processed anything.
+    aborted: list[tuple[str, str, str | None]] = []
+
+    async def heard(job, error):
+        aborted.append((job.id, type(error).__name__, api.jobs[job.id].state))
+
+    dropped: list[str] = []
+
+    def drop_first_put(request):
+        if request.method == "PUT" and not dropped:
+            dropped.append(request.url.path.split("/")[-2])
+            raise httpx.ReadTimeout("no answer")
+        return None
+
+    api.intercept = drop_first_put
+    job, replaced = await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n", on_job_aborted=heard)
+    assert replaced == (dropped[0],)
+    assert aborted == [(dropped[0], "UploadOutcomeUnknownError", "Aborted")]  # told after the abort
+    assert job.id != dropped[0]
+    assert job.state == "UploadComplete"
+
+    async def refuse(job):
+        raise RuntimeError("state store unavailable")
+
+    with pytest.raises(RuntimeError):
+        await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n", on_job_closing=refuse, on_job_aborted=heard)
+    assert aborted[1][1:] == ("RuntimeError", "Aborted")
+
+
 async def test_close_outcome_unknown_inside_an_operation_is_reported_unfinished(client, api):
     def lose_closes_and_job_reads(request):
         if is_close(request):

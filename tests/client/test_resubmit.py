@@ -24,17 +24,17 @@ from airflow_provider_salesforce_bulk.client import (
     JobInfo,
     JobSpec,
     PollPolicy,
+    ResubmitChunk,
     ResubmitLedger,
     ResubmitPolicy,
-    RetryChunk,
     RetryPolicy,
     SalesforceSession,
     UnexpectedResponseError,
     error_code,
-    iter_retry_chunks,
+    iter_resubmit_chunks,
     perform_operation,
+    resubmit_round,
     submit_job,
-    submit_retry_round,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
@@ -56,7 +56,7 @@ def emulator_session(emulator: RunningEmulator) -> SalesforceSession:
     return helpers.emulator_session(emulator, retry_policy=FAST)
 
 
-def rows_of(chunk: RetryChunk, delimiter: str = ",") -> list[list[str]]:
+def rows_of(chunk: ResubmitChunk, delimiter: str = ",") -> list[list[str]]:
     return list(csv.reader(io.StringIO(chunk.data.decode(), newline=""), delimiter=delimiter, strict=True))
 
 
@@ -74,13 +74,13 @@ async def load_in_rounds(
     round_number = 1
     created: list[str] = []
 
-    async def remember(job: JobInfo, chunk: RetryChunk) -> None:
+    async def remember(job: JobInfo, chunk: ResubmitChunk) -> None:
         assert chunk.record_count > 0
         created.append(job.id)
 
     while policy.may_follow(round_number):
         await asyncio.sleep(policy.delay_before(round_number + 1))
-        made = await submit_retry_round(
+        made = await resubmit_round(
             client,
             ended,
             policy,
@@ -194,7 +194,7 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
         locked = sum(error_code(e) == "UNABLE_TO_LOCK_ROW" for e in failures)
         chunks = [
             c
-            async for c in iter_retry_chunks(
+            async for c in iter_resubmit_chunks(
                 client,
                 [first.job_id],
                 limits=ChunkLimits(max_records=50),
@@ -223,7 +223,7 @@ async def test_a_job_that_has_not_ended_is_refused(org):
         client = BulkIngestClient(session)
         job = await client.create_job("insert", "Account")
         with pytest.raises(InputError, match="Open"):
-            [c async for c in iter_retry_chunks(client, [job.id])]
+            [c async for c in iter_resubmit_chunks(client, [job.id])]
         await client.abort_job(job.id)
 
 
@@ -255,10 +255,10 @@ def mock_client(failed_csv: bytes, state: str = "JobComplete", failed: int = 1) 
     return BulkIngestClient(session)
 
 
-def retry_chunks(client: BulkIngestClient, **limits: int) -> list[RetryChunk]:
-    async def run() -> list[RetryChunk]:
+def retry_chunks(client: BulkIngestClient, **limits: int) -> list[ResubmitChunk]:
+    async def run() -> list[ResubmitChunk]:
         async with client.session:
-            return [c async for c in iter_retry_chunks(client, [JOB], limits=ChunkLimits(**limits))]
+            return [c async for c in iter_resubmit_chunks(client, [JOB], limits=ChunkLimits(**limits))]
 
     return asyncio.run(run())
 
@@ -309,9 +309,9 @@ def test_a_job_named_twice_gives_its_records_once():
     rows = [("UNABLE_TO_LOCK_ROW:x:--", [f"N{i}", ""]) for i in range(3)]
     client = mock_client(failed_file(rows, ["Name", "Description"]), failed=3)
 
-    async def run() -> list[RetryChunk]:
+    async def run() -> list[ResubmitChunk]:
         async with client.session:
-            return [c async for c in iter_retry_chunks(client, [JOB, JOB])]
+            return [c async for c in iter_resubmit_chunks(client, [JOB, JOB])]
 
     (chunk,) = asyncio.run(run())
     assert chunk.record_count == 3
@@ -376,7 +376,7 @@ def test_bad_policies_are_input_errors(kwargs):
 def test_ledger_counts_a_resubmitted_record_once_and_refuses_a_bad_dump():
     ledger = ResubmitLedger()
     ledger.add_job(JobInfo(id="A", number_records_processed=10, number_records_failed=4), 1, 12)
-    ledger.add_resubmitted(RetryChunk(b"Name\nx\ny\nz\n", 0, 3, origins=(("A", 3),)))
+    ledger.add_resubmitted(ResubmitChunk(b"Name\nx\ny\nz\n", 0, 3, origins=(("A", 3),)))
     ledger.add_job(JobInfo(id="B", number_records_processed=3, number_records_failed=1), 2, 3)
     assert ledger.totals() == {"successful": 8, "failed": 2, "unprocessed": 2, "resubmitted": 3}
     assert ledger.round_of("B") == 2
@@ -393,3 +393,59 @@ def test_ledger_counts_a_resubmitted_record_once_and_refuses_a_bad_dump():
     ):
         with pytest.raises(InputError, match="ledger"):
             ResubmitLedger.from_dict(bad)
+
+
+async def test_resubmit_round_hooks_skip_a_chunk_sent_before_and_see_each_step_in_order(org):
+    # What the Airflow operator relies on to record a round in its plan: a chunk an earlier try sent is
+    # skipped (neither sent nor counted here), and each job is announced created, closing (before the
+    # ledger counts its records), then closed.
+    org.update_settings(lock_failure_rate=0.5, seed=5)
+    records = [{"Name": f"Hook {i}", "External_Id__c": f"H-{i}"} for i in range(120)]
+    async with emulator_session(org) as session:
+        client = BulkIngestClient(session)
+        first = [
+            r.job_info
+            async for r in perform_operation(client, "insert", "Account", records, polling_interval=0.02)
+        ]
+        ledger = ResubmitLedger()
+        steps: list[tuple[str, str, int]] = []
+        skipped: list[ResubmitChunk] = []
+
+        async def sent_before(chunk: ResubmitChunk) -> bool:
+            if chunk.first_record_index == 0:
+                skipped.append(chunk)
+                return True
+            return False
+
+        def hook(step: str) -> Any:
+            async def record(job: JobInfo, chunk: ResubmitChunk) -> None:
+                steps.append((step, job.id, sum(ledger.resubmitted.values())))
+
+            return record
+
+        made = await resubmit_round(
+            client,
+            [job.id for job in first],
+            ResubmitPolicy(),
+            ledger,
+            JobSpec("insert", "Account"),
+            limits=ChunkLimits(max_records=10),
+            sent_before=sent_before,
+            on_job_created=hook("created"),
+            on_job_closing=hook("closing"),
+            on_job_closed=hook("closed"),
+        )
+    failed = sum(job.number_records_failed for job in first)
+    assert failed > 20  # several chunks of 10
+    (first_chunk,) = skipped
+    assert first_chunk.record_count == 10
+    assert sum(m.record_count for m in made) == failed - 10  # the skipped chunk was not sent
+    assert sum(ledger.resubmitted.values()) == failed - 10  # nor counted here
+    counted = 0
+    for i, job in enumerate(made):
+        assert steps[3 * i : 3 * i + 3] == [
+            ("created", job.job_info.id, counted),
+            ("closing", job.job_info.id, counted),  # told before the ledger counts the chunk
+            ("closed", job.job_info.id, counted + job.record_count),
+        ]
+        counted += job.record_count
