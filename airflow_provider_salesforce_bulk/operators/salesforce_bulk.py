@@ -49,7 +49,7 @@ from airflow_provider_salesforce_bulk.operators.final_failures import write_fina
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
-from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
+from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan, submit_round
 from airflow_provider_salesforce_bulk.operators.result_files import JobResults, copy_job_results
@@ -521,29 +521,10 @@ class SalesforceBulkOperator(BaseOperator):
         try_number = getattr(context.get("ti"), "try_number", None)
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
-        else:
-            RoundPlan.reset(store)  # rounds of an earlier, finished run of this task
-            # No job exists: what earlier tries staged was never sent; the source is read afresh.
-            area.remove_others(None)
-            manifest = self._read_input(source, area, try_number)
-            self.log.info(
-                "Input checked and staged: %d records in %d chunk(s) from %s, under %s",
-                manifest.total,
-                len(manifest.chunks),
-                source.description,
-                area.folder(manifest.prefix),
-            )
-            if manifest.total == 0:
-                area.remove_all()
-                summary = summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
-                self.log.info("No records: no job created")
-                self._succeeded = 0
-                return summary
-            self._chunk_counts = [entry.count for entry in manifest.chunks]
-            self._fieldnames = list(manifest.fieldnames)
-            # Recorded before the first job: every later try sends these bytes, never the live source.
-            plan.staged = manifest.dump()
-            plan.save_now()
+        elif not self._stage_input(source, plan, area, try_number):
+            self.log.info("No records: no job created")
+            self._succeeded = 0
+            return summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
         self._latest = {}
         try:
             with fail_on_refused_credentials():
@@ -582,6 +563,31 @@ class SalesforceBulkOperator(BaseOperator):
         )
         self._active_job_ids = []
         return self.execute_complete(context, event)
+
+    def _stage_input(
+        self, source: ChunkSource, plan: JobPlan, area: StagingArea, try_number: int | None
+    ) -> bool:
+        """A fresh load: read the source once into the staging area, recorded in the plan before any
+        job (every later try sends these bytes, never the live source). False when it has no record."""
+        RoundPlan.reset(plan.store)  # rounds of an earlier, finished run of this task
+        # No job exists: what earlier tries staged was never sent; the source is read afresh.
+        area.remove_others(None)
+        manifest = self._read_input(source, area, try_number)
+        self.log.info(
+            "Input checked and staged: %d records in %d chunk(s) from %s, under %s",
+            manifest.total,
+            len(manifest.chunks),
+            source.description,
+            area.folder(manifest.prefix),
+        )
+        if manifest.total == 0:
+            area.remove_all()
+            return False
+        self._chunk_counts = [entry.count for entry in manifest.chunks]
+        self._fieldnames = list(manifest.fieldnames)
+        plan.staged = manifest.dump()
+        plan.save_now()
+        return True
 
     def _stop_on_limit(self, context: Any, plan: JobPlan, exc: RequestLimitExceededError) -> NoReturn:
         """Salesforce refused a request for a daily limit part way: push what exists, then fail the try.
@@ -870,12 +876,16 @@ class SalesforceBulkOperator(BaseOperator):
             JobPlan.mark_done(store, getattr(context.get("ti"), "try_number", None), summary)
         return summary
 
+    def _plan_store(self, context: Any) -> PlanStore | None:
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        return plan.store if plan is not None else plan_store_for(context)
+
     def _wait_state(self, context: Any) -> RoundState | None:
         """The state saved before the current wait: in the plan store, or in memory without one."""
-        store = plan_store_for(context)
+        store = self._plan_store(context)
         return RoundState.load(store) if store is not None else getattr(self, "_round_state", None)
 
-    def _save_wait_state(self, store: Any, state: RoundState | None) -> None:
+    def _save_wait_state(self, store: PlanStore | None, state: RoundState | None) -> None:
         """Record the state of the wait about to start (``None``: round 1, nothing carried)."""
         self._round_state = state
         if state is None:
@@ -1061,12 +1071,10 @@ class SalesforceBulkOperator(BaseOperator):
             policy.max_rounds,
             delay,
         )
-        plan: JobPlan | None = getattr(self, "_plan", None)
-        store = plan.store if plan is not None else plan_store_for(context)
+        store = self._plan_store(context)
         if self.deferrable and delay >= _DEFER_BACKOFF_FROM:
-            # The wait frees the worker slot; the round's state is in the plan store, so any worker
-            # can send the round after it.
-            state.resubmit_from = list(retry_from)
+            # The wait frees the worker slot; the round's state (with ``retry_from``) is in the plan
+            # store, so any worker can send the round after it.
             self._save_wait_state(store, state)
             self.defer(
                 trigger=ResubmitBackoffTrigger(time.time() + delay, next_round=number),
