@@ -11,40 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import pytest
-
-from airflow_provider_salesforce_bulk.client import BulkIngestClient, ClientCredentialsAuth, SalesforceSession
+from airflow_provider_salesforce_bulk.client import BulkIngestClient
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.airflow import helpers
-from tests.airflow.helpers import TI, conn_uri_json
+
+# The stub task instance and the fixtures of the operator's fault tests: same emulator, same connection.
+from tests.airflow.test_operator_faults import _TI, client, conn
+
+__all__ = ["client", "conn"]  # fixtures, used by name
 
 CSV = b"Name,External_Id__c\n" + b"".join(b"Upgrade %d,UP-%d\n" % (i, i) for i in range(40))
-
-
-class _TI:
-    dag_id, run_id, task_id, map_index, try_number = TI.dag_id, TI.run_id, TI.task_id, -1, 1
-    pushed: ClassVar[dict[str, Any]] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-
-@pytest.fixture
-def conn(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("AIRFLOW_CONN_SF_UPGRADE", conn_uri_json(emulator))
-    return "sf_upgrade"
-
-
-@pytest.fixture
-async def client(emulator: RunningEmulator) -> AsyncIterator[BulkIngestClient]:
-    creds = emulator.credentials
-    auth = ClientCredentialsAuth(creds.client_id, creds.client_secret, emulator.base_url)
-    async with SalesforceSession(auth) as session:
-        yield BulkIngestClient(session)
 
 
 def _operator(tmp_path: Path, conn: str) -> Any:
