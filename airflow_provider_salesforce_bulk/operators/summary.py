@@ -38,46 +38,12 @@ __all__ = [
 
 RESENT = "resent"
 """A job's ``outcome`` when its unprocessed records went to a new job (as the plan names it)."""
+REPLACED = "replaced"
+"""A job's ``outcome`` when it was never closed: all its records went to a new job."""
 
 
 FINAL = "final"
 """A job's ``outcome`` when it is the last job of its records (its unprocessed records stayed there)."""
-
-
-def job_entry(
-    job: JobSummary,
-    records: int | None,
-    uris: dict[str, str],
-    rows: dict[str, int],
-    outcome: str = FINAL,
-    next_job: str | None = None,
-) -> dict[str, Any]:
-    """One job's line of the summary; ``records`` is how many input records the job was given.
-
-    ``outcome`` is ``final``, ``resent`` (its unprocessed records went to job ``next_job``) or
-    ``replaced`` (never closed, nothing processed: all its records went to ``next_job``).
-    """
-    processed_raw = 0 if outcome == "replaced" else job["numberRecordsProcessed"]
-    if records is None:
-        records = processed_raw + rows.get("unprocessed", 0)
-    counts = RecordCounts.of(records, processed_raw, job["numberRecordsFailed"])
-    entry: dict[str, Any] = {
-        "state": job["state"],
-        "records": records,
-        "processed": counts.processed,
-        "succeeded": counts.succeeded,
-        "failed": counts.failed,
-        "unprocessed": counts.unprocessed,
-        "error_message": job["errorMessage"],
-        "result_files": uris,
-        "outcome": outcome,
-    }
-    if next_job:
-        entry["next_job"] = next_job
-    if rows:
-        entry["result_rows"] = rows
-        entry["accounted"] = sum(rows.values()) == records
-    return entry
 
 
 @dataclass(frozen=True)
@@ -85,7 +51,8 @@ class JobOutcome:
     """One job of a round as the summary counts it.
 
     ``records`` is how many input records the job was given (``None``: not known, counted from its
-    result files); ``outcome`` is ``final``, ``resent`` or ``replaced`` (see :func:`job_entry`).
+    result files). ``outcome`` is ``final``, ``resent`` (its unprocessed records went to job
+    ``next_job``) or ``replaced`` (never closed, nothing processed: all its records went to ``next_job``).
     """
 
     job: JobSummary
@@ -98,18 +65,56 @@ class JobOutcome:
     def id(self) -> str:
         return self.job["id"]
 
-    def entry(self, round_number: int) -> dict[str, Any]:
-        """The job's line of the summary."""
-        entry = job_entry(
-            self.job,
-            self.records,
-            dict(self.results.uris),
-            dict(self.results.rows),
-            self.outcome,
-            self.next_job,
+    @property
+    def counts(self) -> RecordCounts:
+        """Where the job's records went, Salesforce's counters kept within the records it was given."""
+        processed = 0 if self.outcome == REPLACED else self.job["numberRecordsProcessed"]
+        records = self.records
+        if records is None:
+            records = processed + self.results.rows.get("unprocessed", 0)
+        return RecordCounts.of(records, processed, self.job["numberRecordsFailed"])
+
+    def ended(self) -> JobInfo:
+        """The job as the resubmission ledger counts it."""
+        counts = self.counts
+        return JobInfo(
+            id=self.id, number_records_processed=counts.processed, number_records_failed=counts.failed
         )
-        entry["round"] = round_number
+
+    def entry(self, round_number: int | None = None) -> dict[str, Any]:
+        """The job's line of the summary (with its ``round`` when given)."""
+        counts, rows = self.counts, dict(self.results.rows)
+        entry: dict[str, Any] = {
+            "state": self.job["state"],
+            "records": counts.records,
+            "processed": counts.processed,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "unprocessed": counts.unprocessed,
+            "error_message": self.job["errorMessage"],
+            "result_files": dict(self.results.uris),
+            "outcome": self.outcome,
+        }
+        if self.next_job:
+            entry["next_job"] = self.next_job
+        if rows:
+            entry["result_rows"] = rows
+            entry["accounted"] = sum(rows.values()) == counts.records
+        if round_number is not None:
+            entry["round"] = round_number
         return entry
+
+
+def job_entry(
+    job: JobSummary,
+    records: int | None,
+    uris: dict[str, str],
+    rows: dict[str, int],
+    outcome: str = FINAL,
+    next_job: str | None = None,
+) -> dict[str, Any]:
+    """One job's line of the summary (see :class:`JobOutcome`)."""
+    return JobOutcome(job, records, JobResults(uris=uris, rows=rows), outcome, next_job).entry()
 
 
 def jobs_to_copy(jobs: Mapping[str, JobSummary], history: Iterable[HistoryEntry]) -> dict[str, JobSummary]:
@@ -174,17 +179,14 @@ def count_round(
     by_code: collections.Counter[str] = collections.Counter()
     samples: dict[str, str] = {}
     resubmittable: dict[str, dict[str, int]] = {}
-    results = {outcome.id: outcome.results for outcome in outcomes}
+    by_id = {outcome.id: outcome for outcome in outcomes}
     for job_id in copied:
-        entry = entries[job_id]
-        counted = JobInfo(
-            id=job_id, number_records_processed=entry["processed"], number_records_failed=entry["failed"]
-        )
-        ledger.add_job(counted, round_number, int(entry["records"]))
-        by_code.update(results[job_id].by_code)
-        for code, sample in results[job_id].samples.items():
+        outcome = by_id[job_id]
+        ledger.add_job(outcome.ended(), round_number, outcome.counts.records)
+        by_code.update(outcome.results.by_code)
+        for code, sample in outcome.results.samples.items():
             samples.setdefault(code, sample)
-        transient = {code: n for code in codes if (n := results[job_id].by_code.get(code, 0))}
+        transient = {code: n for code in codes if (n := outcome.results.by_code.get(code, 0))}
         if transient:
             resubmittable[job_id] = transient
     return RoundCount(entries, by_code, samples, input_records(outcomes), resubmittable)
