@@ -45,7 +45,10 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
-from airflow_provider_salesforce_bulk.operators.final_failures import write_final_failures
+from airflow_provider_salesforce_bulk.operators.final_failures import (
+    readable_failed_files,
+    write_final_failures,
+)
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
@@ -993,17 +996,8 @@ class SalesforceBulkOperator(BaseOperator):
         policy: ResubmitPolicy,
     ) -> dict[str, Any]:
         """The summary's ``failed_results`` (the task's final failed-results file) and its row count."""
-        files = {
-            j: e["result_files"]["failed"] for j, e in entries.items() if e["result_files"].get("failed")
-        }
-        missing = [j for j, uri in files.items() if not _exists(uri)]
-        if missing:
-            # Earlier rounds ran on another worker and the results path is local to each worker.
-            self.log.warning(
-                "No final failed-results file: the failed results of job(s) %s are not readable here "
-                "(results_path is not shared by the workers); each job's own files are named in the summary",
-                ", ".join(missing),
-            )
+        files = readable_failed_files(entries, self.log.warning)
+        if files is None:
             return {"failed_results": None}
         delimiter = COLUMN_DELIMITERS[self._job_spec().column_delimiter]
         token = f"try{getattr(self._ti, 'try_number', None) or 0}-{secrets.token_hex(4)}"
@@ -1169,15 +1163,6 @@ class SalesforceBulkOperator(BaseOperator):
             ol.output_dataset(namespace=f"salesforce://{host}", name=self.object_name, outputFacets=facets)
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
-
-
-def _exists(uri: str) -> bool:
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    try:
-        return bool(ObjectStoragePath(uri).exists())
-    except OSError:
-        return False
 
 
 def _is_arrow_object(value: Any) -> bool:
