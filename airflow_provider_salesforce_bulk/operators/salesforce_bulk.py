@@ -58,7 +58,7 @@ from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan
 from airflow_provider_salesforce_bulk.operators.result_files import JobResults, copy_job_results
 from airflow_provider_salesforce_bulk.operators.round_state import RoundState, Waited, rebuild_wait
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
+from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, replay, stage
 from airflow_provider_salesforce_bulk.operators.submit import (
     JobPlan,
     reconcile,
@@ -667,33 +667,25 @@ class SalesforceBulkOperator(BaseOperator):
         """
         manifest = Manifest.load(plan.staged)
         assert manifest is not None
-        area.remove_others(manifest.prefix)
         needed = [
             entry
             for entry in manifest.chunks
             if entry.first not in plan.chunks or plan._waiting_for_input(plan.chunks[entry.first])
         ]
-        problems = [problem for entry in needed if (problem := area.check(manifest.prefix, entry))]
-        if not problems:
-            self.log.info("Sending the chunks staged by the first try from %s", area.folder(manifest.prefix))
-            return [area.chunk(manifest.prefix, entry) for entry in manifest.chunks]
-        self.log.warning(
-            "The staged copy cannot be used (%s%s): cutting the chunks again from %s to compare them",
-            problems[0],
-            f" and {len(problems) - 1} more" if len(problems) > 1 else "",
+        jobs_of = {first: [job["job"] for job in chunk["jobs"]] for first, chunk in plan.chunks.items()}
+        staged, chunks = replay(
+            area,
+            manifest,
+            needed,
+            lambda: self._read_input(source, area, try_number),
+            jobs_of,
             source.description,
         )
-        rebuilt = self._read_input(source, area, try_number)
-        jobs_of = {first: [job["job"] for job in chunk["jobs"]] for first, chunk in plan.chunks.items()}
-        problem = compare(manifest, rebuilt, jobs_of, source.description)
-        if problem is not None:
-            area.remove(rebuilt.prefix)
-            raise AirflowFailException(problem)
-        self.log.info("The source gives exactly the staged chunks again: sending from %s", rebuilt.prefix)
-        plan.staged = rebuilt.dump()
-        plan.save_now()
-        area.remove(manifest.prefix)
-        return [area.chunk(rebuilt.prefix, entry) for entry in rebuilt.chunks]
+        if staged is not manifest:
+            plan.staged = staged.dump()
+            plan.save_now()
+            area.remove(manifest.prefix)
+        return chunks
 
     def _staging_area(self, context: Any) -> StagingArea:
         """The task instance's staging folder (see ``staging_path``)."""
