@@ -16,14 +16,14 @@ import csv
 import hashlib
 import io
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from airflow_provider_salesforce_bulk.client import ResubmitLedger, ResubmitPolicy
 from airflow_provider_salesforce_bulk.operators.result_files import write_then_publish
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 
-__all__ = ["FINAL_FAILED_FILE", "write_final_failures"]
+__all__ = ["FINAL_FAILED_FILE", "readable_failed_files", "write_final_failures"]
 
 FINAL_FAILED_FILE = "failedResults.csv"
 
@@ -32,6 +32,30 @@ def _path(uri: str) -> Any:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     return ObjectStoragePath(uri)
+
+
+def _exists(uri: str) -> bool:
+    try:
+        return bool(_path(uri).exists())
+    except OSError:
+        return False
+
+
+def readable_failed_files(
+    entries: Mapping[str, Mapping[str, Any]], warn: Callable[..., object]
+) -> dict[str, str] | None:
+    """Each job's failed-results file the summary names, or ``None`` (after ``warn``) when one of them
+    cannot be read here: earlier rounds ran on another worker and the results path is local to each."""
+    files = {j: e["result_files"]["failed"] for j, e in entries.items() if e["result_files"].get("failed")}
+    missing = [j for j, uri in files.items() if not _exists(uri)]
+    if missing:
+        warn(
+            "No final failed-results file: the failed results of job(s) %s are not readable here "
+            "(results_path is not shared by the workers); each job's own files are named in the summary",
+            ", ".join(missing),
+        )
+        return None
+    return files
 
 
 def _reader(stream: IO[bytes], delimiter: str) -> Any:

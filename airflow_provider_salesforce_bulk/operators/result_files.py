@@ -23,7 +23,8 @@ import random
 import re
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 from airflow_provider_salesforce_bulk.client import (
@@ -39,7 +40,9 @@ from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
 __all__ = [
     "DOWNLOAD_ATTEMPTS",
+    "NO_RESULTS",
     "RESULT_FILES",
+    "JobResults",
     "ResultCounter",
     "copy_job_results",
     "download_with_retries",
@@ -188,6 +191,24 @@ async def write_then_publish(
         raise
 
 
+@dataclass(frozen=True)
+class JobResults:
+    """What copying one job's result files found: the files, their rows, its failures by error code."""
+
+    uris: Mapping[str, str] = field(default_factory=dict)
+    """File URI by kind (``successful``, ``failed``, ``unprocessed``)."""
+    rows: Mapping[str, int] = field(default_factory=dict)
+    """Rows (records) by kind."""
+    by_code: Mapping[str, int] = field(default_factory=dict)
+    """Failed records by ``sf__Error`` status code."""
+    samples: Mapping[str, str] = field(default_factory=dict)
+    """One failure message per status code, for the task's error."""
+
+
+NO_RESULTS = JobResults()
+"""A job whose result files were not read (not ended, or an earlier round's)."""
+
+
 async def copy_job_results(
     client: BulkIngestClient,
     job_id: str,
@@ -196,7 +217,7 @@ async def copy_job_results(
     *,
     stop: threading.Event | None = None,
     token: str | None = None,
-) -> tuple[dict[str, str], dict[str, int], collections.Counter[str], dict[str, str]]:
+) -> JobResults:
     """Copy the three result files of one job under ``directory`` (an ``ObjectStoragePath``).
 
     ``column_delimiter`` is the job's (its ``columnDelimiter``, ``COMMA`` when not known). Each file
@@ -206,7 +227,7 @@ async def copy_job_results(
 
     Returns
     -------
-    tuple
+    JobResults
         File URIs by kind, row counts by kind, failed records by error code, one sample message per code.
     """
     check_job_id(job_id)
@@ -238,4 +259,4 @@ async def copy_job_results(
         by_code.update(counter.by_code)
         for code, sample in counter.samples.items():
             samples.setdefault(code, sample)
-    return uris, rows, by_code, samples
+    return JobResults(uris, rows, dict(by_code), samples)

@@ -45,11 +45,14 @@ from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
-from airflow_provider_salesforce_bulk.operators.final_failures import write_final_failures
+from airflow_provider_salesforce_bulk.operators.final_failures import (
+    readable_failed_files,
+    write_final_failures,
+)
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
 from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
-from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
+from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
     RoundPlan,
@@ -57,18 +60,22 @@ from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
     resubmit_policy,
     submit_round,
 )
-from airflow_provider_salesforce_bulk.operators.result_files import copy_job_results
+from airflow_provider_salesforce_bulk.operators.result_files import JobResults, copy_job_results
+from airflow_provider_salesforce_bulk.operators.round_state import RoundState, Waited, rebuild_wait
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
+from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, replay, stage
 from airflow_provider_salesforce_bulk.operators.submit import (
-    RESENT,
     JobPlan,
     reconcile,
     submit_chunks,
 )
 from airflow_provider_salesforce_bulk.operators.summary import (
+    RoundCount,
+    count_round,
     failure_message,
-    job_entry,
+    final_entries,
+    job_outcomes,
+    jobs_to_copy,
     summarize,
     unfinished_summary,
 )
@@ -76,8 +83,8 @@ from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop, until_stopped
 from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
+    JobsEvent,
     JobSummary,
-    ResubmitState,
     check_job_id,
     check_resubmit_state,
     job_summary,
@@ -512,29 +519,10 @@ class SalesforceBulkOperator(BaseOperator):
         try_number = getattr(context.get("ti"), "try_number", None)
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
-        else:
-            RoundPlan.reset(store)  # rounds of an earlier, finished run of this task
-            # No job exists: what earlier tries staged was never sent; the source is read afresh.
-            area.remove_others(None)
-            manifest = self._read_input(source, area, try_number)
-            self.log.info(
-                "Input checked and staged: %d records in %d chunk(s) from %s, under %s",
-                manifest.total,
-                len(manifest.chunks),
-                source.description,
-                area.folder(manifest.prefix),
-            )
-            if manifest.total == 0:
-                area.remove_all()
-                summary = summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
-                self.log.info("No records: no job created")
-                self._succeeded = 0
-                return summary
-            self._chunk_counts = [entry.count for entry in manifest.chunks]
-            self._fieldnames = list(manifest.fieldnames)
-            # Recorded before the first job: every later try sends these bytes, never the live source.
-            plan.staged = manifest.dump()
-            plan.save_now()
+        elif not self._stage_input(source, plan, area, try_number):
+            self.log.info("No records: no job created")
+            self._succeeded = 0
+            return summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
         self._latest = {}
         try:
             with fail_on_refused_credentials():
@@ -543,43 +531,61 @@ class SalesforceBulkOperator(BaseOperator):
             raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
         except RequestLimitExceededError as exc:
             self._stop_on_limit(context, plan, exc)
-        instance_url = plan.instance_url or ""
         if context.get("ti") is not None:
-            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(instance_url, plan.job_ids))
-        trigger = SalesforceBulkJobTrigger(
-            conn_id=self.conn_id,
-            job_ids=plan.job_ids,
-            deadline=time.time() + float(self.timeout),
-            poll_interval=float(self.poll_interval),
-            instance_url=instance_url,
-            record_counts=plan.record_counts(),
-            history=plan.history(),
-            settings=settings,
-        )
-        kwargs: dict[str, Any] = {"record_counts": plan.record_counts(), "instance_url": instance_url}
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
+        # What the resumed task rebuilds its accounting from, stored before the wait: the trigger
+        # carries only what polling needs.
+        plan.save_now()
+        self._save_wait_state(store, None)
         active = plan.job_ids
         if all(job_id in latest and latest[job_id].is_terminal for job_id in active):
             # Every job already ended: finish here. Deferring now would fire the trigger within a
             # second, which meets Airflow's stale-report race (the scheduler can fail such a try).
             self.log.info("Every job already ended: finishing without deferring")
-            event = jobs_event(
-                "success",
-                {job_id: job_summary(latest[job_id]) for job_id in active},
-                instance_url=instance_url,
-                record_counts=trigger.record_counts,
-                history=trigger.history,
-            )
+            event = jobs_event("success", {job_id: job_summary(latest[job_id]) for job_id in active})
             return self.execute_complete(context, event)
-        self._active_job_ids = active
-        event = defer_or_wait(
-            self,
-            trigger,
-            timeout=float(self.timeout),
+        return self._wait(context, active, settings)
+
+    def _wait(self, context: Any, job_ids: list[str], settings: ConnectionSettings) -> Any:
+        """Wait for ``job_ids`` (deferred, or polled in the worker), then finish from their final states."""
+        trigger = SalesforceBulkJobTrigger(
+            conn_id=self.conn_id,
+            job_ids=job_ids,
+            deadline=time.time() + float(self.timeout),
             poll_interval=float(self.poll_interval),
-            kwargs=kwargs,
+            settings=settings,
+        )
+        self._active_job_ids = list(job_ids)
+        event = defer_or_wait(
+            self, trigger, timeout=float(self.timeout), poll_interval=float(self.poll_interval)
         )
         self._active_job_ids = []
         return self.execute_complete(context, event)
+
+    def _stage_input(
+        self, source: ChunkSource, plan: JobPlan, area: StagingArea, try_number: int | None
+    ) -> bool:
+        """A fresh load: read the source once into the staging area, recorded in the plan before any
+        job (every later try sends these bytes, never the live source). False when it has no record."""
+        RoundPlan.reset(plan.store)  # rounds of an earlier, finished run of this task
+        # No job exists: what earlier tries staged was never sent; the source is read afresh.
+        area.remove_others(None)
+        manifest = self._read_input(source, area, try_number)
+        self.log.info(
+            "Input checked and staged: %d records in %d chunk(s) from %s, under %s",
+            manifest.total,
+            len(manifest.chunks),
+            source.description,
+            area.folder(manifest.prefix),
+        )
+        if manifest.total == 0:
+            area.remove_all()
+            return False
+        self._chunk_counts = [entry.count for entry in manifest.chunks]
+        self._fieldnames = list(manifest.fieldnames)
+        plan.staged = manifest.dump()
+        plan.save_now()
+        return True
 
     def _stop_on_limit(self, context: Any, plan: JobPlan, exc: RequestLimitExceededError) -> NoReturn:
         """Salesforce refused a request for a daily limit part way: push what exists, then fail the try.
@@ -611,8 +617,7 @@ class SalesforceBulkOperator(BaseOperator):
             plan.instance_url,
             message,
         )
-        if context.get("ti") is not None:
-            context["ti"].xcom_push(key="return_value", value=summary)
+        _push_summary(context, summary)
         raise AirflowException(message)
 
     def _done_before(self, context: Any, plan: JobPlan) -> Any:
@@ -657,33 +662,25 @@ class SalesforceBulkOperator(BaseOperator):
         """
         manifest = Manifest.load(plan.staged)
         assert manifest is not None
-        area.remove_others(manifest.prefix)
         needed = [
             entry
             for entry in manifest.chunks
             if entry.first not in plan.chunks or plan._waiting_for_input(plan.chunks[entry.first])
         ]
-        problems = [problem for entry in needed if (problem := area.check(manifest.prefix, entry))]
-        if not problems:
-            self.log.info("Sending the chunks staged by the first try from %s", area.folder(manifest.prefix))
-            return [area.chunk(manifest.prefix, entry) for entry in manifest.chunks]
-        self.log.warning(
-            "The staged copy cannot be used (%s%s): cutting the chunks again from %s to compare them",
-            problems[0],
-            f" and {len(problems) - 1} more" if len(problems) > 1 else "",
+        jobs_of = {first: [job["job"] for job in chunk["jobs"]] for first, chunk in plan.chunks.items()}
+        staged, chunks = replay(
+            area,
+            manifest,
+            needed,
+            lambda: self._read_input(source, area, try_number),
+            jobs_of,
             source.description,
         )
-        rebuilt = self._read_input(source, area, try_number)
-        jobs_of = {first: [job["job"] for job in chunk["jobs"]] for first, chunk in plan.chunks.items()}
-        problem = compare(manifest, rebuilt, jobs_of, source.description)
-        if problem is not None:
-            area.remove(rebuilt.prefix)
-            raise AirflowFailException(problem)
-        self.log.info("The source gives exactly the staged chunks again: sending from %s", rebuilt.prefix)
-        plan.staged = rebuilt.dump()
-        plan.save_now()
-        area.remove(manifest.prefix)
-        return [area.chunk(rebuilt.prefix, entry) for entry in rebuilt.chunks]
+        if staged is not manifest:
+            plan.staged = staged.dump()
+            plan.save_now()
+            area.remove(manifest.prefix)
+        return chunks
 
     def _staging_area(self, context: Any) -> StagingArea:
         """The task instance's staging folder (see ``staging_path``)."""
@@ -827,166 +824,156 @@ class SalesforceBulkOperator(BaseOperator):
 
         ``event`` is checked first (:func:`~airflow_provider_salesforce_bulk.triggers.events.validate_event`):
         none, or a malformed one, is an ``AirflowException`` naming what is wrong, before anything is
-        copied. The keyword arguments are the ones given to ``defer()``; the event echoes them.
+        copied. It holds the jobs' final states; the rest (records per job, earlier tries' jobs, the
+        rounds so far) is read from the plan store. The keyword arguments are the ``defer()`` kwargs
+        of a task deferred by an earlier release, whose trigger carried that state.
         """
         checked = validate_event(event)
         self._ti = context.get("ti") or getattr(self, "_ti", None)
-        status, jobs, history = checked["status"], checked["jobs"], checked["history"]
-        # The defer() kwargs are a fallback only: the event echoes the state.
-        state = _RoundState.load(
-            checked["resubmit"] or (check_resubmit_state(resubmit) if resubmit else None)
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        waited = rebuild_wait(
+            checked,
+            plan if plan is not None else JobPlan.load(plan_store_for(context)),
+            self._wait_state(context),
+            record_counts=record_counts,
+            instance_url=instance_url,
+            resubmit=resubmit,
         )
-        instance_url = checked["instance_url"] or instance_url
-        counts: dict[str, int] = dict(record_counts or {})
-        counts.update(checked["record_counts"])
         if checked["credentials_refused"]:
-            # No result file can be read without credentials: the jobs as last seen, then no retry.
-            message = f"{checked['message']}; not retried, since retrying a wrong password locks the user"
-            summary = unfinished_summary(
-                self.operation,
-                self.object_name,
-                jobs,
-                {j: n for j, n in counts.items() if j not in {old["id"] for old in history}},
-                None,
-                instance_url,
-                message,
-            )
-            if context.get("ti") is not None:
-                context["ti"].xcom_push(key="return_value", value=summary)
-            raise AirflowFailException(
-                f"{message}: fix the connection, then clear the task (it reattaches to the jobs)"
-            )
-        self._instance_url = instance_url
+            self._refused(context, checked, waited)
+        self._instance_url = waited.instance_url
+        state = waited.state
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        # Every job that may hold processed records: the current ones that ended, and earlier tries'
-        # jobs whose unprocessed records were resent. Replaced jobs never processed anything.
-        to_copy = {j: job for j, job in jobs.items() if job["state"] in TERMINAL_STATES}
-        for old in history:
-            if old["outcome"] == RESENT:
-                to_copy[old["id"]] = old["info"]
-        directory = self._results_dir(context)
-        if state.round > 1:
-            directory = directory / f"round-{state.round}"
-        entries: dict[str, dict[str, Any]] = {}
-        by_code: collections.Counter[str] = collections.Counter()
-        samples: dict[str, str] = {}
-        copied: dict[str, Any] = {}
-        if to_copy:
-            settings = hook.get_settings()
-            try:
-                with fail_on_refused_credentials():
-                    copied = run_sync(lambda: self._copy(hook, settings, to_copy, directory))
-            except RequestLimitExceededError as exc:
-                raise AirflowException(
-                    f"Reading the results of the jobs met REQUEST_LIMIT_EXCEEDED: the org's "
-                    f"{limit_named(exc)} allowance is spent ({exc}); the jobs ended, a retry once it "
-                    "refilled reattaches to them and reads their results"
-                ) from None
-            for uris_rows_codes_samples in copied.values():
-                by_code.update(uris_rows_codes_samples[2])
-                for code, sample in uris_rows_codes_samples[3].items():
-                    samples.setdefault(code, sample)
-        for old in history:
-            uris, rows = copied[old["id"]][:2] if old["id"] in copied else ({}, {})
-            entries[old["id"]] = job_entry(old["info"], old["count"], uris, rows, old["outcome"], old["next"])
-        for job_id, job in jobs.items():
-            uris, rows = copied[job_id][:2] if job_id in copied else ({}, {})
-            entries[job_id] = job_entry(job, counts.get(job_id), uris, rows)
-        # The input: the records of each chunk's first job (no other job's successor); every
-        # later job of a chunk holds records counted there already.
-        successors = {old["next"] for old in history if old["next"]}
-        input_records: int | None = None
-        if all(j in counts for j in jobs):
-            input_records = sum(int(old["count"]) for old in history if old["id"] not in successors)
-            input_records += sum(counts[j] for j in jobs if j not in successors)
-        if state.round > 1:
-            input_records = state.input_records
-        for job_id in to_copy:
-            entry = entries[job_id]
-            info = JobInfo(
-                id=job_id, number_records_processed=entry["processed"], number_records_failed=entry["failed"]
-            )
-            state.ledger.add_job(info, state.round, int(entry["records"]))
-        for entry in entries.values():
-            entry["round"] = state.round
-        by_code.update(state.by_code)
-        for code, sample in state.samples.items():
-            samples.setdefault(code, sample)
+        to_copy = jobs_to_copy(checked["jobs"], waited.history)
+        copied = self._copy_results(context, hook, to_copy, state.round)
+        outcomes = job_outcomes(checked["jobs"], waited.history, waited.record_counts, copied)
         policy = self._policy()
-        retry_from = [
-            job_id
-            for job_id in to_copy
-            if job_id in copied and any(copied[job_id][2].get(code) for code in policy.codes)
-        ]
-        if status == "success" and retry_from and policy.may_follow(state.round):
-            for job_id in retry_from:
-                for code in policy.codes:
-                    by_code[code] -= copied[job_id][2].get(code, 0)
-            state.entries.update(entries)
-            state.by_code = {code: n for code, n in by_code.items() if n > 0}
-            state.samples = {code: text for code, text in samples.items() if code in state.by_code}
-            state.input_records = input_records
-            return self._next_round(context, hook, state, policy, retry_from, instance_url or "")
-        entries = {**state.entries, **entries}
-        for job_id, entry in entries.items():
-            resent = state.ledger.resubmitted.get(job_id, 0)
-            if resent:
-                # Counted where they ended, in a later round's job.
-                entry["failed"] = max(0, entry["failed"] - resent)
-                entry["resubmitted"] = resent
+        counted = count_round(outcomes, state.round, to_copy, state.ledger, policy.codes)
+        if checked["status"] == "success" and counted.resubmittable and policy.may_follow(state.round):
+            resubmit_from = state.carry(counted)
+            return self._next_round(context, hook, state, policy, resubmit_from, waited.instance_url or "")
+        summary, samples = self._summary(context, state, counted, policy, waited.instance_url)
+        _push_summary(context, summary)  # before any failure: a failed task still reports what happened
+        # Every job of the load was closed before this point, so no later try sends a chunk from the
+        # input again (a retry reattaches; Aborted or Failed jobs resend Salesforce's unprocessed
+        # records): the staged copy is of no more use, whether the failure policy passes or not.
+        self._staging_area(context).remove_all()
+        self._apply_failure_policy(checked, summary, samples)
+        store = plan_store_for(context)
+        if store is not None:
+            # Kept, marked done: a try failed by Airflow after this success (a late stale report)
+            # must not load again on its retry. A clear reloads only with ``reload_on_clear``.
+            JobPlan.mark_done(store, getattr(context.get("ti"), "try_number", None), summary)
+        return summary
+
+    def _plan_store(self, context: Any) -> PlanStore | None:
+        plan: JobPlan | None = getattr(self, "_plan", None)
+        return plan.store if plan is not None else plan_store_for(context)
+
+    def _wait_state(self, context: Any) -> RoundState | None:
+        """The state saved before the current wait: in the plan store, or in memory without one."""
+        store = self._plan_store(context)
+        return RoundState.load(store) if store is not None else getattr(self, "_round_state", None)
+
+    def _save_wait_state(self, store: PlanStore | None, state: RoundState | None) -> None:
+        """Record the state of the wait about to start (``None``: round 1, nothing carried)."""
+        self._round_state = state
+        if state is None:
+            RoundState.reset(store)
+        else:
+            state.save(store)
+
+    def _refused(self, context: Any, checked: JobsEvent, waited: Waited) -> NoReturn:
+        """No result file can be read without credentials: the jobs as last seen, then no retry."""
+        message = f"{checked['message']}; not retried, since retrying a wrong password locks the user"
+        settled = {old["id"] for old in waited.history}
+        summary = unfinished_summary(
+            self.operation,
+            self.object_name,
+            checked["jobs"],
+            {job_id: n for job_id, n in waited.record_counts.items() if job_id not in settled},
+            None,
+            waited.instance_url,
+            message,
+        )
+        _push_summary(context, summary)
+        raise AirflowFailException(
+            f"{message}: fix the connection, then clear the task (it reattaches to the jobs)"
+        )
+
+    def _copy_results(
+        self, context: Any, hook: SalesforceBulkHook, to_copy: dict[str, JobSummary], round_number: int
+    ) -> dict[str, JobResults]:
+        """The result files of every job in ``to_copy``, copied under the round's folder."""
+        directory = self._results_dir(context)
+        if round_number > 1:
+            directory = directory / f"round-{round_number}"
+        if not to_copy:
+            return {}
+        settings = hook.get_settings()
+        try:
+            with fail_on_refused_credentials():
+                return run_sync(lambda: self._copy(hook, settings, to_copy, directory))
+        except RequestLimitExceededError as exc:
+            raise AirflowException(
+                f"Reading the results of the jobs met REQUEST_LIMIT_EXCEEDED: the org's "
+                f"{limit_named(exc)} allowance is spent ({exc}); the jobs ended, a retry once it "
+                "refilled reattaches to them and reads their results"
+            ) from None
+
+    def _summary(
+        self,
+        context: Any,
+        state: RoundState,
+        counted: RoundCount,
+        policy: ResubmitPolicy,
+        instance_url: str | None,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The task's summary over every round, and a failure message per error code."""
+        entries = final_entries({**state.entries, **counted.entries}, state.ledger)
+        by_code, samples = state.merged(counted)
         by_code = collections.Counter({code: n for code, n in by_code.items() if n > 0})
         samples = {code: text for code, text in samples.items() if code in by_code}
+        copied_any = any(entry["result_files"] for entry in counted.entries.values())
+        results_path = str(self._results_dir(context)) if copied_any or state.entries else None
         summary = summarize(
             self.operation,
             self.object_name,
             entries,
             by_code,
-            str(self._results_dir(context)) if to_copy or state.entries else None,
+            results_path,
             instance_url,
-            input_records,
+            state.input_of(counted),
+            resubmitted=sum(state.ledger.resubmitted.values()),
+            rounds=state.round,
+            failed_results=None
+            if results_path is None
+            else self._final_failures(context, entries, state.ledger, policy),
         )
-        resubmitted = sum(state.ledger.resubmitted.values())
-        if resubmitted:
-            summary["totals"]["resubmitted"] = resubmitted
-            summary["rounds"] = state.round
-        if summary["results_path"] is not None:
-            summary.update(self._final_failures(context, entries, state.ledger, policy))
         self._succeeded = int(summary["totals"]["succeeded"])
         self.log.info(
             "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
             "results in %s",
-            summary["totals"]["records"],
-            summary["totals"]["succeeded"],
-            summary["totals"]["failed"],
-            summary["totals"]["unprocessed"],
-            summary["totals"]["jobs"],
+            *(summary["totals"][key] for key in ("records", "succeeded", "failed", "unprocessed", "jobs")),
             summary["failed_by_error_code"],
             summary["results_path"],
         )
-        # Pushed before any failure, so a failed task still reports what happened.
-        if context.get("ti") is not None:
-            context["ti"].xcom_push(key="return_value", value=summary)
-        # Every job of the load was closed before this point, so no later try sends a chunk from the
-        # input again (a retry reattaches; Aborted or Failed jobs resend Salesforce's unprocessed
-        # records): the staged copy is of no more use, whether the failure policy passes or not.
-        self._staging_area(context).remove_all()
-        if status == "error":
+        return summary, samples
+
+    def _apply_failure_policy(
+        self, checked: JobsEvent, summary: dict[str, Any], samples: dict[str, str]
+    ) -> None:
+        """Fail the task when the wait failed, ran out of time, or the summary breaks the policy."""
+        if checked["status"] == "error":
             raise AirflowException(
                 f"Waiting for the Salesforce jobs failed: {checked['message']}; "
                 "a retry reattaches to the same jobs"
             )
         problem = failure_message(summary, samples, self.max_failed_records, self.max_failed_ratio)
-        if status == "timeout":
+        if checked["status"] == "timeout":
             problem = f"{checked['message']}; " + (problem or "")
         if problem:
             raise AirflowException(problem)
-        store = plan_store_for(context)
-        if store is not None:
-            # Kept, marked done: a try failed by Airflow after this success (a late stale report)
-            # must not load again on its retry. A clear reloads only with ``reload_on_clear``.
-            ti = context.get("ti")
-            JobPlan.mark_done(store, getattr(ti, "try_number", None), summary)
-        return summary
 
     def _final_failures(
         self,
@@ -996,17 +983,8 @@ class SalesforceBulkOperator(BaseOperator):
         policy: ResubmitPolicy,
     ) -> dict[str, Any]:
         """The summary's ``failed_results`` (the task's final failed-results file) and its row count."""
-        files = {
-            j: e["result_files"]["failed"] for j, e in entries.items() if e["result_files"].get("failed")
-        }
-        missing = [j for j, uri in files.items() if not _exists(uri)]
-        if missing:
-            # Earlier rounds ran on another worker and the results path is local to each worker.
-            self.log.warning(
-                "No final failed-results file: the failed results of job(s) %s are not readable here "
-                "(results_path is not shared by the workers); each job's own files are named in the summary",
-                ", ".join(missing),
-            )
+        files = readable_failed_files(entries, self.log.warning)
+        if files is None:
             return {"failed_results": None}
         delimiter = COLUMN_DELIMITERS[self._job_spec().column_delimiter]
         token = f"try{getattr(self._ti, 'try_number', None) or 0}-{secrets.token_hex(4)}"
@@ -1029,23 +1007,33 @@ class SalesforceBulkOperator(BaseOperator):
 
         ``event`` is :class:`ResubmitBackoffTrigger`'s, echoing the round's state.
         """
-        if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
-            raise AirflowException(
-                f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
-            )
-        state = _RoundState.load(check_resubmit_state(event.get("resubmit"), first_round=1))
-        instance_url = event.get("instance_url")
-        if not isinstance(instance_url, str):
-            raise AirflowException("malformed backoff event: instance_url is not a string")
+        if isinstance(event, Mapping) and "next_round" in event and "retry_from" not in event:
+            state = self._wait_state(context)
+            if state is None or state.round + 1 != event["next_round"]:
+                raise AirflowException(
+                    f"the plan store holds no state of round {event['next_round']!r} to send: "
+                    f"{'none' if state is None else f'round {state.round} ended'}; a retry replays the rounds"
+                )
+            instance_url = JobPlan.load(plan_store_for(context)).instance_url or ""
+            jobs = state.resubmit_from
+        else:  # the event of a backoff trigger deferred by an earlier release, carrying the state
+            if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
+                raise AirflowException(
+                    f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
+                )
+            state = RoundState.from_event(check_resubmit_state(event.get("resubmit"), first_round=1))
+            if not isinstance(event.get("instance_url"), str):
+                raise AirflowException("malformed backoff event: instance_url is not a string")
+            instance_url = str(event["instance_url"])
+            jobs = [check_job_id(job_id) for job_id in event["retry_from"]]
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
-        jobs = [check_job_id(job_id) for job_id in event["retry_from"]]
         return self._next_round(context, hook, state, self._policy(), jobs, instance_url, waited=True)
 
     def _next_round(
         self,
         context: Any,
         hook: SalesforceBulkHook,
-        state: _RoundState,
+        state: RoundState,
         policy: ResubmitPolicy,
         resubmit_from: list[str],
         instance_url: str,
@@ -1055,12 +1043,11 @@ class SalesforceBulkOperator(BaseOperator):
         """Send the transient failures of ``resubmit_from`` to round ``state.round + 1``'s jobs and wait,
         after the backoff (unless ``waited``: resumed from the backoff trigger)."""
         number = state.round + 1
-        self._back_off(
-            number, 0.0 if waited else policy.delay_before(number), policy, state, resubmit_from, instance_url
-        )
+        state.resubmit_from = resubmit_from
+        store = self._plan_store(context)
+        delay = 0.0 if waited else policy.delay_before(number)
+        self._back_off(number, delay, policy, state, store)
         check_stop(self._stop_event(), f"sending round {number}")
-        plan: JobPlan | None = getattr(self, "_plan", None)
-        store = plan.store if plan is not None else plan_store_for(context)
         rounds = RoundPlan(store)
         settings = hook.get_settings()
 
@@ -1080,74 +1067,35 @@ class SalesforceBulkOperator(BaseOperator):
 
         with fail_on_refused_credentials():
             counts = run_sync(send)
-        state.round = number
-        return self._wait_for_round(context, counts, state, instance_url, settings)
+        state.round, state.waiting, state.resubmit_from = number, counts, []
+        self._save_wait_state(store, state)
+        if not counts:
+            self.log.info("Round %d found nothing to send again", number)
+            return self.execute_complete(context, jobs_event("success", {}, instance_url=instance_url))
+        return self._wait(context, list(counts), settings)
 
     def _back_off(
-        self,
-        number: int,
-        delay: float,
-        policy: ResubmitPolicy,
-        state: _RoundState,
-        resubmit_from: list[str],
-        instance_url: str,
+        self, number: int, delay: float, policy: ResubmitPolicy, state: RoundState, store: PlanStore | None
     ) -> None:
         """Wait ``delay`` before round ``number``: deferred to the triggerer when long enough, else here."""
         self.log.info(
             "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
-            len(resubmit_from),
+            len(state.resubmit_from),
             "/".join(policy.codes),
             number,
             policy.max_rounds,
             delay,
         )
         if self.deferrable and delay >= _DEFER_BACKOFF_FROM:
-            # The wait frees the worker slot; the round's state travels in the trigger's event, so any
-            # worker can send the round after it.
+            # The wait frees the worker slot; the round's state (with ``resubmit_from``) is in the plan
+            # store, so any worker can send the round after it.
+            self._save_wait_state(store, state)
             self.defer(
-                trigger=ResubmitBackoffTrigger(
-                    time.time() + delay, state.dump(), resubmit_from, instance_url
-                ),
+                trigger=ResubmitBackoffTrigger(time.time() + delay, next_round=number),
                 method_name="send_next_round",
                 timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
             )
         time.sleep(delay)
-
-    def _wait_for_round(
-        self,
-        context: Any,
-        counts: dict[str, int],
-        state: _RoundState,
-        instance_url: str,
-        settings: ConnectionSettings,
-    ) -> Any:
-        """Wait for the jobs of the round just sent (``counts``: records each was given), then account."""
-        payload = state.dump()
-        if not counts:
-            self.log.info("Round %d found nothing to send again", state.round)
-            return self.execute_complete(
-                context, jobs_event("success", {}, instance_url=instance_url, resubmit=payload)
-            )
-        trigger = SalesforceBulkJobTrigger(
-            conn_id=self.conn_id,
-            job_ids=list(counts),
-            deadline=time.time() + float(self.timeout),
-            poll_interval=float(self.poll_interval),
-            instance_url=instance_url,
-            record_counts=counts,
-            resubmit=payload,
-            settings=settings,
-        )
-        self._active_job_ids = list(counts)
-        event = defer_or_wait(
-            self,
-            trigger,
-            timeout=float(self.timeout),
-            poll_interval=float(self.poll_interval),
-            kwargs={"record_counts": counts, "instance_url": instance_url, "resubmit": payload},
-        )
-        self._active_job_ids = []
-        return self.execute_complete(context, event)
 
     async def _copy(
         self,
@@ -1155,8 +1103,8 @@ class SalesforceBulkOperator(BaseOperator):
         settings: ConnectionSettings,
         jobs: dict[str, JobSummary],
         directory: Any,
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    ) -> dict[str, JobResults]:
+        out: dict[str, JobResults] = {}
         try_number = getattr(getattr(self, "_ti", None), "try_number", None)
         token = f"try{try_number or 0}-{secrets.token_hex(4)}"  # this try's partial files
         async with hook.client(settings) as client:
@@ -1211,15 +1159,6 @@ class SalesforceBulkOperator(BaseOperator):
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
 
 
-def _exists(uri: str) -> bool:
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    try:
-        return bool(ObjectStoragePath(uri).exists())
-    except OSError:
-        return False
-
-
 def _is_arrow_object(value: Any) -> bool:
     """A DataFrame or Arrow data: never turned into ``list(records)`` (that would give column names)."""
     if value is None or isinstance(value, (list, tuple, str, bytes, Mapping)):
@@ -1234,40 +1173,7 @@ def _is_arrow_object(value: Any) -> bool:
     )
 
 
-class _RoundState:
-    """What execute_complete carries from one resubmission round to the next (plain JSON)."""
-
-    def __init__(self) -> None:
-        self.round = 1
-        self.ledger = ResubmitLedger()
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.by_code: dict[str, int] = {}
-        self.samples: dict[str, str] = {}
-        self.input_records: int | None = None
-
-    @classmethod
-    def load(cls, checked: ResubmitState | None) -> _RoundState:
-        """The state of round 2 or later from its checked event form; round 1 for ``None``."""
-        state = cls()
-        if checked is None:
-            return state
-        try:
-            state.ledger = ResubmitLedger.from_dict(checked["ledger"])
-        except InputError as exc:
-            raise AirflowException(f"malformed resubmission state in the trigger event: {exc}") from None
-        state.round = checked["round"]
-        state.entries = checked["entries"]
-        state.by_code = checked["by_code"]
-        state.samples = checked["samples"]
-        state.input_records = checked["input_records"]
-        return state
-
-    def dump(self) -> ResubmitState:
-        return {
-            "round": self.round,
-            "ledger": self.ledger.to_dict(),
-            "entries": self.entries,
-            "by_code": self.by_code,
-            "samples": self.samples,
-            "input_records": self.input_records,
-        }
+def _push_summary(context: Any, summary: dict[str, Any]) -> None:
+    """The summary as the XCom return value (pushed before the task can fail, so it reports what happened)."""
+    if context.get("ti") is not None:
+        context["ti"].xcom_push(key="return_value", value=summary)

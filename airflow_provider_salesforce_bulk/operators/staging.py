@@ -23,10 +23,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from airflow_provider_salesforce_bulk.client import (
+    Chunk,
     FileSink,
     JobSpec,
     StagedChunk,
@@ -34,7 +35,7 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
-__all__ = ["Manifest", "StagedEntry", "StagingArea", "compare", "stage"]
+__all__ = ["Manifest", "StagedEntry", "StagingArea", "compare", "replay", "stage"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,40 @@ def stage(source: ChunkSource, area: StagingArea, prefix: str, spec: JobSpec) ->
         area.remove(prefix)
         raise
     return Manifest(prefix, tuple(entries), tuple(fieldnames))
+
+
+def replay(
+    area: StagingArea,
+    manifest: Manifest,
+    needed: Sequence[StagedEntry],
+    read_again: Callable[[], Manifest],
+    jobs_of: Mapping[int, list[str]],
+    description: str,
+) -> tuple[Manifest, list[Chunk]]:
+    """The chunks of a retry and their manifest: the staged files, when every ``needed`` one matches
+    its digest; otherwise the chunks cut again from the live source (``read_again``), if they are
+    exactly those staged (else ``AirflowFailException`` naming the difference, before any job).
+    """
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    area.remove_others(manifest.prefix)
+    problems = [problem for entry in needed if (problem := area.check(manifest.prefix, entry))]
+    if not problems:
+        log.info("Sending the chunks staged by the first try from %s", area.folder(manifest.prefix))
+        return manifest, [area.chunk(manifest.prefix, entry) for entry in manifest.chunks]
+    log.warning(
+        "The staged copy cannot be used (%s%s): cutting the chunks again from %s to compare them",
+        problems[0],
+        f" and {len(problems) - 1} more" if len(problems) > 1 else "",
+        description,
+    )
+    rebuilt = read_again()
+    problem = compare(manifest, rebuilt, jobs_of, description)
+    if problem is not None:
+        area.remove(rebuilt.prefix)
+        raise AirflowFailException(problem)
+    log.info("The source gives exactly the staged chunks again: sending from %s", rebuilt.prefix)
+    return rebuilt, [area.chunk(rebuilt.prefix, entry) for entry in rebuilt.chunks]
 
 
 def compare(

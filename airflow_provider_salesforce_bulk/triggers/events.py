@@ -1,10 +1,11 @@
 """The trigger's event: built by :func:`jobs_event`, checked by :func:`validate_event`, typed.
 
 The event is what ``execute_complete`` gets back from the triggerer (or from the poll loop run in
-the worker). Airflow stores it as JSON between the two, so it holds plain JSON types only, and it
-echoes everything the operator needs to finish (``airflow dags test`` drops the kwargs given to
-``defer()``): the org's URL, the records given to each job, earlier tries' settled jobs and the
-resubmission state.
+the worker). Airflow stores it as JSON between the two, so it holds plain JSON types only: how the
+wait ended and the last known state of every job (and the org's URL, for the query operator). The
+ingest operator's working state (records per job, earlier tries' settled jobs, the resubmission
+state) is in its plan store; only a trigger serialized by an earlier release still carries it in
+``record_counts``, ``history`` and ``resubmit``, echoed here so its task finishes after an upgrade.
 
 A job's summary keeps Salesforce's JobInfo field names (``numberRecordsProcessed``...): the same
 dicts are stored in plan stores and in the trigger kwargs of tasks deferred by earlier releases,

@@ -82,13 +82,14 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     job_kind : {"ingest", "query"}
         Ingest (load) jobs or query (extract) jobs: which endpoint is polled, and aborted on the
         deadline or a kill. One poll loop serves both.
-    instance_url, record_counts, history : optional
-        What the operator needs back to finish (echoed in the event: ``airflow dags test`` drops the
-        kwargs given to ``defer()``): the org's URL, the records given to each job, and the jobs of
-        earlier tries that were settled.
-    resubmit : dict, optional
-        The operator's resubmission state (round number, ledger, earlier rounds' summary entries:
-        plain JSON, no secret), echoed in the event.
+    instance_url : str, optional
+        The org's URL, echoed in the event (the query operator finishes from it).
+    record_counts, history, resubmit : optional
+        Only from triggers serialized by earlier releases, which carried the ingest operator's working
+        state (the records given to each job, earlier tries' settled jobs, the resubmission state):
+        still accepted and echoed in the event, so a task deferred before an upgrade finishes as it
+        would have. Triggers built now leave them empty: the operator reads that state from its plan
+        store (:mod:`~airflow_provider_salesforce_bulk.operators.round_state`).
     settings : ConnectionSettings, optional
         The connection, already read, when the operator runs the poll loop in the worker (where
         reading it again would be a second sync round trip). Never serialized: it holds the
@@ -140,21 +141,23 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         self._settings = settings
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        kwargs: dict[str, Any] = {"resubmit": self.resubmit} if self.resubmit is not None else {}
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                **kwargs,
-                "conn_id": self.conn_id,
-                "job_ids": list(self.job_ids),
-                "deadline": self.deadline,
-                "poll_interval": self.poll_interval,
-                "instance_url": self.instance_url,
-                "record_counts": dict(self.record_counts),
-                "history": list(self.history),
-                "job_kind": self.job_kind,
-            },
-        )
+        kwargs: dict[str, Any] = {
+            "conn_id": self.conn_id,
+            "job_ids": list(self.job_ids),
+            "deadline": self.deadline,
+            "poll_interval": self.poll_interval,
+            "job_kind": self.job_kind,
+        }
+        if self.instance_url is not None:
+            kwargs["instance_url"] = self.instance_url
+        # An earlier release's working state, only when this trigger was rebuilt from its kwargs.
+        if self.record_counts:
+            kwargs["record_counts"] = dict(self.record_counts)
+        if self.history:
+            kwargs["history"] = list(self.history)
+        if self.resubmit is not None:
+            kwargs["resubmit"] = self.resubmit
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def __repr__(self) -> str:
         return f"<SalesforceBulkJobTrigger conn_id={self.conn_id!r} {self.job_kind} jobs={len(self.job_ids)}>"
@@ -187,7 +190,8 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         *,
         credentials_refused: bool = False,
     ) -> JobsEvent:
-        """The one event of this trigger, echoing what the operator needs to finish."""
+        """The one event of this trigger: how the wait ended and the jobs' last known state (and the
+        state an earlier release's trigger carried, echoed)."""
         return jobs_event(
             status,
             self._ordered(jobs),

@@ -298,9 +298,9 @@ def test_a_long_backoff_waits_in_the_triggerer_not_in_the_worker(
     timers: list[float] = []
     real_timer = module.ResubmitBackoffTrigger
 
-    def timer(moment: float, *args: Any) -> Any:
+    def timer(moment: float, *args: Any, **kwargs: Any) -> Any:
         timers.append(round(moment - time.time(), 1))
-        return real_timer(moment, *args)
+        return real_timer(moment, *args, **kwargs)
 
     class NoLongSleep:
         """The operator module's ``time``, refusing to hold the worker for a backoff it could defer."""

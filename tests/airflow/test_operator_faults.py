@@ -342,8 +342,8 @@ async def test_result_download_starts_again_from_the_first_byte_after_a_dropped_
     assert faulty.dropped == dict.fromkeys(
         ("successfulResults", "failedResults", "unprocessedrecords"), drops
     )
-    assert got[1] == expected[1] == {"successful": 30, "failed": 10, "unprocessed": 0}
-    assert got[2] == expected[2]
+    assert got.rows == expected.rows == {"successful": 30, "failed": 10, "unprocessed": 0}
+    assert got.by_code == expected.by_code
     for name in ("successfulResults.csv", "failedResults.csv", "unprocessedrecords.csv"):
         assert (tmp_path / "faulty" / job.id / name).read_bytes() == (
             tmp_path / "clean" / job.id / name

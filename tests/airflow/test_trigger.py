@@ -57,9 +57,6 @@ def test_serialize_round_trip_holds_no_secret(emulator: RunningEmulator) -> None
         "job_ids": ["750A", "750B"],
         "deadline": 123.5,
         "poll_interval": 2.0,
-        "instance_url": None,
-        "record_counts": {},
-        "history": [],
         "job_kind": "ingest",
     }
     import json

@@ -236,7 +236,7 @@ def test_an_interrupted_copy_leaves_the_published_files_intact(
     from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
 
     job_id = asyncio.run(_ended_job(emulator, 3000))
-    _, rows, _, _ = _copy(emulator, job_id, results_dir, None)
+    rows = _copy(emulator, job_id, results_dir, None).rows
     assert rows == {"successful": 3000, "failed": 0, "unprocessed": 0}
     published = _files(results_dir)
     assert sorted(published) == ["failedResults.csv", "successfulResults.csv", "unprocessedrecords.csv"]
