@@ -20,7 +20,6 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
-    TERMINAL_STATES,
     BulkIngestClient,
     Chunk,
     ChunkLimits,
