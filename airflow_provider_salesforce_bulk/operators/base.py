@@ -43,7 +43,8 @@ def output_folder(path: Any, ti: Any, default_folder: str) -> Any:
 
     One rule for both operators' folders: an ``ObjectStoragePath`` or a URL (``s3://...``,
     ``file://...``) is taken as it is; a plain local path is made absolute against the worker's
-    current directory when the task runs, so the summary names a path that opens as it is. With no
+    current directory when the task runs (the summary names it as that absolute path), so every
+    step of a try, and a resumed try, writes to the same folder. With no
     ``path``: ``$AIRFLOW_HOME/<default_folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]``, each part
     with characters unsafe in a file name replaced by ``_``.
     """
@@ -53,9 +54,7 @@ def output_folder(path: Any, ti: Any, default_folder: str) -> Any:
         if isinstance(path, ObjectStoragePath):
             return path
         text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
-        if "://" not in text:
-            text = f"file://{os.path.abspath(text)}"
-        return ObjectStoragePath(text)
+        return ObjectStoragePath(text if "://" in text else os.path.abspath(text))
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
     parts = [default_folder, ti.dag_id, ti.run_id, ti.task_id]
     if getattr(ti, "map_index", -1) not in (None, -1):

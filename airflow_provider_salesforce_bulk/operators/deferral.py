@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from typing import Any
 
@@ -41,6 +42,8 @@ def defer_or_wait(
 
 
 async def _first_event(trigger: SalesforceBulkJobTrigger) -> object:
-    async for event in trigger.run():
-        return event.payload
+    # Closed here, not when the loop ends: a try's loop outlives this wait (see hooks/try_loop.py).
+    async with contextlib.aclosing(trigger.run()) as events:
+        async for event in events:
+            return event.payload
     raise AirflowException("the trigger ended without an event")
