@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 from typing import Any
 
@@ -43,7 +42,10 @@ def defer_or_wait(
 
 async def _first_event(trigger: SalesforceBulkJobTrigger) -> object:
     # Closed here, not when the loop ends: a try's loop outlives this wait (see hooks/try_loop.py).
-    async with contextlib.aclosing(trigger.run()) as events:
+    events = trigger.run()
+    try:
         async for event in events:
             return event.payload
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # an async generator
     raise AirflowException("the trigger ended without an event")

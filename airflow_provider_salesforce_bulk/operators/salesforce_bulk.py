@@ -11,7 +11,6 @@ import re
 import secrets
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
@@ -49,7 +48,11 @@ from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
 from airflow_provider_salesforce_bulk.operators.final_failures import write_final_failures
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
-from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
+from airflow_provider_salesforce_bulk.operators.lineage import (
+    lineage_classes,
+    path_dataset,
+    salesforce_namespace,
+)
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import display_path
@@ -1124,7 +1127,6 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         ol = lineage_classes()
         if ol is None:
             return None
-        host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
         inputs = []
         if self.source is not None:
             namespace, name = path_dataset(self.source)
@@ -1133,7 +1135,9 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         if self._succeeded is not None:
             facets["outputStatistics"] = ol.output_statistics(rowCount=self._succeeded)
         outputs = [
-            ol.output_dataset(namespace=f"salesforce://{host}", name=self.object_name, outputFacets=facets)
+            ol.output_dataset(
+                namespace=salesforce_namespace(self._instance_url), name=self.object_name, outputFacets=facets
+            )
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
 

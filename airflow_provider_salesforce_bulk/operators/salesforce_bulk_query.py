@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -29,7 +28,7 @@ from airflow_provider_salesforce_bulk.operators.extract_output import (
     manifest,
     published_manifest,
 )
-from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
+from airflow_provider_salesforce_bulk.operators.lineage import extract_lineage
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_job import (
@@ -488,16 +487,4 @@ class SalesforceBulkQueryOperator(SalesforceBulkBaseOperator):
 
         Returns ``None`` when the OpenLineage provider is not installed.
         """
-        ol = lineage_classes()
-        if ol is None:
-            return None
-        host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
-        inputs = [ol.dataset(namespace=f"salesforce://{host}", name=self._object_name or "unknown")]
-        outputs = []
-        for path, records, size in self._files:
-            namespace, name = path_dataset(path)
-            stats = ol.output_statistics(rowCount=records, size=size)
-            outputs.append(
-                ol.output_dataset(namespace=namespace, name=name, outputFacets={"outputStatistics": stats})
-            )
-        return ol.operator_lineage(inputs=inputs, outputs=outputs)
+        return extract_lineage(self._instance_url, self._object_name, self._files)
