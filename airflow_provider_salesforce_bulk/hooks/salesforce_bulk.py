@@ -22,6 +22,7 @@ from airflow_provider_salesforce_bulk.hooks.connection import (
 )
 from airflow_provider_salesforce_bulk.hooks.masking import amask, mask
 from airflow_provider_salesforce_bulk.hooks.pool import shared_pools
+from airflow_provider_salesforce_bulk.hooks.try_loop import current_try_loop
 
 __all__ = ["SalesforceBulkHook", "resolve_conn_id", "run_sync"]
 
@@ -55,10 +56,17 @@ def _cached_only(fields: ConnectionFields) -> ConnectionSettings | None:
 
 
 def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion from sync code, even if this thread already runs a loop."""
+    """Run a coroutine to completion from sync code, even if this thread already runs a loop.
+
+    Inside :func:`~.try_loop.one_loop_per_try` it runs on the try's loop, so the steps of one try
+    share one login and one pool; otherwise on a loop of its own.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        try_loop = current_try_loop()
+        if try_loop is not None:
+            return try_loop.run(factory)
         return asyncio.run(_await(factory))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, _await(factory)).result()
@@ -165,7 +173,12 @@ class SalesforceBulkHook(BaseHook):
         """An authenticated client on the pool shared by everything using this connection in this loop."""
         if settings is None:
             settings = await self.aget_settings()
-        async with shared_pools.acquire(settings.auth.cache_key) as (http, slots):
+        key = settings.auth.cache_key
+        try_loop = current_try_loop()
+        if try_loop is not None and try_loop.runs_here():
+            # The next step of this try finds the pool (and the loop's token) still there.
+            await try_loop.keep(key, lambda: shared_pools.acquire(key))
+        async with shared_pools.acquire(key) as (http, slots):
             session = SalesforceSession(
                 settings.auth,
                 api_version=settings.api_version,

@@ -41,6 +41,11 @@ def defer_or_wait(
 
 
 async def _first_event(trigger: SalesforceBulkJobTrigger) -> object:
-    async for event in trigger.run():
-        return event.payload
+    # Closed here, not when the loop ends: a try's loop outlives this wait (see hooks/try_loop.py).
+    events = trigger.run()
+    try:
+        async for event in events:
+            return event.payload
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # an async generator
     raise AirflowException("the trigger ended without an event")

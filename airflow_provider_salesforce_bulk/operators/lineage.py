@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import Any, NamedTuple
 
-__all__ = ["LineageClasses", "lineage_classes", "path_dataset"]
+__all__ = ["LineageClasses", "extract_lineage", "lineage_classes", "path_dataset", "salesforce_namespace"]
 
 
 class LineageClasses(NamedTuple):
@@ -50,3 +51,27 @@ def path_dataset(path: Any) -> tuple[str, str]:
     bucket = str(path.bucket).rpartition("@")[2]
     namespace = f"{path.protocol}://{bucket}" if bucket else str(path.protocol)
     return namespace, str(path.key) or "/"
+
+
+def salesforce_namespace(instance_url: str | None) -> str:
+    """``salesforce://<instance host>``: where a Salesforce object lives for OpenLineage."""
+    return f"salesforce://{urllib.parse.urlsplit(instance_url or '').netloc or 'unknown'}"
+
+
+def extract_lineage(
+    instance_url: str | None, object_name: str | None, files: list[tuple[str, int, int]]
+) -> Any:
+    """An extract's lineage: the object as input, each file (path, records, bytes) as an output with its
+    statistics; ``None`` when the OpenLineage provider is not installed."""
+    ol = lineage_classes()
+    if ol is None:
+        return None
+    inputs = [ol.dataset(namespace=salesforce_namespace(instance_url), name=object_name or "unknown")]
+    outputs = []
+    for path, records, size in files:
+        namespace, name = path_dataset(path)
+        stats = ol.output_statistics(rowCount=records, size=size)
+        outputs.append(
+            ol.output_dataset(namespace=namespace, name=name, outputFacets={"outputStatistics": stats})
+        )
+    return ol.operator_lineage(inputs=inputs, outputs=outputs)

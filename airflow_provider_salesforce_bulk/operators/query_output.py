@@ -1,9 +1,8 @@
-"""Where a query operator's files go, how they are named, and what OpenLineage calls them."""
+"""How a query operator's files are named, written off the event loop and shown in its summary."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Iterable
 from types import TracebackType
@@ -16,7 +15,6 @@ __all__ = [
     "display_path",
     "part_name",
     "remove_stale_parts",
-    "resolve_output_dir",
 ]
 
 DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
@@ -24,32 +22,12 @@ DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
 
 OUTPUT_FORMATS = ("csv", "parquet")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _PART = re.compile(r"^part-(\d{5,})\.(csv|parquet)$")
 
 
 def part_name(number: int, output_format: str) -> str:
     """The file of result page ``number`` (0-based): stable, so a re-run overwrites the same names."""
     return f"part-{number:05d}.{output_format}"
-
-
-def resolve_output_dir(output_path: Any, ti: Any) -> Any:
-    """``output_path`` as an ``ObjectStoragePath``, or the default folder of this task instance."""
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    if output_path:
-        if isinstance(output_path, ObjectStoragePath):
-            return output_path
-        text = os.fspath(output_path) if isinstance(output_path, os.PathLike) else str(output_path)
-        if "://" not in text:
-            text = f"file://{os.path.abspath(text)}"
-        return ObjectStoragePath(text)
-    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    parts = [DEFAULT_EXTRACTS_FOLDER, ti.dag_id, ti.run_id, ti.task_id]
-    if getattr(ti, "map_index", -1) not in (None, -1):
-        parts.append(str(ti.map_index))
-    local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
-    return ObjectStoragePath(f"file://{os.path.abspath(local)}")
 
 
 class _LazySink:

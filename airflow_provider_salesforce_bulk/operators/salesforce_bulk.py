@@ -11,16 +11,14 @@ import re
 import secrets
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, conf
 
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
-    BulkIngestClient,
     Chunk,
     ChunkLimits,
     InputError,
@@ -30,28 +28,34 @@ from airflow_provider_salesforce_bulk.client import (
     RequestLimitExceededError,
     ResubmitLedger,
     ResubmitPolicy,
-    SalesforceSession,
-    TokenCache,
     check_limits_before_load,
     check_limits_mode,
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,
-    resolve_conn_id,
     run_sync,
 )
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
-from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.base import (
+    SalesforceBulkBaseOperator,
+    one_loop,
+    output_folder,
+)
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
 from airflow_provider_salesforce_bulk.operators.final_failures import (
     readable_failed_files,
     write_final_failures,
 )
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
-from airflow_provider_salesforce_bulk.operators.lineage import lineage_classes, path_dataset
+from airflow_provider_salesforce_bulk.operators.lineage import (
+    lineage_classes,
+    path_dataset,
+    salesforce_namespace,
+)
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
+from airflow_provider_salesforce_bulk.operators.query_output import display_path
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
     RoundPlan,
@@ -95,7 +99,6 @@ from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
     SalesforceBulkJobTrigger,
     check_positive_number,
 )
-from airflow_provider_salesforce_bulk.triggers.task_state import try_is_over
 
 __all__ = ["DEFAULT_RESULTS_FOLDER", "DEFAULT_STAGING_FOLDER", "SalesforceBulkOperator"]
 
@@ -115,7 +118,7 @@ _BACKOFF_BACKSTOP_SECONDS = 3600
 _SETTLE_SECONDS = 2.0
 
 
-class SalesforceBulkOperator(BaseOperator):
+class SalesforceBulkOperator(SalesforceBulkBaseOperator):
     """Insert, update, upsert, delete or hard-delete records with the Salesforce Bulk API 2.0.
 
     Parameters
@@ -275,7 +278,14 @@ class SalesforceBulkOperator(BaseOperator):
         staging_path: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            poll_interval=poll_interval,
+            timeout=timeout,
+            salesforce_bulk_conn_id=salesforce_bulk_conn_id,
+            conn_id=conn_id,
+            deferrable=deferrable,
+            **kwargs,
+        )
         self.operation = operation
         self.object_name = object_name
         self.records = records
@@ -292,11 +302,6 @@ class SalesforceBulkOperator(BaseOperator):
         self.results_path = results_path
         self.max_failed_records = max_failed_records
         self.max_failed_ratio = max_failed_ratio
-        self.poll_interval = poll_interval
-        # Checked when the task runs (an AirflowFailException there), not when the DAG file is parsed.
-        self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
-        self.conn_id = resolve_conn_id(salesforce_bulk_conn_id, conn_id)
-        self.deferrable = deferrable
         self.sql = sql
         self.sql_conn_id = sql_conn_id
         self.parameters = parameters
@@ -474,6 +479,7 @@ class SalesforceBulkOperator(BaseOperator):
 
     # -- execution --------------------------------------------------------------------------------
 
+    @one_loop
     def execute(self, context: Any) -> Any:
         self._stop = threading.Event()  # set by on_kill (SIGTERM): this try writes nothing more
         self._settled = threading.Event()
@@ -555,9 +561,7 @@ class SalesforceBulkOperator(BaseOperator):
             settings=settings,
         )
         self._active_job_ids = list(job_ids)
-        event = defer_or_wait(
-            self, trigger, timeout=float(self.timeout), poll_interval=float(self.poll_interval)
-        )
+        event = self._wait_for(trigger)
         self._active_job_ids = []
         return self.execute_complete(context, event)
 
@@ -743,50 +747,15 @@ class SalesforceBulkOperator(BaseOperator):
             latest.update(await submit_chunks(client, plan, until_stopped(chunks, stop, "chunk"), spec))
             return latest
 
-    def on_kill(self) -> None:
-        """Stop this try at the next chunk or result file; abort its jobs only if a user ended it.
-
-        A worker shut down or evicted also lands here: the task is still running then, and its jobs
-        go on; a retry reattaches to them. So does a try that froze past the heartbeat timeout and
-        woke up after Airflow started its retry: the task's plan store names the newer try, and
-        nothing is aborted (:func:`~airflow_provider_salesforce_bulk.triggers.task_state.try_is_over`).
-        Either way the try stops sending and writing at the next boundary (Airflow's task runner
-        calls this on SIGTERM and lets the task run on until its SIGKILL). Airflow calls this from a
-        signal handler, which may have interrupted the task while it held a lock (a pool, a token
-        cache, a log handler): the work runs in a thread of its own, with its own session, and this
-        returns at once, so the task releases those locks (waiting here, the thread's first log line
-        waited for the handler's lock).
-        The thread is not a daemon: a task that ends normally waits for it; Airflow's SIGKILL, 5 s
-        after the SIGTERM, bounds it.
-        """
-        self._stop_event().set()
-        job_ids = list(self._active_job_ids)
+    def _abort_targets(self) -> tuple[list[str], Any]:
+        """The jobs waited for now, else every job of the plan; the plan's store names the try."""
         plan: JobPlan | None = getattr(self, "_plan", None)
+        job_ids = list(self._active_job_ids)
         if not job_ids and plan is not None:
             job_ids = plan.job_ids
-        settings: ConnectionSettings | None = getattr(self, "_settings", None)
-        if not job_ids or settings is None:
-            return
-        ti = getattr(self, "_ti", None)
-        store = plan.store if plan is not None else None
-        worker = threading.Thread(
-            target=self._kill_jobs,
-            args=(ti, store, settings, job_ids),
-            name="salesforce-bulk-on-kill",
-            daemon=False,
-        )
-        worker.start()
-        self._kill_thread = worker
+        return job_ids, plan.store if plan is not None else None
 
-    def _stop_event(self) -> threading.Event:
-        stop: threading.Event | None = getattr(self, "_stop", None)
-        if stop is None:
-            stop = self._stop = threading.Event()
-        return stop
-
-    def _kill_jobs(self, ti: Any, store: Any, settings: ConnectionSettings, job_ids: list[str]) -> None:
-        if try_is_over(ti, store) is not True:
-            return
+    def _settled_targets(self, job_ids: list[str]) -> list[str]:
         # A job created while the signal arrived is in the plan once the try has stopped, at its
         # next chunk: waited for briefly (Airflow's SIGKILL follows the SIGTERM by 5 s).
         settled: threading.Event | None = getattr(self, "_settled", None)
@@ -795,20 +764,7 @@ class SalesforceBulkOperator(BaseOperator):
         plan: JobPlan | None = getattr(self, "_plan", None)
         if plan is not None:
             job_ids = list(dict.fromkeys([*job_ids, *plan.job_ids]))
-        self.log.warning("The task was ended by a user: aborting jobs %s", ", ".join(job_ids))
-        trigger = SalesforceBulkJobTrigger(self.conn_id, job_ids, poll_interval=float(self.poll_interval))
-
-        async def abort() -> None:
-            session = SalesforceSession(
-                settings.auth, api_version=settings.api_version, token_cache=TokenCache()
-            )
-            async with session:
-                await trigger._abort(BulkIngestClient(session), job_ids, {})
-
-        try:
-            asyncio.run(abort())
-        except Exception as exc:
-            self.log.warning("Could not abort the jobs: %s: %s", type(exc).__name__, exc)
+        return job_ids
 
     def execute_complete(
         self,
@@ -1114,21 +1070,12 @@ class SalesforceBulkOperator(BaseOperator):
         return out
 
     def _results_dir(self, context: Any) -> Any:
-        from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-        if self.results_path:
-            path = self.results_path
-            return path if isinstance(path, ObjectStoragePath) else ObjectStoragePath(str(path))
-        home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-        ti = context["ti"]
-        parts = [DEFAULT_RESULTS_FOLDER, ti.dag_id, ti.run_id, ti.task_id]
-        if getattr(ti, "map_index", -1) not in (None, -1):
-            parts.append(str(ti.map_index))
-        local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
-        if not getattr(self, "_warned_local", False):
+        """The results folder (``results_path``, see :func:`~.base.output_folder` for the rule)."""
+        if not self.results_path and not getattr(self, "_warned_local", False):
             self._warned_local = True
-            warn_if_worker_local("results_path", local, self.log.warning)
-        return ObjectStoragePath(f"file://{os.path.abspath(local)}")
+            local = output_folder(None, context["ti"], DEFAULT_RESULTS_FOLDER)
+            warn_if_worker_local("results_path", display_path(local), self.log.warning)
+        return self._output_folder(self.results_path, context, DEFAULT_RESULTS_FOLDER)
 
     # -- lineage ----------------------------------------------------------------------------------
 
@@ -1144,7 +1091,6 @@ class SalesforceBulkOperator(BaseOperator):
         ol = lineage_classes()
         if ol is None:
             return None
-        host = urllib.parse.urlsplit(self._instance_url or "").netloc or "unknown"
         inputs = []
         if self.source is not None:
             namespace, name = path_dataset(self.source)
@@ -1153,7 +1099,9 @@ class SalesforceBulkOperator(BaseOperator):
         if self._succeeded is not None:
             facets["outputStatistics"] = ol.output_statistics(rowCount=self._succeeded)
         outputs = [
-            ol.output_dataset(namespace=f"salesforce://{host}", name=self.object_name, outputFacets=facets)
+            ol.output_dataset(
+                namespace=salesforce_namespace(self._instance_url), name=self.object_name, outputFacets=facets
+            )
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
 

@@ -31,11 +31,17 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from airflow.providers.common.compat.sdk import AirflowFailException
+
 from airflow_provider_salesforce_bulk.client import InputError, UnexpectedResponseError
-from airflow_provider_salesforce_bulk.operators.soql_filter import soql_datetime
+from airflow_provider_salesforce_bulk.operators.soql_filter import (
+    add_condition,
+    check_incremental_soql,
+    soql_datetime,
+)
 from airflow_provider_salesforce_bulk.triggers.task_state import COMMS_GUARD
 
 __all__ = [
@@ -43,9 +49,16 @@ __all__ = [
     "WATERMARK_VARIABLE_PREFIX",
     "Watermark",
     "WatermarkStore",
+    "Window",
+    "check_incremental_settings",
+    "fresh_window",
     "incremental_condition",
+    "move_mark",
+    "next_mark",
     "parse_datetime",
+    "published_window",
     "scan_marks",
+    "stored_mark",
     "upper_bound",
     "watermark_store_for",
 ]
@@ -253,3 +266,143 @@ def _scan_parquet(path: Any, field: str, marks: _Marks) -> None:
             for record_id, value in zip(ids, values, strict=True):
                 if value is not None:
                     marks.add(record_id, parse_datetime(value, what=f"{field} of {record_id}"))
+
+
+# -- the window one run reads ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """What one run of an incremental extract reads: its query, the mark it starts from, the upper
+    bound it reads to, and whether it reads a published window again (the mark then stays)."""
+
+    query: str
+    before: Watermark | None
+    upper: str | None
+    rerun: bool = False
+
+
+def fresh_window(
+    soql: str,
+    field: str,
+    before: Watermark | None,
+    initial: datetime.datetime | None,
+    overlap: datetime.timedelta,
+    plan: Any,
+) -> Window:
+    """The window after mark ``before``, up to now; or up to the earlier try's bound (in ``plan``)
+    when it started from the same mark: the retry then runs the same query and reattaches to its job."""
+    mark = before.mark.isoformat() if before is not None else None
+    upper = None
+    if isinstance(plan, Mapping) and plan.get("mark_before", "") == mark:
+        upper = plan.get("upper")
+    upper_at = parse_datetime(upper) if isinstance(upper, str) else upper_bound()
+    condition = incremental_condition(field, before, initial, overlap, upper_at)
+    return Window(add_condition(soql, condition), before, upper_at.isoformat())
+
+
+def published_window(
+    soql: str, field: str, overlap: datetime.timedelta, published: Any, task: Mapping[str, Any]
+) -> Window | None:
+    """The window of the complete extract of this task already in the folder (``published``, its
+    manifest), read again: publishing another window there would drop its records from the lake."""
+    marks = published.get("watermark") if isinstance(published, Mapping) else None
+    if not isinstance(marks, Mapping) or published.get("task") != task or marks.get("field") != field:
+        return None
+    try:
+        upper_at = parse_datetime(marks.get("after"))
+        initial = None if marks.get("initial") is None else parse_datetime(marks["initial"])
+    except UnexpectedResponseError:
+        return None
+    before = None
+    if marks.get("before") is not None:
+        before = Watermark.from_json(
+            {"field": field, "mark": marks["before"], "boundary": marks.get("before_boundary") or []}
+        )
+    condition = incremental_condition(field, before, initial, overlap, upper_at)
+    return Window(add_condition(soql, condition), before, upper_at.isoformat(), rerun=True)
+
+
+def next_mark(
+    paths: list[Any],
+    output_format: str,
+    field: str,
+    overlap: datetime.timedelta,
+    window: Window,
+    initial: datetime.datetime | None,
+    warn: Callable[..., object],
+) -> dict[str, Any]:
+    """The summary's ``watermark``: the mark the staged files move it to, and where it came from."""
+    before = window.before
+    after, dropped = scan_marks(paths, output_format, field, overlap, before, parse_datetime(window.upper))
+    if dropped:
+        warn(
+            "%d records share the overlap of the new mark beyond the %d Ids kept: the next run may "
+            "write them again",
+            dropped,
+            len(after.boundary),
+        )
+    return {
+        "field": field,
+        "before": before.mark.isoformat() if before is not None else None,
+        "after": after.mark.isoformat(),
+        "overlap_seconds": overlap.total_seconds(),
+        "boundary": [list(b) for b in after.boundary],
+        "before_boundary": [list(b) for b in before.boundary] if before is not None else [],
+        "initial": None if initial is None else initial.isoformat(),
+        "query": window.query,
+    }
+
+
+def check_incremental_settings(
+    soql: str, field: str, overlap: Any, initial_watermark: datetime.datetime | str | None
+) -> None:
+    """An incremental extract's settings, checked before any job: an ``InputError`` naming the bad one."""
+    check_incremental_soql(soql, field)
+    if not isinstance(overlap, datetime.timedelta) or overlap < datetime.timedelta(0):
+        raise InputError(
+            f"watermark_overlap must be a timedelta >= 0, got {overlap!r}", field="watermark_overlap"
+        )
+    if initial_watermark is not None:
+        try:
+            parse_datetime(initial_watermark, what="initial_watermark")
+        except UnexpectedResponseError as exc:
+            raise InputError(str(exc), field="initial_watermark") from None
+
+
+def stored_mark(store: WatermarkStore, field: str, warn: Callable[..., object]) -> Watermark | None:
+    """The task's mark on ``field``; ``None`` before the first published run or for another field.
+
+    Raises
+    ------
+    AirflowFailException
+        The stored value is unreadable: a user decides (deleting the Variable extracts everything).
+    """
+    raw = store.get()
+    before = Watermark.from_json(raw)
+    if raw is not None and before is None:
+        raise AirflowFailException(
+            f"The stored watermark of this task is unreadable ({raw!r:.200}): delete the Variable "
+            f"{store.variable_key()} to extract everything again"
+        )
+    if before is not None and before.field != field:
+        warn("The stored mark is for %s, not %s: extracting from initial_watermark", before.field, field)
+        return None
+    return before
+
+
+def move_mark(
+    store: WatermarkStore, watermark: dict[str, Any], window: Window, job_id: str, run_id: Any
+) -> dict[str, Any]:
+    """Advance the task's mark once the run's output is published (not for a window read again);
+    the summary's ``watermark`` then counts the overlap's Ids rather than listing them."""
+    if window.rerun:
+        watermark["mark_moved"] = False
+    else:
+        # Only now: a failure before leaves the mark where it was.
+        after = {"field": watermark["field"], "mark": watermark["after"], "boundary": watermark["boundary"]}
+        store.set({**after, "job_id": job_id, "run_id": run_id})
+        watermark["mark_moved"] = True
+    watermark["boundary"] = len(watermark["boundary"])
+    watermark["before_boundary"] = len(watermark["before_boundary"])
+    return watermark

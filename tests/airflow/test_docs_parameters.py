@@ -21,6 +21,7 @@ PACKAGE = "airflow_provider_salesforce_bulk"
 
 # class (module.Class) -> (doc file, the heading its parameter table is under)
 DOCUMENTED: dict[str, tuple[str, str]] = {
+    "operators.base.SalesforceBulkBaseOperator": ("docs/operators/base.md", "## Parameters"),
     "operators.salesforce_bulk.SalesforceBulkOperator": (
         "docs/operators/salesforce_bulk.md",
         "## Parameters",

@@ -331,7 +331,7 @@ def test_a_stored_job_is_reattached_only_for_the_same_query(sf: RunningEmulator,
     first = run(SOQL)
     # As a try that died after the job completed but before it finished would leave it.
     plan = {"job_id": first["job_id"], "instance_url": sf.base_url, "submitted_at": time.time()}
-    from airflow_provider_salesforce_bulk.operators.salesforce_bulk_query import _fingerprint
+    from airflow_provider_salesforce_bulk.operators.query_job import fingerprint as _fingerprint
 
     store.data[QUERY_STATE_KEY] = {**plan, "query": _fingerprint("query", SOQL)}
     again = run(SOQL)
