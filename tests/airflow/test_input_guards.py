@@ -18,7 +18,12 @@ import pytest
 
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from airflow_provider_salesforce_bulk.operators.columnar_sources import SqlSourceError, make_columnar_source
+from airflow_provider_salesforce_bulk.operators.columnar_sources import (
+    DEFAULT_BATCH_ROWS,
+    SqlSourceError,
+    make_columnar_source,
+)
+from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 from tests.airflow.helpers import load_dag_file
 from tests.airflow.test_dag_e2e import _jobs
 
@@ -52,8 +57,8 @@ def _run(name: str, tmp_path: Path, args: str, *, prelude: str = "") -> Any:
     ).test()
 
 
-def _chunks(**kwargs: Any) -> list[Any]:
-    with make_columnar_source(**{**LIMITS, **kwargs}).open() as chunks:
+def _chunks(*, batch_rows: int = DEFAULT_BATCH_ROWS, **spec: Any) -> list[Any]:
+    with make_columnar_source(SourceSpec(**spec), batch_rows=batch_rows, **LIMITS).open() as chunks:
         return list(chunks)
 
 
@@ -63,7 +68,7 @@ def _chunks(**kwargs: Any) -> list[Any]:
 def test_a_dataframe_column_mixing_types_is_an_input_error_naming_it() -> None:
     frame = pd.DataFrame({"Name": ["a", "b", "c"], "NumberOfEmployees": [1, "two", 3]})
     with pytest.raises(InputError, match="column 'NumberOfEmployees' cannot be converted") as info:
-        _chunks(table=frame)
+        _chunks(records=frame)
     assert info.value.field == "NumberOfEmployees"
 
 
