@@ -137,13 +137,16 @@ def make_database(path: Path, n: int) -> None:
 def child(rows: int) -> None:
     from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits
     from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
+    from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
     from benchmarks._support import peak_rss_mb
 
     def run(limit: int) -> tuple[int, int]:
         source = make_columnar_source(
-            sql="SELECT name, ext, employees, revenue, active, founded, note FROM accounts LIMIT ?",
-            parameters=(limit,),
-            sql_conn_id=CONN_ID,
+            SourceSpec(
+                sql="SELECT name, ext, employees, revenue, active, founded, note FROM accounts LIMIT ?",
+                parameters=(limit,),
+                sql_conn_id=CONN_ID,
+            ),
             limits=ChunkLimits(max_size_bytes=MAX_SIZE_BYTES),
             chunk_format=ChunkFormat(),
         )

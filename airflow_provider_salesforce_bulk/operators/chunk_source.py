@@ -36,6 +36,11 @@ class ChunkSource:
         self.description = description
         self.uri = uri
 
+    def close(self) -> None:
+        """Release what the source keeps between passes (a wrapper's spool file); a plain source keeps
+        nothing. A wrapping source (one built on another, as :class:`.grouping.GroupedSource` is)
+        overrides it."""
+
     def open(self) -> contextlib.AbstractContextManager[Iterator[CsvChunk]]:
         """A fresh pass over the chunks, in input order."""
         return self._chunks()

@@ -20,6 +20,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_provider_salesforce_bulk.client import (
     COLUMN_DELIMITERS,
     Chunk,
+    ChunkFormat,
     ChunkLimits,
     InputError,
     JobInfo,
@@ -47,7 +48,7 @@ from airflow_provider_salesforce_bulk.operators.final_failures import (
     readable_failed_files,
     write_final_failures,
 )
-from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource, group_by_parent
+from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource
 from airflow_provider_salesforce_bulk.operators.lineage import (
     lineage_classes,
     path_dataset,
@@ -65,6 +66,7 @@ from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
 )
 from airflow_provider_salesforce_bulk.operators.result_files import JobResults, copy_job_results
 from airflow_provider_salesforce_bulk.operators.round_state import RoundState, Waited, rebuild_wait
+from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, replay, stage
 from airflow_provider_salesforce_bulk.operators.submit import (
@@ -351,109 +353,43 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
                 check_positive_number(name, getattr(self, name))
             except ValueError as exc:
                 raise InputError(str(exc), field=name) from None
-        self._check_source_settings()
+        self._source_spec()
+        self._chunk_format()
         check_limits_mode(self.limits_check)
         self._policy()
-
-    def _check_source_settings(self) -> None:
-        given = [n for n in ("records", "source", "sql") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise InputError(
-                f"give exactly one of records and source or sql, got {', '.join(given) or 'none'}",
-                field=given[-1] if given else "records",
-            )
-        if self.sql is not None:
-            if not isinstance(self.sql, str) or not self.sql.strip():
-                raise InputError("sql must be a non-empty query", field="sql")
-            if not isinstance(self.sql_conn_id, str) or not self.sql_conn_id:
-                raise InputError("sql needs sql_conn_id, the connection to run it on", field="sql_conn_id")
-        elif self.sql_conn_id is not None or self.parameters is not None:
-            name = "sql_conn_id" if self.sql_conn_id is not None else "parameters"
-            raise InputError(f"{name} is only used with sql", field=name)
-        if self.parameters is not None and (
-            isinstance(self.parameters, (str, bytes)) or not isinstance(self.parameters, (Mapping, Sequence))
-        ):
-            raise InputError(
-                f"parameters must be a dict or a list, got {type(self.parameters).__name__}",
-                field="parameters",
-            )
-        if self.field_mapping is not None:
-            mapping = self.field_mapping
-            if (
-                not isinstance(mapping, Mapping)
-                or not mapping
-                or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items())
-            ):
-                raise InputError(
-                    "field_mapping must be a non-empty dict of source column to Salesforce field (strings)",
-                    field="field_mapping",
-                )
-        for name in ("allow_empty", "allow_na_marker"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}", field=name)
-        parent = self.group_by_parent
-        if parent is not None and (not isinstance(parent, str) or not parent.strip()):
-            raise InputError(
-                f"group_by_parent must be a field name such as 'AccountId', got {parent!r}",
-                field="group_by_parent",
-            )
 
     def _policy(self) -> ResubmitPolicy:
         return resubmit_policy(
             self.resubmit_error_codes, self._resubmit_codes_name, self.resubmit_rounds, self.resubmit_backoff
         )
 
-    def _source(self) -> ChunkSource:
-        records = self.records
-        if (
-            records is not None
-            and not isinstance(records, (list, tuple))
-            and hasattr(records, "__iter__")
-            and not isinstance(records, (str, bytes, Mapping))
-            and not _is_arrow_object(records)
-        ):
-            records = list(records)  # a resolved XComArg may arrive as a lazy sequence
-        spec = self._job_spec()
-        limits = self._chunk_limits()
-        # The operator's arguments are untyped DAG input: ChunkFormat's check makes none_as one of its values.
-        chunk_format = spec.chunk_format(self.none_as, self.allow_na_marker)  # type: ignore[arg-type]
-        if (
-            self.sql is not None
-            or _is_arrow_object(records)
-            or columnar.columnar_format(self.source, self.source_format)
-        ):
-            source = columnar.make_columnar_source(
+    def _source_spec(self) -> SourceSpec:
+        """The source options as one value, checked the first time it is asked for (an ``InputError``
+        naming the bad option): when the task runs, since ``records``, ``source`` and ``sql`` are
+        templated."""
+        spec: SourceSpec | None = getattr(self, "_checked_source", None)
+        if spec is None:
+            spec = self._checked_source = SourceSpec(
+                records=self.records,
                 source=self.source,
                 source_format=self.source_format,
-                table=records,
+                fieldnames=self.fieldnames,
                 sql=self.sql,
                 sql_conn_id=self.sql_conn_id,
                 parameters=self.parameters,
                 field_mapping=self.field_mapping,
-                fieldnames=self.fieldnames,
                 allow_empty=self.allow_empty,
-                limits=limits,
-                chunk_format=chunk_format,
-                # Read once (staged): nothing to spool for a second pass.
-                spool=False,
+                group_by_parent=self.group_by_parent,
             )
-        else:
-            if self.field_mapping is not None:
-                raise InputError(
-                    "field_mapping applies to sql, Parquet/Arrow files and DataFrames/Arrow tables; "
-                    "name the fields in the records or the file's header instead",
-                    field="field_mapping",
-                )
-            source = make_source(
-                records=records,
-                source=self.source,
-                source_format=self.source_format,
-                fieldnames=self.fieldnames,
-                limits=limits,
-                chunk_format=chunk_format,
-            )
-        if self.group_by_parent is not None:
-            source = group_by_parent(source, self.group_by_parent, limits=limits, chunk_format=chunk_format)
+        return spec
+
+    def _source(self) -> ChunkSource:
+        source = make_source(
+            self._source_spec(),
+            limits=self._chunk_limits(),
+            chunk_format=self._chunk_format(),
+            spool=False,  # read once (staged): nothing to spool for a second pass
+        )
         self._opened_source = source
         return source
 
@@ -475,7 +411,12 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
 
     def _chunk_limits(self) -> ChunkLimits:
         """How large each job's CSV may be (an ``InputError`` naming a limit out of range)."""
-        return ChunkLimits(self.max_bytes_per_job, self.max_records_per_job)
+        return ChunkLimits(max_size_bytes=self.max_bytes_per_job, max_records=self.max_records_per_job)
+
+    def _chunk_format(self) -> ChunkFormat:
+        """How records are written (an ``InputError`` naming ``none_as`` or ``allow_na_marker``)."""
+        # The operator's arguments are untyped DAG input: ChunkFormat's check makes them its values.
+        return self._job_spec().chunk_format(self.none_as, self.allow_na_marker)  # type: ignore[arg-type]
 
     # -- execution --------------------------------------------------------------------------------
 
@@ -1104,20 +1045,6 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             )
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
-
-
-def _is_arrow_object(value: Any) -> bool:
-    """A DataFrame or Arrow data: never turned into ``list(records)`` (that would give column names)."""
-    if value is None or isinstance(value, (list, tuple, str, bytes, Mapping)):
-        return False
-    if columnar.is_arrow_data(value):
-        return True
-    kind = type(value)
-    return kind.__module__.split(".")[0] == "pyarrow" and kind.__name__ in (
-        "Table",
-        "RecordBatch",
-        "RecordBatchReader",
-    )
 
 
 def _push_summary(context: Any, summary: dict[str, Any]) -> None:

@@ -21,33 +21,14 @@ from airflow_provider_salesforce_bulk.client import (
     iter_csv_stream_chunks,
     iter_record_chunks,
 )
-from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, Opener, path_opener
+from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
+from airflow_provider_salesforce_bulk.operators.grouping import group_by_parent
+from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 
-__all__ = ["ChunkSource", "make_source"]
+__all__ = ["ChunkSource", "SourceSpec", "make_source"]
 
 _UTF8_BOM = b"\xef\xbb\xbf"
-
-
-def _detect_format(name: str, declared: str | None) -> str:
-    if declared:
-        fmt = declared.lower()
-        if fmt not in ("csv", "ndjson"):
-            raise InputError(
-                f"source_format must be 'csv', 'ndjson', 'parquet' or 'arrow', got {declared!r}",
-                field="source_format",
-            )
-        return fmt
-    lower = name.lower()
-    if lower.endswith(".csv"):
-        return "csv"
-    if lower.endswith((".ndjson", ".jsonl", ".json")):
-        return "ndjson"
-    raise InputError(
-        f"cannot tell the format of source {name!r} from its name; pass source_format='csv', 'ndjson', "
-        "'parquet' or 'arrow'",
-        field="source_format",
-    )
 
 
 def _iter_ndjson(stream: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
@@ -94,63 +75,61 @@ def _ndjson_fieldnames(opener: Opener, name: str) -> list[str]:
 
 
 def make_source(
-    *,
-    records: Sequence[Mapping[str, Any]] | None,
-    source: Any,
-    source_format: str | None,
-    fieldnames: Sequence[str] | None,
-    limits: ChunkLimits,
-    chunk_format: ChunkFormat,
+    spec: SourceSpec, *, limits: ChunkLimits, chunk_format: ChunkFormat, spool: bool = True
 ) -> ChunkSource:
-    """Build the chunk source for exactly one of ``records`` and ``source``, cut within ``limits``.
+    """The chunk source of ``spec``'s input, cut within ``limits``, grouped when the spec says so.
 
     Records, NDJSON and columnar data are written as ``chunk_format`` says; a CSV file is sent as it
     is, so only the format's delimiter and line ending apply to it (the file must already use them).
+    ``spool`` is as for :func:`.columnar_sources.make_columnar_source`. With ``group_by_parent`` the
+    source is a :class:`~.grouping.GroupedSource` (``close()`` it when done: its spool file).
+
+    This is where a source is wrapped: a wrapper takes the :class:`ChunkSource` built here and gives
+    one (as :func:`.grouping.group_by_parent` does), chosen by a field of the spec.
 
     Raises
     ------
     InputError
-        Both or neither given, records not a list of dicts, an unknown format, a missing file, a
-        directory or a path that cannot be read. Reading a pass raises it too, naming the source and
-        the line: malformed CSV, bytes that are not UTF-8, invalid JSON or a line that is no object.
+        A missing file, a directory, a path that cannot be read or whose format its name does not
+        tell. Reading a pass raises it too, naming the source and the line: malformed CSV, bytes that
+        are not UTF-8, invalid JSON or a line that is no object.
     """
-    if (records is None) == (source is None):
-        raise InputError("give exactly one of records and source", field="records" if records else "source")
-    if columnar.is_arrow_data(records) or columnar.columnar_format(source, source_format):
-        # A DataFrame or Arrow table as records, or a Parquet/Arrow file: the Arrow path.
-        return columnar.make_columnar_source(
-            source=source,
-            source_format=source_format,
-            table=records,
-            fieldnames=fieldnames,
-            limits=limits,
-            chunk_format=chunk_format,
-        )
+    if spec.columnar:
+        source = make_columnar_source(spec, limits=limits, chunk_format=chunk_format, spool=spool)
+    elif spec.source is not None:
+        source = _file_source(spec, limits, chunk_format)
+    else:
+        source = _records_source(spec.records, spec.fieldnames, limits, chunk_format)
+    if spec.group_by_parent is not None:
+        source = group_by_parent(source, spec.group_by_parent, limits=limits, chunk_format=chunk_format)
+    return source
+
+
+def _records_source(
+    records: Sequence[Mapping[str, Any]],
+    fieldnames: Sequence[str] | None,
+    limits: ChunkLimits,
+    chunk_format: ChunkFormat,
+) -> ChunkSource:
     fields = list(fieldnames) if fieldnames is not None else None
 
-    def record_chunks(data: Any, names: list[str] | None, sink: ChunkSink | None = None) -> Iterator[Any]:
-        return iter_record_chunks(data, names, limits, chunk_format, sink=sink)
+    @contextlib.contextmanager
+    def from_records(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
+        yield iter_record_chunks(records, fields, limits, chunk_format, sink=sink)
 
-    if records is not None:
-        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
-            raise InputError(
-                f"records must be a list of dicts, got {type(records).__name__}", field="records"
-            )
-        materialized = records
+    return ChunkSource(from_records, f"{len(records)} records", into_sink=from_records)
 
-        @contextlib.contextmanager
-        def from_records(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
-            yield record_chunks(materialized, fields, sink)
 
-        return ChunkSource(from_records, f"{len(records)} records", into_sink=from_records)
-
-    opener, name = path_opener(source)
-    fmt = _detect_format(name, source_format)
+def _file_source(spec: SourceSpec, limits: ChunkLimits, chunk_format: ChunkFormat) -> ChunkSource:
+    opener, name = path_opener(spec.source)
+    fmt = spec.file_format  # told by the name; its errors come after the file's own
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the format of source {name!r} from its name; pass source_format='csv', 'ndjson', "
+            "'parquet' or 'arrow'",
+            field="source_format",
+        )
     if fmt == "csv":
-        if fields is not None:
-            raise InputError(
-                "fieldnames cannot be used with a CSV source: its header names the fields", field="fieldnames"
-            )
 
         @contextlib.contextmanager
         def from_csv(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
@@ -158,7 +137,13 @@ def make_source(
                 yield iter_csv_stream_chunks(stream, limits, chunk_format, sink=sink)
 
         return ChunkSource(from_csv, f"CSV file {name}", uri=name, into_sink=from_csv)
+    fields = list(spec.fieldnames) if spec.fieldnames is not None else None
+    return _ndjson_source(opener, name, fields, limits, chunk_format)
 
+
+def _ndjson_source(
+    opener: Opener, name: str, fields: list[str] | None, limits: ChunkLimits, chunk_format: ChunkFormat
+) -> ChunkSource:
     names_cache: list[list[str]] = []
 
     @contextlib.contextmanager
@@ -177,6 +162,6 @@ def make_source(
                         return
                 raise InputError(f"source {name} holds no fields", field="source")
         with opener() as stream:
-            yield record_chunks(_iter_ndjson(stream, name), names, sink)
+            yield iter_record_chunks(_iter_ndjson(stream, name), names, limits, chunk_format, sink=sink)
 
     return ChunkSource(from_ndjson, f"NDJSON file {name}", uri=name, into_sink=from_ndjson)

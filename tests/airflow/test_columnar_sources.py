@@ -25,8 +25,11 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
-from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
+from airflow_provider_salesforce_bulk.operators.columnar_sources import (
+    DEFAULT_BATCH_ROWS,
+    make_columnar_source,
+)
+from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, SourceSpec, make_source
 from tests.airflow.helpers import DictStore, conn_uri_json
 
 CHUNK_LIMITS = ChunkLimits(max_size_bytes=20_000, max_records=700)
@@ -96,9 +99,7 @@ def _write(table: pa.Table, path: Path) -> None:
 def test_files_give_the_dict_paths_chunks(tmp_path: Path, name: str) -> None:
     table = _table()
     _write(table, tmp_path / name)
-    source = make_source(
-        records=None, source=str(tmp_path / name), source_format=None, fieldnames=None, **LIMITS
-    )
+    source = make_source(SourceSpec(source=str(tmp_path / name)), **LIMITS)
     assert source.uri == str(tmp_path / name)
     chunks = _chunks(source)
     assert chunks == _expected(table)
@@ -112,7 +113,7 @@ def test_source_format_overrides_the_extension_and_object_storage_paths_work(tmp
     table = _table(1_000)
     _write(table, tmp_path / "export.dat")
     path = ObjectStoragePath(f"file://{tmp_path / 'export.dat'}")
-    source = make_columnar_source(source=path, source_format="parquet", **LIMITS)
+    source = make_columnar_source(SourceSpec(source=path, source_format="parquet"), **LIMITS)
     assert source.description.startswith("Parquet file")
     assert _chunks(source) == _expected(table)
 
@@ -128,7 +129,7 @@ def test_parquet_is_read_row_group_by_row_group(tmp_path: Path, monkeypatch: pyt
             yield batch
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting)
-    source = make_columnar_source(source=tmp_path / "data.parquet", batch_rows=500, **LIMITS)
+    source = make_columnar_source(SourceSpec(source=tmp_path / "data.parquet"), batch_rows=500, **LIMITS)
     with source.open() as chunks:
         first = next(chunks)
         # The byte limit ends the first chunk at 430 records: one batch of 500 rows was read for it.
@@ -139,22 +140,22 @@ def test_parquet_is_read_row_group_by_row_group(tmp_path: Path, monkeypatch: pyt
 def test_bad_files_are_input_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(InputError, match="is not a Parquet file"):
-        _chunks(make_columnar_source(source=tmp_path / "junk.parquet", **LIMITS))
+        _chunks(make_columnar_source(SourceSpec(source=tmp_path / "junk.parquet"), **LIMITS))
     (tmp_path / "junk.arrow").write_bytes(b"not arrow either")
     with pytest.raises(InputError, match="is not an Arrow IPC or Feather file"):
-        _chunks(make_columnar_source(source=tmp_path / "junk.arrow", **LIMITS))
+        _chunks(make_columnar_source(SourceSpec(source=tmp_path / "junk.arrow"), **LIMITS))
     with pytest.raises(InputError, match="does not exist"):
-        make_columnar_source(source=tmp_path / "missing.parquet", **LIMITS)
+        make_columnar_source(SourceSpec(source=tmp_path / "missing.parquet"), **LIMITS)
     (tmp_path / "x.bin").write_bytes(b"")
     with pytest.raises(InputError, match="source_format='parquet' or 'arrow'"):
-        make_columnar_source(source=tmp_path / "x.bin", **LIMITS)
+        make_columnar_source(SourceSpec(source=tmp_path / "x.bin"), **LIMITS)
 
 
 def test_an_unsupported_column_type_fails_on_the_first_pass(tmp_path: Path) -> None:
     table = pa.table({"Name": ["a"], "Blob": pa.array([b"\x00"], pa.binary())})
     pq.write_table(table, tmp_path / "blob.parquet")
     with pytest.raises(InputError, match="column 'Blob' has the Arrow type binary"):
-        _chunks(make_columnar_source(source=tmp_path / "blob.parquet", **LIMITS))
+        _chunks(make_columnar_source(SourceSpec(source=tmp_path / "blob.parquet"), **LIMITS))
 
 
 # -- tables and DataFrames ---------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class FrameLike:
 )
 def test_tables_as_records_give_the_dict_paths_chunks_on_every_pass(make: Any) -> None:
     table = _table()
-    source = make_source(records=make(table), source=None, source_format=None, fieldnames=None, **LIMITS)
+    source = make_source(SourceSpec(records=make(table)), **LIMITS)
     assert _chunks(source) == _expected(table)
     # A RecordBatchReader is read once and spooled: the second pass reads the spool.
     assert _chunks(source) == _expected(table)
@@ -191,9 +192,9 @@ def test_a_table_given_as_records_is_written_in_the_whole_format() -> None:
     # allow_na_marker travels in the format with the rest: a table given as records honours it.
     table = pa.table({"Name": ["#N/A", "x"]})
     allowed = {"limits": CHUNK_LIMITS, "chunk_format": ChunkFormat(allow_na_marker=True)}
-    source = make_source(records=table, source=None, source_format=None, fieldnames=None, **allowed)
+    source = make_source(SourceSpec(records=table), **allowed)
     assert [chunk.data for chunk in _chunks(source)] == [b"Name\n#N/A\nx\n"]
-    refused = make_source(records=table, source=None, source_format=None, fieldnames=None, **LIMITS)
+    refused = make_source(SourceSpec(records=table), **LIMITS)
     with pytest.raises(InputError, match="#N/A"):
         _chunks(refused)
 
@@ -201,7 +202,7 @@ def test_a_table_given_as_records_is_written_in_the_whole_format() -> None:
 def test_field_mapping_selects_and_renames_columns() -> None:
     table = _table(20)
     source = make_columnar_source(
-        table=table, field_mapping={"External_Id__c": "Ext__c", "LastName": "Name"}, **LIMITS
+        SourceSpec(records=table, field_mapping={"External_Id__c": "Ext__c", "LastName": "Name"}), **LIMITS
     )
     rows = _parse(_chunks(source))
     assert _chunks(source)[0].fieldnames() == ["Ext__c", "Name"]
@@ -209,7 +210,7 @@ def test_field_mapping_selects_and_renames_columns() -> None:
 
 
 def test_field_mapping_naming_a_missing_column_fails_before_any_chunk() -> None:
-    source = make_columnar_source(table=_table(20), field_mapping={"Nope": "Name"}, **LIMITS)
+    source = make_columnar_source(SourceSpec(records=_table(20), field_mapping={"Nope": "Name"}), **LIMITS)
     with pytest.raises(InputError, match="names the column 'Nope', which the source lacks") as info:
         _chunks(source)
     assert info.value.field == "Nope"
@@ -218,17 +219,18 @@ def test_field_mapping_naming_a_missing_column_fails_before_any_chunk() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "exactly one of source, table and sql, got none"),
-        ({"table": pa.table({"a": [1]}), "sql": "select 1"}, "got table, sql"),
+        ({}, "exactly one of records and source or sql, got none"),
+        ({"records": pa.table({"a": [1]}), "sql": "select 1"}, "got records, sql"),
         ({"sql": "select 1"}, "needs sql_conn_id"),
-        ({"table": [{"a": 1}]}, "table must be a pyarrow Table"),
-        ({"table": pa.table({"a": [1]}), "field_mapping": {"a": "X", "b": "x"}}, "maps both"),
-        ({"table": pa.table({"a": [1]}), "batch_rows": 0}, "batch_rows"),
+        ({"records": [{"a": 1}]}, "table must be a pyarrow Table"),
+        ({"records": pa.table({"a": [1]}), "field_mapping": {"a": "X", "b": "x"}}, "maps both"),
+        ({"records": pa.table({"a": [1]}), "batch_rows": 0}, "batch_rows"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
+    batch_rows = kwargs.pop("batch_rows", DEFAULT_BATCH_ROWS)
     with pytest.raises(InputError, match=message):
-        make_columnar_source(**kwargs, **LIMITS)
+        make_columnar_source(SourceSpec(**kwargs), batch_rows=batch_rows, **LIMITS)
 
 
 # -- SQL on SQLite ------------------------------------------------------------------------------------------
@@ -260,8 +262,15 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _sql_source(sql: str, **kwargs: Any) -> ChunkSource:
-    return make_columnar_source(sql=sql, sql_conn_id="warehouse", **{**LIMITS, **kwargs})
+def _sql_source(
+    sql: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, chunk_format: ChunkFormat | None = None, **spec: Any
+) -> ChunkSource:
+    return make_columnar_source(
+        SourceSpec(sql=sql, sql_conn_id="warehouse", **spec),
+        limits=CHUNK_LIMITS,
+        chunk_format=chunk_format or ChunkFormat(),
+        batch_rows=batch_rows,
+    )
 
 
 def _query_as_dicts(path: Path, sql: str) -> list[dict[str, Any]]:
@@ -341,7 +350,7 @@ def test_an_empty_result_may_be_allowed(database: Path) -> None:
 def test_a_connection_that_is_not_sql_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_NOT_SQL", json.dumps({"conn_type": "fs", "extra": {"path": "/"}}))
     with pytest.raises(InputError, match="not a SQL") as info:
-        _chunks(make_columnar_source(sql="select 1", sql_conn_id="not_sql", **LIMITS))
+        _chunks(make_columnar_source(SourceSpec(sql="select 1", sql_conn_id="not_sql"), **LIMITS))
     assert info.value.field == "sql_conn_id"
 
 

@@ -6,8 +6,10 @@ dag.test() against the emulator over its socket where Airflow's retry matters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,13 @@ import pytest
 
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from airflow_provider_salesforce_bulk.operators.columnar_sources import SqlSourceError, make_columnar_source
+from airflow_provider_salesforce_bulk.operators.columnar_sources import (
+    DEFAULT_BATCH_ROWS,
+    SqlSourceError,
+    make_columnar_source,
+)
+from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
+from airflow_provider_salesforce_bulk.operators.sql_source import is_query_fault
 from tests.airflow.helpers import load_dag_file
 from tests.airflow.test_dag_e2e import _jobs
 
@@ -52,8 +60,8 @@ def _run(name: str, tmp_path: Path, args: str, *, prelude: str = "") -> Any:
     ).test()
 
 
-def _chunks(**kwargs: Any) -> list[Any]:
-    with make_columnar_source(**{**LIMITS, **kwargs}).open() as chunks:
+def _chunks(*, batch_rows: int = DEFAULT_BATCH_ROWS, **spec: Any) -> list[Any]:
+    with make_columnar_source(SourceSpec(**spec), batch_rows=batch_rows, **LIMITS).open() as chunks:
         return list(chunks)
 
 
@@ -63,7 +71,7 @@ def _chunks(**kwargs: Any) -> list[Any]:
 def test_a_dataframe_column_mixing_types_is_an_input_error_naming_it() -> None:
     frame = pd.DataFrame({"Name": ["a", "b", "c"], "NumberOfEmployees": [1, "two", 3]})
     with pytest.raises(InputError, match="column 'NumberOfEmployees' cannot be converted") as info:
-        _chunks(table=frame)
+        _chunks(records=frame)
     assert info.value.field == "NumberOfEmployees"
 
 
@@ -172,6 +180,67 @@ def test_a_sql_error_while_fetching_names_the_query_and_the_rows_read(
     assert f"the query {' '.join(sql.split())!r}" in message
     assert "after 10 rows were read" in message
     assert "integer overflow" in message
+
+
+def _overflowing_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite warehouse and a query whose row 15 overflows while it is fetched (the query's fault)."""
+    path = tmp_path / "overflow.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, surname TEXT)")
+        db.executemany("INSERT INTO people VALUES (?, ?)", [(i, f"S{i}") for i in range(25)])
+    monkeypatch.setenv("AIRFLOW_CONN_OVERFLOW", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    return (
+        "SELECT surname AS LastName, CASE WHEN id = 15 THEN abs(-9223372036854775807 - 1) END AS n "
+        "FROM people ORDER BY id"
+    )
+
+
+def test_a_query_failing_mid_fetch_fails_the_task_without_a_retry(
+    sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sql = _overflowing_warehouse(tmp_path, monkeypatch)
+    dr = _run(
+        "guard_sql_fetch",
+        tmp_path,
+        f"""operation="insert", object_name="Contact", sql={sql!r}, sql_conn_id="overflow",
+        field_mapping={{"LastName": "LastName"}}""",
+    )
+    assert dr.state == "failed"
+    # Python 3.11+ tells SQLite's statement errors (SQLITE_ERROR) from a lock or an I/O error by their
+    # code; without it an OperationalError mid-fetch may be the connection's, so it is retried.
+    assert dr.get_task_instance("load").try_number == (1 if sys.version_info >= (3, 11) else 3)
+    assert _jobs(sf) == []
+
+
+def test_sql_errors_mid_fetch_are_sorted_by_whose_fault_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "faults.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (id INTEGER)")
+        db.execute("INSERT INTO t VALUES (1)")
+    caught: dict[str, BaseException] = {}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        with pytest.raises(sqlite3.OperationalError) as overflow:
+            db.execute("SELECT abs(-9223372036854775807 - 1) FROM t").fetchall()
+        caught["overflow"] = overflow.value
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a writer holds the database: a reader is refused at once
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=0)) as db:
+            with pytest.raises(sqlite3.OperationalError, match="locked") as locked:
+                db.execute("SELECT id FROM t").fetchall()
+            caught["locked"] = locked.value
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # A statement's error is the query's (on 3.11+, where its SQLite code is known); a lock never is.
+    assert is_query_fault(caught["overflow"]) is (sys.version_info >= (3, 11))
+    assert not is_query_fault(caught["locked"])
+    # The DB-API 2.0 classes decide for every driver.
+    assert is_query_fault(sqlite3.ProgrammingError("bad parameter"))
+    assert is_query_fault(sqlite3.DataError("bad value"))
+    assert is_query_fault(sqlite3.IntegrityError("constraint"))
+    assert not is_query_fault(sqlite3.InterfaceError("connection closed"))
+    assert not is_query_fault(sqlite3.DatabaseError("unclassified"))
 
 
 # -- Parquet page checksums --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, ColumnDelimiter, InputError
-from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
+from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, SourceSpec, make_source
 
 
 def source_of(
@@ -21,10 +21,7 @@ def source_of(
     allow_na_marker: bool = False,
 ) -> ChunkSource:
     return make_source(
-        records=records,
-        source=source,
-        source_format=None,
-        fieldnames=fieldnames,
+        SourceSpec(records=records, source=source, fieldnames=fieldnames),
         limits=ChunkLimits(max_size_bytes=10_000, max_records=2),
         chunk_format=ChunkFormat(column_delimiter=column_delimiter, allow_na_marker=allow_na_marker),
     )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError, JobSpec
-from airflow_provider_salesforce_bulk.operators.sources import make_source
+from airflow_provider_salesforce_bulk.operators.sources import SourceSpec, make_source
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
 
 SPEC = JobSpec("insert", "Contact")
@@ -23,11 +23,8 @@ def area(tmp_path: Path) -> StagingArea:
 
 def source(names: list[str]) -> Any:
     return make_source(
-        records=[{"LastName": name} for name in names],
-        source=None,
-        source_format=None,
-        fieldnames=None,
-        limits=ChunkLimits(10_000, 3),
+        SourceSpec(records=[{"LastName": name} for name in names]),
+        limits=ChunkLimits(max_size_bytes=10_000, max_records=3),
         chunk_format=ChunkFormat(),
     )
 
@@ -61,11 +58,8 @@ def test_a_missing_or_altered_staged_file_is_found(tmp_path: Path) -> None:
 def test_bad_input_leaves_no_staged_file(tmp_path: Path) -> None:
     staging = area(tmp_path)
     bad = make_source(
-        records=[{"LastName": "ok"}] * 5 + [{"LastName": float("nan")}],
-        source=None,
-        source_format=None,
-        fieldnames=None,
-        limits=ChunkLimits(10_000, 2),
+        SourceSpec(records=[{"LastName": "ok"}] * 5 + [{"LastName": float("nan")}]),
+        limits=ChunkLimits(max_size_bytes=10_000, max_records=2),
         chunk_format=ChunkFormat(),
     )
     with pytest.raises(InputError, match="record 5"):
