@@ -67,6 +67,8 @@ __all__ = [
     "PageSummary",
     "QueryOperation",
     "ResultPage",
+    "check_max_records",
+    "check_query_options",
 ]
 
 log = logging.getLogger(__name__)

@@ -20,14 +20,9 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk import client
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    ChunkSink,
-    InputError,
-    value_text,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError, arrow_chunks
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink
+from airflow_provider_salesforce_bulk.client.serialize import value_text
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, path_opener
 
 __all__ = ["COLUMNAR_FORMATS", "SqlSourceError", "columnar_format", "is_arrow_data", "make_columnar_source"]
@@ -138,7 +133,7 @@ def make_columnar_source(
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise InputError(f"batch_rows must be an int >= 1, got {batch_rows!r}", field="batch_rows")
     mapping = _check_mapping(field_mapping)
-    pa = client.require_pyarrow()
+    pa = arrow_chunks.require_pyarrow()
     if source is not None:
         batches, description, uri = _file_batches(pa, source, source_format, batch_rows)
     elif table is not None:
@@ -157,7 +152,7 @@ def make_columnar_source(
     def chunks(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
         with batches() as stream:
             renamed = _mapped(pa, stream, mapping) if mapping else stream
-            yield client.iter_arrow_source_chunks(renamed, fields, limits, chunk_format, sink=sink)
+            yield arrow_chunks.iter_arrow_source_chunks(renamed, fields, limits, chunk_format, sink=sink)
 
     return ChunkSource(chunks, description, uri=uri, into_sink=chunks)
 

@@ -25,13 +25,11 @@ from airflow_provider_salesforce_bulk.client import (
     ChunkLimits,
     JobInfo,
     JobSpec,
-    ResubmitLedger,
     ResubmitPolicy,
-    RetryChunk,
     SalesforceBulkError,
-    iter_retry_chunks,
-    submit_job,
 )
+from airflow_provider_salesforce_bulk.client.operation import submit_job
+from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger, RetryChunk, iter_retry_chunks
 from airflow_provider_salesforce_bulk.operators.submit import CLOSED, CLOSING, CREATED, StateStore
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id

@@ -26,14 +26,9 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 
-from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    BulkIngestClient,
-    RecordScan,
-    ResultKind,
-    ServerError,
-    TransportError,
-)
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ServerError, TransportError
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, RecordScan
+from airflow_provider_salesforce_bulk.client.models import ResultKind
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 

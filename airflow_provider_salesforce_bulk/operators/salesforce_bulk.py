@@ -19,24 +19,21 @@ from typing import Any, ClassVar, NoReturn
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator, conf
 
 from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    DEFAULT_RETRY_ERROR_CODES,
-    TERMINAL_STATES,
     BulkIngestClient,
-    Chunk,
     ChunkLimits,
     InputError,
     JobInfo,
     JobSpec,
     LimitsCheckError,
     RequestLimitExceededError,
-    ResubmitLedger,
     ResubmitPolicy,
     SalesforceSession,
     TokenCache,
-    check_limits_before_load,
-    check_limits_mode,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk
+from airflow_provider_salesforce_bulk.client.limits import check_limits_before_load, check_limits_mode
+from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
+from airflow_provider_salesforce_bulk.client.resubmit import DEFAULT_RETRY_ERROR_CODES, ResubmitLedger
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,

@@ -18,23 +18,22 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     BulkQueryClient,
-    DescribeCache,
     InputError,
     JobInfo,
     NotFoundError,
-    PageSummary,
     QueryError,
     RequestLimitExceededError,
-    ResultPage,
     SalesforceBulkError,
     SalesforceSession,
     TokenCache,
     UnexpectedResponseError,
+)
+from airflow_provider_salesforce_bulk.client.describe import DescribeCache, describe_columns
+from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
+from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
+from airflow_provider_salesforce_bulk.client.query_parquet import (
     arrow_schema,
-    check_max_records,
-    check_query_options,
     copy_results_to_parquet,
-    describe_columns,
     require_parquet,
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings

@@ -13,14 +13,10 @@ from typing import IO, Any
 
 import orjson
 
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    ChunkSink,
-    InputError,
-    iter_csv_stream_chunks,
-    iter_record_chunks,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, Opener, path_opener
 

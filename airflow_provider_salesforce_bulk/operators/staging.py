@@ -26,12 +26,9 @@ import uuid
 from collections.abc import Mapping
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client import (
-    FileSink,
-    JobSpec,
-    StagedChunk,
-    file_digest,
-)
+from airflow_provider_salesforce_bulk.client import JobSpec
+from airflow_provider_salesforce_bulk.client.chunk_files import FileSink, file_digest
+from airflow_provider_salesforce_bulk.client.csv_format import StagedChunk
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
 __all__ = ["Manifest", "StagedEntry", "StagingArea", "compare", "stage"]

@@ -24,10 +24,7 @@ from typing import Any, Protocol
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
     BulkIngestClient,
-    Chunk,
-    ColumnDelimiter,
     InputError,
     InvalidJobError,
     JobInfo,
@@ -36,8 +33,10 @@ from airflow_provider_salesforce_bulk.client import (
     NotFoundError,
     SalesforceBulkError,
     UploadOutcomeUnknownError,
-    close_uploaded_job,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
+from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job
 from airflow_provider_salesforce_bulk.operators.result_files import download_with_retries
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id, job_summary
 

@@ -282,7 +282,8 @@ async def test_aborted_job_whose_unprocessed_records_cannot_be_read_fails_naming
 async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
     emulator: RunningEmulator,
 ) -> None:
-    from airflow_provider_salesforce_bulk.client import ChunkLimits, JobSpec, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkLimits, JobSpec
+    from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
     from airflow_provider_salesforce_bulk.operators.submit import JobPlan, submit_chunks
 
     # The first upload reaches Salesforce, its answer is lost: that job is never closed (so never

@@ -23,15 +23,15 @@ from airflow_provider_salesforce_bulk.client import (
     ChunkFormat,
     ChunkLimits,
     ClientCredentialsAuth,
-    CsvChunk,
     InputError,
     JobSpec,
     SalesforceSession,
     TokenCache,
-    iter_record_chunks,
-    perform_chunks,
     perform_operation,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.operation import perform_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedChunk, group_by_parent
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source

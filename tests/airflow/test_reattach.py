@@ -22,11 +22,11 @@ from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ChunkLimits,
     ClientCredentialsAuth,
-    CsvChunk,
     JobSpec,
     SalesforceSession,
-    iter_record_chunks,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.submit import (
     STATE_KEY,

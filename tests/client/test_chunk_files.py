@@ -19,17 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client import (
-    BulkIngestClient,
-    ChunkFormat,
-    ChunkLimits,
-    FileSink,
-    RetryPolicy,
-    StagedChunk,
-    iter_arrow_source_chunks,
-    iter_csv_stream_chunks,
-    iter_record_chunks,
-)
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ChunkFormat, ChunkLimits, RetryPolicy
+from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_source_chunks
+from airflow_provider_salesforce_bulk.client.chunk_files import FileSink
+from airflow_provider_salesforce_bulk.client.csv_format import StagedChunk
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 from tests.client.fake_bulk import FaultyTransport

@@ -12,9 +12,9 @@ from airflow_provider_salesforce_bulk.client import (
     ChunkLimits,
     InputError,
     JobSpec,
-    iter_record_chunks,
     serialize_ingest_data,
 )
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 
 
 @pytest.mark.parametrize(

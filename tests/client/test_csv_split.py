@@ -12,14 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    CsvChunk,
-    InputError,
-    iter_csv_stream_chunks,
-    split_csv_stream,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
 
 
 def chunks_of(data: bytes, *limits: int, block_size: int | None = None, **fmt: Any) -> list[CsvChunk]:

@@ -29,8 +29,8 @@ from airflow_provider_salesforce_bulk.client import (
     RetryPolicy,
     ServerError,
     UploadOutcomeUnknownError,
-    submit_job,
 )
+from airflow_provider_salesforce_bulk.client.operation import submit_job
 from tests.client.fake_bulk import INSTANCE, FakeBulkApi, is_abort, is_close, job_id_of
 from tests.client.helpers import mock_session
 

@@ -17,13 +17,13 @@ import pytest
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
-    CsvChunk,
     JobSpec,
     SalesforceSession,
     StaticTokenAuth,
     TokenCache,
-    perform_chunks,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.operation import perform_chunks
 
 HEADER = b"Name\n"
 

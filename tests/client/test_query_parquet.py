@@ -21,21 +21,25 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     BulkQueryClient,
-    DescribeCache,
-    FieldDescription,
     InputError,
     NotFoundError,
     RetryPolicy,
     UnexpectedResponseError,
+)
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS  # noqa: E402
+from airflow_provider_salesforce_bulk.client.describe import (  # noqa: E402
+    DescribeCache,
+    FieldDescription,
+    describe_columns,
+    describe_sobject,
+)
+from airflow_provider_salesforce_bulk.client.query_parquet import (  # noqa: E402
     arrow_schema,
     arrow_type,
     copy_results_to_parquet,
     csv_to_parquet,
-    describe_columns,
-    describe_sobject,
+    dictionary_columns,
 )
-from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS  # noqa: E402
-from airflow_provider_salesforce_bulk.client.query_parquet import dictionary_columns  # noqa: E402
 from tests.client.helpers import mock_session, query_api_session  # noqa: E402
 
 UTC = datetime.timezone.utc

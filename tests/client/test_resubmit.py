@@ -24,16 +24,18 @@ from airflow_provider_salesforce_bulk.client import (
     JobInfo,
     JobSpec,
     PollPolicy,
-    ResubmitLedger,
     ResubmitPolicy,
-    RetryChunk,
     RetryPolicy,
     SalesforceSession,
     UnexpectedResponseError,
+    perform_operation,
+)
+from airflow_provider_salesforce_bulk.client.operation import submit_job
+from airflow_provider_salesforce_bulk.client.resubmit import (
+    ResubmitLedger,
+    RetryChunk,
     error_code,
     iter_retry_chunks,
-    perform_operation,
-    submit_job,
     submit_retry_round,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator

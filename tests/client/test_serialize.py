@@ -17,17 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    LINE_ENDINGS,
     ChunkFormat,
     ChunkLimits,
-    CsvChunk,
     InputError,
-    iter_csv_stream_chunks,
-    iter_record_chunks,
     serialize_ingest_data,
-    validate_operation_fields,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, LINE_ENDINGS, CsvChunk
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.job_spec import validate_operation_fields
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 
 
 def parse(data: bytes, column_delimiter: str = "COMMA") -> list[list[str]]:
