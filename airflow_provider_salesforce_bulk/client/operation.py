@@ -37,6 +37,7 @@ from airflow_provider_salesforce_bulk.client.job_spec import (
     PollPolicy,
 )
 from airflow_provider_salesforce_bulk.client.models import (
+    FAILED_STATES,
     ColumnDelimiter,
     JobInfo,
     LineEnding,
@@ -645,7 +646,7 @@ class _Operation:
                 final.number_records_failed,
                 entry.record_count,
             )
-            if self.raise_on_failed_job and final.state in ("Failed", "Aborted"):
+            if self.raise_on_failed_job and final.state in FAILED_STATES:
                 raise BulkJobFailedError(
                     f"job {final.id} ended {final.state}: {final.error_message or 'no error message'}",
                     job_id=final.id,

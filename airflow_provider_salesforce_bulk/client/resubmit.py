@@ -30,7 +30,7 @@ from airflow_provider_salesforce_bulk.client.job_spec import (
     ChunkLimits,
     JobSpec,
 )
-from airflow_provider_salesforce_bulk.client.models import JobInfo
+from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES, JobInfo
 from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.result_csv import EXTRA_KEY_PREFIX
 
@@ -50,8 +50,6 @@ DEFAULT_RETRY_ERROR_CODES: tuple[str, ...] = ("UNABLE_TO_LOCK_ROW",)
 _CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _MAX_ROUNDS = 10
 _MAX_BACKOFF = 3600.0
-# Only these job states have a complete failedResults file that will not grow any more.
-_ENDED = ("JobComplete", "Failed", "Aborted")
 
 
 def error_code(sf_error: str) -> str:
@@ -321,7 +319,7 @@ async def iter_retry_chunks(
     # A job named twice would have its records sent twice: each job is read once.
     for job_id in dict.fromkeys(job_ids):
         job = await client.get_job(job_id)
-        if job.state not in _ENDED:
+        if job.state not in TERMINAL_STATES:  # only then is its failedResults file complete
             raise InputError(
                 f"job {job_id} is {job.state}: its failed records can be sent again only once it has ended",
                 field="job_ids",

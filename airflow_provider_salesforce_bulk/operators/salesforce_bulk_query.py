@@ -29,6 +29,7 @@ from airflow_provider_salesforce_bulk.client import (
     UnexpectedResponseError,
 )
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, describe_columns
+from airflow_provider_salesforce_bulk.client.models import FAILED_STATES
 from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
 from airflow_provider_salesforce_bulk.client.query_parquet import (
@@ -444,7 +445,7 @@ class SalesforceBulkQueryOperator(BaseOperator):
                 except NotFoundError:
                     self.log.info("Query job %s of an earlier try is gone: running the query again", earlier)
                 else:
-                    if job.state not in ("Failed", "Aborted"):
+                    if job.state not in FAILED_STATES:
                         return job, instance_url, True
                     self.log.info(
                         "Query job %s of an earlier try ended %s (%s): running the query again",

@@ -35,7 +35,7 @@ from airflow_provider_salesforce_bulk.client import (
     UploadOutcomeUnknownError,
 )
 from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
+from airflow_provider_salesforce_bulk.client.models import CLOSED_STATES, FAILED_STATES, ColumnDelimiter
 from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job
 from airflow_provider_salesforce_bulk.operators.result_files import download_with_retries
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id, job_summary
@@ -73,10 +73,9 @@ REPLACED = "replaced"
 RESENT = "resent"
 """Ended Aborted or Failed: its unprocessed records (only those) went to the next job."""
 
-_KEEP = frozenset({"UploadComplete", "InProgress", "JobComplete"})
+_KEEP = CLOSED_STATES - FAILED_STATES
 # Whole-job failures caused by the data or the job's settings: a new job would fail the same way.
 _INPUT_FAILURES = ("InvalidBatch", "ClientInputError")
-_ENDED = frozenset({"Aborted", "Failed"})
 CHUNK = "chunk"
 """``source`` of a job given its chunk from the input (otherwise the id of the job it resends)."""
 
@@ -404,7 +403,7 @@ async def reconcile(client: BulkIngestClient, plan: JobPlan, spec: JobSpec) -> d
                 latest[job.id] = job
                 log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
                 break
-            if job.state not in _ENDED:
+            if job.state not in FAILED_STATES:
                 raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
             if entry["phase"] == CREATED and job.number_records_processed == 0:
                 _settle(entry, REPLACED, job_summary(job))
