@@ -33,6 +33,7 @@ from airflow_provider_salesforce_bulk.client.job_spec import (
 from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES, JobInfo
 from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.result_csv import EXTRA_KEY_PREFIX
+from airflow_provider_salesforce_bulk.client.sf_error import parse_sf_error
 
 __all__ = [
     "DEFAULT_RETRY_ERROR_CODES",
@@ -41,7 +42,6 @@ __all__ = [
     "ResubmitPolicy",
     "RetryChunk",
     "RetryJob",
-    "error_code",
     "iter_retry_chunks",
     "submit_retry_round",
 ]
@@ -50,11 +50,6 @@ DEFAULT_RETRY_ERROR_CODES: tuple[str, ...] = ("UNABLE_TO_LOCK_ROW",)
 _CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _MAX_ROUNDS = 10
 _MAX_BACKOFF = 3600.0
-
-
-def error_code(sf_error: str) -> str:
-    """The status code of an ``sf__Error`` value (``"UNABLE_TO_LOCK_ROW:unable to ...:--"``)."""
-    return sf_error.split(":", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ class ResubmitPolicy:
 
     def matches(self, sf_error: str) -> bool:
         """Whether a failed record with this ``sf__Error`` is to be sent again."""
-        return error_code(sf_error) in self.codes
+        return parse_sf_error(sf_error).status_code in self.codes
 
     def may_follow(self, round_number: int) -> bool:
         """Whether another round may follow round ``round_number`` (the first load is round 1)."""

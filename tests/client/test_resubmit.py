@@ -34,10 +34,10 @@ from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.resubmit import (
     ResubmitLedger,
     RetryChunk,
-    error_code,
     iter_retry_chunks,
     submit_retry_round,
 )
+from airflow_provider_salesforce_bulk.client.sf_error import parse_sf_error
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 
@@ -191,9 +191,9 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
             )
         ]
         failures = [row["sf__Error"] async for row in first.iter_failed_results()]
-        codes = {error_code(e) for e in failures}
+        codes = {parse_sf_error(e).status_code for e in failures}
         assert codes == {"REQUIRED_FIELD_MISSING", "UNABLE_TO_LOCK_ROW"}
-        locked = sum(error_code(e) == "UNABLE_TO_LOCK_ROW" for e in failures)
+        locked = sum(parse_sf_error(e).status_code == "UNABLE_TO_LOCK_ROW" for e in failures)
         chunks = [
             c
             async for c in iter_retry_chunks(
