@@ -88,7 +88,7 @@ _INTS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RecordCounts:
     """Where the ``records`` given to one job went, from Salesforce's counters.
 
@@ -104,7 +104,7 @@ class RecordCounts:
     @classmethod
     def of(cls, records: int, processed: int, failed: int) -> RecordCounts:
         processed = min(processed, records)
-        return cls(records, processed, min(failed, processed))
+        return cls(records=records, processed=processed, failed=min(failed, processed))
 
     @property
     def succeeded(self) -> int:
@@ -130,7 +130,7 @@ def parse_salesforce_datetime(value: str) -> datetime.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobInfo:
     """Bulk API 2.0 ingest job information, with every documented field.
 

@@ -363,8 +363,15 @@ async def perform_operation(
         On cancellation, jobs never closed are aborted and closed ones are left running (logged).
     """
     started = time.monotonic()
-    spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
-    limits = ChunkLimits(max_size_bytes, max_records)
+    spec = JobSpec(
+        operation=operation,
+        object=sobject,
+        external_id_field=external_id_field,
+        assignment_rule_id=assignment_rule_id,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+    )
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     chunk_format = spec.chunk_format(none_as, allow_na_marker)
     check_seconds("timeout", timeout)
     if fieldnames is not None:
@@ -404,8 +411,15 @@ async def perform_csv_operation(
     ``timeout`` as :func:`perform_operation`.
     """
     started = time.monotonic()
-    spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
-    limits = ChunkLimits(max_size_bytes, max_records)
+    spec = JobSpec(
+        operation=operation,
+        object=sobject,
+        external_id_field=external_id_field,
+        assignment_rule_id=assignment_rule_id,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+    )
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     check_seconds("timeout", timeout)
     # The CSV is copied as it is: of the format, only the job's delimiter and line ending apply.
     chunks = functools.partial(iter_csv_stream_chunks, source, limits, spec.chunk_format())

@@ -456,18 +456,18 @@ class SalesforceBulkOperator(BaseOperator):
         spec: JobSpec | None = getattr(self, "_spec", None)
         if spec is None:
             spec = self._spec = JobSpec(
-                self.operation,  # type: ignore[arg-type]
-                self.object_name,
-                self.external_id_field,
-                self.assignment_rule_id,
-                self.column_delimiter,  # type: ignore[arg-type]
-                self.line_ending,  # type: ignore[arg-type]
+                operation=self.operation,  # type: ignore[arg-type]
+                object=self.object_name,
+                external_id_field=self.external_id_field,
+                assignment_rule_id=self.assignment_rule_id,
+                column_delimiter=self.column_delimiter,  # type: ignore[arg-type]
+                line_ending=self.line_ending,  # type: ignore[arg-type]
             )
         return spec
 
     def _chunk_limits(self) -> ChunkLimits:
         """How large each job's CSV may be (an ``InputError`` naming a limit out of range)."""
-        return ChunkLimits(self.max_bytes_per_job, self.max_records_per_job)
+        return ChunkLimits(max_size_bytes=self.max_bytes_per_job, max_records=self.max_records_per_job)
 
     # -- execution --------------------------------------------------------------------------------
 

@@ -128,7 +128,14 @@ class StagingArea:
 
     def chunk(self, prefix: str, entry: StagedEntry) -> StagedChunk:
         path = self.folder(prefix) / entry.file
-        return StagedChunk(str(path), entry.first, entry.count, entry.size, entry.digest, self._reader(path))
+        return StagedChunk(
+            path=str(path),
+            first_record_index=entry.first,
+            record_count=entry.count,
+            size=entry.size,
+            digest=entry.digest,
+            reader=self._reader(path),
+        )
 
     def check(self, prefix: str, entry: StagedEntry) -> str | None:
         """Why the staged file of ``entry`` cannot be sent (missing, other size or digest), or None."""

@@ -42,7 +42,9 @@ FIELDS = ["LastName", "AccountId", "Title"]
 def record_source(records: list[dict[str, str]], max_size: int, max_records: int, **fmt: str) -> ChunkSource:
     @contextlib.contextmanager
     def chunks() -> Iterator[Iterator[CsvChunk]]:
-        yield iter_record_chunks(records, FIELDS, ChunkLimits(max_size, max_records), ChunkFormat(**fmt))
+        yield iter_record_chunks(
+            records, FIELDS, ChunkLimits(max_size_bytes=max_size, max_records=max_records), ChunkFormat(**fmt)
+        )
 
     return ChunkSource(chunks, f"{len(records)} records")
 
@@ -86,7 +88,7 @@ def test_groups_stay_in_one_chunk_and_every_record_once(
     grouped = group_by_parent(
         source,
         "AccountId",
-        limits=ChunkLimits(max_size, max_records),
+        limits=ChunkLimits(max_size_bytes=max_size, max_records=max_records),
         chunk_format=ChunkFormat(**fmt),
         spool_dir=str(tmp_path_factory.mktemp("spool")),
     )
@@ -139,7 +141,10 @@ def test_a_csv_file_keeps_its_bytes_and_the_spool_file_is_removed(tmp_path):
     path.write_bytes(b"LastName,AccountId,Title\r\n" + b"".join(rows))
     spool = tmp_path / "spool"
     spool.mkdir()
-    kwargs = {"limits": ChunkLimits(10_000, 3), "chunk_format": ChunkFormat(line_ending="CRLF")}
+    kwargs = {
+        "limits": ChunkLimits(max_size_bytes=10_000, max_records=3),
+        "chunk_format": ChunkFormat(line_ending="CRLF"),
+    }
     source = make_source(records=None, source=str(path), source_format=None, fieldnames=None, **kwargs)
     grouped = group_by_parent(source, "AccountId", spool_dir=str(spool), **kwargs)
     chunks = read(grouped)
@@ -156,7 +161,7 @@ def test_an_unknown_parent_field_is_an_input_error_naming_it(tmp_path):
     grouped = group_by_parent(
         source,
         "Account.Id",
-        limits=ChunkLimits(1000, 10),
+        limits=ChunkLimits(max_size_bytes=1000, max_records=10),
         chunk_format=ChunkFormat(),
         spool_dir=str(tmp_path),
     )
@@ -164,7 +169,9 @@ def test_an_unknown_parent_field_is_an_input_error_naming_it(tmp_path):
         read(grouped)
     assert list(tmp_path.iterdir()) == []  # the half-made spool is gone too
     with pytest.raises(InputError, match="group_by_parent"):
-        group_by_parent(source, "", limits=ChunkLimits(1000, 10), chunk_format=ChunkFormat())
+        group_by_parent(
+            source, "", limits=ChunkLimits(max_size_bytes=1000, max_records=10), chunk_format=ChunkFormat()
+        )
 
 
 async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, list[int]]]:
@@ -181,7 +188,10 @@ async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, l
     source = record_source(contacts, 100_000, 150)
     if grouped:
         source = group_by_parent(
-            source, "AccountId", limits=ChunkLimits(100_000, 150), chunk_format=ChunkFormat()
+            source,
+            "AccountId",
+            limits=ChunkLimits(max_size_bytes=100_000, max_records=150),
+            chunk_format=ChunkFormat(),
         )
     async with SalesforceSession(auth, token_cache=TokenCache()) as session:
         client = BulkIngestClient(session)
@@ -190,7 +200,7 @@ async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, l
                 r
                 async for r in perform_chunks(
                     client,
-                    JobSpec("insert", "Contact"),
+                    JobSpec(operation="insert", object="Contact"),
                     remember(chunks),
                     polling_interval=0.02,
                     max_concurrent_jobs=3,
@@ -309,7 +319,11 @@ def test_a_spool_dir_that_does_not_exist_is_a_clear_error(tmp_path):
     source = record_source([{"LastName": "x", "AccountId": "1", "Title": ""}], 1000, 10)
     missing = tmp_path / "nowhere"
     grouped = group_by_parent(
-        source, "AccountId", limits=ChunkLimits(1000, 10), chunk_format=ChunkFormat(), spool_dir=str(missing)
+        source,
+        "AccountId",
+        limits=ChunkLimits(max_size_bytes=1000, max_records=10),
+        chunk_format=ChunkFormat(),
+        spool_dir=str(missing),
     )
     with pytest.raises(InputError, match=r"spool file in .*nowhere"):
         read(grouped)

@@ -117,7 +117,7 @@ async def test_reconcile_aborts_open_keeps_closed_and_resends_unknown(
         return await original_get_job(job_id)
 
     client.get_job = get_job  # type: ignore[method-assign]
-    options = JobSpec("insert", "Contact")
+    options = JobSpec(operation="insert", object="Contact")
     latest = await reconcile(client, plan, options)
     client.get_job = original_get_job  # type: ignore[method-assign]
 

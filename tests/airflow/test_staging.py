@@ -12,7 +12,7 @@ from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, In
 from airflow_provider_salesforce_bulk.operators.sources import make_source
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
 
-SPEC = JobSpec("insert", "Contact")
+SPEC = JobSpec(operation="insert", object="Contact")
 
 
 def area(tmp_path: Path) -> StagingArea:
@@ -27,7 +27,7 @@ def source(names: list[str]) -> Any:
         source=None,
         source_format=None,
         fieldnames=None,
-        limits=ChunkLimits(10_000, 3),
+        limits=ChunkLimits(max_size_bytes=10_000, max_records=3),
         chunk_format=ChunkFormat(),
     )
 
@@ -65,7 +65,7 @@ def test_bad_input_leaves_no_staged_file(tmp_path: Path) -> None:
         source=None,
         source_format=None,
         fieldnames=None,
-        limits=ChunkLimits(10_000, 2),
+        limits=ChunkLimits(max_size_bytes=10_000, max_records=2),
         chunk_format=ChunkFormat(),
     )
     with pytest.raises(InputError, match="record 5"):

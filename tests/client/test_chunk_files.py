@@ -67,7 +67,7 @@ def assert_same(memory: list[Any], staged: list[Any]) -> None:
 def test_records_into_files_are_the_bytes_in_memory(
     tmp_path_factory: pytest.TempPathFactory, n: int, max_records: int, max_bytes: int
 ) -> None:
-    limits = ChunkLimits(max_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_bytes, max_records=max_records)
     folder = tmp_path_factory.mktemp("sink")
     memory = list(iter_record_chunks(records(n), ["LastName", "Amount"], limits, FORMAT))
     staged = list(
@@ -85,7 +85,7 @@ def test_csv_split_into_files_is_the_bytes_in_memory(
     text = "LastName,Notes\n" + "".join(
         f'N{i},"line one\nline {i}"\n' if i % 5 == 0 else f"N{i},plain\n" for i in range(400)
     )
-    limits = ChunkLimits(max_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_bytes, max_records=max_records)
     memory = list(iter_csv_stream_chunks(io.BytesIO(text.encode()), limits, FORMAT, block_size=block))
     staged = list(
         iter_csv_stream_chunks(
@@ -99,7 +99,7 @@ def test_arrow_into_files_is_the_bytes_in_memory(tmp_path: Path) -> None:
     import pyarrow as pa
 
     table = pa.Table.from_pylist(records(1_000))
-    limits = ChunkLimits(4_000, 90)
+    limits = ChunkLimits(max_size_bytes=4_000, max_records=90)
     memory = list(iter_arrow_source_chunks(table, None, limits, FORMAT))
     staged = list(iter_arrow_source_chunks(table, None, limits, FORMAT, sink=file_sink(tmp_path)))
     assert_same(memory, staged)

@@ -35,7 +35,7 @@ from tests.client.fake_bulk import INSTANCE, FakeBulkApi, is_abort, is_close, jo
 from tests.client.helpers import mock_session
 
 FAST_POLL = 0.001
-INSERT_ACCOUNT = JobSpec("insert", "Account")
+INSERT_ACCOUNT = JobSpec(operation="insert", object="Account")
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ async def load_in_rounds(
             ended,
             policy,
             ledger,
-            JobSpec("insert", "Account"),
+            JobSpec(operation="insert", object="Account"),
             on_job_created=remember,
             **chunk_options,
         )
@@ -210,7 +210,7 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
         for chunk in chunks:
             assert rows_of(chunk, "|")[0] == ["Name", "External_Id__c", "Description"]
             assert chunk.data.endswith(b"\r\n")
-            spec = JobSpec("insert", "Account", column_delimiter="PIPE", line_ending="CRLF")
+            spec = JobSpec(operation="insert", object="Account", column_delimiter="PIPE", line_ending="CRLF")
             job, _ = await submit_job(client, spec, chunk.data)
             done = await client.wait_for_job(job.id, poll=POLL, timeout=60)
             # A record without a name may have hit the lock first: now it fails for good.
