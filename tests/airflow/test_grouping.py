@@ -247,7 +247,8 @@ async def test_a_grouped_load_puts_each_accounts_contacts_in_one_job_and_meets_n
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import contextlib, sys
-    from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits
+    from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
     from airflow_provider_salesforce_bulk.operators.grouping import group_by_parent
     from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
 
@@ -270,10 +271,11 @@ MEMORY_SCRIPT = textwrap.dedent(
 
     @contextlib.contextmanager
     def chunks():
-        yield iter_record_chunks(records(), fields, ChunkLimits(2_000_000, 10_000))
+        yield iter_record_chunks(records(), fields, limits)
 
     total = 0
-    with group_by_parent(ChunkSource(chunks, "gen"), "AccountId", limits=ChunkLimits(2_000_000, 10_000),
+    limits = ChunkLimits(max_size_bytes=2_000_000, max_records=10_000)
+    with group_by_parent(ChunkSource(chunks, "gen"), "AccountId", limits=limits,
                          chunk_format=ChunkFormat(), spool_dir=spool) as grouped:
         with grouped.open() as out:
             for chunk in out:
