@@ -71,7 +71,8 @@ def make_table(n: int = ROWS) -> Any:
 def speed() -> bool:
     import pyarrow.csv as pa_csv
 
-    from airflow_provider_salesforce_bulk.client import ChunkLimits, iter_arrow_chunks, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkLimits, iter_arrow_chunks
+    from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 
     started = time.perf_counter()
     table = make_table()

@@ -113,8 +113,8 @@ def child_ours(fmt: str, base_url: str, out_dir: str) -> dict[str, Any]:
         ClientCredentialsAuth,
         PollPolicy,
         SalesforceSession,
-        copy_results_to_parquet,
     )
+    from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
     from airflow_provider_salesforce_bulk.emulator.credentials import Credentials
 
     if fmt == "parquet":

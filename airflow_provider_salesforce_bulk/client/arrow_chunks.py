@@ -131,7 +131,7 @@ def iter_arrow_chunks(
     ImportError
         pyarrow is not installed.
     """
-    limits = ChunkLimits(max_size_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     # Without a sink every chunk is a CsvChunk in memory.
     return cast(
         "Iterator[CsvChunk]", iter_arrow_source_chunks(source, fieldnames, limits, ChunkFormat.of(**options))

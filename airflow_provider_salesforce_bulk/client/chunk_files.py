@@ -52,7 +52,7 @@ class MemorySink:
     def end(self, record_count: int) -> CsvChunk:
         data = b"".join(self._parts)
         self._parts = []
-        return CsvChunk(data, self._first, record_count)
+        return CsvChunk(data=data, first_record_index=self._first, record_count=record_count)
 
 
 class FileSink:
@@ -114,12 +114,12 @@ class FileSink:
         self._file.close()
         self._file = None
         chunk = StagedChunk(
-            self._locate(self._name),
-            self._first,
-            record_count,
-            self._size,
-            self._hash.hexdigest(),
-            self._reader(self._name),
+            path=self._locate(self._name),
+            first_record_index=self._first,
+            record_count=record_count,
+            size=self._size,
+            digest=self._hash.hexdigest(),
+            reader=self._reader(self._name),
         )
         self.chunks.append(chunk)
         return chunk

@@ -108,7 +108,7 @@ def _header_names(data: bytes, column_delimiter: ColumnDelimiter) -> list[str]:
 _HEADER_READ = 4 * 32_000 + 2
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StagedChunk:
     """One job's CSV kept in a file (a staged copy) rather than in memory: what is uploaded is read
     from the file in pieces, so memory never holds the chunk.

@@ -463,7 +463,7 @@ def split_csv_stream(
     bytes
         UTF-8 CSV, the header first, within both limits.
     """
-    limits = ChunkLimits(max_size_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     chunk_format = ChunkFormat(column_delimiter=column_delimiter, line_ending=line_ending)
     return (
         chunk.data for chunk in iter_csv_stream_chunks(source, limits, chunk_format, block_size=block_size)

@@ -22,7 +22,7 @@ __all__ = ["DescribeCache", "FieldDescription", "SObjectDescription", "describe_
 _OBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FieldDescription:
     """One field of a describe answer: what typed output needs of it.
 

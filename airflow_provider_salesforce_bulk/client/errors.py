@@ -307,7 +307,7 @@ class JobOutcomeUnknownError(SalesforceBulkError):
 JobReportStatus = Literal["completed", "unfinished", "not_loaded"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobReport:
     """What became of one chunk of a failed operation (see :class:`BulkOperationError`).
 

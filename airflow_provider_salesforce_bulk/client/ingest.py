@@ -43,7 +43,12 @@ class BulkIngestClient(IngestJobApi):
         new job's :class:`JobInfo`.
         """
         spec = JobSpec(
-            operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending
+            operation=operation,
+            object=sobject,
+            external_id_field=external_id_field,
+            assignment_rule_id=assignment_rule_id,
+            column_delimiter=column_delimiter,
+            line_ending=line_ending,
         )
         return await self.create_job_from_spec(spec)
 

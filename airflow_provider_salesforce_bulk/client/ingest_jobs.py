@@ -38,7 +38,7 @@ from airflow_provider_salesforce_bulk.client.jobs_common import (
     list_params,
 )
 from airflow_provider_salesforce_bulk.client.limits import OrgLimits, get_limits
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, ResultKind
+from airflow_provider_salesforce_bulk.client.models import CLOSED_STATES, ColumnDelimiter, JobInfo, ResultKind
 from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records
 from airflow_provider_salesforce_bulk.client.retry import RetrySafety, check_seconds
 from airflow_provider_salesforce_bulk.client.session import BodyFactory, SalesforceSession
@@ -112,7 +112,7 @@ class IngestJobApi:
             return await self._set_state(job_id, "UploadComplete")
         except InvalidJobStateError:
             job = await self.get_job(job_id)
-            if job.state in {"UploadComplete", "InProgress", "JobComplete", "Failed"}:
+            if job.state in CLOSED_STATES:
                 return job
             raise
 

@@ -50,7 +50,7 @@ DEFAULT_OPERATION_TIMEOUT = 24 * 3600.0
 """Default bound of a whole wait or operation: Salesforce itself gives up on a job after 24 hours."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobSpec:
     """What every job of a load is created with, checked once when built.
 
@@ -118,7 +118,7 @@ class JobSpec:
         return body
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ChunkLimits:
     """How large one job's CSV may be.
 
@@ -231,7 +231,7 @@ DEFAULT_LIMITS = ChunkLimits()
 DEFAULT_FORMAT = ChunkFormat()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PollPolicy:
     """How often to ask for a job's state: starting fast, backing off to a ceiling.
 

@@ -27,8 +27,8 @@ JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"
 _JOB_ID = re.compile(r"750[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
 
 
-def check_job_id(job_id: str) -> str:
-    """The job id, checked before it becomes part of a URL path or a file name."""
+def check_job_id(job_id: object) -> str:
+    """The job id, checked (a str of the right shape) before it becomes part of a URL path or a file name."""
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise InputError(
             f"not a Bulk API job id: {job_id!r} (expected '750' and 12 or 15 letters or digits)",

@@ -61,7 +61,7 @@ class _HasRequest(Protocol):
     async def request(self, method: str, path: str, *, headers: Mapping[str, str] | None = ...) -> Any: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LimitUsage:
     """One allowance: its daily maximum and what is left of it now."""
 
@@ -73,7 +73,7 @@ class LimitUsage:
         return max(0, self.max - self.remaining)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OrgLimits:
     """The allowances of ``GET /limits`` a bulk load cares about (None: the org did not report it).
 
@@ -142,7 +142,7 @@ async def get_limits(client: Any) -> OrgLimits:
     return OrgLimits.from_json(body)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoadEstimate:
     """What a load is expected to spend: ``batches`` of DailyBulkApiBatches and ``api_requests`` of
     DailyApiRequests, for ``jobs`` jobs holding ``records`` records."""

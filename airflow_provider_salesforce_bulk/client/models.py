@@ -10,6 +10,8 @@ from typing import Any, Literal, get_args
 import orjson
 
 __all__ = [
+    "CLOSED_STATES",
+    "FAILED_STATES",
     "OPERATIONS",
     "TERMINAL_STATES",
     "ColumnDelimiter",
@@ -33,7 +35,14 @@ ResultKind = Literal["successfulResults", "failedResults", "unprocessedrecords"]
 
 #: The ingest operations of Bulk API 2.0, in the order error messages list them.
 OPERATIONS: tuple[str, ...] = ("insert", "update", "upsert", "delete", "hardDelete")
-TERMINAL_STATES: frozenset[JobState] = frozenset({"JobComplete", "Aborted", "Failed"})
+# The job-state sets, defined once for the client and the Airflow layer.
+#: Ended without completing: the records not processed were not loaded (unprocessedrecords).
+FAILED_STATES: frozenset[JobState] = frozenset({"Aborted", "Failed"})
+#: Salesforce will do nothing more with the job: its counters and result files are final.
+TERMINAL_STATES: frozenset[JobState] = FAILED_STATES | {"JobComplete"}
+#: The job's upload was closed (UploadComplete accepted) and the job was not aborted: Salesforce took
+#: its data, so it must never be sent to that job again.
+CLOSED_STATES: frozenset[JobState] = frozenset({"UploadComplete", "InProgress", "JobComplete", "Failed"})
 
 # JSON name -> attribute name, for every documented field. Anything else lands in JobInfo.extra.
 _FIELDS: dict[str, str] = {
@@ -79,7 +88,7 @@ _INTS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RecordCounts:
     """Where the ``records`` given to one job went, from Salesforce's counters.
 
@@ -95,7 +104,7 @@ class RecordCounts:
     @classmethod
     def of(cls, records: int, processed: int, failed: int) -> RecordCounts:
         processed = min(processed, records)
-        return cls(records, processed, min(failed, processed))
+        return cls(records=records, processed=processed, failed=min(failed, processed))
 
     @property
     def succeeded(self) -> int:
@@ -121,7 +130,7 @@ def parse_salesforce_datetime(value: str) -> datetime.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class JobInfo:
     """Bulk API 2.0 ingest job information, with every documented field.
 

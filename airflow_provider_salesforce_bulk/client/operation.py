@@ -37,6 +37,7 @@ from airflow_provider_salesforce_bulk.client.job_spec import (
     PollPolicy,
 )
 from airflow_provider_salesforce_bulk.client.models import (
+    FAILED_STATES,
     ColumnDelimiter,
     JobInfo,
     LineEnding,
@@ -379,8 +380,15 @@ async def perform_operation(
         On cancellation, jobs never closed are aborted and closed ones are left running (logged).
     """
     started = time.monotonic()
-    spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
-    limits = ChunkLimits(max_size_bytes, max_records)
+    spec = JobSpec(
+        operation=operation,
+        object=sobject,
+        external_id_field=external_id_field,
+        assignment_rule_id=assignment_rule_id,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+    )
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     chunk_format = spec.chunk_format(none_as, allow_na_marker)
     check_seconds("timeout", timeout)
     if fieldnames is not None:
@@ -420,8 +428,15 @@ async def perform_csv_operation(
     ``timeout`` as :func:`perform_operation`.
     """
     started = time.monotonic()
-    spec = JobSpec(operation, sobject, external_id_field, assignment_rule_id, column_delimiter, line_ending)
-    limits = ChunkLimits(max_size_bytes, max_records)
+    spec = JobSpec(
+        operation=operation,
+        object=sobject,
+        external_id_field=external_id_field,
+        assignment_rule_id=assignment_rule_id,
+        column_delimiter=column_delimiter,
+        line_ending=line_ending,
+    )
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     check_seconds("timeout", timeout)
     # The CSV is copied as it is: of the format, only the job's delimiter and line ending apply.
     chunks = functools.partial(iter_csv_stream_chunks, source, limits, spec.chunk_format())
@@ -662,7 +677,7 @@ class _Operation:
                 final.number_records_failed,
                 entry.record_count,
             )
-            if self.raise_on_failed_job and final.state in ("Failed", "Aborted"):
+            if self.raise_on_failed_job and final.state in FAILED_STATES:
                 raise BulkJobFailedError(
                     f"job {final.id} ended {final.state}: {final.error_message or 'no error message'}",
                     job_id=final.id,

@@ -46,7 +46,7 @@ from airflow_provider_salesforce_bulk.client.jobs_common import (
     json_object,
     list_params,
 )
-from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo, LineEnding
+from airflow_provider_salesforce_bulk.client.models import FAILED_STATES, ColumnDelimiter, JobInfo, LineEnding
 from airflow_provider_salesforce_bulk.client.page_check import PageCheck, check_distinct_pages
 from airflow_provider_salesforce_bulk.client.query_pages import (
     PageRunner,
@@ -67,6 +67,8 @@ __all__ = [
     "PageSummary",
     "QueryOperation",
     "ResultPage",
+    "check_max_records",
+    "check_query_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -298,7 +300,7 @@ class BulkQueryClient:
         job_id = job
         job = await self.get_job(job_id)
         if job.state != "JobComplete":
-            if job.state in ("Failed", "Aborted"):
+            if job.state in FAILED_STATES:
                 raise QueryJobFailedError(
                     f"query job {job_id} ended {job.state} and has no results: "
                     f"{job.error_message or 'no error message'}",

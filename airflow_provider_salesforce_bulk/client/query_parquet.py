@@ -53,6 +53,7 @@ __all__ = [
     "csv_to_parquet",
     "dictionary_columns",
     "page_to_parquet",
+    "require_parquet",
 ]
 
 ArrowType = Any

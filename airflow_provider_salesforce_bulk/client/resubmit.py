@@ -31,9 +31,10 @@ from airflow_provider_salesforce_bulk.client.job_spec import (
     ChunkLimits,
     JobSpec,
 )
-from airflow_provider_salesforce_bulk.client.models import JobInfo
+from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES, JobInfo
 from airflow_provider_salesforce_bulk.client.operation import submit_job
 from airflow_provider_salesforce_bulk.client.result_csv import EXTRA_KEY_PREFIX
+from airflow_provider_salesforce_bulk.client.sf_error import parse_sf_error
 
 __all__ = [
     "DEFAULT_RESUBMIT_ERROR_CODES",
@@ -42,7 +43,6 @@ __all__ = [
     "ResubmitJob",
     "ResubmitLedger",
     "ResubmitPolicy",
-    "error_code",
     "iter_resubmit_chunks",
     "resubmit_round",
 ]
@@ -60,13 +60,6 @@ _RENAMED = {
 _CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _MAX_ROUNDS = 10
 _MAX_BACKOFF = 3600.0
-# Only these job states have a complete failedResults file that will not grow any more.
-_ENDED = ("JobComplete", "Failed", "Aborted")
-
-
-def error_code(sf_error: str) -> str:
-    """The status code of an ``sf__Error`` value (``"UNABLE_TO_LOCK_ROW:unable to ...:--"``)."""
-    return sf_error.split(":", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -127,7 +120,7 @@ class ResubmitPolicy:
 
     def matches(self, sf_error: str) -> bool:
         """Whether a failed record with this ``sf__Error`` is to be sent again."""
-        return error_code(sf_error) in self.codes
+        return parse_sf_error(sf_error).status_code in self.codes
 
     def may_follow(self, round_number: int) -> bool:
         """Whether another round may follow round ``round_number`` (the first load is round 1)."""
@@ -331,7 +324,7 @@ async def iter_resubmit_chunks(
     # A job named twice would have its records sent twice: each job is read once.
     for job_id in dict.fromkeys(job_ids):
         job = await client.get_job(job_id)
-        if job.state not in _ENDED:
+        if job.state not in TERMINAL_STATES:  # only then is its failedResults file complete
             raise InputError(
                 f"job {job_id} is {job.state}: its failed records can be sent again only once it has ended",
                 field="job_ids",

@@ -76,7 +76,7 @@ class RetrySafety(enum.Enum):
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded in attempts and in total time.
 

@@ -704,6 +704,6 @@ def serialize_ingest_data(
         NaN or infinity, a NUL character, the text ``#N/A`` (see ``allow_na_marker``), a malformed
         relationship, or a record too large for a payload on its own.
     """
-    limits = ChunkLimits(max_size_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records)
     chunks = iter_record_chunks(data, fieldnames, limits, ChunkFormat.of(**options))
     return (chunk.data for chunk in chunks)

@@ -77,7 +77,7 @@ _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ApiUsage:
     """The org's API usage as last reported in ``Sforce-Limit-Info``."""
 

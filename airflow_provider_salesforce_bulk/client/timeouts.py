@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_TIMEOUTS", "Timeouts", "no_answer", "within"]
 T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Timeouts:
     """Every time limit of the HTTP layer, in seconds, validated once when built.
 

@@ -52,9 +52,6 @@ CREATE TABLE IF NOT EXISTS result_batches (
 CREATE TABLE IF NOT EXISTS sessions (token TEXT PRIMARY KEY, issued_at REAL NOT NULL);
 """
 
-#: Columns every record table has before the schema's fields.
-SYSTEM_COLUMNS = ("Id", "IsDeleted", "CreatedDate", "LastModifiedDate")
-
 
 def record_table(obj: SObject) -> str:
     """Name of the SQLite table holding the records of ``obj`` (quoted, ready for SQL)."""

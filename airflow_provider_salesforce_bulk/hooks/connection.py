@@ -33,8 +33,8 @@ from airflow_provider_salesforce_bulk.client import (
     SoapLoginAuth,
     StaticTokenAuth,
     TokenProvider,
-    fingerprint,
 )
+from airflow_provider_salesforce_bulk.client.auth import fingerprint
 
 __all__ = [
     "AUTH_TYPES",

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from airflow_provider_salesforce_bulk.client import DEFAULT_MAX_CONNECTIONS, PerLoop, build_http_client
+from airflow_provider_salesforce_bulk.client.http_client import DEFAULT_MAX_CONNECTIONS, build_http_client
+from airflow_provider_salesforce_bulk.client.per_loop import PerLoop
 
 __all__ = ["SharedPools", "shared_pools"]
 

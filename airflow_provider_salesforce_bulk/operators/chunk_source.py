@@ -7,7 +7,9 @@ import os
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client import Chunk, ChunkSink, CsvChunk, InputError
+from airflow_provider_salesforce_bulk.client import InputError
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink
+from airflow_provider_salesforce_bulk.client.csv_format import Chunk, CsvChunk
 
 __all__ = ["ChunkSource", "Opener", "path_opener"]
 

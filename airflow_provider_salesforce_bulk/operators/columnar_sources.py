@@ -20,8 +20,13 @@ import weakref
 from collections.abc import Iterator
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk import client
-from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, ChunkSink, InputError
+from airflow_provider_salesforce_bulk.client import (
+    ChunkFormat,
+    ChunkLimits,
+    InputError,
+    arrow_chunks,
+)
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, path_opener
 from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec, file_format_of, is_arrow_data
 from airflow_provider_salesforce_bulk.operators.sql_source import Batches, SqlSourceError, sql_batches
@@ -66,7 +71,7 @@ def make_columnar_source(
     """
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise InputError(f"batch_rows must be an int >= 1, got {batch_rows!r}", field="batch_rows")
-    pa = client.require_pyarrow()
+    pa = arrow_chunks.require_pyarrow()
     batches, description, uri = _batches(pa, spec, batch_rows, spool)
     mapping = dict(spec.field_mapping) if spec.field_mapping else None
     fields = list(spec.fieldnames) if spec.fieldnames is not None else None
@@ -75,7 +80,7 @@ def make_columnar_source(
     def chunks(sink: ChunkSink | None = None) -> Iterator[Iterator[Any]]:
         with batches() as stream:
             renamed = _mapped(pa, stream, mapping) if mapping else stream
-            yield client.iter_arrow_source_chunks(renamed, fields, limits, chunk_format, sink=sink)
+            yield arrow_chunks.iter_arrow_source_chunks(renamed, fields, limits, chunk_format, sink=sink)
 
     return ChunkSource(chunks, description, uri=uri, into_sink=chunks)
 

@@ -16,9 +16,8 @@ from airflow_provider_salesforce_bulk.client import (
     InputError,
     NotFoundError,
     SalesforceBulkError,
-    SObjectDescription,
-    describe_sobject,
 )
+from airflow_provider_salesforce_bulk.client.describe import SObjectDescription, describe_sobject
 from airflow_provider_salesforce_bulk.operators.refusals import credentials_refused
 
 __all__ = ["check_columns_exist"]

@@ -19,7 +19,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client import ResubmitLedger, ResubmitPolicy
+from airflow_provider_salesforce_bulk.client import ResubmitPolicy
+from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
 from airflow_provider_salesforce_bulk.operators.result_files import write_then_publish
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 

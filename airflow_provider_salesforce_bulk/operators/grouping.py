@@ -26,13 +26,8 @@ import weakref
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    CsvChunk,
-    InputError,
-    RecordScan,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk, RecordScan
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
 __all__ = ["GroupedChunk", "GroupedSource", "group_by_parent"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -14,7 +13,6 @@ __all__ = [
     "OffLoopSinks",
     "display_path",
     "part_name",
-    "remove_stale_parts",
 ]
 
 DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
@@ -23,6 +21,7 @@ DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
 OUTPUT_FORMATS = ("csv", "parquet")
 
 _PART = re.compile(r"^part-(\d{5,})\.(csv|parquet)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
 
 def part_name(number: int, output_format: str) -> str:
@@ -85,19 +84,3 @@ def display_path(path: Any) -> str:
     if getattr(path, "protocol", None) in ("", "file", "local"):
         return str(path.path)
     return str(path)
-
-
-def remove_stale_parts(directory: Any, written: Iterable[str]) -> list[str]:
-    """Delete ``part-NNNNN.csv|parquet`` files an earlier try left in ``directory`` and this one did not
-    write (a re-run that made fewer pages), so the folder holds exactly this result. Other files are
-    left alone. Returns the names deleted."""
-    keep = set(written)
-    removed: list[str] = []
-    if not directory.exists():
-        return removed
-    for child in directory.iterdir():
-        name = child.name
-        if _PART.match(name) and name not in keep and child.is_file():
-            child.unlink()
-            removed.append(name)
-    return sorted(removed)

@@ -9,15 +9,12 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_salesforce_bulk.client import (
-    BulkQueryClient,
-    DescribeCache,
-    PageSummary,
-    ResultPage,
-    UnexpectedResponseError,
+from airflow_provider_salesforce_bulk.client import BulkQueryClient, UnexpectedResponseError
+from airflow_provider_salesforce_bulk.client.describe import DescribeCache, describe_columns
+from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
+from airflow_provider_salesforce_bulk.client.query_parquet import (
     arrow_schema,
     copy_results_to_parquet,
-    describe_columns,
     require_parquet,
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings

@@ -22,16 +22,18 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
-    DEFAULT_RESUBMIT_ERROR_CODES,
     BulkIngestClient,
     ChunkLimits,
     InputError,
     JobInfo,
     JobSpec,
-    ResubmitChunk,
-    ResubmitLedger,
     ResubmitPolicy,
     SalesforceBulkError,
+)
+from airflow_provider_salesforce_bulk.client.resubmit import (
+    DEFAULT_RESUBMIT_ERROR_CODES,
+    ResubmitChunk,
+    ResubmitLedger,
     resubmit_round,
 )
 from airflow_provider_salesforce_bulk.operators.job_plan import CLOSED, CLOSING, CREATED

@@ -20,21 +20,16 @@ import csv
 import io
 import logging
 import random
-import re
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
-from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    BulkIngestClient,
-    RecordScan,
-    ResultKind,
-    ServerError,
-    TransportError,
-)
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ServerError, TransportError
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, RecordScan
+from airflow_provider_salesforce_bulk.client.models import ResultKind
+from airflow_provider_salesforce_bulk.client.sf_error import parse_sf_error
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 from airflow_provider_salesforce_bulk.triggers.events import check_job_id
 
@@ -63,7 +58,6 @@ RESULT_FILES = {
     "failed": ("failedResults", "failedResults.csv"),
     "unprocessed": ("unprocessedrecords", "unprocessedrecords.csv"),
 }
-_CODE = re.compile(r"^([A-Z][A-Z0-9_]*)(?::|$)")
 _SAMPLE_CHARS = 300
 
 
@@ -123,8 +117,7 @@ class ResultCounter:
             self.rows += 1
             if self._count_errors and self._error_column is not None and self._error_column < len(row):
                 message = row[self._error_column]
-                match = _CODE.match(message)
-                code = match[1] if match else "UNKNOWN"
+                code = parse_sf_error(message).status_code or "UNKNOWN"
                 self.by_code[code] += 1
                 self.samples.setdefault(code, message[:_SAMPLE_CHARS])
 

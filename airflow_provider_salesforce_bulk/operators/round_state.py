@@ -16,7 +16,8 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_salesforce_bulk.client import InputError, ResubmitLedger
+from airflow_provider_salesforce_bulk.client import InputError
+from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
 from airflow_provider_salesforce_bulk.operators.submit import JobPlan
 from airflow_provider_salesforce_bulk.operators.summary import RoundCount

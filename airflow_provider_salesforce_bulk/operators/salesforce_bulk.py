@@ -18,8 +18,6 @@ from typing import Any, ClassVar, NoReturn
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, conf
 
 from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    Chunk,
     ChunkFormat,
     ChunkLimits,
     InputError,
@@ -27,11 +25,11 @@ from airflow_provider_salesforce_bulk.client import (
     JobSpec,
     LimitsCheckError,
     RequestLimitExceededError,
-    ResubmitLedger,
     ResubmitPolicy,
-    check_limits_before_load,
-    check_limits_mode,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk
+from airflow_provider_salesforce_bulk.client.limits import check_limits_before_load, check_limits_mode
+from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,
@@ -400,12 +398,12 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         spec: JobSpec | None = getattr(self, "_spec", None)
         if spec is None:
             spec = self._spec = JobSpec(
-                self.operation,  # type: ignore[arg-type]
-                self.object_name,
-                self.external_id_field,
-                self.assignment_rule_id,
-                self.column_delimiter,  # type: ignore[arg-type]
-                self.line_ending,  # type: ignore[arg-type]
+                operation=self.operation,  # type: ignore[arg-type]
+                object=self.object_name,
+                external_id_field=self.external_id_field,
+                assignment_rule_id=self.assignment_rule_id,
+                column_delimiter=self.column_delimiter,  # type: ignore[arg-type]
+                line_ending=self.line_ending,  # type: ignore[arg-type]
             )
         return spec
 

@@ -15,8 +15,9 @@ from airflow_provider_salesforce_bulk.client import (
     QueryError,
     RequestLimitExceededError,
     SalesforceBulkError,
-    check_max_records,
-    check_query_options,
+)
+from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
+from airflow_provider_salesforce_bulk.client.query_parquet import (
     require_parquet,
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings

@@ -16,11 +16,11 @@ import orjson
 from airflow_provider_salesforce_bulk.client import (
     ChunkFormat,
     ChunkLimits,
-    ChunkSink,
     InputError,
-    iter_csv_stream_chunks,
-    iter_record_chunks,
 )
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource, Opener, path_opener
 from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
 from airflow_provider_salesforce_bulk.operators.grouping import group_by_parent

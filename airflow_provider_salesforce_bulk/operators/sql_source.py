@@ -21,7 +21,8 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from airflow_provider_salesforce_bulk.client import InputError, value_text
+from airflow_provider_salesforce_bulk.client import InputError
+from airflow_provider_salesforce_bulk.client.serialize import value_text
 
 __all__ = ["SqlSourceError", "is_query_fault", "sql_batches"]
 

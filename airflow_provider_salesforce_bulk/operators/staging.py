@@ -26,13 +26,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client import (
-    Chunk,
-    FileSink,
-    JobSpec,
-    StagedChunk,
-    file_digest,
-)
+from airflow_provider_salesforce_bulk.client import JobSpec
+from airflow_provider_salesforce_bulk.client.chunk_files import FileSink, file_digest
+from airflow_provider_salesforce_bulk.client.csv_format import Chunk, StagedChunk
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
 __all__ = ["Manifest", "StagedEntry", "StagingArea", "compare", "replay", "stage"]
@@ -132,7 +128,14 @@ class StagingArea:
 
     def chunk(self, prefix: str, entry: StagedEntry) -> StagedChunk:
         path = self.folder(prefix) / entry.file
-        return StagedChunk(str(path), entry.first, entry.count, entry.size, entry.digest, self._reader(path))
+        return StagedChunk(
+            path=str(path),
+            first_record_index=entry.first,
+            record_count=entry.count,
+            size=entry.size,
+            digest=entry.digest,
+            reader=self._reader(path),
+        )
 
     def check(self, prefix: str, entry: StagedEntry) -> str | None:
         """Why the staged file of ``entry`` cannot be sent (missing, other size or digest), or None."""

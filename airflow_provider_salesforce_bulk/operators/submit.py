@@ -26,10 +26,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
     BulkIngestClient,
-    Chunk,
-    ColumnDelimiter,
     InputError,
     InvalidJobError,
     JobInfo,
@@ -37,9 +34,10 @@ from airflow_provider_salesforce_bulk.client import (
     JobSpec,
     NotFoundError,
     SalesforceBulkError,
-    close_uploaded_job,
-    submit_job,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk
+from airflow_provider_salesforce_bulk.client.models import CLOSED_STATES, FAILED_STATES, ColumnDelimiter
+from airflow_provider_salesforce_bulk.client.operation import close_uploaded_job, submit_job
 from airflow_provider_salesforce_bulk.operators.job_plan import (
     CHUNK,
     CLOSED,
@@ -68,10 +66,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_ATTEMPTS = 3
-_KEEP = frozenset({"UploadComplete", "InProgress", "JobComplete"})
+_KEEP = CLOSED_STATES - FAILED_STATES
 # Whole-job failures caused by the data or the job's settings: a new job would fail the same way.
 _INPUT_FAILURES = ("InvalidBatch", "ClientInputError")
-_ENDED = frozenset({"Aborted", "Failed"})
 
 
 def _settle(entry: dict[str, Any], outcome: str, info: Mapping[str, Any]) -> None:
@@ -307,7 +304,7 @@ class _Reconcile:
             self._keep(entry, job)
             log.info("Reattaching to job %s (%s) of records %d..", job.id, job.state, first)
             return True
-        if job.state not in _ENDED:
+        if job.state not in FAILED_STATES:
             raise AirflowException(f"job {job.id} is in an unknown state {job.to_dict().get('state')!r}")
         return await self._settle_ended(first, entry, job)
 

@@ -12,12 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_salesforce_bulk.client import (
-    TERMINAL_STATES,
-    JobInfo,
-    RecordCounts,
-    ResubmitLedger,
-)
+from airflow_provider_salesforce_bulk.client import JobInfo, RecordCounts
+from airflow_provider_salesforce_bulk.client.models import TERMINAL_STATES
+from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
 from airflow_provider_salesforce_bulk.operators.result_files import NO_RESULTS, JobResults
 from airflow_provider_salesforce_bulk.triggers.events import HistoryEntry, JobSummary
 

@@ -14,17 +14,15 @@ which must still resume, so the names are part of the stored format.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypedDict
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
-from airflow_provider_salesforce_bulk.client import JobInfo
+from airflow_provider_salesforce_bulk.client import InputError, JobInfo, jobs_common
 
 __all__ = [
     "EVENT_STATUSES",
-    "JOB_ID",
     "EventStatus",
     "HistoryEntry",
     "JobSummary",
@@ -40,9 +38,6 @@ __all__ = [
 
 EventStatus = Literal["success", "timeout", "error"]
 EVENT_STATUSES: tuple[EventStatus, ...] = ("success", "timeout", "error")
-
-JOB_ID = re.compile(r"750[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
-"""A Bulk API job id: key prefix ``750`` and 15 or 18 characters in all."""
 
 _SHOWN = 300  # characters of a malformed value quoted in an error
 
@@ -138,9 +133,10 @@ def jobs_event(
 
 def check_job_id(job_id: object) -> str:
     """Refuse anything but a Salesforce job id before it becomes part of a path or a URL."""
-    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise AirflowFailException(f"not a Salesforce Bulk API job id: {str(job_id)[:100]!r}")
-    return job_id
+    try:
+        return jobs_common.check_job_id(job_id)  # the client's check; bad input fails the task, no retry
+    except InputError:
+        raise AirflowFailException(f"not a Salesforce Bulk API job id: {str(job_id)[:100]!r}") from None
 
 
 def _malformed(what: str) -> AirflowException:

@@ -16,14 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    CsvChunk,
-    iter_arrow_chunks,
-    iter_record_chunks,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, iter_arrow_chunks
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.columnar_sources import (
     DEFAULT_BATCH_ROWS,

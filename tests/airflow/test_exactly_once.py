@@ -274,7 +274,7 @@ async def test_aborted_job_whose_unprocessed_records_cannot_be_read_fails_naming
     await client.abort_job(job.id)
     plan = JobPlan(None, {"chunks": {"0": {"job": job.id, "count": 100, "closed": True}}, "complete": True})
     with pytest.raises(AirflowFailException, match=job.id):
-        await reconcile(client, plan, JobSpec("insert", "Contact"))
+        await reconcile(client, plan, JobSpec(operation="insert", object="Contact"))
     # Nothing was sent again.
     assert len(emulator.emulator.store.list_jobs(0, 100)) == 1
 
@@ -282,7 +282,8 @@ async def test_aborted_job_whose_unprocessed_records_cannot_be_read_fails_naming
 async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
     emulator: RunningEmulator,
 ) -> None:
-    from airflow_provider_salesforce_bulk.client import ChunkLimits, JobSpec, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkLimits, JobSpec
+    from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
     from airflow_provider_salesforce_bulk.operators.submit import JobPlan, submit_chunks
 
     # The first upload reaches Salesforce, its answer is lost: that job is never closed (so never
@@ -307,7 +308,7 @@ async def test_lost_upload_answer_sends_the_chunk_to_a_new_job_and_records_both(
         client = BulkIngestClient(session)
         plan = JobPlan(None)
         chunks = iter_record_chunks(records, ["LastName", "External_Id__c"], ChunkLimits(max_records=PER_JOB))
-        await submit_chunks(client, plan, chunks, JobSpec("insert", "Contact"))
+        await submit_chunks(client, plan, chunks, JobSpec(operation="insert", object="Contact"))
         (new_job,) = plan.job_ids
         await client.wait_for_job(new_job, timeout=30)
     (first,) = lost
@@ -338,7 +339,7 @@ async def test_a_job_failed_on_its_data_is_not_sent_again(emulator: RunningEmula
         assert failed.state == "Failed"
         assert (failed.error_message or "").startswith("InvalidBatch")
         plan = JobPlan(None, {"chunks": {"0": {"job": job.id, "count": 2, "closed": True}}, "complete": True})
-        latest = await reconcile(client, plan, JobSpec("insert", "Contact"))
+        latest = await reconcile(client, plan, JobSpec(operation="insert", object="Contact"))
     assert list(latest) == [job.id]
     assert plan.job_ids == [job.id]
     assert len(emulator.emulator.store.list_jobs(0, 10)) == 1

@@ -23,15 +23,15 @@ from airflow_provider_salesforce_bulk.client import (
     ChunkFormat,
     ChunkLimits,
     ClientCredentialsAuth,
-    CsvChunk,
     InputError,
     JobSpec,
     SalesforceSession,
     TokenCache,
-    iter_record_chunks,
-    perform_chunks,
     perform_operation,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.operation import perform_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedChunk, group_by_parent
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, SourceSpec, make_source
@@ -200,7 +200,7 @@ async def load_contacts(org, contacts, grouped: bool) -> tuple[list, dict[int, l
                 r
                 async for r in perform_chunks(
                     client,
-                    JobSpec("insert", "Contact"),
+                    JobSpec(operation="insert", object="Contact"),
                     remember(chunks),
                     polling_interval=0.02,
                     max_concurrent_jobs=3,
@@ -247,7 +247,8 @@ async def test_a_grouped_load_puts_each_accounts_contacts_in_one_job_and_meets_n
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import contextlib, sys
-    from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, iter_record_chunks
+    from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits
+    from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
     from airflow_provider_salesforce_bulk.operators.grouping import group_by_parent
     from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
 

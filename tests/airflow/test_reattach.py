@@ -22,11 +22,11 @@ from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ChunkLimits,
     ClientCredentialsAuth,
-    CsvChunk,
     JobSpec,
     SalesforceSession,
-    iter_record_chunks,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from airflow_provider_salesforce_bulk.operators.submit import (
     STATE_KEY,
@@ -117,7 +117,7 @@ async def test_reconcile_aborts_open_keeps_closed_and_resends_unknown(
         return await original_get_job(job_id)
 
     client.get_job = get_job  # type: ignore[method-assign]
-    options = JobSpec("insert", "Contact")
+    options = JobSpec(operation="insert", object="Contact")
     latest = await reconcile(client, plan, options)
     client.get_job = original_get_job  # type: ignore[method-assign]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_salesforce_bulk.client import ResubmitLedger
+from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
 from airflow_provider_salesforce_bulk.triggers.events import ResubmitState
 
 STATE: ResubmitState = {

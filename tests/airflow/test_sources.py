@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, ColumnDelimiter, InputError
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
+from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, SourceSpec, make_source
 
 

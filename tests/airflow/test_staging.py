@@ -12,7 +12,7 @@ from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, In
 from airflow_provider_salesforce_bulk.operators.sources import SourceSpec, make_source
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, compare, stage
 
-SPEC = JobSpec("insert", "Contact")
+SPEC = JobSpec(operation="insert", object="Contact")
 
 
 def area(tmp_path: Path) -> StagingArea:

@@ -16,15 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    ChunkFormat,
-    ChunkLimits,
-    CsvChunk,
-    iter_arrow_chunks,
-    iter_record_chunks,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, iter_arrow_chunks
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, CsvChunk
 from airflow_provider_salesforce_bulk.client.errors import InputError
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 
 UTC = datetime.timezone.utc
 

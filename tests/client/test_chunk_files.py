@@ -19,17 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client import (
-    BulkIngestClient,
-    ChunkFormat,
-    ChunkLimits,
-    FileSink,
-    RetryPolicy,
-    StagedChunk,
-    iter_arrow_source_chunks,
-    iter_csv_stream_chunks,
-    iter_record_chunks,
-)
+from airflow_provider_salesforce_bulk.client import BulkIngestClient, ChunkFormat, ChunkLimits, RetryPolicy
+from airflow_provider_salesforce_bulk.client.arrow_chunks import iter_arrow_source_chunks
+from airflow_provider_salesforce_bulk.client.chunk_files import FileSink
+from airflow_provider_salesforce_bulk.client.csv_format import StagedChunk
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 from tests.client.fake_bulk import FaultyTransport
@@ -72,7 +67,7 @@ def assert_same(memory: list[Any], staged: list[Any]) -> None:
 def test_records_into_files_are_the_bytes_in_memory(
     tmp_path_factory: pytest.TempPathFactory, n: int, max_records: int, max_bytes: int
 ) -> None:
-    limits = ChunkLimits(max_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_bytes, max_records=max_records)
     folder = tmp_path_factory.mktemp("sink")
     memory = list(iter_record_chunks(records(n), ["LastName", "Amount"], limits, FORMAT))
     staged = list(
@@ -90,7 +85,7 @@ def test_csv_split_into_files_is_the_bytes_in_memory(
     text = "LastName,Notes\n" + "".join(
         f'N{i},"line one\nline {i}"\n' if i % 5 == 0 else f"N{i},plain\n" for i in range(400)
     )
-    limits = ChunkLimits(max_bytes, max_records)
+    limits = ChunkLimits(max_size_bytes=max_bytes, max_records=max_records)
     memory = list(iter_csv_stream_chunks(io.BytesIO(text.encode()), limits, FORMAT, block_size=block))
     staged = list(
         iter_csv_stream_chunks(
@@ -104,7 +99,7 @@ def test_arrow_into_files_is_the_bytes_in_memory(tmp_path: Path) -> None:
     import pyarrow as pa
 
     table = pa.Table.from_pylist(records(1_000))
-    limits = ChunkLimits(4_000, 90)
+    limits = ChunkLimits(max_size_bytes=4_000, max_records=90)
     memory = list(iter_arrow_source_chunks(table, None, limits, FORMAT))
     staged = list(iter_arrow_source_chunks(table, None, limits, FORMAT, sink=file_sink(tmp_path)))
     assert_same(memory, staged)

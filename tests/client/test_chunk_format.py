@@ -12,9 +12,9 @@ from airflow_provider_salesforce_bulk.client import (
     ChunkLimits,
     InputError,
     JobSpec,
-    iter_record_chunks,
     serialize_ingest_data,
 )
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,13 @@ def test_the_format_is_frozen_and_names_its_characters() -> None:
 
 
 def test_a_jobs_format_has_its_dialect_and_writes_as_it_says() -> None:
-    spec = JobSpec("upsert", "Contact", "Ext__c", column_delimiter="PIPE", line_ending="CRLF")
+    spec = JobSpec(
+        operation="upsert",
+        object="Contact",
+        external_id_field="Ext__c",
+        column_delimiter="PIPE",
+        line_ending="CRLF",
+    )
     chunk_format = spec.chunk_format(none_as="null")
     assert chunk_format == ChunkFormat("PIPE", "CRLF", "null", allow_na_marker=False)
     (chunk,) = iter_record_chunks(

@@ -12,27 +12,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    CsvChunk,
-    InputError,
-    iter_csv_stream_chunks,
-    split_csv_stream,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks, split_csv_stream
 
 
 def chunks_of(data: bytes, *limits: int, block_size: int | None = None, **fmt: Any) -> list[CsvChunk]:
-    """The chunks of ``data`` within ``ChunkLimits(*limits)`` in the format ``ChunkFormat(**fmt)``."""
+    """The chunks of ``data`` within ``limits`` (max_size_bytes, then max_records) in the format
+    ``ChunkFormat(**fmt)``."""
     blocks = {} if block_size is None else {"block_size": block_size}
-    return list(iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(*limits), ChunkFormat(**fmt), **blocks))
+    return list(
+        iter_csv_stream_chunks(
+            io.BytesIO(data),
+            ChunkLimits(**dict(zip(("max_size_bytes", "max_records"), limits, strict=False))),
+            ChunkFormat(**fmt),
+            **blocks,
+        )
+    )
 
 
 def test_quoted_line_endings_stay_inside_their_record() -> None:
     data = b'Id,Note\n1,"two\nlines"\n2,"a ""quoted""\r\nvalue"\n3,plain\n'
     assert chunks_of(data, 100, 2, block_size=3) == [
-        CsvChunk(b'Id,Note\n1,"two\nlines"\n2,"a ""quoted""\r\nvalue"\n', 0, 2),
-        CsvChunk(b"Id,Note\n3,plain\n", 2, 1),
+        CsvChunk(
+            data=b'Id,Note\n1,"two\nlines"\n2,"a ""quoted""\r\nvalue"\n', first_record_index=0, record_count=2
+        ),
+        CsvChunk(data=b"Id,Note\n3,plain\n", first_record_index=2, record_count=1),
     ]
 
 
@@ -45,8 +50,8 @@ def test_size_limit_repeats_the_header() -> None:
 def test_crlf_input_for_a_crlf_job() -> None:
     data = b'Id,Note\r\n1,"x\r\ny"\r\n2,z\r\n'
     assert chunks_of(data, 100, 1, line_ending="CRLF") == [
-        CsvChunk(b'Id,Note\r\n1,"x\r\ny"\r\n', 0, 1),
-        CsvChunk(b"Id,Note\r\n2,z\r\n", 1, 1),
+        CsvChunk(data=b'Id,Note\r\n1,"x\r\ny"\r\n', first_record_index=0, record_count=1),
+        CsvChunk(data=b"Id,Note\r\n2,z\r\n", first_record_index=1, record_count=1),
     ]
 
 
@@ -63,12 +68,18 @@ def test_lf_input_for_a_crlf_job_is_an_error() -> None:
 
 
 def test_missing_final_line_ending_is_added_and_bom_dropped() -> None:
-    assert chunks_of(b"\xef\xbb\xbfId\n1\n2", 100) == [CsvChunk(b"Id\n1\n2\n", 0, 2)]
-    assert chunks_of(b"Id\r\n1\r\n2", 100, line_ending="CRLF") == [CsvChunk(b"Id\r\n1\r\n2\r\n", 0, 2)]
+    assert chunks_of(b"\xef\xbb\xbfId\n1\n2", 100) == [
+        CsvChunk(data=b"Id\n1\n2\n", first_record_index=0, record_count=2)
+    ]
+    assert chunks_of(b"Id\r\n1\r\n2", 100, line_ending="CRLF") == [
+        CsvChunk(data=b"Id\r\n1\r\n2\r\n", first_record_index=0, record_count=2)
+    ]
 
 
 def test_blank_lines_are_not_records() -> None:
-    assert chunks_of(b"\nId\n\n1\n\n\n2\n\n", 100) == [CsvChunk(b"Id\n1\n2\n", 0, 2)]
+    assert chunks_of(b"\nId\n\n1\n\n\n2\n\n", 100) == [
+        CsvChunk(data=b"Id\n1\n2\n", first_record_index=0, record_count=2)
+    ]
 
 
 def test_empty_or_header_only_input_yields_nothing() -> None:
@@ -99,7 +110,11 @@ def test_record_too_large_is_found_without_reading_it_all() -> None:
 
     stream = Endless()
     with pytest.raises(InputError, match=r"record 0 \(from line 2\) is at least") as info:
-        list(iter_csv_stream_chunks(io.BufferedReader(stream), ChunkLimits(1_000), block_size=64))
+        list(
+            iter_csv_stream_chunks(
+                io.BufferedReader(stream), ChunkLimits(max_size_bytes=1_000), block_size=64
+            )
+        )
     assert info.value.record_index == 0
     assert stream.reads < 100
 
@@ -142,7 +157,9 @@ def test_reads_a_file_path(tmp_path: Path) -> None:
 def test_stream_is_read_lazily() -> None:
     data = b"Id\n" + b"".join(b"%05d\n" % i for i in range(10_000))
     stream = io.BytesIO(data)
-    chunks = iter_csv_stream_chunks(stream, ChunkLimits(100_000, 10), block_size=256)
+    chunks = iter_csv_stream_chunks(
+        stream, ChunkLimits(max_size_bytes=100_000, max_records=10), block_size=256
+    )
     assert next(chunks).record_count == 10
     assert stream.tell() <= 512
 
@@ -170,9 +187,19 @@ def test_split_keeps_every_record_once_in_order(
     source = io.BytesIO(header + b"".join(records))
     if any(len(r) > extra for r in records):
         with pytest.raises(InputError, match="does not fit"):
-            list(iter_csv_stream_chunks(source, ChunkLimits(max_size, max_records), block_size=block_size))
+            list(
+                iter_csv_stream_chunks(
+                    source,
+                    ChunkLimits(max_size_bytes=max_size, max_records=max_records),
+                    block_size=block_size,
+                )
+            )
         return
-    chunks = list(iter_csv_stream_chunks(source, ChunkLimits(max_size, max_records), block_size=block_size))
+    chunks = list(
+        iter_csv_stream_chunks(
+            source, ChunkLimits(max_size_bytes=max_size, max_records=max_records), block_size=block_size
+        )
+    )
     position = 0
     for chunk in chunks:
         assert chunk.first_record_index == position
@@ -243,24 +270,30 @@ def test_nul_and_invalid_utf8_name_line_and_record(
 def test_multibyte_characters_cut_by_blocks_are_fine() -> None:
     data = "Id,Name\n1,Ünïcödé €\n2,日本語\n".encode()
     for block_size in range(1, 8):
-        assert chunks_of(data, 1000, block_size=block_size) == [CsvChunk(data, 0, 2)]
+        assert chunks_of(data, 1000, block_size=block_size) == [
+            CsvChunk(data=data, first_record_index=0, record_count=2)
+        ]
 
 
 def test_header_that_is_not_utf8_is_an_input_error_in_fieldnames() -> None:
     with pytest.raises(InputError, match="header row is not UTF-8"):
-        CsvChunk(b"Id,N\xffame\n1,a\n", 0, 1).fieldnames()
+        CsvChunk(data=b"Id,N\xffame\n1,a\n", first_record_index=0, record_count=1).fieldnames()
 
 
 def test_quoting_is_checked_with_the_jobs_delimiter() -> None:
     data = b'Id\tNote\n1\t"a\tb"\n'
-    assert chunks_of(data, 1000, column_delimiter="TAB") == [CsvChunk(data, 0, 1)]
+    assert chunks_of(data, 1000, column_delimiter="TAB") == [
+        CsvChunk(data=data, first_record_index=0, record_count=1)
+    ]
     with pytest.raises(InputError, match="malformed quoting: a double quote inside an unquoted value"):
         chunks_of(data, 1000)  # read as COMMA, the whole line is one value with quotes inside
 
 
 def test_no_chunk_holding_a_bad_record_is_yielded() -> None:
     data = b"Id\n" + b"".join(b"%d\n" % i for i in range(50)) + b'5" screen\n'
-    chunks = iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(1000, 10), block_size=16)
+    chunks = iter_csv_stream_chunks(
+        io.BytesIO(data), ChunkLimits(max_size_bytes=1000, max_records=10), block_size=16
+    )
     seen = [next(chunks).record_count for _ in range(5)]
     with pytest.raises(InputError, match=r"line 52 \(record 50\)"):
         next(chunks)
@@ -310,7 +343,7 @@ def test_valid_csv_splits_into_the_records_pythons_csv_reads(
     chunks = list(
         iter_csv_stream_chunks(
             io.BytesIO(data),
-            ChunkLimits(1000, 3),
+            ChunkLimits(max_size_bytes=1000, max_records=3),
             ChunkFormat(column_delimiter=delimiter, line_ending="CRLF" if crlf else "LF"),  # type: ignore[arg-type]
             block_size=block_size,
         )
@@ -359,7 +392,11 @@ def test_malformed_quoting_is_refused_at_its_line(
     with pytest.raises(
         InputError, match=rf"^line {line} \(record {target}\): malformed quoting: {what}"
     ) as info:
-        list(iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(10_000), block_size=block_size))
+        list(
+            iter_csv_stream_chunks(
+                io.BytesIO(data), ChunkLimits(max_size_bytes=10_000), block_size=block_size
+            )
+        )
     assert info.value.record_index == target
 
 
@@ -370,7 +407,11 @@ def test_any_input_is_split_as_pythons_strict_csv_reads_it_or_refused_with_a_lin
 ) -> None:
     data = ("A,B\n" + text).encode()
     try:
-        chunks = list(iter_csv_stream_chunks(io.BytesIO(data), ChunkLimits(1000, 2), block_size=block_size))
+        chunks = list(
+            iter_csv_stream_chunks(
+                io.BytesIO(data), ChunkLimits(max_size_bytes=1000, max_records=2), block_size=block_size
+            )
+        )
     except InputError as exc:
         error = str(exc)
     else:

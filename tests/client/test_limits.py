@@ -18,20 +18,22 @@ from airflow_provider_salesforce_bulk.client import (
     InputError,
     InsufficientLimitsError,
     LimitsCheckError,
-    LimitUsage,
     OperationTimeoutError,
-    OrgLimits,
     RequestLimitExceededError,
     RetryPolicy,
     SalesforceSession,
     ServerError,
     UnexpectedResponseError,
+    perform_operation,
+)
+from airflow_provider_salesforce_bulk.client.limits import (
+    LimitUsage,
+    OrgLimits,
     check_limits_before_load,
     check_limits_mode,
     check_load_allowance,
     estimate_load,
     get_limits,
-    perform_operation,
 )
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers

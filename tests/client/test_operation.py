@@ -29,13 +29,13 @@ from airflow_provider_salesforce_bulk.client import (
     RetryPolicy,
     ServerError,
     UploadOutcomeUnknownError,
-    submit_job,
 )
+from airflow_provider_salesforce_bulk.client.operation import submit_job
 from tests.client.fake_bulk import INSTANCE, FakeBulkApi, is_abort, is_close, job_id_of
 from tests.client.helpers import mock_session
 
 FAST_POLL = 0.001
-INSERT_ACCOUNT = JobSpec("insert", "Account")
+INSERT_ACCOUNT = JobSpec(operation="insert", object="Account")
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ import pytest
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
-    CsvChunk,
     JobSpec,
     SalesforceSession,
     StaticTokenAuth,
     TokenCache,
-    perform_chunks,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
+from airflow_provider_salesforce_bulk.client.operation import perform_chunks
 
 HEADER = b"Name\n"
 
@@ -76,7 +76,7 @@ class WatchedChunks:
             # One job at a time: chunk i is asked for only once job i - 1 is done.
             self._check_loaded(i)
             data = HEADER + b"".join(b"record %d\n" % j for j in range(i * n, (i + 1) * n))
-            chunk = CsvChunk(data, i * n, n)
+            chunk = CsvChunk(data=data, first_record_index=i * n, record_count=n)
             self.chunks.append(weakref.ref(chunk))
             self.datas.append(data)
             del data
@@ -97,7 +97,7 @@ async def test_a_loaded_chunk_is_freed_before_the_next_is_built(in_thread: bool)
         loaded = 0
         async for result in perform_chunks(
             client,
-            JobSpec("insert", "Account"),
+            JobSpec(operation="insert", object="Account"),
             iter(watched),
             polling_interval=0.001,
             max_concurrent_jobs=1,

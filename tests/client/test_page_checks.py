@@ -21,10 +21,10 @@ from airflow_provider_salesforce_bulk.client import (
     BulkQueryClient,
     PollPolicy,
     UnexpectedResponseError,
-    copy_results_to_parquet,
 )
 from airflow_provider_salesforce_bulk.client.errors import RequestLimitExceededError
 from airflow_provider_salesforce_bulk.client.page_check import PageCheck
+from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 

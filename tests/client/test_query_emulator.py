@@ -21,9 +21,9 @@ from airflow_provider_salesforce_bulk.client import (
     QueryError,
     RetryPolicy,
     SalesforceSession,
-    copy_results_to_parquet,
-    describe_sobject,
 )
+from airflow_provider_salesforce_bulk.client.describe import describe_sobject
+from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 

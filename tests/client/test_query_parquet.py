@@ -21,21 +21,25 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from airflow_provider_salesforce_bulk.client import (  # noqa: E402
     BulkQueryClient,
-    DescribeCache,
-    FieldDescription,
     InputError,
     NotFoundError,
     RetryPolicy,
     UnexpectedResponseError,
+)
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS  # noqa: E402
+from airflow_provider_salesforce_bulk.client.describe import (  # noqa: E402
+    DescribeCache,
+    FieldDescription,
+    describe_columns,
+    describe_sobject,
+)
+from airflow_provider_salesforce_bulk.client.query_parquet import (  # noqa: E402
     arrow_schema,
     arrow_type,
     copy_results_to_parquet,
     csv_to_parquet,
-    describe_columns,
-    describe_sobject,
+    dictionary_columns,
 )
-from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS  # noqa: E402
-from airflow_provider_salesforce_bulk.client.query_parquet import dictionary_columns  # noqa: E402
 from tests.client.helpers import mock_session, query_api_session  # noqa: E402
 
 UTC = datetime.timezone.utc
@@ -114,7 +118,7 @@ def _csv(names: list[str], types: list[str], rows: list[list[Any]], delimiter: s
 
 
 def _convert(names, types, rows, delimiter, **kwargs) -> tuple[Any, int, int]:
-    fields = {n: FieldDescription(n, t) for n, t in zip(names, types, strict=True)}
+    fields = {n: FieldDescription(name=n, type=t) for n, t in zip(names, types, strict=True)}
     schema = arrow_schema(names, fields)
     sink = io.BytesIO()
     count, written = csv_to_parquet(
@@ -134,7 +138,7 @@ def test_every_type_round_trips_through_salesforce_text(table):
     result, count, written = _convert(names, types, rows, delimiter, block_size=1024)
     assert count == len(rows)
     assert written > 0
-    assert result.schema.types == [arrow_type(FieldDescription("x", t)) for t in types]
+    assert result.schema.types == [arrow_type(FieldDescription(name="x", type=t)) for t in types]
     assert result.to_pylist() == [dict(zip(names, row, strict=True)) for row in rows]
 
 
@@ -156,16 +160,16 @@ def test_types_map_as_documented():
         "time": pa.time32("ms"),
         "anything_new": pa.string(),
     }
-    assert {t: arrow_type(FieldDescription("x", t)) for t in expected} == expected
+    assert {t: arrow_type(FieldDescription(name="x", type=t)) for t in expected} == expected
     assert arrow_type(None) == pa.string()
 
 
 def test_empty_values_are_nulls_quoted_or_not_and_crlf_is_read():
     data = b'"Name","Amount__c","Active__c"\r\n"",,""\r\n"a",1.5E8,"true"\r\n'
     fields = {
-        "Name": FieldDescription("Name", "string"),
-        "Amount__c": FieldDescription("Amount__c", "currency"),
-        "Active__c": FieldDescription("Active__c", "boolean"),
+        "Name": FieldDescription(name="Name", type="string"),
+        "Amount__c": FieldDescription(name="Amount__c", type="currency"),
+        "Active__c": FieldDescription(name="Active__c", type="boolean"),
     }
     sink = io.BytesIO()
     csv_to_parquet(io.BytesIO(data), sink, arrow_schema(["Name", "Amount__c", "Active__c"], fields))
@@ -193,10 +197,10 @@ def test_an_empty_line_is_a_record_of_nulls_so_the_parsed_rows_count_every_recor
 def test_only_the_columns_named_are_dictionary_encoded():
     names = ["Id", "Stage", "Amount__c"]
     fields = {
-        "Id": FieldDescription("Id", "id"),
-        "Stage": FieldDescription("Stage", "picklist"),
-        "Amount__c": FieldDescription("Amount__c", "currency"),
-        "Owner.Id": FieldDescription("Id", "reference"),
+        "Id": FieldDescription(name="Id", type="id"),
+        "Stage": FieldDescription(name="Stage", type="picklist"),
+        "Amount__c": FieldDescription(name="Amount__c", type="currency"),
+        "Owner.Id": FieldDescription(name="Id", type="reference"),
     }
     assert dictionary_columns([*names, "Owner.Id", "Unknown"], fields) == ["Stage", "Owner.Id"]
     data = b"Id,Stage,Amount__c\n" + b"".join(b"a%05d,Won,%d\n" % (i, i) for i in range(2_000))
@@ -216,7 +220,7 @@ def test_only_the_columns_named_are_dictionary_encoded():
 
 def test_a_value_of_the_wrong_type_names_its_column():
     data = b'"Name","NumberOfEmployees"\n"a","12"\n"b","many"\n'
-    fields = {"NumberOfEmployees": FieldDescription("NumberOfEmployees", "int")}
+    fields = {"NumberOfEmployees": FieldDescription(name="NumberOfEmployees", type="int")}
     with pytest.raises(UnexpectedResponseError, match=r"column 'NumberOfEmployees'.*many"):
         csv_to_parquet(
             io.BytesIO(data),
@@ -239,7 +243,7 @@ def test_batches_are_bounded_row_groups():
     assert count == 20_000
     assert not math.isnan(result.column("Amount__c")[5].as_py())
     sink = io.BytesIO()
-    fields = {n: FieldDescription(n, t) for n, t in zip(names, types, strict=True)}
+    fields = {n: FieldDescription(name=n, type=t) for n, t in zip(names, types, strict=True)}
     csv_to_parquet(
         io.BytesIO(_csv(names, types, rows, "COMMA")),
         sink,

@@ -24,18 +24,20 @@ from airflow_provider_salesforce_bulk.client import (
     JobInfo,
     JobSpec,
     PollPolicy,
-    ResubmitChunk,
-    ResubmitLedger,
     ResubmitPolicy,
     RetryPolicy,
     SalesforceSession,
     UnexpectedResponseError,
-    error_code,
-    iter_resubmit_chunks,
     perform_operation,
-    resubmit_round,
-    submit_job,
 )
+from airflow_provider_salesforce_bulk.client.operation import submit_job
+from airflow_provider_salesforce_bulk.client.resubmit import (
+    ResubmitChunk,
+    ResubmitLedger,
+    iter_resubmit_chunks,
+    resubmit_round,
+)
+from airflow_provider_salesforce_bulk.client.sf_error import parse_sf_error
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
 from tests.client import helpers
 
@@ -85,7 +87,7 @@ async def load_in_rounds(
             ended,
             policy,
             ledger,
-            JobSpec("insert", "Account"),
+            JobSpec(operation="insert", object="Account"),
             on_job_created=remember,
             **chunk_options,
         )
@@ -189,9 +191,9 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
             )
         ]
         failures = [row["sf__Error"] async for row in first.iter_failed_results()]
-        codes = {error_code(e) for e in failures}
+        codes = {parse_sf_error(e).status_code for e in failures}
         assert codes == {"REQUIRED_FIELD_MISSING", "UNABLE_TO_LOCK_ROW"}
-        locked = sum(error_code(e) == "UNABLE_TO_LOCK_ROW" for e in failures)
+        locked = sum(parse_sf_error(e).status_code == "UNABLE_TO_LOCK_ROW" for e in failures)
         chunks = [
             c
             async for c in iter_resubmit_chunks(
@@ -208,7 +210,7 @@ async def test_only_the_policys_codes_are_taken_and_values_come_back_unchanged(o
         for chunk in chunks:
             assert rows_of(chunk, "|")[0] == ["Name", "External_Id__c", "Description"]
             assert chunk.data.endswith(b"\r\n")
-            spec = JobSpec("insert", "Account", column_delimiter="PIPE", line_ending="CRLF")
+            spec = JobSpec(operation="insert", object="Account", column_delimiter="PIPE", line_ending="CRLF")
             job, _ = await submit_job(client, spec, chunk.data)
             done = await client.wait_for_job(job.id, poll=POLL, timeout=60)
             # A record without a name may have hit the lock first: now it fails for good.

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ClientCredentialsAuth,
-    RecordScan,
     RetryPolicy,
     SalesforceSession,
     TokenCache,
     TransportError,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import RecordScan
 from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records, iter_csv_rows, parse_results
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from tests.client.helpers import mock_session

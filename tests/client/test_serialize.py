@@ -17,17 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client import (
-    COLUMN_DELIMITERS,
-    LINE_ENDINGS,
     ChunkFormat,
     ChunkLimits,
-    CsvChunk,
     InputError,
-    iter_csv_stream_chunks,
-    iter_record_chunks,
     serialize_ingest_data,
-    validate_operation_fields,
 )
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, LINE_ENDINGS, CsvChunk
+from airflow_provider_salesforce_bulk.client.csv_split import iter_csv_stream_chunks
+from airflow_provider_salesforce_bulk.client.job_spec import validate_operation_fields
+from airflow_provider_salesforce_bulk.client.serialize import iter_record_chunks
 
 
 def parse(data: bytes, column_delimiter: str = "COMMA") -> list[list[str]]:
@@ -212,9 +210,9 @@ def test_empty_input_yields_nothing() -> None:
 def test_record_limit_and_accounting() -> None:
     chunks = list(iter_record_chunks([{"Id": str(i)} for i in range(5)], ["Id"], ChunkLimits(max_records=2)))
     assert chunks == [
-        CsvChunk(b"Id\n0\n1\n", 0, 2),
-        CsvChunk(b"Id\n2\n3\n", 2, 2),
-        CsvChunk(b"Id\n4\n", 4, 1),
+        CsvChunk(data=b"Id\n0\n1\n", first_record_index=0, record_count=2),
+        CsvChunk(data=b"Id\n2\n3\n", first_record_index=2, record_count=2),
+        CsvChunk(data=b"Id\n4\n", first_record_index=4, record_count=1),
     ]
 
 
@@ -455,7 +453,10 @@ def test_round_trip_and_chunk_invariants(
     header = (COLUMN_DELIMITERS[delimiter].join(fieldnames)).encode() + eol
     max_size_bytes = len(header) + extra_bytes
     options: dict[str, Any] = {"column_delimiter": delimiter, "line_ending": line_ending}
-    limits, chunk_format = ChunkLimits(max_size_bytes, max_records), ChunkFormat(**options)
+    limits, chunk_format = (
+        ChunkLimits(max_size_bytes=max_size_bytes, max_records=max_records),
+        ChunkFormat(**options),
+    )
     # A record too large for any chunk on its own stops the run, with its index, and only that.
     sizes = [len(next(serialize_ingest_data([r], fieldnames, **options))) for r in records]
     too_large = next((i for i, size in enumerate(sizes) if size > max_size_bytes), None)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["Token", "TokenCache", "TokenProvider", "default_token_cache"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Token:
     """An access token and the instance it is valid for.
 
