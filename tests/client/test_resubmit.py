@@ -430,7 +430,7 @@ async def test_resubmit_round_hooks_skip_a_chunk_sent_before_and_see_each_step_i
             [job.id for job in first],
             ResubmitPolicy(),
             ledger,
-            JobSpec("insert", "Account"),
+            JobSpec(operation="insert", object="Account"),
             limits=ChunkLimits(max_records=10),
             sent_before=sent_before,
             on_job_created=hook("created"),
