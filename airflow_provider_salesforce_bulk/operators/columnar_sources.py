@@ -156,8 +156,18 @@ def _parquet_batches(pa: Any, stream: IO[bytes], name: str, batch_rows: int) -> 
         reader = pq.ParquetFile(stream, page_checksum_verification=True)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"source {name} is not a Parquet file: {exc}", field="source") from None
-    # iter_batches decodes one row group at a time and hands it out in batches of batch_rows.
-    return _guarded(pa, reader.iter_batches(batch_size=batch_rows), name)
+    return _guarded(pa, _row_group_batches(reader, batch_rows), name)
+
+
+def _row_group_batches(reader: Any, batch_rows: int) -> Iterator[Any]:
+    """The file's batches, one row group's reader at a time.
+
+    One ``iter_batches`` over the whole file keeps every row group's pages it has read until it ends
+    (measured with pyarrow 25: live Arrow memory the size of the file), so the peak grew with the
+    file; a reader per row group frees them with it, and memory holds one row group.
+    """
+    for index in range(reader.metadata.num_row_groups):
+        yield from reader.iter_batches(batch_size=batch_rows, row_groups=[index])
 
 
 def _ipc_batches(pa: Any, stream: IO[bytes], name: str, stream_format: bool) -> Iterator[Any]:
