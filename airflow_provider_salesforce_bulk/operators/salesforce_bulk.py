@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import functools
 import math
 import os
 import re
@@ -58,9 +59,13 @@ from airflow_provider_salesforce_bulk.operators.query_output import display_path
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
     RoundPlan,
+    back_off,
+    load_wait_state,
     resubmit_codes,
     resubmit_policy,
-    submit_round,
+    round_to_send,
+    save_wait_state,
+    send_round,
 )
 from airflow_provider_salesforce_bulk.operators.result_files import JobResults, copy_job_results
 from airflow_provider_salesforce_bulk.operators.round_state import RoundState, Waited, rebuild_wait
@@ -83,18 +88,15 @@ from airflow_provider_salesforce_bulk.operators.summary import (
     unfinished_summary,
 )
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
-from airflow_provider_salesforce_bulk.operators.try_stop import check_stop, until_stopped
+from airflow_provider_salesforce_bulk.operators.try_stop import until_stopped
 from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
     JobSummary,
-    check_job_id,
-    check_resubmit_state,
     job_summary,
     jobs_event,
     validate_event,
 )
-from airflow_provider_salesforce_bulk.triggers.round_backoff import ResubmitBackoffTrigger
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
     SalesforceBulkJobTrigger,
     check_positive_number,
@@ -109,11 +111,6 @@ DEFAULT_STAGING_FOLDER = "salesforce_bulk_staging"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
-# A shorter backoff between resubmission rounds is slept in the worker: deferring costs a round trip
-# through the triggerer of a few seconds, more than the wait itself.
-_DEFER_BACKOFF_FROM = 5.0
-# defer()'s timeout is a backstop for a triggerer down for long; the trigger itself fires on time.
-_BACKOFF_BACKSTOP_SECONDS = 3600
 # How long on_kill's abort waits for the stopped try to settle (see _kill_jobs).
 _SETTLE_SECONDS = 2.0
 
@@ -766,16 +763,12 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
 
     def _wait_state(self, context: Any) -> RoundState | None:
         """The state saved before the current wait: in the plan store, or in memory without one."""
-        store = self._plan_store(context)
-        return RoundState.load(store) if store is not None else getattr(self, "_round_state", None)
+        return load_wait_state(self._plan_store(context), getattr(self, "_round_state", None))
 
     def _save_wait_state(self, store: PlanStore | None, state: RoundState | None) -> None:
         """Record the state of the wait about to start (``None``: round 1, nothing carried)."""
         self._round_state = state
-        if state is None:
-            RoundState.reset(store)
-        else:
-            state.save(store)
+        save_wait_state(store, state)
 
     def _refused(self, context: Any, checked: JobsEvent, waited: Waited) -> NoReturn:
         """No result file can be read without credentials: the jobs as last seen, then no retry."""
@@ -901,25 +894,9 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
 
         ``event`` is :class:`ResubmitBackoffTrigger`'s, echoing the round's state.
         """
-        if isinstance(event, Mapping) and "next_round" in event and "retry_from" not in event:
-            state = self._wait_state(context)
-            if state is None or state.round + 1 != event["next_round"]:
-                raise AirflowException(
-                    f"the plan store holds no state of round {event['next_round']!r} to send: "
-                    f"{'none' if state is None else f'round {state.round} ended'}; a retry replays the rounds"
-                )
-            instance_url = JobPlan.load(plan_store_for(context)).instance_url or ""
-            jobs = state.resubmit_from
-        else:  # the event of a backoff trigger deferred by an earlier release, carrying the state
-            if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
-                raise AirflowException(
-                    f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
-                )
-            state = RoundState.from_event(check_resubmit_state(event.get("resubmit"), first_round=1))
-            if not isinstance(event.get("instance_url"), str):
-                raise AirflowException("malformed backoff event: instance_url is not a string")
-            instance_url = str(event["instance_url"])
-            jobs = [check_job_id(job_id) for job_id in event["retry_from"]]
+        state, jobs, instance_url = round_to_send(
+            event, lambda: self._wait_state(context), plan_store_for(context)
+        )
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
         return self._next_round(context, hook, state, self._policy(), jobs, instance_url, waited=True)
 
@@ -940,56 +917,17 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         state.resubmit_from = resubmit_from
         store = self._plan_store(context)
         delay = 0.0 if waited else policy.delay_before(number)
-        self._back_off(number, delay, policy, state, store)
-        check_stop(self._stop_event(), f"sending round {number}")
-        rounds = RoundPlan(store)
+        save = functools.partial(self._save_wait_state, store)
+        defer = self.defer if self.deferrable else None
+        back_off(number, delay, policy, state, save=save, defer=defer, log=self.log)
         settings = hook.get_settings()
-
-        async def send() -> dict[str, int]:
-            async with hook.client(settings) as client:
-                return await submit_round(
-                    client,
-                    rounds,
-                    number,
-                    resubmit_from,
-                    policy,
-                    state.ledger,
-                    self._job_spec(),
-                    self._chunk_limits(),
-                    stop=self._stop_event(),
-                )
-
-        with fail_on_refused_credentials():
-            counts = run_sync(send)
-        state.round, state.waiting, state.resubmit_from = number, counts, []
+        spec, limits = self._job_spec(), self._chunk_limits()
+        counts = send_round(hook, settings, store, state, policy, spec, limits, stop=self._stop_event())
         self._save_wait_state(store, state)
         if not counts:
             self.log.info("Round %d found nothing to send again", number)
             return self.execute_complete(context, jobs_event("success", {}, instance_url=instance_url))
         return self._wait(context, list(counts), settings)
-
-    def _back_off(
-        self, number: int, delay: float, policy: ResubmitPolicy, state: RoundState, store: PlanStore | None
-    ) -> None:
-        """Wait ``delay`` before round ``number``: deferred to the triggerer when long enough, else here."""
-        self.log.info(
-            "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
-            len(state.resubmit_from),
-            "/".join(policy.codes),
-            number,
-            policy.max_rounds,
-            delay,
-        )
-        if self.deferrable and delay >= _DEFER_BACKOFF_FROM:
-            # The wait frees the worker slot; the round's state (with ``resubmit_from``) is in the plan
-            # store, so any worker can send the round after it.
-            self._save_wait_state(store, state)
-            self.defer(
-                trigger=ResubmitBackoffTrigger(time.time() + delay, next_round=number),
-                method_name="send_next_round",
-                timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
-            )
-        time.sleep(delay)
 
     async def _copy(
         self,
