@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime
 import functools
 import math
-import os
 import re
-import secrets
 import threading
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
@@ -24,28 +19,20 @@ from airflow_provider_salesforce_bulk.client import (
     InputError,
     JobInfo,
     JobSpec,
-    LimitsCheckError,
     RequestLimitExceededError,
     ResubmitPolicy,
 )
-from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, Chunk
-from airflow_provider_salesforce_bulk.client.limits import check_limits_before_load, check_limits_mode
-from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
+from airflow_provider_salesforce_bulk.client.limits import check_limits_mode
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
     SalesforceBulkHook,
     run_sync,
 )
-from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.base import (
     SalesforceBulkBaseOperator,
     one_loop,
     output_folder,
-)
-from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
-from airflow_provider_salesforce_bulk.operators.final_failures import (
-    readable_failed_files,
-    write_final_failures,
 )
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource
 from airflow_provider_salesforce_bulk.operators.lineage import (
@@ -54,11 +41,25 @@ from airflow_provider_salesforce_bulk.operators.lineage import (
     salesforce_namespace,
 )
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
+from airflow_provider_salesforce_bulk.operators.load_completion import (
+    apply_failure_policy,
+    copy_results,
+    final_summary,
+    push_summary,
+    refused,
+)
+from airflow_provider_salesforce_bulk.operators.load_input import (
+    DEFAULT_STAGING_FOLDER,
+    done_before,
+    limit_summary,
+    stage_input,
+    staging_area,
+    submit_load,
+)
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import display_path
-from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
+from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
-    RoundPlan,
     back_off,
     load_wait_state,
     resubmit_codes,
@@ -67,38 +68,29 @@ from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
     save_wait_state,
     send_round,
 )
-from airflow_provider_salesforce_bulk.operators.result_files import JobResults, copy_job_results
-from airflow_provider_salesforce_bulk.operators.round_state import RoundState, Waited, rebuild_wait
+from airflow_provider_salesforce_bulk.operators.round_state import RoundState, rebuild_wait
 from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, replay, stage
+from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea
 from airflow_provider_salesforce_bulk.operators.submit import (
     JobPlan,
-    reconcile,
-    submit_chunks,
 )
 from airflow_provider_salesforce_bulk.operators.summary import (
     RoundCount,
     count_round,
-    failure_message,
-    final_entries,
     job_outcomes,
     jobs_to_copy,
     summarize,
-    unfinished_summary,
 )
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
-from airflow_provider_salesforce_bulk.operators.try_stop import until_stopped
 from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
-    JobSummary,
     job_summary,
     jobs_event,
     validate_event,
 )
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
-    SalesforceBulkJobTrigger,
     check_positive_number,
 )
 
@@ -106,8 +98,6 @@ __all__ = ["DEFAULT_RESULTS_FOLDER", "DEFAULT_STAGING_FOLDER", "SalesforceBulkOp
 
 DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
-DEFAULT_STAGING_FOLDER = "salesforce_bulk_staging"
-"""Under ``$AIRFLOW_HOME`` when neither ``staging_path`` nor ``results_path`` is given."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
@@ -312,9 +302,6 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         )
         self.resubmit_rounds = resubmit_rounds
         self.resubmit_backoff = resubmit_backoff
-        self._chunk_counts: list[int] = []
-        self._fieldnames: list[str] = []
-        self._latest: dict[str, JobInfo] = {}
         self._opened_source: ChunkSource | None = None
         self.reload_on_clear = reload_on_clear
         self.staging_path = staging_path
@@ -464,14 +451,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             self.log.info("No records: no job created")
             self._succeeded = 0
             return summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
-        self._latest = {}
-        try:
-            with fail_on_refused_credentials():
-                latest = run_sync(lambda: self._submit(hook, settings, source, plan, area, try_number))
-        except InputError as exc:
-            raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
-        except RequestLimitExceededError as exc:
-            self._stop_on_limit(context, plan, exc)
+        latest = self._submit(context, hook, settings, source, plan, area, try_number)
         if context.get("ti") is not None:
             context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
         # What the resumed task rebuilds its accounting from, stored before the wait: the trigger
@@ -487,15 +467,60 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             return self.execute_complete(context, event)
         return self._wait(context, active, settings)
 
+    def _submit(
+        self,
+        context: Any,
+        hook: SalesforceBulkHook,
+        settings: ConnectionSettings,
+        source: ChunkSource,
+        plan: JobPlan,
+        area: StagingArea,
+        try_number: int | None,
+    ) -> dict[str, JobInfo]:
+        """Reattach to the plan's jobs and send the chunks that have none (see :func:`.submit_load`)."""
+        latest: dict[str, JobInfo] = {}  # filled as jobs are seen: a try stopped by a limit reports it
+        staged: Manifest | None = getattr(self, "_staged", None)
+        submit = functools.partial(
+            submit_load,
+            hook,
+            settings,
+            source,
+            plan,
+            area,
+            try_number,
+            self._job_spec(),
+            latest=latest,
+            staged=staged,
+            field_mapping=self.field_mapping,
+            limits_check=self.limits_check,
+            stop=self._stop_event(),
+        )
+        try:
+            with fail_on_refused_credentials():
+                run_sync(submit)
+        except InputError as exc:
+            raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
+        except RequestLimitExceededError as exc:
+            self._stop_on_limit(context, plan, exc, staged, latest)
+        return latest
+
+    def _stop_on_limit(
+        self,
+        context: Any,
+        plan: JobPlan,
+        exc: RequestLimitExceededError,
+        staged: Manifest | None,
+        latest: dict[str, JobInfo],
+    ) -> NoReturn:
+        """A daily limit refused a request part way: push what exists, then fail the try (its retry
+        reattaches to the jobs recorded so far and sends only the rest)."""
+        message, summary = limit_summary(plan, exc, staged, latest, self.operation, self.object_name)
+        push_summary(context.get("ti"), summary)
+        raise AirflowException(message)
+
     def _wait(self, context: Any, job_ids: list[str], settings: ConnectionSettings) -> Any:
         """Wait for ``job_ids`` (deferred, or polled in the worker), then finish from their final states."""
-        trigger = SalesforceBulkJobTrigger(
-            conn_id=self.conn_id,
-            job_ids=job_ids,
-            deadline=time.time() + float(self.timeout),
-            poll_interval=float(self.poll_interval),
-            settings=settings,
-        )
+        trigger = self._trigger(job_ids, settings=settings)
         self._active_job_ids = list(job_ids)
         event = self._wait_for(trigger)
         self._active_job_ids = []
@@ -504,184 +529,22 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
     def _stage_input(
         self, source: ChunkSource, plan: JobPlan, area: StagingArea, try_number: int | None
     ) -> bool:
-        """A fresh load: read the source once into the staging area, recorded in the plan before any
-        job (every later try sends these bytes, never the live source). False when it has no record."""
-        RoundPlan.reset(plan.store)  # rounds of an earlier, finished run of this task
-        # No job exists: what earlier tries staged was never sent; the source is read afresh.
-        area.remove_others(None)
-        manifest = self._read_input(source, area, try_number)
-        self.log.info(
-            "Input checked and staged: %d records in %d chunk(s) from %s, under %s",
-            manifest.total,
-            len(manifest.chunks),
-            source.description,
-            area.folder(manifest.prefix),
-        )
-        if manifest.total == 0:
-            area.remove_all()
-            return False
-        self._chunk_counts = [entry.count for entry in manifest.chunks]
-        self._fieldnames = list(manifest.fieldnames)
-        plan.staged = manifest.dump()
-        plan.save_now()
-        return True
-
-    def _stop_on_limit(self, context: Any, plan: JobPlan, exc: RequestLimitExceededError) -> NoReturn:
-        """Salesforce refused a request for a daily limit part way: push what exists, then fail the try.
-
-        Airflow's retry reattaches to the jobs recorded so far and sends only the chunks that have
-        none, so it completes without duplicates once the allowance refilled.
-        """
-        limit = limit_named(exc)
-        counts: dict[str, int] = {}
-        for _, chunk in sorted(plan.chunks.items()):
-            current = JobPlan.current(chunk)
-            if current is not None and not current.get("outcome"):
-                counts[current["job"]] = int(chunk["count"])
-        total = sum(self._chunk_counts) if self._chunk_counts else None
-        sent = sum(counts.values())
-        message = (
-            f"Salesforce refused a request with REQUEST_LIMIT_EXCEEDED: the org's {limit} allowance is "
-            f"spent ({exc}). {sent:,} of {total if total is not None else '?'} records are in "
-            f"{len(counts)} job(s) ({', '.join(counts) or 'none'}); the rest were not sent. The "
-            "allowance refills over a rolling 24 hours: a retry reattaches to these jobs and sends only "
-            "the rest"
-        )
-        summary = unfinished_summary(
-            self.operation,
-            self.object_name,
-            {job_id: job_summary(self._latest[job_id]) for job_id in counts if job_id in self._latest},
-            counts,
-            total,
-            plan.instance_url,
-            message,
-        )
-        _push_summary(context, summary)
-        raise AirflowException(message)
+        """A fresh load staged (see :func:`~.load_input.stage_input`); False when it has no record."""
+        self._staged = stage_input(source, plan, area, try_number, self._job_spec(), self.log)
+        return self._staged is not None
 
     def _done_before(self, context: Any, plan: JobPlan) -> Any:
         """An earlier try of this task instance succeeded: its summary again, nothing loaded."""
-        done = plan.done or {}
-        self.log.warning(
-            "Try %s of this task instance already loaded every record and succeeded (jobs %s); "
-            "finishing without loading anything. Airflow may have failed that try after it succeeded "
-            "(a late report); to load the records again on purpose, clear the task with "
-            "reload_on_clear=True",
-            done.get("try_number"),
-            ", ".join(plan.all_job_ids) or "none",
-        )
         self._instance_url = plan.instance_url
-        self._staging_area(context).remove_all()  # left by the done try if Airflow failed it after
-        summary = done.get("summary")
+        summary = done_before(context.get("ti"), plan, self._staging_area(context), self.log)
         if isinstance(summary, Mapping):
             self._succeeded = int(summary.get("totals", {}).get("succeeded", 0))
-        if context.get("ti") is not None and plan.job_ids:
-            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
         return summary
-
-    def _read_input(self, source: ChunkSource, area: StagingArea, try_number: int | None) -> Manifest:
-        """Read the source once, writing its chunks to ``area``: bad input fails before any job."""
-        prefix = area.new_prefix(try_number)
-        local = area.local_folder(prefix)
-        if isinstance(source, GroupedSource) and local is not None:
-            # Its SQLite spool goes with the try's staged files: a killed try's is removed with them.
-            source.spool_dir = local
-        try:
-            return stage(source, area, prefix, self._job_spec())
-        except InputError as exc:
-            raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
-        except columnar.SqlSourceError as exc:
-            raise AirflowException(f"Reading {source.description} failed: {exc}") from None
-
-    def _replay(
-        self, source: ChunkSource, plan: JobPlan, area: StagingArea, try_number: int | None
-    ) -> list[Chunk]:
-        """The chunks of a retry: the staged files, checked against the plan's digests; when they are
-        gone or corrupt, the chunks cut again from the live source, if they are exactly those staged.
-        """
-        manifest = Manifest.load(plan.staged)
-        assert manifest is not None
-        needed = [
-            entry
-            for entry in manifest.chunks
-            if entry.first not in plan.chunks or plan._waiting_for_input(plan.chunks[entry.first])
-        ]
-        jobs_of = {first: [job["job"] for job in chunk["jobs"]] for first, chunk in plan.chunks.items()}
-        staged, chunks = replay(
-            area,
-            manifest,
-            needed,
-            lambda: self._read_input(source, area, try_number),
-            jobs_of,
-            source.description,
-        )
-        if staged is not manifest:
-            plan.staged = staged.dump()
-            plan.save_now()
-            area.remove(manifest.prefix)
-        return chunks
 
     def _staging_area(self, context: Any) -> StagingArea:
         """The task instance's staging folder (see ``staging_path``)."""
-        from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-        ti = context.get("ti")
-        parts = [ti.dag_id, ti.run_id, ti.task_id] if ti is not None else ["_", uuid.uuid4().hex]
-        if ti is not None and getattr(ti, "map_index", -1) not in (None, -1):
-            parts.append(str(ti.map_index))
-        parts = [_UNSAFE.sub("_", part) for part in parts]
-        if self.staging_path:
-            path = self.staging_path
-            root = path if isinstance(path, ObjectStoragePath) else ObjectStoragePath(str(path))
-        elif self.results_path:
-            root = self._results_dir(context) / "_staging"
-        else:
-            home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-            local = os.path.join(home, DEFAULT_STAGING_FOLDER)
-            root = ObjectStoragePath(f"file://{os.path.abspath(local)}")
-        for part in parts:
-            root = root / part
-        return StagingArea(root)
-
-    async def _submit(
-        self,
-        hook: SalesforceBulkHook,
-        settings: ConnectionSettings,
-        source: ChunkSource,
-        plan: JobPlan,
-        area: StagingArea,
-        try_number: int | None,
-    ) -> dict[str, JobInfo]:
-        spec = self._job_spec()
-        async with hook.client(settings) as client:
-            plan.instance_url = await client.session.instance_url()
-            latest = self._latest  # kept by the operator: a try stopped by a limit reports it
-            if plan.chunks:
-                latest.update(await reconcile(client, plan, spec))
-            if plan.complete:
-                return latest
-            if not plan.chunks:
-                await check_columns_exist(
-                    client,
-                    spec.object,
-                    self._fieldnames,
-                    field_mapping=self.field_mapping,
-                    external_id_field=spec.external_id_field,
-                )
-                try:
-                    await check_limits_before_load(client, self._chunk_counts, self.limits_check)
-                except LimitsCheckError as exc:
-                    raise AirflowFailException(f"Limits check before the load: {exc}") from None
-            stop = self._stop_event()
-            if plan.staged is None:
-                # A plan written before staging existed: the live source, matched by position.
-                with source.open() as live:
-                    latest.update(await submit_chunks(client, plan, until_stopped(live, stop, "chunk"), spec))
-                return latest
-            # Files are read and hashed in a thread: the loop keeps serving the session meanwhile.
-            chunks = await asyncio.to_thread(self._replay, source, plan, area, try_number)
-            latest.update(await submit_chunks(client, plan, until_stopped(chunks, stop, "chunk"), spec))
-            return latest
+        results_dir = functools.partial(self._results_dir, context) if self.results_path else None
+        return staging_area(context.get("ti"), self.staging_path, results_dir)
 
     def _abort_targets(self) -> tuple[list[str], Any]:
         """The jobs waited for now, else every job of the plan; the plan's store names the try."""
@@ -731,25 +594,54 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             resubmit=resubmit,
         )
         if checked["credentials_refused"]:
-            self._refused(context, checked, waited)
+            refused(self._ti, self.operation, self.object_name, checked, waited)
         self._instance_url = waited.instance_url
         state = waited.state
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
         to_copy = jobs_to_copy(checked["jobs"], waited.history)
-        copied = self._copy_results(context, hook, to_copy, state.round)
+        results_dir = self._results_dir(context)
+        round_dir = results_dir / f"round-{state.round}" if state.round > 1 else results_dir
+        try_number = getattr(self._ti, "try_number", None)
+        copied = copy_results(hook, to_copy, round_dir, try_number, self._stop_event())
         outcomes = job_outcomes(checked["jobs"], waited.history, waited.record_counts, copied)
         policy = self._policy()
         counted = count_round(outcomes, state.round, to_copy, state.ledger, policy.codes)
         if checked["status"] == "success" and counted.resubmittable and policy.may_follow(state.round):
             resubmit_from = state.carry(counted)
             return self._next_round(context, hook, state, policy, resubmit_from, waited.instance_url or "")
-        summary, samples = self._summary(context, state, counted, policy, waited.instance_url)
-        _push_summary(context, summary)  # before any failure: a failed task still reports what happened
+        return self._finish(context, checked, state, counted, policy, waited.instance_url, results_dir)
+
+    def _finish(
+        self,
+        context: Any,
+        checked: JobsEvent,
+        state: RoundState,
+        counted: RoundCount,
+        policy: ResubmitPolicy,
+        instance_url: str | None,
+        results_dir: Any,
+    ) -> Any:
+        """The last round ended: push the summary, then apply the failure policy and mark the plan done."""
+        summary, samples = final_summary(
+            self.operation,
+            self.object_name,
+            state,
+            counted,
+            policy,
+            instance_url,
+            results_dir=results_dir,
+            delimiter=COLUMN_DELIMITERS[self._job_spec().column_delimiter],
+            try_number=getattr(self._ti, "try_number", None),
+            stop=self._stop_event(),
+            log=self.log,
+        )
+        self._succeeded = int(summary["totals"]["succeeded"])
+        push_summary(context.get("ti"), summary)  # before any failure: a failed task still reports it
         # Every job of the load was closed before this point, so no later try sends a chunk from the
         # input again (a retry reattaches; Aborted or Failed jobs resend Salesforce's unprocessed
         # records): the staged copy is of no more use, whether the failure policy passes or not.
         self._staging_area(context).remove_all()
-        self._apply_failure_policy(checked, summary, samples)
+        apply_failure_policy(checked, summary, samples, self.max_failed_records, self.max_failed_ratio)
         store = plan_store_for(context)
         if store is not None:
             # Kept, marked done: a try failed by Airflow after this success (a late stale report)
@@ -769,125 +661,6 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         """Record the state of the wait about to start (``None``: round 1, nothing carried)."""
         self._round_state = state
         save_wait_state(store, state)
-
-    def _refused(self, context: Any, checked: JobsEvent, waited: Waited) -> NoReturn:
-        """No result file can be read without credentials: the jobs as last seen, then no retry."""
-        message = f"{checked['message']}; not retried, since retrying a wrong password locks the user"
-        settled = {old["id"] for old in waited.history}
-        summary = unfinished_summary(
-            self.operation,
-            self.object_name,
-            checked["jobs"],
-            {job_id: n for job_id, n in waited.record_counts.items() if job_id not in settled},
-            None,
-            waited.instance_url,
-            message,
-        )
-        _push_summary(context, summary)
-        raise AirflowFailException(
-            f"{message}: fix the connection, then clear the task (it reattaches to the jobs)"
-        )
-
-    def _copy_results(
-        self, context: Any, hook: SalesforceBulkHook, to_copy: dict[str, JobSummary], round_number: int
-    ) -> dict[str, JobResults]:
-        """The result files of every job in ``to_copy``, copied under the round's folder."""
-        directory = self._results_dir(context)
-        if round_number > 1:
-            directory = directory / f"round-{round_number}"
-        if not to_copy:
-            return {}
-        settings = hook.get_settings()
-        try:
-            with fail_on_refused_credentials():
-                return run_sync(lambda: self._copy(hook, settings, to_copy, directory))
-        except RequestLimitExceededError as exc:
-            raise AirflowException(
-                f"Reading the results of the jobs met REQUEST_LIMIT_EXCEEDED: the org's "
-                f"{limit_named(exc)} allowance is spent ({exc}); the jobs ended, a retry once it "
-                "refilled reattaches to them and reads their results"
-            ) from None
-
-    def _summary(
-        self,
-        context: Any,
-        state: RoundState,
-        counted: RoundCount,
-        policy: ResubmitPolicy,
-        instance_url: str | None,
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """The task's summary over every round, and a failure message per error code."""
-        entries = final_entries({**state.entries, **counted.entries}, state.ledger)
-        by_code, samples = state.merged(counted)
-        by_code = collections.Counter({code: n for code, n in by_code.items() if n > 0})
-        samples = {code: text for code, text in samples.items() if code in by_code}
-        copied_any = any(entry["result_files"] for entry in counted.entries.values())
-        results_path = str(self._results_dir(context)) if copied_any or state.entries else None
-        summary = summarize(
-            self.operation,
-            self.object_name,
-            entries,
-            by_code,
-            results_path,
-            instance_url,
-            state.input_of(counted),
-            resubmitted=sum(state.ledger.resubmitted.values()),
-            rounds=state.round,
-            failed_results=None
-            if results_path is None
-            else self._final_failures(context, entries, state.ledger, policy),
-        )
-        self._succeeded = int(summary["totals"]["succeeded"])
-        self.log.info(
-            "Summary: %s records, %s succeeded, %s failed, %s unprocessed in %s job(s); failed by code %s; "
-            "results in %s",
-            *(summary["totals"][key] for key in ("records", "succeeded", "failed", "unprocessed", "jobs")),
-            summary["failed_by_error_code"],
-            summary["results_path"],
-        )
-        return summary, samples
-
-    def _apply_failure_policy(
-        self, checked: JobsEvent, summary: dict[str, Any], samples: dict[str, str]
-    ) -> None:
-        """Fail the task when the wait failed, ran out of time, or the summary breaks the policy."""
-        if checked["status"] == "error":
-            raise AirflowException(
-                f"Waiting for the Salesforce jobs failed: {checked['message']}; "
-                "a retry reattaches to the same jobs"
-            )
-        problem = failure_message(summary, samples, self.max_failed_records, self.max_failed_ratio)
-        if checked["status"] == "timeout":
-            problem = f"{checked['message']}; " + (problem or "")
-        if problem:
-            raise AirflowException(problem)
-
-    def _final_failures(
-        self,
-        context: Any,
-        entries: dict[str, dict[str, Any]],
-        ledger: ResubmitLedger,
-        policy: ResubmitPolicy,
-    ) -> dict[str, Any]:
-        """The summary's ``failed_results`` (the task's final failed-results file) and its row count."""
-        files = readable_failed_files(entries, self.log.warning)
-        if files is None:
-            return {"failed_results": None}
-        delimiter = COLUMN_DELIMITERS[self._job_spec().column_delimiter]
-        token = f"try{getattr(self._ti, 'try_number', None) or 0}-{secrets.token_hex(4)}"
-        uri, rows = run_sync(
-            lambda: write_final_failures(
-                self._results_dir(context),
-                files,
-                ledger,
-                policy,
-                delimiter,
-                token=token,
-                stop=self._stop_event(),
-            )
-        )
-        self.log.info("Records whose final outcome is failed: %d, in %s", rows, uri)
-        return {"failed_results": uri, "failed_results_rows": rows}
 
     def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
         """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
@@ -929,23 +702,6 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             return self.execute_complete(context, jobs_event("success", {}, instance_url=instance_url))
         return self._wait(context, list(counts), settings)
 
-    async def _copy(
-        self,
-        hook: SalesforceBulkHook,
-        settings: ConnectionSettings,
-        jobs: dict[str, JobSummary],
-        directory: Any,
-    ) -> dict[str, JobResults]:
-        out: dict[str, JobResults] = {}
-        try_number = getattr(getattr(self, "_ti", None), "try_number", None)
-        token = f"try{try_number or 0}-{secrets.token_hex(4)}"  # this try's partial files
-        async with hook.client(settings) as client:
-            for job_id, job in jobs.items():
-                out[job_id] = await copy_job_results(
-                    client, job_id, directory, job["columnDelimiter"], stop=self._stop_event(), token=token
-                )
-        return out
-
     def _results_dir(self, context: Any) -> Any:
         """The results folder (``results_path``, see :func:`~.base.output_folder` for the rule)."""
         if not self.results_path and not getattr(self, "_warned_local", False):
@@ -981,9 +737,3 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             )
         ]
         return ol.operator_lineage(inputs=inputs, outputs=outputs)
-
-
-def _push_summary(context: Any, summary: dict[str, Any]) -> None:
-    """The summary as the XCom return value (pushed before the task can fail, so it reports what happened)."""
-    if context.get("ti") is not None:
-        context["ti"].xcom_push(key="return_value", value=summary)
