@@ -7,13 +7,14 @@ push, apply the policy); each takes the values it works on, nothing of the opera
 from __future__ import annotations
 
 import collections
+import math
 import secrets
 import threading
 from typing import Any, NoReturn
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
-from airflow_provider_salesforce_bulk.client import RequestLimitExceededError, ResubmitPolicy
+from airflow_provider_salesforce_bulk.client import InputError, RequestLimitExceededError, ResubmitPolicy
 from airflow_provider_salesforce_bulk.client.resubmit import ResubmitLedger
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators.final_failures import (
@@ -34,6 +35,7 @@ from airflow_provider_salesforce_bulk.triggers.events import JobsEvent, JobSumma
 
 __all__ = [
     "apply_failure_policy",
+    "check_thresholds",
     "copy_results",
     "final_summary",
     "push_summary",
@@ -184,3 +186,20 @@ def apply_failure_policy(
         problem = f"{checked['message']}; " + (problem or "")
     if problem:
         raise AirflowException(problem)
+
+
+def check_thresholds(max_failed_records: Any, max_failed_ratio: Any) -> None:
+    """The failure policy's thresholds (untyped DAG input): an ``InputError`` naming a bad one."""
+    records = max_failed_records
+    if records is not None and (isinstance(records, bool) or not isinstance(records, int) or records < 0):
+        raise InputError("max_failed_records must be an int >= 0", field="max_failed_records")
+    if max_failed_ratio is not None:
+        try:
+            number = float(max_failed_ratio)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(max_failed_ratio, bool) or not 0 <= number <= 1:
+            raise InputError(
+                f"max_failed_ratio must be a number between 0 and 1, not {max_failed_ratio!r}",
+                field="max_failed_ratio",
+            )

@@ -27,12 +27,13 @@ from airflow_provider_salesforce_bulk.client import (
 from airflow_provider_salesforce_bulk.client.csv_format import Chunk
 from airflow_provider_salesforce_bulk.client.limits import check_limits_before_load
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
-from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, job_url
-from airflow_provider_salesforce_bulk.operators.refusals import limit_named
+from airflow_provider_salesforce_bulk.operators.load_completion import push_summary
+from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials, limit_named
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import RoundPlan
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea, replay, stage
@@ -47,6 +48,7 @@ __all__ = [
     "limit_summary",
     "read_input",
     "replay_chunks",
+    "send_load",
     "stage_input",
     "staging_area",
     "submit_load",
@@ -195,6 +197,52 @@ async def submit_load(
         chunks = await asyncio.to_thread(replay_chunks, source, plan, area, try_number, spec)
         latest.update(await submit_chunks(client, plan, until_stopped(chunks, stop, "chunk"), spec))
         return latest
+
+
+def send_load(
+    ti: Any,
+    hook: SalesforceBulkHook,
+    settings: ConnectionSettings,
+    source: ChunkSource,
+    plan: JobPlan,
+    area: StagingArea,
+    spec: JobSpec,
+    *,
+    staged: Manifest | None,
+    field_mapping: Mapping[str, str] | None,
+    limits_check: str,
+    stop: threading.Event,
+) -> dict[str, JobInfo]:
+    """:func:`submit_load` run to its end: bad input fails the task; a daily limit reached part way
+    pushes the summary of what exists (see :func:`limit_summary`), then fails the try."""
+    latest: dict[str, JobInfo] = {}  # filled as jobs are seen: a try stopped by a limit reports it
+    try_number = getattr(ti, "try_number", None)
+
+    async def submit() -> dict[str, JobInfo]:
+        return await submit_load(
+            hook,
+            settings,
+            source,
+            plan,
+            area,
+            try_number,
+            spec,
+            latest=latest,
+            staged=staged,
+            field_mapping=field_mapping,
+            limits_check=limits_check,
+            stop=stop,
+        )
+
+    try:
+        with fail_on_refused_credentials():
+            return run_sync(submit)
+    except InputError as exc:
+        raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
+    except RequestLimitExceededError as exc:
+        message, summary = limit_summary(plan, exc, staged, latest, spec.operation, spec.object)
+    push_summary(ti, summary)
+    raise AirflowException(message)
 
 
 def limit_summary(

@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import functools
-import math
-import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, conf
+from airflow.providers.common.compat.sdk import conf
 
-from airflow_provider_salesforce_bulk.client import (
-    ChunkFormat,
-    ChunkLimits,
-    InputError,
-    JobInfo,
-    JobSpec,
-    RequestLimitExceededError,
-    ResubmitPolicy,
-)
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, JobInfo, JobSpec, ResubmitPolicy
 from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
 from airflow_provider_salesforce_bulk.client.limits import check_limits_mode
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
-from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import (
-    SalesforceBulkHook,
-    run_sync,
-)
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
 from airflow_provider_salesforce_bulk.operators.base import (
     SalesforceBulkBaseOperator,
     one_loop,
     output_folder,
 )
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource
-from airflow_provider_salesforce_bulk.operators.lineage import (
-    lineage_classes,
-    path_dataset,
-    salesforce_namespace,
-)
+from airflow_provider_salesforce_bulk.operators.lineage import load_lineage
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
 from airflow_provider_salesforce_bulk.operators.load_completion import (
     apply_failure_policy,
+    check_thresholds,
     copy_results,
     final_summary,
     push_summary,
@@ -51,14 +36,12 @@ from airflow_provider_salesforce_bulk.operators.load_completion import (
 from airflow_provider_salesforce_bulk.operators.load_input import (
     DEFAULT_STAGING_FOLDER,
     done_before,
-    limit_summary,
+    send_load,
     stage_input,
     staging_area,
-    submit_load,
 )
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import display_path
-from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
 from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
     back_off,
     load_wait_state,
@@ -71,10 +54,8 @@ from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
 from airflow_provider_salesforce_bulk.operators.round_state import RoundState, rebuild_wait
 from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
-from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea
-from airflow_provider_salesforce_bulk.operators.submit import (
-    JobPlan,
-)
+from airflow_provider_salesforce_bulk.operators.staging import StagingArea
+from airflow_provider_salesforce_bulk.operators.submit import JobPlan
 from airflow_provider_salesforce_bulk.operators.summary import (
     RoundCount,
     count_round,
@@ -90,16 +71,11 @@ from airflow_provider_salesforce_bulk.triggers.events import (
     jobs_event,
     validate_event,
 )
-from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
-    check_positive_number,
-)
 
 __all__ = ["DEFAULT_RESULTS_FOLDER", "DEFAULT_STAGING_FOLDER", "SalesforceBulkOperator"]
 
 DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
 # How long on_kill's abort waits for the stopped try to settle (see _kill_jobs).
 _SETTLE_SECONDS = 2.0
@@ -108,103 +84,12 @@ _SETTLE_SECONDS = 2.0
 class SalesforceBulkOperator(SalesforceBulkBaseOperator):
     """Insert, update, upsert, delete or hard-delete records with the Salesforce Bulk API 2.0.
 
-    Parameters
-    ----------
-    operation : {"insert", "update", "upsert", "delete", "hardDelete"}
-    object_name : str
-        The Salesforce object, e.g. ``Contact``.
-    records : list of dict, DataFrame, Arrow table or XComArg, optional
-        The records (field name to value), or a pandas/polars DataFrame or pyarrow Table/RecordBatch/
-        RecordBatchReader (the Arrow path). Exactly one of ``records``, ``source`` and ``sql``.
-    source : str or ObjectStoragePath, optional
-        A CSV file already in the job's format (header row of field names; copied byte for byte), a
-        newline-delimited JSON file (one object per line), or a Parquet or Arrow IPC/Feather file.
-        Streamed, never read whole.
-    source_format : {"csv", "ndjson", "parquet", "arrow"}, optional
-        Defaults from the file name (``.csv``; ``.ndjson``, ``.jsonl``, ``.json``; ``.parquet``,
-        ``.pq``; ``.arrow``, ``.feather``, ``.ipc``, ``.arrows``).
-    sql, sql_conn_id, parameters : optional
-        A query (templated) run on ``sql_conn_id`` (any common-sql ``DbApiHook`` connection), fetched in
-        bounded batches; ``parameters`` go to ``cursor.execute``. Column names from the cursor.
-    field_mapping : dict, optional
-        Source column to Salesforce field, for ``sql``, Parquet/Arrow files and tables: only these
-        columns are loaded, renamed; a column the data lacks fails the task before any job.
-    allow_empty : bool
-        A query that returns no row loads nothing instead of failing the task.
-    allow_na_marker : bool
-        Let a value be the literal ``#N/A`` (sets the field to null); a CSV file is sent as it is.
-    group_by_parent : str, optional
-        A parent field (``AccountId``): records are ordered by it so one parent's children share a job
-        (fewer ``UNABLE_TO_LOCK_ROW``); spooled to a temporary file, memory stays flat.
-    limits_check : {"fail", "warn", "off"}
-        Before the first job, compare the org's daily allowances left (``/limits``) with what the
-        load needs: fail the task, warn, or skip the check.
-    resubmit_error_codes, resubmit_rounds, resubmit_backoff
-        Records that failed with one of ``resubmit_error_codes`` (default ``UNABLE_TO_LOCK_ROW``;
-        empty: never) are sent again in new jobs once their round of jobs has ended, up to
-        ``resubmit_rounds`` rounds in all (the load included; 1: never), waiting ``resubmit_backoff``
-        seconds before the second round (doubling after): deferred to the triggerer from 5 seconds
-        when ``deferrable``, slept in the worker otherwise. Each record is counted once in
-        the summary, at its final outcome; the failure policy applies to final failures only.
-    retry_error_codes
-        Deprecated name of ``resubmit_error_codes`` (warns; "retry" names requests sent again).
-    fieldnames : list of str, optional
-        Columns for ``records`` or NDJSON; inferred from the data when omitted.
-    external_id_field : str, optional
-        Required for upsert (``External_Id__c`` or ``Id``).
-    assignment_rule_id : str, optional
-        Lead or Case assignment rule.
-    max_records_per_job, max_bytes_per_job : int
-        Chunk limits: each chunk becomes one job (Salesforce's limit is 100 MB of CSV per job).
-    column_delimiter : {"COMMA", "BACKQUOTE", "CARET", "PIPE", "SEMICOLON", "TAB"}
-    line_ending : {"LF", "CRLF"}
-    none_as : {"empty", "null"}
-        ``None`` left unchanged (empty value) or set to null (``#N/A``).
-    results_path : str or ObjectStoragePath, optional
-        Where the successful, failed and unprocessed result files go (any ObjectStoragePath, e.g.
-        ``s3://bucket/prefix``). Default: ``$AIRFLOW_HOME/salesforce_bulk_results/<dag>/<run>/<task>``,
-        local to the worker that runs the task.
-    max_failed_records, max_failed_ratio : optional
-        Failure thresholds; the task fails when either is exceeded. With neither set, any failed record
-        fails the task. A Failed or Aborted job always fails it.
-    poll_interval : float
-        Longest wait between two polls of the jobs, in seconds.
-    timeout : float or timedelta
-        Deadline for the jobs to finish after they are submitted; they are aborted when it passes.
-    salesforce_bulk_conn_id : str
-        A ``salesforce_bulk`` (or ``salesforce``) connection, as the hook names it. ``conn_id``, the name
-        of the first releases, is still accepted; default ``salesforce_bulk_default``.
-    deferrable : bool
-        Wait in the triggerer (default from ``[operators] default_deferrable``); otherwise poll in the worker.
-    staging_path : str or ObjectStoragePath, optional
-        Where the chunks cut from the input are kept until every job of the load has ended, so that a
-        retry sends exactly the bytes the first try read (see :mod:`.staging`). Default: next to the
-        results, ``<results_path>/_staging/<dag>/<run>/<task>`` (or
-        ``$AIRFLOW_HOME/salesforce_bulk_staging/...`` without ``results_path``): local to the worker
-        unless ``results_path`` is object storage, a single-machine setting; with several workers use
-        object storage, which every worker reads.
-    reload_on_clear : bool
-        A later try of a task instance whose earlier try succeeded (its plan is marked done) loads
-        every record again when True. Default False: it finishes without loading and returns the
-        done try's summary, since Airflow may fail a try after it succeeded (a late stale report)
-        and its retry cannot tell that from a user's clear. Clear with this set to load again.
-
-    Notes
-    -----
-    Every job id is stored in ``task_state_store`` (Airflow 3.3+) before its upload, and marked
-    before its close, so a retry reads the state of each job of the earlier try and never resends a
-    record Salesforce may have processed: a job never closed is aborted and its chunk resent; a job
-    whose close may have been sent is kept (closed if still Open); an Aborted or Failed job's
-    unprocessed records (only those) go to a new job. The summary is the XCom return value, pushed
-    before the failure policy can fail the task; it lists every job of every try and counts each
-    input record once, at its final outcome. Jobs are aborted only on a user's decision: the
-    ``timeout``, or a kill after which Airflow says the task is no longer running or deferred.
-
-    A resubmission round's jobs are recorded in the same store (its round and retry chunk) before
-    their upload: a retry replays the rounds, reattaching to each round's jobs instead of sending
-    their records again.
-    Before Airflow 3.3 the plan is an Airflow Variable per task instance (see
-    :mod:`~airflow_provider_salesforce_bulk.operators.plan_store`); on success it is kept, marked done.
+    The input (``records``, ``source`` or ``sql``) is read once into the staging area, then sent in jobs
+    recorded in the task's plan store before their upload, so a retry reattaches to them and never
+    sends a record twice; the jobs are waited for in the triggerer (``deferrable``) or the worker;
+    records that failed with a transient error are resubmitted in rounds; the summary (the XCom return
+    value) counts each record once, at its final outcome, and is pushed before the failure policy can
+    fail the task. Every parameter, the guarantees and the summary: ``docs/operators/salesforce_bulk.md``.
     """
 
     template_fields: Sequence[str] = (
@@ -224,7 +109,13 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
     template_fields_renderers: ClassVar[dict[str, str]] = {"records": "json", "sql": "sql"}
     operator_extra_links = (SalesforceBulkJobLink(),)
     ui_color = "#9fd7f5"
+    _opened_source: ChunkSource | None = None
+    _instance_url: str | None = None  # for lineage
+    _succeeded: int | None = None
+    _active_job_ids: Sequence[str] = ()  # the jobs waited for now (on_kill's abort targets)
 
+    # The parameters are stored as given (templated, untyped DAG input) and checked when the task runs
+    # (_check_settings): a bad one fails the task, naming it, before any job.
     def __init__(
         self,
         *,
@@ -273,68 +164,25 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             deferrable=deferrable,
             **kwargs,
         )
-        self.operation = operation
-        self.object_name = object_name
-        self.records = records
-        self.source = source
-        self.source_format = source_format
-        self.fieldnames = fieldnames
-        self.external_id_field = external_id_field
-        self.assignment_rule_id = assignment_rule_id
-        self.max_records_per_job = max_records_per_job
-        self.max_bytes_per_job = max_bytes_per_job
-        self.column_delimiter = column_delimiter
-        self.line_ending = line_ending
-        self.none_as = none_as
-        self.results_path = results_path
-        self.max_failed_records = max_failed_records
-        self.max_failed_ratio = max_failed_ratio
-        self.sql = sql
-        self.sql_conn_id = sql_conn_id
-        self.parameters = parameters
-        self.field_mapping = field_mapping
-        self.allow_empty = allow_empty
-        self.allow_na_marker = allow_na_marker
-        self.group_by_parent = group_by_parent
-        self.limits_check = limits_check
-        self.resubmit_error_codes, self._resubmit_codes_name = resubmit_codes(
-            resubmit_error_codes, retry_error_codes
-        )
-        self.resubmit_rounds = resubmit_rounds
-        self.resubmit_backoff = resubmit_backoff
-        self._opened_source: ChunkSource | None = None
-        self.reload_on_clear = reload_on_clear
-        self.staging_path = staging_path
-        self._instance_url: str | None = None
-        self._succeeded: int | None = None
-        self._active_job_ids: list[str] = []
+        self.operation, self.object_name, self.allow_empty = operation, object_name, allow_empty
+        self.records, self.source, self.source_format, self.sql = records, source, source_format, sql
+        self.sql_conn_id, self.parameters, self.fieldnames = sql_conn_id, parameters, fieldnames
+        self.field_mapping, self.group_by_parent = field_mapping, group_by_parent
+        self.external_id_field, self.assignment_rule_id = external_id_field, assignment_rule_id
+        self.max_records_per_job, self.max_bytes_per_job = max_records_per_job, max_bytes_per_job
+        self.column_delimiter, self.line_ending, self.none_as = column_delimiter, line_ending, none_as
+        self.allow_na_marker, self.reload_on_clear = allow_na_marker, reload_on_clear
+        self.max_failed_records, self.max_failed_ratio = max_failed_records, max_failed_ratio
+        self.resubmit_error_codes, self._codes_name = resubmit_codes(resubmit_error_codes, retry_error_codes)
+        self.resubmit_rounds, self.resubmit_backoff = resubmit_rounds, resubmit_backoff
+        self.results_path, self.staging_path, self.limits_check = results_path, staging_path, limits_check
 
     # -- validation -----------------------------------------------------------------------------
 
     def _check_settings(self) -> None:
         self._job_spec()
-        if self.max_failed_records is not None and (
-            isinstance(self.max_failed_records, bool)
-            or not isinstance(self.max_failed_records, int)
-            or self.max_failed_records < 0
-        ):
-            raise InputError("max_failed_records must be an int >= 0", field="max_failed_records")
-        if self.max_failed_ratio is not None:
-            ratio = self.max_failed_ratio
-            try:
-                number = float(ratio)
-            except (TypeError, ValueError):
-                number = math.nan
-            if isinstance(ratio, bool) or not 0 <= number <= 1:
-                raise InputError(
-                    f"max_failed_ratio must be a number between 0 and 1, not {ratio!r}",
-                    field="max_failed_ratio",
-                )
-        for name in ("poll_interval", "timeout"):
-            try:
-                check_positive_number(name, getattr(self, name))
-            except ValueError as exc:
-                raise InputError(str(exc), field=name) from None
+        check_thresholds(self.max_failed_records, self.max_failed_ratio)
+        self._check_wait_settings()
         self._source_spec()
         self._chunk_format()
         check_limits_mode(self.limits_check)
@@ -342,7 +190,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
 
     def _policy(self) -> ResubmitPolicy:
         return resubmit_policy(
-            self.resubmit_error_codes, self._resubmit_codes_name, self.resubmit_rounds, self.resubmit_backoff
+            self.resubmit_error_codes, self._codes_name, self.resubmit_rounds, self.resubmit_backoff
         )
 
     def _source_spec(self) -> SourceSpec:
@@ -351,18 +199,8 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         templated."""
         spec: SourceSpec | None = getattr(self, "_checked_source", None)
         if spec is None:
-            spec = self._checked_source = SourceSpec(
-                records=self.records,
-                source=self.source,
-                source_format=self.source_format,
-                fieldnames=self.fieldnames,
-                sql=self.sql,
-                sql_conn_id=self.sql_conn_id,
-                parameters=self.parameters,
-                field_mapping=self.field_mapping,
-                allow_empty=self.allow_empty,
-                group_by_parent=self.group_by_parent,
-            )
+            names = [field.name for field in dataclasses.fields(SourceSpec) if field.init]
+            spec = self._checked_source = SourceSpec(**{name: getattr(self, name) for name in names})
         return spec
 
     def _source(self) -> ChunkSource:
@@ -451,13 +289,31 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             self.log.info("No records: no job created")
             self._succeeded = 0
             return summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
-        latest = self._submit(context, hook, settings, source, plan, area, try_number)
+        latest = send_load(
+            context.get("ti"),
+            hook,
+            settings,
+            source,
+            plan,
+            area,
+            self._job_spec(),
+            staged=getattr(self, "_staged", None),
+            field_mapping=self.field_mapping,
+            limits_check=self.limits_check,
+            stop=self._stop_event(),
+        )
+        return self._wait_or_finish(context, plan, latest, settings)
+
+    def _wait_or_finish(
+        self, context: Any, plan: JobPlan, latest: dict[str, JobInfo], settings: ConnectionSettings
+    ) -> Any:
+        """Every job of the plan sent: wait for them, or finish at once when they have all ended."""
         if context.get("ti") is not None:
             context["ti"].xcom_push(key=LINK_XCOM_KEY, value=job_url(plan.instance_url or "", plan.job_ids))
         # What the resumed task rebuilds its accounting from, stored before the wait: the trigger
         # carries only what polling needs.
         plan.save_now()
-        self._save_wait_state(store, None)
+        self._save_wait_state(plan.store, None)
         active = plan.job_ids
         if all(job_id in latest and latest[job_id].is_terminal for job_id in active):
             # Every job already ended: finish here. Deferring now would fire the trigger within a
@@ -466,57 +322,6 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             event = jobs_event("success", {job_id: job_summary(latest[job_id]) for job_id in active})
             return self.execute_complete(context, event)
         return self._wait(context, active, settings)
-
-    def _submit(
-        self,
-        context: Any,
-        hook: SalesforceBulkHook,
-        settings: ConnectionSettings,
-        source: ChunkSource,
-        plan: JobPlan,
-        area: StagingArea,
-        try_number: int | None,
-    ) -> dict[str, JobInfo]:
-        """Reattach to the plan's jobs and send the chunks that have none (see :func:`.submit_load`)."""
-        latest: dict[str, JobInfo] = {}  # filled as jobs are seen: a try stopped by a limit reports it
-        staged: Manifest | None = getattr(self, "_staged", None)
-        submit = functools.partial(
-            submit_load,
-            hook,
-            settings,
-            source,
-            plan,
-            area,
-            try_number,
-            self._job_spec(),
-            latest=latest,
-            staged=staged,
-            field_mapping=self.field_mapping,
-            limits_check=self.limits_check,
-            stop=self._stop_event(),
-        )
-        try:
-            with fail_on_refused_credentials():
-                run_sync(submit)
-        except InputError as exc:
-            raise AirflowFailException(f"Bad input ({source.description}): {exc}") from None
-        except RequestLimitExceededError as exc:
-            self._stop_on_limit(context, plan, exc, staged, latest)
-        return latest
-
-    def _stop_on_limit(
-        self,
-        context: Any,
-        plan: JobPlan,
-        exc: RequestLimitExceededError,
-        staged: Manifest | None,
-        latest: dict[str, JobInfo],
-    ) -> NoReturn:
-        """A daily limit refused a request part way: push what exists, then fail the try (its retry
-        reattaches to the jobs recorded so far and sends only the rest)."""
-        message, summary = limit_summary(plan, exc, staged, latest, self.operation, self.object_name)
-        push_summary(context.get("ti"), summary)
-        raise AirflowException(message)
 
     def _wait(self, context: Any, job_ids: list[str], settings: ConnectionSettings) -> Any:
         """Wait for ``job_ids`` (deferred, or polled in the worker), then finish from their final states."""
@@ -721,19 +526,4 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         ``file``, its absolute path; ``s3://bucket/key``: ``s3://bucket``, ``key``); records passed
         directly have no input dataset.
         """
-        ol = lineage_classes()
-        if ol is None:
-            return None
-        inputs = []
-        if self.source is not None:
-            namespace, name = path_dataset(self.source)
-            inputs.append(ol.dataset(namespace=namespace, name=name))
-        facets = {}
-        if self._succeeded is not None:
-            facets["outputStatistics"] = ol.output_statistics(rowCount=self._succeeded)
-        outputs = [
-            ol.output_dataset(
-                namespace=salesforce_namespace(self._instance_url), name=self.object_name, outputFacets=facets
-            )
-        ]
-        return ol.operator_lineage(inputs=inputs, outputs=outputs)
+        return load_lineage(self.source, self.object_name, self._instance_url, self._succeeded)
