@@ -17,6 +17,9 @@ from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
 from airflow_provider_salesforce_bulk.client.limits import check_limits_mode
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+from airflow_provider_salesforce_bulk.operators import load_completion as completion
+from airflow_provider_salesforce_bulk.operators import load_input
+from airflow_provider_salesforce_bulk.operators import resubmit_rounds as rounds
 from airflow_provider_salesforce_bulk.operators.base import (
     SalesforceBulkBaseOperator,
     one_loop,
@@ -25,32 +28,9 @@ from airflow_provider_salesforce_bulk.operators.base import (
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource
 from airflow_provider_salesforce_bulk.operators.lineage import load_lineage
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, SalesforceBulkJobLink, job_url
-from airflow_provider_salesforce_bulk.operators.load_completion import (
-    apply_failure_policy,
-    check_thresholds,
-    copy_results,
-    final_summary,
-    push_summary,
-    refused,
-)
-from airflow_provider_salesforce_bulk.operators.load_input import (
-    DEFAULT_STAGING_FOLDER,
-    done_before,
-    send_load,
-    stage_input,
-    staging_area,
-)
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore, plan_store_for
 from airflow_provider_salesforce_bulk.operators.query_output import display_path
-from airflow_provider_salesforce_bulk.operators.resubmit_rounds import (
-    back_off,
-    load_wait_state,
-    resubmit_codes,
-    resubmit_policy,
-    round_to_send,
-    save_wait_state,
-    send_round,
-)
+from airflow_provider_salesforce_bulk.operators.resubmit_rounds import resubmit_codes
 from airflow_provider_salesforce_bulk.operators.round_state import RoundState, rebuild_wait
 from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource, make_source
@@ -64,6 +44,7 @@ from airflow_provider_salesforce_bulk.operators.summary import (
     summarize,
 )
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
+from airflow_provider_salesforce_bulk.operators.try_stop import abort_targets, settled_targets
 from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
@@ -74,11 +55,10 @@ from airflow_provider_salesforce_bulk.triggers.events import (
 
 __all__ = ["DEFAULT_RESULTS_FOLDER", "DEFAULT_STAGING_FOLDER", "SalesforceBulkOperator"]
 
+DEFAULT_STAGING_FOLDER = load_input.DEFAULT_STAGING_FOLDER
+
 DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
-
-# How long on_kill's abort waits for the stopped try to settle (see _kill_jobs).
-_SETTLE_SECONDS = 2.0
 
 
 class SalesforceBulkOperator(SalesforceBulkBaseOperator):
@@ -181,7 +161,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
 
     def _check_settings(self) -> None:
         self._job_spec()
-        check_thresholds(self.max_failed_records, self.max_failed_ratio)
+        completion.check_thresholds(self.max_failed_records, self.max_failed_ratio)
         self._check_wait_settings()
         self._source_spec()
         self._chunk_format()
@@ -189,7 +169,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         self._policy()
 
     def _policy(self) -> ResubmitPolicy:
-        return resubmit_policy(
+        return rounds.resubmit_policy(
             self.resubmit_error_codes, self._codes_name, self.resubmit_rounds, self.resubmit_backoff
         )
 
@@ -283,21 +263,22 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         self._plan = plan
         area = self._staging_area(context)
         try_number = getattr(context.get("ti"), "try_number", None)
+        spec, staged = self._job_spec(), None  # staged: this try's fresh load (a retry's jobs exist)
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
-        elif not self._stage_input(source, plan, area, try_number):
+        elif (staged := load_input.stage_input(source, plan, area, try_number, spec, self.log)) is None:
             self.log.info("No records: no job created")
             self._succeeded = 0
             return summarize(self.operation, self.object_name, {}, collections.Counter(), None, None)
-        latest = send_load(
+        latest = load_input.send_load(
             context.get("ti"),
             hook,
             settings,
             source,
             plan,
             area,
-            self._job_spec(),
-            staged=getattr(self, "_staged", None),
+            spec,
+            staged=staged,
             field_mapping=self.field_mapping,
             limits_check=self.limits_check,
             stop=self._stop_event(),
@@ -331,17 +312,10 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         self._active_job_ids = []
         return self.execute_complete(context, event)
 
-    def _stage_input(
-        self, source: ChunkSource, plan: JobPlan, area: StagingArea, try_number: int | None
-    ) -> bool:
-        """A fresh load staged (see :func:`~.load_input.stage_input`); False when it has no record."""
-        self._staged = stage_input(source, plan, area, try_number, self._job_spec(), self.log)
-        return self._staged is not None
-
     def _done_before(self, context: Any, plan: JobPlan) -> Any:
         """An earlier try of this task instance succeeded: its summary again, nothing loaded."""
         self._instance_url = plan.instance_url
-        summary = done_before(context.get("ti"), plan, self._staging_area(context), self.log)
+        summary = load_input.done_before(context.get("ti"), plan, self._staging_area(context), self.log)
         if isinstance(summary, Mapping):
             self._succeeded = int(summary.get("totals", {}).get("succeeded", 0))
         return summary
@@ -349,26 +323,13 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
     def _staging_area(self, context: Any) -> StagingArea:
         """The task instance's staging folder (see ``staging_path``)."""
         results_dir = functools.partial(self._results_dir, context) if self.results_path else None
-        return staging_area(context.get("ti"), self.staging_path, results_dir)
+        return load_input.staging_area(context.get("ti"), self.staging_path, results_dir)
 
     def _abort_targets(self) -> tuple[list[str], Any]:
-        """The jobs waited for now, else every job of the plan; the plan's store names the try."""
-        plan: JobPlan | None = getattr(self, "_plan", None)
-        job_ids = list(self._active_job_ids)
-        if not job_ids and plan is not None:
-            job_ids = plan.job_ids
-        return job_ids, plan.store if plan is not None else None
+        return abort_targets(self._active_job_ids, getattr(self, "_plan", None))
 
     def _settled_targets(self, job_ids: list[str]) -> list[str]:
-        # A job created while the signal arrived is in the plan once the try has stopped, at its
-        # next chunk: waited for briefly (Airflow's SIGKILL follows the SIGTERM by 5 s).
-        settled: threading.Event | None = getattr(self, "_settled", None)
-        if settled is not None:
-            settled.wait(_SETTLE_SECONDS)
-        plan: JobPlan | None = getattr(self, "_plan", None)
-        if plan is not None:
-            job_ids = list(dict.fromkeys([*job_ids, *plan.job_ids]))
-        return job_ids
+        return settled_targets(job_ids, getattr(self, "_settled", None), getattr(self, "_plan", None))
 
     def execute_complete(
         self,
@@ -399,7 +360,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             resubmit=resubmit,
         )
         if checked["credentials_refused"]:
-            refused(self._ti, self.operation, self.object_name, checked, waited)
+            completion.refused(self._ti, self.operation, self.object_name, checked, waited)
         self._instance_url = waited.instance_url
         state = waited.state
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
@@ -407,7 +368,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         results_dir = self._results_dir(context)
         round_dir = results_dir / f"round-{state.round}" if state.round > 1 else results_dir
         try_number = getattr(self._ti, "try_number", None)
-        copied = copy_results(hook, to_copy, round_dir, try_number, self._stop_event())
+        copied = completion.copy_results(hook, to_copy, round_dir, try_number, self._stop_event())
         outcomes = job_outcomes(checked["jobs"], waited.history, waited.record_counts, copied)
         policy = self._policy()
         counted = count_round(outcomes, state.round, to_copy, state.ledger, policy.codes)
@@ -427,7 +388,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         results_dir: Any,
     ) -> Any:
         """The last round ended: push the summary, then apply the failure policy and mark the plan done."""
-        summary, samples = final_summary(
+        summary, samples = completion.final_summary(
             self.operation,
             self.object_name,
             state,
@@ -441,12 +402,14 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             log=self.log,
         )
         self._succeeded = int(summary["totals"]["succeeded"])
-        push_summary(context.get("ti"), summary)  # before any failure: a failed task still reports it
+        completion.push_summary(context.get("ti"), summary)  # before any failure: a failed task reports too
         # Every job of the load was closed before this point, so no later try sends a chunk from the
         # input again (a retry reattaches; Aborted or Failed jobs resend Salesforce's unprocessed
         # records): the staged copy is of no more use, whether the failure policy passes or not.
         self._staging_area(context).remove_all()
-        apply_failure_policy(checked, summary, samples, self.max_failed_records, self.max_failed_ratio)
+        completion.apply_failure_policy(
+            checked, summary, samples, self.max_failed_records, self.max_failed_ratio
+        )
         store = plan_store_for(context)
         if store is not None:
             # Kept, marked done: a try failed by Airflow after this success (a late stale report)
@@ -460,19 +423,19 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
 
     def _wait_state(self, context: Any) -> RoundState | None:
         """The state saved before the current wait: in the plan store, or in memory without one."""
-        return load_wait_state(self._plan_store(context), getattr(self, "_round_state", None))
+        return rounds.load_wait_state(self._plan_store(context), getattr(self, "_round_state", None))
 
     def _save_wait_state(self, store: PlanStore | None, state: RoundState | None) -> None:
         """Record the state of the wait about to start (``None``: round 1, nothing carried)."""
         self._round_state = state
-        save_wait_state(store, state)
+        rounds.save_wait_state(store, state)
 
     def send_next_round(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
         """Resumed after the backoff between two rounds (deferred to the triggerer): send the next round.
 
         ``event`` is :class:`ResubmitBackoffTrigger`'s, echoing the round's state.
         """
-        state, jobs, instance_url = round_to_send(
+        state, jobs, instance_url = rounds.round_to_send(
             event, lambda: self._wait_state(context), plan_store_for(context)
         )
         hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
@@ -497,10 +460,12 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         delay = 0.0 if waited else policy.delay_before(number)
         save = functools.partial(self._save_wait_state, store)
         defer = self.defer if self.deferrable else None
-        back_off(number, delay, policy, state, save=save, defer=defer, log=self.log)
+        rounds.back_off(number, delay, policy, state, save=save, defer=defer, log=self.log)
         settings = hook.get_settings()
         spec, limits = self._job_spec(), self._chunk_limits()
-        counts = send_round(hook, settings, store, state, policy, spec, limits, stop=self._stop_event())
+        counts = rounds.send_round(
+            hook, settings, store, state, policy, spec, limits, stop=self._stop_event()
+        )
         self._save_wait_state(store, state)
         if not counts:
             self.log.info("Round %d found nothing to send again", number)
