@@ -75,3 +75,22 @@ def extract_lineage(
             ol.output_dataset(namespace=namespace, name=name, outputFacets={"outputStatistics": stats})
         )
     return ol.operator_lineage(inputs=inputs, outputs=outputs)
+
+
+def load_lineage(source: Any, object_name: str, instance_url: str | None, succeeded: int | None) -> Any:
+    """A load's lineage: ``source`` (a file; records passed directly have none) as input, the object as
+    output with the records that succeeded; ``None`` when the OpenLineage provider is not installed."""
+    ol = lineage_classes()
+    if ol is None:
+        return None
+    inputs = []
+    if source is not None:
+        namespace, name = path_dataset(source)
+        inputs.append(ol.dataset(namespace=namespace, name=name))
+    facets = {}
+    if succeeded is not None:
+        facets["outputStatistics"] = ol.output_statistics(rowCount=succeeded)
+    outputs = [
+        ol.output_dataset(namespace=salesforce_namespace(instance_url), name=object_name, outputFacets=facets)
+    ]
+    return ol.operator_lineage(inputs=inputs, outputs=outputs)

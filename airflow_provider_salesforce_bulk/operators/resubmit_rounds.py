@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
@@ -36,12 +38,29 @@ from airflow_provider_salesforce_bulk.client.resubmit import (
     ResubmitLedger,
     resubmit_round,
 )
+from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
+from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators.job_plan import CLOSED, CLOSING, CREATED
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
+from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
+from airflow_provider_salesforce_bulk.operators.round_state import RoundState
+from airflow_provider_salesforce_bulk.operators.submit import JobPlan
 from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
-from airflow_provider_salesforce_bulk.triggers.events import check_job_id
+from airflow_provider_salesforce_bulk.triggers.events import check_job_id, check_resubmit_state
+from airflow_provider_salesforce_bulk.triggers.round_backoff import ResubmitBackoffTrigger
 
-__all__ = ["ROUNDS_KEY", "RoundPlan", "resubmit_codes", "resubmit_policy", "submit_round"]
+__all__ = [
+    "ROUNDS_KEY",
+    "RoundPlan",
+    "back_off",
+    "load_wait_state",
+    "resubmit_codes",
+    "resubmit_policy",
+    "round_to_send",
+    "save_wait_state",
+    "send_round",
+    "submit_round",
+]
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +271,112 @@ def resubmit_policy(codes: Any, codes_name: str, rounds: Any, backoff: Any) -> R
             raise
         # The policy names its own field; the operator's user knows the parameter they set.
         raise InputError(f"{codes_name}{str(exc)[len('codes') :]}", field=codes_name) from None
+
+
+# -- driving the rounds (the operator's send_next_round and the end of each round's wait) ----------
+
+# A shorter backoff between resubmission rounds is slept in the worker: deferring costs a round trip
+# through the triggerer of a few seconds, more than the wait itself.
+_DEFER_BACKOFF_FROM = 5.0
+# defer()'s timeout is a backstop for a triggerer down for long; the trigger itself fires on time.
+_BACKOFF_BACKSTOP_SECONDS = 3600
+
+
+def load_wait_state(store: PlanStore | None, in_memory: RoundState | None) -> RoundState | None:
+    """The state saved before the current wait: in the plan store, or ``in_memory`` without one."""
+    return RoundState.load(store) if store is not None else in_memory
+
+
+def save_wait_state(store: PlanStore | None, state: RoundState | None) -> None:
+    """Record the state of the wait about to start (``None``: round 1, nothing carried)."""
+    if store is None:
+        return
+    if state is None:
+        RoundState.reset(store)
+    else:
+        state.save(store)
+
+
+def round_to_send(
+    event: Mapping[str, Any] | None, stored: Callable[[], RoundState | None], store: PlanStore | None
+) -> tuple[RoundState, list[str], str]:
+    """The round state, the jobs whose failures are resubmitted and the instance URL of the round
+    :class:`ResubmitBackoffTrigger`'s ``event`` resumes: read from the plan store, or from the event of
+    a backoff trigger deferred by an earlier release, which carried the state."""
+    if isinstance(event, Mapping) and "next_round" in event and "retry_from" not in event:
+        state = stored()
+        if state is None or state.round + 1 != event["next_round"]:
+            raise AirflowException(
+                f"the plan store holds no state of round {event['next_round']!r} to send: "
+                f"{'none' if state is None else f'round {state.round} ended'}; a retry replays the rounds"
+            )
+        return state, state.resubmit_from, JobPlan.load(store).instance_url or ""
+    if not isinstance(event, Mapping) or not isinstance(event.get("retry_from"), list):
+        raise AirflowException(
+            f"send_next_round needs the backoff trigger's event, got {type(event).__name__}"
+        )
+    state = RoundState.from_event(check_resubmit_state(event.get("resubmit"), first_round=1))
+    if not isinstance(event.get("instance_url"), str):
+        raise AirflowException("malformed backoff event: instance_url is not a string")
+    return state, [check_job_id(job_id) for job_id in event["retry_from"]], str(event["instance_url"])
+
+
+def back_off(
+    number: int,
+    delay: float,
+    policy: ResubmitPolicy,
+    state: RoundState,
+    *,
+    save: Callable[[RoundState], None],
+    defer: Callable[..., Any] | None,
+    log: logging.Logger | Any,
+) -> None:
+    """Wait ``delay`` before round ``number``: deferred to the triggerer (``defer``, ``None`` when the
+    task is not deferrable) when long enough, else slept here."""
+    log.info(
+        "Records of %d job(s) failed with %s: round %d of %d in %.0fs",
+        len(state.resubmit_from),
+        "/".join(policy.codes),
+        number,
+        policy.max_rounds,
+        delay,
+    )
+    if defer is not None and delay >= _DEFER_BACKOFF_FROM:
+        # The wait frees the worker slot; the round's state (with ``resubmit_from``) is in the plan
+        # store, so any worker can send the round after it.
+        save(state)
+        defer(
+            trigger=ResubmitBackoffTrigger(time.time() + delay, next_round=number),
+            method_name="send_next_round",
+            timeout=datetime.timedelta(seconds=delay + _BACKOFF_BACKSTOP_SECONDS),
+        )
+    time.sleep(delay)
+
+
+def send_round(
+    hook: SalesforceBulkHook,
+    settings: ConnectionSettings,
+    store: PlanStore | None,
+    state: RoundState,
+    policy: ResubmitPolicy,
+    spec: JobSpec,
+    limits: ChunkLimits,
+    *,
+    stop: threading.Event,
+) -> dict[str, int]:
+    """Send the failures of ``state.resubmit_from`` to round ``state.round + 1``'s jobs (recorded in
+    ``store`` first); ``state`` becomes that round's, waiting for the returned jobs (records each)."""
+    number = state.round + 1
+    check_stop(stop, f"sending round {number}")
+    rounds = RoundPlan(store)
+
+    async def send() -> dict[str, int]:
+        async with hook.client(settings) as client:
+            return await submit_round(
+                client, rounds, number, state.resubmit_from, policy, state.ledger, spec, limits, stop=stop
+            )
+
+    with fail_on_refused_credentials():
+        counts = run_sync(send)
+    state.round, state.waiting, state.resubmit_from = number, counts, []
+    return counts

@@ -12,12 +12,19 @@ try reattaches to every job the plan names).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from airflow.providers.common.compat.sdk import AirflowException
 
-__all__ = ["TryStopped", "check_stop", "until_stopped"]
+if TYPE_CHECKING:
+    from airflow_provider_salesforce_bulk.operators.job_plan import JobPlan
+    from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
+
+__all__ = ["TryStopped", "abort_targets", "check_stop", "settled_targets", "until_stopped"]
+
+# How long on_kill's abort waits for the stopped try to settle (see settled_targets).
+SETTLE_SECONDS = 2.0
 
 T = TypeVar("T")
 
@@ -40,3 +47,22 @@ def until_stopped(items: Iterable[T], stop: threading.Event | None, what: str) -
     for number, item in enumerate(items):
         check_stop(stop, f"{what} {number + 1}")
         yield item
+
+
+def abort_targets(active: Sequence[str], plan: JobPlan | None) -> tuple[list[str], PlanStore | None]:
+    """``on_kill``'s jobs: those waited for now, else every job of the plan (whose store names the try)."""
+    job_ids = list(active)
+    if not job_ids and plan is not None:
+        job_ids = plan.job_ids
+    return job_ids, plan.store if plan is not None else None
+
+
+def settled_targets(job_ids: list[str], settled: threading.Event | None, plan: JobPlan | None) -> list[str]:
+    """``job_ids`` and every job of the plan once the stopped try has settled."""
+    # A job created while the signal arrived is in the plan once the try has stopped, at its
+    # next chunk: waited for briefly (Airflow's SIGKILL follows the SIGTERM by 5 s).
+    if settled is not None:
+        settled.wait(SETTLE_SECONDS)
+    if plan is not None:
+        job_ids = list(dict.fromkeys([*job_ids, *plan.job_ids]))
+    return job_ids

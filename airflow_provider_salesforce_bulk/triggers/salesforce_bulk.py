@@ -21,6 +21,7 @@ from airflow_provider_salesforce_bulk.client import (
 )
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+from airflow_provider_salesforce_bulk.triggers.abort import ABORT_BUDGET, abort_jobs
 from airflow_provider_salesforce_bulk.triggers.events import (
     EventStatus,
     HistoryEntry,
@@ -42,8 +43,6 @@ JOB_KINDS = ("ingest", "query")
 
 # Polls of one task's jobs in flight at once: a task with hundreds of jobs must not flood the pool.
 _POLL_CONCURRENCY = 8
-# Aborting the unfinished jobs and reading their final counts, after the deadline or on a kill.
-_ABORT_BUDGET = 20.0
 # A total progress line at most this often (seconds), besides one whenever a job finishes.
 _TOTAL_EVERY = 60.0
 # Up to this many jobs, every state change of every job is logged; above it, only finishes.
@@ -210,7 +209,7 @@ class SalesforceBulkJobTrigger(BaseTrigger):
         latest: dict[str, JobSummary] = {}
         remaining = self._remaining()
         # Bounds even a login that never answers: the event fires a little after the deadline.
-        overall = None if remaining is None else max(remaining, 0) + _ABORT_BUDGET + 10
+        overall = None if remaining is None else max(remaining, 0) + ABORT_BUDGET + 10
         try:
             return await asyncio.wait_for(self._session(latest), overall)
         except asyncio.TimeoutError:
@@ -303,46 +302,12 @@ class SalesforceBulkJobTrigger(BaseTrigger):
     async def _abort(
         self, client: BulkIngestClient, job_ids: list[str], latest: dict[str, JobSummary]
     ) -> int:
-        """Abort ``job_ids`` and read their counts again (an abort's answer has none), within a budget.
-
-        Returns how many jobs are known to have ended; the others keep their last known state.
-        """
-        ended = 0
-        jobs = self._jobs(client)
-
-        async def one(job_id: str) -> None:
-            nonlocal ended
-            try:
-                job = await jobs.abort_job(job_id)
-            except SalesforceBulkError as exc:
-                self.log.warning("Could not abort job %s: %s", job_id, exc)
-                return
-            self.log.warning("Aborted job %s (now %s)", job_id, job.state)
-            latest[job_id] = job_summary(job)
-            if job.is_terminal:
-                self._final[job_id] = latest[job_id]
-                ended += 1
-            try:
-                # The abort's answer carries no counters: the summary needs the real ones.
-                job = await jobs.get_job(job_id)
-            except SalesforceBulkError as exc:
-                self.log.warning("Could not read job %s after aborting it: %s", job_id, exc)
-                return
-            latest[job_id] = job_summary(job)
-            if job.is_terminal:
-                self._final[job_id] = latest[job_id]
-
-        limit = asyncio.Semaphore(_POLL_CONCURRENCY)
-
-        async def bounded(job_id: str) -> None:
-            async with limit:
-                await one(job_id)
-
-        try:
-            await asyncio.wait_for(asyncio.gather(*(bounded(j) for j in job_ids)), _ABORT_BUDGET)
-        except asyncio.TimeoutError:
-            self.log.warning("Aborting the jobs took over %.0fs: some may still be running", _ABORT_BUDGET)
-        return ended
+        """Abort ``job_ids`` (see :func:`~.abort.abort_jobs`); returns how many are known to have ended,
+        which are final now; the others keep their last known state."""
+        ended = await abort_jobs(self._jobs(client), job_ids, latest, log=self.log)
+        for job_id in ended:
+            self._final[job_id] = latest[job_id]
+        return len(ended)
 
     async def on_kill(self) -> None:
         """Abort the unfinished jobs, only if the user ended this try. Idempotent.

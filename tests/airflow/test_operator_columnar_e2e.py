@@ -293,7 +293,7 @@ def test_a_long_backoff_waits_in_the_triggerer_not_in_the_worker(
 ) -> None:
     import time
 
-    from airflow_provider_salesforce_bulk.operators import salesforce_bulk as module
+    from airflow_provider_salesforce_bulk.operators import resubmit_rounds as module
 
     timers: list[float] = []
     real_timer = module.ResubmitBackoffTrigger
