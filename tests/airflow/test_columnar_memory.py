@@ -25,8 +25,10 @@ SMALL_GROUPS, LARGE_GROUPS = 4, 32
 
 _CHILD = """
 import json, sys
-from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, CsvChunk
+from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits
+from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk
 from airflow_provider_salesforce_bulk.operators.columnar_sources import make_columnar_source
+from airflow_provider_salesforce_bulk.operators.source_spec import SourceSpec
 
 def anon():
     for line in open("/proc/self/status"):
@@ -49,7 +51,7 @@ class Discard:
 
 rows, peak = [0], [0]
 source = make_columnar_source(
-    source=sys.argv[1], limits=ChunkLimits(max_size_bytes=10_000_000, max_records=100_000),
+    SourceSpec(source=sys.argv[1]), limits=ChunkLimits(max_size_bytes=10_000_000, max_records=100_000),
     chunk_format=ChunkFormat(),
 )
 with source.open_into(Discard()) as chunks:
