@@ -161,6 +161,7 @@ async def submit_job(
     on_job_closing: JobCreatedCallback | None = None,
     max_close_attempts: int = 3,
     on_job_aborted: JobAbortedCallback | None = None,
+    abort_on_interruption: bool = True,
 ) -> tuple[JobInfo, tuple[str, ...]]:
     """Create a job as ``spec`` says, upload one CSV chunk to it and close it, without ever loading the
     chunk twice.
@@ -183,6 +184,10 @@ async def submit_job(
     awaited with the job once its data is uploaded, just before the close is sent: from then on the
     job may process records and must never be aborted nor its chunk sent again without asking
     Salesforce. If either callback raises, the job (not yet closed) is aborted and the error raised.
+    With ``abort_on_interruption=False`` a failure that is not Salesforce's answer (a callback that
+    raised, a stop, a cancellation) leaves the unclosed job as it is: a caller that recorded it (the
+    Airflow operator's plan) lets the try that owns the plan abort it, since the one interrupted may
+    be a try Airflow has already handed over to its retry.
     ``on_job_aborted`` is awaited with a job aborted before its close and the error that made it so
     (its upload's answer lost, a request or a callback failed; not a cancellation), so a caller that
     recorded the job can mark it as never processed.
@@ -222,12 +227,17 @@ async def submit_job(
                 raise
             log.warning("Upload to job %s got no answer (%s); sending the chunk to a new job", job.id, exc)
             continue
-        except Exception as exc:
+        except SalesforceBulkError as exc:
             # Not closed yet: Salesforce cannot have processed any of it, so aborting is safe.
             await _abort_unclosed(client, job, exc, on_job_aborted)
             raise
+        except Exception as exc:
+            if abort_on_interruption:
+                await _abort_unclosed(client, job, exc, on_job_aborted)
+            raise
         except BaseException:
-            await abort_quietly(client, job.id)
+            if abort_on_interruption:
+                await abort_quietly(client, job.id)
             raise
         return await close_uploaded_job(client, job, max_attempts=max_close_attempts), tuple(replaced)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -399,6 +399,7 @@ async def resubmit_round(
     sent_before: Callable[[ResubmitChunk], Awaitable[bool]] | None = None,
     on_job_closing: ChunkJobCallback | None = None,
     on_job_closed: ChunkJobCallback | None = None,
+    abort_on_interruption: bool = True,
 ) -> list[ResubmitJob]:
     """Send the transient failures of ended jobs ``job_ids`` again, one new job per resubmit chunk, each
     created as ``spec`` says (its CSV in ``spec``'s delimiter and line ending, in chunks within
@@ -443,6 +444,7 @@ async def resubmit_round(
             compress=compress,
             on_job_created=created,
             on_job_closing=closing,
+            abort_on_interruption=abort_on_interruption,
         )
         if on_job_closed is not None:
             await on_job_closed(job, chunk)

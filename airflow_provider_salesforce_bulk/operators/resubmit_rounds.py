@@ -137,6 +137,8 @@ async def submit_round(
         on_job_created=hooks.created,
         on_job_closing=hooks.closing,
         on_job_closed=hooks.closed,
+        # As for the load's jobs: an unclosed job is settled by the try that owns the plan.
+        abort_on_interruption=False,
     )
     entry["complete"] = True
     await plan.save()

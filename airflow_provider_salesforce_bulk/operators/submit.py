@@ -190,6 +190,9 @@ async def _send(
             on_job_created=hooks.created,
             on_job_closing=hooks.closing,
             on_job_aborted=hooks.aborted,
+            # A plan that cannot be saved, a stop or a cancellation: the job stays as the plan says,
+            # for the try that owns the plan to settle (this one may be a try Airflow has ended).
+            abort_on_interruption=False,
         )
     except JobOutcomeUnknownError as exc:
         raise AirflowException(f"{exc}; a retry reads its state and carries on") from exc

@@ -554,6 +554,21 @@ async def test_on_job_closing_runs_after_the_upload_and_its_failure_aborts_the_u
     assert [j.state for j in api.jobs.values()] == ["Aborted"]
 
 
+@pytest.mark.parametrize("where", ["created", "closing"])
+async def test_without_abort_on_interruption_a_failed_callback_leaves_the_unclosed_job_open(client, api, where):
+    # The Airflow operator's case: its plan cannot be saved because Airflow handed the task over to a
+    # retry; the job stays as the plan says, for the try that owns the plan to settle.
+    async def refuse(job):
+        raise RuntimeError("task instance not found")
+
+    callbacks = {"on_job_created" if where == "created" else "on_job_closing": refuse}
+    with pytest.raises(RuntimeError):
+        await submit_job(client, INSERT_ACCOUNT, b"Name\nA\n", abort_on_interruption=False, **callbacks)
+    assert not any(is_abort(r) for r in api.requests)
+    assert not any(is_close(r) for r in api.requests)
+    assert [j.state for j in api.jobs.values()] == ["Open"]
+
+
 async def test_on_job_aborted_hears_of_each_never_closed_job_aborted_and_why(client, api):
     # A caller that recorded each job (the Airflow operator's plan) learns which never processed anything.
     aborted: list[tuple[str, str, str | None]] = []
