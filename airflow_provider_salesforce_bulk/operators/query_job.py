@@ -13,6 +13,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_salesforce_bulk.client import BulkIngestClient, BulkQueryClient, JobInfo, NotFoundError
+from airflow_provider_salesforce_bulk.client.models import FAILED_STATES
 from airflow_provider_salesforce_bulk.triggers.abort import Log
 from airflow_provider_salesforce_bulk.triggers.events import (
     JobsEvent,
@@ -69,7 +70,7 @@ async def start_query_job(
         except NotFoundError:
             log.info("Query job %s of an earlier try is gone: running the query again", earlier)
         else:
-            if job.state not in ("Failed", "Aborted"):
+            if job.state not in FAILED_STATES:
                 return job, instance_url, True
             log.info(
                 "Query job %s of an earlier try ended %s (%s): running the query again",

@@ -555,7 +555,9 @@ async def test_on_job_closing_runs_after_the_upload_and_its_failure_aborts_the_u
 
 
 @pytest.mark.parametrize("where", ["created", "closing"])
-async def test_without_abort_on_interruption_a_failed_callback_leaves_the_unclosed_job_open(client, api, where):
+async def test_without_abort_on_interruption_a_failed_callback_leaves_the_unclosed_job_open(
+    client, api, where
+):
     # The Airflow operator's case: its plan cannot be saved because Airflow handed the task over to a
     # retry; the job stays as the plan says, for the try that owns the plan to settle.
     async def refuse(job):
