@@ -38,6 +38,15 @@ R = TypeVar("R")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
 
+def task_path_parts(ti: Any) -> list[str]:
+    """``dag_id``, ``run_id``, ``task_id`` (and the map index of a mapped task) of ``ti``, each with
+    the characters unsafe in a file name replaced by ``_``: the folders of a task instance's files."""
+    parts = [ti.dag_id, ti.run_id, ti.task_id]
+    if getattr(ti, "map_index", -1) not in (None, -1):
+        parts.append(str(ti.map_index))
+    return [_UNSAFE.sub("_", part) for part in parts]
+
+
 def output_folder(path: Any, ti: Any, default_folder: str) -> Any:
     """Where an operator writes: ``path`` as an ``ObjectStoragePath``, or its default under ``$AIRFLOW_HOME``.
 
@@ -56,10 +65,7 @@ def output_folder(path: Any, ti: Any, default_folder: str) -> Any:
         text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
         return ObjectStoragePath(text if "://" in text else os.path.abspath(text))
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    parts = [default_folder, ti.dag_id, ti.run_id, ti.task_id]
-    if getattr(ti, "map_index", -1) not in (None, -1):
-        parts.append(str(ti.map_index))
-    local = os.path.join(home, *(_UNSAFE.sub("_", part) for part in parts))
+    local = os.path.join(home, _UNSAFE.sub("_", default_folder), *task_path_parts(ti))
     return ObjectStoragePath(f"file://{os.path.abspath(local)}")
 
 

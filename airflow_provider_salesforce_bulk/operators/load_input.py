@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from airflow_provider_salesforce_bulk.client.limits import check_limits_before_l
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators import columnar_sources as columnar
+from airflow_provider_salesforce_bulk.operators.base import task_path_parts
 from airflow_provider_salesforce_bulk.operators.field_check import check_columns_exist
 from airflow_provider_salesforce_bulk.operators.grouping import GroupedSource
 from airflow_provider_salesforce_bulk.operators.links import LINK_XCOM_KEY, job_url
@@ -57,18 +57,13 @@ __all__ = [
 DEFAULT_STAGING_FOLDER = "salesforce_bulk_staging"
 """Under ``$AIRFLOW_HOME`` when neither ``staging_path`` nor ``results_path`` is given."""
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-
 
 def staging_area(ti: Any, staging_path: Any, results_dir: Callable[[], Any] | None) -> StagingArea:
     """The task instance's staging folder: ``staging_path``, else ``_staging`` under the results folder
     (``results_dir``, ``None`` without ``results_path``), else under ``$AIRFLOW_HOME``."""
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-    parts = [ti.dag_id, ti.run_id, ti.task_id] if ti is not None else ["_", uuid.uuid4().hex]
-    if ti is not None and getattr(ti, "map_index", -1) not in (None, -1):
-        parts.append(str(ti.map_index))
-    parts = [_UNSAFE.sub("_", part) for part in parts]
+    parts = task_path_parts(ti) if ti is not None else ["_", uuid.uuid4().hex]
     if staging_path:
         path = staging_path
         root = path if isinstance(path, ObjectStoragePath) else ObjectStoragePath(str(path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from types import TracebackType
 from typing import Any
 
@@ -19,9 +18,6 @@ DEFAULT_EXTRACTS_FOLDER = "salesforce_bulk_extracts"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/part-00000.csv``."""
 
 OUTPUT_FORMATS = ("csv", "parquet")
-
-_PART = re.compile(r"^part-(\d{5,})\.(csv|parquet)$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
 
 def part_name(number: int, output_format: str) -> str:
