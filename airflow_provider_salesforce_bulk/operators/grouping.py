@@ -6,9 +6,13 @@ with ``UNABLE_TO_LOCK_ROW``. :func:`group_by_parent` wraps a :class:`ChunkSource
 records ordered by the parent field's value, cut so that a parent's records are never split across
 two chunks when they fit in one.
 
-Memory stays flat in the data size: every record's CSV bytes, exactly as the source serialized
-them, go to a temporary SQLite file with its parent value and its position in the source; SQLite
-sorts them once (an external sort that spills to disk), and each pass reads them back in order.
+Memory stays flat in the data size and in the chunk size: the source writes its chunks into a
+sink that sends every record's CSV bytes, exactly as the source serialized them, to a temporary
+SQLite file with its parent value and its position in the source, a piece at a time. SQLite sorts
+them once (an external sort that spills to disk) and counts each group's records and bytes; each
+pass reads them back in order and writes them into the pass's sink (a staged file), placing a group
+from its counts before reading it. No chunk is held whole, unless the pass asks for chunks in
+memory (:meth:`GroupedSource.open`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ class GroupedSource(ChunkSource):
     """A :class:`ChunkSource` giving the wrapped source's records grouped by a parent field.
 
     The first pass spools the source to a temporary SQLite file; later passes read that file again.
-    :meth:`close` (or leaving a ``with`` block, or garbage collection) deletes it.
+    :meth:`close` (or leaving a ``with`` block, or garbage collection) deletes it. ``open_into``
+    writes each chunk into a sink as it is packed; ``open`` gives chunks in memory, each a
+    :class:`GroupedChunk` with its ``source_indexes``.
     """
 
     def __init__(
