@@ -29,6 +29,7 @@ import threading
 import weakref
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
 from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink, MemorySink
@@ -151,7 +152,7 @@ class GroupedSource(ChunkSource):
             # group's size comes from SQL too, so a pass places a group before reading its records.
             db.execute("CREATE TABLE ordered AS SELECT pos, record FROM spool ORDER BY parent, pos")
             db.execute(
-                "CREATE TABLE groups AS SELECT parent, count(*) AS n, sum(length(record)) AS size "
+                "CREATE TABLE group_sizes AS SELECT parent, count(*) AS n, sum(length(record)) AS size "
                 "FROM spool GROUP BY parent ORDER BY parent"
             )
             db.execute("DROP TABLE spool")
@@ -174,7 +175,8 @@ class GroupedSource(ChunkSource):
     def _open(self) -> Iterator[Iterator[CsvChunk]]:
         chunks = self._read_chunks(MemorySink(), positions=True)
         try:
-            yield chunks  # type: ignore[misc]  # a MemorySink ends CsvChunks (GroupedChunks here)
+            # A MemorySink ends CsvChunks (the packer makes them GroupedChunks).
+            yield cast(Iterator[CsvChunk], chunks)
         finally:
             chunks.close()
 
@@ -191,7 +193,7 @@ class GroupedSource(ChunkSource):
         # (the client pulls them in a worker thread), never in the event loop that opened the pass.
         with contextlib.closing(_connect(self._spool())) as db:
             packer = _Packer(self._header, self.max_size_bytes, self.max_records, sink, positions)
-            groups = db.execute("SELECT parent, n, size FROM groups ORDER BY rowid")
+            groups = db.execute("SELECT parent, n, size FROM group_sizes ORDER BY rowid")
             rows = db.execute("SELECT pos, record FROM ordered ORDER BY rowid")
             yield from packer.pack(groups, rows)
 
