@@ -15,7 +15,9 @@ Per source it prints the peak RSS at each size and its difference to the run of 
 ``BENCH_RSS_ROWS`` sets the sizes (comma-separated; default ``1000000``; ``1000000,5000000`` for the
 issue's full check: expect a quarter of an hour or more a source at 5,000,000 rows on a two-core
 machine; on a machine at load 15, 1,000,000 rows took 3 to 10 minutes a source) and
-``BENCH_RSS_SOURCES`` the sources (default ``parquet,sql,csv,ndjson``).
+``BENCH_RSS_SOURCES`` the sources (default ``parquet,sql,csv,ndjson,csv_grouped``). ``csv_grouped`` is
+the CSV file loaded with ``group_by_parent="Supplier_Email__c"`` (1,024 values, as a parent's id): the
+records go through the grouping's SQLite spool before they are staged.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from benchmarks.bench_operator_parquet import make_table
 
 BASE_ROWS = 2_000
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_RSS_ROWS", "1000000").split(","))
-SOURCES = tuple(os.environ.get("BENCH_RSS_SOURCES", "parquet,sql,csv,ndjson").split(","))
+SOURCES = tuple(os.environ.get("BENCH_RSS_SOURCES", "parquet,sql,csv,ndjson,csv_grouped").split(","))
+GROUPED = "csv_grouped"
+PARENT = "Supplier_Email__c"
 GOAL_MB = 150.0
 OBJECT = "Warehouse_Item__c"
 CONN_ID = "sf_bench_rss"
@@ -118,8 +122,9 @@ _WRITERS = {"parquet": _write_parquet, "csv": _write_csv, "ndjson": _write_ndjso
 
 def write_input(source: str, directory: Path, n: int) -> Path:
     """``n`` rows as ``source`` reads them: a file, or a SQLite database for ``sql``."""
-    path = directory / f"items_{n}.{'db' if source == 'sql' else source}"
-    _WRITERS[source](path, n)
+    fmt = "csv" if source == GROUPED else source
+    path = directory / f"items_{n}.{'db' if fmt == 'sql' else fmt}"
+    _WRITERS[fmt](path, n)
     return path
 
 
@@ -146,6 +151,8 @@ def _load(env: dict[str, str], work: Path, base_url: str, source: str, path: Pat
         source_arg = f"sql={query!r}, sql_conn_id={SQL_CONN_ID!r}"
     else:
         source_arg = f"source={str(path)!r}"
+        if source == GROUPED:
+            source_arg += f", group_by_parent={PARENT!r}"
     results = work / "results" / dag_id
     dag_file = work / "dags" / f"{dag_id}.py"
     dag_file.write_text(

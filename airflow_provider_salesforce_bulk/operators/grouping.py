@@ -6,9 +6,13 @@ with ``UNABLE_TO_LOCK_ROW``. :func:`group_by_parent` wraps a :class:`ChunkSource
 records ordered by the parent field's value, cut so that a parent's records are never split across
 two chunks when they fit in one.
 
-Memory stays flat in the data size: every record's CSV bytes, exactly as the source serialized
-them, go to a temporary SQLite file with its parent value and its position in the source; SQLite
-sorts them once (an external sort that spills to disk), and each pass reads them back in order.
+Memory stays flat in the data size and in the chunk size: the source writes its chunks into a
+sink that sends every record's CSV bytes, exactly as the source serialized them, to a temporary
+SQLite file with its parent value and its position in the source, a piece at a time. SQLite sorts
+them once (an external sort that spills to disk) and counts each group's records and bytes; each
+pass reads them back in order and writes them into the pass's sink (a staged file), placing a group
+from its counts before reading it. No chunk is held whole, unless the pass asks for chunks in
+memory (:meth:`GroupedSource.open`).
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError
-from airflow_provider_salesforce_bulk.client.csv_format import CsvChunk, RecordScan
+from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink, MemorySink
+from airflow_provider_salesforce_bulk.client.csv_format import Chunk, CsvChunk, RecordScan
 from airflow_provider_salesforce_bulk.operators.chunk_source import ChunkSource
 
 __all__ = ["GroupedChunk", "GroupedSource", "group_by_parent"]
 
-_FETCH = 2_000
+# Records are handed to the chunk's sink in batches of about this many bytes (one write, one hash
+# update a batch, not a record).
+_PIECE = 1 << 20
 # SQLite's page cache (and so its sorter's memory before it spills to disk), in KiB.
 _CACHE_KIB = 8_192
 
@@ -55,7 +63,9 @@ class GroupedSource(ChunkSource):
     """A :class:`ChunkSource` giving the wrapped source's records grouped by a parent field.
 
     The first pass spools the source to a temporary SQLite file; later passes read that file again.
-    :meth:`close` (or leaving a ``with`` block, or garbage collection) deletes it.
+    :meth:`close` (or leaving a ``with`` block, or garbage collection) deletes it. ``open_into``
+    writes each chunk into a sink as it is packed; ``open`` gives chunks in memory, each a
+    :class:`GroupedChunk` with its ``source_indexes``.
     """
 
     def __init__(
@@ -67,7 +77,12 @@ class GroupedSource(ChunkSource):
         chunk_format: ChunkFormat,
         spool_dir: str | None = None,
     ) -> None:
-        super().__init__(self._open, f"{source.description}, grouped by {parent_field}", uri=source.uri)
+        super().__init__(
+            self._open,
+            f"{source.description}, grouped by {parent_field}",
+            uri=source.uri,
+            into_sink=self._open_into,
+        )
         self.source = source
         self.parent_field = parent_field
         self.max_size_bytes = limits.max_size_bytes
@@ -124,38 +139,28 @@ class GroupedSource(ChunkSource):
             return path
 
     def _fill(self, path: str) -> bytes:
-        header = b""
-        column = -1
         with contextlib.closing(_connect(path)) as db:
             db.execute(
                 "CREATE TABLE spool (pos INTEGER NOT NULL, parent TEXT NOT NULL, record BLOB NOT NULL)"
             )
-            with self.source.open() as chunks:
-                for chunk in chunks:
-                    chunk_header, records = _split(chunk)
-                    if not header:
-                        header = chunk_header
-                        column = self._parent_column(chunk)
-                    elif chunk_header != header:
-                        raise InputError(
-                            f"{self.source.description}: records {chunk.first_record_index}.. have another "
-                            "header than the first chunk's; grouping needs one header",
-                            record_index=chunk.first_record_index,
-                        )
-                    parents = _column(chunk, column, self.delimiter, len(records))
-                    base = chunk.first_record_index
-                    db.executemany(
-                        "INSERT INTO spool VALUES (?, ?, ?)",
-                        zip(range(base, base + len(records)), parents, records, strict=True),
-                    )
-            # One external sort; every pass then reads the rows in rowid order, sequentially.
-            db.execute("CREATE TABLE ordered AS SELECT pos, parent, record FROM spool ORDER BY parent, pos")
+            # The source writes its chunks into the spool a batch at a time: no chunk is held whole.
+            sink = _SpoolSink(db, self)
+            with self.source.open_into(sink) as chunks:
+                for _ in chunks:
+                    pass
+            # One external sort; every pass then reads the rows in rowid order, sequentially. Each
+            # group's size comes from SQL too, so a pass places a group before reading its records.
+            db.execute("CREATE TABLE ordered AS SELECT pos, record FROM spool ORDER BY parent, pos")
+            db.execute(
+                "CREATE TABLE group_sizes AS SELECT parent, count(*) AS n, sum(length(record)) AS size "
+                "FROM spool GROUP BY parent ORDER BY parent"
+            )
             db.execute("DROP TABLE spool")
             db.commit()
-        return header
+        return sink.header
 
-    def _parent_column(self, chunk: CsvChunk) -> int:
-        names = chunk.fieldnames(self.column_delimiter)
+    def _parent_column(self, header: bytes) -> int:
+        names = CsvChunk(header, 0, 0).fieldnames(self.column_delimiter)
         if self.parent_field not in names:
             raise InputError(
                 f"group_by_parent field {self.parent_field!r} is not a column of {self.source.description} "
@@ -168,87 +173,198 @@ class GroupedSource(ChunkSource):
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[Iterator[CsvChunk]]:
-        chunks = self._read_chunks()
+        chunks = self._read_chunks(MemorySink(), positions=True)
+        try:
+            # A MemorySink ends CsvChunks (the packer makes them GroupedChunks).
+            yield cast(Iterator[CsvChunk], chunks)
+        finally:
+            chunks.close()
+
+    @contextlib.contextmanager
+    def _open_into(self, sink: ChunkSink) -> Iterator[Iterator[Chunk]]:
+        chunks = self._read_chunks(sink, positions=False)
         try:
             yield chunks
         finally:
             chunks.close()
 
-    def _read_chunks(self) -> Generator[CsvChunk, None, None]:
+    def _read_chunks(self, sink: ChunkSink, *, positions: bool) -> Generator[Chunk, None, None]:
         # Spooling and reading happen on the first next(), in whichever thread pulls the chunks
         # (the client pulls them in a worker thread), never in the event loop that opened the pass.
         with contextlib.closing(_connect(self._spool())) as db:
-            yield from self._pack(db.execute("SELECT pos, parent, record FROM ordered ORDER BY rowid"))
-
-    def _pack(self, rows: sqlite3.Cursor) -> Iterator[CsvChunk]:
-        packer = _Packer(self._header, self.max_size_bytes, self.max_records)
-        group: list[tuple[int, bytes]] = []
-        group_size = 0
-        parent: str | None = None
-        overflowing = False
-        while batch := rows.fetchmany(_FETCH):
-            for pos, value, record in batch:
-                if value != parent or not value:
-                    # A new group (an empty parent value ties nothing together: each record alone).
-                    yield from packer.place(group, group_size)
-                    group, group_size, parent, overflowing = [], 0, value, False
-                if overflowing:
-                    yield from packer.add(pos, record)
-                    continue
-                group.append((pos, record))
-                group_size += len(record)
-                if not packer.fits_alone(len(group), group_size):
-                    # Larger than any chunk: split it anyway, starting a fresh chunk to cut it least.
-                    yield from packer.flush()
-                    for member_pos, member in group:
-                        yield from packer.add(member_pos, member)
-                    group, group_size, overflowing = [], 0, True
-        yield from packer.place(group, group_size)
-        yield from packer.flush()
+            packer = _Packer(self._header, self.max_size_bytes, self.max_records, sink, positions)
+            groups = db.execute("SELECT parent, n, size FROM group_sizes ORDER BY rowid")
+            rows = db.execute("SELECT pos, record FROM ordered ORDER BY rowid")
+            yield from packer.pack(groups, rows)
 
 
 class _Packer:
-    """Fills chunks within both limits."""
+    """Fills chunks within both limits, writing each record into ``sink`` as it places it.
 
-    def __init__(self, header: bytes, max_size: int, max_records: int) -> None:
+    Both cursors are in parent order: ``groups`` gives each parent's record count and bytes,
+    ``rows`` the records, so a group is placed (in the current chunk, a fresh one, or split when
+    larger than a chunk) before any of its records is read. Only a batch of records is held.
+    """
+
+    def __init__(
+        self, header: bytes, max_size: int, max_records: int, sink: ChunkSink, positions: bool
+    ) -> None:
         self.header = header
         self.max_size = max_size
         self.max_records = max_records
-        self.parts: list[bytes] = []
+        self.sink = sink
+        self.keep_positions = positions
         self.positions = array.array("q")
+        self.batch: list[bytes] = []
+        self.batch_size = 0
+        self.count = 0
         self.size = len(header)
         self.first = 0
 
-    def fits_alone(self, count: int, size: int) -> bool:
-        return count <= self.max_records and len(self.header) + size <= self.max_size
+    def pack(self, groups: sqlite3.Cursor, rows: sqlite3.Cursor) -> Iterator[Chunk]:
+        for parent, count, size in groups:
+            if not parent:
+                # An empty parent value ties nothing together: each record is a group of its own.
+                for _ in range(count):
+                    pos, record = next(rows)
+                    yield from self.place(1, len(record))
+                    yield from self.add(pos, record)
+                continue
+            yield from self.place(count, size)
+            for _ in range(count):
+                pos, record = next(rows)
+                yield from self.add(pos, record)
+        yield from self.flush()
 
-    def place(self, group: list[tuple[int, bytes]], size: int) -> Iterator[GroupedChunk]:
-        """Put a whole group (that fits in a chunk) in the current chunk, or in a new one."""
-        if not group:
-            return
-        if len(self.parts) + len(group) > self.max_records or self.size + size > self.max_size:
+    def place(self, count: int, size: int) -> Iterator[Chunk]:
+        """Make room for a group: a fresh chunk when it does not fit in the current one; when it
+        is larger than any chunk, a fresh chunk too, so that it is cut least."""
+        fits_alone = count <= self.max_records and len(self.header) + size <= self.max_size
+        if not fits_alone or self.count + count > self.max_records or self.size + size > self.max_size:
             yield from self.flush()
-        for pos, record in group:
-            self.parts.append(record)
+
+    def add(self, pos: int, record: bytes) -> Iterator[Chunk]:
+        if self.count >= self.max_records or self.size + len(record) > self.max_size:
+            yield from self.flush()
+        if not self.count:
+            self.sink.begin(self.first)
+            self.sink.write(self.header)
+        self.batch.append(record)
+        self.batch_size += len(record)
+        if self.batch_size >= _PIECE:
+            self._write()
+        if self.keep_positions:
             self.positions.append(pos)
-        self.size += size
-
-    def add(self, pos: int, record: bytes) -> Iterator[GroupedChunk]:
-        if len(self.parts) >= self.max_records or self.size + len(record) > self.max_size:
-            yield from self.flush()
-        self.parts.append(record)
-        self.positions.append(pos)
+        self.count += 1
         self.size += len(record)
 
-    def flush(self) -> Iterator[GroupedChunk]:
-        if not self.parts:
+    def _write(self) -> None:
+        self.sink.write_all(self.batch)
+        self.batch = []
+        self.batch_size = 0
+
+    def flush(self) -> Iterator[Chunk]:
+        if not self.count:
             return
-        count = len(self.parts)
-        yield GroupedChunk(self.header + b"".join(self.parts), self.first, count, self.positions)
-        self.first += count
-        self.parts = []
-        self.positions = array.array("q")
+        self._write()
+        chunk = self.sink.end(self.count)
+        if self.keep_positions and isinstance(chunk, CsvChunk):
+            chunk = GroupedChunk(chunk.data, chunk.first_record_index, chunk.record_count, self.positions)
+        yield chunk
+        self.first += self.count
+        self.count = 0
         self.size = len(self.header)
+        self.positions = array.array("q")
+
+
+class _SpoolSink:
+    """The :class:`ChunkSink` the wrapped source writes into while spooling: each piece's complete
+    records go to the spool with their parent value, so memory holds a piece, never a chunk.
+
+    The source's chunker wrote (and checked the quoting of) every record in the job's format, so a
+    record ends at the first line feed after an even number of quotes; a chunk's first record is
+    its header.
+    """
+
+    def __init__(self, db: sqlite3.Connection, grouped: GroupedSource) -> None:
+        self.db = db
+        self.grouped = grouped
+        self.header = b""
+        self.column = -1
+        self.first = 0
+        self.seen = 0  # records of the current chunk spooled so far
+        self.header_pending = True
+        self.carry = b""  # the start of a record the next piece ends
+        self.scan = RecordScan()
+
+    def begin(self, first_record_index: int) -> None:
+        self.first = first_record_index
+        self.seen = 0
+        self.header_pending = True
+        self.carry = b""
+        self.scan = RecordScan()
+
+    def write(self, piece: bytes | memoryview) -> None:
+        data = self.carry + piece if self.carry else bytes(piece)
+        ends = list(iter(lambda: self.scan.first_end(data), None))
+        done = ends[-1] if ends else 0
+        self.carry = data[done:]
+        self.scan.consumed(done)
+        self._records([data[start:end] for start, end in itertools.pairwise([0, *ends])])
+
+    def write_all(self, pieces: Iterable[bytes | memoryview]) -> None:
+        self.write(b"".join(pieces))
+
+    def end(self, record_count: int) -> CsvChunk:
+        if self.carry:  # the last record without its line ending
+            tail, self.carry = self.carry, b""
+            self._records([tail])
+        if self.seen != record_count:
+            raise InputError(
+                f"records {self.first}.. of the source: the chunk says {record_count} records but "
+                f"holds {self.seen}",
+                record_index=self.first,
+            )
+        return CsvChunk(b"", self.first, record_count)
+
+    def _records(self, records: list[bytes]) -> None:
+        if records and self.header_pending:
+            self._header(records[0])
+            records = records[1:]
+        if not records:
+            return
+        parents = self._parents(records)
+        base = self.first + self.seen
+        self.db.executemany(
+            "INSERT INTO spool VALUES (?, ?, ?)",
+            zip(range(base, base + len(records)), parents, records, strict=True),
+        )
+        self.seen += len(records)
+
+    def _header(self, header: bytes) -> None:
+        self.header_pending = False
+        if not self.header:
+            self.column = self.grouped._parent_column(header)
+            self.header = header
+        elif header != self.header:
+            raise InputError(
+                f"{self.grouped.source.description}: records {self.first}.. have another header than "
+                "the first chunk's; grouping needs one header",
+                record_index=self.first,
+            )
+
+    def _parents(self, records: list[bytes]) -> list[str]:
+        text = b"".join(records).decode("utf-8")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.grouped.delimiter, strict=True)
+        column = self.column
+        values = [row[column] if column < len(row) else "" for row in reader]
+        if len(values) != len(records):
+            first = self.first + self.seen
+            raise InputError(
+                f"records {first}.. of the source could not be read back as {len(records)} CSV rows",
+                record_index=first,
+            )
+        return values
 
 
 def group_by_parent(
@@ -295,39 +411,3 @@ def _connect(path: str) -> sqlite3.Connection:
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _split(chunk: CsvChunk) -> tuple[bytes, list[bytes]]:
-    """The header and each record of a chunk, as bytes, without re-encoding anything.
-
-    The chunk was written (and its quoting checked) by the source's chunker in the job's format, so
-    a record ends at the first line ending after an even number of quotes.
-    """
-    data = chunk.data
-    scan = RecordScan()
-    ends = list(iter(lambda: scan.first_end(data), None))
-    if not ends or ends[-1] < len(data):
-        ends.append(len(data))  # the last record without its line ending
-    header = data[: ends[0]]
-    records = [data[start:end] for start, end in itertools.pairwise(ends)]
-    if len(records) != chunk.record_count:
-        raise InputError(
-            f"records {chunk.first_record_index}.. of the source: the chunk says {chunk.record_count} "
-            f"records but holds {len(records)}",
-            record_index=chunk.first_record_index,
-        )
-    return header, records
-
-
-def _column(chunk: CsvChunk, column: int, delimiter: str, expected: int) -> list[str]:
-    text = chunk.data.decode("utf-8")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    next(reader, None)
-    values = [row[column] if column < len(row) else "" for row in reader]
-    if len(values) != expected:
-        raise InputError(
-            f"records {chunk.first_record_index}.. of the source could not be read back as "
-            f"{expected} CSV rows",
-            record_index=chunk.first_record_index,
-        )
-    return values
