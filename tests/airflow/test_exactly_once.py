@@ -200,7 +200,10 @@ class AbortedMidway(SalesforceBulkOperator):
 def test_retry_after_an_abort_mid_processing_sends_only_the_unprocessed_records(
     sf: RunningEmulator, tmp_path: Path
 ) -> None:
-    sf.update_settings(records_per_second=250.0)
+    # Slow enough that the second job is still being processed once the fourth is closed and the
+    # task defers, even on a busy machine: at 250 records a second it had ended before the abort
+    # landed there (Aborted with all 250 processed: nothing to resend, so the task failed).
+    sf.update_settings(records_per_second=50.0)
     dag = _dag("once_aborted", tmp_path, retries=1, operator="AbortedMidway", prelude=_ABORTS_SECOND_JOB)
     operator_class: Any = type(dag.get_task("load"))
     dr = dag.test()
