@@ -91,8 +91,9 @@ def test_reading_a_parquet_file_takes_memory_of_a_row_group_not_of_the_file(tmp_
     assert small_read["rows"] == SMALL_GROUPS * ROWS_PER_GROUP
     assert large_read["rows"] == LARGE_GROUPS * ROWS_PER_GROUP
     extra_memory = large_read["growth"] - small_read["growth"]
-    # Wide: allocator noise on a busy machine, never a quarter of the file.
-    assert extra_memory < extra_file / 4, (
+    # Wide: allocator noise on a busy machine and other pyarrow versions (24 MB seen for 75 MB with
+    # Airflow 3.1.8's pins on Python 3.10), while the bug took about the whole file (83 MB for 74 MB).
+    assert extra_memory < extra_file / 2, (
         f"reading {extra_file / 1e6:.0f} MB more of Parquet took {extra_memory / 1e6:.0f} MB more memory "
         f"({small_read}, {large_read})"
     )
