@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -145,6 +146,18 @@ class SyncPlan:
         )
 
 
+_BATCH = 4_096
+
+
+def _no_external_id(spec: SyncSpec, index: int, ext: str | None) -> InputError:
+    return InputError(
+        f"record {index} has no {spec.external_id_field} (the external id field is "
+        f"{'empty' if ext == '' else 'None'}): every record of a change-only sync needs one",
+        record_index=index,
+        field=spec.external_id_field,
+    )
+
+
 def _mappings(records: Iterable[Any]) -> Iterator[Mapping[str, Any]]:
     for item in records:
         if isinstance(item, (pa.RecordBatch, pa.Table)):
@@ -166,24 +179,29 @@ def plan_sync(location: Any, records: Iterable[Any], spec: SyncSpec, workdir: st
     sorter = ExternalSorter(workdir, name="keys")
     records_file = os.path.join(workdir, "records.ndjson")
     with open(records_file, "wb") as spill:
-        for index, record in enumerate(_mappings(records)):
-            texts = digester.texts(record, index)
-            ext = texts[key]
-            if not ext:
-                raise InputError(
-                    f"record {index} has no {spec.external_id_field} (the external id field is "
-                    f"{'empty' if ext == '' else 'None'}): every record of a change-only sync needs one",
-                    record_index=index,
-                    field=spec.external_id_field,
-                )
-            sorter.add((ext, digester.digest(texts, index), index))
-            spill.write(orjson.dumps(texts) + b"\n")
+        base_index = 0
+        source = _mappings(records)
+        while batch := list(islice(source, _BATCH)):
+            lines = []
+            for index, record in enumerate(batch, base_index):
+                texts = digester.texts(record, index)
+                ext = texts[key]
+                if not ext:
+                    raise _no_external_id(spec, index, ext)
+                sorter.add((ext, digester.digest(texts, index), index))
+                lines.append(orjson.dumps(texts))
+            lines.append(b"")
+            spill.write(b"\n".join(lines))
+            base_index += len(batch)
     read = sorter.count
     send = bytearray((read + 7) // 8)
     changes = RowFile(os.path.join(workdir, "changes.parquet"), ("external_id", "digest"))
     deletes = RowFile(os.path.join(workdir, "deletes.parquet"), ("external_id", "sf_id"))
     with changes.writer() as put_change, deletes.writer() as put_delete:
-        tally = _merge(sorter.sorted(), state_rows, send, put_change, put_delete)
+        # Without delete_missing the absent records stay in Salesforce, so they stay in the state too.
+        tally = _merge(
+            sorter.sorted(), state_rows, send, put_change, put_delete if spec.delete_missing else _skip
+        )
     unchanged, new, changed, to_delete, in_state = tally
     counts = SyncCounts(read, unchanged, new, changed, to_delete if spec.delete_missing else 0, in_state)
     if spec.delete_missing and to_delete > spec.max_delete_ratio * in_state:
@@ -196,6 +214,10 @@ def plan_sync(location: Any, records: Iterable[Any], spec: SyncSpec, workdir: st
     return SyncPlan(
         spec, None if spec.full_sync else base, base_current, counts, records_file, send, changes, deletes
     )
+
+
+def _skip(_row: tuple[Any, Any]) -> None:
+    pass
 
 
 def _merge(

@@ -18,7 +18,8 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
 from typing import Any
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
@@ -31,6 +32,20 @@ _NA_MARKER = "#N/A"
 _NONE_TEXT = {"empty": "", "null": _NA_MARKER}
 
 Texts = list[str | None]
+
+
+def _none(_value: None) -> None:
+    return None
+
+
+# The serializer's text for the commonest exact types, without its per-value dispatch (the same
+# texts: tests/sync/test_digest.py checks them against value_text); every other type goes through it.
+_FAST: dict[type, Callable[[Any], str | None]] = {
+    int: int.__repr__,
+    bool: {True: "true", False: "false"}.__getitem__,
+    date: date.isoformat,
+    type(None): _none,
+}
 
 
 def fields_fingerprint(fieldnames: Sequence[str]) -> str:
@@ -63,9 +78,14 @@ class RecordDigester:
                 values = self._normalize(record, index)
         else:
             values = self._normalize(record, index)
+        fast = _FAST
         try:
             texts: Texts = [
-                value if type(value) is str else None if value is None else value_text(value)
+                value
+                if type(value) is str
+                else fast[type(value)](value)
+                if type(value) in fast
+                else value_text(value)
                 for value in values
             ]
         except ValueError:
