@@ -83,7 +83,11 @@ def advance_state(
     )
     expected = None if pending.base_current is None else pending.base_current.encode()
     committed = commit_state(storage, local, info, expected)
-    storage.remove(pending.folder)
+    # This run's change set stays until the next advance, so a retry of this very advance (its outcome
+    # unknown to the plan store) recomputes the same state and finds it published.
+    for name in storage.children_of("pending"):
+        if name != pending.run_key:
+            storage.remove(f"pending/{name}")
     return committed
 
 

@@ -27,7 +27,7 @@ from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.sync.digest import RecordDigester, fields_fingerprint
 from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges, RowFile
-from airflow_provider_salesforce_bulk.sync.spill import ExternalSorter
+from airflow_provider_salesforce_bulk.sync.spill import RUN_ROWS, ExternalSorter
 from airflow_provider_salesforce_bulk.sync.state import (
     StateInfo,
     StateRow,
@@ -166,7 +166,9 @@ def _mappings(records: Iterable[Any]) -> Iterator[Mapping[str, Any]]:
             yield item
 
 
-def plan_sync(location: Any, records: Iterable[Any], spec: SyncSpec, workdir: str) -> SyncPlan:
+def plan_sync(
+    location: Any, records: Iterable[Any], spec: SyncSpec, workdir: str, *, run_rows: int = RUN_ROWS
+) -> SyncPlan:
     """Compare ``records`` (dicts, or Arrow record batches/tables) with the state at ``location``."""
     storage = storage_for(location)
     base, base_current = read_current(storage)
@@ -176,7 +178,7 @@ def plan_sync(location: Any, records: Iterable[Any], spec: SyncSpec, workdir: st
         state_rows = iter_state(fetch_state(storage, base, workdir), storage.url(base.file))
     digester = RecordDigester(spec.fieldnames, none_as=spec.none_as, allow_na_marker=spec.allow_na_marker)
     key = spec.fieldnames.index(spec.external_id_field)
-    sorter = ExternalSorter(workdir, name="keys")
+    sorter = ExternalSorter(workdir, run_rows=run_rows, name="keys")
     records_file = os.path.join(workdir, "records.ndjson")
     with open(records_file, "wb") as spill:
         base_index = 0
@@ -235,7 +237,8 @@ def _merge(
     for ext, digest, row in keys:
         if previous is not None and previous[0] == ext:
             raise InputError(
-                f"the external id {ext!r} is given twice in the input (records {previous[2]} and {row}): "
+                f"the external id {ext!r} is given twice in the input (records {min(previous[2], row)} and "
+                f"{max(previous[2], row)}): "
                 "a change-only sync needs one record per external id",
                 record_index=row,
             )

@@ -8,6 +8,7 @@ byte order of UTF-8, which is how Arrow and Parquet sort the state: both sides o
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import marshal
 import os
@@ -75,7 +76,9 @@ class ExternalSorter:
             yield from heapq.merge(*(read_rows(path) for path in self.runs))
         finally:
             for path in self.runs:
-                os.unlink(path)
+                # Gone already when the caller's workdir was removed before this generator was closed.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             self.runs = []
 
 

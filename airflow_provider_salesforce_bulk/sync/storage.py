@@ -76,8 +76,12 @@ class SyncStorage:
 
     def children(self) -> list[str]:
         """The names directly under the root (none when it does not exist)."""
+        return self.children_of(None)
+
+    def children_of(self, name: str | None) -> list[str]:
+        """The names directly under the folder ``name`` (the root by default; none when it does not exist)."""
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self.fs.ls(self.root if name is None else self.path(name), detail=False)
         except FileNotFoundError:
             return []
         return sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
