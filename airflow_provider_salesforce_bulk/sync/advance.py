@@ -22,9 +22,11 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from airflow_provider_salesforce_bulk.sync.errors import StateMovedError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
 from airflow_provider_salesforce_bulk.sync.spill import sorted_rows
 from airflow_provider_salesforce_bulk.sync.state import (
+    CURRENT,
     FORMAT_VERSION,
     StateInfo,
     StateRow,
@@ -64,6 +66,14 @@ def advance_state(
     old: Iterator[StateRow] = iter(())
     if base is not None and not pending.full_sync:
         old = iter_state(fetch_state(storage, base, workdir), storage.url(base.file))
+    expected = None if pending.base_current is None else pending.base_current.encode()
+    if storage.read_bytes(CURRENT) != expected and not storage.exists(f"{pending.folder}/changes.parquet"):
+        # Another run advanced the state (and removed this run's change set): refuse before reading.
+        raise StateMovedError(
+            f"the sync state at {storage.url(None)} moved since this run read it (version "
+            f"{'none' if base is None else base.version}): another run advanced it, so this run's view "
+            "of it is stale and it is left as is"
+        )
     changes, deletes = pending.fetch(storage, workdir)
     confirmed = _confirmed_deletes(deletes.rows(), deleted_ids, workdir)
     results = sorted_rows(((ext, sf_id) for ext, sf_id in accepted), workdir, "accepted")
@@ -81,7 +91,6 @@ def advance_state(
         sha256=sha,
         file=version_file(version),
     )
-    expected = None if pending.base_current is None else pending.base_current.encode()
     committed = commit_state(storage, local, info, expected)
     # This run's change set stays until the next advance, so a retry of this very advance (its outcome
     # unknown to the plan store) recomputes the same state and finds it published.

@@ -29,6 +29,7 @@ from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges, RowFile
 from airflow_provider_salesforce_bulk.sync.spill import RUN_ROWS, ExternalSorter
 from airflow_provider_salesforce_bulk.sync.state import (
+    CURRENT,
     StateInfo,
     StateRow,
     SyncIdentity,
@@ -171,9 +172,14 @@ def plan_sync(
 ) -> SyncPlan:
     """Compare ``records`` (dicts, or Arrow record batches/tables) with the state at ``location``."""
     storage = storage_for(location)
-    base, base_current = read_current(storage)
     state_rows: Iterator[StateRow] = iter(())
-    if base is not None and not spec.full_sync:
+    if spec.full_sync:
+        # The old state is not read (it may be the unreadable one this run replaces); only its pointer's
+        # bytes are kept, so that the advance sees whether another run moved it meanwhile.
+        base, base_current = None, storage.read_bytes(CURRENT)
+    else:
+        base, base_current = read_current(storage)
+    if base is not None:
         check_identity(storage, base, spec.identity)
         state_rows = iter_state(fetch_state(storage, base, workdir), storage.url(base.file))
     digester = RecordDigester(spec.fieldnames, none_as=spec.none_as, allow_na_marker=spec.allow_na_marker)
