@@ -147,14 +147,19 @@ class PendingChanges:
         ):
             local = RowFile(os.path.join(workdir, f"pending-{name}.parquet"), columns)
             remote = f"{self.folder}/{name}.parquet"
-            data = storage.read_bytes(remote)
-            if data is None:
-                raise SyncStateError(f"the pending change set {storage.url(remote)} of this run is missing")
-            if hashlib.sha256(data).hexdigest() != sha:
+            digest = hashlib.sha256()
+            try:
+                with storage.open_read(remote) as source, open(local.path, "wb") as target:
+                    while block := source.read(1 << 20):
+                        digest.update(block)
+                        target.write(block)
+            except FileNotFoundError:
+                raise SyncStateError(
+                    f"the pending change set {storage.url(remote)} of this run is missing"
+                ) from None
+            if digest.hexdigest() != sha:
                 raise SyncStateError(
                     f"the pending change set {storage.url(remote)} is corrupt (sha256 differs)"
                 )
-            with open(local.path, "wb") as handle:
-                handle.write(data)
             files.append(local)
         return files[0], files[1]

@@ -184,3 +184,16 @@ def test_a_local_pointer_is_replaced_by_a_rename(tmp_path: pathlib.Path) -> None
     run(tmp_path, changed(1))
     assert os.stat(tmp_path / "CURRENT").st_ino != inode
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_tampered_change_set_is_refused_and_the_state_left_as_is(tmp_path: pathlib.Path) -> None:
+    run(tmp_path, RECORDS)
+    before = (tmp_path / "CURRENT").read_bytes()
+    with tempfile.TemporaryDirectory() as workdir:
+        plan = plan_sync(tmp_path, changed(1), spec(), workdir)
+        pending = plan.pending(tmp_path, "tampered")
+        changes = tmp_path / "pending" / "tampered" / "changes.parquet"
+        changes.write_bytes(changes.read_bytes() + b"x")
+        with pytest.raises(SyncStateError, match=r"pending/tampered/changes.parquet is corrupt"):
+            advance_state(tmp_path, pending, [], [], workdir)
+    assert (tmp_path / "CURRENT").read_bytes() == before
