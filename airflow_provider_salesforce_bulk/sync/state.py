@@ -18,7 +18,6 @@ A changed column set is no error: every digest changes with it, so every record 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from airflow_provider_salesforce_bulk.sync.digest import DIGEST_SIZE
@@ -163,7 +163,12 @@ def iter_state(local: str, where: str) -> Iterator[StateRow]:
         ids = batch.column(0).to_pylist()
         if previous is not None and ids and ids[0] <= previous:
             raise SyncStateError(f"the sync state file {where} is not sorted by external id at {ids[0]!r}")
-        if any(a >= b for a, b in itertools.pairwise(ids)):
+        column = batch.column(0)
+        # Compared in Arrow (UTF-8 byte order, which is code point order, as Python compares str).
+        if (
+            len(column) > 1
+            and pc.any(pc.greater_equal(column.slice(0, len(column) - 1), column.slice(1))).as_py()
+        ):
             raise SyncStateError(f"the sync state file {where} is not sorted (or holds an id twice)")
         yield from zip(ids, batch.column(1).to_pylist(), batch.column(2).to_pylist(), strict=False)
         if ids:
