@@ -190,16 +190,13 @@ def plan_sync(
         base_index = 0
         source = _mappings(records)
         while batch := list(islice(source, _BATCH)):
-            lines = []
-            for index, record in enumerate(batch, base_index):
-                texts = digester.texts(record, index)
-                ext = texts[key]
-                if not ext:
-                    raise _no_external_id(spec, index, ext)
-                sorter.add((ext, digester.digest(texts, index), index))
-                lines.append(orjson.dumps(texts))
-            lines.append(b"")
-            spill.write(b"\n".join(lines))
+            rows, digests = digester.batch(batch, base_index)
+            exts = [row[key] for row in rows]
+            if "" in exts or None in exts:
+                offset = next(i for i, ext in enumerate(exts) if not ext)
+                raise _no_external_id(spec, base_index + offset, exts[offset])
+            sorter.extend(zip(exts, digests, range(base_index, base_index + len(rows)), strict=True))
+            spill.write(b"\n".join(map(orjson.dumps, rows)) + b"\n")
             base_index += len(batch)
     read = sorter.count
     send = bytearray((read + 7) // 8)

@@ -67,6 +67,54 @@ class RecordDigester:
         self.none_text = _NONE_TEXT[none_as]
         self.allow_na_marker = allow_na_marker
         self.key = bytes.fromhex(fields_fingerprint(self.fieldnames))
+        self.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE, key=self.key)
+
+    def batch(self, records: list[Any], base: int) -> tuple[list[tuple[str | None, ...]], list[bytes]]:
+        """The texts and digests of a batch of records (``base`` is the first one's index), the same as
+        :meth:`texts` and :meth:`digest` one by one, worked column by column."""
+        width = len(self.fieldnames)
+        if set(map(type, records)) != {dict} or set(map(len, records)) != {width}:
+            return self._one_by_one(records, base)
+        try:
+            columns = [[record[name] for record in records] for name in self.fieldnames]
+        except KeyError:
+            return self._one_by_one(records, base)
+        texts: list[list[str | None]] = []
+        for column in columns:
+            kinds = set(map(type, column))
+            if kinds == {str}:
+                texts.append(column)
+            elif kinds <= _FAST.keys():
+                texts.append([_FAST[type(value)](value) for value in column])
+            else:
+                try:
+                    texts.append([None if value is None else value_text(value) for value in column])
+                except ValueError:  # _one_by_one names the record and the field
+                    return self._one_by_one(records, base)
+        sent = [
+            column if None not in column else [self.none_text if t is None else t for t in column]
+            for column in texts
+        ]
+        flagged = any("\x00" in "".join(column) for column in sent) or any(  # type: ignore[arg-type]
+            _NA_MARKER in column for column in texts if not self.allow_na_marker
+        )
+        if flagged:
+            return self._one_by_one(records, base)
+        try:
+            encoded = ["\x00".join(row).encode() for row in zip(*sent, strict=True)]
+        except UnicodeEncodeError:
+            return self._one_by_one(records, base)
+        copy = self.hasher.copy
+        digests = []
+        for data in encoded:
+            hasher = copy()
+            hasher.update(data)
+            digests.append(hasher.digest())
+        return list(zip(*texts, strict=True)), digests
+
+    def _one_by_one(self, records: list[Any], base: int) -> tuple[list[tuple[str | None, ...]], list[bytes]]:
+        rows = [tuple(self.texts(record, index)) for index, record in enumerate(records, base)]
+        return rows, [self.digest(list(row), index) for index, row in enumerate(rows, base)]
 
     def texts(self, record: Mapping[str, Any], index: int) -> Texts:
         """The record's values as the job writes them, in column order (``None`` kept)."""

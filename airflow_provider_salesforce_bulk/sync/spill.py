@@ -14,6 +14,7 @@ import marshal
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 RUN_ROWS = 200_000
@@ -53,8 +54,12 @@ class ExternalSorter:
             self._spill()
 
     def extend(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        for row in rows:
-            self.add(row)
+        source = iter(rows)
+        while block := list(islice(source, _BLOCK)):
+            self.rows.extend(block)
+            self.count += len(block)
+            if len(self.rows) >= self.run_rows:
+                self._spill()
 
     def _spill(self) -> None:
         self.rows.sort()

@@ -112,3 +112,15 @@ def test_values_the_job_cannot_send_are_errors_naming_record_and_field(record: A
 def test_a_relationship_fills_its_column() -> None:
     digester = RecordDigester(["Ext__c", "Account.Ext__c"])
     assert digester.texts({"Ext__c": "X", "Account": {"Ext__c": date(2024, 1, 2)}}, 0) == ["X", "2024-01-02"]
+
+
+@given(rows=st.lists(st.tuples(scalars, scalars), max_size=30), mixed=st.booleans())
+def test_a_batch_gives_what_records_one_by_one_give(rows: list[tuple[Any, Any]], mixed: bool) -> None:
+    digester = RecordDigester(FIELDS, none_as="null", allow_na_marker=True)
+    records: list[Any] = [{"Ext__c": f"X{i}", "A": a, "B": b} for i, (a, b) in enumerate(rows)]
+    if mixed and records:
+        records[-1] = {"Ext__c": "last", "B": 1}  # a missing column: the batch goes record by record
+    texts, digests = digester.batch(records, 5)
+    one_by_one = [digester.texts(record, i) for i, record in enumerate(records)]
+    assert [list(t) for t in texts] == one_by_one
+    assert digests == [digester.digest(t, i) for i, t in enumerate(one_by_one)]
