@@ -34,11 +34,10 @@ from airflow_provider_salesforce_bulk.sync.state import (
     commit_state,
     fetch_state,
     iter_state,
-    read_current,
     version_file,
     write_state_file,
 )
-from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_for
+from airflow_provider_salesforce_bulk.sync.storage import storage_for
 
 _END = (None, None)
 
@@ -78,7 +77,7 @@ def advance_state(
     confirmed = _confirmed_deletes(deletes.rows(), deleted_ids, workdir)
     results = sorted_rows(((ext, sf_id) for ext, sf_id in accepted), workdir, "accepted")
     rows = _next_rows(old, changes.rows(), results, confirmed)
-    version = _next_version(storage, pending, base)
+    version = pending.next_version
     local = os.path.join(workdir, f"next-v{version}.parquet")
     count, sha = write_state_file(rows, local)
     info = StateInfo(
@@ -98,23 +97,6 @@ def advance_state(
         if name != pending.run_key:
             storage.remove(f"pending/{name}")
     return committed
-
-
-def _next_version(storage: SyncStorage, pending: PendingChanges, base: StateInfo | None) -> int:
-    if base is not None:
-        return base.version + 1
-    if pending.base_current is None:
-        return 1
-    # A full sync over a state it did not read (perhaps unreadable): after every version stored.
-    try:
-        current, _ = read_current(storage)
-    except Exception:
-        current = None
-    numbers = [int(n[1:]) for n in storage.children() if n.startswith("v") and n[1:].isdigit()]
-    if current is not None and current.file == version_file(current.version) and current.version in numbers:
-        # The retry of this very advance: CURRENT already names the version it wrote.
-        numbers.remove(current.version)
-    return max(numbers, default=0) + 1
 
 
 def _confirmed_deletes(

@@ -86,6 +86,7 @@ class PendingChanges:
     changes_rows: int
     deletes_sha256: str
     deletes_rows: int
+    next_version: int  # decided when planned, so a retried advance writes the same version
 
     @property
     def folder(self) -> str:
@@ -133,6 +134,7 @@ class PendingChanges:
             changes_rows=changes.count,
             deletes_sha256=deletes.sha256(),
             deletes_rows=deletes.count,
+            next_version=_next_version(storage, base, base_current),
         )
         storage.put(changes.path, f"{pending.folder}/changes.parquet")
         storage.put(deletes.path, f"{pending.folder}/deletes.parquet")
@@ -163,3 +165,13 @@ class PendingChanges:
                 )
             files.append(local)
         return files[0], files[1]
+
+
+def _next_version(storage: SyncStorage, base: StateInfo | None, base_current: bytes | None) -> int:
+    if base is not None:
+        return base.version + 1
+    if base_current is None:
+        return 1
+    # A full sync over a state it did not read (perhaps an unreadable one): after every version stored.
+    numbers = [int(n[1:]) for n in storage.children() if n.startswith("v") and n[1:].isdigit()]
+    return max(numbers, default=0) + 1

@@ -197,3 +197,17 @@ def test_a_tampered_change_set_is_refused_and_the_state_left_as_is(tmp_path: pat
         with pytest.raises(SyncStateError, match=r"pending/tampered/changes.parquet is corrupt"):
             advance_state(tmp_path, pending, [], [], workdir)
     assert (tmp_path / "CURRENT").read_bytes() == before
+
+
+def test_a_full_sync_over_an_unreadable_state_advances_once_even_when_retried(tmp_path: pathlib.Path) -> None:
+    run(tmp_path, RECORDS)
+    (tmp_path / "CURRENT").write_text("{broken")
+    with tempfile.TemporaryDirectory() as workdir:
+        plan = plan_sync(tmp_path, RECORDS, spec(full_sync=True), workdir)
+        assert plan.counts.new == 300
+        pending = plan.pending(tmp_path, "full")
+        accepted = [(str(r["Ext__c"]), "003F") for r in plan.records()]
+        info = advance_state(tmp_path, pending, accepted, [], workdir)
+        assert (info.version, info.row_count) == (2, 300)
+        assert advance_state(tmp_path, pending, accepted, [], workdir) == info
+    assert run(tmp_path, RECORDS).counts.unchanged == 300
