@@ -99,3 +99,130 @@ def jobs(sf: RunningEmulator) -> list[dict[str, Any]]:
 def records_sent(sf: RunningEmulator, operation: str) -> int:
     """Records Salesforce processed in jobs of ``operation`` (every job, every run)."""
     return sum(int(job["processed"]) for job in jobs(sf) if job["operation"] == operation)
+
+
+# -- kills ---------------------------------------------------------------------------------------------
+
+
+class WorkerKilled(BaseException):
+    """A worker's death at a point: nothing after it runs in that try (a BaseException, as a kill)."""
+
+
+KILL_POINTS = (
+    "planned",  # the change set recorded, no job yet (the input then changes: the retry must not plan)
+    "upsert_uploaded",  # the first upsert job created and uploaded, never closed
+    "upsert_done",  # every upsert job ended, the state not advanced
+    "advanced_unrecorded",  # the state advanced, "advanced" not yet in the plan store
+    "advanced_not_done",  # advanced and recorded, the plan not marked done
+    "delete_open",  # the delete job created, its upload never sent
+    "delete_sent",  # the delete jobs sent and closed, not waited for
+)
+
+
+def install_kill(point: str, on_planned: Any = None) -> Any:
+    """Make this try die at ``point``; returns a function restoring what was patched."""
+    from airflow_provider_salesforce_bulk.client import BulkIngestClient
+    from airflow_provider_salesforce_bulk.operators import change_sync, sync_finish
+    from airflow_provider_salesforce_bulk.operators.job_plan import JobPlan
+
+    patched: list[tuple[Any, str, Any]] = []
+    state = {"deleting": False, "dead": False}
+
+    def patch(owner: Any, name: str, make: Any) -> None:
+        patched.append((owner, name, owner.__dict__.get(name)))  # None: inherited
+        setattr(owner, name, make(getattr(owner, name)))
+
+    def die(why: str) -> None:
+        state["dead"] = True
+        raise WorkerKilled(why)
+
+    async def no_abort(client: Any, job_id: str) -> Any:
+        if state["dead"]:
+            raise WorkerKilled(f"abort of {job_id} after the kill")
+        return await original_abort(client, job_id)
+
+    original_abort = BulkIngestClient.abort_job
+    patch(BulkIngestClient, "abort_job", lambda _orig: no_abort)
+    if point == "planned":
+
+        def prepare(orig: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                out = orig(*args, **kwargs)
+                if on_planned is not None:
+                    on_planned()
+                die(point)
+                return out
+
+            return wrapper
+
+        patch(change_sync, "prepare", prepare)
+    elif point in ("upsert_uploaded", "delete_open"):
+
+        def upload(orig: Any) -> Any:
+            async def wrapper(client: Any, job_id: str, data: Any, **kwargs: Any) -> Any:
+                if point == "delete_open" and state["deleting"]:
+                    die(point)
+                result = await orig(client, job_id, data, **kwargs)
+                if point == "upsert_uploaded":
+                    die(point)
+                return result
+
+            return wrapper
+
+        patch(BulkIngestClient, "upload_job_data", upload)
+    if point in ("delete_open", "delete_sent"):
+
+        def submit(orig: Any) -> Any:
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                state["deleting"] = True
+                result = await orig(*args, **kwargs)
+                die(point)
+                return result
+
+            return wrapper
+
+        patch(sync_finish, "submit_chunks", submit)
+    if point in ("upsert_done", "advanced_unrecorded"):
+
+        def advance(orig: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if point == "upsert_done":
+                    die(point)
+                result = orig(*args, **kwargs)
+                die(point)
+                return result
+
+            return wrapper
+
+        patch(sync_finish, "advance_state", advance)
+    if point == "advanced_not_done":
+        patch(JobPlan, "mark_done", lambda _orig: staticmethod(lambda *a, **k: die(point)))
+
+    def restore() -> None:
+        for owner, name, original in reversed(patched):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+    return restore
+
+
+KILL_SEAM = """
+        from tests.airflow.change_sync_helpers import WorkerKilled, install_kill
+
+        class KilledOnce(SalesforceBulkOperator):
+            point = None
+            on_planned = None
+
+            def execute(self, context):
+                if context["ti"].try_number != 1:
+                    return super().execute(context)
+                restore = install_kill(KilledOnce.point, KilledOnce.on_planned)
+                try:
+                    return super().execute(context)
+                except WorkerKilled as exc:
+                    raise RuntimeError(f"worker killed at {exc}") from None
+                finally:
+                    restore()
+"""
