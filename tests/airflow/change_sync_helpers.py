@@ -226,3 +226,27 @@ KILL_SEAM = """
                 finally:
                     restore()
 """
+
+
+class Raw:
+    """A DAG-file expression given as an operator argument by :func:`sync_dag` (its repr is the code)."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __repr__(self) -> str:
+        return self.code
+
+
+def recording_seam(path: Path) -> str:
+    """A ``Recorded`` operator writing each try's failure (type and message) to ``path``."""
+    return f"""
+        class Recorded(SalesforceBulkOperator):
+            def execute(self, context):
+                try:
+                    return super().execute(context)
+                except Exception as exc:
+                    with open({str(path)!r}, "a") as out:
+                        out.write(type(exc).__name__ + ": " + str(exc) + "\\n")
+                    raise
+"""
