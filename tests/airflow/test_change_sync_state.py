@@ -127,7 +127,8 @@ def test_a_state_of_another_object_fails_clearly(sf: RunningEmulator, tmp_path: 
     )  # fmt: skip
     message = _failed_before_any_job(sf, dag, failures)
     assert "SyncStateError" in message
-    assert "Contact" in message and "Account" in message
+    assert "Contact" in message
+    assert "Account" in message
 
 
 def _operator(**kwargs: object) -> SalesforceBulkOperator:
