@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_DELETE_RATIO",
     "DELETE_KEY",
     "SYNC_KEY",
+    "Prepared",
     "SyncOptions",
     "check_sync_options",
     "forget",
@@ -157,6 +158,17 @@ def forget(store: PlanStore | None) -> None:
                 store.delete(key)
 
 
+class Prepared(NamedTuple):
+    """What :func:`prepare` found or made."""
+
+    staged: Manifest | None
+    """The staged records to send; ``None``: nothing to upsert."""
+    source: ChunkSource
+    """What the load names them by (it never reads the input again)."""
+    record: dict[str, Any] | None
+    """The change set's record in the plan store; ``None``: an empty input, nothing compared."""
+
+
 def prepare(
     source: ChunkSource,
     plan: JobPlan,
@@ -169,19 +181,19 @@ def prepare(
     chunk_format: ChunkFormat,
     group_by: str | None,
     log: Any,
-) -> tuple[Manifest | None, ChunkSource]:
-    """The records this try sends (staged) and the source to name them by, planning only when no
-    earlier try recorded a change set; ``(None, ...)`` when there is nothing to upsert."""
+) -> Prepared:
+    """The records this try sends, planning only when no earlier try recorded a change set."""
     store = plan.store
     recorded = store.get(SYNC_KEY) if store is not None else None
     gone = _gone_source(options)
     if isinstance(recorded, dict):
         log.info("An earlier try planned this sync: sending its change set, not planning again")
-        return (Manifest.load(plan.staged) if plan.staged is not None else None), gone
+        staged = Manifest.load(plan.staged) if plan.staged is not None else None
+        return Prepared(staged, gone, recorded)
     with tempfile.TemporaryDirectory(prefix="sf-sync-") as workdir:
         sync_plan = _plan(source, options, spec, chunk_format, workdir)
         if sync_plan is None:
-            return None, gone
+            return Prepared(None, gone, None)
         counts = sync_plan.counts
         log.info(
             "Change-only sync against %s: %d records read, %d unchanged, %d new, %d changed, %d to delete",
@@ -206,7 +218,7 @@ def prepare(
         }
         if store is not None:
             store.set(SYNC_KEY, record)  # before any job: a retry advances from this change set
-    return staged, gone
+    return Prepared(staged, gone, record)
 
 
 def _plan(

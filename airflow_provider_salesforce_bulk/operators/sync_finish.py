@@ -92,6 +92,7 @@ class _Run:
 
 def complete(
     store: PlanStore | None,
+    this_try: dict[str, Any] | None,
     summary: dict[str, Any],
     options: SyncOptions,
     hook: SalesforceBulkHook,
@@ -103,7 +104,7 @@ def complete(
     log: Any,
 ) -> dict[str, Any]:
     """``summary`` with its ``sync`` section, the deletes sent and the state advanced exactly once."""
-    recorded = store.get(SYNC_KEY) if store is not None else None
+    recorded = store.get(SYNC_KEY) if store is not None else this_try
     if not isinstance(recorded, dict):
         raise AirflowFailException(
             "A change-only run ended without its change set in the plan store: the state is not advanced"

@@ -34,6 +34,7 @@ class ChangeSyncMixin:
     delete_missing: Any
     max_delete_ratio: Any
     full_sync: Any
+    _sync_record: dict[str, Any] | None = None  # this try's change set (also in the plan store)
 
     if TYPE_CHECKING:  # the operator's own
         operation: str
@@ -70,7 +71,7 @@ class ChangeSyncMixin:
         self, source: ChunkSource, plan: JobPlan, area: StagingArea, sync: change_sync.SyncOptions
     ) -> tuple[Manifest | None, ChunkSource]:
         """A fresh load's staged records to send (planned now, or by an earlier try)."""
-        return change_sync.prepare(
+        prepared = change_sync.prepare(
             source,
             plan,
             area,
@@ -82,6 +83,8 @@ class ChangeSyncMixin:
             group_by=self.group_by_parent,
             log=self.log,
         )
+        self._sync_record = prepared.record
+        return prepared.staged, prepared.source
 
     def _sync_section(self, context: Any, summary: dict[str, Any]) -> dict[str, Any]:
         """The deletes sent, the state advanced (exactly once) and the ``sync`` section added; a plain
@@ -91,6 +94,7 @@ class ChangeSyncMixin:
             return summary
         return sync_finish.complete(
             self._plan_store(context),
+            self._sync_record,
             summary,
             sync,
             SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id),
@@ -102,8 +106,14 @@ class ChangeSyncMixin:
         )
 
     def _end_sync(self, context: Any) -> Any:
-        """A change-only run with nothing to upsert: its deletes and advance, then done."""
+        """A change-only run with nothing to upsert: its deletes and advance, then done; an empty
+        input compares nothing (the state stays as it is: an empty extract is more often a broken
+        upstream than a table whose every row left)."""
         empty = sync_finish.empty_summary(self.operation, self.object_name, None)
+        if self._sync_record is None:
+            self.log.info("No records: nothing compared, no job; the sync state is left as it is")
+            self._succeeded = 0
+            return empty
         summary = self._sync_section(context, empty)
         self._succeeded = 0
         completion.push_summary(context.get("ti"), summary)

@@ -118,3 +118,15 @@ def test_records_that_fail_are_sent_again_next_run_and_only_they(sf: RunningEmul
     assert (sync["sent"], sync["new"], sync["unchanged"], sync["state_records"]) == (7, 7, 93, 100)
     assert records_sent(sf, "upsert") == 107
     assert len(stored(sf)) == 100
+
+
+def test_an_empty_input_compares_nothing_and_deletes_nothing(sf: RunningEmulator, tmp_path: Path) -> None:
+    write_ndjson(tmp_path / "input.ndjson", contacts(range(40)))
+    assert run(sync_dag("sync_empty", tmp_path))[0] == "success"
+    write_ndjson(tmp_path / "input.ndjson", [])
+    state, _, summary = run(sync_dag("sync_empty", tmp_path, delete_missing=True, max_delete_ratio=1.0))
+    assert (state, summary["totals"]["jobs"], "sync" in summary) == ("success", 0, False)
+    assert len(stored(sf)) == 40
+    write_ndjson(tmp_path / "input.ndjson", contacts(range(40)))
+    state, _, summary = run(sync_dag("sync_empty", tmp_path, delete_missing=True))
+    assert (state, summary["sync"]["sent"], summary["sync"]["version_before"]) == ("success", 0, 1)
