@@ -63,6 +63,7 @@ SYNC_KEY = "salesforce_bulk_sync"
 DELETE_KEY = "salesforce_bulk_sync_delete"
 """The plan store's key of the delete job's plan (a :class:`~.job_plan.JobPlan` of its own)."""
 DEFAULT_MAX_DELETE_RATIO = 0.1
+_MAX_FIELD = 100_000_000  # a job's largest CSV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +257,9 @@ def _input_rows(source: ChunkSource, delimiter: str, folder: str) -> Iterator[It
     """The header, then every record's texts, read back from the source's chunks written one at a
     time to ``folder`` (memory holds one row, never a chunk)."""
     os.makedirs(folder, exist_ok=True)
+    # A field may be as long as a chunk (the csv module's default stops at 128 KiB); process-wide,
+    # and only ever raised.
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
 
     def path(name: str) -> str:
         return os.path.join(folder, name)

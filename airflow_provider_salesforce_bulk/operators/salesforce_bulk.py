@@ -410,7 +410,7 @@ class SalesforceBulkOperator(ChangeSyncMixin, SalesforceBulkBaseOperator):
             stop=self._stop_event(),
             log=self.log,
         )
-        summary = self._sync_section(context, summary)  # a change-only run's deletes and advance
+        summary = self._sync_section(context, summary, checked["status"])  # deletes and advance
         self._succeeded = int(summary["totals"]["succeeded"])
         completion.push_summary(context.get("ti"), summary)  # before any failure: a failed task reports too
         # Every job of the load was closed before this point, so no later try sends a chunk from the

@@ -86,11 +86,12 @@ class ChangeSyncMixin:
         self._sync_record = prepared.record
         return prepared.staged, prepared.source
 
-    def _sync_section(self, context: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    def _sync_section(self, context: Any, summary: dict[str, Any], status: str = "success") -> dict[str, Any]:
         """The deletes sent, the state advanced (exactly once) and the ``sync`` section added; a plain
-        load's ``summary`` as it is."""
+        load's ``summary`` as it is. A wait that failed (``status`` "error") leaves jobs whose outcome
+        is not final: nothing advances, and the retry that reattaches to them advances."""
         sync = self._sync()
-        if sync is None:
+        if sync is None or status == "error":
             return summary
         return sync_finish.complete(
             self._plan_store(context),

@@ -130,3 +130,16 @@ def test_an_empty_input_compares_nothing_and_deletes_nothing(sf: RunningEmulator
     write_ndjson(tmp_path / "input.ndjson", contacts(range(40)))
     state, _, summary = run(sync_dag("sync_empty", tmp_path, delete_missing=True))
     assert (state, summary["sync"]["sent"], summary["sync"]["version_before"]) == ("success", 0, 1)
+
+
+def test_a_deferred_run_advances_in_the_resumed_try(sf: RunningEmulator, tmp_path: Path) -> None:
+    write_ndjson(tmp_path / "input.ndjson", contacts(range(150)))
+    state, _, summary = run(sync_dag("sync_deferred", tmp_path, deferrable=True))
+    assert (state, summary["sync"]["sent"], summary["sync"]["version"]) == ("success", 150, 1)
+    write_ndjson(tmp_path / "input.ndjson", contacts(range(4), version=1) + contacts(range(4, 140)))
+    dag = sync_dag("sync_deferred", tmp_path, deferrable=True, delete_missing=True)
+    state, _, summary = run(dag)
+    sync = summary["sync"]
+    assert (state, sync["sent"], sync["deleted"], sync["version"]) == ("success", 4, 10, 2)
+    assert records_sent(sf, "upsert") == 154
+    assert len(stored(sf)) == 140
