@@ -143,3 +143,22 @@ def test_a_deferred_run_advances_in_the_resumed_try(sf: RunningEmulator, tmp_pat
     assert (state, sync["sent"], sync["deleted"], sync["version"]) == ("success", 4, 10, 2)
     assert records_sent(sf, "upsert") == 154
     assert len(stored(sf)) == 140
+
+
+def test_records_resubmitted_in_rounds_advance_with_their_final_outcome(
+    sf: RunningEmulator, tmp_path: Path
+) -> None:
+    sf.update_settings(lock_failure_rate=0.1, seed=5)
+    write_ndjson(tmp_path / "input.ndjson", contacts(range(200)))
+    dag = sync_dag("sync_rounds", tmp_path, resubmit_rounds=2, resubmit_backoff=0.0, retries=0)
+    state, _, summary = run(dag)
+    succeeded, failed = summary["totals"]["succeeded"], summary["totals"]["failed"]
+    assert summary.get("rounds") == 2
+    assert summary["totals"]["resubmitted"] > 0
+    assert (succeeded + failed, summary["sync"]["state_records"]) == (200, succeeded)
+    assert len(stored(sf)) == succeeded
+    # The next run sends exactly the records whose final outcome was failed.
+    sf.update_settings(lock_failure_rate=0.0)
+    state, _, summary = run(sync_dag("sync_rounds", tmp_path, retries=0))
+    assert (state, summary["sync"]["sent"], summary["sync"]["unchanged"]) == ("success", failed, succeeded)
+    assert len(stored(sf)) == 200
