@@ -137,8 +137,8 @@ def check_sync_options(
         )
     try:
         storage_for(sync_state_path)
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc), field="sync_state_path") from None
+    except (TypeError, ValueError, ImportError) as exc:  # ImportError: the scheme's fsspec package
+        raise InputError(f"sync_state_path {sync_state_path!r}: {exc}", field="sync_state_path") from None
     return SyncOptions(sync_state_path, delete_missing, float(ratio), full_sync)
 
 
