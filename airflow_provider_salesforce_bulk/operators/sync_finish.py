@@ -121,9 +121,16 @@ def complete(
         with open(accepted, "w") as accepted_out, open(deleted, "w") as deleted_out:
             delete_jobs, deleted_count = _results(run, upserted, accepted_out, deleted_out, workdir)
         pairs = ((row[0], row[1]) for row in _lines(accepted))
-        info = advance_state(
-            options.sync_state_path, pending, pairs, (row[0] for row in _lines(deleted)), workdir
-        )
+        try:
+            info = advance_state(
+                options.sync_state_path, pending, pairs, (row[0] for row in _lines(deleted)), workdir
+            )
+        except InputError as exc:  # a state moved by another run, or damaged since: for a person
+            raise AirflowFailException(
+                f"Change-only sync: the jobs ended ({summary['totals']['succeeded']} upserted, "
+                f"{deleted_count} deleted) but the state at {options.where} was not advanced: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
     section = _section(recorded, run, info, delete_jobs, deleted_count)
     if store is not None:
         store.set(SYNC_KEY, {**recorded, "section": section})  # advanced: a retry does not advance again
