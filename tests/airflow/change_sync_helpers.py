@@ -119,8 +119,9 @@ KILL_POINTS = (
 )
 
 
-def install_kill(point: str, on_planned: Any = None) -> Any:
-    """Make this try die at ``point``; returns a function restoring what was patched."""
+def install_kill(point: str, before_death: Any = None) -> Any:
+    """Make this try die at ``point`` (calling ``before_death()`` first: what happens before the
+    retry); returns a function restoring what was patched."""
     from airflow_provider_salesforce_bulk.client import BulkIngestClient
     from airflow_provider_salesforce_bulk.operators import change_sync, sync_finish
     from airflow_provider_salesforce_bulk.operators.job_plan import JobPlan
@@ -134,6 +135,8 @@ def install_kill(point: str, on_planned: Any = None) -> Any:
 
     def die(why: str) -> None:
         state["dead"] = True
+        if before_death is not None:
+            before_death()
         raise WorkerKilled(why)
 
     async def no_abort(client: Any, job_id: str) -> Any:
@@ -148,8 +151,6 @@ def install_kill(point: str, on_planned: Any = None) -> Any:
         def prepare(orig: Any) -> Any:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 out = orig(*args, **kwargs)
-                if on_planned is not None:
-                    on_planned()
                 die(point)
                 return out
 
@@ -213,12 +214,12 @@ KILL_SEAM = """
 
         class KilledOnce(SalesforceBulkOperator):
             point = None
-            on_planned = None
+            before_death = None
 
             def execute(self, context):
                 if context["ti"].try_number != 1:
                     return super().execute(context)
-                restore = install_kill(KilledOnce.point, KilledOnce.on_planned)
+                restore = install_kill(KilledOnce.point, KilledOnce.before_death)
                 try:
                     return super().execute(context)
                 except WorkerKilled as exc:

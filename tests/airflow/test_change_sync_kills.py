@@ -4,8 +4,8 @@ The base run stores 200 Contacts and creates the state (version 1). The second r
 adds 10 and drops 10 (``delete_missing``); its first try dies at one point (a ``BaseException``, as a
 killed worker: no cleanup, no abort) and Airflow's retry finishes it. Salesforce then processed
 exactly 20 upserts and 10 deletes for that run, the org holds exactly the input, and a third run finds
-nothing to send: the state advanced exactly once, to version 2. At ``planned`` the input changes
-before the retry too: the retry sends the change set it recorded, never a new plan.
+only the input's later change: the state advanced exactly once, to version 2. The input changes
+before each retry too: the retry sends the change set it recorded, never a new plan.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.airflow.change_sync_helpers import (
     KILL_POINTS,
     KILL_SEAM,
     contacts,
+    recording_seam,
     records_sent,
     run,
     stored,
@@ -59,7 +60,7 @@ def test_a_kill_at_every_point_then_the_retry_sends_once_and_advances_once(
             with open({str(source)!r}, "w") as out:
                 out.write("".join(json.dumps(row) + "\\n" for row in rows))
 
-        KilledOnce.on_planned = _input_changes
+        KilledOnce.before_death = _input_changes
         """),
         " " * 8,
     )
@@ -75,17 +76,47 @@ def test_a_kill_at_every_point_then_the_retry_sends_once_and_advances_once(
     org = stored(sf)
     assert sorted(org) == sorted(row[EXT] for row in rows)
     assert all(org[row[EXT]]["LastName"] == row["LastName"] for row in rows)
-    if point == "planned":
-        assert "v2" in source.read_text(), "the input did not change before the retry"
+    assert "v2" in source.read_text(), "the input did not change before the retry"
 
-    # The state advanced once, with exactly the second run's outcomes.
-    if point != "planned":
-        write_ndjson(source, rows)
+    # The state advanced once, with exactly the second run's outcomes: the next run sends only the
+    # input's later change, which the retry did not send.
     state, _, summary = run(sync_dag(f"sync_kill_{point}", tmp_path, **options))
-    expected_sent = 5 if point == "planned" else 0  # the later change, which the retry did not send
-    assert (state, summary["sync"]["version_before"], summary["sync"]["sent"]) == (
-        "success",
-        2,
-        expected_sent,
-    )
+    assert (state, summary["sync"]["version_before"], summary["sync"]["sent"]) == ("success", 2, 5)
     assert summary["sync"]["to_delete"] == 0
+
+
+def test_a_state_moved_by_another_run_meanwhile_fails_the_retry_for_good(
+    sf: RunningEmulator, tmp_path: Path
+) -> None:
+    """Another run advances the state while this run's jobs end: its retry refuses to overwrite it."""
+    source = tmp_path / "input.ndjson"
+    write_ndjson(source, contacts(range(30)))
+    assert run(sync_dag("sync_moved", tmp_path))[0] == "success"
+    write_ndjson(source, contacts(range(3), version=1) + contacts(range(3, 30)))
+    where = str(tmp_path / "state")
+    seam = KILL_SEAM + textwrap.indent(
+        textwrap.dedent(f"""
+        def _another_run_advances():
+            import tempfile
+            from airflow_provider_salesforce_bulk.sync import SyncSpec, advance_state, plan_sync
+            rows = [{{"External_Id__c": "ext-0", "LastName": "Other", "Email": "o@example.com"}}]
+            spec = SyncSpec(object_name="Contact", external_id_field="External_Id__c",
+                            fieldnames=("External_Id__c", "LastName", "Email"))
+            with tempfile.TemporaryDirectory() as work:
+                plan = plan_sync({where!r}, rows, spec, work)
+                pending = plan.pending({where!r}, "other")
+                advance_state({where!r}, pending, [("ext-0", "003000000000000AAA")], [], work)
+
+        KilledOnce.point = "upsert_done"
+        KilledOnce.before_death = _another_run_advances
+        """),
+        " " * 8,
+    )
+    failures = tmp_path / "failures.txt"
+    seam += recording_seam(failures).replace("(SalesforceBulkOperator)", "(KilledOnce)")
+    state, tries, _ = run(sync_dag("sync_moved", tmp_path, seam=seam, operator="Recorded"))
+    assert (state, tries) == ("failed", 2)  # the retry failed for good: no third try
+    message = failures.read_text()
+    assert "StateMovedError" in message
+    assert "was not advanced" in message
+    assert records_sent(sf, "upsert") == 33  # the jobs ran once; only the advance was refused
