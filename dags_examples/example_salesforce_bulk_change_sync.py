@@ -86,9 +86,9 @@ with DAG(
     def report(summary: dict[str, Any]) -> None:
         sync = summary["sync"]
         print(
-            f"read {sync['read']}, unchanged {sync['unchanged']}, sent {sync['sent']} "
-            f"({sync['new']} new, {sync['changed']} changed), deleted {sync['deleted']}; "
-            f"state version {sync['state_version_before']} -> {sync['state_version_after']}"
+            f"read {sync['records_read']}, unchanged {sync['unchanged']}, sent {sync['sent']} "
+            f"({sync['new']} new, {sync['changed']} changed), deleted {sync['deleted']} of "
+            f"{sync['to_delete']}; state version {sync['version_before']} -> {sync['version']}"
         )
 
     seed_warehouse() >> sync

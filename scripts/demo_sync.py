@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from demo import HOME, _env
+from demo import HOME, _airflow, _env
 from demo_extract import _run_dag, _xcom
 
 DAG_ID = "example_salesforce_bulk_change_sync"
@@ -27,9 +27,9 @@ WAREHOUSE = HOME / "warehouse_change_sync.db"
 STATE = HOME / "sync_state" / "crm_contacts"
 # Each run: what the table is changed by before it, and the sync counts it must report.
 RUNS: list[tuple[str, dict[str, int]]] = [
-    ("first run: every row is new", {"sent": 200, "new": 200, "changed": 0, "unchanged": 0, "deleted": 0}),
-    ("5 rows changed, 3 new, 2 removed", {"sent": 8, "new": 3, "changed": 5, "unchanged": 193, "deleted": 2}),
-    ("nothing changed", {"sent": 0, "new": 0, "changed": 0, "unchanged": 201, "deleted": 0}),
+    ("first run: every row is new", {"sent": 200, "new": 200, "changed": 0, "unchanged": 0, "deleted": 0, "version": 1}),
+    ("5 rows changed, 3 new, 2 removed", {"sent": 8, "new": 3, "changed": 5, "unchanged": 193, "deleted": 2, "version": 2}),
+    ("nothing changed", {"sent": 0, "new": 0, "changed": 0, "unchanged": 201, "deleted": 0, "version": 3}),
 ]
 
 
@@ -64,15 +64,13 @@ def main() -> int:
         env = _env(emulator.airflow_connection())
         env["AIRFLOW_CONN_WAREHOUSE_SQLITE"] = json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)})
         env["SALESFORCE_SYNC_STATE"] = str(STATE)
-        from demo import _airflow
-
         _airflow(env, "db", "migrate")
         for number, (what, expected) in enumerate(RUNS, start=1):
             if number == 2:
                 _edit_warehouse()
             print(f"\n=== Run {number}: {what} ===", flush=True)
-            ran = _run_dag(env)
-            summary = _xcom(TASK_ID) if ran else None
+            ran = _run_dag(env, DAG_ID)
+            summary = _xcom(TASK_ID, DAG_ID) if ran else None
             sync = (summary or {}).get("sync")
             print(json.dumps(sync, indent=2))
             got = {key: (sync or {}).get(key) for key in expected}
