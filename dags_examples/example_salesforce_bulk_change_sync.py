@@ -25,7 +25,11 @@ from airflow.sdk import DAG, BaseHook, task
 from airflow_provider_salesforce_bulk.operators.salesforce_bulk import SalesforceBulkOperator
 
 WAREHOUSE = "warehouse_sqlite"
-SYNC_STATE = os.environ.get("SALESFORCE_SYNC_STATE", "/tmp/salesforce_sync_state/crm_contacts")
+# The state outlives every run: never a temporary folder. Object storage with several workers.
+SYNC_STATE = os.environ.get(
+    "SALESFORCE_SYNC_STATE",
+    os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "sync_state", "crm_contacts"),
+)
 SAMPLE_ROWS = 200
 
 with DAG(
@@ -43,9 +47,12 @@ with DAG(
         if not path:
             raise ValueError(f"connection {WAREHOUSE!r} names no SQLite file (its host)")
         with sqlite3.connect(path) as db:
-            missing = db.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'crm_contacts'"
-            ).fetchone()[0] == 0
+            missing = (
+                db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'crm_contacts'"
+                ).fetchone()[0]
+                == 0
+            )
             if missing:
                 db.execute(
                     "CREATE TABLE crm_contacts (contact_key TEXT PRIMARY KEY, first_name TEXT, "

@@ -15,7 +15,6 @@ import json
 import shutil
 import sqlite3
 import sys
-from pathlib import Path
 from typing import Any
 
 from demo import HOME, _airflow, _env
@@ -27,8 +26,14 @@ WAREHOUSE = HOME / "warehouse_change_sync.db"
 STATE = HOME / "sync_state" / "crm_contacts"
 # Each run: what the table is changed by before it, and the sync counts it must report.
 RUNS: list[tuple[str, dict[str, int]]] = [
-    ("first run: every row is new", {"sent": 200, "new": 200, "changed": 0, "unchanged": 0, "deleted": 0, "version": 1}),
-    ("5 rows changed, 3 new, 2 removed", {"sent": 8, "new": 3, "changed": 5, "unchanged": 193, "deleted": 2, "version": 2}),
+    (
+        "first run: every row is new",
+        {"sent": 200, "new": 200, "changed": 0, "unchanged": 0, "deleted": 0, "version": 1},
+    ),
+    (
+        "5 rows changed, 3 new, 2 removed",
+        {"sent": 8, "new": 3, "changed": 5, "unchanged": 193, "deleted": 2, "version": 2},
+    ),
     ("nothing changed", {"sent": 0, "new": 0, "changed": 0, "unchanged": 201, "deleted": 0, "version": 3}),
 ]
 
@@ -42,7 +47,10 @@ def _edit_warehouse() -> None:
         )
         db.executemany(
             "INSERT INTO crm_contacts VALUES (?, ?, ?, ?, ?)",
-            [(f"CRM-{i:05d}", f"First{i}", f"Last{i}", f"contact{i}@example.com", "Buyer") for i in (201, 202, 203)],
+            [
+                (f"CRM-{i:05d}", f"First{i}", f"Last{i}", f"contact{i}@example.com", "Buyer")
+                for i in (201, 202, 203)
+            ],
         )
         db.executemany("DELETE FROM crm_contacts WHERE contact_key = ?", [("CRM-00100",), ("CRM-00150",)])
 
