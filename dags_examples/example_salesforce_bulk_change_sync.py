@@ -26,10 +26,8 @@ from airflow_provider_salesforce_bulk.operators.salesforce_bulk import Salesforc
 
 WAREHOUSE = "warehouse_sqlite"
 # The state outlives every run: never a temporary folder. Object storage with several workers.
-SYNC_STATE = os.environ.get(
-    "SALESFORCE_SYNC_STATE",
-    os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "sync_state", "crm_contacts"),
-)
+AIRFLOW_HOME = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
+SYNC_STATE = os.environ.get("SALESFORCE_SYNC_STATE", os.path.join(AIRFLOW_HOME, "sync_state", "crm_contacts"))
 SAMPLE_ROWS = 200
 
 with DAG(
