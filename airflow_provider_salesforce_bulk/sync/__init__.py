@@ -27,7 +27,7 @@ The layer rule: this package imports the client only; the operators import it.
 
 from airflow_provider_salesforce_bulk.sync.advance import advance_state
 from airflow_provider_salesforce_bulk.sync.diff import SyncCounts, SyncPlan, SyncSpec, plan_sync
-from airflow_provider_salesforce_bulk.sync.digest import RecordDigester, fields_fingerprint
+from airflow_provider_salesforce_bulk.sync.digest import RowFormatter, digest_of, fields_fingerprint
 from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError, StateMovedError, SyncStateError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
 from airflow_provider_salesforce_bulk.sync.state import StateInfo, read_current
@@ -36,7 +36,7 @@ from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_f
 __all__ = [
     "DeleteGuardError",
     "PendingChanges",
-    "RecordDigester",
+    "RowFormatter",
     "StateInfo",
     "StateMovedError",
     "SyncCounts",
@@ -45,6 +45,7 @@ __all__ = [
     "SyncStateError",
     "SyncStorage",
     "advance_state",
+    "digest_of",
     "fields_fingerprint",
     "plan_sync",
     "read_current",
