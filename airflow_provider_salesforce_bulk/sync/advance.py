@@ -13,9 +13,10 @@ The next state is computed in DuckDB (:mod:`.engine`): the results and the confi
 written to Arrow files in ``workdir``, joined with the change set and the state, and the rows sorted
 by external id, spilling past the memory limit. When the column set changed since the state was
 written, the entries kept from it get the zero digest, so they are sent again. The same inputs give
-the same rows, written with fixed options, so the same bytes: a retried advance whose first try already moved CURRENT finds
-its own state there and succeeds without writing (see :func:`~.state.commit_state`). Accepted ids that
-were not in the change set are ignored (they are no result of this run's sends).
+the same rows, written with fixed options, so the same bytes: a retried advance whose first try
+already moved CURRENT finds its own state there and succeeds without writing (see
+:func:`~.state.commit_state`). Accepted ids that were not in the change set are ignored (they are
+no result of this run's sends).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bo
         UNION ALL
         SELECT s.external_id, {digests}, s.sf_id FROM read_parquet({sql_path(old)}) s
         WHERE s.external_id NOT IN (SELECT external_id FROM sent)
-          AND s.external_id NOT IN (SELECT external_id FROM gone)"""
+          AND s.external_id NOT IN (SELECT external_id FROM gone)"""  # noqa: S608 - our own file
     return f"""
         WITH ok AS (SELECT external_id, min(sf_id) AS sf_id FROM accepted GROUP BY external_id),
         sent AS (

@@ -44,7 +44,6 @@ from airflow_provider_salesforce_bulk.sync.pending import (
 )
 from airflow_provider_salesforce_bulk.sync.state import (
     CURRENT,
-    SCHEMA,
     StateInfo,
     SyncIdentity,
     check_identity,
@@ -293,12 +292,13 @@ def plan_sync(
                 "if the input is complete"
             )
         con.execute(
-            f"COPY (SELECT row FROM diff WHERE row IS NOT NULL ORDER BY row) TO {sql_path(send_file)}"
+            f"COPY (SELECT row FROM diff WHERE row IS NOT NULL ORDER BY row) TO {sql_path(send_file)}"  # noqa: S608
         )
         changes.write(
             reader(
                 con,
-                "SELECT external_id, digest_lo, digest_hi FROM diff WHERE row IS NOT NULL ORDER BY external_id",
+                "SELECT external_id, digest_lo, digest_hi FROM diff WHERE row IS NOT NULL "
+                "ORDER BY external_id",
                 CHANGES_SCHEMA,
             )
         )
@@ -335,7 +335,10 @@ def _compare(
 ) -> tuple[int, int, int]:
     """Join the input with the state into the table ``diff``; the counts of new, changed and deletes."""
     if state_file is None:
-        state = "(SELECT * FROM (VALUES ('', 0::UBIGINT, 0::UBIGINT, '')) t(external_id, digest_lo, digest_hi, sf_id) WHERE false)"
+        state = (
+            "(SELECT * FROM (VALUES ('', 0::UBIGINT, 0::UBIGINT, '')) "
+            "t(external_id, digest_lo, digest_hi, sf_id) WHERE false)"
+        )
     else:
         state = f"read_parquet({sql_path(state_file)})"
     # Without delete_missing the absent records stay in Salesforce, so they stay in the state too.
@@ -350,7 +353,7 @@ def _compare(
         FROM i FULL OUTER JOIN {state} s ON i.external_id = s.external_id
         WHERE (i.external_id IS NULL AND {absent})
            OR (i.external_id IS NOT NULL AND (s.external_id IS NULL OR {differs}))
-        """
+        """  # noqa: S608 - paths of this process's own files, quoted
     )
     row = con.execute(
         "SELECT count(*) FILTER (WHERE row IS NOT NULL AND NOT in_state), "

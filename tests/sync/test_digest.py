@@ -50,7 +50,7 @@ def test_the_lines_are_the_serializers(rows: list[tuple[Any, Any]]) -> None:
 
 def test_dicts_and_arrow_give_the_same_lines_and_ids() -> None:
     records = [
-        {"Ext__c": f"E{i}", "A": None if i % 3 else f"a,{i}\"q", "B": i * 0.5, "C": date(2024, 1, i + 1)}
+        {"Ext__c": f"E{i}", "A": None if i % 3 else f'a,{i}"q', "B": i * 0.5, "C": date(2024, 1, i + 1)}
         for i in range(10)
     ]
     fields = [*FIELDS, "C"]
@@ -80,7 +80,9 @@ def test_records_the_job_sends_alike_have_one_line_and_others_differ() -> None:
     assert line(null, base) != line(null, {"Ext__c": "X", "A": "", "B": 1})
     assert line(empty, base) != line(empty, {"Ext__c": "X", "A": None, "B": 2})
     # Values that would run together in a plain concatenation stay apart (CSV quoting).
-    assert line(empty, {"Ext__c": "X", "A": "a,", "B": "b"}) != line(empty, {"Ext__c": "X", "A": "a", "B": ",b"})
+    assert line(empty, {"Ext__c": "X", "A": "a,", "B": "b"}) != line(
+        empty, {"Ext__c": "X", "A": "a", "B": ",b"}
+    )
     assert line(empty, {"Ext__c": "X", "A": 1.5, "B": True}) == line(
         empty, {"Ext__c": "X", "A": Decimal("1.5"), "B": "true"}
     )
