@@ -281,7 +281,7 @@ def plan_sync(
     same_fields = base is not None and base.fields_fingerprint == spec.identity.fields_fingerprint
     with connect(workdir) as con:
         con.register("input_lines", arrow_file(lines_file))
-        _no_duplicates(con, spec)
+        _no_duplicates(con, spec, read)
         new, changed, to_delete = _compare(con, state_file, same_fields, spec.delete_missing)
         in_state = 0 if base is None else base.row_count
         if spec.delete_missing and to_delete > spec.max_delete_ratio * in_state:
@@ -315,7 +315,11 @@ def plan_sync(
     )
 
 
-def _no_duplicates(con: Any, spec: SyncSpec) -> None:
+def _no_duplicates(con: Any, spec: SyncSpec, read: int) -> None:
+    (distinct,) = con.execute("SELECT count(DISTINCT external_id) FROM input_lines").fetchone()
+    if distinct == read:
+        return
+    # Only now the dearer query that names the rows.
     found = con.execute(
         "SELECT external_id, min(row), max(row) FROM input_lines GROUP BY external_id "
         "HAVING count(*) > 1 ORDER BY min(row) LIMIT 1"

@@ -36,6 +36,7 @@ from airflow_provider_salesforce_bulk.client.serialize import _Writer
 # Bumped when the line or the digest changes: recorded in the fingerprint, so old digests never match.
 DIGEST_VERSION = b"salesforce-bulk-sync-digest-2-md5-csv"
 _MASK = (1 << 64) - 1
+_RANGE_ROWS = 65_536
 
 LINES_SCHEMA = pa.schema(
     [
@@ -82,6 +83,7 @@ class RowFormatter:
         self.format = ChunkFormat(none_as=none_as, allow_na_marker=allow_na_marker)  # type: ignore[arg-type]
         self.writer = _Writer(self.fieldnames, self.format)
         self.plan: _Plan | None = None
+        self._range = pa.array(range(_RANGE_ROWS), pa.int64())
 
     def lines(self, batch: Any, base: int) -> pa.Table:
         """``external_id``, ``line`` and ``row`` (the record's index in the input) of each record."""
@@ -90,8 +92,13 @@ class RowFormatter:
         else:
             ids, lines = self._records(batch, base)
         self._check_ids(ids, base)
-        rows = pa.array(range(base, base + len(lines)), pa.int64())
-        return pa.Table.from_arrays([ids, lines, rows], schema=LINES_SCHEMA)
+        return pa.Table.from_arrays([ids, lines, self._rows(base, len(lines))], schema=LINES_SCHEMA)
+
+    def _rows(self, base: int, count: int) -> pa.Array:
+        """``base``, ``base + 1``, ... as an Arrow array, made in C++ from a cached ``0 .. count``."""
+        if len(self._range) < count:
+            self._range = pa.array(range(max(count, 2 * len(self._range))), pa.int64())
+        return pc.add(self._range.slice(0, count), pa.scalar(base, pa.int64()))
 
     def _records(self, records: list[Any], base: int) -> tuple[pa.Array, pa.Array]:
         writer = self.writer
