@@ -91,7 +91,12 @@ def advance_state(
     with connect(workdir) as con:
         con.register("accepted", arrow_file(accepted_file))
         con.register("deleted", arrow_file(deleted_file))
-        query = _next_state_sql(old, changes.path, deletes.path, same_fields)
+        # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
+        # spill (DuckDB 1.5 runs out of memory there), a table can.
+        con.execute(
+            "CREATE TEMP TABLE next_state AS " + _next_state_sql(old, changes.path, deletes.path, same_fields)
+        )
+        query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
         count, sha = write_state_file(reader(con, query, SCHEMA), local)
     info = StateInfo(
         version=version,
@@ -113,17 +118,18 @@ def advance_state(
 
 
 def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bool) -> str:
-    """The next state's rows, sorted: the accepted sends, and the old entries neither replaced nor
+    """The next state's rows: the accepted sends, and the old entries neither replaced nor
     deleted. A result given twice for one id counts once (its smallest Id), an accepted id that was
     not sent is ignored (no result of this run's sends), a failed send or delete keeps the old entry."""
     digests = "s.digest_lo, s.digest_hi" if same_fields else "0::UBIGINT, 0::UBIGINT"
     kept = ""
     if old is not None:
+        # Anti joins (not NOT IN): DuckDB spills a hash join past its memory limit, not a mark join.
         kept = f"""
         UNION ALL
         SELECT s.external_id, {digests}, s.sf_id FROM read_parquet({sql_path(old)}) s
-        WHERE s.external_id NOT IN (SELECT external_id FROM sent)
-          AND s.external_id NOT IN (SELECT external_id FROM gone)"""  # noqa: S608 - our own file
+        ANTI JOIN sent ON s.external_id = sent.external_id
+        ANTI JOIN gone ON s.external_id = gone.external_id"""  # noqa: S608 - our own file
     return f"""
         WITH ok AS (SELECT external_id, min(sf_id) AS sf_id FROM accepted GROUP BY external_id),
         sent AS (
@@ -132,9 +138,7 @@ def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bo
         ),
         gone AS (
             SELECT d.external_id FROM read_parquet({sql_path(deletes)}) d
-            WHERE d.sf_id IN (SELECT sf_id FROM deleted)
+            SEMI JOIN deleted ON d.sf_id = deleted.sf_id
         )
-        SELECT external_id, digest_lo, digest_hi, sf_id FROM (
-            SELECT * FROM sent{kept}
-        ) ORDER BY external_id
+        SELECT * FROM sent{kept}
     """  # noqa: S608 - paths of this process's own files, quoted

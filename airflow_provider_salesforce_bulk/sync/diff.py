@@ -138,8 +138,10 @@ class SyncPlan:
         comes back as ``None`` (and with ``none_as="empty"`` a ``None`` as ``""``): the job then sends
         exactly the bytes the digest was made of.
         """
-        with pa.memory_map(self.lines_file) as source:
-            lines = ipc.open_file(source)
+        with pa.OSFile(self.lines_file) as source:
+            # Only the line column is read, a batch at a time (no memory map: the file is the input's size).
+            options = ipc.IpcReadOptions(included_fields=[LINES_SCHEMA.get_field_index("line")])
+            lines = ipc.open_file(source, options=options)
             wanted = (
                 row
                 for batch in pq.ParquetFile(self.send_file).iter_batches(batch_size=RUN_ROWS)
@@ -157,7 +159,7 @@ class SyncPlan:
                     picked.append(row - start)
                     row = next(wanted, None)
                 if picked:
-                    chosen.append(batch.column(1).take(pa.array(picked, pa.int64())))
+                    chosen.append(batch.column(0).take(pa.array(picked, pa.int64())))
                     held += len(picked)
                 if held >= RUN_ROWS:
                     yield from self._parse(chosen)
@@ -280,8 +282,8 @@ def plan_sync(
     deletes = RowFile(os.path.join(workdir, "deletes.parquet"), DELETES_SCHEMA)
     same_fields = base is not None and base.fields_fingerprint == spec.identity.fields_fingerprint
     with connect(workdir) as con:
+        _no_duplicates(con, spec, read, lines_file)
         con.register("input_lines", arrow_file(lines_file))
-        _no_duplicates(con, spec, read)
         new, changed, to_delete = _compare(con, state_file, same_fields, spec.delete_missing)
         in_state = 0 if base is None else base.row_count
         if spec.delete_missing and to_delete > spec.max_delete_ratio * in_state:
@@ -315,11 +317,13 @@ def plan_sync(
     )
 
 
-def _no_duplicates(con: Any, spec: SyncSpec, read: int) -> None:
+def _no_duplicates(con: Any, spec: SyncSpec, read: int, lines_file: str) -> None:
+    con.register("input_lines", arrow_file(lines_file, ["external_id"]))
     (distinct,) = con.execute("SELECT count(DISTINCT external_id) FROM input_lines").fetchone()
     if distinct == read:
         return
     # Only now the dearer query that names the rows.
+    con.register("input_lines", arrow_file(lines_file, ["external_id", "row"]))
     found = con.execute(
         "SELECT external_id, min(row), max(row) FROM input_lines GROUP BY external_id "
         "HAVING count(*) > 1 ORDER BY min(row) LIMIT 1"

@@ -52,11 +52,25 @@ def sql_path(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def arrow_file(path: str) -> Any:
-    """An Arrow IPC file as a dataset DuckDB scans in place (memory-mapped, projected)."""
-    import pyarrow.dataset as ds
+def arrow_file(path: str, columns: list[str] | None = None) -> pa.RecordBatchReader:
+    """An Arrow IPC file as a stream DuckDB scans once: one batch read at a time, only ``columns``.
 
-    return ds.dataset(path, format="ipc")
+    Neither a dataset (whose scanner reads many batches ahead) nor a memory map (whose touched pages
+    count as the process's memory): the file is as large as the input.
+    """
+    source = ipc.open_file(pa.OSFile(path))
+    schema = source.schema
+    options = None
+    if columns is not None:
+        options = ipc.IpcReadOptions(included_fields=[schema.get_field_index(name) for name in columns])
+        source = ipc.open_file(pa.OSFile(path), options=options)
+        schema = pa.schema([schema.field(name) for name in columns])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for index in range(source.num_record_batches):
+            yield source.get_batch(index)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def write_rows(path: str, schema: pa.Schema, rows: Iterable[tuple[Any, ...]]) -> int:
