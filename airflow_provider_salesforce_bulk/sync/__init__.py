@@ -22,6 +22,11 @@ successful upsert results' ``(external id, sf__Id)`` and the successful delete r
 :class:`StateInfo`. A retried try that finds the pending value but not "advanced" calls
 :func:`advance_state` again with the same inputs: it writes the same version, or finds it written.
 
+How it is fast: a record's digest is the MD5 of its CSV line as the client's serializer writes it
+(:mod:`.digest`; the same for dicts and Arrow input, so a sync may switch between them), and the
+comparison and the advance run in DuckDB (:mod:`.engine`: one thread, a memory limit, spilling to
+``workdir``), so Python works per batch, not per row. It needs the ``[sync]`` extra (pyarrow, duckdb).
+
 The layer rule: this package imports the client only; the operators import it.
 """
 
