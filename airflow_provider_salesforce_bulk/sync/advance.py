@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_provider_salesforce_bulk.sync.engine import arrow_file, connect, reader, sql_path, write_rows
+from airflow_provider_salesforce_bulk.sync.engine import connect, insert_rows, reader, sql_path
 from airflow_provider_salesforce_bulk.sync.errors import StateMovedError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
 from airflow_provider_salesforce_bulk.sync.state import (
@@ -81,16 +81,14 @@ def advance_state(
             "of it is stale and it is left as is"
         )
     changes, deletes = pending.fetch(storage, workdir)
-    accepted_file = os.path.join(workdir, "accepted.arrow")
-    write_rows(accepted_file, _ACCEPTED, accepted)
-    deleted_file = os.path.join(workdir, "deleted.arrow")
-    write_rows(deleted_file, _DELETED, ((sf_id,) for sf_id in deleted_ids))
     version = pending.next_version
     local = os.path.join(workdir, f"next-v{version}.parquet")
     same_fields = base is not None and base.fields_fingerprint == pending.fields_fingerprint
     with connect(workdir) as con:
-        con.register("accepted", arrow_file(accepted_file))
-        con.register("deleted", arrow_file(deleted_file))
+        con.execute("CREATE TEMP TABLE accepted (external_id VARCHAR, sf_id VARCHAR)")
+        insert_rows(con, "accepted", _ACCEPTED, accepted)
+        con.execute("CREATE TEMP TABLE deleted (sf_id VARCHAR)")
+        insert_rows(con, "deleted", _DELETED, ((sf_id,) for sf_id in deleted_ids))
         # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
         # spill (DuckDB 1.5 runs out of memory there), a table can.
         con.execute(

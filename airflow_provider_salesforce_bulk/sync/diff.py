@@ -34,7 +34,7 @@ from airflow_provider_salesforce_bulk.sync.digest import (
     RowFormatter,
     fields_fingerprint,
 )
-from airflow_provider_salesforce_bulk.sync.engine import arrow_file, connect, reader, sql_path
+from airflow_provider_salesforce_bulk.sync.engine import connect, insert, reader, sql_path
 from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError
 from airflow_provider_salesforce_bulk.sync.pending import (
     CHANGES_SCHEMA,
@@ -240,8 +240,12 @@ def _text_bytes(array: Any) -> bytes:
     return memoryview(data)[view[array.offset] : view[array.offset + len(array)]].tobytes()
 
 
-def _write_lines(records: Iterable[Any], spec: SyncSpec, path: str, run_rows: int) -> int:
-    """Format the input into ``path`` (external id, line, row); the number of records read."""
+def _write_lines(con: Any, records: Iterable[Any], spec: SyncSpec, path: str, run_rows: int) -> int:
+    """Format the input into ``path`` (external id, line, row) and its keys and digests into the table
+    ``input_keys``; the number of records read."""
+    con.execute(
+        "CREATE TEMP TABLE input_keys (external_id VARCHAR, row BIGINT, digest_lo UBIGINT, digest_hi UBIGINT)"
+    )
     formatter = RowFormatter(
         spec.fieldnames, spec.external_id_field, none_as=spec.none_as, allow_na_marker=spec.allow_na_marker
     )
@@ -251,7 +255,9 @@ def _write_lines(records: Iterable[Any], spec: SyncSpec, path: str, run_rows: in
             count = batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
             if not count:
                 continue
-            writer.write_table(formatter.lines(batch, read))
+            lines = formatter.lines(batch, read)
+            writer.write_table(lines)
+            insert(con, "input_keys", lines, f"external_id, row, {DIGEST_SQL}")
             read += count
     return read
 
@@ -276,14 +282,13 @@ def plan_sync(
         state_file = fetch_state(storage, base, workdir)
         check_sorted(state_file, storage.url(base.file))
     lines_file = os.path.join(workdir, "lines.arrow")
-    read = _write_lines(records, spec, lines_file, max(1, run_rows))
     send_file = os.path.join(workdir, "send.parquet")
     changes = RowFile(os.path.join(workdir, "changes.parquet"), CHANGES_SCHEMA)
     deletes = RowFile(os.path.join(workdir, "deletes.parquet"), DELETES_SCHEMA)
     same_fields = base is not None and base.fields_fingerprint == spec.identity.fields_fingerprint
     with connect(workdir) as con:
-        _no_duplicates(con, spec, read, lines_file)
-        con.register("input_lines", arrow_file(lines_file))
+        read = _write_lines(con, records, spec, lines_file, max(1, run_rows))
+        _no_duplicates(con, spec, read)
         new, changed, to_delete = _compare(con, state_file, same_fields, spec.delete_missing)
         in_state = 0 if base is None else base.row_count
         if spec.delete_missing and to_delete > spec.max_delete_ratio * in_state:
@@ -317,15 +322,16 @@ def plan_sync(
     )
 
 
-def _no_duplicates(con: Any, spec: SyncSpec, read: int, lines_file: str) -> None:
-    con.register("input_lines", arrow_file(lines_file, ["external_id"]))
-    (distinct,) = con.execute("SELECT count(DISTINCT external_id) FROM input_lines").fetchone()
+def _no_duplicates(con: Any, spec: SyncSpec, read: int) -> None:
+    # A grouped count rather than count(DISTINCT ...): DuckDB spills the first, not the second.
+    (distinct,) = con.execute(
+        "SELECT count(*) FROM (SELECT external_id FROM input_keys GROUP BY external_id)"
+    ).fetchone()
     if distinct == read:
         return
     # Only now the dearer query that names the rows.
-    con.register("input_lines", arrow_file(lines_file, ["external_id", "row"]))
     found = con.execute(
-        "SELECT external_id, min(row), max(row) FROM input_lines GROUP BY external_id "
+        "SELECT external_id, min(row), max(row) FROM input_keys GROUP BY external_id "
         "HAVING count(*) > 1 ORDER BY min(row) LIMIT 1"
     ).fetchone()
     if found is not None:
@@ -355,7 +361,7 @@ def _compare(
     con.execute(
         f"""
         CREATE TEMP TABLE diff AS
-        WITH i AS (SELECT external_id, row, {DIGEST_SQL} FROM input_lines)
+        WITH i AS (SELECT * FROM input_keys)
         SELECT i.row, coalesce(i.external_id, s.external_id) AS external_id, i.digest_lo, i.digest_hi,
                s.sf_id, s.external_id IS NOT NULL AS in_state
         FROM i FULL OUTER JOIN {state} s ON i.external_id = s.external_id

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 MEMORY_LIMIT = "256MB"
 _BLOCK = 65_536
@@ -52,47 +51,35 @@ def sql_path(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def arrow_file(path: str, columns: list[str] | None = None) -> pa.RecordBatchReader:
-    """An Arrow IPC file as a stream DuckDB scans once: one batch read at a time, only ``columns``.
+def insert(con: Any, table: str, data: pa.Table | pa.RecordBatch, select: str = "*") -> None:
+    """Append Arrow data to a DuckDB table, as ``SELECT <select> FROM`` it.
 
-    Neither a dataset (whose scanner reads many batches ahead) nor a memory map (whose touched pages
-    count as the process's memory): the file is as large as the input.
+    Copied into DuckDB's own storage (which spills), batch by batch: a query scanning Arrow data
+    keeps every batch it read alive until it ends (its strings point into them), which would hold
+    the whole input in memory.
     """
-    source = ipc.open_file(pa.OSFile(path))
-    schema = source.schema
-    options = None
-    if columns is not None:
-        options = ipc.IpcReadOptions(included_fields=[schema.get_field_index(name) for name in columns])
-        source = ipc.open_file(pa.OSFile(path), options=options)
-        schema = pa.schema([schema.field(name) for name in columns])
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for index in range(source.num_record_batches):
-            yield source.get_batch(index)
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
+    con.register("arrow_batch", data)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT {select} FROM arrow_batch")  # noqa: S608 - our constants
+    finally:
+        con.unregister("arrow_batch")
 
 
-def write_rows(path: str, schema: pa.Schema, rows: Iterable[tuple[Any, ...]]) -> int:
-    """Python tuples to an Arrow IPC file, a block at a time; the count written."""
-    count = 0
-    with ipc.new_file(path, schema) as writer:
-        block: list[tuple[Any, ...]] = []
-        for row in rows:
-            block.append(row)
-            if len(block) == _BLOCK:
-                count += _flush(writer, schema, block)
-        count += _flush(writer, schema, block)
-    return count
+def insert_rows(con: Any, table: str, schema: pa.Schema, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Append Python tuples to a DuckDB table, a block at a time."""
+    block: list[tuple[Any, ...]] = []
+    for row in rows:
+        block.append(row)
+        if len(block) == _BLOCK:
+            insert(con, table, _batch(schema, block))
+            block = []
+    insert(con, table, _batch(schema, block))
 
 
-def _flush(writer: Any, schema: pa.Schema, block: list[tuple[Any, ...]]) -> int:
+def _batch(schema: pa.Schema, block: list[tuple[Any, ...]]) -> pa.RecordBatch:
     columns = list(zip(*block, strict=True)) if block else [() for _ in schema]
     arrays = [pa.array(list(values), field.type) for values, field in zip(columns, schema, strict=True)]
-    writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
-    count = len(block)
-    block.clear()
-    return count
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def reader(con: Any, query: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
