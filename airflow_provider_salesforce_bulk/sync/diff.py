@@ -19,6 +19,7 @@ import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import pyarrow as pa
@@ -215,20 +216,22 @@ class SyncPlan:
 def _batches(records: Iterable[Any], run_rows: int) -> Iterator[Any]:
     """Arrow record batches as they come (a table as its batches), dicts a list of ``run_rows`` at a time."""
     source = iter(records)
-    pending: list[Any] = []
-    for item in source:
-        if isinstance(item, (pa.RecordBatch, pa.Table)):
-            if pending:
-                yield pending
-                pending = []
-            yield from [item] if isinstance(item, pa.RecordBatch) else item.to_batches()
-        else:
-            pending.append(item)
-            if len(pending) >= run_rows:
-                yield pending
-                pending = []
-    if pending:
-        yield pending
+    arrow = (pa.RecordBatch, pa.Table)
+    while block := list(islice(source, run_rows)):
+        if not any(kind in arrow for kind in set(map(type, block))):
+            yield block
+            continue
+        dicts: list[Any] = []
+        for item in block:
+            if isinstance(item, arrow):
+                if dicts:
+                    yield dicts
+                    dicts = []
+                yield from [item] if isinstance(item, pa.RecordBatch) else item.to_batches()
+            else:
+                dicts.append(item)
+        if dicts:
+            yield dicts
 
 
 def _text_bytes(array: Any) -> bytes:

@@ -112,7 +112,7 @@ class RowFormatter:
         )
         raw = columns[self.key]
         # The id as sent, unquoted: a str as it is, any other value as the serializer writes it.
-        if not all(type(value) is str for value in raw):
+        if set(map(type, raw)) != {str}:
             raw = [
                 value if type(value) is str or value is None else text
                 for value, text in zip(raw, texts[self.key], strict=True)
