@@ -22,12 +22,17 @@ successful upsert results' ``(external id, sf__Id)`` and the successful delete r
 :class:`StateInfo`. A retried try that finds the pending value but not "advanced" calls
 :func:`advance_state` again with the same inputs: it writes the same version, or finds it written.
 
+How it is fast: a record's digest is the MD5 of its CSV line as the client's serializer writes it
+(:mod:`.digest`; the same for dicts and Arrow input, so a sync may switch between them), and the
+comparison and the advance run in DuckDB (:mod:`.engine`: one thread, a memory limit, spilling to
+``workdir``), so Python works per batch, not per row. It needs the ``[sync]`` extra (pyarrow, duckdb).
+
 The layer rule: this package imports the client only; the operators import it.
 """
 
 from airflow_provider_salesforce_bulk.sync.advance import advance_state
 from airflow_provider_salesforce_bulk.sync.diff import SyncCounts, SyncPlan, SyncSpec, plan_sync
-from airflow_provider_salesforce_bulk.sync.digest import RecordDigester, fields_fingerprint
+from airflow_provider_salesforce_bulk.sync.digest import RowFormatter, digest_of, fields_fingerprint
 from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError, StateMovedError, SyncStateError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
 from airflow_provider_salesforce_bulk.sync.state import StateInfo, read_current
@@ -36,7 +41,7 @@ from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_f
 __all__ = [
     "DeleteGuardError",
     "PendingChanges",
-    "RecordDigester",
+    "RowFormatter",
     "StateInfo",
     "StateMovedError",
     "SyncCounts",
@@ -45,6 +50,7 @@ __all__ = [
     "SyncStateError",
     "SyncStorage",
     "advance_state",
+    "digest_of",
     "fields_fingerprint",
     "plan_sync",
     "read_current",

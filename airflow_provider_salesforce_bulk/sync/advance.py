@@ -9,37 +9,43 @@ The next state, per external id (decisions):
 
 With ``full_sync`` the old entries are not read: the state is rebuilt from this run's accepted records.
 
-Everything is streamed: the results and the confirmed deletes are sorted externally and merged with
-the state and the change set, all sorted by external id. The same inputs give the same rows, written
-with fixed options, so the same bytes: a retried advance whose first try already moved CURRENT finds
-its own state there and succeeds without writing (see :func:`~.state.commit_state`). Accepted ids that
-were not in the change set are ignored (they are no result of this run's sends).
+The next state is computed in DuckDB (:mod:`.engine`): the results and the confirmed deletes are
+written to Arrow files in ``workdir``, joined with the change set and the state, and the rows sorted
+by external id, spilling past the memory limit. When the column set changed since the state was
+written, the entries kept from it get the zero digest, so they are sent again. The same inputs give
+the same rows, written with fixed options, so the same bytes: a retried advance whose first try
+already moved CURRENT finds its own state there and succeeds without writing (see
+:func:`~.state.commit_state`). Accepted ids that were not in the change set are ignored (they are
+no result of this run's sends).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
+
+from airflow_provider_salesforce_bulk.sync.engine import connect, insert_rows, reader, sql_path
 from airflow_provider_salesforce_bulk.sync.errors import StateMovedError
 from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
-from airflow_provider_salesforce_bulk.sync.spill import sorted_rows
 from airflow_provider_salesforce_bulk.sync.state import (
     CURRENT,
     FORMAT_VERSION,
+    SCHEMA,
     StateInfo,
-    StateRow,
     check_identity,
+    check_sorted,
     commit_state,
     fetch_state,
-    iter_state,
     version_file,
     write_state_file,
 )
 from airflow_provider_salesforce_bulk.sync.storage import storage_for
 
-_END = (None, None)
+_ACCEPTED = pa.schema([pa.field("external_id", pa.string()), pa.field("sf_id", pa.string())])
+_DELETED = pa.schema([pa.field("sf_id", pa.string())])
 
 
 def advance_state(
@@ -62,9 +68,10 @@ def advance_state(
     base = pending.base_info
     if base is not None:
         check_identity(storage, base, pending.identity)
-    old: Iterator[StateRow] = iter(())
+    old: str | None = None
     if base is not None and not pending.full_sync:
-        old = iter_state(fetch_state(storage, base, workdir), storage.url(base.file))
+        old = fetch_state(storage, base, workdir)
+        check_sorted(old, storage.url(base.file))
     expected = None if pending.base_current is None else pending.base_current.encode()
     if storage.read_bytes(CURRENT) != expected and not storage.exists(f"{pending.folder}/changes.parquet"):
         # Another run advanced the state (and removed this run's change set): refuse before reading.
@@ -74,12 +81,21 @@ def advance_state(
             "of it is stale and it is left as is"
         )
     changes, deletes = pending.fetch(storage, workdir)
-    confirmed = _confirmed_deletes(deletes.rows(), deleted_ids, workdir)
-    results = sorted_rows(((ext, sf_id) for ext, sf_id in accepted), workdir, "accepted")
-    rows = _next_rows(old, changes.rows(), results, confirmed)
     version = pending.next_version
     local = os.path.join(workdir, f"next-v{version}.parquet")
-    count, sha = write_state_file(rows, local)
+    same_fields = base is not None and base.fields_fingerprint == pending.fields_fingerprint
+    with connect(workdir) as con:
+        con.execute("CREATE TEMP TABLE accepted (external_id VARCHAR, sf_id VARCHAR)")
+        insert_rows(con, "accepted", _ACCEPTED, accepted)
+        con.execute("CREATE TEMP TABLE deleted (sf_id VARCHAR)")
+        insert_rows(con, "deleted", _DELETED, ((sf_id,) for sf_id in deleted_ids))
+        # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
+        # spill (DuckDB 1.5 runs out of memory there), a table can.
+        con.execute(
+            "CREATE TEMP TABLE next_state AS " + _next_state_sql(old, changes.path, deletes.path, same_fields)
+        )
+        query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
+        count, sha = write_state_file(reader(con, query, SCHEMA), local)
     info = StateInfo(
         version=version,
         format_version=FORMAT_VERSION,
@@ -99,49 +115,28 @@ def advance_state(
     return committed
 
 
-def _confirmed_deletes(
-    planned: Iterator[tuple[Any, Any]], deleted_ids: Iterable[str], workdir: str
-) -> Iterator[tuple[Any, ...]]:
-    """The external ids whose delete succeeded, sorted: planned deletes joined with the results by Id."""
-    by_sf_id = sorted_rows(((sf_id, ext) for ext, sf_id in planned), workdir, "planned")
-    done = sorted_rows(((sf_id,) for sf_id in deleted_ids), workdir, "deleted")
-
-    def joined() -> Iterator[tuple[Any, ...]]:
-        ok = next(done, None)
-        for sf_id, ext in by_sf_id:
-            while ok is not None and ok[0] < sf_id:
-                ok = next(done, None)
-            if ok is not None and ok[0] == sf_id:
-                yield (ext,)
-
-    return sorted_rows(joined(), workdir, "confirmed")
-
-
-def _next_rows(
-    old: Iterator[StateRow],
-    changes: Iterator[tuple[Any, Any]],
-    results: Iterator[tuple[Any, ...]],
-    confirmed: Iterator[tuple[Any, ...]],
-) -> Iterator[StateRow]:
-    state: Any = next(old, _END)
-    change: Any = next(changes, _END)
-    result: Any = next(results, _END)
-    gone: Any = next(confirmed, _END)
-    while state[0] is not None or change[0] is not None:
-        ext = min(x for x in (state[0], change[0]) if x is not None)
-        while result[0] is not None and result[0] < ext:
-            result = next(results, _END)
-        while gone[0] is not None and gone[0] < ext:
-            gone = next(confirmed, _END)
-        in_state = state[0] == ext
-        entry = state if in_state else None
-        if in_state:
-            state = next(old, _END)
-        if change[0] == ext:
-            if result[0] == ext:
-                entry = (ext, change[1], result[1])
-            change = next(changes, _END)
-        elif gone[0] == ext:
-            entry = None
-        if entry is not None:
-            yield (entry[0], entry[1], entry[2])
+def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bool) -> str:
+    """The next state's rows: the accepted sends, and the old entries neither replaced nor
+    deleted. A result given twice for one id counts once (its smallest Id), an accepted id that was
+    not sent is ignored (no result of this run's sends), a failed send or delete keeps the old entry."""
+    digests = "s.digest_lo, s.digest_hi" if same_fields else "0::UBIGINT, 0::UBIGINT"
+    kept = ""
+    if old is not None:
+        # Anti joins (not NOT IN): DuckDB spills a hash join past its memory limit, not a mark join.
+        kept = f"""
+        UNION ALL
+        SELECT s.external_id, {digests}, s.sf_id FROM read_parquet({sql_path(old)}) s
+        ANTI JOIN sent ON s.external_id = sent.external_id
+        ANTI JOIN gone ON s.external_id = gone.external_id"""  # noqa: S608 - our own file
+    return f"""
+        WITH ok AS (SELECT external_id, min(sf_id) AS sf_id FROM accepted GROUP BY external_id),
+        sent AS (
+            SELECT c.external_id, c.digest_lo, c.digest_hi, ok.sf_id
+            FROM read_parquet({sql_path(changes)}) c JOIN ok ON c.external_id = ok.external_id
+        ),
+        gone AS (
+            SELECT d.external_id FROM read_parquet({sql_path(deletes)}) d
+            SEMI JOIN deleted ON d.sf_id = deleted.sf_id
+        )
+        SELECT * FROM sent{kept}
+    """  # noqa: S608 - paths of this process's own files, quoted

@@ -1,198 +1,149 @@
-"""One record's values as the job writes them, and their digest.
+"""Each record's CSV line as the client writes it, and the digest of that line.
 
 Decisions:
 
-- A record is normalized to the job's columns (``fieldnames``, after ``field_mapping``) in order;
-  each value becomes the text the client's serializer writes for it (:func:`~..client.serialize.value_text`:
-  dates, datetimes, numbers and booleans exactly as sent), ``None`` stays ``None``. A key that is not
-  a column is an error, a missing column is empty (the serializer's rules); a relationship given as
-  ``{"Account": {"Ext__c": v}}`` fills the column ``Account.Ext__c``.
-- The digest is over what the job sends: ``None`` counts as the job's ``none_as`` text (``""`` or
-  ``#N/A``), so two records Salesforce receives identically have the same digest. The texts are
-  joined with NUL (which no value may hold: the serializer refuses it, and so does this) and encoded
-  as UTF-8; BLAKE2b with a 16-byte digest, keyed by the column names, so a changed column set changes
-  every digest. UTF-8 and BLAKE2b are fixed by their specifications: the digest does not depend on the
-  Python version, the process or ``PYTHONHASHSEED``.
+- One scheme for every kind of input: a record's digest is the MD5 of its CSV line in a canonical
+  form of the job's format (comma, LF, the job's ``none_as`` and ``allow_na_marker``), written by the
+  client's own serializer: Arrow batches by its column-wise C++ formatter
+  (:mod:`~..client.arrow_chunks`), dicts by its record serializer (:mod:`~..client.serialize`). The
+  two write the same bytes for the same rows, so a sync may switch from dicts to a Parquet file (or
+  back) without resending anything, and two records Salesforce receives identically (``None`` and
+  ``""`` with ``none_as="empty"``) have the same digest. The delimiter and line ending are fixed so
+  that changing them does not resend every record.
+- MD5 rather than a keyed BLAKE2b: it is the 128-bit hash DuckDB computes over an Arrow column in C++
+  (the digest is no defence against an adversary, only against accidental equality, for which 128
+  well-mixed bits make a missed update negligible). The digest is kept as two unsigned 64-bit halves
+  of the MD5 read as a little-endian 128-bit integer (:func:`digest_of` is the reference).
+- The column set is no part of the line: it is recorded with the state (``fields_fingerprint``), and
+  a state of another column set compares as changed everywhere (see :mod:`.diff` and :mod:`.advance`).
+- The external id is the value's text as sent (unquoted): what Salesforce echoes in its results.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
-from datetime import date
+from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_salesforce_bulk.client.arrow_chunks import _Plan
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.serialize import value_text
+from airflow_provider_salesforce_bulk.client.job_spec import ChunkFormat
+from airflow_provider_salesforce_bulk.client.serialize import _Writer
 
-DIGEST_SIZE = 16
-# Bumped when the encoding below changes: it is part of the key, so old digests never match new ones.
-DIGEST_VERSION = b"salesforce-bulk-sync-digest-1"
-_NA_MARKER = "#N/A"
-_NONE_TEXT = {"empty": "", "null": _NA_MARKER}
+# Bumped when the line or the digest changes: recorded in the fingerprint, so old digests never match.
+DIGEST_VERSION = b"salesforce-bulk-sync-digest-2-md5-csv"
+_MASK = (1 << 64) - 1
+_RANGE_ROWS = 65_536
 
-Texts = list[str | None]
-
-
-def _none(_value: None) -> None:
-    return None
-
-
-# The serializer's text for the commonest exact types, without its per-value dispatch (the same
-# texts: tests/sync/test_digest.py checks them against value_text); every other type goes through it.
-_FAST: dict[type, Callable[[Any], str | None]] = {
-    int: int.__repr__,
-    bool: {True: "true", False: "false"}.__getitem__,
-    date: date.isoformat,
-    type(None): _none,
-}
+LINES_SCHEMA = pa.schema(
+    [
+        pa.field("external_id", pa.string()),
+        pa.field("line", pa.string()),
+        pa.field("row", pa.int64()),
+    ]
+)
 
 
 def fields_fingerprint(fieldnames: Sequence[str]) -> str:
-    """A hex name of the column set and its order, recorded with the state."""
+    """A hex name of the column set, its order and the digest scheme, recorded with the state."""
     encoded = "\x00".join(fieldnames).encode()
     return hashlib.blake2b(DIGEST_VERSION + b"\x00" + encoded, digest_size=32).hexdigest()
 
 
-class RecordDigester:
-    """Normalizes records to the job's column texts and digests them."""
+def digest_of(line: bytes) -> tuple[int, int]:
+    """``(digest_lo, digest_hi)`` of one CSV line: what the engine computes in C++ for every row."""
+    number = int.from_bytes(hashlib.md5(line).digest(), "little")  # noqa: S324 - not for security
+    return number & _MASK, number >> 64
+
+
+# The same digest in DuckDB SQL (md5_number is the MD5 read as a little-endian 128-bit integer).
+DIGEST_SQL = (
+    "(md5_number(line) & 18446744073709551615::UHUGEINT)::UBIGINT AS digest_lo, "
+    "(md5_number(line) >> 64)::UBIGINT AS digest_hi"
+)
+
+
+class RowFormatter:
+    """A batch of records (dicts, or an Arrow record batch) to its external ids and CSV lines."""
 
     def __init__(
-        self, fieldnames: Sequence[str], *, none_as: str = "empty", allow_na_marker: bool = False
+        self,
+        fieldnames: Sequence[str],
+        external_id_field: str,
+        *,
+        none_as: str = "empty",
+        allow_na_marker: bool = False,
     ) -> None:
-        if none_as not in _NONE_TEXT:
-            raise InputError(f"none_as must be 'empty' or 'null', got {none_as!r}", field="none_as")
         self.fieldnames = list(fieldnames)
-        self.positions = {name: i for i, name in enumerate(self.fieldnames)}
-        self.none_text = _NONE_TEXT[none_as]
-        self.allow_na_marker = allow_na_marker
-        self.key = bytes.fromhex(fields_fingerprint(self.fieldnames))
-        self.hasher = hashlib.blake2b(digest_size=DIGEST_SIZE, key=self.key)
+        self.external_id_field = external_id_field
+        self.key = self.fieldnames.index(external_id_field)
+        self.format = ChunkFormat(none_as=none_as, allow_na_marker=allow_na_marker)  # type: ignore[arg-type]
+        self.writer = _Writer(self.fieldnames, self.format)
+        self.plan: _Plan | None = None
+        self._range = pa.array(range(_RANGE_ROWS), pa.int64())
 
-    def batch(self, records: list[Any], base: int) -> tuple[list[tuple[str | None, ...]], list[bytes]]:
-        """The texts and digests of a batch of records (``base`` is the first one's index), the same as
-        :meth:`texts` and :meth:`digest` one by one, worked column by column."""
-        width = len(self.fieldnames)
-        if set(map(type, records)) != {dict} or set(map(len, records)) != {width}:
-            return self._one_by_one(records, base)
-        try:
-            columns = [[record[name] for record in records] for name in self.fieldnames]
-        except KeyError:
-            return self._one_by_one(records, base)
-        texts: list[list[str | None]] = []
-        for column in columns:
-            kinds = set(map(type, column))
-            if kinds == {str}:
-                texts.append(column)
-            elif kinds <= _FAST.keys():
-                texts.append([_FAST[type(value)](value) for value in column])
-            else:
-                try:
-                    texts.append([None if value is None else value_text(value) for value in column])
-                except ValueError:  # _one_by_one names the record and the field
-                    return self._one_by_one(records, base)
-        sent = [
-            column if None not in column else [self.none_text if t is None else t for t in column]
-            for column in texts
-        ]
-        flagged = any("\x00" in "".join(column) for column in sent) or any(  # type: ignore[arg-type]
-            _NA_MARKER in column for column in texts if not self.allow_na_marker
-        )
-        if flagged:
-            return self._one_by_one(records, base)
-        try:
-            encoded = ["\x00".join(row).encode() for row in zip(*sent, strict=True)]
-        except UnicodeEncodeError:
-            return self._one_by_one(records, base)
-        copy = self.hasher.copy
-        digests = []
-        for data in encoded:
-            hasher = copy()
-            hasher.update(data)
-            digests.append(hasher.digest())
-        return list(zip(*texts, strict=True)), digests
-
-    def _one_by_one(self, records: list[Any], base: int) -> tuple[list[tuple[str | None, ...]], list[bytes]]:
-        rows = [tuple(self.texts(record, index)) for index, record in enumerate(records, base)]
-        return rows, [self.digest(list(row), index) for index, row in enumerate(rows, base)]
-
-    def texts(self, record: Mapping[str, Any], index: int) -> Texts:
-        """The record's values as the job writes them, in column order (``None`` kept)."""
-        values: list[Any]
-        if type(record) is dict and len(record) == len(self.fieldnames):
-            try:
-                values = [record[name] for name in self.fieldnames]
-            except KeyError:
-                values = self._normalize(record, index)
+    def lines(self, batch: Any, base: int) -> pa.Table:
+        """``external_id``, ``line`` and ``row`` (the record's index in the input) of each record."""
+        if isinstance(batch, pa.RecordBatch):
+            ids, lines = self._arrow(batch, base)
         else:
-            values = self._normalize(record, index)
-        fast = _FAST
-        try:
-            texts: Texts = [
-                value
-                if type(value) is str
-                else fast[type(value)](value)
-                if type(value) in fast
-                else value_text(value)
-                for value in values
+            ids, lines = self._records(batch, base)
+        self._check_ids(ids, base)
+        return pa.Table.from_arrays([ids, lines, self._rows(base, len(lines))], schema=LINES_SCHEMA)
+
+    def _rows(self, base: int, count: int) -> pa.Array:
+        """``base``, ``base + 1``, ... as an Arrow array, made in C++ from a cached ``0 .. count``."""
+        if len(self._range) < count:
+            self._range = pa.array(range(max(count, 2 * len(self._range))), pa.int64())
+        return pc.add(self._range.slice(0, count), pa.scalar(base, pa.int64()))
+
+    def _records(self, records: list[Any], base: int) -> tuple[pa.Array, pa.Array]:
+        writer = self.writer
+        columns = writer.columns(records, base)
+        texts = [writer.convert(column, position, base) for position, column in enumerate(columns)]
+        if len(texts) == 1 and "" in texts[0]:
+            texts[0] = ['""' if text == "" else text for text in texts[0]]
+        data, offsets = writer.encode(writer.assemble(texts), columns, base)
+        lines = pa.StringArray.from_buffers(
+            len(records), pa.array(offsets, pa.int32()).buffers()[1], pa.py_buffer(data)
+        )
+        raw = columns[self.key]
+        # The id as sent, unquoted: a str as it is, any other value as the serializer writes it.
+        if set(map(type, raw)) != {str}:
+            raw = [
+                value if type(value) is str or value is None else text
+                for value, text in zip(raw, texts[self.key], strict=True)
             ]
-        except ValueError:
-            texts = [self._text(value, index, i) for i, value in enumerate(values)]
-        if not self.allow_na_marker and _NA_MARKER in texts:
-            field = self.fieldnames[texts.index(_NA_MARKER)]
-            raise InputError(
-                f"record {index}, field {field!r}: the text '#N/A' would make Salesforce null the field; "
-                "pass None with none_as='null', or allow_na_marker=True",
-                record_index=index,
-                field=field,
-            )
-        return texts
+        return pa.array(raw, pa.string()), lines
 
-    def digest(self, texts: Texts, index: int) -> bytes:
-        none_text = self.none_text
-        joined = "\x00".join([none_text if text is None else text for text in texts])
-        if joined.count("\x00") != len(texts) - 1:
-            raise InputError(
-                f"record {index} holds a NUL character, which a CSV value cannot", record_index=index
-            )
-        try:
-            data = joined.encode()
-        except UnicodeEncodeError:
-            raise InputError(
-                f"record {index} holds a lone surrogate, which UTF-8 cannot encode", record_index=index
-            ) from None
-        return hashlib.blake2b(data, digest_size=DIGEST_SIZE, key=self.key).digest()
+    def _arrow(self, batch: pa.RecordBatch, base: int) -> tuple[pa.Array, pa.Array]:
+        if self.plan is None:
+            self.plan = _Plan(pa, batch.schema, self.fieldnames, self.format)
+        lines = self.plan.rows(batch, base)
+        name = self.external_id_field
+        if name not in batch.schema.names:
+            return pa.nulls(batch.num_rows, pa.string()), lines
+        column = batch.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+            return column.cast(pa.string()), lines
+        formatter = self.plan.formatters[self.key]
+        assert formatter is not None  # the column is in the batch
+        return formatter(column, name, base), lines
 
-    def _text(self, value: Any, index: int, position: int) -> str | None:
-        if value is None:
-            return None
-        try:
-            return value_text(value)
-        except ValueError as exc:
-            field = self.fieldnames[position]
+    def _check_ids(self, ids: pa.Array, base: int) -> None:
+        missing = pc.fill_null(pc.equal(ids, ""), True)
+        if pc.any(missing).as_py():
+            offset = pc.index(missing, True).as_py()
+            what = "None" if ids[offset].as_py() is None else "empty"
             raise InputError(
-                f"record {index}, field {field!r}: {exc}", record_index=index, field=field
-            ) from None
-
-    def _normalize(self, record: Mapping[str, Any], index: int) -> list[Any]:
-        if not isinstance(record, Mapping):
-            raise InputError(
-                f"record {index} is a {type(record).__name__}, expected a dict of field name to value",
-                record_index=index,
+                f"record {base + offset} has no {self.external_id_field} (the external id field is "
+                f"{what}): every record of a change-only sync needs one",
+                record_index=base + offset,
+                field=self.external_id_field,
             )
-        values: list[Any] = [""] * len(self.fieldnames)
-        for key, value in record.items():
-            column = key
-            if isinstance(value, Mapping) and len(value) == 1:
-                ((sub, value),) = value.items()
-                column = f"{key}.{sub}"
-            position = self.positions.get(column)
-            if position is None:
-                raise InputError(
-                    f"record {index} has the field {column!r}, which is not in fieldnames "
-                    f"{self.fieldnames!r}",
-                    record_index=index,
-                    field=str(column),
-                )
-            values[position] = value
-        return values

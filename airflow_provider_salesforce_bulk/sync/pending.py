@@ -8,60 +8,48 @@ state version it read and the job results Salesforce still holds. The files them
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_salesforce_bulk.sync.digest import DIGEST_SIZE
 from airflow_provider_salesforce_bulk.sync.errors import SyncStateError
-from airflow_provider_salesforce_bulk.sync.state import StateInfo, SyncIdentity
+from airflow_provider_salesforce_bulk.sync.state import StateInfo, SyncIdentity, write_parquet
 from airflow_provider_salesforce_bulk.sync.storage import SyncStorage
 
 _BLOCK = 65_536
 
 
-class RowFile:
-    """A local Parquet file of two-column rows, written and read a block at a time."""
+CHANGES_SCHEMA = pa.schema(
+    [
+        pa.field("external_id", pa.string(), nullable=False),
+        pa.field("digest_lo", pa.uint64(), nullable=False),
+        pa.field("digest_hi", pa.uint64(), nullable=False),
+    ]
+)
+DELETES_SCHEMA = pa.schema(
+    [pa.field("external_id", pa.string(), nullable=False), pa.field("sf_id", pa.string(), nullable=False)]
+)
 
-    def __init__(self, path: str, columns: tuple[str, str]) -> None:
+
+class RowFile:
+    """A local Parquet file of a change set: the new and changed records' digests, or the deletes."""
+
+    def __init__(self, path: str, schema: pa.Schema) -> None:
         self.path = path
-        self.columns = columns
-        self.schema = pa.schema(
-            [pa.field(name, pa.binary(DIGEST_SIZE) if name == "digest" else pa.string()) for name in columns]
-        )
+        self.schema = schema
         self.count = 0
 
-    @contextlib.contextmanager
-    def writer(self) -> Iterator[Callable[[tuple[Any, Any]], None]]:
-        block: list[tuple[Any, Any]] = []
-        with pq.ParquetWriter(self.path, self.schema, compression="zstd", use_dictionary=False) as out:
+    def write(self, batches: Iterable[pa.RecordBatch]) -> None:
+        self.count, _ = write_parquet(batches, self.path, self.schema)
 
-            def flush() -> None:
-                columns = [list(c) for c in zip(*block, strict=False)] if block else [[], []]
-                arrays = [
-                    pa.array(values, field.type) for values, field in zip(columns, self.schema, strict=False)
-                ]
-                out.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
-                self.count += len(block)
-                block.clear()
-
-            def put(row: tuple[Any, Any]) -> None:
-                block.append(row)
-                if len(block) == _BLOCK:
-                    flush()
-
-            yield put
-            flush()
-
-    def rows(self) -> Iterator[tuple[Any, Any]]:
+    def rows(self) -> Iterator[tuple[Any, ...]]:
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_BLOCK):
-            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=False)
+            yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -143,11 +131,11 @@ class PendingChanges:
     def fetch(self, storage: SyncStorage, workdir: str) -> tuple[RowFile, RowFile]:
         """The change set's files, copied to ``workdir`` and checked against their checksums."""
         files = []
-        for name, columns, sha in (
-            ("changes", ("external_id", "digest"), self.changes_sha256),
-            ("deletes", ("external_id", "sf_id"), self.deletes_sha256),
+        for name, schema, sha in (
+            ("changes", CHANGES_SCHEMA, self.changes_sha256),
+            ("deletes", DELETES_SCHEMA, self.deletes_sha256),
         ):
-            local = RowFile(os.path.join(workdir, f"pending-{name}.parquet"), columns)
+            local = RowFile(os.path.join(workdir, f"pending-{name}.parquet"), schema)
             remote = f"{self.folder}/{name}.parquet"
             digest = hashlib.sha256()
             try:

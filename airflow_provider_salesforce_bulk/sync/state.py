@@ -2,9 +2,10 @@
 
 Layout at the state's location (decisions):
 
-- ``v<N>/state.parquet``: columns ``external_id`` (string), ``digest`` (16-byte binary) and ``sf_id``
-  (string), sorted by external id (UTF-8 byte order), unique, in row groups of at most
-  :data:`ROW_GROUP_ROWS` rows, written with fixed options so the same rows give the same bytes.
+- ``v<N>/state.parquet``: columns ``external_id`` (string), ``digest_lo`` and ``digest_hi`` (the two
+  64-bit halves of the digest, :mod:`.digest`) and ``sf_id`` (string), sorted by external id (UTF-8
+  byte order), unique, in row groups of exactly :data:`ROW_GROUP_ROWS` rows (the last one fewer),
+  written with fixed options so the same rows give the same bytes.
 - ``CURRENT``: a small JSON pointer, written last and replaced atomically: ``version``,
   ``format_version``, ``object``, ``external_id_field``, ``fields_fingerprint``, ``row_count``,
   ``sha256`` and ``file``. A reader trusts nothing it has not checked: the format, the object and the
@@ -12,7 +13,8 @@ Layout at the state's location (decisions):
 - The version after ``N`` is ``N + 1``; the previous version is kept (a retried advance reads it
   again), older ones are removed after the pointer moves.
 
-A changed column set is no error: every digest changes with it, so every record is sent once.
+A changed column set is no error: ``fields_fingerprint`` differs, so every record compares as changed
+and is sent once; the entries not accepted in that run are kept with a zero digest, which no line has.
 """
 
 from __future__ import annotations
@@ -20,30 +22,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from airflow_provider_salesforce_bulk.sync.digest import DIGEST_SIZE
 from airflow_provider_salesforce_bulk.sync.errors import StateMovedError, SyncStateError
 from airflow_provider_salesforce_bulk.sync.storage import SyncStorage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 STATE_FILE = "state.parquet"
 ROW_GROUP_ROWS = 65_536
 SCHEMA = pa.schema(
     [
         pa.field("external_id", pa.string(), nullable=False),
-        pa.field("digest", pa.binary(DIGEST_SIZE), nullable=False),
+        pa.field("digest_lo", pa.uint64(), nullable=False),
+        pa.field("digest_hi", pa.uint64(), nullable=False),
         pa.field("sf_id", pa.string(), nullable=False),
     ]
 )
-StateRow = tuple[str, bytes, str]
 
 
 @dataclass(frozen=True)
@@ -156,56 +156,57 @@ def fetch_state(storage: SyncStorage, info: StateInfo, workdir: str) -> str:
     return local
 
 
-def iter_state(local: str, where: str) -> Iterator[StateRow]:
-    """The rows of a fetched state file, checked to be strictly ascending by external id."""
+def check_sorted(local: str, where: str) -> None:
+    """Refuse a state file whose external ids are not strictly ascending (so unique), in C++."""
     previous: str | None = None
-    for batch in pq.ParquetFile(local).iter_batches(batch_size=ROW_GROUP_ROWS):
-        ids = batch.column(0).to_pylist()
-        if previous is not None and ids and ids[0] <= previous:
-            raise SyncStateError(f"the sync state file {where} is not sorted by external id at {ids[0]!r}")
+    for batch in pq.ParquetFile(local).iter_batches(batch_size=ROW_GROUP_ROWS, columns=["external_id"]):
         column = batch.column(0)
+        if not len(column):
+            continue
+        first = column[0].as_py()
         # Compared in Arrow (UTF-8 byte order, which is code point order, as Python compares str).
-        if (
+        if (previous is not None and first <= previous) or (
             len(column) > 1
             and pc.any(pc.greater_equal(column.slice(0, len(column) - 1), column.slice(1))).as_py()
         ):
-            raise SyncStateError(f"the sync state file {where} is not sorted (or holds an id twice)")
-        yield from zip(ids, batch.column(1).to_pylist(), batch.column(2).to_pylist(), strict=False)
-        if ids:
-            previous = ids[-1]
+            raise SyncStateError(
+                f"the sync state file {where} is not sorted by external id (or holds one twice)"
+            )
+        previous = column[len(column) - 1].as_py()
 
 
-def write_state_file(rows: Iterator[StateRow], local: str) -> tuple[int, str]:
-    """Write sorted rows as a state file; its row count and sha256. Same rows, same bytes."""
+def write_state_file(batches: Iterable[pa.RecordBatch], local: str) -> tuple[int, str]:
+    """Write sorted rows as a state file; its row count and sha256."""
+    return write_parquet(batches, local, SCHEMA)
+
+
+def write_parquet(batches: Iterable[pa.RecordBatch], local: str, schema: pa.Schema) -> tuple[int, str]:
+    """Write rows of ``schema``; their count and the file's sha256. Same rows, same bytes: the row
+    groups are cut at fixed counts, whatever the sizes of the batches given."""
     count = 0
-    with pq.ParquetWriter(local, SCHEMA, compression="zstd", use_dictionary=False) as writer:
-        block: list[StateRow] = []
-        for row in rows:
-            block.append(row)
-            if len(block) == ROW_GROUP_ROWS:
-                writer.write_table(_table(block), row_group_size=ROW_GROUP_ROWS)
-                count += len(block)
-                block = []
-        if block or not count:
-            writer.write_table(_table(block), row_group_size=ROW_GROUP_ROWS)
-            count += len(block)
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    with pq.ParquetWriter(local, schema, compression="zstd", use_dictionary=False) as writer:
+        for batch in batches:
+            pending.append(batch)
+            held += batch.num_rows
+            while held >= ROW_GROUP_ROWS:
+                table = pa.Table.from_batches(pending, schema=schema)
+                # One chunk per row group: the writer's page boundaries may follow the chunks'.
+                group = table.slice(0, ROW_GROUP_ROWS).combine_chunks()
+                writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                rest = table.slice(ROW_GROUP_ROWS)
+                pending, held = rest.to_batches(), rest.num_rows
+                count += ROW_GROUP_ROWS
+        if held or not count:
+            last = pa.Table.from_batches(pending, schema=schema).combine_chunks()
+            writer.write_table(last, row_group_size=ROW_GROUP_ROWS)
+            count += held
     digest = hashlib.sha256()
     with open(local, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return count, digest.hexdigest()
-
-
-def _table(block: list[StateRow]) -> pa.Table:
-    columns: list[Any] = [list(column) for column in zip(*block, strict=False)] if block else [[], [], []]
-    return pa.Table.from_arrays(
-        [
-            pa.array(columns[0], pa.string()),
-            pa.array(columns[1], pa.binary(DIGEST_SIZE)),
-            pa.array(columns[2], pa.string()),
-        ],
-        schema=SCHEMA,
-    )
 
 
 def commit_state(

@@ -1,20 +1,24 @@
-"""Record digests: the job's texts, stable across processes, changed by the column set."""
+"""Record lines and digests: the client's CSV lines, one scheme for dicts and Arrow, MD5 as specified."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
-from airflow_provider_salesforce_bulk.client.serialize import serialize_ingest_data, value_text
-from airflow_provider_salesforce_bulk.sync import RecordDigester
+from airflow_provider_salesforce_bulk.client.serialize import serialize_ingest_data
+from airflow_provider_salesforce_bulk.sync import RowFormatter, digest_of
+from airflow_provider_salesforce_bulk.sync.digest import DIGEST_SQL
 
 FIELDS = ["Ext__c", "A", "B"]
 scalars = st.one_of(
@@ -29,98 +33,114 @@ scalars = st.one_of(
 )
 
 
-@given(a=scalars, b=scalars)
-def test_the_texts_are_the_serializers(a: Any, b: Any) -> None:
-    digester = RecordDigester(FIELDS, allow_na_marker=True)
-    texts = digester.texts({"Ext__c": "X", "A": a, "B": b}, 0)
-    assert texts == ["X", *(None if v is None else value_text(v) for v in (a, b))]
-    # And what the job's CSV holds for the record is those texts.
-    csv = b"".join(
-        serialize_ingest_data([dict(zip(FIELDS, texts, strict=True))], FIELDS, allow_na_marker=True)
-    )
-    assert csv == b"".join(
-        serialize_ingest_data([{"Ext__c": "X", "A": a, "B": b}], FIELDS, allow_na_marker=True)
-    )
+def lines(formatter: RowFormatter, records: Any, base: int = 0) -> list[str]:
+    return [str(line) for line in formatter.lines(records, base).column("line").to_pylist()]
 
 
-def test_records_the_job_sends_alike_have_one_digest_and_others_differ() -> None:
-    empty = RecordDigester(FIELDS)
-    null = RecordDigester(FIELDS, none_as="null", allow_na_marker=True)
+@settings(deadline=None)
+@given(rows=st.lists(st.tuples(scalars, scalars), max_size=20))
+def test_the_lines_are_the_serializers(rows: list[tuple[Any, Any]]) -> None:
+    formatter = RowFormatter(FIELDS, "Ext__c", none_as="null", allow_na_marker=True)
+    records = [{"Ext__c": f"X{i}", "A": a, "B": b} for i, (a, b) in enumerate(rows)]
+    if not records:
+        return
+    csv = next(iter(serialize_ingest_data(records, FIELDS, none_as="null", allow_na_marker=True))).decode()
+    assert "".join(lines(formatter, records)) == csv.split("\n", 1)[1]
 
-    def digest(d: RecordDigester, record: dict[str, Any]) -> bytes:
-        return d.digest(d.texts(record, 0), 0)
 
+def test_dicts_and_arrow_give_the_same_lines_and_ids() -> None:
+    records = [
+        {"Ext__c": f"E{i}", "A": None if i % 3 else f'a,{i}"q', "B": i * 0.5, "C": date(2024, 1, i + 1)}
+        for i in range(10)
+    ]
+    fields = [*FIELDS, "C"]
+    by_dicts = RowFormatter(fields, "Ext__c").lines(records, 5)
+    by_arrow = RowFormatter(fields, "Ext__c").lines(pa.RecordBatch.from_pylist(records), 5)
+    assert by_dicts.equals(by_arrow)
+    assert by_dicts.column("row").to_pylist() == list(range(5, 15))
+    # The external id as sent, unquoted, whatever its type.
+    numbered = RowFormatter(["Ext__c", "A"], "Ext__c")
+    assert numbered.lines([{"Ext__c": 7, "A": "x"}], 0).column("external_id").to_pylist() == ["7"]
+    quoted = numbered.lines(pa.RecordBatch.from_pylist([{"Ext__c": 'a,"b', "A": "x"}]), 0)
+    assert quoted.column("external_id").to_pylist() == ['a,"b']
+    assert quoted.column("line").to_pylist() == ['"a,""b",x\n']
+
+
+def test_records_the_job_sends_alike_have_one_line_and_others_differ() -> None:
+    empty = RowFormatter(FIELDS, "Ext__c")
+    null = RowFormatter(FIELDS, "Ext__c", none_as="null", allow_na_marker=True)
     base = {"Ext__c": "X", "A": None, "B": 1}
-    assert digest(empty, base) == digest(empty, {"Ext__c": "X", "A": "", "B": "1"})
-    assert digest(empty, base) == digest(empty, {"Ext__c": "X", "B": 1})  # a missing column is empty
-    assert digest(null, base) == digest(null, {"Ext__c": "X", "A": "#N/A", "B": 1})
-    assert digest(null, base) != digest(null, {"Ext__c": "X", "A": "", "B": 1})
-    assert digest(empty, base) != digest(empty, {"Ext__c": "X", "A": None, "B": 2})
-    assert digest(empty, {"Ext__c": "X", "A": "a", "B": "b"}) != digest(
-        empty, {"Ext__c": "X", "A": "ab", "B": ""}
+
+    def line(f: RowFormatter, record: dict[str, Any]) -> str:
+        return lines(f, [record])[0]
+
+    assert line(empty, base) == line(empty, {"Ext__c": "X", "A": "", "B": "1"})
+    assert line(empty, base) == line(empty, {"Ext__c": "X", "B": 1})  # a missing column is empty
+    assert line(null, base) == line(null, {"Ext__c": "X", "A": "#N/A", "B": 1})
+    assert line(null, base) != line(null, {"Ext__c": "X", "A": "", "B": 1})
+    assert line(empty, base) != line(empty, {"Ext__c": "X", "A": None, "B": 2})
+    # Values that would run together in a plain concatenation stay apart (CSV quoting).
+    assert line(empty, {"Ext__c": "X", "A": "a,", "B": "b"}) != line(
+        empty, {"Ext__c": "X", "A": "a", "B": ",b"}
     )
-    assert digest(empty, {"Ext__c": "X", "A": 1.5, "B": True}) == digest(
+    assert line(empty, {"Ext__c": "X", "A": 1.5, "B": True}) == line(
         empty, {"Ext__c": "X", "A": Decimal("1.5"), "B": "true"}
     )
-    renamed = RecordDigester(["Ext__c", "A", "C"])
-    assert digest(empty, base) != digest(renamed, {"Ext__c": "X", "A": None, "C": 1})
-    assert len(digest(empty, base)) == 16
+    assert line(empty, {"Ext__c": "X", "A": datetime(2024, 1, 2, 3, 4, 5), "B": 1}) == (
+        "X,2024-01-02T03:04:05.000+00:00,1\n"
+    )
+
+
+def test_the_engine_computes_the_reference_digest() -> None:
+    texts = ["X,a,1\n", '"q,""",,\n', "é,ü,€\n", ""]
+    lines_table = pa.table({"line": texts})
+    con = duckdb.connect()
+    con.register("lines_table", lines_table)
+    got = con.execute(f"SELECT {DIGEST_SQL} FROM lines_table").fetchall()  # noqa: S608 - a constant
+    assert got == [digest_of(text.encode()) for text in texts]
+    # The reference is MD5 as specified (RFC 1321), read as a little-endian 128-bit integer.
+    lo, hi = digest_of(b"X,a,1\n")
+    assert (hi << 64 | lo).to_bytes(16, "little") == hashlib.md5(b"X,a,1\n").digest()  # noqa: S324
 
 
 PROBE = """
-from datetime import datetime
-from airflow_provider_salesforce_bulk.sync import RecordDigester
-d = RecordDigester(["Ext__c", "A", "B"])
-record = {"Ext__c": "ünï-\\u4e2d", "A": datetime(2024, 5, 6, 7, 8, 9), "B": 1.25}
-print(d.digest(d.texts(record, 0), 0).hex())
+from airflow_provider_salesforce_bulk.sync import RowFormatter, digest_of
+line = RowFormatter(["Ext__c", "A", "B"], "Ext__c").lines([{"Ext__c": "X", "A": 1.25, "B": "ü"}], 0)
+print(digest_of(line.column("line")[0].as_py().encode()))
 """
 
 
 def test_the_digest_is_the_same_in_other_processes_and_hash_seeds() -> None:
-    digester = RecordDigester(FIELDS)
-    record = {"Ext__c": "ünï-中", "A": datetime(2024, 5, 6, 7, 8, 9), "B": 1.25}
-    here = digester.digest(digester.texts(record, 0), 0).hex()
-    for seed in ("0", "1", "12345"):
-        out = subprocess.run(  # noqa: S603 - our own interpreter
+    outputs = {
+        subprocess.run(  # noqa: S603 - our own interpreter
             [sys.executable, "-c", PROBE],
             capture_output=True,
             text=True,
             check=True,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
-        )
-        assert out.stdout.strip() == here
+        ).stdout.strip()
+        for seed in ("0", "1", "12345")
+    }
+    assert outputs == {str(digest_of(b"X,1.25,\xc3\xbc\n"))}
 
 
 @pytest.mark.parametrize(
     ("record", "expected"),
     [
-        ({"Ext__c": "X", "A": "a\x00b", "B": 1}, "record 7 holds a NUL character"),
-        ({"Ext__c": "X", "A": "#N/A", "B": 1}, "record 7, field 'A': the text '#N/A'"),
-        ({"Ext__c": "X", "A": float("nan"), "B": 1}, "record 7, field 'A': nan is not a number"),
-        ({"Ext__c": "X", "A": "\ud800", "B": 1}, "record 7 holds a lone surrogate"),
+        ({"Ext__c": "X", "A": "a\x00b", "B": 1}, "record 7, field 'A': the value holds a NUL character"),
+        ({"Ext__c": "X", "A": "#N/A", "B": 1}, "record 7, field 'A': the value is the text '#N/A'"),
+        ({"Ext__c": "X", "A": float("nan"), "B": 1}, "record 7, field 'A'"),
+        ({"Ext__c": "X", "A": "\ud800", "B": 1}, "record 7, field 'A': the value holds a lone surrogate"),
         ({"Ext__c": "X", "A": [1], "B": 1}, "record 7, field 'A': unsupported value type 'list'"),
         ("not a dict", "record 7 is a str"),
     ],
 )
 def test_values_the_job_cannot_send_are_errors_naming_record_and_field(record: Any, expected: str) -> None:
-    digester = RecordDigester(FIELDS)
     with pytest.raises(InputError) as raised:
-        digester.digest(digester.texts(record, 7), 7)
+        RowFormatter(FIELDS, "Ext__c").lines([record], 7)
     assert expected in str(raised.value)
 
 
 def test_a_relationship_fills_its_column() -> None:
-    digester = RecordDigester(["Ext__c", "Account.Ext__c"])
-    assert digester.texts({"Ext__c": "X", "Account": {"Ext__c": date(2024, 1, 2)}}, 0) == ["X", "2024-01-02"]
-
-
-@given(rows=st.lists(st.tuples(scalars, scalars), max_size=30), mixed=st.booleans())
-def test_a_batch_gives_what_records_one_by_one_give(rows: list[tuple[Any, Any]], mixed: bool) -> None:
-    digester = RecordDigester(FIELDS, none_as="null", allow_na_marker=True)
-    records: list[Any] = [{"Ext__c": f"X{i}", "A": a, "B": b} for i, (a, b) in enumerate(rows)]
-    if mixed and records:
-        records[-1] = {"Ext__c": "last", "B": 1}  # a missing column: the batch goes record by record
-    texts, digests = digester.batch(records, 5)
-    one_by_one = [digester.texts(record, i) for i, record in enumerate(records)]
-    assert [list(t) for t in texts] == one_by_one
-    assert digests == [digester.digest(t, i) for i, t in enumerate(one_by_one)]
+    formatter = RowFormatter(["Ext__c", "Account.Ext__c"], "Ext__c")
+    assert lines(formatter, [{"Ext__c": "X", "Account": {"Ext__c": date(2024, 1, 2)}}]) == ["X,2024-01-02\n"]
