@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
+from airflow_provider_salesforce_bulk import sync  # lazy: the engine needs the [sync] extra
 from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, InputError, JobSpec
 from airflow_provider_salesforce_bulk.client.chunk_files import ChunkSink, FileSink
 from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
@@ -45,7 +46,6 @@ from airflow_provider_salesforce_bulk.operators.job_plan import JobPlan
 from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
 from airflow_provider_salesforce_bulk.operators.sources import ChunkSource
 from airflow_provider_salesforce_bulk.operators.staging import Manifest, StagingArea
-from airflow_provider_salesforce_bulk.sync import SyncPlan, SyncSpec, plan_sync, storage_for
 
 __all__ = [
     "DEFAULT_MAX_DELETE_RATIO",
@@ -78,7 +78,7 @@ class SyncOptions:
     @property
     def where(self) -> str:
         """The state's location for messages and the summary."""
-        return str(storage_for(self.sync_state_path).url(None))
+        return str(sync.storage_for(self.sync_state_path).url(None))
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -136,7 +136,11 @@ def check_sync_options(
             field="delete_missing",
         )
     try:
-        storage_for(sync_state_path)
+        sync.require_engine()
+    except ImportError as exc:
+        raise InputError(str(exc), field="changes_only") from None
+    try:
+        sync.storage_for(sync_state_path)
     except (TypeError, ValueError, ImportError) as exc:  # ImportError: the scheme's fsspec package
         raise InputError(f"sync_state_path {sync_state_path!r}: {exc}", field="sync_state_path") from None
     return SyncOptions(sync_state_path, delete_missing, float(ratio), full_sync)
@@ -224,7 +228,7 @@ def prepare(
 
 def _plan(
     source: ChunkSource, options: SyncOptions, spec: JobSpec, chunk_format: ChunkFormat, workdir: str
-) -> SyncPlan | None:
+) -> sync.SyncPlan | None:
     """Compare the input, as its jobs would send it, with the state; ``None`` for an empty input."""
     delimiter = COLUMN_DELIMITERS[spec.column_delimiter]
     assert spec.external_id_field is not None  # check_sync_options
@@ -234,7 +238,7 @@ def _plan(
             header = next(rows, None)
             if header is None:
                 return None
-            sync_spec = SyncSpec(
+            sync_spec = sync.SyncSpec(
                 object_name=spec.object,
                 external_id_field=spec.external_id_field,
                 fieldnames=tuple(header),
@@ -245,7 +249,7 @@ def _plan(
                 full_sync=options.full_sync,
             )
             records = (dict(zip(header, row, strict=True)) for row in rows)
-            return plan_sync(options.sync_state_path, records, sync_spec, workdir)
+            return sync.plan_sync(options.sync_state_path, records, sync_spec, workdir)
     except InputError as exc:
         raise AirflowFailException(
             f"Change-only sync ({source.description}, state {options.where}): {type(exc).__name__}: {exc}"
@@ -291,7 +295,7 @@ def _input_rows(source: ChunkSource, delimiter: str, folder: str) -> Iterator[It
 
 
 def _changes_source(
-    sync_plan: SyncPlan, limits: ChunkLimits, chunk_format: ChunkFormat, group_by: str | None
+    sync_plan: sync.SyncPlan, limits: ChunkLimits, chunk_format: ChunkFormat, group_by: str | None
 ) -> ChunkSource:
     """The records to send as the load's input: texts, written as they are ('#N/A' included)."""
     fields = list(sync_plan.spec.fieldnames)

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
+from airflow_provider_salesforce_bulk import sync  # lazy: the engine needs the [sync] extra
 from airflow_provider_salesforce_bulk.client import (
     BulkIngestClient,
     ChunkFormat,
@@ -47,7 +48,6 @@ from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
 from airflow_provider_salesforce_bulk.operators.submit import reconcile, submit_chunks
 from airflow_provider_salesforce_bulk.operators.summary import summarize
-from airflow_provider_salesforce_bulk.sync import PendingChanges, StateInfo, advance_state, storage_for
 
 __all__ = ["complete", "empty_summary", "raise_on_failed_deletes"]
 
@@ -81,7 +81,7 @@ class _Run:
     """What the end of one change-only run works with."""
 
     store: PlanStore | None
-    pending: PendingChanges
+    pending: sync.PendingChanges
     options: SyncOptions
     hook: SalesforceBulkHook
     spec: JobSpec
@@ -112,7 +112,7 @@ def complete(
     if isinstance(recorded.get("section"), dict):
         log.info("The sync state was advanced by an earlier try (version %s)", recorded["section"]["version"])
         return {**summary, "sync": recorded["section"]}
-    pending = PendingChanges.from_dict(recorded["pending"])
+    pending = sync.PendingChanges.from_dict(recorded["pending"])
     poll = PollPolicy(initial=poll_interval, maximum=max(poll_interval, 5.0))
     run = _Run(store, pending, options, hook, spec, limits, timeout, poll)
     upserted = [job_id for job_id, job in summary["jobs"].items() if int(job.get("succeeded", 0))]
@@ -122,7 +122,7 @@ def complete(
             delete_jobs, deleted_count = _results(run, upserted, accepted_out, deleted_out, workdir)
         pairs = ((row[0], row[1]) for row in _lines(accepted))
         try:
-            info = advance_state(
+            info = sync.advance_state(
                 options.sync_state_path, pending, pairs, (row[0] for row in _lines(deleted)), workdir
             )
         except InputError as exc:  # a state moved by another run, or damaged since: for a person
@@ -141,7 +141,7 @@ def complete(
 
 
 def _section(
-    recorded: Mapping[str, Any], run: _Run, info: StateInfo, delete_jobs: list[str], deleted: int
+    recorded: Mapping[str, Any], run: _Run, info: sync.StateInfo, delete_jobs: list[str], deleted: int
 ) -> dict[str, Any]:
     """The summary's ``sync`` section: what was compared, sent, deleted, and the state's versions."""
     counts, pending = recorded["counts"], run.pending
@@ -229,8 +229,8 @@ async def _delete(
     return plan.all_job_ids, count
 
 
-def _delete_ids(pending: PendingChanges, options: SyncOptions, workdir: str) -> Iterator[dict[str, str]]:
-    _, deletes = pending.fetch(storage_for(options.sync_state_path), workdir)
+def _delete_ids(pending: sync.PendingChanges, options: SyncOptions, workdir: str) -> Iterator[dict[str, str]]:
+    _, deletes = pending.fetch(sync.storage_for(options.sync_state_path), workdir)
     for _, sf_id in deletes.rows():
         yield {"Id": str(sf_id)}
 

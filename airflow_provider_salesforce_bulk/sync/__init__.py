@@ -30,13 +30,19 @@ comparison and the advance run in DuckDB (:mod:`.engine`: one thread, a memory l
 The layer rule: this package imports the client only; the operators import it.
 """
 
-from airflow_provider_salesforce_bulk.sync.advance import advance_state
-from airflow_provider_salesforce_bulk.sync.diff import SyncCounts, SyncPlan, SyncSpec, plan_sync
-from airflow_provider_salesforce_bulk.sync.digest import RowFormatter, digest_of, fields_fingerprint
-from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError, StateMovedError, SyncStateError
-from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
-from airflow_provider_salesforce_bulk.sync.state import StateInfo, read_current
-from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_for
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_salesforce_bulk.sync.advance import advance_state
+    from airflow_provider_salesforce_bulk.sync.diff import SyncCounts, SyncPlan, SyncSpec, plan_sync
+    from airflow_provider_salesforce_bulk.sync.digest import RowFormatter, digest_of, fields_fingerprint
+    from airflow_provider_salesforce_bulk.sync.errors import DeleteGuardError, StateMovedError, SyncStateError
+    from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
+    from airflow_provider_salesforce_bulk.sync.state import StateInfo, read_current
+    from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_for
 
 __all__ = [
     "DeleteGuardError",
@@ -54,5 +60,46 @@ __all__ = [
     "fields_fingerprint",
     "plan_sync",
     "read_current",
+    "require_engine",
     "storage_for",
 ]
+
+# Loaded on first use: most of the engine imports pyarrow, an extra, and the operators import this
+# package whether or not a task syncs, so a plain install must be able to import it.
+_HOMES = {
+    "advance_state": "advance",
+    "SyncCounts": "diff",
+    "SyncPlan": "diff",
+    "SyncSpec": "diff",
+    "plan_sync": "diff",
+    "RowFormatter": "digest",
+    "digest_of": "digest",
+    "fields_fingerprint": "digest",
+    "DeleteGuardError": "errors",
+    "StateMovedError": "errors",
+    "SyncStateError": "errors",
+    "PendingChanges": "pending",
+    "StateInfo": "state",
+    "read_current": "state",
+    "SyncStorage": "storage",
+    "storage_for": "storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
+
+def require_engine() -> None:
+    """An :class:`ImportError` saying how to install the ``[sync]`` extra without DuckDB or pyarrow."""
+    try:
+        import duckdb  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"change-only syncs need DuckDB and pyarrow ({exc.name} is missing): install "
+            "airflow-provider-salesforce-bulk[sync]"
+        ) from exc

@@ -122,6 +122,7 @@ KILL_POINTS = (
 def install_kill(point: str, before_death: Any = None) -> Any:
     """Make this try die at ``point`` (calling ``before_death()`` first: what happens before the
     retry); returns a function restoring what was patched."""
+    from airflow_provider_salesforce_bulk import sync as engine
     from airflow_provider_salesforce_bulk.client import BulkIngestClient
     from airflow_provider_salesforce_bulk.operators import change_sync, sync_finish
     from airflow_provider_salesforce_bulk.operators.job_plan import JobPlan
@@ -195,7 +196,7 @@ def install_kill(point: str, before_death: Any = None) -> Any:
 
             return wrapper
 
-        patch(sync_finish, "advance_state", advance)
+        patch(engine, "advance_state", advance)  # the operator calls sync.advance_state
     if point == "advanced_not_done":
         patch(JobPlan, "mark_done", lambda _orig: staticmethod(lambda *a, **k: die(point)))
 

@@ -98,7 +98,9 @@ def test_a_state_moved_by_another_run_meanwhile_fails_the_retry_for_good(
         textwrap.dedent(f"""
         def _another_run_advances():
             import tempfile
-            from airflow_provider_salesforce_bulk.sync import SyncSpec, advance_state, plan_sync
+            from airflow_provider_salesforce_bulk.sync import SyncSpec, plan_sync
+            # The module's own function: the kill seam wraps the package's, which the operator calls.
+            from airflow_provider_salesforce_bulk.sync.advance import advance_state
             rows = [{{"External_Id__c": "ext-0", "LastName": "Other", "Email": "o@example.com"}}]
             spec = SyncSpec(object_name="Contact", external_id_field="External_Id__c",
                             fieldnames=("External_Id__c", "LastName", "Email"))
