@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-stack test-airflow lint typecheck bench demo demo-extract lock lock-airflow dist clean
+.PHONY: setup test test-stack test-airflow lint typecheck bench demo demo-extract demo-sync lock lock-airflow dist clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ demo: $(STAMP)
 # The extract round trip: an incremental query of Accounts to Parquet, Contacts derived and loaded back.
 demo-extract: $(STAMP)
 	$(PY) scripts/demo_extract.py
+
+# The change-only sync DAG, three runs against the emulator (dags_examples/example_salesforce_bulk_change_sync.py).
+demo-sync: $(STAMP)
+	$(PY) scripts/demo_sync.py
 
 # The provider's tests on another supported Airflow and Python, e.g.
 # `make test-airflow AIRFLOW=3.1.8 PYTHON=python3.10`, in .venv-airflow-<airflow>-py<python>. Pins:

@@ -56,12 +56,12 @@ async def _seed(emulator: Any) -> None:
             print(f"Seeded the org: {result.job_info.number_records_processed} Accounts", flush=True)
 
 
-def _xcom(task_id: str) -> dict[str, Any] | None:
+def _xcom(task_id: str, dag_id: str = DAG_ID) -> dict[str, Any] | None:
     with sqlite3.connect(HOME / "airflow.db") as db:
         row = db.execute(
             "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = 'return_value' "
             "ORDER BY timestamp DESC LIMIT 1",
-            (DAG_ID, task_id),
+            (dag_id, task_id),
         ).fetchone()
     if row is None:
         return None
@@ -70,9 +70,9 @@ def _xcom(task_id: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _run_dag(env: dict[str, str]) -> bool:
+def _run_dag(env: dict[str, str], dag_id: str = DAG_ID) -> bool:
     try:
-        _airflow(env, "dags", "test", DAG_ID)
+        _airflow(env, "dags", "test", dag_id)
     except subprocess.CalledProcessError as exc:
         print(f"airflow dags test failed with exit code {exc.returncode}", file=sys.stderr)
         return False

@@ -17,8 +17,8 @@ from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS
 from airflow_provider_salesforce_bulk.client.limits import check_limits_mode
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
+from airflow_provider_salesforce_bulk.operators import change_sync, load_input, sync_finish
 from airflow_provider_salesforce_bulk.operators import load_completion as completion
-from airflow_provider_salesforce_bulk.operators import load_input
 from airflow_provider_salesforce_bulk.operators import resubmit_rounds as rounds
 from airflow_provider_salesforce_bulk.operators.base import (
     SalesforceBulkBaseOperator,
@@ -43,6 +43,7 @@ from airflow_provider_salesforce_bulk.operators.summary import (
     jobs_to_copy,
     summarize,
 )
+from airflow_provider_salesforce_bulk.operators.sync_operator import ChangeSyncMixin
 from airflow_provider_salesforce_bulk.operators.task_start import start_task
 from airflow_provider_salesforce_bulk.operators.try_stop import abort_targets, settled_targets
 from airflow_provider_salesforce_bulk.operators.worker_local import warn_if_worker_local
@@ -61,7 +62,7 @@ DEFAULT_RESULTS_FOLDER = "salesforce_bulk_results"
 """Under ``$AIRFLOW_HOME``: ``<folder>/<dag_id>/<run_id>/<task_id>[/<map_index>]/<job_id>/*.csv``."""
 
 
-class SalesforceBulkOperator(SalesforceBulkBaseOperator):
+class SalesforceBulkOperator(ChangeSyncMixin, SalesforceBulkBaseOperator):
     """Insert, update, upsert, delete or hard-delete records with the Salesforce Bulk API 2.0.
 
     The input (``records``, ``source`` or ``sql``) is read once into the staging area, then sent in jobs
@@ -84,6 +85,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         "assignment_rule_id",
         "results_path",
         "staging_path",
+        "sync_state_path",
         "conn_id",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"records": "json", "sql": "sql"}
@@ -134,16 +136,15 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         resubmit_backoff: float = 30.0,
         reload_on_clear: bool = False,
         staging_path: Any = None,
+        changes_only: bool = False,
+        sync_state_path: Any = None,
+        delete_missing: bool = False,
+        max_delete_ratio: float = change_sync.DEFAULT_MAX_DELETE_RATIO,
+        full_sync: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            poll_interval=poll_interval,
-            timeout=timeout,
-            salesforce_bulk_conn_id=salesforce_bulk_conn_id,
-            conn_id=conn_id,
-            deferrable=deferrable,
-            **kwargs,
-        )
+        kwargs.update(poll_interval=poll_interval, timeout=timeout, conn_id=conn_id, deferrable=deferrable)
+        super().__init__(salesforce_bulk_conn_id=salesforce_bulk_conn_id, **kwargs)
         self.operation, self.object_name, self.allow_empty = operation, object_name, allow_empty
         self.records, self.source, self.source_format, self.sql = records, source, source_format, sql
         self.sql_conn_id, self.parameters, self.fieldnames = sql_conn_id, parameters, fieldnames
@@ -156,6 +157,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         self.resubmit_error_codes, self._codes_name = resubmit_codes(resubmit_error_codes, retry_error_codes)
         self.resubmit_rounds, self.resubmit_backoff = resubmit_rounds, resubmit_backoff
         self.results_path, self.staging_path, self.limits_check = results_path, staging_path, limits_check
+        self._keep_sync(changes_only, sync_state_path, delete_missing, max_delete_ratio, full_sync)
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         self._chunk_format()
         check_limits_mode(self.limits_check)
         self._policy()
+        self._sync()
 
     def _policy(self) -> ResubmitPolicy:
         return rounds.resubmit_policy(
@@ -254,6 +257,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             if self.reload_on_clear:
                 self.log.info("An earlier try succeeded; reload_on_clear is set: loading every record again")
                 plan = JobPlan(store)
+                change_sync.forget(store)
             elif done.get("summary") is not None:
                 return self._done_before(context, plan)
             else:
@@ -264,8 +268,13 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         area = self._staging_area(context)
         try_number = getattr(context.get("ti"), "try_number", None)
         spec, staged = self._job_spec(), None  # staged: this try's fresh load (a retry's jobs exist)
+        sync = self._sync()
         if plan.chunks:
             self.log.info("Jobs of an earlier try: %s; reading their state", ", ".join(plan.all_job_ids))
+        elif sync is not None:
+            staged, source = self._sync_input(source, plan, area, sync)
+            if staged is None:  # nothing to upsert: the deletes and the advance only
+                return self._end_sync(context)
         elif (staged := load_input.stage_input(source, plan, area, try_number, spec, self.log)) is None:
             self.log.info("No records: no job created")
             self._succeeded = 0
@@ -401,6 +410,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
             stop=self._stop_event(),
             log=self.log,
         )
+        summary = self._sync_section(context, summary, checked["status"])  # deletes and advance
         self._succeeded = int(summary["totals"]["succeeded"])
         completion.push_summary(context.get("ti"), summary)  # before any failure: a failed task reports too
         # Every job of the load was closed before this point, so no later try sends a chunk from the
@@ -410,6 +420,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
         completion.apply_failure_policy(
             checked, summary, samples, self.max_failed_records, self.max_failed_ratio
         )
+        sync_finish.raise_on_failed_deletes(summary, self.max_failed_records)
         store = plan_store_for(context)
         if store is not None:
             # Kept, marked done: a try failed by Airflow after this success (a late stale report)
@@ -483,12 +494,7 @@ class SalesforceBulkOperator(SalesforceBulkBaseOperator):
     # -- lineage ----------------------------------------------------------------------------------
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """Output: the Salesforce object (namespace from the instance URL); input: ``source``.
+        """Output: the Salesforce object, with the records that succeeded; input: a ``source`` file.
 
-        Returns ``None`` when the OpenLineage provider is not installed. The output dataset is
-        ``salesforce://<instance host>`` / ``object_name``, with an output statistics facet holding the
-        records that succeeded; a ``source`` file is the input dataset (a local path: namespace
-        ``file``, its absolute path; ``s3://bucket/key``: ``s3://bucket``, ``key``); records passed
-        directly have no input dataset.
-        """
+        ``None`` without the OpenLineage provider; the datasets: :func:`~.lineage.load_lineage`."""
         return load_lineage(self.source, self.object_name, self._instance_url, self._succeeded)

@@ -139,6 +139,37 @@ def test_the_graph_holds_imports_inside_functions_and_the_check_finds_a_cycle() 
     assert find_cycle(graph) == [f"{NAME}.client.ingest", f"{NAME}.client.operation", f"{NAME}.client.ingest"]
 
 
+def sync_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The change-only sync engine (``sync``) imports only the client; of the other layers only the
+    operators import it."""
+    sync = f"{NAME}.sync"
+    found = []
+    for name, imports in sorted(graph.items()):
+        inside = name == sync or name.startswith(f"{sync}.")
+        for target in sorted(imports):
+            there_inside = target == sync or target.startswith(f"{sync}.")
+            if inside and not there_inside and not target.startswith(f"{NAME}.client"):
+                found.append(f"{name} -> {target}")
+            if there_inside and not inside and not name.startswith(f"{NAME}.operators"):
+                found.append(f"{name} -> {target}")
+    return found
+
+
+def test_the_sync_engine_imports_only_the_client_and_only_operators_import_it() -> None:
+    graph = import_graph()
+    assert f"{NAME}.sync.diff" in graph
+    assert f"{NAME}.client.serialize" in graph[f"{NAME}.sync.digest"]
+    assert sync_violations(graph) == []
+    # The check sees the engine importing a hook, and a trigger importing the engine.
+    graph[f"{NAME}.sync.diff"] = graph.get(f"{NAME}.sync.diff", set()) | {f"{NAME}.hooks.connection"}
+    graph[f"{NAME}.triggers.events"] = graph.get(f"{NAME}.triggers.events", set()) | {f"{NAME}.sync.state"}
+    graph[f"{NAME}.operators.summary"] = graph.get(f"{NAME}.operators.summary", set()) | {f"{NAME}.sync"}
+    assert sync_violations(graph) == [
+        f"{NAME}.sync.diff -> {NAME}.hooks.connection",
+        f"{NAME}.triggers.events -> {NAME}.sync.state",
+    ]
+
+
 def test_the_airflow_layers_import_only_public_client_names() -> None:
     """Operators, hooks and triggers use the client through public names only: the package's exports,
     a name the owning submodule's ``__all__`` lists, or a public submodule; never a private one."""

@@ -1,0 +1,142 @@
+"""Advancing the sync state with a run's final outcomes.
+
+The next state, per external id (decisions):
+
+- sent and accepted (a successful results row): the digest sent and the Salesforce Id of the result;
+- sent and not accepted (failed, or never known to succeed): the old entry if there was one, so the
+  record differs from the state and is sent again next run (a new one stays absent, for the same end);
+- not sent: the old entry, unless its delete succeeded (then it is gone); a failed delete stays.
+
+With ``full_sync`` the old entries are not read: the state is rebuilt from this run's accepted records.
+
+The next state is computed in DuckDB (:mod:`.engine`): the results and the confirmed deletes are
+written to Arrow files in ``workdir``, joined with the change set and the state, and the rows sorted
+by external id, spilling past the memory limit. When the column set changed since the state was
+written, the entries kept from it get the zero digest, so they are sent again. The same inputs give
+the same rows, written with fixed options, so the same bytes: a retried advance whose first try
+already moved CURRENT finds its own state there and succeeds without writing (see
+:func:`~.state.commit_state`). Accepted ids that were not in the change set are ignored (they are
+no result of this run's sends).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from airflow_provider_salesforce_bulk.sync.engine import connect, insert_rows, reader, sql_path
+from airflow_provider_salesforce_bulk.sync.errors import StateMovedError
+from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
+from airflow_provider_salesforce_bulk.sync.state import (
+    CURRENT,
+    FORMAT_VERSION,
+    SCHEMA,
+    StateInfo,
+    check_identity,
+    check_sorted,
+    commit_state,
+    fetch_state,
+    version_file,
+    write_state_file,
+)
+from airflow_provider_salesforce_bulk.sync.storage import storage_for
+
+_ACCEPTED = pa.schema([pa.field("external_id", pa.string()), pa.field("sf_id", pa.string())])
+_DELETED = pa.schema([pa.field("sf_id", pa.string())])
+
+
+def advance_state(
+    location: Any,
+    pending: PendingChanges,
+    accepted: Iterable[tuple[str, str]],
+    deleted_ids: Iterable[str],
+    workdir: str,
+) -> StateInfo:
+    """Write and publish the state after ``pending``'s run.
+
+    Parameters
+    ----------
+    accepted
+        ``(external id, Salesforce Id)`` of every successful upsert result of the run's sends.
+    deleted_ids
+        The Salesforce Ids of every successful delete result.
+    """
+    storage = storage_for(location)
+    base = pending.base_info
+    if base is not None:
+        check_identity(storage, base, pending.identity)
+    old: str | None = None
+    if base is not None and not pending.full_sync:
+        old = fetch_state(storage, base, workdir)
+        check_sorted(old, storage.url(base.file))
+    expected = None if pending.base_current is None else pending.base_current.encode()
+    if storage.read_bytes(CURRENT) != expected and not storage.exists(f"{pending.folder}/changes.parquet"):
+        # Another run advanced the state (and removed this run's change set): refuse before reading.
+        raise StateMovedError(
+            f"the sync state at {storage.url(None)} moved since this run read it (version "
+            f"{'none' if base is None else base.version}): another run advanced it, so this run's view "
+            "of it is stale and it is left as is"
+        )
+    changes, deletes = pending.fetch(storage, workdir)
+    version = pending.next_version
+    local = os.path.join(workdir, f"next-v{version}.parquet")
+    same_fields = base is not None and base.fields_fingerprint == pending.fields_fingerprint
+    with connect(workdir) as con:
+        con.execute("CREATE TEMP TABLE accepted (external_id VARCHAR, sf_id VARCHAR)")
+        insert_rows(con, "accepted", _ACCEPTED, accepted)
+        con.execute("CREATE TEMP TABLE deleted (sf_id VARCHAR)")
+        insert_rows(con, "deleted", _DELETED, ((sf_id,) for sf_id in deleted_ids))
+        # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
+        # spill (DuckDB 1.5 runs out of memory there), a table can.
+        con.execute(
+            "CREATE TEMP TABLE next_state AS " + _next_state_sql(old, changes.path, deletes.path, same_fields)
+        )
+        query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
+        count, sha = write_state_file(reader(con, query, SCHEMA), local)
+    info = StateInfo(
+        version=version,
+        format_version=FORMAT_VERSION,
+        object=pending.object_name,
+        external_id_field=pending.external_id_field,
+        fields_fingerprint=pending.fields_fingerprint,
+        row_count=count,
+        sha256=sha,
+        file=version_file(version),
+    )
+    committed = commit_state(storage, local, info, expected)
+    # This run's change set stays until the next advance, so a retry of this very advance (its outcome
+    # unknown to the plan store) recomputes the same state and finds it published.
+    for name in storage.children_of("pending"):
+        if name != pending.run_key:
+            storage.remove(f"pending/{name}")
+    return committed
+
+
+def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bool) -> str:
+    """The next state's rows: the accepted sends, and the old entries neither replaced nor
+    deleted. A result given twice for one id counts once (its smallest Id), an accepted id that was
+    not sent is ignored (no result of this run's sends), a failed send or delete keeps the old entry."""
+    digests = "s.digest_lo, s.digest_hi" if same_fields else "0::UBIGINT, 0::UBIGINT"
+    kept = ""
+    if old is not None:
+        # Anti joins (not NOT IN): DuckDB spills a hash join past its memory limit, not a mark join.
+        kept = f"""
+        UNION ALL
+        SELECT s.external_id, {digests}, s.sf_id FROM read_parquet({sql_path(old)}) s
+        ANTI JOIN sent ON s.external_id = sent.external_id
+        ANTI JOIN gone ON s.external_id = gone.external_id"""  # noqa: S608 - our own file
+    return f"""
+        WITH ok AS (SELECT external_id, min(sf_id) AS sf_id FROM accepted GROUP BY external_id),
+        sent AS (
+            SELECT c.external_id, c.digest_lo, c.digest_hi, ok.sf_id
+            FROM read_parquet({sql_path(changes)}) c JOIN ok ON c.external_id = ok.external_id
+        ),
+        gone AS (
+            SELECT d.external_id FROM read_parquet({sql_path(deletes)}) d
+            SEMI JOIN deleted ON d.sf_id = deleted.sf_id
+        )
+        SELECT * FROM sent{kept}
+    """  # noqa: S608 - paths of this process's own files, quoted
