@@ -42,7 +42,7 @@ from airflow_provider_salesforce_bulk.sync.state import (
     version_file,
     write_state_file,
 )
-from airflow_provider_salesforce_bulk.sync.storage import storage_for
+from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_for
 
 _ACCEPTED = pa.schema([pa.field("external_id", pa.string()), pa.field("sf_id", pa.string())])
 _DELETED = pa.schema([pa.field("sf_id", pa.string())])
@@ -72,14 +72,7 @@ def advance_state(
     if base is not None and not pending.full_sync:
         old = fetch_state(storage, base, workdir)
         check_sorted(old, storage.url(base.file))
-    expected = None if pending.base_current is None else pending.base_current.encode()
-    if storage.read_bytes(CURRENT) != expected and not storage.exists(f"{pending.folder}/changes.parquet"):
-        # Another run advanced the state (and removed this run's change set): refuse before reading.
-        raise StateMovedError(
-            f"the sync state at {storage.url(None)} moved since this run read it (version "
-            f"{'none' if base is None else base.version}): another run advanced it, so this run's view "
-            "of it is stale and it is left as is"
-        )
+    expected = _unmoved(storage, pending)
     changes, deletes = pending.fetch(storage, workdir)
     version = pending.next_version
     local = os.path.join(workdir, f"next-v{version}.parquet")
@@ -113,6 +106,20 @@ def advance_state(
         if name != pending.run_key:
             storage.remove(f"pending/{name}")
     return committed
+
+
+def _unmoved(storage: SyncStorage, pending: PendingChanges) -> bytes | None:
+    """The ``CURRENT`` this run planned against; a :class:`StateMovedError` when another run has
+    advanced the state since (and removed this run's change set): refused before reading anything."""
+    expected = None if pending.base_current is None else pending.base_current.encode()
+    if storage.read_bytes(CURRENT) != expected and not storage.exists(f"{pending.folder}/changes.parquet"):
+        base = pending.base_info
+        raise StateMovedError(
+            f"the sync state at {storage.url(None)} moved since this run read it (version "
+            f"{'none' if base is None else base.version}): another run advanced it, so this run's view "
+            "of it is stale and it is left as is"
+        )
+    return expected
 
 
 def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bool) -> str:
