@@ -6,13 +6,16 @@ transport failures are wrapped, so no bare ``httpx`` exception or ``ExceptionGro
 Salesforce's own code is ``error_code`` on every class that carries one.
 
 The whole tree, as a child's indentation under its base class (``also`` names a second base,
-``[module]`` a class defined outside this module); ``tests/client/test_errors.py`` keeps it equal to
-the classes::
+``[module]`` a class defined outside this module, also outside the client); ``tests/client/test_errors.py``
+keeps it equal to the classes::
 
     SalesforceBulkError
         InputError (also ValueError) -- bad input or configuration, refused before sending; never retried
             UntrustedUrlError -- a host that may not receive the token
             ConnectionConfigError [hooks.connection] -- an Airflow connection field to fix
+            SyncStateError [sync.errors] -- a change-only sync state that cannot be used
+                StateMovedError [sync.errors] -- another run advanced the state meanwhile
+            DeleteGuardError [sync.errors] -- more deletes than max_delete_ratio allows
         AuthenticationError -- the login was refused
         TransportError -- no complete answer (retried when safe)
             UploadOutcomeUnknownError -- an upload's answer was lost: never send it to that job again

@@ -41,10 +41,11 @@ def drawn_tree() -> dict[str, tuple[tuple[str, ...], str]]:
 
 def real_tree() -> dict[str, tuple[tuple[str, ...], str]]:
     """Every subclass of SalesforceBulkError the package defines, once every module that may define one
-    is imported (the client's, and the Airflow-free connection parser's)."""
+    is imported (the client's, the Airflow-free connection parser's and the sync engine's)."""
     for module in pkgutil.walk_packages(client_package.__path__, f"{client_package.__name__}."):
         importlib.import_module(module.name)
     importlib.import_module(f"{PACKAGE}.hooks.connection")
+    importlib.import_module(f"{PACKAGE}.sync.errors")
     tree: dict[str, tuple[tuple[str, ...], str]] = {}
     pending = [SalesforceBulkError]
     while pending:
