@@ -115,7 +115,8 @@ def complete(
     pending = sync.PendingChanges.from_dict(recorded["pending"])
     poll = PollPolicy(initial=poll_interval, maximum=max(poll_interval, 5.0))
     run = _Run(store, pending, options, hook, spec, limits, timeout, poll)
-    upserted = [job_id for job_id, job in summary["jobs"].items() if int(job.get("succeeded", 0))]
+    upserted = {job_id: int(job.get("succeeded", 0)) for job_id, job in summary["jobs"].items()}
+    upserted = {job_id: succeeded for job_id, succeeded in upserted.items() if succeeded}
     with tempfile.TemporaryDirectory(prefix="sf-sync-advance-") as workdir:
         accepted, deleted = os.path.join(workdir, "accepted.ndjson"), os.path.join(workdir, "deleted.ndjson")
         with open(accepted, "w") as accepted_out, open(deleted, "w") as deleted_out:
@@ -170,7 +171,7 @@ def _lines(path: str) -> Iterator[list[str]]:
 
 
 def _results(
-    run: _Run, upserted: list[str], accepted: IO[str], deleted: IO[str], workdir: str
+    run: _Run, upserted: Mapping[str, int], accepted: IO[str], deleted: IO[str], workdir: str
 ) -> tuple[list[str], int]:
     """Write what Salesforce accepted (upserts, then deletes: sent now or reattached to)."""
     assert run.spec.external_id_field is not None
@@ -178,9 +179,13 @@ def _results(
 
     async def read_and_delete() -> tuple[list[str], int]:
         async with run.hook.client() as client:
-            for job_id in upserted:
+            for job_id, succeeded in upserted.items():
+                rows = 0
                 async for row in client.iter_successful_results(job_id):
                     accepted.write(json.dumps([row[ext_field], row["sf__Id"]]) + "\n")
+                    rows += 1
+                # The state advances from these rows: a short or long read must not advance it.
+                _check_rows(job_id, rows, succeeded)
             if run.pending.deletes_rows == 0:
                 return [], 0
             return await _delete(client, run, deleted, workdir)
@@ -223,10 +228,22 @@ async def _delete(
         await client.wait_for_job(job_id, poll=run.poll, timeout=run.timeout)
     count = 0
     for job_id in plan.all_job_ids:
+        rows = 0
         async for row in client.iter_successful_results(job_id):
             deleted.write(json.dumps([row["sf__Id"]]) + "\n")
-            count += 1
+            rows += 1
+        _check_rows(job_id, rows, (await client.get_job(job_id)).number_records_succeeded)
+        count += rows
     return plan.all_job_ids, count
+
+
+def _check_rows(job_id: str, rows: int, succeeded: int) -> None:
+    """The successful results read for ``job_id`` are as many as its counters say succeeded."""
+    if rows != succeeded:
+        raise AirflowException(
+            f"Change-only sync: job {job_id}'s successful results hold {rows} rows, its counters say "
+            f"{succeeded} succeeded: the state is not advanced; a retry reads them again"
+        )
 
 
 def _delete_ids(pending: sync.PendingChanges, options: SyncOptions, workdir: str) -> Iterator[dict[str, str]]:

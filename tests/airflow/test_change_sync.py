@@ -162,3 +162,49 @@ def test_records_resubmitted_in_rounds_advance_with_their_final_outcome(
     state, _, summary = run(sync_dag("sync_rounds", tmp_path, retries=0))
     assert (state, summary["sync"]["sent"], summary["sync"]["unchanged"]) == ("success", failed, succeeded)
     assert len(stored(sf)) == 200
+
+
+def test_a_short_read_of_the_successful_results_does_not_advance_the_state(
+    sf: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state advances from the successful results read again from Salesforce; a read that comes
+    back a row short (after the load's own copy of the results read them whole) fails the try and
+    leaves the state where it was."""
+    import collections
+
+    import httpx
+
+    from tests.airflow.helpers import wrap_pool_transport
+
+    reads: collections.Counter[str] = collections.Counter()
+
+    class ShortSecondRead(httpx.AsyncBaseTransport):
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner = inner
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self.inner.handle_async_request(request)
+            if not request.url.path.endswith("/successfulResults"):
+                return response
+            reads[request.url.path] += 1
+            if reads[request.url.path] == 1:
+                return response
+            body = await response.aread()
+            lines = body.splitlines(keepends=True)
+            headers = {
+                k: v
+                for k, v in response.headers.items()
+                if k.lower() not in ("content-length", "content-encoding")
+            }
+            return httpx.Response(
+                response.status_code, headers=headers, content=b"".join(lines[:-1]), request=request
+            )
+
+    source = tmp_path / "input.ndjson"
+    write_ndjson(source, contacts(range(20)))
+    wrap_pool_transport(monkeypatch, ShortSecondRead)
+    state, _, _ = run(sync_dag("sync_short_read", tmp_path, retries=0))
+    assert state == "failed"
+    assert reads
+    assert all(n >= 2 for n in reads.values())  # the load's copy, then the sync's read
+    assert not (tmp_path / "state" / "CURRENT").exists()  # nothing advanced
