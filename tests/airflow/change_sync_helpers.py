@@ -67,7 +67,7 @@ def run(dag: Any) -> tuple[str, int, Any]:
     return dr.state, ti.try_number, summary_of(dag.dag_id, dr.run_id)
 
 
-def summary_of(dag_id: str, run_id: str) -> Any:
+def summary_of(dag_id: str, run_id: str, task_id: str = "load") -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -77,7 +77,7 @@ def summary_of(dag_id: str, run_id: str) -> Any:
             select(XComModel.value).where(
                 XComModel.dag_id == dag_id,
                 XComModel.run_id == run_id,
-                XComModel.task_id == "load",
+                XComModel.task_id == task_id,
                 XComModel.key == "return_value",
             )
         ).first()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_salesforce_bulk.emulator.server import RunningEmulator
-from tests.airflow.change_sync_helpers import EXT, stored
+from tests.airflow.change_sync_helpers import EXT, stored, summary_of
 from tests.airflow.helpers import conn_uri_json, load_dag_file
 
 DAG_ID = "example_salesforce_bulk_change_sync"
@@ -23,21 +23,7 @@ SOURCE = Path(__file__).parents[2] / "dags_examples" / f"{DAG_ID}.py"
 
 
 def _sync_summary(run_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        value = session.scalars(
-            select(XComModel.value).where(
-                XComModel.dag_id == DAG_ID,
-                XComModel.run_id == run_id,
-                XComModel.task_id == "sync_contacts",
-                XComModel.key == "return_value",
-            )
-        ).first()
-    summary = json.loads(value) if isinstance(value, str) else value
-    return summary["sync"]
+    return summary_of(DAG_ID, run_id, "sync_contacts")["sync"]
 
 
 def _counts(sync: dict[str, Any]) -> dict[str, Any]:
