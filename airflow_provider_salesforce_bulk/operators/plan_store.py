@@ -7,6 +7,11 @@ instance: the metadata database is the one store every worker of every executor 
 survives a worker's death. The operator keeps the plan when the task succeeds, marked done, so a
 try that Airflow fails after its success does not load again on its retry; a plan left by a task that
 failed for good stays too, so clearing the task later still reattaches instead of resending.
+
+Every try names itself in the store when it starts (:func:`~..triggers.task_state.record_try`), and
+:func:`plan_store_for` hands out the store behind :class:`FencedPlanStore`: a try that froze past the
+heartbeat timeout and woke up after its retry took over stops at its first write instead of replacing
+what its successor recorded. Airflow 3.3's store refuses such a write on its own; Variables do not.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from airflow_provider_salesforce_bulk.triggers.task_state import COMMS_GUARD
+from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
+from airflow_provider_salesforce_bulk.triggers.task_state import COMMS_GUARD, TRY_KEY, names_this_try
 
-__all__ = ["PLAN_VARIABLE_PREFIX", "PlanStore", "VariablePlanStore", "plan_store_for"]
+__all__ = ["PLAN_VARIABLE_PREFIX", "FencedPlanStore", "PlanStore", "VariablePlanStore", "plan_store_for"]
 
 PLAN_VARIABLE_PREFIX = "salesforce_bulk_plan."
 """Every plan Variable's key starts with this (``airflow variables list`` shows them)."""
@@ -96,18 +102,59 @@ class VariablePlanStore:
             Variable.delete(self.variable_key(key))
 
 
+class FencedPlanStore:
+    """A task's plan store that writes only while it names ``ti``'s try as the task's current one.
+
+    Before each write (but the try's own record) the store's try record is read: once it names a
+    newer try, the write raises :class:`~.try_stop.TryStopped` and nothing is written. The check and
+    the write are two requests, so a try that wakes between them still writes once; the window is
+    one request wide instead of the rest of the try. No record (a plan from a release that kept
+    none) lets the write through.
+    """
+
+    def __init__(self, store: PlanStore, ti: Any) -> None:
+        self.store = store
+        self.ti = ti
+
+    def __repr__(self) -> str:
+        return f"<FencedPlanStore try {getattr(self.ti, 'try_number', None)} of {self.store!r}>"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.store.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        if key != TRY_KEY:
+            self._check(f"writing {key!r}")
+        self.store.set(key, value)
+
+    def delete(self, key: str) -> None:
+        self._check(f"deleting {key!r}")
+        self.store.delete(key)
+
+    def _check(self, what: str) -> None:
+        recorded = self.store.get(TRY_KEY)
+        if isinstance(recorded, Mapping) and not names_this_try(recorded, self.ti):
+            raise TryStopped(
+                f"This is try {getattr(self.ti, 'try_number', None)}, but the task is at try "
+                f"{recorded.get('try_number')} now (this worker was frozen or cut off past the heartbeat "
+                f"timeout): stopped before {what} in the plan store; the newer try owns the task's jobs"
+            )
+
+
 def plan_store_for(context: Mapping[str, Any]) -> PlanStore | None:
-    """``context["task_state_store"]`` where Airflow has it (3.3+), else a :class:`VariablePlanStore`.
+    """``context["task_state_store"]`` where Airflow has it (3.3+), else a :class:`VariablePlanStore`;
+    behind a :class:`FencedPlanStore` for the context's try.
 
     ``None`` only without a task instance (``execute`` called outside a task run): nothing to key a
     plan by, so nothing is remembered. Unit tests that call ``execute`` with a stub ``ti`` should pass
     their own ``task_state_store`` (a dict-backed one), since Variables need a running task.
     """
-    store = context.get("task_state_store")
-    if store is not None:
-        return store  # type: ignore[no-any-return]
+    store: PlanStore | None = context.get("task_state_store")
     ti = context.get("ti")
-    if ti is None:
-        return None
-    map_index = getattr(ti, "map_index", -1)
-    return VariablePlanStore(ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else int(map_index))
+    if store is None:
+        if ti is None:
+            return None
+        map_index = getattr(ti, "map_index", -1)
+        index = -1 if map_index is None else int(map_index)
+        store = VariablePlanStore(ti.dag_id, ti.run_id, ti.task_id, index)
+    return store if ti is None else FencedPlanStore(store, ti)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ENDED",
     "TRY_KEY",
     "atry_is_over",
+    "names_this_try",
     "read_task_state",
     "record_try",
     "try_is_over",
@@ -90,6 +92,14 @@ def record_try(store: Any, ti: Any) -> None:
         store.set(TRY_KEY, _try_of(ti))
 
 
+def names_this_try(recorded: Mapping[str, Any], ti: Any) -> bool:
+    """Whether ``recorded`` (the store's :data:`TRY_KEY` value) names ``ti``'s try."""
+    mine = _try_of(ti)
+    return recorded.get("try_number") == mine["try_number"] and (
+        recorded.get("ti_id") in (None, mine["ti_id"]) or mine["ti_id"] is None
+    )
+
+
 def _store_names_this_try(store: Any, ti: Any) -> bool:
     """Whether the plan store still names ``ti``'s try as the task's latest (``False`` if unreadable)."""
     try:
@@ -108,9 +118,7 @@ def _store_names_this_try(store: Any, ti: Any) -> bool:
             mine["try_number"],
         )
         return False
-    same = recorded.get("try_number") == mine["try_number"] and (
-        recorded.get("ti_id") in (None, mine["ti_id"]) or mine["ti_id"] is None
-    )
+    same = names_this_try(recorded, ti)
     if not same:
         log.warning(
             "The task is at try %s now, this is try %s: the task goes on there; aborting nothing",

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from airflow_provider_salesforce_bulk.operators.plan_store import PLAN_VARIABLE_PREFIX, VariablePlanStore
+from airflow_provider_salesforce_bulk.operators.plan_store import (
+    PLAN_VARIABLE_PREFIX,
+    FencedPlanStore,
+    VariablePlanStore,
+)
 from tests.airflow.helpers import load_dag_file
 
 
@@ -55,7 +60,7 @@ def test_plan_survives_a_retry_per_mapped_instance_and_is_deleted(tmp_path: Path
                 (OUT / f"{{ti.map_index}}.json").write_text(json.dumps({{
                     "seen": seen,
                     "other": store.get("other"),
-                    "store": type(store).__name__,
+                    "store": type(store.store).__name__,
                 }}))
                 store.delete("plan")
                 (OUT / f"{{ti.map_index}}.after.json").write_text(json.dumps(store.get("plan", "gone")))
@@ -114,10 +119,14 @@ def test_the_context_decides_the_store() -> None:
     class _TI:
         dag_id, run_id, task_id, map_index = "d", "r", "t", 2
 
-    native = object()
-    assert plan_store_for({"task_state_store": native, "ti": _TI()}) is native
+    native: Any = object()
+    fenced = plan_store_for({"task_state_store": native, "ti": _TI()})
+    assert isinstance(fenced, FencedPlanStore)
+    assert fenced.store is native
     fallback = plan_store_for({"task_state_store": None, "ti": _TI()})
-    assert isinstance(fallback, VariablePlanStore)
+    assert isinstance(fallback, FencedPlanStore)
+    assert isinstance(fallback.store, VariablePlanStore)
+    fallback = fallback.store
     assert (fallback.dag_id, fallback.run_id, fallback.task_id, fallback.map_index) == ("d", "r", "t", 2)
     assert plan_store_for({"ti": None}) is None
 

@@ -171,6 +171,50 @@ def test_a_store_that_names_no_try_aborts_nothing(
     assert _state(emulator, job_id, "ingest") in ("UploadComplete", "InProgress")
 
 
+@pytest.mark.parametrize("store_kind", ["task_state_store", "variable"])
+def test_an_older_try_stops_at_its_first_write_once_a_newer_try_started(
+    comms: SupervisorComms, store_kind: str
+) -> None:
+    # Try 1 froze past the heartbeat timeout; try 2 started and recorded its plan; try 1 wakes up and
+    # goes on where it was, before the SIGTERM reaches it: its next write (a plan save, a round's
+    # state, a delete) must not replace what try 2 recorded.
+    from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
+    from airflow_provider_salesforce_bulk.operators.submit import JobPlan
+    from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
+    from airflow_provider_salesforce_bulk.triggers.task_state import record_try
+
+    raw = _store(store_kind)
+    native = raw if store_kind == "task_state_store" else None
+    older = plan_store_for({"task_state_store": native, "ti": OLDER})
+    newer = plan_store_for({"task_state_store": native, "ti": NEWER})
+    assert older is not None
+    assert newer is not None
+    record_try(older, OLDER)
+    older.set("plan", {"try": 1})
+    older.delete("plan")
+    record_try(newer, NEWER)
+    newer.set("plan", {"try": 2})
+    for write in (lambda: older.set("plan", {"try": 1}), lambda: older.delete("plan")):
+        with pytest.raises(TryStopped, match="try 1, but the task is at try 2"):
+            write()
+    with pytest.raises(TryStopped):
+        JobPlan(older).save_now()
+    assert raw.get("plan") == {"try": 2}
+    newer.set("plan", {"try": 2, "again": True})  # the current try writes on
+    assert raw.get("plan") == {"try": 2, "again": True}
+
+
+def test_a_store_that_names_no_try_lets_writes_through() -> None:
+    # A plan recorded by a release that named no try: its tries write as before.
+    from airflow_provider_salesforce_bulk.operators.plan_store import plan_store_for
+
+    raw = DictStore()
+    store = plan_store_for({"task_state_store": raw, "ti": OLDER})
+    assert store is not None
+    store.set("plan", {"chunks": {}})
+    assert raw.get("plan") == {"chunks": {}}
+
+
 # -- result files: written under a partial name, published whole -----------------------------------
 
 
