@@ -214,10 +214,16 @@ class SyncPlan:
 
 
 def _batches(records: Iterable[Any], run_rows: int) -> Iterator[Any]:
-    """Arrow record batches as they come (a table as its batches), dicts a list of ``run_rows`` at a time."""
+    """Arrow record batches as they come, one at a time (a table as its batches), dicts a list of
+    ``run_rows`` at a time."""
     source = iter(records)
     arrow = (pa.RecordBatch, pa.Table)
-    while block := list(islice(source, run_rows)):
+    for first in source:
+        if isinstance(first, arrow):
+            # Not gathered in a block: an Arrow input's batches are held one at a time.
+            yield from [first] if isinstance(first, pa.RecordBatch) else first.to_batches()
+            continue
+        block = [first, *islice(source, run_rows - 1)]
         if not any(kind in arrow for kind in set(map(type, block))):
             yield block
             continue
