@@ -7,7 +7,8 @@ The next state, per external id (decisions):
   record differs from the state and is sent again next run (a new one stays absent, for the same end);
 - not sent: the old entry, unless its delete succeeded (then it is gone); a failed delete stays.
 
-With ``full_sync`` the old entries are not read: the state is rebuilt from this run's accepted records.
+A run that sent and deleted nothing keeps the state as it is, version included (nothing written):
+its next state would be the same rows. With ``full_sync`` the old entries are not read: the state is rebuilt from this run's accepted records.
 
 The next state is computed in DuckDB (:mod:`.engine`): the results and the confirmed deletes are
 written to Arrow files in ``workdir``, joined with the change set and the state, and the rows sorted
@@ -36,7 +37,6 @@ from airflow_provider_salesforce_bulk.sync.state import (
     SCHEMA,
     StateInfo,
     check_identity,
-    check_sorted,
     commit_state,
     fetch_state,
     version_file,
@@ -68,11 +68,17 @@ def advance_state(
     base = pending.base_info
     if base is not None:
         check_identity(storage, base, pending.identity)
+    expected = _unmoved(storage, pending)
+    if _nothing_to_record(pending, base) and storage.read_bytes(CURRENT) == expected:
+        # Nothing was sent or deleted: the next state would be this one, so it is kept, version and all
+        # (a retry finds the same pointer and keeps it too).
+        assert base is not None
+        _drop_other_change_sets(storage, pending)
+        return base
     old: str | None = None
     if base is not None and not pending.full_sync:
+        # Its checksum is the one the plan checked the rows' order of (check_sorted): not scanned again.
         old = fetch_state(storage, base, workdir)
-        check_sorted(old, storage.url(base.file))
-    expected = _unmoved(storage, pending)
     changes, deletes = pending.fetch(storage, workdir)
     version = pending.next_version
     local = os.path.join(workdir, f"next-v{version}.parquet")
@@ -100,12 +106,27 @@ def advance_state(
         file=version_file(version),
     )
     committed = commit_state(storage, local, info, expected)
+    _drop_other_change_sets(storage, pending)
+    return committed
+
+
+def _nothing_to_record(pending: PendingChanges, base: StateInfo | None) -> bool:
+    """Whether the run sent and deleted nothing against a state of its own column set."""
+    return (
+        base is not None
+        and not pending.full_sync
+        and base.fields_fingerprint == pending.fields_fingerprint
+        and pending.changes_rows == 0
+        and pending.deletes_rows == 0
+    )
+
+
+def _drop_other_change_sets(storage: SyncStorage, pending: PendingChanges) -> None:
     # This run's change set stays until the next advance, so a retry of this very advance (its outcome
     # unknown to the plan store) recomputes the same state and finds it published.
     for name in storage.children_of("pending"):
         if name != pending.run_key:
             storage.remove(f"pending/{name}")
-    return committed
 
 
 def _unmoved(storage: SyncStorage, pending: PendingChanges) -> bytes | None:
