@@ -8,9 +8,12 @@ advance, is in :mod:`.sync_finish`.
 
 Decisions:
 
-- The input is read through the operator's own chunk source (every source kind, after
-  ``field_mapping``, in the job's delimiter and ``none_as``), each chunk written to a local file and
-  parsed back: the texts compared are the bytes a full load would upload, whatever the source.
+- The input is read through the operator's own source (every source kind, after ``field_mapping``,
+  with the job's ``none_as``): a columnar one (Parquet, Arrow, DataFrames, SQL) as the Arrow batches
+  its chunks are written from, formatted once by the same C++ formatter; any other as its chunks,
+  each written to a local file and parsed back by Arrow's CSV reader. Either way the line digested is
+  the record's line as a full load uploads it (in a canonical delimiter and line ending), so a state
+  written from one source kind matches another.
 - Order of one first try: plan (no job, nothing published), stage the records to send (the plan
   store's ``staged``), publish the change set and record it in the plan store under
   :data:`SYNC_KEY`, then the jobs. A try killed before the record plans again (no job exists and the
@@ -234,16 +237,24 @@ def _plan(
     assert spec.external_id_field is not None  # check_sync_options
     try:
         with contextlib.ExitStack() as stack:
-            batches = stack.enter_context(_input_batches(source, delimiter, os.path.join(workdir, "input")))
+            if source.arrow is not None:
+                # A columnar source: its batches are formatted once, in C++, straight into the digests.
+                batches: Iterator[Any] = (b for b in stack.enter_context(source.arrow()) if b.num_rows)
+                allow_na_marker = chunk_format.allow_na_marker
+            else:
+                batches = stack.enter_context(
+                    _input_batches(source, delimiter, os.path.join(workdir, "input"))
+                )
+                allow_na_marker = True  # the texts are the chunks' own: '#N/A' there is a null sent
             first = next(batches, None)
             if first is None:
                 return None
             sync_spec = sync.SyncSpec(
                 object_name=spec.object,
                 external_id_field=spec.external_id_field,
-                fieldnames=tuple(first.schema.names),
+                fieldnames=tuple(source.arrow_fieldnames or first.schema.names),
                 none_as=chunk_format.none_as,
-                allow_na_marker=True,  # the texts are the chunks' own: '#N/A' there is a null sent
+                allow_na_marker=allow_na_marker,
                 delete_missing=options.delete_missing,
                 max_delete_ratio=options.max_delete_ratio,
                 full_sync=options.full_sync,

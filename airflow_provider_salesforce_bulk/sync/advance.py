@@ -8,7 +8,8 @@ The next state, per external id (decisions):
 - not sent: the old entry, unless its delete succeeded (then it is gone); a failed delete stays.
 
 A run that sent and deleted nothing keeps the state as it is, version included (nothing written):
-its next state would be the same rows. With ``full_sync`` the old entries are not read: the state is rebuilt from this run's accepted records.
+its next state would be the same rows. With ``full_sync`` the old entries are not read: the state
+is rebuilt from this run's accepted records.
 
 The next state is computed in DuckDB (:mod:`.engine`): the results and the confirmed deletes are
 written to Arrow files in ``workdir``, joined with the change set and the state, and the rows sorted
