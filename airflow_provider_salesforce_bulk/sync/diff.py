@@ -56,6 +56,7 @@ from airflow_provider_salesforce_bulk.sync.storage import storage_for
 
 RUN_ROWS = 65_536  # records formatted at a time (a batch of dicts; Arrow batches come as they are)
 _NA_MARKER = "#N/A"
+_INSERT_ROWS = 65_536  # lines gathered before they are written and handed to DuckDB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,15 +260,26 @@ def _write_lines(con: Any, records: Iterable[Any], spec: SyncSpec, path: str, ru
         spec.fieldnames, spec.external_id_field, none_as=spec.none_as, allow_na_marker=spec.allow_na_marker
     )
     read = 0
+    held: list[pa.Table] = []
+
+    def flush() -> None:
+        # Small batches (a file's, a query's) are gathered first: each insert costs a query's planning.
+        lines = pa.concat_tables(held)
+        writer.write_table(lines)
+        insert(con, "input_keys", lines, f"external_id, row, {DIGEST_SQL}")
+        held.clear()
+
     with ipc.new_file(path, LINES_SCHEMA) as writer:
         for batch in _batches(records, run_rows):
             count = batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
             if not count:
                 continue
-            lines = formatter.lines(batch, read)
-            writer.write_table(lines)
-            insert(con, "input_keys", lines, f"external_id, row, {DIGEST_SQL}")
+            held.append(formatter.lines(batch, read))
             read += count
+            if sum(table.num_rows for table in held) >= _INSERT_ROWS:
+                flush()
+        if held:
+            flush()
     return read
 
 
