@@ -24,10 +24,12 @@ no result of this run's sends).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from airflow_provider_salesforce_bulk.sync.engine import connect, insert_rows, reader, sql_path
 from airflow_provider_salesforce_bulk.sync.errors import StateMovedError
@@ -35,6 +37,7 @@ from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
 from airflow_provider_salesforce_bulk.sync.state import (
     CURRENT,
     FORMAT_VERSION,
+    ROW_GROUP_ROWS,
     SCHEMA,
     StateInfo,
     check_identity,
@@ -47,6 +50,9 @@ from airflow_provider_salesforce_bulk.sync.storage import SyncStorage, storage_f
 
 _ACCEPTED = pa.schema([pa.field("external_id", pa.string()), pa.field("sf_id", pa.string())])
 _DELETED = pa.schema([pa.field("sf_id", pa.string())])
+MERGE_ROWS = 262_144
+"""At most this many sends and deletes are merged into the old state's order; more are sorted with it in
+DuckDB (which spills)."""
 
 
 def advance_state(
@@ -89,13 +95,15 @@ def advance_state(
         insert_rows(con, "accepted", _ACCEPTED, accepted)
         con.execute("CREATE TEMP TABLE deleted (sf_id VARCHAR)")
         insert_rows(con, "deleted", _DELETED, ((sf_id,) for sf_id in deleted_ids))
-        # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
-        # spill (DuckDB 1.5 runs out of memory there), a table can.
-        con.execute(
-            "CREATE TEMP TABLE next_state AS " + _next_state_sql(old, changes.path, deletes.path, same_fields)
-        )
-        query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
-        count, sha = write_state_file(reader(con, query, SCHEMA), local)
+        if old is not None and same_fields and changes.count + deletes.count <= MERGE_ROWS:
+            count, sha = write_state_file(_merged(con, old, changes.path, deletes.path), local)
+        else:
+            # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
+            # spill (DuckDB 1.5 runs out of memory there), a table can.
+            sql = _next_state_sql(old, changes.path, deletes.path, same_fields)
+            con.execute("CREATE TEMP TABLE next_state AS " + sql)
+            query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
+            count, sha = write_state_file(reader(con, query, SCHEMA), local)
     info = StateInfo(
         version=version,
         format_version=FORMAT_VERSION,
@@ -144,6 +152,50 @@ def _unmoved(storage: SyncStorage, pending: PendingChanges) -> bytes | None:
     return expected
 
 
+def _merged(con: Any, old: str, changes: str, deletes: str) -> Iterator[pa.RecordBatch]:
+    """The next state when the run's changes are few: the old state's sorted rows streamed a row group
+    at a time, without the replaced and deleted ids, and the accepted sends (sorted, held in memory:
+    at most :data:`MERGE_ROWS`) merged in where they belong. The same rows as :func:`_next_state_sql`
+    sorted, without sorting the whole state."""
+    sent_sql, gone_sql = _ctes(changes, deletes)
+    ordered = f"WITH {sent_sql} SELECT * FROM sent ORDER BY external_id"  # noqa: S608 - our own files
+    sent = pa.Table.from_batches(reader(con, ordered, SCHEMA), schema=SCHEMA)
+    gone = con.execute(f"WITH {gone_sql} SELECT * FROM gone").to_arrow_reader()  # noqa: S608 - ours
+    chunks = sent.column(0).chunks + [batch.column(0).cast(pa.string()) for batch in gone]
+    removed = pa.chunked_array(chunks, pa.string()).combine_chunks()
+    keys, taken = sent.column(0), 0
+    for batch in pq.ParquetFile(old).iter_batches(batch_size=ROW_GROUP_ROWS):
+        if not batch.num_rows:
+            continue
+        kept = batch.filter(pc.invert(pc.is_in(batch.column(0), value_set=removed)))
+        # The sends up to this row group's last id belong in it (those after go with a later one).
+        below = pc.less_equal(keys.slice(taken), batch.column(0)[batch.num_rows - 1])
+        upto = taken + (pc.sum(below.cast(pa.int64())).as_py() or 0)
+        part = pa.concat_tables(
+            [pa.Table.from_arrays(kept.columns, schema=SCHEMA), sent.slice(taken, upto - taken)]
+        )
+        if upto > taken:
+            part = part.take(pc.sort_indices(part, sort_keys=[("external_id", "ascending")]))
+        taken = upto
+        yield from part.to_batches()
+    yield from sent.slice(taken).to_batches()
+
+
+def _ctes(changes: str, deletes: str) -> tuple[str, str]:
+    """The accepted sends (``sent``: a result given twice for one id counts once, its smallest Id; an
+    accepted id that was not sent is ignored) and the confirmed deletes (``gone``), as SQL CTEs."""
+    ok = "(SELECT external_id, min(sf_id) AS sf_id FROM accepted GROUP BY external_id)"
+    sent = f"""sent AS (
+            SELECT c.external_id, c.digest_lo, c.digest_hi, ok.sf_id
+            FROM read_parquet({sql_path(changes)}) c JOIN {ok} ok ON c.external_id = ok.external_id
+        )"""  # noqa: S608 - paths of this process's own files, quoted
+    gone = f"""gone AS (
+            SELECT d.external_id FROM read_parquet({sql_path(deletes)}) d
+            SEMI JOIN deleted ON d.sf_id = deleted.sf_id
+        )"""  # noqa: S608
+    return sent, gone
+
+
 def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bool) -> str:
     """The next state's rows: the accepted sends, and the old entries neither replaced nor
     deleted. A result given twice for one id counts once (its smallest Id), an accepted id that was
@@ -157,15 +209,8 @@ def _next_state_sql(old: str | None, changes: str, deletes: str, same_fields: bo
         SELECT s.external_id, {digests}, s.sf_id FROM read_parquet({sql_path(old)}) s
         ANTI JOIN sent ON s.external_id = sent.external_id
         ANTI JOIN gone ON s.external_id = gone.external_id"""  # noqa: S608 - our own file
+    sent, gone = _ctes(changes, deletes)
     return f"""
-        WITH ok AS (SELECT external_id, min(sf_id) AS sf_id FROM accepted GROUP BY external_id),
-        sent AS (
-            SELECT c.external_id, c.digest_lo, c.digest_hi, ok.sf_id
-            FROM read_parquet({sql_path(changes)}) c JOIN ok ON c.external_id = ok.external_id
-        ),
-        gone AS (
-            SELECT d.external_id FROM read_parquet({sql_path(deletes)}) d
-            SEMI JOIN deleted ON d.sf_id = deleted.sf_id
-        )
+        WITH {sent}, {gone}
         SELECT * FROM sent{kept}
     """  # noqa: S608 - paths of this process's own files, quoted
