@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_salesforce_bulk.sync.engine import connect, insert_rows, reader, sql_path
 from airflow_provider_salesforce_bulk.sync.errors import StateMovedError
-from airflow_provider_salesforce_bulk.sync.pending import PendingChanges
+from airflow_provider_salesforce_bulk.sync.pending import PendingChanges, RowFile
 from airflow_provider_salesforce_bulk.sync.state import (
     CURRENT,
     FORMAT_VERSION,
@@ -90,20 +90,9 @@ def advance_state(
     version = pending.next_version
     local = os.path.join(workdir, f"next-v{version}.parquet")
     same_fields = base is not None and base.fields_fingerprint == pending.fields_fingerprint
-    with connect(workdir) as con:
-        con.execute("CREATE TEMP TABLE accepted (external_id VARCHAR, sf_id VARCHAR)")
-        insert_rows(con, "accepted", _ACCEPTED, accepted)
-        con.execute("CREATE TEMP TABLE deleted (sf_id VARCHAR)")
-        insert_rows(con, "deleted", _DELETED, ((sf_id,) for sf_id in deleted_ids))
-        if old is not None and same_fields and changes.count + deletes.count <= MERGE_ROWS:
-            count, sha = write_state_file(_merged(con, old, changes.path, deletes.path), local)
-        else:
-            # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
-            # spill (DuckDB 1.5 runs out of memory there), a table can.
-            sql = _next_state_sql(old, changes.path, deletes.path, same_fields)
-            con.execute("CREATE TEMP TABLE next_state AS " + sql)
-            query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
-            count, sha = write_state_file(reader(con, query, SCHEMA), local)
+    # Few changes (counted when planned) are merged into the old state's order, many sorted with it.
+    merge = old is not None and same_fields and pending.changes_rows + pending.deletes_rows <= MERGE_ROWS
+    count, sha = _write_next(old, changes, deletes, merge, same_fields, accepted, deleted_ids, workdir, local)
     info = StateInfo(
         version=version,
         format_version=FORMAT_VERSION,
@@ -117,6 +106,36 @@ def advance_state(
     committed = commit_state(storage, local, info, expected)
     _drop_other_change_sets(storage, pending)
     return committed
+
+
+def _write_next(
+    old: str | None,
+    changes: RowFile,
+    deletes: RowFile,
+    merge: bool,
+    same_fields: bool,
+    accepted: Iterable[tuple[str, str]],
+    deleted_ids: Iterable[str],
+    workdir: str,
+    local: str,
+) -> tuple[int, str]:
+    """Write the next state's rows to ``local``; their count and the file's sha256."""
+    with connect(workdir) as con:
+        con.execute("CREATE TEMP TABLE accepted (external_id VARCHAR, sf_id VARCHAR)")
+        insert_rows(con, "accepted", _ACCEPTED, accepted)
+        con.execute("CREATE TEMP TABLE deleted (sf_id VARCHAR)")
+        insert_rows(con, "deleted", _DELETED, ((sf_id,) for sf_id in deleted_ids))
+        if merge:
+            assert old is not None
+            count, sha = write_state_file(_merged(con, old, changes.path, deletes.path), local)
+        else:
+            # Materialized first, then read sorted: a join streamed straight into a sort's result cannot
+            # spill (DuckDB 1.5 runs out of memory there), a table can.
+            sql = _next_state_sql(old, changes.path, deletes.path, same_fields)
+            con.execute("CREATE TEMP TABLE next_state AS " + sql)
+            query = "SELECT external_id, digest_lo, digest_hi, sf_id FROM next_state ORDER BY external_id"
+            count, sha = write_state_file(reader(con, query, SCHEMA), local)
+    return count, sha
 
 
 def _nothing_to_record(pending: PendingChanges, base: StateInfo | None) -> bool:
