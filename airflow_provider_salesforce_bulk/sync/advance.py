@@ -183,7 +183,7 @@ def _merged(con: Any, old: str, changes: str, deletes: str) -> Iterator[pa.Recor
     chunks = sent.column(0).chunks + [batch.column(0).cast(pa.string()) for batch in gone]
     removed = pa.chunked_array(chunks, pa.string()).combine_chunks()
     keys, taken = sent.column(0), 0
-    for batch in pq.ParquetFile(old).iter_batches(batch_size=ROW_GROUP_ROWS):
+    for batch in pq.ParquetFile(old).iter_batches(batch_size=ROW_GROUP_ROWS, use_threads=False):
         if not batch.num_rows:
             continue
         kept = batch.filter(pc.invert(pc.is_in(batch.column(0), value_set=removed)))
