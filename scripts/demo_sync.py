@@ -34,7 +34,8 @@ RUNS: list[tuple[str, dict[str, int]]] = [
         "5 rows changed, 3 new, 2 removed",
         {"sent": 8, "new": 3, "changed": 5, "unchanged": 193, "deleted": 2, "version": 2},
     ),
-    ("nothing changed", {"sent": 0, "new": 0, "changed": 0, "unchanged": 201, "deleted": 0, "version": 3}),
+    # Nothing sent or deleted: the state is kept as it is, version and all.
+    ("nothing changed", {"sent": 0, "new": 0, "changed": 0, "unchanged": 201, "deleted": 0, "version": 2}),
 ]
 
 

@@ -8,9 +8,12 @@ advance, is in :mod:`.sync_finish`.
 
 Decisions:
 
-- The input is read through the operator's own chunk source (every source kind, after
-  ``field_mapping``, in the job's delimiter and ``none_as``), each chunk written to a local file and
-  parsed back: the texts compared are the bytes a full load would upload, whatever the source.
+- The input is read through the operator's own source (every source kind, after ``field_mapping``,
+  with the job's ``none_as``): a columnar one (Parquet, Arrow, DataFrames, SQL) as the Arrow batches
+  its chunks are written from, formatted once by the same C++ formatter; any other as its chunks,
+  each written to a local file and parsed back by Arrow's CSV reader. Either way the line digested is
+  the record's line as a full load uploads it (in a canonical delimiter and line ending), so a state
+  written from one source kind matches another.
 - Order of one first try: plan (no job, nothing published), stage the records to send (the plan
   store's ``staged``), publish the change set and record it in the plan store under
   :data:`SYNC_KEY`, then the jobs. A try killed before the record plans again (no job exists and the
@@ -26,7 +29,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import io
+import itertools
 import json
 import os
 import tempfile
@@ -63,7 +66,7 @@ SYNC_KEY = "salesforce_bulk_sync"
 DELETE_KEY = "salesforce_bulk_sync_delete"
 """The plan store's key of the delete job's plan (a :class:`~.job_plan.JobPlan` of its own)."""
 DEFAULT_MAX_DELETE_RATIO = 0.1
-_MAX_FIELD = 100_000_000  # a job's largest CSV
+_CSV_BLOCK = 8 << 20  # bytes of a chunk parsed at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,22 +237,31 @@ def _plan(
     assert spec.external_id_field is not None  # check_sync_options
     try:
         with contextlib.ExitStack() as stack:
-            rows = stack.enter_context(_input_rows(source, delimiter, os.path.join(workdir, "input")))
-            header = next(rows, None)
-            if header is None:
+            if source.arrow is not None:
+                # A columnar source: its batches are formatted once, in C++, straight into the digests.
+                batches: Iterator[Any] = (b for b in stack.enter_context(source.arrow()) if b.num_rows)
+                allow_na_marker = chunk_format.allow_na_marker
+            else:
+                batches = stack.enter_context(
+                    _input_batches(source, delimiter, os.path.join(workdir, "input"))
+                )
+                allow_na_marker = True  # the texts are the chunks' own: '#N/A' there is a null sent
+            first = next(batches, None)
+            if first is None:
                 return None
             sync_spec = sync.SyncSpec(
                 object_name=spec.object,
                 external_id_field=spec.external_id_field,
-                fieldnames=tuple(header),
+                fieldnames=tuple(source.arrow_fieldnames or first.schema.names),
                 none_as=chunk_format.none_as,
-                allow_na_marker=True,  # the texts are the chunks' own: '#N/A' there is a null sent
+                allow_na_marker=allow_na_marker,
                 delete_missing=options.delete_missing,
                 max_delete_ratio=options.max_delete_ratio,
                 full_sync=options.full_sync,
             )
-            records = (dict(zip(header, row, strict=True)) for row in rows)
-            return sync.plan_sync(options.sync_state_path, records, sync_spec, workdir)
+            return sync.plan_sync(
+                options.sync_state_path, itertools.chain([first], batches), sync_spec, workdir
+            )
     except InputError as exc:
         raise AirflowFailException(
             f"Change-only sync ({source.description}, state {options.where}): {type(exc).__name__}: {exc}"
@@ -257,13 +269,11 @@ def _plan(
 
 
 @contextlib.contextmanager
-def _input_rows(source: ChunkSource, delimiter: str, folder: str) -> Iterator[Iterator[list[str]]]:
-    """The header, then every record's texts, read back from the source's chunks written one at a
-    time to ``folder`` (memory holds one row, never a chunk)."""
+def _input_batches(source: ChunkSource, delimiter: str, folder: str) -> Iterator[Iterator[Any]]:
+    """Every record's texts as Arrow batches of string columns named by the header, read back from
+    the source's chunks written one at a time to ``folder`` by Arrow's CSV reader (C++: a Python
+    parse of every row cost more CPU than the whole full upsert)."""
     os.makedirs(folder, exist_ok=True)
-    # A field may be as long as a chunk (the csv module's default stops at 128 KiB); process-wide,
-    # and only ever raised.
-    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
 
     def path(name: str) -> str:
         return os.path.join(folder, name)
@@ -275,23 +285,52 @@ def _input_rows(source: ChunkSource, delimiter: str, folder: str) -> Iterator[It
         path,
     )
 
-    def rows(chunks: Iterator[Any]) -> Iterator[list[str]]:
-        header: list[str] | None = None
+    def batches(chunks: Iterator[Any]) -> Iterator[Any]:
         for chunk in chunks:
-            with open(chunk.path, "rb") as raw:
-                reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), delimiter=delimiter)
-                first = next(reader, None)
-                if header is None and first is not None:
-                    header = first
-                    yield header
-                yield from reader
+            yield from _chunk_batches(chunk.path, delimiter)
             os.remove(chunk.path)
 
     try:
         with source.open_into(sink) as chunks:
-            yield rows(chunks)
+            yield batches(chunks)
     finally:
         sink.close()
+
+
+def _chunk_batches(path: str, delimiter: str) -> Iterator[Any]:
+    """One chunk file's records as Arrow batches of its column texts (an empty value is ``""``).
+
+    Read in blocks of :data:`_CSV_BLOCK`; a record longer than a block (Arrow cannot parse one across
+    blocks) makes the file be read again in one block, from the first record not yet given.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), None)
+    if header is None:
+        return
+    size, block, given = os.path.getsize(path), _CSV_BLOCK, 0
+    parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    convert = pcsv.ConvertOptions(
+        column_types=dict.fromkeys(header, pa.string()),
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    while True:
+        read = pcsv.ReadOptions(column_names=header, skip_rows=1, block_size=block, use_threads=False)
+        seen = 0
+        try:
+            for batch in pcsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert):
+                start, seen = max(given - seen, 0), seen + batch.num_rows
+                if start < batch.num_rows:
+                    given += batch.num_rows - start
+                    yield batch.slice(start) if start else batch
+            return
+        except pa.ArrowInvalid:
+            if block > size:
+                raise
+            block = size + 1
 
 
 def _changes_source(

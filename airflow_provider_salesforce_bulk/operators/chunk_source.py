@@ -15,6 +15,7 @@ __all__ = ["ChunkSource", "Opener", "path_opener"]
 
 Opener = Callable[[], contextlib.AbstractContextManager[IO[bytes]]]
 SinkPass = Callable[[ChunkSink], contextlib.AbstractContextManager[Iterator[Chunk]]]
+ArrowPass = Callable[[], contextlib.AbstractContextManager[Iterator[Any]]]
 
 
 class ChunkSource:
@@ -23,6 +24,10 @@ class ChunkSource:
     ``chunks`` makes a pass with the chunks in memory; ``into_sink``, when the source's builder can
     write a chunk piece by piece, a pass writing each chunk into a :class:`ChunkSink` (a file), so
     that no chunk is ever held whole. A source without it is copied into the sink chunk by chunk.
+
+    ``arrow``, for a columnar source, is a pass over the Arrow record batches its chunks are written
+    from (after ``field_mapping``), with ``arrow_fieldnames`` the chunks' columns (``None``: the
+    batches' own): a change-only sync digests them without writing and parsing the chunks.
     """
 
     def __init__(
@@ -32,9 +37,13 @@ class ChunkSource:
         uri: str | None = None,
         *,
         into_sink: SinkPass | None = None,
+        arrow: ArrowPass | None = None,
+        arrow_fieldnames: list[str] | None = None,
     ) -> None:
         self._chunks = chunks
         self._into_sink = into_sink
+        self.arrow = arrow
+        self.arrow_fieldnames = arrow_fieldnames
         self.description = description
         self.uri = uri
 

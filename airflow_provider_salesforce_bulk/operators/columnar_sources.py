@@ -82,7 +82,12 @@ def make_columnar_source(
             renamed = _mapped(pa, stream, mapping) if mapping else stream
             yield arrow_chunks.iter_arrow_source_chunks(renamed, fields, limits, chunk_format, sink=sink)
 
-    return ChunkSource(chunks, description, uri=uri, into_sink=chunks)
+    @contextlib.contextmanager
+    def arrow() -> Iterator[Iterator[Any]]:
+        with batches() as stream:
+            yield _mapped(pa, stream, mapping) if mapping else stream
+
+    return ChunkSource(chunks, description, uri=uri, into_sink=chunks, arrow=arrow, arrow_fieldnames=fields)
 
 
 def _batches(pa: Any, spec: SourceSpec, batch_rows: int, spool: bool) -> tuple[Batches, str, str | None]:

@@ -56,6 +56,7 @@ from airflow_provider_salesforce_bulk.sync.storage import storage_for
 
 RUN_ROWS = 65_536  # records formatted at a time (a batch of dicts; Arrow batches come as they are)
 _NA_MARKER = "#N/A"
+_INSERT_ROWS = 65_536  # lines gathered before they are written and handed to DuckDB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,10 +215,16 @@ class SyncPlan:
 
 
 def _batches(records: Iterable[Any], run_rows: int) -> Iterator[Any]:
-    """Arrow record batches as they come (a table as its batches), dicts a list of ``run_rows`` at a time."""
+    """Arrow record batches as they come, one at a time (a table as its batches), dicts a list of
+    ``run_rows`` at a time."""
     source = iter(records)
     arrow = (pa.RecordBatch, pa.Table)
-    while block := list(islice(source, run_rows)):
+    for first in source:
+        if isinstance(first, arrow):
+            # Not gathered in a block: an Arrow input's batches are held one at a time.
+            yield from [first] if isinstance(first, pa.RecordBatch) else first.to_batches()
+            continue
+        block = [first, *islice(source, run_rows - 1)]
         if not any(kind in arrow for kind in set(map(type, block))):
             yield block
             continue
@@ -253,15 +260,26 @@ def _write_lines(con: Any, records: Iterable[Any], spec: SyncSpec, path: str, ru
         spec.fieldnames, spec.external_id_field, none_as=spec.none_as, allow_na_marker=spec.allow_na_marker
     )
     read = 0
+    held: list[pa.Table] = []
+
+    def flush() -> None:
+        # Small batches (a file's, a query's) are gathered first: each insert costs a query's planning.
+        lines = pa.concat_tables(held)
+        writer.write_table(lines)
+        insert(con, "input_keys", lines, f"external_id, row, {DIGEST_SQL}")
+        held.clear()
+
     with ipc.new_file(path, LINES_SCHEMA) as writer:
         for batch in _batches(records, run_rows):
             count = batch.num_rows if isinstance(batch, pa.RecordBatch) else len(batch)
             if not count:
                 continue
-            lines = formatter.lines(batch, read)
-            writer.write_table(lines)
-            insert(con, "input_keys", lines, f"external_id, row, {DIGEST_SQL}")
+            held.append(formatter.lines(batch, read))
             read += count
+            if sum(table.num_rows for table in held) >= _INSERT_ROWS:
+                flush()
+        if held:
+            flush()
     return read
 
 

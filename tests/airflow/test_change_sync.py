@@ -76,12 +76,13 @@ def test_first_run_then_changed_new_and_removed_rows(sf: RunningEmulator, tmp_pa
     assert sorted(org) == sorted(row[EXT] for row in rows)
     assert all(org[row[EXT]]["LastName"] == row["LastName"] for row in rows)
 
-    # Nothing changed: no job at all, the state advanced to the same records.
+    # Nothing changed: no job at all, and the state kept as it is (version 2, nothing written).
     before = len(jobs(sf))
     state, tries, summary = run(sync_dag("sync_basic", tmp_path, delete_missing=True))
     assert (state, summary["sync"]["sent"], summary["sync"]["unchanged"]) == ("success", 0, 295)
     assert (summary["totals"]["jobs"], len(jobs(sf)) - before) == (0, 0)
-    assert summary["sync"]["version"] == 3
+    assert (summary["sync"]["version_before"], summary["sync"]["version"]) == (2, 2)
+    assert summary["sync"]["state_records"] == 295
 
 
 def test_full_sync_resends_everything_and_rebuilds_the_state(sf: RunningEmulator, tmp_path: Path) -> None:

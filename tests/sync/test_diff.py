@@ -185,3 +185,37 @@ def test_none_comes_back_as_the_job_writes_it(tmp_path: pathlib.Path) -> None:
     ]
     empty = run(tmp_path / "empty", records)
     assert [r["Name"] for r in empty.sent] == ["", ""]  # None and "" are the same empty field
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    first=tables,
+    second=tables,
+    failing=st.sets(ids, max_size=10),
+    read_rows=st.sampled_from([1, 2, 5, 65_536]),
+)
+def test_the_merged_advance_writes_the_bytes_of_the_sorted_one(
+    first: dict[str, tuple[Any, Any]], second: dict[str, tuple[Any, Any]], failing: set[str], read_rows: int
+) -> None:
+    """Few changes are merged into the old state's order (read a row group at a time), many are sorted
+    with it in DuckDB: the same next state, byte for byte, whatever the row groups."""
+    from airflow_provider_salesforce_bulk.sync import advance
+
+    states = []
+    with tempfile.TemporaryDirectory() as root:
+        for merge_rows in (advance.MERGE_ROWS, 0):
+            location = f"{root}/{merge_rows}"
+            run(location, rows(first))
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(advance, "MERGE_ROWS", merge_rows)
+                patch.setattr(advance, "ROW_GROUP_ROWS", read_rows)
+                two = run(
+                    location,
+                    rows(second),
+                    spec(delete_missing=True, max_delete_ratio=1.0),
+                    accept=lambda ext: ext not in failing,
+                    delete_ok=lambda ext: ext not in failing,
+                )
+            version = f"v{two.version}"
+            states.append((two.version, pathlib.Path(location, version, "state.parquet").read_bytes()))
+    assert states[0] == states[1]

@@ -88,6 +88,37 @@ def test_a_retried_advance_is_idempotent_and_a_concurrent_one_is_refused(tmp_pat
     assert read_current(storage_for(tmp_path))[0] == info
 
 
+def test_a_run_with_nothing_to_send_keeps_the_state_and_its_version(location: Any) -> None:
+    run(location, RECORDS)
+    storage = storage_for(location)
+    pointer = storage.read_bytes("CURRENT")
+    state_file = storage.read_bytes("v1/state.parquet")
+    with tempfile.TemporaryDirectory() as workdir:
+        plan = plan_sync(location, list(reversed(RECORDS)), spec(delete_missing=True), workdir)
+        assert (plan.counts.unchanged, plan.counts.sent, plan.counts.to_delete) == (300, 0, 0)
+        pending = plan.pending(location, "same")
+        info = advance_state(location, pending, [], [], workdir)
+        # Retried (its outcome unknown to the plan store): the same answer, still nothing written.
+        assert advance_state(location, pending, [], [], workdir) == info
+    assert (info.version, info.row_count) == (1, 300)
+    assert storage.read_bytes("CURRENT") == pointer
+    assert storage.read_bytes("v1/state.parquet") == state_file
+    assert [n for n in storage.children() if n.startswith("v")] == ["v1"]
+    # A change afterwards advances from the kept version as usual.
+    assert run(location, changed(1)).version == 2
+
+
+def test_a_run_with_nothing_to_send_over_a_moved_state_is_refused(tmp_path: pathlib.Path) -> None:
+    run(tmp_path, RECORDS)
+    with tempfile.TemporaryDirectory() as workdir:
+        plan = plan_sync(tmp_path, RECORDS, spec(), workdir)
+        pending = plan.pending(tmp_path, "stale")
+        moved = run(tmp_path, changed(1), run_key="other")  # removes the stale run's change set
+        with pytest.raises(StateMovedError, match="moved since this run read it"):
+            advance_state(tmp_path, pending, [], [], workdir)
+    assert read_current(storage_for(tmp_path))[0].version == moved.version == 2  # type: ignore[union-attr]
+
+
 KILLED_WRITER = """
 import os, signal, sys, tempfile
 from airflow_provider_salesforce_bulk.sync import advance_state, plan_sync, storage
