@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -48,6 +49,7 @@ from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
 from airflow_provider_salesforce_bulk.operators.refusals import fail_on_refused_credentials
 from airflow_provider_salesforce_bulk.operators.submit import reconcile, submit_chunks
 from airflow_provider_salesforce_bulk.operators.summary import summarize
+from airflow_provider_salesforce_bulk.operators.try_stop import check_stop
 
 __all__ = ["complete", "empty_summary", "raise_on_failed_deletes"]
 
@@ -88,6 +90,8 @@ class _Run:
     limits: ChunkLimits
     timeout: float
     poll: PollPolicy
+    waited: list[str]  # the delete jobs waited for now (the operator's on_kill abort targets)
+    stop: threading.Event | None  # set by on_kill: this try writes nothing more
 
 
 def complete(
@@ -102,8 +106,12 @@ def complete(
     timeout: float,
     poll_interval: float,
     log: Any,
+    waited: list[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """``summary`` with its ``sync`` section, the deletes sent and the state advanced exactly once."""
+    """``summary`` with its ``sync`` section, the deletes sent and the state advanced exactly once;
+    ``waited`` holds the delete jobs while they are waited for; ``stop`` set (a kill) stops the try
+    before it reads their outcome, so a killed try never advances the state."""
     recorded = store.get(SYNC_KEY) if store is not None else this_try
     if not isinstance(recorded, dict):
         raise AirflowFailException(
@@ -114,13 +122,15 @@ def complete(
         return {**summary, "sync": recorded["section"]}
     pending = sync.PendingChanges.from_dict(recorded["pending"])
     poll = PollPolicy(initial=poll_interval, maximum=max(poll_interval, 5.0))
-    run = _Run(store, pending, options, hook, spec, limits, timeout, poll)
+    waiting = [] if waited is None else waited  # the caller's own list (an empty one is falsy)
+    run = _Run(store, pending, options, hook, spec, limits, timeout, poll, waiting, stop)
     upserted = {job_id: int(job.get("succeeded", 0)) for job_id, job in summary["jobs"].items()}
     upserted = {job_id: succeeded for job_id, succeeded in upserted.items() if succeeded}
     with tempfile.TemporaryDirectory(prefix="sf-sync-advance-") as workdir:
         accepted, deleted = os.path.join(workdir, "accepted.ndjson"), os.path.join(workdir, "deleted.ndjson")
         with open(accepted, "w") as accepted_out, open(deleted, "w") as deleted_out:
             delete_jobs, deleted_count = _results(run, upserted, accepted_out, deleted_out, workdir)
+        check_stop(run.stop, "advancing the sync state")
         pairs = ((row[0], row[1]) for row in _lines(accepted))
         try:
             info = sync.advance_state(
@@ -224,8 +234,13 @@ async def _delete(
         await submit_chunks(
             client, plan, iter_record_chunks(ids, ["Id"], run.limits, chunk_format), delete_spec
         )
+    run.waited[:] = plan.job_ids
     for job_id in plan.job_ids:
         await client.wait_for_job(job_id, poll=run.poll, timeout=run.timeout)
+    run.waited.clear()
+    # A kill during the wait (on_kill may have aborted the jobs on a user's decision): the next try,
+    # if any, reattaches to the jobs and advances from their outcome; this one stops here.
+    check_stop(run.stop, "reading the delete jobs' outcome and advancing the sync state")
     count = 0
     for job_id in plan.all_job_ids:
         rows = 0

@@ -8,6 +8,8 @@ or ``_end_sync`` (nothing to upsert) sends the deletes, advances the state and a
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook
@@ -19,6 +21,7 @@ from airflow_provider_salesforce_bulk.operators.staging import Manifest, Staging
 
 if TYPE_CHECKING:
     from airflow_provider_salesforce_bulk.client import ChunkFormat, ChunkLimits, JobSpec
+    from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
     from airflow_provider_salesforce_bulk.operators.plan_store import PlanStore
 
 __all__ = ["ChangeSyncMixin"]
@@ -48,12 +51,15 @@ class ChangeSyncMixin:
         log: Any
         _ti: Any
         _succeeded: int | None
+        _active_job_ids: Sequence[str]
+        _settings: ConnectionSettings
 
         def _job_spec(self) -> JobSpec: ...
         def _chunk_limits(self) -> ChunkLimits: ...
         def _chunk_format(self) -> ChunkFormat: ...
         def _plan_store(self, context: Any) -> PlanStore | None: ...
         def _staging_area(self, context: Any) -> StagingArea: ...
+        def _stop_event(self) -> threading.Event: ...
 
     def _keep_sync(self, *values: Any) -> None:
         """The change-only options as given (templated DAG input: checked when the task runs)."""
@@ -93,18 +99,29 @@ class ChangeSyncMixin:
         sync = self._sync()
         if sync is None or status == "error":
             return summary
-        return sync_finish.complete(
-            self._plan_store(context),
-            self._sync_record,
-            summary,
-            sync,
-            SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id),
-            self._job_spec(),
-            limits=self._chunk_limits(),
-            timeout=float(self.timeout),
-            poll_interval=float(self.poll_interval),
-            log=self.log,
-        )
+        hook = SalesforceBulkHook(salesforce_bulk_conn_id=self.conn_id)
+        # The delete jobs are waited for here, in the worker: on_kill aborts them on a user's
+        # decision as it does the load's (a resumed try has not read the settings yet).
+        self._settings = hook.get_settings()
+        waited: list[str] = []
+        self._active_job_ids = waited
+        try:
+            return sync_finish.complete(
+                self._plan_store(context),
+                self._sync_record,
+                summary,
+                sync,
+                hook,
+                self._job_spec(),
+                limits=self._chunk_limits(),
+                timeout=float(self.timeout),
+                poll_interval=float(self.poll_interval),
+                log=self.log,
+                waited=waited,
+                stop=self._stop_event(),
+            )
+        finally:
+            self._active_job_ids = []
 
     def _end_sync(self, context: Any) -> Any:
         """A change-only run with nothing to upsert: its deletes and advance, then done; an empty

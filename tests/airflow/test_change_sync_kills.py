@@ -10,6 +10,7 @@ before each retry too: the retry sends the change set it recorded, never a new p
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.airflow.change_sync_helpers import (
     KILL_POINTS,
     KILL_SEAM,
     contacts,
+    jobs,
     recording_seam,
     records_sent,
     run,
@@ -122,3 +124,59 @@ def test_a_state_moved_by_another_run_meanwhile_fails_the_retry_for_good(
     assert "StateMovedError" in message
     assert "was not advanced" in message
     assert records_sent(sf, "upsert") == 33  # the jobs ran once; only the advance was refused
+
+
+def test_a_users_kill_while_the_deletes_are_waited_for_aborts_the_delete_job(
+    sf: RunningEmulator, tmp_path: Path
+) -> None:
+    """The deletes are waited for in the worker: a kill there that a user decided (the task marked
+    failed) aborts the delete job, as it does the load's jobs, and the try stops before it advances
+    the state (Airflow lets a SIGTERMed task run on until its SIGKILL)."""
+    source = tmp_path / "input.ndjson"
+    write_ndjson(source, contacts(range(40)))
+    assert run(sync_dag("sync_kill_deletes", tmp_path))[0] == "success"
+    write_ndjson(source, contacts(range(38)))  # 2 rows left: their Contacts are deleted
+    sf.update_settings(records_per_second=0.5)  # the delete job is still processing when killed
+    seam = textwrap.dedent("""
+        import threading
+        from airflow_provider_salesforce_bulk.client import BulkIngestClient
+        from airflow_provider_salesforce_bulk.operators import base, sync_finish
+
+        class KilledWhileDeleting(SalesforceBulkOperator):
+            def execute(self, context):
+                op, wait, submit = self, BulkIngestClient.wait_for_job, sync_finish.submit_chunks
+                deleting = threading.Event()
+
+                async def submitted(*args, **kwargs):
+                    deleting.set()
+                    return await submit(*args, **kwargs)
+
+                async def killed_while_waiting(client, job_id, **kwargs):
+                    if deleting.is_set() and not op._stop_event().is_set():
+                        op.on_kill()  # what the task runner calls on the SIGTERM
+                        op._kill_thread.join(30)
+                    return await wait(client, job_id, **kwargs)
+
+                sync_finish.submit_chunks = submitted
+                BulkIngestClient.wait_for_job = killed_while_waiting
+                base.try_is_over = lambda ti, store: True  # a user marked the task failed
+                try:
+                    return super().execute(context)
+                finally:
+                    sync_finish.submit_chunks, BulkIngestClient.wait_for_job = submit, wait
+        """)
+    seam = textwrap.indent(seam, " " * 8)
+    dag = sync_dag(
+        "sync_kill_deletes",
+        tmp_path,
+        seam=seam,
+        operator="KilledWhileDeleting",
+        delete_missing=True,
+        retries=0,
+    )
+    state, _, _ = run(dag)
+    delete_jobs = [job for job in jobs(sf) if job["operation"] == "delete"]
+    assert [job["state"] for job in delete_jobs] == ["Aborted"], delete_jobs
+    assert state == "failed"
+    current = json.loads((tmp_path / "state" / "CURRENT").read_text())
+    assert current["version"] == 1, "a killed try advanced the state"
