@@ -466,7 +466,9 @@ async def test_pages_go_to_fsspec_files_as_airflow_object_storage_opens_them(fak
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rows=st.lists(st.lists(st.text(st.sampled_from('ab,"\n'), max_size=6), min_size=1, max_size=3), max_size=8),
+    rows=st.lists(
+        st.lists(st.text(st.sampled_from('ab,"\n'), max_size=6), min_size=1, max_size=3), max_size=8
+    ),
     quote_all=st.booleans(),
     cut=st.integers(0, 200),
 )
@@ -474,7 +476,7 @@ def test_a_block_ends_at_the_last_record_end_whatever_quotes_and_line_feeds_it_h
     from airflow_provider_salesforce_bulk.client.query_parquet import last_record_end
 
     def field(value: str) -> str:
-        if quote_all and value or any(c in value for c in ',"\n'):
+        if (quote_all and value) or any(c in value for c in ',"\n'):
             return '"' + value.replace('"', '""') + '"'
         return value
 
