@@ -21,8 +21,10 @@ double (``9.12260031E8``), so a double holds every value the CSV can carry; a de
 add no precision. Nulls: in Bulk API CSV results an empty field is null (Salesforce stores no
 empty strings), so every empty value, quoted or not, becomes null, in text columns too.
 
-The CSV of a page is parsed by ``pyarrow.csv.open_csv`` in a worker thread, ``block_size`` bytes
-at a time, each block written as one row group: memory holds a few blocks whatever the page size.
+A page's CSV is gathered on the event loop into blocks of about ``block_size`` bytes, each cut at its
+last record end; a thread of the page's own parses each block whole (``pyarrow.csv.read_csv``) and
+writes it as one row group while the loop gathers the next: memory holds a few blocks whatever the
+page size. Arrow allocates from jemalloc where pyarrow has it (see :func:`memory_pool`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ __all__ = [
     "copy_results_to_parquet",
     "csv_to_parquet",
     "dictionary_columns",
+    "last_record_end",
+    "memory_pool",
     "page_to_parquet",
     "require_parquet",
 ]
@@ -64,6 +68,11 @@ ArrowSchema = Any
 
 #: CSV bytes parsed per batch (one Parquet row group each).
 DEFAULT_BLOCK_SIZE = 1 << 20
+#: Blocks of a result page written as one Parquet row group. Each row group costs the writer buffers
+#: of its own, which pyarrow allocates from the default pool whatever pool it is given (mimalloc on
+#: Linux, whose handing pages back and taking them again cost more system CPU than the conversion);
+#: parsing stays a block at a time (cache-sized), writing a few at a time.
+_BLOCKS_PER_ROW_GROUP = 4
 _TEXT = frozenset(
     {
         "string",
@@ -366,6 +375,7 @@ class _PageWriter:
         self._times = [i for i, f in enumerate(schema) if self._pa.types.is_time(f.type)]
         self._parse, self._convert = _csv_options(schema, column_delimiter, self._times)
         self._writer: Any = None
+        self._tables: list[Any] = []
         self._carry = b""
         self.rows = 0
 
@@ -385,6 +395,7 @@ class _PageWriter:
         """The last records, then the file's footer; returns ``(rows, bytes written)``."""
         try:
             self.convert(chunks, final=True)
+            self._flush()
         finally:
             self.close()
         return self.rows, self._counting.count
@@ -433,9 +444,17 @@ class _PageWriter:
         return self._writer
 
     def _write(self, table: Any) -> None:
-        # One row group per block (read_csv returns one chunk per column for one block).
-        self._open().write_table(table, row_group_size=max(table.num_rows, 1))
+        self._tables.append(table)
         self.rows += table.num_rows
+        if len(self._tables) >= _BLOCKS_PER_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The blocks parsed so far as one row group."""
+        tables, self._tables = self._tables, []
+        if tables:
+            table = tables[0] if len(tables) == 1 else self._pa.concat_tables(tables)
+            self._open().write_table(table, row_group_size=max(table.num_rows, 1))
 
 
 async def page_to_parquet(

