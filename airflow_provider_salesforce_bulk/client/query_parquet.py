@@ -344,15 +344,16 @@ def last_record_end(data: bytes) -> int:
 
 
 class _PageWriter:
-    """One page's CSV (header row removed) to one Parquet file, a block at a time, in worker threads.
+    """One page's CSV (header row removed) to one Parquet file, a block at a time, in a worker thread.
 
     The event loop gathers the page's chunks into blocks of about ``block_size`` bytes and hands
     each to :meth:`convert` in a worker thread while it gathers the next. A block ends at its last
     record end (:func:`last_record_end`); the bytes after it open the next block. Each block is
     parsed whole from memory (``pyarrow.csv.read_csv``, one thread, the columns named and typed from
-    the describe) and written as one row group. The worker never waits on the loop and the loop
-    never waits on Arrow for more than one block: no thread is left blocked on a stream that will
-    not come (as a reader pulling from the loop could be at interpreter exit).
+    the describe); every ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker
+    never waits on the loop and the loop never waits on Arrow for more than one block: no thread is
+    left blocked on a stream that will not come (as a reader pulling from the loop could be at
+    interpreter exit).
     """
 
     def __init__(
