@@ -302,14 +302,19 @@ async def test_a_page_that_fails_to_convert_stops_the_others_without_hanging(
     from airflow_provider_salesforce_bulk.client import query_parquet
     from tests.client.fake_query import JOB_ID
 
-    stopped = []
-    real_stop = query_parquet._Bridge.stop
+    created, closed = [], []
+    real_init, real_close = query_parquet._PageWriter.__init__, query_parquet._PageWriter.close
 
-    def stop(self):
-        stopped.append(self)
-        real_stop(self)
+    def init(self, *args, **kwargs):
+        created.append(self)
+        real_init(self, *args, **kwargs)
 
-    monkeypatch.setattr(query_parquet._Bridge, "stop", stop)
+    def close(self):
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(query_parquet._PageWriter, "__init__", init)
+    monkeypatch.setattr(query_parquet._PageWriter, "close", close)
 
     api, client = fake_client
     api.slow_bodies = {0: 0.05}  # the first page is still streaming into its thread when another fails
@@ -324,7 +329,9 @@ async def test_a_page_that_fails_to_convert_stops_the_others_without_hanging(
             ),
             10,
         )
-    assert stopped  # a page was cancelled while its worker thread was reading it
+    # The slow page was writing when another failed: it was stopped, and every writer was closed.
+    assert len(created) >= 2
+    assert set(map(id, closed)) == set(map(id, created))
 
 
 # -- describe ---------------------------------------------------------------------------------------
@@ -455,3 +462,46 @@ async def test_pages_go_to_fsspec_files_as_airflow_object_storage_opens_them(fak
             rows += pq.read_table(handle).to_pylist()
         assert fs.size(f"/extract/part-{n}.csv") == raw[n].bytes
     assert rows == _expected_rows(23)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.text(st.sampled_from('ab,"\n'), max_size=6), min_size=1, max_size=3), max_size=8
+    ),
+    quote_all=st.booleans(),
+    cut=st.integers(0, 200),
+)
+def test_a_block_ends_at_the_last_record_end_whatever_quotes_and_line_feeds_it_holds(rows, quote_all, cut):
+    from airflow_provider_salesforce_bulk.client.query_parquet import last_record_end
+
+    def field(value: str) -> str:
+        if (quote_all and value) or any(c in value for c in ',"\n'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    data, ends = b"", [0]
+    for values in rows:
+        data += (",".join(map(field, values)) + "\n").encode()
+        ends.append(len(data))
+    prefix = data[: min(cut, len(data))]
+    assert last_record_end(prefix) == max(end for end in ends if end <= len(prefix))
+
+
+async def test_a_page_larger_than_a_block_is_cut_at_record_ends_into_row_groups(tmp_path):
+    from tests.client.fake_query import JOB_ID, FakeQueryApi
+
+    # Every fifth record holds a quoted line feed and doubled quotes; the body arrives 7 bytes at a
+    # time, so block edges fall anywhere, inside quoted values too.
+    api = FakeQueryApi(records=600, page_size=250)
+    async with query_api_session(api) as session:
+        summaries = await copy_results_to_parquet(
+            BulkQueryClient(session),
+            JOB_ID,
+            lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
+            block_size=1024,
+        )
+    assert [s.records for s in summaries] == [250, 250, 100]
+    rows = [r for n in range(3) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    assert rows == _expected_rows(600)
+    assert pq.ParquetFile(tmp_path / "part-0.parquet").metadata.num_row_groups > 1
