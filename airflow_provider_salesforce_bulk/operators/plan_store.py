@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from airflow_provider_salesforce_bulk.operators.try_stop import TryStopped
+from airflow_provider_salesforce_bulk.operators.stop_flag import TryStopped
 from airflow_provider_salesforce_bulk.triggers.task_state import COMMS_GUARD, TRY_KEY, names_this_try
 
 __all__ = ["PLAN_VARIABLE_PREFIX", "FencedPlanStore", "PlanStore", "VariablePlanStore", "plan_store_for"]
@@ -106,7 +106,7 @@ class FencedPlanStore:
     """A task's plan store that writes only while it names ``ti``'s try as the task's current one.
 
     Before each write (but the try's own record) the store's try record is read: once it names a
-    newer try, the write raises :class:`~.try_stop.TryStopped` and nothing is written. The check and
+    newer try, the write raises :class:`~.stop_flag.TryStopped` and nothing is written. The check and
     the write are two requests, so a try that wakes between them still writes once; the window is
     one request wide instead of the rest of the try. No record (a plan from a release that kept
     none) lets the write through.

@@ -6,16 +6,17 @@ heartbeat timeout and woke up after its retry took over would go on writing in t
 files its successor reported. ``on_kill`` sets the try's stop flag instead, and the operator checks
 it between the chunks it sends, the result files it copies and the network pieces of each file: the
 try raises :class:`TryStopped` there, writes nothing more and leaves the plan as it is (the next
-try reattaches to every job the plan names).
+try reattaches to every job the plan names). The flag and the error are in :mod:`.stop_flag`
+(re-exported here); this module holds what ``on_kill`` aborts.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow_provider_salesforce_bulk.operators.stop_flag import TryStopped, check_stop, until_stopped
 
 if TYPE_CHECKING:
     from airflow_provider_salesforce_bulk.operators.job_plan import JobPlan
@@ -25,28 +26,6 @@ __all__ = ["TryStopped", "abort_targets", "check_stop", "settled_targets", "unti
 
 # How long on_kill's abort waits for the stopped try to settle (see settled_targets).
 SETTLE_SECONDS = 2.0
-
-T = TypeVar("T")
-
-
-class TryStopped(AirflowException):
-    """This try was ended (SIGTERM or ``on_kill``): stopped at a boundary, nothing more written."""
-
-
-def check_stop(stop: threading.Event | None, before: str) -> None:
-    """Raise :class:`TryStopped` if ``stop`` is set; ``before`` says what is not done."""
-    if stop is not None and stop.is_set():
-        raise TryStopped(
-            f"This try was ended by Airflow (SIGTERM or on_kill): stopped before {before}; nothing more "
-            "is written and the job plan is kept for the next try"
-        )
-
-
-def until_stopped(items: Iterable[T], stop: threading.Event | None, what: str) -> Iterator[T]:
-    """``items`` one by one, checking ``stop`` before each (``what``: what one item is)."""
-    for number, item in enumerate(items):
-        check_stop(stop, f"{what} {number + 1}")
-        yield item
 
 
 def abort_targets(active: Sequence[str], plan: JobPlan | None) -> tuple[list[str], PlanStore | None]:
