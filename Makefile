@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check --quiet .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -77,7 +77,7 @@ $(AIRFLOW_STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS)
 test-airflow: $(AIRFLOW_STAMP)
 	$(AIRFLOW_PY) -c 'import airflow, sys; sys.exit(airflow.__version__ != "$(AIRFLOW)")'
 	$(AIRFLOW_VENV)/bin/mypy --python-version $(AIRFLOW_PYTHON_VERSION) --cache-dir $(AIRFLOW_VENV)/.mypy_cache
-	$(AIRFLOW_PY) -m pytest $(TESTS) --ignore=tests/airflow/test_real_stack.py --ignore=tests/packaging
+	$(AIRFLOW_PY) -m pytest --durations=20 $(TESTS) --ignore=tests/airflow/test_real_stack.py --ignore=tests/packaging
 
 # The sdist and the wheel (hatchling, in uv's isolated build env) into DIST_DIR; tests/packaging
 # installs that wheel into a clean venv.
