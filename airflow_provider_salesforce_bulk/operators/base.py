@@ -23,6 +23,7 @@ from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, resolve_conn_id
 from airflow_provider_salesforce_bulk.hooks.try_loop import one_loop_per_try
 from airflow_provider_salesforce_bulk.operators.deferral import defer_or_wait
+from airflow_provider_salesforce_bulk.operators.templating import holds_markup
 from airflow_provider_salesforce_bulk.triggers.abort import abort_jobs_now
 from airflow_provider_salesforce_bulk.triggers.events import JobsEvent
 from airflow_provider_salesforce_bulk.triggers.salesforce_bulk import (
@@ -120,6 +121,24 @@ class SalesforceBulkBaseOperator(BaseOperator):
         self.timeout: Any = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
         self.conn_id = resolve_conn_id(salesforce_bulk_conn_id, conn_id)
         self.deferrable = deferrable
+
+    def render_template(
+        self,
+        content: Any,
+        context: Any,
+        jinja_env: Any = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        """Strings without Jinja markup are kept as they are (:mod:`.templating`): not compiled, not
+        changed (a trailing newline, a native environment's ``"123"`` to ``123``)."""
+        if (
+            isinstance(content, str)
+            and jinja_env is not None
+            and not content.endswith(tuple(self.template_ext))
+            and not holds_markup(content, jinja_env)
+        ):
+            return content
+        return super().render_template(content, context, jinja_env, seen_oids)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
         """A resumed method (after the triggerer) runs on one event loop too."""
