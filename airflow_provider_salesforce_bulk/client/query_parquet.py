@@ -124,8 +124,8 @@ def memory_pool() -> Any:
 
     pyarrow's jemalloc also purges freed pages at once by default, which on a busy machine cost
     0.3-0.9 s of system CPU on the same extract; its arenas are set to keep them instead (decay
-    off: pyarrow's jemalloc serves only callers that ask for it by name, and every converted file
-    ends with :meth:`release_unused`, which hands them all back): 0.07-0.16 s.
+    off: pyarrow's jemalloc serves only callers that ask for it by name, and every extract, or file
+    converted alone, ends with ``release_unused``, which hands them all back): 0.07-0.16 s.
     """
     pa = require_parquet()
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
@@ -449,13 +449,13 @@ class _PageWriter:
     """One page's CSV (header row removed) to one Parquet file, a block at a time, in a worker thread.
 
     The event loop gathers the page's chunks into blocks of about ``block_size`` bytes (two buffers
-    in turn, see :class:`_Blocks`) and hands each to :meth:`convert` in a worker thread while it
-    gathers the next. A block ends at its last record end (:func:`last_record_end`); the bytes after
-    it open the next block. Each block is
-    parsed whole from memory (``pyarrow.csv.read_csv``, one thread, the columns named and typed from
-    the describe); every ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker
-    never waits on the loop and the loop never waits on Arrow for more than one block: no thread is
-    left blocked on a stream that will not come (as a reader pulling from the loop could be at
+    in turn, see :class:`_Blocks`) and hands each to :meth:`convert` in the pool's worker thread
+    while it gathers the next. A block ends at its last record end (:func:`last_record_end`); the
+    bytes after it open the next block. Each block is parsed whole from memory
+    (``pyarrow.csv.read_csv``, one thread, the columns named and typed from the describe); every
+    ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker never waits on the
+    loop and the loop never waits on Arrow for more than one block of its page: no thread is left
+    blocked on a stream that will not come (as a reader pulling from the loop could be at
     interpreter exit).
     """
 
@@ -617,9 +617,9 @@ async def _write_blocks(
     """Feed ``writer`` blocks of ``first`` and ``chunks`` (one converting while the next arrives);
     its rows and bytes.
 
-    Every block of a page is converted on one thread, the page's while it lasts: Arrow's allocators
-    keep memory per thread, and a file's buffers allocated on one thread and freed on another cost
-    more system CPU than the conversion."""
+    Every block of a page is converted on one thread of the pool (see :class:`ConversionPool`):
+    Arrow's allocators keep memory per thread, and a file's buffers allocated on one thread and
+    freed on another cost more system CPU than the conversion."""
     loop = asyncio.get_running_loop()
     thread = pool.thread()
     block_size = pool.block_size
