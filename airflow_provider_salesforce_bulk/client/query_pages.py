@@ -19,6 +19,7 @@ import httpx
 from airflow_provider_salesforce_bulk.client.csv_format import RecordScan
 from airflow_provider_salesforce_bulk.client.errors import InputError, TransportError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.page_check import PageCheck
+from airflow_provider_salesforce_bulk.client.query_inflate import body_chunks
 from airflow_provider_salesforce_bulk.client.session import SalesforceSession
 
 __all__ = ["PageRunner", "PageSink", "PageSummary", "ResultPage", "copy_page_in_thread", "read_csv_header"]
@@ -143,7 +144,8 @@ class ResultPage:
             await stack.aclose()
 
     async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
-        """The page's CSV (header row included), decompressed, as it arrives.
+        """The page's CSV (header row included), decompressed (:func:`~.query_inflate.body_chunks`),
+        as it arrives.
 
                 A connection dropped mid-body is re-opened from this page's locator (at most
                 ``refetches`` times) and the stream resumes after the bytes already yielded, once the new
@@ -173,7 +175,7 @@ class ResultPage:
             skip = delivered
             skipped_tail = b""
             try:
-                async for chunk in response.aiter_bytes():
+                async for chunk in body_chunks(response):
                     if skip:
                         head = chunk[:skip]
                         skipped_tail = _tail(skipped_tail, head)

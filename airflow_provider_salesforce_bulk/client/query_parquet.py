@@ -50,6 +50,7 @@ from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, Res
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "ConversionPool",
     "arrow_schema",
     "arrow_type",
     "copy_results_to_parquet",
@@ -120,11 +121,18 @@ def memory_pool() -> Any:
     across the process's threads) cost more system CPU than the whole conversion (measured on a
     500,000-record extract: 0.5-1.4 s of system CPU with mimalloc, about 0.1 s with jemalloc, and a
     third less peak memory).
+
+    pyarrow's jemalloc also purges freed pages at once by default, which on a busy machine cost
+    0.3-0.9 s of system CPU on the same extract; its arenas are set to keep them instead (decay
+    off: pyarrow's jemalloc serves only callers that ask for it by name, and every extract, or file
+    converted alone, ends with ``release_unused``, which hands them all back): 0.07-0.16 s.
     """
     pa = require_parquet()
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return pa.default_memory_pool()
     try:
+        # Before the pool's first use: the setting applies to arenas created after it.
+        pa.jemalloc_set_decay_ms(-1)
         return pa.jemalloc_memory_pool()
     except NotImplementedError:  # pragma: no cover - a pyarrow built without jemalloc (Windows)
         return pa.default_memory_pool()
@@ -325,11 +333,12 @@ def _conversion_error(exc: Exception, schema: ArrowSchema, where: str) -> Unexpe
 # -- pages ------------------------------------------------------------------------------------------
 
 
-def last_record_end(data: bytes) -> int:
-    """The offset after the last line feed of ``data`` outside double quotes (0 when there is none),
-    for ``data`` beginning at a record's start: there, a line feed ends a record when the quotes
-    before it are even (a doubled quote inside a value adds two)."""
-    end = data.rfind(b"\n")
+def last_record_end(data: bytes | bytearray, size: int | None = None) -> int:
+    """The offset after the last line feed of ``data[:size]`` outside double quotes (0 when there is
+    none), for ``data`` beginning at a record's start: there, a line feed ends a record when the
+    quotes before it are even (a doubled quote inside a value adds two)."""
+    size = len(data) if size is None else size
+    end = data.rfind(b"\n", 0, size)
     if end < 0:
         return 0
     quotes = data.count(b'"', 0, end)
@@ -343,16 +352,110 @@ def last_record_end(data: bytes) -> int:
     return end + 1
 
 
+class ConversionPool:
+    """What the pages of one extract convert with, kept from one page for the next: the buffers
+    they gather their bytes in, and the threads that parse them (used from the event loop only).
+
+    Gathering into fresh memory block after block, and parsing on a new thread per page, made the
+    system hand the process new pages for every megabyte (each new thread draws on fresh allocator
+    arenas), and two threads parsing at once made it flush both cores' address caches at each page
+    handed back: on a shared virtual machine that cost more CPU than parsing the bytes. Measured on
+    a 500,000-record extract of 2 pages at a time: 0.8-1.2 s of CPU with a new thread per page,
+    0.8-1.1 s with two kept, 0.64-0.68 s with one kept, the default: one thread parses about
+    100 MB of CSV a second, more than a page download brings. A page in flight holds two buffers
+    of ``2 x block_size`` (grown only for a record longer than that) and blocks queue on the
+    pool's ``threads`` in turn. :meth:`close` ends the threads and hands Arrow's freed memory back
+    to the system.
+    """
+
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, threads: int = 1) -> None:
+        _check_block_size(block_size)
+        self.block_size = block_size
+        self.threads = threads
+        self._buffers: list[bytearray] = []
+        self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
+        self._turn = 0
+
+    def take_buffer(self) -> bytearray:
+        return self._buffers.pop() if self._buffers else bytearray(2 * self.block_size)
+
+    def give_buffer(self, buffer: bytearray) -> None:
+        self._buffers.append(buffer)
+
+    def thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread a page converts on: the pool's threads in turn, started when first needed."""
+        if len(self._threads) < self.threads:
+            self._threads.append(
+                concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-page")
+            )
+            return self._threads[-1]
+        self._turn += 1
+        return self._threads[self._turn % len(self._threads)]
+
+    def close(self) -> None:
+        """End the threads (work queued on them still runs) and release the memory kept."""
+        threads, self._threads, self._buffers = self._threads, [], []
+        for thread in threads:
+            thread.shutdown(wait=False)
+        # Arrow's allocator keeps freed blocks for reuse (see memory_pool); handing them back after
+        # each extract keeps the process's peak from creeping up with the number of extracts.
+        release = getattr(memory_pool(), "release_unused", None)
+        if release is not None:
+            release()
+
+
+class _Blocks:
+    """A page's bytes gathered into two buffers in turn: one fills on the event loop while the
+    other is parsed."""
+
+    def __init__(self, pool: ConversionPool) -> None:
+        self._pool = pool
+        self._buffers = [pool.take_buffer(), pool.take_buffer()]
+        self._current = 0
+        self.size = 0
+
+    def release(self) -> None:
+        """Give the buffers back to the pool (neither may be in use any more)."""
+        buffers, self._buffers = self._buffers, []
+        for buffer in buffers:
+            self._pool.give_buffer(buffer)
+
+    def add(self, chunk: bytes | memoryview) -> None:
+        buffer = self._buffers[self._current]
+        end = self.size + len(chunk)
+        if end > len(buffer):
+            grown = bytearray(max(end, 2 * len(buffer)))
+            grown[: self.size] = memoryview(buffer)[: self.size]
+            self._buffers[self._current] = buffer = grown
+        buffer[self.size : end] = chunk  # same length: copied in place
+        self.size = end
+
+    def records_end(self) -> int:
+        """Where the last whole record gathered ends (0: none yet)."""
+        return last_record_end(self._buffers[self._current], self.size)
+
+    def cut(self, end: int) -> bytearray:
+        """The buffer holding the records up to ``end``; the bytes after it move to the other buffer,
+        which gathers from then on (it must not be in use any more)."""
+        full, size = self._buffers[self._current], self.size
+        self._current ^= 1
+        self.size = 0
+        if end < size:
+            self.add(memoryview(full)[end:size])
+        return full
+
+
 class _PageWriter:
     """One page's CSV (header row removed) to one Parquet file, a block at a time, in a worker thread.
 
-    The event loop gathers the page's chunks into blocks of about ``block_size`` bytes and hands
-    each to :meth:`convert` in a worker thread while it gathers the next. A block ends at its last
-    record end (:func:`last_record_end`); the bytes after it open the next block. Each block is
-    parsed whole from memory (``pyarrow.csv.read_csv``, one thread, the columns named and typed from
-    the describe); every ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker
-    never waits on the loop and the loop never waits on Arrow for more than one block: no thread is
-    left blocked on a stream that will not come (as a reader pulling from the loop could be at
+    The event loop gathers the page's chunks into blocks of about ``block_size`` bytes (two buffers
+    in turn, see :class:`_Blocks`) and hands each to :meth:`convert` in the pool's worker thread
+    while it gathers the next. A block ends at its last record end (:func:`last_record_end`); the
+    bytes after it open the next block. Each block is parsed whole from memory
+    (``pyarrow.csv.read_csv``, one thread, the columns named and typed from the describe); every
+    ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker never waits on the
+    loop and the loop never waits on Arrow for more than one block of its page: no thread is left
+    blocked on a stream that will not come (as a reader pulling from the loop could be at
     interpreter exit).
     """
 
@@ -377,39 +480,31 @@ class _PageWriter:
         self._parse, self._convert = _csv_options(schema, column_delimiter, self._times)
         self._writer: Any = None
         self._tables: list[Any] = []
-        self._carry = b""
         self.rows = 0
 
-    def convert(self, chunks: list[bytes], final: bool = False) -> None:
-        """Parse and write the records ending in ``chunks`` (all that is left when ``final``)."""
-        parts = [self._carry, *chunks] if self._carry else chunks
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        end = len(data) if final else last_record_end(data)
-        self._carry = data[end:]
+    def convert(self, buffer: bytearray, end: int) -> None:
+        """Parse and write the records in ``buffer[:end]`` (whole records)."""
         if end:
-            # An Arrow buffer over the bytes, sliced without a copy.
-            self._write(self._read(self._pa.py_buffer(data).slice(0, end)))
-        elif final:
-            self._open()
+            # An Arrow buffer over the bytes, sliced without a copy; the table parsed holds no
+            # reference to them (Arrow copies the values), so the buffer can be filled again.
+            self._write(self._read(self._pa.py_buffer(buffer).slice(0, end)))
 
-    def finish(self, chunks: list[bytes]) -> tuple[int, int]:
+    def finish(self, buffer: bytearray, end: int) -> tuple[int, int]:
         """The last records, then the file's footer; returns ``(rows, bytes written)``."""
         try:
-            self.convert(chunks, final=True)
+            self.convert(buffer, end)
+            self._open()
             self._flush()
         finally:
             self.close()
         return self.rows, self._counting.count
 
     def close(self) -> None:
+        # The memory Arrow keeps is handed back by the pool's close, after the extract's last page:
+        # the next page reuses it.
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
-        # Arrow's allocator keeps freed blocks for reuse; handing them back after each file keeps
-        # the process's peak from creeping up with the number of files.
-        release = getattr(self._pool, "release_unused", None)
-        if release is not None:
-            release()
 
     def _read(self, block: Any) -> Any:
         pa = self._pa
@@ -467,12 +562,16 @@ async def page_to_parquet(
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str = "snappy",
     use_dictionary: bool | Sequence[str] = True,
+    pool: ConversionPool | None = None,
 ) -> PageSummary:
     """Convert one page to one Parquet file in ``open_sink(page)`` (a sync binary writable).
 
     ``schema_for(header)`` is awaited for the page's Arrow schema. An empty body writes no file.
     The rows parsed (counted by the CSV parser, quote-aware: an empty line is a record) are
     checked against the page's ``Sforce-NumberOfRecords``; the bytes are not scanned a second time.
+    ``pool``: the buffers and threads the page converts with (the pages of one extract share one,
+    closed by its owner after the last page; its ``block_size`` then overrides ``block_size``);
+    when None, a pool of the page's own, closed when it is done.
     """
     _check_block_size(block_size)
     delimiter = COLUMN_DELIMITERS.get(column_delimiter, ",")
@@ -487,7 +586,7 @@ async def page_to_parquet(
             return PageSummary(page.number, page.locator, 0, 0)
         schema = await schema_for(columns)
         header_end = RecordScan().first_end(first)
-        pending = [first[header_end:]] if header_end is not None else []
+        body = first[header_end:] if header_end is not None else b""
         with open_sink(page) as sink:
             writer = _PageWriter(
                 sink,
@@ -497,7 +596,12 @@ async def page_to_parquet(
                 use_dictionary=use_dictionary,
                 where=where,
             )
-            rows, written = await _write_blocks(writer, pending, chunks, block_size)
+            using = ConversionPool(block_size) if pool is None else pool
+            try:
+                rows, written = await _write_blocks(writer, body, chunks, using)
+            finally:
+                if pool is None:
+                    using.close()
     finally:
         await chunks.aclose()
     if rows != page.records:
@@ -508,40 +612,53 @@ async def page_to_parquet(
 
 
 async def _write_blocks(
-    writer: _PageWriter, pending: list[bytes], chunks: AsyncIterator[bytes], block_size: int
+    writer: _PageWriter, first: bytes, chunks: AsyncIterator[bytes], pool: ConversionPool
 ) -> tuple[int, int]:
-    """Feed ``writer`` blocks of ``chunks`` (one converting while the next arrives); its rows and bytes.
+    """Feed ``writer`` blocks of ``first`` and ``chunks`` (one converting while the next arrives);
+    its rows and bytes.
 
-    Every block of a page is converted on one thread of its own: Arrow's allocators keep memory per
-    thread, and a file's buffers allocated on one thread and freed on another cost more system CPU
-    than the conversion."""
+    Every block of a page is converted on one thread of the pool (see :class:`ConversionPool`):
+    Arrow's allocators keep memory per thread, and a file's buffers allocated on one thread and
+    freed on another cost more system CPU than the conversion."""
     loop = asyncio.get_running_loop()
-    thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-page")
-    size = sum(map(len, pending))
+    thread = pool.thread()
+    block_size = pool.block_size
+    blocks = _Blocks(pool)
+    blocks.add(first)
+    # A block is cut once it holds block_size bytes and a record end; a record longer than that
+    # is waited for a block_size further each time, not rescanned at every chunk.
+    cut_at = block_size
     converting: asyncio.Future[Any] | None = None
     try:
         async for chunk in chunks:
-            pending.append(chunk)
-            size += len(chunk)
-            if size >= block_size:
-                if converting is not None:
-                    await converting
-                converting = loop.run_in_executor(thread, writer.convert, pending)
-                pending, size = [], 0
+            blocks.add(chunk)
+            if blocks.size < cut_at:
+                continue
+            end = blocks.records_end()
+            if not end:
+                cut_at = blocks.size + block_size
+                continue
+            if converting is not None:
+                await converting  # the other buffer is free once its block is written
+            converting = loop.run_in_executor(thread, writer.convert, blocks.cut(end), end)
+            cut_at = block_size
         if converting is not None:
             await converting
-        converting = loop.run_in_executor(thread, writer.finish, pending)
+        end = blocks.size
+        converting = loop.run_in_executor(thread, writer.finish, blocks.cut(end), end)
         result: tuple[int, int] = await converting
         return result
     except BaseException:
         # A worker thread cannot be cancelled: let it end before the sink is closed under it.
         if converting is not None and not converting.done():
             await asyncio.wait({converting})
-        closing = loop.run_in_executor(thread, writer.close)
-        await asyncio.wait({closing})
+        converting = loop.run_in_executor(thread, writer.close)
+        await asyncio.wait({converting})
         raise
     finally:
-        thread.shutdown(wait=False)
+        if converting is None or converting.done():
+            # The thread is idle and done with the buffers (not so only if cancelled twice).
+            blocks.release()
 
 
 async def _checked(chunks: AsyncGenerator[bytes, None], check: PageCheck) -> AsyncGenerator[bytes, None]:
@@ -589,6 +706,7 @@ async def copy_results_to_parquet(
         schema = arrow_schema(columns, fields)
         dictionary = dictionary_columns(columns, fields)
     column_delimiter = job.column_delimiter or "COMMA"
+    pool = ConversionPool(block_size)
 
     async def schema_for(header: list[str]) -> ArrowSchema:
         if schema is None or header != columns:
@@ -606,10 +724,14 @@ async def copy_results_to_parquet(
             block_size=block_size,
             compression=compression,
             use_dictionary=dictionary,
+            pool=pool,
         )
 
-    pages = await client.for_each_result_page(
-        job, convert, max_records=max_records, concurrency=concurrency, parallel=parallel
-    )
+    try:
+        pages = await client.for_each_result_page(
+            job, convert, max_records=max_records, concurrency=concurrency, parallel=parallel
+        )
+    finally:
+        pool.close()
     check_distinct_pages(job.id, ((p.number, p.fingerprint) for p in pages))
     return pages

@@ -505,3 +505,68 @@ async def test_a_page_larger_than_a_block_is_cut_at_record_ends_into_row_groups(
     rows = [r for n in range(3) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
     assert rows == _expected_rows(600)
     assert pq.ParquetFile(tmp_path / "part-0.parquet").metadata.num_row_groups > 1
+
+
+async def test_a_record_longer_than_two_blocks_is_read_whole(tmp_path):
+    from tests.client.fake_query import JOB_ID, FakeQueryApi
+
+    # Values of 5,000 bytes against 1,024-byte blocks: a gathering buffer (2 blocks) grows to hold
+    # one record, and the block is cut only once a record end has arrived.
+    def value(i: int) -> str:
+        return (f"long {i} " + "x" * 5000) if i % 3 == 0 else f"short {i}"
+
+    class LongRecords(FakeQueryApi):
+        def page(self, offset: int, count: int) -> bytes:
+            rows = (f'"001{i:015d}","{value(i)}"\n' for i in range(offset, offset + count))
+            return self.header() + "".join(rows).encode()
+
+    api = LongRecords(records=12, page_size=5)
+    async with query_api_session(api) as session:
+        summaries = await copy_results_to_parquet(
+            BulkQueryClient(session),
+            JOB_ID,
+            lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
+            block_size=1024,
+        )
+    assert [s.records for s in summaries] == [5, 5, 2]
+    rows = [r for n in range(3) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    assert rows == [{"Id": f"001{i:015d}", "Name": value(i)} for i in range(12)]
+
+
+async def test_the_pages_of_an_extract_share_one_parsing_thread_and_reuse_their_buffers(
+    fake_client, tmp_path, monkeypatch
+):
+    import threading
+
+    from airflow_provider_salesforce_bulk.client import query_parquet
+    from tests.client.fake_query import JOB_ID
+
+    threads: set[str] = set()
+    buffers: set[int] = set()
+    real_convert, real_take = query_parquet._PageWriter.convert, query_parquet.ConversionPool.take_buffer
+
+    def convert(self, buffer, end):
+        threads.add(threading.current_thread().name)
+        real_convert(self, buffer, end)
+
+    def take_buffer(self):
+        buffer = real_take(self)
+        buffers.add(id(buffer))
+        return buffer
+
+    monkeypatch.setattr(query_parquet._PageWriter, "convert", convert)
+    monkeypatch.setattr(query_parquet.ConversionPool, "take_buffer", take_buffer)
+    _, client = fake_client
+    summaries = await copy_results_to_parquet(
+        client,
+        JOB_ID,
+        lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
+        block_size=1024,
+        concurrency=2,
+    )
+    assert [s.records for s in summaries] == [5, 5, 5, 5, 3]
+    rows = [r for n in range(5) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    assert rows == _expected_rows(23)
+    assert len(threads) == 1
+    # Two buffers per page in flight, kept from page to page (5 pages would take 10 new ones).
+    assert len(buffers) <= 4
