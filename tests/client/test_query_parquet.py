@@ -488,12 +488,10 @@ def test_a_block_ends_at_the_last_record_end_whatever_quotes_and_line_feeds_it_h
     assert last_record_end(prefix) == max(end for end in ends if end <= len(prefix))
 
 
-async def test_a_page_larger_than_a_block_is_cut_at_record_ends_into_row_groups(tmp_path):
-    from tests.client.fake_query import JOB_ID, FakeQueryApi
+async def _copy_in_small_blocks(api, tmp_path):
+    """Copies ``api``'s pages to Parquet in 1,024-byte blocks: the pages' record counts and rows."""
+    from tests.client.fake_query import JOB_ID
 
-    # Every fifth record holds a quoted line feed and doubled quotes; the body arrives 7 bytes at a
-    # time, so block edges fall anywhere, inside quoted values too.
-    api = FakeQueryApi(records=600, page_size=250)
     async with query_api_session(api) as session:
         summaries = await copy_results_to_parquet(
             BulkQueryClient(session),
@@ -501,14 +499,24 @@ async def test_a_page_larger_than_a_block_is_cut_at_record_ends_into_row_groups(
             lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
             block_size=1024,
         )
-    assert [s.records for s in summaries] == [250, 250, 100]
-    rows = [r for n in range(3) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    pages = len(summaries)
+    rows = [r for n in range(pages) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    return [s.records for s in summaries], rows
+
+
+async def test_a_page_larger_than_a_block_is_cut_at_record_ends_into_row_groups(tmp_path):
+    from tests.client.fake_query import FakeQueryApi
+
+    # Every fifth record holds a quoted line feed and doubled quotes; the body arrives 7 bytes at a
+    # time, so block edges fall anywhere, inside quoted values too.
+    counts, rows = await _copy_in_small_blocks(FakeQueryApi(records=600, page_size=250), tmp_path)
+    assert counts == [250, 250, 100]
     assert rows == _expected_rows(600)
     assert pq.ParquetFile(tmp_path / "part-0.parquet").metadata.num_row_groups > 1
 
 
 async def test_a_record_longer_than_two_blocks_is_read_whole(tmp_path):
-    from tests.client.fake_query import JOB_ID, FakeQueryApi
+    from tests.client.fake_query import FakeQueryApi
 
     # Values of 5,000 bytes against 1,024-byte blocks: a gathering buffer (2 blocks) grows to hold
     # one record, and the block is cut only once a record end has arrived.
@@ -520,16 +528,8 @@ async def test_a_record_longer_than_two_blocks_is_read_whole(tmp_path):
             rows = (f'"001{i:015d}","{value(i)}"\n' for i in range(offset, offset + count))
             return self.header() + "".join(rows).encode()
 
-    api = LongRecords(records=12, page_size=5)
-    async with query_api_session(api) as session:
-        summaries = await copy_results_to_parquet(
-            BulkQueryClient(session),
-            JOB_ID,
-            lambda page: (tmp_path / f"part-{page.number}.parquet").open("wb"),
-            block_size=1024,
-        )
-    assert [s.records for s in summaries] == [5, 5, 2]
-    rows = [r for n in range(3) for r in pq.read_table(tmp_path / f"part-{n}.parquet").to_pylist()]
+    counts, rows = await _copy_in_small_blocks(LongRecords(records=12, page_size=5), tmp_path)
+    assert counts == [5, 5, 2]
     assert rows == [{"Id": f"001{i:015d}", "Name": value(i)} for i in range(12)]
 
 
