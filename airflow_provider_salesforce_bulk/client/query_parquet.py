@@ -354,27 +354,25 @@ def last_record_end(data: bytes | bytearray, size: int | None = None) -> int:
 
 class ConversionPool:
     """What the pages of one extract convert with, kept from one page for the next: the buffers
-    they gather their bytes in, and the threads that parse them (used from the event loop only).
+    they gather their bytes in, and the one thread that parses them (used from the event loop only).
 
     Gathering into fresh memory block after block, and parsing on a new thread per page, made the
     system hand the process new pages for every megabyte (each new thread draws on fresh allocator
     arenas), and two threads parsing at once made it flush both cores' address caches at each page
     handed back: on a shared virtual machine that cost more CPU than parsing the bytes. Measured on
     a 500,000-record extract of 2 pages at a time: 0.8-1.2 s of CPU with a new thread per page,
-    0.8-1.1 s with two kept, 0.64-0.68 s with one kept, the default: one thread parses about
+    0.8-1.1 s with two kept, 0.64-0.68 s with one kept, as here: one thread parses about
     100 MB of CSV a second, more than a page download brings. A page in flight holds two buffers
     of ``2 x block_size`` (grown only for a record longer than that) and blocks queue on the
-    pool's ``threads`` in turn. :meth:`close` ends the threads and hands Arrow's freed memory back
+    pool's thread in turn. :meth:`close` ends the thread and hands Arrow's freed memory back
     to the system.
     """
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, threads: int = 1) -> None:
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         _check_block_size(block_size)
         self.block_size = block_size
-        self.threads = threads
         self._buffers: list[bytearray] = []
-        self._threads: list[concurrent.futures.ThreadPoolExecutor] = []
-        self._turn = 0
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     def take_buffer(self) -> bytearray:
         return self._buffers.pop() if self._buffers else bytearray(2 * self.block_size)
@@ -383,19 +381,17 @@ class ConversionPool:
         self._buffers.append(buffer)
 
     def thread(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The thread a page converts on: the pool's threads in turn, started when first needed."""
-        if len(self._threads) < self.threads:
-            self._threads.append(
-                concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-page")
+        """The thread every page converts on, started when first needed."""
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="parquet-page"
             )
-            return self._threads[-1]
-        self._turn += 1
-        return self._threads[self._turn % len(self._threads)]
+        return self._thread
 
     def close(self) -> None:
-        """End the threads (work queued on them still runs) and release the memory kept."""
-        threads, self._threads, self._buffers = self._threads, [], []
-        for thread in threads:
+        """End the thread (work queued on it still runs) and release the memory kept."""
+        thread, self._thread, self._buffers = self._thread, None, []
+        if thread is not None:
             thread.shutdown(wait=False)
         # Arrow's allocator keeps freed blocks for reuse (see memory_pool); handing them back after
         # each extract keeps the process's peak from creeping up with the number of extracts.
