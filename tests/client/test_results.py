@@ -25,6 +25,8 @@ from tests.client.helpers import mock_session
 
 # Result values can hold anything but NUL, which Salesforce does not store.
 values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+# A few records of one to three values each.
+records = st.lists(st.lists(values, min_size=1, max_size=3), min_size=1, max_size=8)
 
 
 def to_csv(rows: list[list[str]], delimiter: str, quote_all: bool) -> bytes:
@@ -63,11 +65,7 @@ async def test_streamed_rows_equal_a_whole_parse_for_any_split(rows, delimiter, 
         assert parsed == [["sf__Id", "sf__Error", "Name"], *rows]
 
 
-@given(
-    rows=st.lists(st.lists(values, min_size=1, max_size=3), min_size=1, max_size=6),
-    quote_all=st.booleans(),
-    as_bytes=st.booleans(),
-)
+@given(rows=records, quote_all=st.booleans(), as_bytes=st.booleans())
 @settings(max_examples=150, deadline=None)
 def test_record_scan_finds_every_record_end_and_only_those(rows, quote_all, as_bytes):
     text = to_csv(rows, ",", quote_all).decode()
@@ -306,11 +304,7 @@ def _forward_last_end(scan: RecordScan, text: str) -> int:
     return end
 
 
-@given(
-    rows=st.lists(st.lists(values, min_size=1, max_size=3), min_size=1, max_size=8),
-    quote_all=st.booleans(),
-    data=st.data(),
-)
+@given(rows=records, quote_all=st.booleans(), data=st.data())
 @settings(max_examples=200, deadline=None)
 def test_last_end_agrees_with_a_line_by_line_scan_fed_and_consumed_in_pieces(rows, quote_all, data):
     text = to_csv(rows, ",", quote_all).decode()
