@@ -49,6 +49,7 @@ from airflow_provider_salesforce_bulk.client.query import BulkQueryClient
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage, read_csv_header
 
 __all__ = [
+    "DATA_PAGE_SIZE",
     "DEFAULT_BLOCK_SIZE",
     "ConversionPool",
     "arrow_schema",
@@ -74,6 +75,14 @@ DEFAULT_BLOCK_SIZE = 1 << 20
 #: Linux, whose handing pages back and taking them again cost more system CPU than the conversion);
 #: parsing stays a block at a time (cache-sized), writing a few at a time.
 _BLOCKS_PER_ROW_GROUP = 4
+#: Bytes of encoded values per Parquet data page (pyarrow's default is 1 MiB). The writer's encoders
+#: grow each page's buffer by doubling, from pyarrow's default pool whatever pool it is given: buffers
+#: of 1-2 MiB come from fresh memory of that pool's arena (mimalloc on Linux, which asks for
+#: transparent huge pages), and each fault there zeroes, or compacts memory for, a 2 MiB page. Pages
+#: of 64 KiB keep the buffers small enough to be reused from the writer thread's own free lists.
+#: Measured on a 500,000-record extract's writes: 0.05-0.34 s of system CPU with 1 MiB pages,
+#: 0.00-0.01 s (once 0.13) with 64 KiB; files 2% larger (a page header per 64 KiB), same values.
+DATA_PAGE_SIZE = 64 * 1024
 _TEXT = frozenset(
     {
         "string",
@@ -238,6 +247,7 @@ def csv_to_parquet(
         schema,
         compression=compression,
         use_dictionary=_dictionary_option(use_dictionary),
+        data_page_size=DATA_PAGE_SIZE,
         memory_pool=pool,
     )
     try:
@@ -531,6 +541,7 @@ class _PageWriter:
                 self._schema,
                 compression=self._compression,
                 use_dictionary=self._use_dictionary,
+                data_page_size=DATA_PAGE_SIZE,
                 memory_pool=self._pool,
             )
         return self._writer
