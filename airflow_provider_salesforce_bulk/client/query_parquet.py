@@ -362,6 +362,19 @@ def last_record_end(data: bytes | bytearray, size: int | None = None) -> int:
     return end + 1
 
 
+def _runs_to_the_end(table: Any) -> bool:
+    """Whether the last value of ``table``, parsed from bytes ending in a line feed, ends in a line
+    feed: a quoted value the bytes leave open runs on to their end (or a value really ends so)."""
+    pa = require_parquet()
+    if not table.num_rows:
+        return False
+    column = table.column(table.num_columns - 1)
+    if not pa.types.is_string(column.type):
+        return False
+    value = column[table.num_rows - 1].as_py()
+    return isinstance(value, str) and value.endswith("\n")
+
+
 class ConversionPool:
     """What the pages of one extract convert with, kept from one page for the next: the buffers
     they gather their bytes in, and the one thread that parses them (used from the event loop only).
@@ -436,9 +449,18 @@ class _Blocks:
         buffer[self.size : end] = chunk  # same length: copied in place
         self.size = end
 
-    def records_end(self) -> int:
-        """Where the last whole record gathered ends (0: none yet)."""
-        return last_record_end(self._buffers[self._current], self.size)
+    def line_end(self) -> int:
+        """Where the last line gathered ends (0: none yet): a record end unless that line feed is
+        inside a quoted value, which the parser finds out (see :meth:`_PageWriter.convert`)."""
+        return self._buffers[self._current].rfind(b"\n", 0, self.size) + 1
+
+    def put_back(self, data: bytes) -> None:
+        """``data`` (the start of a record a block ended inside) goes before the bytes gathered since."""
+        if data:
+            gathered = bytes(memoryview(self._buffers[self._current])[: self.size])
+            self.size = 0
+            self.add(data)
+            self.add(gathered)
 
     def cut(self, end: int) -> bytearray:
         """The buffer holding the records up to ``end``; the bytes after it move to the other buffer,
@@ -456,8 +478,10 @@ class _PageWriter:
 
     The event loop gathers the page's chunks into blocks of about ``block_size`` bytes (two buffers
     in turn, see :class:`_Blocks`) and hands each to :meth:`convert` in the pool's worker thread
-    while it gathers the next. A block ends at its last record end (:func:`last_record_end`); the
-    bytes after it open the next block. Each block is parsed whole from memory
+    while it gathers the next. A block ends at its last line feed, found without counting quotes:
+    when that line feed is inside a quoted value, the parser says so (see :meth:`convert`), and the
+    block's records end at :func:`last_record_end` instead; the bytes after a block's last record
+    open the next block. Each block is parsed whole from memory
     (``pyarrow.csv.read_csv``, one thread, the columns named and typed from the describe); every
     ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker never waits on the
     loop and the loop never waits on Arrow for more than one block of its page: no thread is left
@@ -483,22 +507,49 @@ class _PageWriter:
         self._use_dictionary = _dictionary_option(use_dictionary)
         self._where = where
         self._times = [i for i, f in enumerate(schema) if self._pa.types.is_time(f.type)]
-        self._parse, self._convert = _csv_options(schema, column_delimiter, self._times)
+        self._parse_options, self._convert = _csv_options(schema, column_delimiter, self._times)
         self._writer: Any = None
         self._tables: list[Any] = []
         self.rows = 0
 
-    def convert(self, buffer: bytearray, end: int) -> None:
-        """Parse and write the records in ``buffer[:end]`` (whole records)."""
-        if end:
-            # An Arrow buffer over the bytes, sliced without a copy; the table parsed holds no
-            # reference to them (Arrow copies the values), so the buffer can be filled again.
-            self._write(self._read(self._pa.py_buffer(buffer).slice(0, end)))
+    def convert(self, buffer: bytearray, end: int) -> bytes:
+        """Parse and write the records in ``buffer[:end]``, which ends at a line feed; returns the
+        bytes after the last record end (empty unless that line feed is inside a quoted value).
+
+        Counting the quotes of every block to find its last record end cost about a tenth of the
+        event loop's CPU; the parser reads them anyway. A block cut inside a quoted value parses in
+        one of two ways, both caught here: its last row has too few columns, or a value that does
+        not convert (Arrow raises), or its last value runs on, unterminated, to the block's last
+        byte, a line feed. Only then are the quotes counted, and the records before the true end
+        parsed (a value that really ends in a line feed costs one parse more, nothing else).
+        """
+        if not end:
+            return b""
+        # An Arrow buffer over the bytes, sliced without a copy; the table parsed holds no
+        # reference to them (Arrow copies the values), so the buffer can be filled again.
+        block = self._pa.py_buffer(buffer).slice(0, end)
+        failure: Exception | None = None
+        try:
+            table = self._parse(block)
+        except self._pa.ArrowInvalid as exc:
+            table, failure = None, exc
+        records = end
+        if table is None or _runs_to_the_end(table):
+            records = last_record_end(buffer, end)
+            if records < end:
+                table = self._read(block.slice(0, records)) if records else None
+            elif failure is not None:
+                raise _conversion_error(failure, self._schema, self._where) from failure
+        if table is not None:
+            self._write(self._typed(table))
+        return bytes(buffer[records:end])
 
     def finish(self, buffer: bytearray, end: int) -> tuple[int, int]:
         """The last records, then the file's footer; returns ``(rows, bytes written)``."""
         try:
-            self.convert(buffer, end)
+            if end:
+                # The page's end is its last record's: parsed whole, whatever its last value holds.
+                self._write(self._read(self._pa.py_buffer(buffer).slice(0, end)))
             self._open()
             self._flush()
         finally:
@@ -512,7 +563,8 @@ class _PageWriter:
         if writer is not None:
             writer.close()
 
-    def _read(self, block: Any) -> Any:
+    def _parse(self, block: Any) -> Any:
+        """``block`` parsed (time columns as text); Arrow's errors as Arrow raises them."""
         pa = self._pa
         read_options = pa.csv.ReadOptions(
             column_names=self._schema.names,
@@ -520,19 +572,24 @@ class _PageWriter:
             # One block for the whole buffer: its end is a record end, so Arrow need not look for one.
             block_size=min(block.size + 1, 1 << 30),
         )
+        return pa.csv.read_csv(
+            block,
+            read_options=read_options,
+            parse_options=self._parse_options,
+            convert_options=self._convert,
+            memory_pool=self._pool,
+        )
+
+    def _read(self, block: Any) -> Any:
+        """``block`` (whole records) parsed and typed; an error names the column."""
         try:
-            table = pa.csv.read_csv(
-                block,
-                read_options=read_options,
-                parse_options=self._parse,
-                convert_options=self._convert,
-                memory_pool=self._pool,
-            )
-        except pa.ArrowInvalid as exc:
+            table = self._parse(block)
+        except self._pa.ArrowInvalid as exc:
             raise _conversion_error(exc, self._schema, self._where) from exc
-        if self._times:
-            table = _with_times(table, self._times, self._schema)
-        return table
+        return self._typed(table)
+
+    def _typed(self, table: Any) -> Any:
+        return _with_times(table, self._times, self._schema) if self._times else table
 
     def _open(self) -> Any:
         if self._writer is None:
@@ -632,8 +689,8 @@ async def _write_blocks(
     block_size = pool.block_size
     blocks = _Blocks(pool)
     blocks.add(first)
-    # A block is cut once it holds block_size bytes and a record end; a record longer than that
-    # is waited for a block_size further each time, not rescanned at every chunk.
+    # A block is cut once it holds block_size bytes and a line end; a line longer than that is
+    # waited for a block_size further each time, not rescanned at every chunk.
     cut_at = block_size
     converting: asyncio.Future[Any] | None = None
     try:
@@ -641,16 +698,19 @@ async def _write_blocks(
             blocks.add(chunk)
             if blocks.size < cut_at:
                 continue
-            end = blocks.records_end()
+            if converting is not None:
+                # The other buffer is free once its block is written; the start of a record the
+                # block was cut inside comes back to go first in the next one.
+                blocks.put_back(await converting)
+                converting = None
+            end = blocks.line_end()
             if not end:
                 cut_at = blocks.size + block_size
                 continue
-            if converting is not None:
-                await converting  # the other buffer is free once its block is written
             converting = loop.run_in_executor(thread, writer.convert, blocks.cut(end), end)
             cut_at = block_size
         if converting is not None:
-            await converting
+            blocks.put_back(await converting)
         end = blocks.size
         converting = loop.run_in_executor(thread, writer.finish, blocks.cut(end), end)
         result: tuple[int, int] = await converting
