@@ -22,9 +22,11 @@ add no precision. Nulls: in Bulk API CSV results an empty field is null (Salesfo
 empty strings), so every empty value, quoted or not, becomes null, in text columns too.
 
 A page's CSV is gathered on the event loop into blocks of about ``block_size`` bytes, each cut at its
-last record end; a thread of the page's own parses each block whole (``pyarrow.csv.read_csv``) and
-writes it as one row group while the loop gathers the next: memory holds a few blocks whatever the
-page size. Arrow allocates from jemalloc where pyarrow has it (see :func:`memory_pool`).
+last line feed (a record cut inside a quoted value goes back to the next block); the extract's
+parsing thread parses each block whole (``pyarrow.csv.read_csv``) and writes a few blocks as one row
+group, in data pages of :data:`DATA_PAGE_SIZE`, while the loop gathers the next: memory holds a few
+blocks whatever the page size. Arrow allocates from jemalloc where pyarrow has it (see
+:func:`memory_pool`).
 """
 
 from __future__ import annotations
@@ -517,11 +519,11 @@ class _PageWriter:
         bytes after the last record end (empty unless that line feed is inside a quoted value).
 
         Counting the quotes of every block to find its last record end cost about a tenth of the
-        event loop's CPU; the parser reads them anyway. A block cut inside a quoted value parses in
-        one of two ways, both caught here: its last row has too few columns, or a value that does
-        not convert (Arrow raises), or its last value runs on, unterminated, to the block's last
-        byte, a line feed. Only then are the quotes counted, and the records before the true end
-        parsed (a value that really ends in a line feed costs one parse more, nothing else).
+        event loop's CPU; the parser reads them anyway. A block cut inside a quoted value is caught
+        here whichever way it parses: a last row with too few columns or a value that does not
+        convert (Arrow raises), or a last value running on, unterminated, to the block's last byte,
+        a line feed. Only then are the quotes counted and the records before the true end parsed (a
+        last value that really ends in a line feed costs a count, its table is kept).
         """
         if not end:
             return b""
