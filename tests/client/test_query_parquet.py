@@ -543,18 +543,18 @@ async def test_the_pages_of_an_extract_share_one_parsing_thread_and_reuse_their_
 
     threads: set[str] = set()
     buffers: set[int] = set()
-    real_convert, real_take = query_parquet._PageWriter.convert, query_parquet.ConversionPool.take_buffer
+    real_write, real_take = query_parquet._PageWriter._write, query_parquet.ConversionPool.take_buffer
 
-    def convert(self, buffer, end):
+    def write(self, table):
         threads.add(threading.current_thread().name)
-        real_convert(self, buffer, end)
+        real_write(self, table)
 
     def take_buffer(self):
         buffer = real_take(self)
         buffers.add(id(buffer))
         return buffer
 
-    monkeypatch.setattr(query_parquet._PageWriter, "convert", convert)
+    monkeypatch.setattr(query_parquet._PageWriter, "_write", write)
     monkeypatch.setattr(query_parquet.ConversionPool, "take_buffer", take_buffer)
     _, client = fake_client
     summaries = await copy_results_to_parquet(
@@ -570,3 +570,98 @@ async def test_the_pages_of_an_extract_share_one_parsing_thread_and_reuse_their_
     assert len(threads) == 1
     # Two buffers per page in flight, kept from page to page (5 pages would take 10 new ones).
     assert len(buffers) <= 4
+
+
+# Long enough for pages of several 1,024-byte blocks; and the shortest values, one a line feed.
+_QUOTED_TEXT = st.text(alphabet='ab ,"\n', min_size=40, max_size=400) | st.sampled_from(
+    ["", "\n", '"', "a\n"]
+)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+async def _copy_lines(
+    lines: list[bytes], last_type: str, page_size: int, directory: Any
+) -> tuple[list[int], Any]:
+    """Pages of ``lines`` (records of Id, a textarea and a ``last_type`` column) to Parquet in
+    1,024-byte blocks: the pages' record counts and their rows."""
+    from tests.client.fake_query import JOB_ID, FakeQueryApi
+
+    class Lines(FakeQueryApi):
+        def header(self) -> bytes:
+            return b'"Id","Note","Last"\n'
+
+        def page(self, offset: int, count: int) -> bytes:
+            return self.header() + b"".join(lines[offset : offset + count])
+
+    api = Lines(records=len(lines), page_size=page_size)
+    api.describe_fields = [
+        {"name": "Id", "type": "id", "nillable": False},
+        {"name": "Note", "type": "textarea", "nillable": True},
+        {"name": "Last", "type": last_type, "nillable": True},
+    ]
+    async with query_api_session(api) as session:
+        summaries = await copy_results_to_parquet(
+            BulkQueryClient(session),
+            JOB_ID,
+            lambda page: (directory / f"part-{page.number}.parquet").open("wb"),
+            block_size=1024,
+        )
+    rows = [r for s in summaries for r in pq.read_table(directory / f"part-{s.number}.parquet").to_pylist()]
+    return [s.records for s in summaries], rows
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    notes=st.lists(_QUOTED_TEXT, min_size=10, max_size=40),
+    lasts=st.lists(_QUOTED_TEXT | st.integers(-(10**6), 10**6), min_size=40, max_size=40),
+    last_type=st.sampled_from(["textarea", "double"]),
+    page_size=st.integers(8, 40),
+)
+def test_a_block_cut_inside_a_quoted_value_gives_back_the_record_it_cut(notes, lasts, last_type, page_size):
+    # Blocks are cut at their last line feed without counting quotes: with quoted line feeds and
+    # doubled quotes in the last column and the one before it, cuts fall inside quoted values; the
+    # record cut must come back whole in the next block (a value ending in a line feed too).
+    import tempfile
+    from pathlib import Path
+
+    lines, expected = [], []
+    for i, note in enumerate(notes):
+        last: Any = lasts[i]
+        if last_type == "double":
+            last = f"{last}.5" if isinstance(last, int) else ""
+            value: Any = float(last) if last else None
+        else:
+            last = last if isinstance(last, str) else f"{last}\n"
+            value = last or None
+        lines.append(f"{_quoted(f'a{i:017d}')},{_quoted(note)},{_quoted(last)}\n".encode())
+        expected.append({"Id": f"a{i:017d}", "Note": note or None, "Last": value})
+    with tempfile.TemporaryDirectory() as directory:
+        counts, rows = asyncio.run(_copy_lines(lines, last_type, page_size, Path(directory)))
+    assert sum(counts) == len(notes)
+    assert rows == expected
+
+
+async def test_only_a_block_cut_inside_a_quoted_value_has_its_quotes_counted(tmp_path, monkeypatch):
+    from airflow_provider_salesforce_bulk.client import query_parquet
+
+    counted: list[int] = []
+    real = query_parquet.last_record_end
+
+    def last_record_end(data, size=None):
+        counted.append(size)
+        return real(data, size)
+
+    monkeypatch.setattr(query_parquet, "last_record_end", last_record_end)
+    # Records of about 100 bytes in 1,024-byte blocks: every 25th record's note holds line feeds
+    # (a few blocks end inside it), the others none.
+    notes = ["x\n" * 40 if i % 25 == 0 else "plain note" * 6 for i in range(400)]
+    lines = [f'"a{i:017d}",{_quoted(n)},"{i}"\n'.encode() for i, n in enumerate(notes)]
+    counts, rows = await _copy_lines(lines, "textarea", 400, tmp_path)
+    assert counts == [400]
+    assert [r["Note"] for r in rows] == notes
+    assert [r["Last"] for r in rows] == [str(i) for i in range(400)]
+    blocks = sum(len(line) for line in lines) // 1024
+    assert 0 < len(counted) < blocks // 4
