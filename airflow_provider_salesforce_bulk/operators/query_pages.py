@@ -11,12 +11,9 @@ from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_salesforce_bulk.client import BulkQueryClient, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, describe_columns
+from airflow_provider_salesforce_bulk.client.query_arrow import arrow_schema, require_parquet
 from airflow_provider_salesforce_bulk.client.query_pages import PageSummary, ResultPage
-from airflow_provider_salesforce_bulk.client.query_parquet import (
-    arrow_schema,
-    copy_results_to_parquet,
-    require_parquet,
-)
+from airflow_provider_salesforce_bulk.client.query_parquet import copy_results_to_parquet
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators.extract_output import Staging

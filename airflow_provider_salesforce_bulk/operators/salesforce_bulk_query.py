@@ -17,9 +17,7 @@ from airflow_provider_salesforce_bulk.client import (
     SalesforceBulkError,
 )
 from airflow_provider_salesforce_bulk.client.query import check_max_records, check_query_options
-from airflow_provider_salesforce_bulk.client.query_parquet import (
-    require_parquet,
-)
+from airflow_provider_salesforce_bulk.client.query_arrow import require_parquet
 from airflow_provider_salesforce_bulk.hooks.connection import ConnectionConfigError, ConnectionSettings
 from airflow_provider_salesforce_bulk.hooks.salesforce_bulk import SalesforceBulkHook, run_sync
 from airflow_provider_salesforce_bulk.operators.base import SalesforceBulkBaseOperator, one_loop

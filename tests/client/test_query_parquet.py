@@ -33,12 +33,14 @@ from airflow_provider_salesforce_bulk.client.describe import (  # noqa: E402
     describe_columns,
     describe_sobject,
 )
-from airflow_provider_salesforce_bulk.client.query_parquet import (  # noqa: E402
+from airflow_provider_salesforce_bulk.client.query_arrow import (  # noqa: E402
     arrow_schema,
     arrow_type,
+    dictionary_columns,
+)
+from airflow_provider_salesforce_bulk.client.query_parquet import (  # noqa: E402
     copy_results_to_parquet,
     csv_to_parquet,
-    dictionary_columns,
 )
 from tests.client.helpers import mock_session, query_api_session  # noqa: E402
 
