@@ -589,7 +589,7 @@ async def _copy_lines(
 ) -> tuple[list[int], Any]:
     """Pages of ``lines`` (records of Id, a textarea and a ``last_type`` column) to Parquet in
     1,024-byte blocks: the pages' record counts and their rows."""
-    from tests.client.fake_query import JOB_ID, FakeQueryApi
+    from tests.client.fake_query import FakeQueryApi
 
     class Lines(FakeQueryApi):
         def header(self) -> bytes:
@@ -604,15 +604,7 @@ async def _copy_lines(
         {"name": "Note", "type": "textarea", "nillable": True},
         {"name": "Last", "type": last_type, "nillable": True},
     ]
-    async with query_api_session(api) as session:
-        summaries = await copy_results_to_parquet(
-            BulkQueryClient(session),
-            JOB_ID,
-            lambda page: (directory / f"part-{page.number}.parquet").open("wb"),
-            block_size=1024,
-        )
-    rows = [r for s in summaries for r in pq.read_table(directory / f"part-{s.number}.parquet").to_pylist()]
-    return [s.records for s in summaries], rows
+    return await _copy_in_small_blocks(api, directory)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
