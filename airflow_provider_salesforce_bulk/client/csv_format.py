@@ -15,7 +15,7 @@ import hashlib
 import io
 import os
 from collections.abc import Callable, Mapping
-from typing import IO, AnyStr, Union
+from typing import IO, AnyStr, TypeVar, Union
 
 from airflow_provider_salesforce_bulk.client.errors import InputError
 from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter
@@ -34,6 +34,7 @@ __all__ = [
     "check_header_fits",
     "check_line_ending",
     "count_records",
+    "last_record_end",
 ]
 
 #: The ``columnDelimiter`` values of a job and the character each stands for.
@@ -185,6 +186,10 @@ def check_header_fits(header_size: int, max_size_bytes: int) -> None:
         )
 
 
+_Text = TypeVar("_Text", str, bytes, bytearray)
+"""Text a scan reads: decoded, or the bytes (a reused buffer, too) it arrived as."""
+
+
 @dataclasses.dataclass
 class RecordScan:
     """Where records end in CSV arriving piece by piece: at a line feed outside double quotes.
@@ -204,9 +209,9 @@ class RecordScan:
     scanned: int = 0
     quotes_open: bool = False
 
-    def last_end(self, text: AnyStr) -> int:
-        """The offset after the last line feed outside quotes in ``text`` (0 if none), scanning on
-        from :attr:`scanned`; ``text`` is the same buffer as before, grown at its end.
+    def last_end(self, text: _Text, size: int | None = None) -> int:
+        """The offset after the last line feed outside quotes in ``text[:size]`` (0 if none),
+        scanning on from :attr:`scanned`; ``text`` is the same buffer as before, grown at its end.
 
         Searched from the end: the quotes before the last line feed are counted at once, so a
         chunk of a million short records costs a few C-level calls, not a Python step per line;
@@ -214,7 +219,7 @@ class RecordScan:
         """
         lf, quote = _marks(text)
         start = self.scanned
-        last = text.rfind(lf, start)
+        last = text.rfind(lf, start, len(text) if size is None else size)
         if last < 0:
             return 0
         self.scanned = last + 1
@@ -249,6 +254,12 @@ class RecordScan:
         self.scanned -= end
 
 
+def last_record_end(data: _Text, size: int | None = None) -> int:
+    """The offset after the last line feed of ``data[:size]`` outside double quotes (0 when there is
+    none), for ``data`` beginning at a record's start: :meth:`RecordScan.last_end` of a new scan."""
+    return RecordScan().last_end(data, size)
+
+
 def count_records(text: str) -> int | None:
     """The records in ``text`` (whole records, from a record's start to a record end) as
     :mod:`csv` reads them, blank lines not counted, found without parsing a value.
@@ -266,7 +277,9 @@ def count_records(text: str) -> int | None:
     return len(lines) - lines.count("") - lines.count("\r")
 
 
-def _marks(text: AnyStr) -> tuple[AnyStr, AnyStr]:
+def _marks(text: _Text) -> tuple[_Text, _Text]:
     if isinstance(text, str):
         return "\n", '"'
+    if isinstance(text, bytearray):
+        return bytearray(b"\n"), bytearray(b'"')
     return b"\n", b'"'

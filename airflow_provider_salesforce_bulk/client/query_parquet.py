@@ -20,7 +20,7 @@ import io
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import IO, Any
 
-from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, RecordScan
+from airflow_provider_salesforce_bulk.client.csv_format import COLUMN_DELIMITERS, RecordScan, last_record_end
 from airflow_provider_salesforce_bulk.client.describe import DescribeCache, describe_columns
 from airflow_provider_salesforce_bulk.client.errors import InputError, UnexpectedResponseError
 from airflow_provider_salesforce_bulk.client.models import ColumnDelimiter, JobInfo
@@ -45,7 +45,6 @@ __all__ = [
     "ConversionPool",
     "copy_results_to_parquet",
     "csv_to_parquet",
-    "last_record_end",
     "page_to_parquet",
 ]
 
@@ -175,25 +174,6 @@ def _check_block_size(block_size: int) -> None:
 # -- pages ------------------------------------------------------------------------------------------
 
 
-def last_record_end(data: bytes | bytearray, size: int | None = None) -> int:
-    """The offset after the last line feed of ``data[:size]`` outside double quotes (0 when there is
-    none), for ``data`` beginning at a record's start: there, a line feed ends a record when the
-    quotes before it are even (a doubled quote inside a value adds two)."""
-    size = len(data) if size is None else size
-    end = data.rfind(b"\n", 0, size)
-    if end < 0:
-        return 0
-    quotes = data.count(b'"', 0, end)
-    while quotes & 1:
-        # Rare: the last line feed is inside a quoted value; step back a line at a time.
-        before = data.rfind(b"\n", 0, end)
-        if before < 0:
-            return 0
-        quotes -= data.count(b'"', before, end)
-        end = before
-    return end + 1
-
-
 def _runs_to_the_end(table: Any) -> bool:
     """Whether the last value of ``table``, parsed from bytes ending in a line feed, ends in a line
     feed: a quoted value the bytes leave open runs on to their end (or a value really ends so)."""
@@ -312,7 +292,7 @@ class _PageWriter:
     in turn, see :class:`_Blocks`) and hands each to :meth:`convert` in the pool's worker thread
     while it gathers the next. A block ends at its last line feed, found without counting quotes:
     when that line feed is inside a quoted value, the parser says so (see :meth:`convert`), and the
-    block's records end at :func:`last_record_end` instead; the bytes after a block's last record
+    block's records end at :func:`~.csv_format.last_record_end` instead; the bytes after a block's last record
     open the next block. Each block is parsed whole from memory
     (``pyarrow.csv.read_csv``, one thread, the columns named and typed from the describe); every
     ``_BLOCKS_PER_ROW_GROUP`` blocks are written as one row group. The worker never waits on the
